@@ -1,0 +1,181 @@
+"""Small pieces every script of this project shares.
+
+- `REPO`: the repository root; every default path is resolved from it, never from
+  the current directory.
+- `import_caffe()`: imports pycaffe with Caffe's INFO logging silenced (set
+  FCN_VERBOSE=1 to see it).
+- `check_prototxt(path)` / `check_weights(path, net)` / `open_net(...)`: inputs are
+  checked in Python before Caffe sees them, because Caffe aborts the whole process
+  (glog FATAL) on a prototxt that does not parse or weights whose shapes do not fit.
+- `set_mode(gpu)`: CPU by default; a GPU id only when this pycaffe was built with CUDA
+  (set_device in a CPU build aborts).
+- `atomic_write(path)`: write to a temporary file beside `path`, rename on success,
+  so an interrupted run never leaves a half-written output.
+- `run_cli(main)`: the one place a command turns an input error into a one-line
+  message and exit status 1 (FCN_DEBUG=1 shows the traceback instead).
+"""
+import contextlib
+import json
+import os
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+class InputError(ValueError):
+    """Bad user input (a file, a flag, a dataset): the message names it and the problem."""
+
+
+def import_caffe():
+    """Import and return pycaffe, with Caffe's INFO/WARNING log lines off unless FCN_VERBOSE=1."""
+    if 'caffe' not in sys.modules and not os.environ.get('FCN_VERBOSE'):
+        os.environ.setdefault('GLOG_minloglevel', '2')
+    import caffe
+    return caffe
+
+
+def build_info():
+    """The record the project's Caffe build left beside pycaffe ({'cuda': bool, ...}); {} if none."""
+    caffe = import_caffe()
+    path = os.path.join(os.path.dirname(caffe.__file__), 'fcn_build.json')
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def set_mode(gpu=None):
+    """CPU mode when `gpu` is None, else GPU `gpu`; InputError when this Caffe has no CUDA."""
+    caffe = import_caffe()
+    if gpu is None:
+        caffe.set_mode_cpu()
+        return 'cpu'
+    if not build_info().get('cuda'):
+        raise InputError('--gpu %d: this pycaffe was built without CUDA (CPU only); '
+                         'rebuild on a machine with nvcc (make caffe) or drop --gpu' % gpu)
+    caffe.set_device(int(gpu))
+    caffe.set_mode_gpu()
+    return 'gpu %d' % gpu
+
+
+def read_net_param(path):
+    """Parse a net prototxt into a caffe_pb2.NetParameter, raising InputError naming `path`."""
+    from google.protobuf import text_format
+    caffe = import_caffe()
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError('%s: net prototxt not found' % path)
+    try:
+        with open(path) as f:
+            text = f.read()
+        param = caffe.proto.caffe_pb2.NetParameter()
+        text_format.Merge(text, param)
+    except (UnicodeDecodeError, text_format.ParseError) as e:
+        raise InputError('%s: not a valid net prototxt: %s' % (path, str(e).splitlines()[0]))
+    if not param.layer:
+        raise InputError('%s: net prototxt has no layers' % path)
+    return param
+
+
+def check_prototxt(path):
+    """Raise InputError (naming `path`) unless it is an existing, parseable net prototxt."""
+    read_net_param(path)
+    return str(path)
+
+
+def _blob_shape(blob):
+    """Shape of a caffe_pb2.BlobProto, handling the legacy num/channels/height/width fields."""
+    if blob.HasField('shape'):
+        return tuple(blob.shape.dim)
+    return (blob.num, blob.channels, blob.height, blob.width)
+
+
+def _shapes_match(stored, wanted):
+    if stored == wanted:
+        return True
+    # Legacy 4-D blobs are padded on the left with 1s, as Caffe's ShapeEquals does.
+    if len(stored) == 4 and len(wanted) <= 4:
+        return stored == (1,) * (4 - len(wanted)) + tuple(wanted)
+    return False
+
+
+def check_weights(path, net):
+    """Raise InputError unless caffemodel `path` parses and every layer it shares with `net`
+    (by name) has the same number and shapes of parameter blobs. Returns the names copied."""
+    caffe = import_caffe()
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError('%s: weights file not found' % path)
+    if os.path.getsize(path) == 0:
+        raise InputError('%s: weights file is empty' % path)
+    param = caffe.proto.caffe_pb2.NetParameter()
+    try:
+        with open(path, 'rb') as f:
+            param.ParseFromString(f.read())
+    except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
+        raise InputError('%s: not a Caffe weights file (%s)' % (path, e))
+    layers = list(param.layer) or list(param.layers)  # V1 models use `layers`
+    if not layers:
+        raise InputError('%s: weights file holds no layers' % path)
+    shared = []
+    for layer in layers:
+        if layer.name not in net.params or not layer.blobs:
+            continue
+        wanted = [tuple(b.data.shape) for b in net.params[layer.name]]
+        stored = [_blob_shape(b) for b in layer.blobs]
+        if len(wanted) != len(stored) or not all(map(_shapes_match, stored, wanted)):
+            raise InputError('%s: layer %r has parameter shapes %s but the net expects %s'
+                             % (path, layer.name, stored, wanted))
+        shared.append(layer.name)
+    if not shared:
+        raise InputError('%s: no layer name matches the net (%s...)'
+                         % (path, ', '.join(list(net.params)[:3])))
+    return shared
+
+
+def open_net(prototxt, phase='test', weights=None):
+    """caffe.Net for `prototxt` in phase 'train' or 'test', with `weights` copied in,
+    every input checked first so bad input is an InputError, never a Caffe abort."""
+    caffe = import_caffe()
+    check_prototxt(prototxt)
+    net = caffe.Net(str(prototxt), caffe.TRAIN if phase == 'train' else caffe.TEST)
+    if weights:
+        check_weights(weights, net)
+        net.copy_from(str(weights))
+    return net
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode='wb'):
+    """Open a temporary file beside `path`; on success it replaces `path` in one rename."""
+    path = str(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.part')
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def run_cli(main, argv=None):
+    """Run `main(argv)` as a command: input errors become one line on stderr and exit 1."""
+    try:
+        code = main(argv)
+    except (InputError, OSError) as e:
+        if os.environ.get('FCN_DEBUG'):
+            raise
+        print('error: %s' % e, file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        code = 130
+    sys.exit(code or 0)

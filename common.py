@@ -179,3 +179,34 @@ def run_cli(main, argv=None):
         print('interrupted', file=sys.stderr)
         code = 130
     sys.exit(code or 0)
+
+
+def voc_palette(n=256):
+    """The PASCAL VOC colour map: n x 3 uint8, class k's RGB colour in row k.
+
+    Each class index's bits are spread over the high bits of R, G and B in turn, so the
+    first classes get well separated colours; index 255 (void) is the usual cream colour."""
+    import numpy as np
+    palette = np.zeros((n, 3), np.uint8)
+    for k in range(n):
+        c, r, g, b = k, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette[k] = (r, g, b)
+    return palette
+
+
+def save_label_png(path, label):
+    """Write an H x W array of class indices (0-255) as a palette PNG, atomically."""
+    import numpy as np
+    from PIL import Image
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError('label must be H x W, got shape %s' % (label.shape,))
+    img = Image.fromarray(label.astype(np.uint8), mode='P')
+    img.putpalette(voc_palette().ravel().tolist())
+    with atomic_write(path) as f:
+        img.save(f, format='PNG')

@@ -1,0 +1,41 @@
+# Fully Convolutional Networks on real Caffe.
+#   make demo            train a small FCN-8s on generated data, score it, segment images
+#   make test            set up everything that is missing, then run the tests
+#   make caffe           only build pycaffe (cached under ~/.cache/fcn-caffe) and link it
+#   make caffe-selftest  Caffe's own Python test suite against the built pycaffe
+#   make bench           CPU speed and memory benchmark
+#   make clean           remove the virtual environment (the Caffe build cache stays)
+# FCN_CAFFE_CPU=1 forces a CPU build where nvcc exists; PYTHON=python3.X picks the Python.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEPS   := $(VENV)/.deps-installed
+
+.PHONY: test caffe caffe-selftest demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Python dependencies are declared once, in pyproject.toml.
+$(DEPS): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check ".[test]"
+	touch $@
+
+caffe: $(DEPS)
+	$(PY) build_caffe.py
+
+caffe-selftest: $(DEPS)
+	$(PY) build_caffe.py --selftest
+
+test: caffe
+	$(PY) -m pytest -q tests
+
+demo: caffe
+	$(PY) demo.py
+
+bench: caffe
+	$(PY) bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

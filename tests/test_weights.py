@@ -1,0 +1,233 @@
+"""weights.py: URL records, and downloads against a local HTTP server on 127.0.0.1.
+
+The server runs in a thread of the test process, serves a generated file, supports
+Range (or ignores it, or cuts the transfer short, on request) and is shut down by the
+fixture; nothing leaves the machine."""
+import hashlib
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import weights
+from common import REPO, InputError
+
+PAYLOAD = os.urandom(300 * 1024 + 17)
+SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+SHA1 = hashlib.sha1(PAYLOAD).hexdigest()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """GET /file.bin (honours Range), /norange.bin (ignores Range), /cut.bin (sends half
+    of the body then closes), anything else 404. Requests' Range headers are recorded."""
+    ranges = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        Handler.ranges.append(self.headers.get('Range'))
+        if self.path not in ('/file.bin', '/norange.bin', '/cut.bin'):
+            self.send_error(404)
+            return
+        start = 0
+        rng = self.headers.get('Range')
+        if rng and self.path == '/file.bin':
+            start = int(rng.split('=')[1].split('-')[0])
+            if start >= len(PAYLOAD):
+                self.send_response(416)
+                self.send_header('Content-Range', 'bytes */%d' % len(PAYLOAD))
+                self.send_header('Content-Length', '0')
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header('Content-Range', 'bytes %d-%d/%d'
+                             % (start, len(PAYLOAD) - 1, len(PAYLOAD)))
+        else:
+            self.send_response(200)
+        body = PAYLOAD[start:]
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        if self.path == '/cut.bin':
+            body = body[:len(body) // 2]
+            self.close_connection = True
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    httpd.timeout = 5
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05},
+                              daemon=True)
+    thread.start()
+    Handler.ranges = []
+    try:
+        yield 'http://127.0.0.1:%d' % httpd.server_address[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def dead_url():
+    """A URL on 127.0.0.1 where nothing listens."""
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return 'http://127.0.0.1:%d/file.bin' % port
+
+
+def test_full_download_with_checksums(server, tmp_path):
+    dest = tmp_path / 'sub' / 'w.caffemodel'
+    out = weights.download(server + '/file.bin', dest, size=len(PAYLOAD), sha256=SHA256,
+                           sha1=SHA1, progress=False)
+    assert out == str(dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert not os.path.exists(str(dest) + '.part')
+    assert Handler.ranges == [None]
+
+
+def test_progress_on_stderr(server, tmp_path, capsys):
+    weights.download(server + '/file.bin', tmp_path / 'w', progress=True)
+    err = capsys.readouterr().err
+    assert '100%' in err and '/s' in err and 'KB' in err
+
+
+def test_resume_partial(server, tmp_path):
+    dest = tmp_path / 'w.caffemodel'
+    (tmp_path / 'w.caffemodel.part').write_bytes(PAYLOAD[:100000])
+    weights.download(server + '/file.bin', dest, sha256=SHA256, progress=False)
+    assert dest.read_bytes() == PAYLOAD
+    assert Handler.ranges == ['bytes=100000-']
+
+
+def test_resume_when_server_ignores_range(server, tmp_path):
+    dest = tmp_path / 'w.caffemodel'
+    (tmp_path / 'w.caffemodel.part').write_bytes(b'x' * 5000)  # would corrupt if appended to
+    weights.download(server + '/norange.bin', dest, sha256=SHA256, progress=False)
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_part_already_complete(server, tmp_path):
+    dest = tmp_path / 'w.caffemodel'
+    (tmp_path / 'w.caffemodel.part').write_bytes(PAYLOAD)
+    weights.download(server + '/file.bin', dest, sha256=SHA256, progress=False)  # size unknown
+    assert dest.read_bytes() == PAYLOAD
+    weights.download(server + '/file.bin', tmp_path / 'v', size=len(PAYLOAD), progress=False)
+
+
+def test_interrupted_keeps_part_then_resumes(server, tmp_path):
+    dest = tmp_path / 'w.caffemodel'
+    with pytest.raises(InputError) as e:
+        weights.download(server + '/cut.bin', dest, progress=False)
+    assert 'run again to resume' in str(e.value)
+    part = tmp_path / 'w.caffemodel.part'
+    assert 0 < part.stat().st_size < len(PAYLOAD) and not dest.exists()
+    weights.download(server + '/file.bin', dest, sha256=SHA256, progress=False)
+    assert dest.read_bytes() == PAYLOAD and not part.exists()
+    assert Handler.ranges[-1] == 'bytes=%d-' % (len(PAYLOAD) // 2)
+
+
+@pytest.mark.parametrize('kind', ['sha256', 'size', 'sha1'])
+def test_checksum_mismatch_leaves_nothing(server, tmp_path, kind):
+    dest = tmp_path / 'w.caffemodel'
+    bad = {'sha256': {'sha256': '0' * 64}, 'size': {'size': len(PAYLOAD) + 1},
+           'sha1': {'sha1': 'f' * 40}}[kind]
+    with pytest.raises(InputError) as e:
+        weights.download(server + '/file.bin', dest, progress=False, **bad)
+    assert 'mismatch' in str(e.value) and kind in str(e.value)
+    assert '\n' not in str(e.value)
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_server_down_names_url_and_path(tmp_path):
+    url = dead_url()
+    dest = tmp_path / 'w.caffemodel'
+    with pytest.raises(InputError) as e:
+        weights.download(url, dest, progress=False)
+    msg = str(e.value)
+    assert url in msg and str(dest) in msg and '\n' not in msg
+    assert not dest.exists()
+
+
+def test_http_error_names_url_and_path(server, tmp_path):
+    with pytest.raises(InputError) as e:
+        weights.download(server + '/missing.bin', tmp_path / 'w', progress=False)
+    assert '404' in str(e.value) and server + '/missing.bin' in str(e.value)
+
+
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, os.path.join(REPO, 'weights.py')] + list(args),
+                          capture_output=True, text=True, timeout=60, env=env, cwd='/')
+
+
+def test_cli_server_down_one_line(tmp_path):
+    url = dead_url()
+    (tmp_path / 'caffemodel-url').write_text(url + '\n')
+    r = run_cli(str(tmp_path), '--quiet')
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and url in lines[0] and str(tmp_path / 'file.bin') in lines[0]
+    assert 'Traceback' not in r.stderr
+
+
+def test_cli_downloads_into_dir_and_lists(server, tmp_path):
+    (tmp_path / 'caffemodel-url').write_text('%s/file.bin\nsize: %d\nsha256: %s\n'
+                                             % (server, len(PAYLOAD), SHA256))
+    r = run_cli(str(tmp_path), '--quiet')
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / 'file.bin').read_bytes() == PAYLOAD
+    r = run_cli(str(tmp_path))  # present: nothing fetched again
+    assert r.returncode == 0 and 'present' in r.stdout
+    r = run_cli(str(tmp_path), '--list')
+    assert 'present' in r.stdout and server in r.stdout
+
+
+def test_records_of_every_model():
+    expected = ['voc-fcn32s', 'voc-fcn16s', 'voc-fcn8s', 'voc-fcn8s-atonce', 'voc-fcn-alexnet',
+                'nyud-fcn32s-color', 'nyud-fcn32s-hha', 'nyud-fcn32s-color-d',
+                'nyud-fcn32s-color-hha', 'nyud-fcn16s-color-hha', 'siftflow-fcn32s',
+                'siftflow-fcn16s', 'siftflow-fcn8s', 'pascalcontext-fcn32s',
+                'pascalcontext-fcn16s', 'pascalcontext-fcn8s']
+    assert sorted(expected) == weights.models()
+    for model in expected:
+        rec = weights.read_url_record(os.path.join(REPO, model))
+        if model == 'nyud-fcn16s-color-hha':
+            assert rec['url'] is None and 'solve.py' in rec['note']
+            with pytest.raises(InputError, match='no released weights; train it with solve.py'):
+                weights.weights_path(model)
+            continue
+        assert rec['url'].startswith('http://dl.caffe.berkeleyvision.org/')
+        assert rec['url'].endswith('.caffemodel')
+        path = weights.weights_path(model)
+        assert path == os.path.join(REPO, model, os.path.basename(rec['url']))
+    # the original release's one-line format: the first line is the URL
+    with open(os.path.join(REPO, 'voc-fcn8s', 'caffemodel-url')) as f:
+        assert f.readline().strip() == \
+            'http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel'
+    assert weights.weights_path('vgg16') == \
+        os.path.join(REPO, 'ilsvrc-nets', 'VGG_ILSVRC_16_layers.caffemodel')
+    assert weights.weights_path('caffenet') == \
+        os.path.join(REPO, 'ilsvrc-nets', 'bvlc_reference_caffenet.caffemodel')
+
+
+def test_cli_no_release_and_unknown():
+    r = run_cli('nyud-fcn16s-color-hha')
+    assert r.returncode == 1 and 'no released weights; train it with solve.py' in r.stderr
+    r = run_cli('no-such-model')
+    assert r.returncode == 1 and 'no-such-model' in r.stderr and 'Traceback' not in r.stderr
+    r = run_cli('--list')
+    assert r.returncode == 0 and 'voc-fcn8s' in r.stdout and 'vgg16' in r.stdout
+
+
+def test_bad_record(tmp_path):
+    (tmp_path / 'caffemodel-url').write_text('http://x/y.caffemodel\nsha256: nothex\n')
+    with pytest.raises(InputError, match='caffemodel-url:2'):
+        weights.read_url_record(str(tmp_path))

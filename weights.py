@@ -1,0 +1,321 @@
+"""Fetch the released FCN weights and the ILSVRC nets they start from.
+
+Every model directory holds a `caffemodel-url` record, compatible with the original
+release's one-line files:
+
+    http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel   <- line 1: the URL
+    size: 539683182                                                    <- optional, bytes
+    sha256: 0123...                                                    <- optional
+    sha1: 0123...                                                      <- optional (Model Zoo style)
+
+Lines starting with '#' are comments; a record with no URL (nyud-fcn16s-color-hha,
+never released) makes the downloader say so. Only checksums published with the
+weights are recorded; where none is known the download is checked by size alone, or
+by the server's Content-Length. The weights are saved in the model directory under
+the URL's basename (VGG16 and CaffeNet in ilsvrc-nets/, records
+`ilsvrc-nets/vgg16.caffemodel-url` and `ilsvrc-nets/caffenet.caffemodel-url`).
+
+Commands (from anywhere; paths resolve from the repository):
+
+    python weights.py voc-fcn8s                   # one model's released weights
+    python weights.py voc-fcn32s voc-fcn16s       # several
+    python weights.py vgg16 caffenet              # ILSVRC nets for training from scratch
+    python weights.py --all                       # every released FCN model (several GB)
+    python weights.py --list                      # what is present, where, and the URLs
+    python weights.py path/to/model-dir           # any directory holding a caffemodel-url
+
+A download streams to `<dest>.part`, resumes an existing .part with an HTTP Range
+request (starting over when the server ignores Range), shows bytes / % / rate on stderr,
+checks size and checksums, then renames the .part into place. An interrupted download
+keeps its .part: run the same command again to resume. Offline? The error names the URL
+and the path: fetch the file elsewhere and copy it there.
+"""
+import argparse
+import glob
+import hashlib
+import http.client
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from common import REPO, InputError, run_cli
+
+RECORD = 'caffemodel-url'
+ILSVRC_DIR = os.path.join(REPO, 'ilsvrc-nets')
+# name on the command line -> URL record of an ILSVRC classification net
+ILSVRC = {
+    'vgg16': os.path.join(ILSVRC_DIR, 'vgg16.caffemodel-url'),
+    'caffenet': os.path.join(ILSVRC_DIR, 'caffenet.caffemodel-url'),
+}
+CHUNK = 1 << 20  # bytes per read
+TIMEOUT = 60  # seconds without data before giving up on a connection
+NO_RELEASE = 'no released weights; train it with solve.py'
+
+
+def models():
+    """Names of the model directories (under the repository) that hold a caffemodel-url, sorted."""
+    return sorted(os.path.basename(os.path.dirname(p))
+                  for p in glob.glob(os.path.join(REPO, '*', RECORD)))
+
+
+def record_path(model):
+    """Path of the URL record for `model`: a model directory name, 'vgg16', 'caffenet',
+    or the path of a directory holding a caffemodel-url."""
+    if model in ILSVRC:
+        return ILSVRC[model]
+    for candidate in (os.path.join(REPO, model, RECORD), os.path.join(model, RECORD)):
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise InputError('%s: unknown model (no %s); known: %s'
+                     % (model, RECORD, ', '.join(models() + sorted(ILSVRC))))
+
+
+def read_url_record(model_dir):
+    """Parse a URL record: `model_dir` is a directory holding caffemodel-url, or the record file.
+
+    Returns a dict: url (None when the model has no release), size (bytes or None),
+    sha256 / sha1 (lower-case hex or None), note (the comment lines, joined)."""
+    path = os.path.join(model_dir, RECORD) if os.path.isdir(model_dir) else model_dir
+    if not os.path.isfile(path):
+        raise InputError('%s: no URL record' % path)
+    rec = {'url': None, 'size': None, 'sha256': None, 'sha1': None, 'note': ''}
+    notes = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith('#'):
+                notes.append(line.lstrip('#').strip())
+                continue
+            key, sep, value = line.partition(':')
+            key, value = key.strip().lower(), value.strip()
+            if rec['url'] is None and re.match(r'^(https?|ftp|file)://', line):
+                rec['url'] = line
+            elif sep and key == 'size' and value.isdigit():
+                rec['size'] = int(value)
+            elif sep and key in ('sha256', 'sha1') and re.fullmatch(
+                    r'[0-9a-fA-F]{%d}' % (64 if key == 'sha256' else 40), value):
+                rec[key] = value.lower()
+            else:
+                raise InputError('%s:%d: cannot read %r (expected a URL, size: N, sha256: HEX '
+                                 'or sha1: HEX)' % (path, n, line))
+    rec['note'] = ' '.join(notes)
+    return rec
+
+
+def weights_path(model):
+    """Where `model`'s released weights live: its directory + the URL's basename
+    (ilsvrc-nets/ for vgg16 / caffenet). InputError when the model has no release."""
+    record = record_path(model)
+    rec = read_url_record(record)
+    if not rec['url']:
+        raise InputError('%s: %s' % (model, NO_RELEASE))
+    name = os.path.basename(urllib.request.url2pathname(rec['url'].split('?')[0].rstrip('/')))
+    return os.path.join(os.path.dirname(record), name)
+
+
+def _human(n):
+    for unit in ('B', 'KB', 'MB', 'GB'):
+        if n < 1000 or unit == 'GB':
+            return ('%d %s' if unit == 'B' else '%.1f %s') % (n, unit)
+        n /= 1000.0
+
+
+class _Meter:
+    """Progress on stderr: bytes so far, % of the total when known, rate; redrawn <= 4x/s."""
+
+    def __init__(self, start, total, enabled):
+        self.start, self.total, self.enabled = start, total, enabled
+        self.t0 = self.last = time.time()
+
+    def show(self, done, final=False):
+        now = time.time()
+        if not self.enabled or (not final and now - self.last < 0.25):
+            return
+        self.last = now
+        rate = (done - self.start) / max(now - self.t0, 1e-6)
+        pct = ' %3d%%' % (100 * done // self.total) if self.total else ''
+        of = ' / %s' % _human(self.total) if self.total else ''
+        sys.stderr.write('\r  %s%s%s  %s/s ' % (_human(done), of, pct, _human(rate)))
+        if final:
+            sys.stderr.write('\n')
+        sys.stderr.flush()
+
+
+def _file_digest(path, algo):
+    h = hashlib.new(algo)
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(CHUNK), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _unreachable(url, dest, reason):
+    return InputError('cannot download %s (%s); fetch it elsewhere and put it at %s'
+                      % (url, reason, dest))
+
+
+def download(url, dest, size=None, sha256=None, progress=True, sha1=None):
+    """Download `url` to `dest` (bytes on disk, atomically), resuming `dest`.part.
+
+    `size` (bytes) and `sha256` / `sha1` (hex) are checked when given; a mismatch deletes
+    the .part and raises InputError. Network failures raise InputError naming the URL and
+    `dest`; a transfer cut short keeps the .part so the next call resumes it. Returns dest."""
+    dest = os.path.abspath(str(dest))
+    part = dest + '.part'
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    offset = os.path.getsize(part) if os.path.isfile(part) else 0
+    if size is not None and offset > size:
+        offset = 0
+    while size is None or offset < size:  # at most twice: resume, then start over
+        req = urllib.request.Request(url, headers={'User-Agent': 'fcn-weights/1'})
+        if offset:
+            req.add_header('Range', 'bytes=%d-' % offset)
+        try:
+            resp = urllib.request.urlopen(req, timeout=TIMEOUT)
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and offset:
+                # Range not satisfiable: the .part is complete when the total equals it.
+                m = re.search(r'/(\d+)', e.headers.get('Content-Range', '') or '')
+                if m and int(m.group(1)) == offset:
+                    break
+                offset = 0
+                continue
+            raise _unreachable(url, dest, 'HTTP %d %s' % (e.code, e.reason))
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+            reason = getattr(e, 'reason', None) or e
+            raise _unreachable(url, dest, str(reason).strip() or type(e).__name__)
+        with resp:
+            length = resp.headers.get('Content-Length')
+            length = int(length) if length and length.isdigit() else None
+            m = re.match(r'bytes (\d+)-\d+/(\d+|\*)', resp.headers.get('Content-Range') or '')
+            if offset and not (resp.status == 206 and m and int(m.group(1)) == offset):
+                offset = 0  # the server ignored Range (or sent another one): start over
+            expected = offset + length if length is not None else size
+            meter = _Meter(offset, expected, progress)
+            done = offset
+            with open(part, 'ab' if offset else 'wb') as f:
+                while True:
+                    try:
+                        block = resp.read(CHUNK)
+                    except (OSError, http.client.HTTPException, ValueError) as e:
+                        block, cut = b'', type(e).__name__
+                    else:
+                        cut = None
+                    if not block:
+                        break
+                    f.write(block)
+                    done += len(block)
+                    meter.show(done)
+            meter.show(done, final=True)
+            if cut or (length is not None and done < offset + length):
+                raise InputError('download of %s interrupted at %s (%s); run again to resume '
+                                 '%s' % (url, _human(done), cut or 'connection closed', part))
+        break
+    got = os.path.getsize(part) if os.path.isfile(part) else 0
+    checks = [('size', size, lambda: got)]
+    checks += [(algo, want, lambda a=algo: _file_digest(part, a))
+               for algo, want in (('sha256', sha256), ('sha1', sha1))]
+    for what, want, compute in checks:
+        if want is None:
+            continue
+        have = compute()
+        if str(have).lower() != str(want).lower():
+            os.unlink(part)
+            raise InputError('%s: %s mismatch (got %s, expected %s); the download was deleted, '
+                             'run again' % (url, what, have, want))
+    os.replace(part, dest)
+    return dest
+
+
+def fetch(model, progress=True, verify=False):
+    """Download `model`'s weights unless present; returns (path, 'present' | 'downloaded')."""
+    rec = read_url_record(record_path(model))
+    if not rec['url']:
+        raise InputError('%s: %s' % (model, NO_RELEASE))
+    dest = weights_path(model)
+    if os.path.isfile(dest):
+        if rec['size'] is not None and os.path.getsize(dest) != rec['size']:
+            raise InputError('%s: has %d bytes, the release has %d; delete it and run again'
+                             % (dest, os.path.getsize(dest), rec['size']))
+        for algo in ('sha256', 'sha1') if verify else ():
+            if rec[algo] and _file_digest(dest, algo) != rec[algo]:
+                raise InputError('%s: %s does not match the release; delete it and run again'
+                                 % (dest, algo))
+        return dest, 'present'
+    download(rec['url'], dest, size=rec['size'], sha256=rec['sha256'], sha1=rec['sha1'],
+             progress=progress)
+    return dest, 'downloaded'
+
+
+def _rel(path):
+    rel = os.path.relpath(path, REPO)
+    return path if rel.startswith('..') else rel
+
+
+def list_models(names):
+    """One line per model: name, present / missing / no release, path, URL."""
+    rows = []
+    for name in names:
+        rec = read_url_record(record_path(name))
+        if not rec['url']:
+            rows.append((name, 'no release', rec['note'] or NO_RELEASE, ''))
+            continue
+        dest = weights_path(name)
+        state = 'present' if os.path.isfile(dest) else ('partial' if os.path.isfile(dest + '.part')
+                                                       else 'missing')
+        rows.append((name, state, _rel(dest), rec['url']))
+    wide = [max((len(r[i]) for r in rows if r[3] or i < 2), default=0) for i in range(3)]
+    for row in rows:
+        cells = row if row[3] else row[:3]
+        print('  '.join(c.ljust(w) for c, w in zip(cells, wide + [0])).rstrip())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Download released FCN weights (and the VGG16 / CaffeNet ILSVRC nets) '
+                    'into their model directories.')
+    parser.add_argument('models', nargs='*', metavar='MODEL',
+                        help='model directory name (e.g. voc-fcn8s), vgg16, caffenet, or a '
+                             'directory holding a caffemodel-url')
+    parser.add_argument('--all', action='store_true',
+                        help='every FCN model with released weights (not vgg16/caffenet)')
+    parser.add_argument('--list', action='store_true',
+                        help='only print each model, whether its weights are present, and the URL')
+    parser.add_argument('--verify', action='store_true',
+                        help='also check the checksums of weights already present')
+    parser.add_argument('--quiet', action='store_true', help='no progress meter')
+    args = parser.parse_args(argv)
+    names = list(args.models)
+    if args.all:
+        names += [m for m in models() if m not in names]
+    if args.list:
+        list_models(names or models() + sorted(ILSVRC))
+        return 0
+    if not names:
+        parser.error('name a MODEL, vgg16, caffenet, or use --all / --list')
+    for name in names:
+        record_path(name)  # unknown names fail before anything is downloaded
+    failed = 0
+    for name in names:
+        rec = read_url_record(record_path(name))
+        if not rec['url'] and args.all and name not in args.models:
+            print('%s: skipped, %s' % (name, NO_RELEASE))
+            continue
+        try:
+            if rec['url'] and not os.path.isfile(weights_path(name)):
+                print('%s: %s -> %s' % (name, rec['url'], _rel(weights_path(name))), flush=True)
+            path, state = fetch(name, progress=not args.quiet, verify=args.verify)
+            print('%s: %s %s' % (name, state, _rel(path)))
+        except InputError as e:
+            print('error: %s' % e, file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    run_cli(main)

@@ -1,0 +1,740 @@
+"""Every FCN net of the paper, written once with Caffe's net_spec, and the files made from them.
+
+Each trainable model is a directory at the top of the repository holding
+train.prototxt, val.prototxt, deploy.prototxt and solver.prototxt (FCN-SPEC sections 1-3).
+`MODELS` below is the one table of per-model settings (dataset, classes, head, parent
+weights, solver, scoring split, training length); the solving loop imports it.
+ilsvrc-nets/ holds the ImageNet classifiers (VGG16, CaffeNet) whose weights are cast
+into the FCNs.
+
+Commands (from anywhere; paths are resolved from this file):
+
+    python net.py                 # (re)write every model directory and ilsvrc-nets/
+    python net.py voc-fcn8s       # only the named models
+    python net.py --check         # exit 1, listing the files that differ from net.py
+    python net.py --list          # the models and their settings
+
+From Python (the demo builds a narrow FCN-8s on its own VOC-format data):
+
+    import net
+    net.voc_fcn('8s', 'deploy')                       # a caffe_pb2.NetParameter
+    net.write_model_dir('out/demo', 'voc-fcn8s', widths=(8, 8, 16, 16, 16, 32),
+                        data={'train': ('VOCSegDataLayer', {...}), 'val': (...)},
+                        solver={'test_iter': 10})
+
+Conventions, as in the FCN release:
+- Layer and blob names are the paper's (conv1_1 ... fc7, score_fr, upscore2, score_pool4c,
+  fuse_pool4, ...): weights are copied between nets by name.
+- No fillers: every parameter starts at zero unless weights are copied in (the at-once
+  Scale layers are the one exception), so new score layers start at zero.
+- Crops are computed by caffe.coord_map.crop from the layer geometry, never typed.
+- Data layers are Python layers from layers.py, configured by JSON in param_str; their
+  paths are relative to the data root ($FCN_DATA_ROOT or <repo>/data).
+"""
+import argparse
+import functools
+import json
+import os
+
+from common import REPO, atomic_write, import_caffe, run_cli
+
+caffe = import_caffe()
+from caffe import layers as L, params as P  # noqa: E402  (after import_caffe quiets logging)
+from caffe.coord_map import crop  # noqa: E402
+
+# Channel widths: conv blocks 1-5 then fc6/fc7. Tests and the demo pass narrow ones.
+VGG16_WIDTHS = (64, 128, 256, 512, 512, 4096)
+# conv1-conv5 then fc6/fc7.
+CAFFENET_WIDTHS = (96, 256, 384, 384, 256, 4096)
+
+HEADS = ('32s', '16s', '8s')
+SPLITS = ('train', 'val', 'deploy')
+IGNORE_LABEL = 255
+# Deploy nets take one 500 x 500 image (the largest PASCAL image side).
+DEPLOY_SIZE = 500
+
+# The default data layer of every dataset for the train and val nets:
+# (class in layers.py, its param_str parameters). Paths are relative to the data root.
+VOC_MEAN = [104.00699, 116.66877, 122.67892]
+DATA = {
+    'voc': {
+        'train': ('SBDDSegDataLayer',
+                  {'sbdd_dir': 'sbdd/dataset', 'split': 'train', 'seed': 1337, 'mean': VOC_MEAN}),
+        'val': ('VOCSegDataLayer',
+                {'voc_dir': 'pascal/VOC2011', 'split': 'seg11valid', 'seed': 1337, 'mean': VOC_MEAN}),
+    },
+    # The NYUD layer's `tops` parameter is added by nyud_fcn: it depends on the modality.
+    'nyud': {
+        'train': ('NYUDSegDataLayer', {'nyud_dir': 'nyud', 'split': 'trainval', 'seed': 1337}),
+        'val': ('NYUDSegDataLayer', {'nyud_dir': 'nyud', 'split': 'test', 'seed': 1337}),
+    },
+    'siftflow': {
+        'train': ('SIFTFlowSegDataLayer', {'siftflow_dir': 'sift-flow', 'split': 'trainval', 'seed': 1337}),
+        'val': ('SIFTFlowSegDataLayer', {'siftflow_dir': 'sift-flow', 'split': 'test', 'seed': 1337}),
+    },
+    'pascalcontext': {
+        'train': ('PASCALContextSegDataLayer',
+                  {'voc_dir': 'pascal/VOC2010', 'context_dir': 'pascal-context', 'split': 'train',
+                   'seed': 1337, 'mean': [104.007, 116.669, 122.679]}),
+        'val': ('PASCALContextSegDataLayer',
+                {'voc_dir': 'pascal/VOC2010', 'context_dir': 'pascal-context', 'split': 'val',
+                 'seed': 1337, 'mean': [104.007, 116.669, 122.679]}),
+    },
+}
+
+
+# ---------------------------------------------------------------------------
+# Checks on the builders' arguments (raised as ValueError naming what was expected).
+
+def _check_choice(what, value, choices):
+    if value not in choices:
+        raise ValueError('%s must be one of %s, got %r' % (what, ', '.join(map(str, choices)), value))
+
+
+def _check_positive(what, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError('%s must be a positive integer, got %r' % (what, value))
+
+
+def _check_widths(widths, default, even=False):
+    widths = tuple(widths)
+    if len(widths) != len(default):
+        raise ValueError('widths must be %d positive integers like %s, got %r'
+                         % (len(default), default, widths))
+    for w in widths:
+        _check_positive('each width', w)
+        # CaffeNet's conv2/4/5 are split in two groups: their channel counts must be even.
+        if even and w % 2:
+            raise ValueError('CaffeNet widths must be even (conv2, conv4, conv5 use group 2), got %r'
+                             % (widths,))
+    return widths
+
+
+# ---------------------------------------------------------------------------
+# Layer helpers.
+
+# Weights learn at the base rate with weight decay; biases at twice the rate, no decay.
+LEARN = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
+
+
+def conv_relu(bottom, nout, ks=3, stride=1, pad=1, group=1, mults=True):
+    """Convolution + in-place ReLU. `mults=False` leaves Caffe's default multipliers (CaffeNet)."""
+    kwargs = dict(kernel_size=ks, stride=stride, num_output=nout, pad=pad)
+    if group != 1:
+        kwargs['group'] = group
+    if mults:
+        kwargs['param'] = LEARN
+    conv = L.Convolution(bottom, **kwargs)
+    return conv, L.ReLU(conv, in_place=True)
+
+
+def fc_relu(bottom, nout, mults=True):
+    """InnerProduct + in-place ReLU: the classifiers' fc6/fc7 before they are cast to conv."""
+    kwargs = dict(param=LEARN) if mults else {}
+    fc = L.InnerProduct(bottom, num_output=nout, **kwargs)
+    return fc, L.ReLU(fc, in_place=True)
+
+
+def max_pool(bottom, ks=2, stride=2):
+    return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=ks, stride=stride)
+
+
+def score_conv(bottom, num_classes):
+    """1x1 class scorer (score_fr, score_pool4, score_pool3); starts at zero (no filler)."""
+    return L.Convolution(bottom, num_output=num_classes, kernel_size=1, pad=0, param=LEARN)
+
+
+def upsample(bottom, num_classes, factor, kernel=None):
+    """Upsampling by `factor`: a fixed (lr_mult 0), bias-free Deconvolution of kernel
+    2 x factor, set to bilinear interpolation later by surgery.interp."""
+    return L.Deconvolution(bottom, param=[dict(lr_mult=0)], convolution_param=dict(
+        num_output=num_classes, kernel_size=kernel or 2 * factor, stride=factor, bias_term=False))
+
+
+def softmax_loss(score, label, normalize=False):
+    """Per-pixel softmax loss; summed over the image (normalize false) as in the paper,
+    which is why the learning rates are so small. Void pixels (255) are ignored."""
+    return L.SoftmaxWithLoss(score, label,
+                             loss_param=dict(normalize=normalize, ignore_label=IGNORE_LABEL))
+
+
+# ---------------------------------------------------------------------------
+# Trunks: the ImageNet classifiers, fully convolutional.
+
+def vgg16(n, bottom, widths=VGG16_WIDTHS, suffix='', train=False, pad=100,
+          conv1_1='conv1_1', fully_conv=True):
+    """The VGG16 trunk conv1_1 ... fc7 into NetSpec `n`; returns fc7's last top.
+
+    suffix: appended to every layer name (NYUD late fusion's towers: conv1_1color ...).
+    train: Dropout drop6/drop7 in place (only train nets have them).
+    pad: conv1_1's padding: 100 in the FCNs, so that even small inputs leave fc6 a
+      spatial extent and the output can be cropped back to the input; 1 in the classifier.
+    conv1_1: the first conv's name (NYUD color-d renames it conv1_1_bgrd, it has 4 inputs).
+    fully_conv: fc6/fc7 as 7x7 and 1x1 convolutions; False gives the classifier's
+      InnerProducts (same weights, other shape: surgery casts one into the other).
+    """
+    widths = _check_widths(widths, VGG16_WIDTHS)
+    s = suffix
+    blocks = [(1, 2), (2, 2), (3, 3), (4, 3), (5, 3)]  # (block, number of convs)
+    top = bottom
+    for (block, convs), width in zip(blocks, widths):
+        for i in range(1, convs + 1):
+            name = '%d_%d' % (block, i)
+            conv = conv1_1 if name == '1_1' else 'conv' + name
+            n[conv + s], n['relu' + name + s] = conv_relu(top, width, pad=pad if name == '1_1' else 1)
+            top = n['relu' + name + s]
+        n['pool%d' % block + s] = top = max_pool(top)
+    for name, ks in (('6', 7), ('7', 1)):
+        if fully_conv:
+            n['fc' + name + s], n['relu' + name + s] = conv_relu(top, widths[5], ks=ks, pad=0)
+        else:
+            n['fc' + name + s], n['relu' + name + s] = fc_relu(top, widths[5])
+        top = n['relu' + name + s]
+        if train:
+            n['drop' + name + s] = top = L.Dropout(top, dropout_ratio=0.5, in_place=True)
+    return top
+
+
+def caffenet(n, bottom, widths=CAFFENET_WIDTHS, train=False, pad=100, fully_conv=True):
+    """The CaffeNet (bvlc_reference_caffenet) trunk conv1 ... fc7; returns fc7's last top.
+    Caffe's default multipliers, as the release's FCN-AlexNet; pooling before LRN."""
+    widths = _check_widths(widths, CAFFENET_WIDTHS, even=True)
+    n.conv1, n.relu1 = conv_relu(bottom, widths[0], ks=11, stride=4, pad=pad, mults=False)
+    n.pool1 = max_pool(n.relu1, 3, stride=2)
+    n.norm1 = L.LRN(n.pool1, local_size=5, alpha=1e-4, beta=0.75)
+    n.conv2, n.relu2 = conv_relu(n.norm1, widths[1], ks=5, pad=2, group=2, mults=False)
+    n.pool2 = max_pool(n.relu2, 3, stride=2)
+    n.norm2 = L.LRN(n.pool2, local_size=5, alpha=1e-4, beta=0.75)
+    n.conv3, n.relu3 = conv_relu(n.norm2, widths[2], ks=3, pad=1, mults=False)
+    n.conv4, n.relu4 = conv_relu(n.relu3, widths[3], ks=3, pad=1, group=2, mults=False)
+    n.conv5, n.relu5 = conv_relu(n.relu4, widths[4], ks=3, pad=1, group=2, mults=False)
+    n.pool5 = top = max_pool(n.relu5, 3, stride=2)
+    for name, ks in (('6', 6), ('7', 1)):
+        if fully_conv:
+            n['fc' + name], n['relu' + name] = conv_relu(top, widths[5], ks=ks, pad=0, mults=False)
+        else:
+            n['fc' + name], n['relu' + name] = fc_relu(top, widths[5], mults=False)
+        top = n['relu' + name]
+        if train:
+            n['drop' + name] = top = L.Dropout(top, dropout_ratio=0.5, in_place=True)
+    return top
+
+
+# ---------------------------------------------------------------------------
+# Heads: class scores on the trunk, then upsampling, skip fusion and the crop to the input.
+
+# The score layers each head needs, coarsest first (the skips of section 4.2).
+SCORES = {'32s': ('score_fr',), '16s': ('score_fr', 'score_pool4'),
+          '8s': ('score_fr', 'score_pool4', 'score_pool3')}
+
+
+def class_scores(n, head, num_classes, fc7, pool4=None, pool3=None, suffix='', at_once=False):
+    """The 1x1 score layers the head needs: score_fr on fc7; for 16s/8s score_pool4 on pool4,
+    for 8s score_pool3 on pool3. Returns their names (with `suffix`), coarsest first.
+
+    at_once: the all-at-once FCN-8s scales the pool features first (scale_pool4 x 0.01,
+    scale_pool3 x 0.0001, fixed), because pool3/pool4 activations are much larger than
+    fc7's and would otherwise swamp the coarse scores at the start of training."""
+    _check_choice('head', head, HEADS)
+    s = suffix
+    n['score_fr' + s] = score_conv(fc7, num_classes)
+    for pool, name, scale in ((pool4, 'pool4', 0.01), (pool3, 'pool3', 0.0001)):
+        if 'score_' + name not in SCORES[head]:
+            break
+        if pool is None:
+            raise ValueError('an FCN-%s head needs the trunk\'s %s' % (head, name))
+        if at_once:
+            n['scale_' + name + s] = pool = L.Scale(
+                pool, filler=dict(type='constant', value=scale), param=[dict(lr_mult=0)])
+        n['score_' + name + s] = score_conv(pool, num_classes)
+    return [name + s for name in SCORES[head]]
+
+
+def fcn_head(n, scores, reference, num_classes, suffix='', kernel=None):
+    """Upsample the class scores named in `scores` (coarsest first: [score_fr] for FCN-32s,
+    + score_pool4 for 16s, + score_pool3 for 8s) back to the input, fusing each finer skip
+    by a 2x upsampling and a sum, and crop to the `reference` top (the input).
+    Layers: upscore | upscore2, <skip>c, fuse_pool4, upscore16 | ..., upscore_pool4,
+    fuse_pool3, upscore8; then `score` (+ suffix). The crop of a skip is named after it
+    with a 'c' (score_pool4c; score_pool4_semc in SIFT Flow, as in the release).
+    kernel: the final upsampling's kernel (FCN-AlexNet: 63 instead of 64).
+    Returns the name of the score top."""
+    if not 1 <= len(scores) <= 3:
+        raise ValueError('fcn_head takes 1 to 3 score tops (coarsest first), got %r' % (scores,))
+    s = suffix
+    score = 'score' + s
+    if len(scores) == 1:
+        n['upscore' + s] = up = upsample(n[scores[0]], num_classes, 32, kernel)
+    else:
+        n['upscore2' + s] = up = upsample(n[scores[0]], num_classes, 2)
+        n[scores[1] + 'c'] = crop(n[scores[1]], up)
+        n['fuse_pool4' + s] = fused = L.Eltwise(up, n[scores[1] + 'c'], operation=P.Eltwise.SUM)
+        if len(scores) == 2:
+            n['upscore16' + s] = up = upsample(fused, num_classes, 16, kernel)
+        else:
+            n['upscore_pool4' + s] = up = upsample(fused, num_classes, 2)
+            n[scores[2] + 'c'] = crop(n[scores[2]], up)
+            n['fuse_pool3' + s] = fused = L.Eltwise(up, n[scores[2] + 'c'], operation=P.Eltwise.SUM)
+            n['upscore8' + s] = up = upsample(fused, num_classes, 8, kernel)
+    # The offset comes from the layers' geometry (coord_map), e.g. 19 for FCN-32s.
+    n[score] = crop(up, n[reference])
+    return score
+
+
+# ---------------------------------------------------------------------------
+# Data: a Python data layer (train/val) or Input layers (deploy).
+
+def data_layer_params(dataset, split, data_layer=None, data_params=None):
+    """(class, params) of the data layer of `dataset`'s `split` net: the defaults in DATA,
+    or the given ones. data_params replaces the defaults whole (not merged), so a
+    data_layer of another class must come with its data_params."""
+    _check_choice('dataset', dataset, sorted(DATA))
+    default_layer, default_params = DATA[dataset][split]
+    if data_layer is not None and data_params is None:
+        raise ValueError('data_layer %r given without data_params (the defaults are for %s)'
+                         % (data_layer, default_layer))
+    layer = data_layer or default_layer
+    params = dict(default_params if data_params is None else data_params)
+    if not isinstance(layer, str) or not layer:
+        raise ValueError('data_layer must be a class name in layers.py, got %r' % (layer,))
+    try:
+        json.dumps(params)
+    except (TypeError, ValueError) as e:
+        raise ValueError('data_params must be JSON-serializable: %s' % e)
+    return layer, params
+
+
+def data_tops(n, dataset, split, inputs, labels, data_layer=None, data_params=None):
+    """The net's input tops. inputs: [(blob name, channels)] of the image tops;
+    labels: label blob names. train/val: one Python layer (module layers.py) with tops
+    inputs + labels, configured by JSON in param_str; deploy: one Input per image top,
+    1 x channels x 500 x 500, and no labels."""
+    _check_choice('split', split, SPLITS)
+    if split == 'deploy':
+        for name, channels in inputs:
+            n[name] = L.Input(shape=dict(dim=[1, channels, DEPLOY_SIZE, DEPLOY_SIZE]))
+        return
+    layer, params = data_layer_params(dataset, split, data_layer, data_params)
+    names = [name for name, _ in inputs] + list(labels)
+    tops = L.Python(module='layers', layer=layer, ntop=len(names),
+                    param_str=json.dumps(params, sort_keys=True))
+    tops = tops if len(names) > 1 else (tops,)
+    for name, top in zip(names, tops):
+        n[name] = top
+
+
+# ---------------------------------------------------------------------------
+# The nets.
+
+def fcn(head='8s', split='train', dataset='voc', num_classes=None, widths=VGG16_WIDTHS,
+        data_layer=None, data_params=None, at_once=False):
+    """A VGG16 FCN-32s/16s/8s with one image input `data` and one label `label`:
+    the VOC and PASCAL-Context nets. Returns a caffe_pb2.NetParameter.
+
+    split: 'train' (with dropout), 'val' (scoring) or 'deploy' (Input, no loss).
+    num_classes: default 21 for VOC, 60 for PASCAL-Context (background + 59).
+    data_layer/data_params: the Python data layer (default: DATA[dataset][split]).
+    at_once: the all-at-once FCN-8s (scaled pool skips)."""
+    _check_choice('head', head, HEADS)
+    _check_choice('dataset', dataset, ('voc', 'pascalcontext'))
+    num_classes = num_classes or {'voc': 21, 'pascalcontext': 60}[dataset]
+    _check_positive('num_classes', num_classes)
+    if at_once and head != '8s':
+        raise ValueError('at_once is the all-at-once FCN-8s: head must be 8s, got %r' % head)
+    n = caffe.NetSpec()
+    data_tops(n, dataset, split, [('data', 3)], ['label'], data_layer, data_params)
+    fc7 = vgg16(n, n.data, widths, train=split == 'train')
+    scores = class_scores(n, head, num_classes, fc7, n.pool4, n.pool3, at_once=at_once)
+    fcn_head(n, scores, 'data', num_classes)
+    if split != 'deploy':
+        n.loss = softmax_loss(n.score, n.label)
+    return n.to_proto()
+
+
+def voc_fcn(head='8s', split='train', num_classes=21, widths=VGG16_WIDTHS,
+            data_layer=None, data_params=None, at_once=False):
+    """The PASCAL VOC FCN-32s/16s/8s (and at-once 8s); see fcn()."""
+    return fcn(head, split, 'voc', num_classes, widths, data_layer, data_params, at_once)
+
+
+def pascalcontext_fcn(head='8s', split='train', num_classes=60, widths=VGG16_WIDTHS,
+                      data_layer=None, data_params=None):
+    """The PASCAL-Context FCN-32s/16s/8s (60 outputs); see fcn()."""
+    return fcn(head, split, 'pascalcontext', num_classes, widths, data_layer, data_params)
+
+
+def voc_fcn_alexnet(split='train', num_classes=21, widths=CAFFENET_WIDTHS,
+                    data_layer=None, data_params=None):
+    """FCN-AlexNet: the CaffeNet trunk, one 32x upsampling with kernel 63 (the release's;
+    coord_map then gives crop offset 18), and a loss normalized over the valid pixels."""
+    _check_positive('num_classes', num_classes)
+    n = caffe.NetSpec()
+    data_tops(n, 'voc', split, [('data', 3)], ['label'], data_layer, data_params)
+    fc7 = caffenet(n, n.data, widths, train=split == 'train')
+    scores = class_scores(n, '32s', num_classes, fc7)
+    fcn_head(n, scores, 'data', num_classes, kernel=63)
+    if split != 'deploy':
+        n.loss = softmax_loss(n.score, n.label, normalize=True)
+    return n.to_proto()
+
+
+NYUD_MODALITIES = ('color', 'hha', 'color-d', 'color-hha')
+
+
+def nyud_fcn(modality='color', split='train', head='32s', num_classes=40, widths=VGG16_WIDTHS,
+             data_layer=None, data_params=None):
+    """The NYUDv2 nets (40 classes) of the paper's Table 4.
+
+    color / hha: one input, named `data` in the net (the layer's top 'color' or 'hha').
+    color-d: early fusion: `data` = Concat(color, depth) on channels, 4 channels into
+      the first conv, which is therefore renamed conv1_1_bgrd (its weights are made
+      from VGG's conv1_1 by surgery, not copied by name).
+    color-hha: late fusion: two complete VGG towers whose layer names carry the suffix
+      'color' or 'hha' (conv1_1color ... score_frcolor), so trained color and HHA nets
+      transplant into them; `score_fused` = 0.5 score_frcolor + 0.5 score_frhha, one
+      upscore, score cropped to `color`.
+    The NYUD layer's `tops` parameter (what it loads, in order) is set here from the
+    modality, also in given data_params.
+      head '16s' is the paper's FCN-16s RGB-HHA, which the release never shipped. Naming
+      (ours): each tower scores its pool4 (score_pool4color, score_pool4hha), fused like
+      the coarse scores into `score_pool4_fused` = 0.5 each; then the standard FCN-16s
+      head (upscore2 on score_fused, score_pool4_fusedc, fuse_pool4, upscore16, score).
+      The new score_pool4* layers start at zero, so the net starts as the 32s one.
+    """
+    _check_choice('modality', modality, NYUD_MODALITIES)
+    _check_choice('head', head, HEADS)
+    _check_positive('num_classes', num_classes)
+    train = split == 'train'
+    n = caffe.NetSpec()
+    # The layer's `tops` names what it loads, in order; the net's blobs may be named otherwise.
+    if modality in ('color', 'hha'):
+        tops, inputs = [modality, 'label'], [('data', 3)]
+    elif modality == 'color-d':
+        tops, inputs = ['color', 'depth', 'label'], [('color', 3), ('depth', 1)]
+    else:
+        tops, inputs = ['color', 'hha', 'label'], [('color', 3), ('hha', 3)]
+    if split != 'deploy':
+        data_layer, data_params = data_layer_params('nyud', split, data_layer, data_params)
+        data_params['tops'] = tops
+    data_tops(n, 'nyud', split, inputs, ['label'], data_layer, data_params)
+
+    if modality != 'color-hha':
+        if modality == 'color-d':
+            n.data = L.Concat(n.color, n.depth)
+        fc7 = vgg16(n, n.data, widths, train=train,
+                    conv1_1='conv1_1_bgrd' if modality == 'color-d' else 'conv1_1')
+        scores = class_scores(n, head, num_classes, fc7, n.pool4, n.pool3)
+        fcn_head(n, scores, 'data', num_classes)
+    else:
+        for tower in ('color', 'hha'):
+            fc7 = vgg16(n, n[tower], widths, suffix=tower, train=train)
+            class_scores(n, head, num_classes, fc7, n['pool4' + tower], n['pool3' + tower],
+                         suffix=tower)
+        scores = []
+        for name in SCORES[head]:
+            fused = 'score_fused' if name == 'score_fr' else name + '_fused'
+            n[fused] = L.Eltwise(n[name + 'color'], n[name + 'hha'],
+                                 operation=P.Eltwise.SUM, coeff=[0.5, 0.5])
+            scores.append(fused)
+        fcn_head(n, scores, 'color', num_classes)
+    if split != 'deploy':
+        n.loss = softmax_loss(n.score, n.label)
+    return n.to_proto()
+
+
+def siftflow_fcn(head='16s', split='train', widths=VGG16_WIDTHS, data_layer=None, data_params=None,
+                 num_classes=(33, 3)):
+    """SIFT Flow: one VGG16 trunk, two heads: semantic (33 classes, every head layer
+    suffixed _sem: score_fr_sem ... score_sem) and geometric (3 classes, _geo).
+    Data tops data, sem, geo; losses `loss` (score_sem vs sem) and `loss_geo`."""
+    _check_choice('head', head, HEADS)
+    if len(num_classes) != 2:
+        raise ValueError('num_classes must be (semantic, geometric), got %r' % (num_classes,))
+    n = caffe.NetSpec()
+    data_tops(n, 'siftflow', split, [('data', 3)], ['sem', 'geo'], data_layer, data_params)
+    fc7 = vgg16(n, n.data, widths, train=split == 'train')
+    for task, classes, loss in (('sem', num_classes[0], 'loss'), ('geo', num_classes[1], 'loss_geo')):
+        _check_positive('num_classes', classes)
+        scores = class_scores(n, head, classes, fc7, n.pool4, n.pool3, suffix='_' + task)
+        score = fcn_head(n, scores, 'data', classes, suffix='_' + task)
+        if split != 'deploy':
+            n[loss] = softmax_loss(n[score], n[task])
+    return n.to_proto()
+
+
+def vgg16_classifier(widths=VGG16_WIDTHS, num_classes=1000):
+    """VGG16 as in the Model Zoo's VGG_ILSVRC_16_layers deploy net (fc6/fc7/fc8
+    InnerProduct, 224 x 224 input, prob), to load its weights and cast them to conv."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 224, 224]))
+    fc7 = vgg16(n, n.data, widths, pad=1, fully_conv=False)
+    n.fc8 = L.InnerProduct(fc7, num_output=num_classes, param=LEARN)
+    n.prob = L.Softmax(n.fc8)
+    return n.to_proto()
+
+
+def caffenet_classifier(widths=CAFFENET_WIDTHS, num_classes=1000):
+    """bvlc_reference_caffenet's deploy net (227 x 227 input), to cast its weights."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 3, 227, 227]))
+    fc7 = caffenet(n, n.data, widths, pad=0, fully_conv=False)
+    n.fc8 = L.InnerProduct(fc7, num_output=num_classes)
+    n.prob = L.Softmax(n.fc8)
+    return n.to_proto()
+
+
+CLASSIFIERS = {'vgg16': vgg16_classifier, 'caffenet': caffenet_classifier}
+
+
+def classifier_path(name):
+    """The deploy prototxt of an ImageNet classifier ('vgg16' or 'caffenet')."""
+    _check_choice('classifier', name, sorted(CLASSIFIERS))
+    return os.path.join(REPO, 'ilsvrc-nets', '%s-deploy.prototxt' % name)
+
+
+# ---------------------------------------------------------------------------
+# Solvers (FCN-SPEC section 3).
+
+def solver_text(base_lr, momentum, max_iter, test_iter, iter_size=1, snapshot=None,
+                weight_decay=0.0005):
+    """solver.prototxt text. Paths are relative to the model directory (the solving loop
+    rewrites them to absolute ones). Caffe never tests by itself (test_interval huge,
+    test_initialization false): the Python loop scores the val net between rounds."""
+    _check_positive('max_iter', max_iter)
+    _check_positive('test_iter', test_iter)
+    _check_positive('iter_size', iter_size)
+    lines = [
+        'train_net: "train.prototxt"',
+        'test_net: "val.prototxt"',
+        '# one image per iteration: the whole scoring split',
+        'test_iter: %d' % test_iter,
+        '# make the test net, but never run it from the solver itself',
+        'test_interval: 999999999',
+        'test_initialization: false',
+        'display: 20',
+        'average_loss: 20',
+        'lr_policy: "fixed"',
+        '# tiny where the loss is summed over the pixels (normalize: false), not averaged',
+        'base_lr: %r' % base_lr,
+        'momentum: %r' % momentum,
+        '# gradient accumulation over iter_size images' if iter_size > 1 else '# no gradient accumulation',
+        'iter_size: %d' % iter_size,
+        'max_iter: %d' % max_iter,
+        'weight_decay: %r' % weight_decay,
+    ]
+    if snapshot:
+        lines.append('snapshot: %d' % snapshot)
+    else:
+        # Caffe's default snapshot: 0 means no periodic snapshots (as the release's SIFT
+        # Flow solvers); the prefix still names an explicit solver.snapshot().
+        lines.append('# no periodic snapshots (snapshot: 0, the default)')
+    lines.append('snapshot_prefix: "snapshot/train"')
+    return '\n'.join(lines) + '\n'
+
+
+# ---------------------------------------------------------------------------
+# The models: one row per model directory.
+#
+# MODELS[name] fields:
+#   dataset      'voc' | 'nyud' | 'siftflow' | 'pascalcontext' (default data layers: DATA)
+#   classes      number of outputs of `score` (SIFT Flow: the semantic head's)
+#   outputs      ((score blob, label blob, classes), ...): what is scored each round
+#   head         '32s' | '16s' | '8s'
+#   trunk        'vgg16' | 'caffenet' (the ImageNet classifier under ilsvrc-nets/)
+#   parents      ((source, suffix), ...): weights copied (transplanted) by name before
+#                training; source is a classifier ('vgg16'/'caffenet': cast fc->conv)
+#                or a model directory (its trained weights); suffix is appended to the
+#                source's layer names (late fusion towers)
+#   parent       the same in words
+#   train_split, test_split, test_images   the data splits; test_images = test_iter
+#   rounds, iters   training length: rounds x iters iterations, scoring after each round
+#   solver       base_lr, momentum, iter_size, max_iter, snapshot (None: no snapshots)
+#   build        callable(split, widths=..., data_layer=..., data_params=...) ->
+#                caffe_pb2.NetParameter for split 'train' | 'val' | 'deploy'
+
+def _model(dataset, classes, head, build, parent, parents, solver, rounds, iters,
+           trunk='vgg16', outputs=None):
+    splits = {'voc': ('train', 'seg11valid', 736), 'nyud': ('trainval', 'test', 654),
+              'siftflow': ('trainval', 'test', 200), 'pascalcontext': ('train', 'val', 5105)}
+    train_split, test_split, test_images = splits[dataset]
+    solver = dict(dict(iter_size=1, momentum=0.99, snapshot=None), **solver)
+    return dict(dataset=dataset, classes=classes, head=head, trunk=trunk,
+                outputs=outputs or (('score', 'label', classes),),
+                parents=parents, parent=parent, train_split=train_split,
+                test_split=test_split, test_images=test_images, rounds=rounds, iters=iters,
+                solver=solver, build=build)
+
+
+VGG_CAST = 'VGG16 (ilsvrc-nets/vgg16-deploy.prototxt + VGG_ILSVRC_16_layers.caffemodel), fc6/fc7 cast to conv'
+_P = functools.partial
+
+MODELS = {
+    'voc-fcn32s': _model('voc', 21, '32s', _P(voc_fcn, '32s'), VGG_CAST, (('vgg16', ''),),
+                         dict(base_lr=1e-10, max_iter=100000, snapshot=4000), 25, 4000),
+    'voc-fcn16s': _model('voc', 21, '16s', _P(voc_fcn, '16s'), 'trained voc-fcn32s',
+                         (('voc-fcn32s', ''),),
+                         dict(base_lr=1e-12, max_iter=100000, snapshot=4000), 25, 4000),
+    'voc-fcn8s': _model('voc', 21, '8s', _P(voc_fcn, '8s'), 'trained voc-fcn16s',
+                        (('voc-fcn16s', ''),),
+                        dict(base_lr=1e-14, max_iter=100000, snapshot=4000), 25, 4000),
+    'voc-fcn8s-atonce': _model('voc', 21, '8s', _P(voc_fcn, '8s', at_once=True), VGG_CAST,
+                               (('vgg16', ''),),
+                               dict(base_lr=1e-10, max_iter=300000, snapshot=4000), 75, 4000),
+    'voc-fcn-alexnet': _model('voc', 21, '32s', voc_fcn_alexnet,
+                              'CaffeNet (ilsvrc-nets/caffenet-deploy.prototxt + '
+                              'bvlc_reference_caffenet.caffemodel), fc6/fc7 cast to conv',
+                              (('caffenet', ''),),
+                              dict(base_lr=1e-4, momentum=0.9, iter_size=20, max_iter=100000,
+                                   snapshot=4000), 25, 4000, trunk='caffenet'),
+    'nyud-fcn32s-color': _model('nyud', 40, '32s', _P(nyud_fcn, 'color'), VGG_CAST,
+                                (('vgg16', ''),),
+                                dict(base_lr=1e-10, max_iter=300000, snapshot=2000), 50, 2000),
+    'nyud-fcn32s-hha': _model('nyud', 40, '32s', _P(nyud_fcn, 'hha'), VGG_CAST, (('vgg16', ''),),
+                              dict(base_lr=1e-10, max_iter=300000, snapshot=2000), 50, 2000),
+    'nyud-fcn32s-color-d': _model('nyud', 40, '32s', _P(nyud_fcn, 'color-d'),
+                                  VGG_CAST + '; conv1_1_bgrd = conv1_1 on BGR, the mean of its '
+                                  '3 channels on depth, bias copied', (('vgg16', ''),),
+                                  dict(base_lr=1e-10, max_iter=300000, snapshot=2000), 50, 2000),
+    'nyud-fcn32s-color-hha': _model('nyud', 40, '32s', _P(nyud_fcn, 'color-hha'),
+                                    'trained nyud-fcn32s-color (suffix color) and '
+                                    'nyud-fcn32s-hha (suffix hha)',
+                                    (('nyud-fcn32s-color', 'color'), ('nyud-fcn32s-hha', 'hha')),
+                                    dict(base_lr=1e-12, max_iter=300000, snapshot=2000), 50, 2000),
+    # Beyond the release: the paper's Table 4 FCN-16s RGB-HHA, from the trained 32s one.
+    'nyud-fcn16s-color-hha': _model('nyud', 40, '16s', _P(nyud_fcn, 'color-hha', head='16s'),
+                                    'trained nyud-fcn32s-color-hha',
+                                    (('nyud-fcn32s-color-hha', ''),),
+                                    dict(base_lr=1e-12, max_iter=300000, snapshot=2000), 50, 2000),
+}
+for _head, _lr, _parent in (('32s', 1e-10, 'vgg16'), ('16s', 1e-12, 'siftflow-fcn32s'),
+                            ('8s', 1e-12, 'siftflow-fcn16s')):
+    MODELS['siftflow-fcn' + _head] = _model(
+        'siftflow', 33, _head, _P(siftflow_fcn, _head),
+        VGG_CAST if _parent == 'vgg16' else 'trained ' + _parent, ((_parent, ''),),
+        dict(base_lr=_lr, max_iter=300000), 50, 2000,
+        outputs=(('score_sem', 'sem', 33), ('score_geo', 'geo', 3)))
+for _head, _lr, _parent in (('32s', 1e-10, 'vgg16'), ('16s', 1e-12, 'pascalcontext-fcn32s'),
+                            ('8s', 1e-14, 'pascalcontext-fcn16s')):
+    MODELS['pascalcontext-fcn' + _head] = _model(
+        'pascalcontext', 60, _head, _P(pascalcontext_fcn, _head),
+        VGG_CAST if _parent == 'vgg16' else 'trained ' + _parent, ((_parent, ''),),
+        dict(base_lr=_lr, max_iter=300000, snapshot=4000), 50, 8000)
+
+
+def build_net(model, split, **kwargs):
+    """The NetParameter of `model`'s train/val/deploy net (kwargs: widths, data_layer, data_params)."""
+    _check_choice('model', model, sorted(MODELS))
+    _check_choice('split', split, SPLITS)
+    return MODELS[model]['build'](split=split, **kwargs)
+
+
+def model_solver(model, **overrides):
+    """The solver.prototxt text of `model`, with settings overridden (e.g. test_iter, base_lr)."""
+    _check_choice('model', model, sorted(MODELS))
+    m = MODELS[model]
+    settings = dict(m['solver'], test_iter=m['test_images'])
+    unknown = set(overrides) - set(settings) - {'weight_decay'}
+    if unknown:
+        raise ValueError('unknown solver settings %s (known: %s)'
+                         % (sorted(unknown), ', '.join(sorted(settings))))
+    settings.update(overrides)
+    return solver_text(**settings)
+
+
+# ---------------------------------------------------------------------------
+# Files.
+
+def _header(what):
+    return '# %s: generated by net.py; edit net.py, then run `python net.py`.\n' % what
+
+
+def model_files(model, widths=None, data=None, solver=None):
+    """{file name: text} of `model`'s train/val/deploy/solver prototxts.
+    widths: channel widths (default the paper's); data: {'train'|'val': (data_layer,
+    data_params)} replacing the default data layers; solver: solver setting overrides."""
+    _check_choice('model', model, sorted(MODELS))
+    data = dict(data or {})
+    for split in data:
+        _check_choice('data split', split, ('train', 'val'))
+    files = {}
+    for split in SPLITS:
+        kwargs = {'widths': widths} if widths is not None else {}
+        if split in data:
+            kwargs['data_layer'], kwargs['data_params'] = data[split]
+        proto = build_net(model, split, **kwargs)
+        files['%s.prototxt' % split] = _header('%s %s net' % (model, split)) + str(proto)
+    files['solver.prototxt'] = _header('%s solver' % model) + model_solver(model, **(solver or {}))
+    return files
+
+
+def classifier_files():
+    """{path: text} of the ImageNet classifier deploy nets under ilsvrc-nets/."""
+    return {classifier_path(name): _header('%s ImageNet classifier' % name) + str(build())
+            for name, build in sorted(CLASSIFIERS.items())}
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def write_files(files, check=False):
+    """Write {path: text}, only where the content changed (atomically). Returns the paths
+    that changed (check=False) or that are stale and would change (check=True)."""
+    changed = [path for path, text in sorted(files.items()) if _read(path) != text]
+    if not check:
+        for path in changed:
+            with atomic_write(path, 'w') as f:
+                f.write(files[path])
+    return changed
+
+
+def write_model_dir(directory, model, widths=None, data=None, solver=None, check=False):
+    """Write `model`'s train/val/deploy/solver prototxts into `directory` (see model_files);
+    returns the paths written (or, with check, the stale ones)."""
+    files = model_files(model, widths, data, solver)
+    return write_files({os.path.join(str(directory), name): text for name, text in files.items()},
+                       check)
+
+
+def all_files(models=None):
+    """{path: text} of every generated file (or only those of `models`, plus ilsvrc-nets)."""
+    files = classifier_files()
+    for model in models or sorted(MODELS):
+        for name, text in model_files(model).items():
+            files[os.path.join(REPO, model, name)] = text
+    return files
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('models', nargs='*', metavar='MODEL',
+                        help='model directories to write (default: all): %s' % ', '.join(sorted(MODELS)))
+    parser.add_argument('--check', action='store_true',
+                        help='write nothing; exit 1 listing the files that differ from net.py')
+    parser.add_argument('--list', action='store_true', help='print the models table and exit')
+    args = parser.parse_args(argv)
+    for model in args.models:
+        if model not in MODELS:
+            parser.error('unknown model %r (known: %s)' % (model, ', '.join(sorted(MODELS))))
+    if args.list:
+        for name, m in sorted(MODELS.items()):
+            print('%-24s %-13s C=%-3d %-4s lr %-6g %3d x %d  from %s'
+                  % (name, m['dataset'], m['classes'], m['head'], m['solver']['base_lr'],
+                     m['rounds'], m['iters'], m['parent']))
+        return 0
+    changed = write_files(all_files(args.models), check=args.check)
+    for path in changed:
+        print(('stale: %s' if args.check else 'wrote %s') % os.path.relpath(path, REPO))
+    if args.check:
+        return 1 if changed else 0
+    if not changed:
+        print('all files up to date')
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main)

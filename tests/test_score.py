@@ -1,0 +1,360 @@
+"""score.py: the metrics against hand-computed values, evaluation through real Caffe nets
+fed by layers.py's data layers on tiny generated datasets, and the command's errors.
+
+    .venv/bin/python -m pytest tests/test_score.py -q
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import common
+import score
+
+caffe = common.import_caffe()
+L = caffe.layers
+PY = sys.executable
+NARROW = (2, 2, 2, 2, 2, 4)  # net.py widths: conv blocks 1-5, fc6/fc7
+
+
+# ----------------------------------------------------------------------------- metrics
+
+# 3 classes; class 2 occurs in neither the ground truth nor the prediction, and the two
+# void pixels (255) are ignored whatever is predicted there.
+GT = np.array([[0, 0, 0, 1], [1, 255, 255, 0]])
+PRED = np.array([[0, 0, 1, 1], [0, 2, 1, 0]])
+# rows = gt, cols = pred:  gt 0: pred 0 x3, pred 1 x1;  gt 1: pred 1 x1, pred 0 x1
+HIST = np.array([[3, 1, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def test_fast_hist_hand_example():
+    h = score.fast_hist(GT, PRED, 3)
+    np.testing.assert_array_equal(h, HIST)
+    assert h.dtype == np.int64
+    # float labels as they come out of a Caffe blob; -1 also ignored
+    h = score.fast_hist(np.array([0., 1., -1., 2.]), np.array([0, 1, 2, 0]), 3)
+    np.testing.assert_array_equal(h, [[1, 0, 0], [0, 1, 0], [1, 0, 0]])
+
+
+def test_fast_hist_errors():
+    with pytest.raises(ValueError, match='outside'):
+        score.fast_hist(np.array([0, 1]), np.array([0, 3]), 3)
+    with pytest.raises(ValueError, match='3 labels but 2'):
+        score.fast_hist(np.array([0, 1, 2]), np.array([0, 1]), 3)
+
+
+def test_scores_hand_example():
+    s = score.scores(HIST)
+    assert s['pixels'] == 6
+    assert s['overall_acc'] == pytest.approx(4 / 6)
+    # per-class acc: 3/4, 1/2, NaN (absent)       -> mean of the two defined ones
+    assert s['per_class_acc'][:2] == pytest.approx([3 / 4, 1 / 2])
+    assert math.isnan(s['per_class_acc'][2])
+    assert s['mean_acc'] == pytest.approx((3 / 4 + 1 / 2) / 2)
+    # IU: 3 / (4 + 4 - 3) = 3/5, 1 / (2 + 2 - 1) = 1/3, NaN
+    assert s['per_class_iu'][:2] == pytest.approx([3 / 5, 1 / 3])
+    assert math.isnan(s['per_class_iu'][2])
+    assert s['mean_iu'] == pytest.approx((3 / 5 + 1 / 3) / 2)
+    # fwavacc: freq 4/6, 2/6
+    assert s['fwavacc'] == pytest.approx(4 / 6 * 3 / 5 + 2 / 6 * 1 / 3)
+    assert s['excluded'] == []
+
+
+def test_scores_predicted_but_absent_class_counts_zero():
+    hist = HIST.copy()
+    hist[0, 2] = 2  # two gt-0 pixels predicted as class 2: IU(2) = 0, acc(2) undefined
+    s = score.scores(hist)
+    assert s['per_class_iu'][2] == 0.0
+    assert math.isnan(s['per_class_acc'][2])
+    assert s['per_class_iu'][0] == pytest.approx(3 / 7)
+    assert s['mean_iu'] == pytest.approx((3 / 7 + 1 / 3 + 0) / 3)
+
+
+def test_scores_exclude():
+    hist = HIST.copy()
+    hist[0, 2] = 2
+    s = score.scores(hist, exclude=[2])
+    assert s['excluded'] == [2]
+    assert math.isnan(s['per_class_iu'][2])
+    assert s['mean_iu'] == pytest.approx((3 / 7 + 1 / 3) / 2)
+    assert s['overall_acc'] == pytest.approx(4 / 8)  # pixels stay in the matrix
+    with pytest.raises(ValueError, match='outside'):
+        score.scores(HIST, exclude=[3])
+
+
+def test_scores_empty_no_warnings():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        s = score.scores(np.zeros((3, 3)))
+    assert math.isnan(s['overall_acc']) and math.isnan(s['mean_iu'])
+    assert s['fwavacc'] == 0.0
+
+
+def test_jsonable_writes_nan_as_null():
+    text = json.dumps(score.jsonable(score.scores(HIST)), allow_nan=False)
+    back = json.loads(text)
+    assert back['per_class_iu'][2] is None
+    assert back['mean_iu'] == pytest.approx((3 / 5 + 1 / 3) / 2)
+
+
+def test_confusion_matrix_update_compute_format():
+    cm = score.ConfusionMatrix(3, exclude=[1])
+    cm.update(GT, PRED)
+    cm.update(GT[:, :2], PRED[:, :2])
+    np.testing.assert_array_equal(cm.hist, HIST + score.fast_hist(GT[:, :2], PRED[:, :2], 3))
+    s = cm.compute()
+    assert s['images'] == 2 and s['excluded'] == [1]
+    table = cm.format(['sky', 'horizontal', 'vertical'])
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ['class', 'acc', 'IU']
+    assert 'horizontal' in lines[2] and '(excluded)' in lines[2]
+    assert lines[3].split()[1:3] == ['-', '-']  # class 2: undefined
+    assert 'mean IU' in lines[-1] and '(2 images)' in lines[-1]
+    with pytest.raises(ValueError, match='2 class names for 3'):
+        cm.format(['a', 'b'])
+    cm.reset()
+    assert not cm.hist.any() and cm.images == 0
+
+
+# ----------------------------------------------------------------------------- nets
+
+def scoring_spec(voc_dir, n_classes=3):
+    """layers.py's VOC layer, then a 'score' computed from the label alone so the
+    prediction is known: score_c = c * (0.5 x + 0.3) - c^2 / 2 is largest for the class
+    c nearest 0.5 x + 0.3, so labels 0, 1, 2 are predicted 0, 1, 1 (void: n - 1)."""
+    n = caffe.NetSpec()
+    n.data, n.label = L.Python(module='layers', layer='VOCSegDataLayer', ntop=2,
+                               param_str=json.dumps({'voc_dir': str(voc_dir), 'split': 'seg11valid'}))
+    n.score = L.Convolution(n.label, num_output=n_classes, kernel_size=1)
+    n.loss = L.SoftmaxWithLoss(n.score, n.label, loss_param=dict(normalize=False, ignore_label=255))
+    n.silence = L.Silence(n.data, ntop=0)
+    return n
+
+
+def set_score_weights(net, n_classes=3):
+    c = np.arange(n_classes, dtype=np.float32)
+    net.params['score'][0].data[:, 0, 0, 0] = 0.5 * c
+    net.params['score'][1].data[...] = 0.3 * c - c ** 2 / 2
+
+
+def expected(voc_dir, ids, n_classes=3):
+    """(hist, mean loss, predictions) computed with numpy from the label PNGs."""
+    hist = np.zeros((n_classes, n_classes), np.int64)
+    losses, preds = [], []
+    c = np.arange(n_classes)
+    for idx in ids:
+        gt = np.array(Image.open(os.path.join(voc_dir, 'SegmentationClass', idx + '.png')))
+        x = 0.5 * gt.astype(np.float64) + 0.3
+        s = c[:, None, None] * x[None] - (c ** 2 / 2)[:, None, None]
+        pred = s.argmax(0)
+        preds.append(pred)
+        hist += score.fast_hist(gt, pred, n_classes)
+        valid = gt != 255
+        logp = s - s.max(0) - np.log(np.exp(s - s.max(0)).sum(0))
+        losses.append(-logp[gt[valid], np.nonzero(valid)[0], np.nonzero(valid)[1]].sum())
+    return hist, float(np.mean(losses)), preds
+
+
+@pytest.fixture
+def voc(tmp_path):
+    datasets = pytest.importorskip('datasets')
+    root = tmp_path / 'data'
+    ids = datasets.make_voc(root, n_classes=3)
+    return root / 'pascal' / 'VOC2011', ids
+
+
+def test_evaluate_with_layers_py(tmp_path, voc, capsys):
+    voc_dir, ids = voc
+    (tmp_path / 'val.prototxt').write_text(str(scoring_spec(voc_dir).to_proto()))
+    net = caffe.Net(str(tmp_path / 'val.prototxt'), caffe.TEST)
+    set_score_weights(net)
+    want_hist, want_loss, preds = expected(str(voc_dir), ids)
+    assert want_hist[2, 1] > 0 and want_hist[2, 2] == 0  # class 2 is always missed
+
+    save = tmp_path / 'pred'
+    ev = score.evaluate(net, ids, save_dir=str(save), progress=True)
+    hist, loss = ev
+    np.testing.assert_array_equal(hist, want_hist)
+    assert loss == pytest.approx(want_loss, rel=1e-4)
+    assert ev.scores['per_class_iu'][2] == 0.0 and ev.scores['images'] == 3
+    assert ev.scores['mean_iu'] == pytest.approx(score.scores(want_hist)['mean_iu'])
+    for idx, pred in zip(ids, preds):
+        im = Image.open(save / (idx + '.png'))
+        assert im.mode == 'P'
+        np.testing.assert_array_equal(np.array(im), pred)
+    assert 'scoring score 3/3' in capsys.readouterr().err
+
+    # a second run (the data layer wrapped around to the first image) into the same
+    # folder: no error, same result
+    hist2, _ = score.evaluate(net, ids, save_dir=str(save), progress=False)
+    np.testing.assert_array_equal(hist2, want_hist)
+    assert sorted(os.listdir(save)) == sorted(i + '.png' for i in ids)
+
+
+def test_evaluate_errors(tmp_path, voc):
+    voc_dir, ids = voc
+    (tmp_path / 'val.prototxt').write_text(str(scoring_spec(voc_dir).to_proto()))
+    net = caffe.Net(str(tmp_path / 'val.prototxt'), caffe.TEST)
+    with pytest.raises(ValueError, match="no blob 'score_sem'"):
+        score.evaluate(net, ids, layer='score_sem')
+    assert score.loss_blob(net) == 'loss'
+    hist, loss = score.evaluate(net, ids[:1], loss=None, progress=False)
+    assert loss is None
+
+
+def test_seg_tests_with_solver(tmp_path, voc, capsys):
+    """The training loop's call: the test net shares the solver net's weights."""
+    voc_dir, ids = voc
+    proto = tmp_path / 'net.prototxt'
+    proto.write_text(str(scoring_spec(voc_dir).to_proto()))
+    (tmp_path / 'solver.prototxt').write_text(
+        'train_net: "%s"\ntest_net: "%s"\ntest_iter: 3\ntest_interval: 999999999\n'
+        'test_initialization: false\nbase_lr: 0\nlr_policy: "fixed"\ndisplay: 0\n'
+        'snapshot_prefix: "%s"\n' % (proto, proto, tmp_path / 'snap'))
+    solver = caffe.SGDSolver(str(tmp_path / 'solver.prototxt'))
+    set_score_weights(solver.net)  # only the training net: share_with must carry them over
+    want_hist, want_loss, _ = expected(str(voc_dir), ids)
+    hist = score.seg_tests(solver, str(tmp_path / 'seg' / 'iter{}'), ids)
+    np.testing.assert_array_equal(hist, want_hist)
+    out = capsys.readouterr().out
+    assert 'Begin seg tests' in out
+    for metric in ('loss', 'overall accuracy', 'mean accuracy', 'mean IU', 'fwavacc'):
+        assert 'Iteration 0 %s' % metric in out
+    assert len(os.listdir(tmp_path / 'seg' / 'iter0')) == 3
+    ev = score.seg_evaluate(solver, None, ids)
+    assert ev.scores['iteration'] == 0 and ev.scores['loss'] == pytest.approx(want_loss, rel=1e-4)
+    assert ev.scores['overall_acc'] == pytest.approx(np.trace(want_hist) / want_hist.sum())
+
+
+# ----------------------------------------------------------------------------- command
+
+def run_score(*args):
+    env = dict(os.environ, GLOG_minloglevel='2')
+    env.pop('FCN_DEBUG', None)
+    env.pop('FCN_DATA_ROOT', None)
+    return subprocess.run([PY, os.path.join(common.REPO, 'score.py')] + [str(a) for a in args],
+                          cwd='/', capture_output=True, text=True, env=env, timeout=120)
+
+
+def random_weights(model_dir, path, seed=0):
+    """A caffemodel with N(0, 0.3) parameters for the model's nets (made from deploy)."""
+    net = caffe.Net(os.path.join(str(model_dir), 'deploy.prototxt'), caffe.TEST)
+    rng = np.random.RandomState(seed)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.normal(0, 0.3, b.data.shape)
+    net.save(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def voc_model(tmp_path):
+    """A narrow voc-fcn32s model directory with the default (relative) data layer paths,
+    a tiny VOC under tmp/data, and random weights."""
+    net = pytest.importorskip('net')
+    datasets = pytest.importorskip('datasets')
+    mdir = tmp_path / 'voc-fcn32s'
+    net.write_model_dir(str(mdir), 'voc-fcn32s', widths=NARROW)
+    ids = datasets.make_voc(tmp_path / 'data', n_classes=3)
+    return mdir, random_weights(mdir, tmp_path / 'w.caffemodel'), ids
+
+
+def assert_one_line_error(r, *words):
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert 'Traceback' not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_cli_scores_voc(tmp_path, voc_model):
+    mdir, weights, ids = voc_model
+    out, pred = tmp_path / 'res' / 'results.json', tmp_path / 'pred'
+    args = ['--model', mdir, '--weights', weights, '--data-root', tmp_path / 'data',
+            '--out', out, '--save-pred', pred]
+    r = run_score(*args)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res['images'] == 3 and res['dataset'] == 'voc' and res['split'] == 'seg11valid'
+    assert res['weights'] == weights
+    for k in ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc'):
+        assert res[k] is None or 0 <= res[k] <= 1
+    assert list(res['per_class_iu'])[:2] == ['background', 'aeroplane']
+    assert len(res['per_class_iu']) == 21
+    assert res['per_class_acc']['cat'] is None  # not in the ground truth: undefined
+    assert res['tasks']['score']['mean_iu'] == res['mean_iu']
+    assert 'tvmonitor' in r.stdout and 'mean IU' in r.stdout
+    assert sorted(os.listdir(pred)) == sorted(i + '.png' for i in ids)
+    # again, into the same prediction folder, on a split given by name, two images
+    r = run_score(*(args + ['--limit', 2, '--split', 'seg11valid']))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())['images'] == 2
+
+
+def test_cli_siftflow_scores_both_tasks(tmp_path):
+    net = pytest.importorskip('net')
+    datasets = pytest.importorskip('datasets')
+    mdir = tmp_path / 'siftflow-fcn32s'
+    net.write_model_dir(str(mdir), 'siftflow-fcn32s', widths=NARROW)
+    datasets.make_siftflow(tmp_path / 'data', ids=datasets.SIFTFLOW_IDS[:2])
+    weights = random_weights(mdir, tmp_path / 'w.caffemodel')
+    out = tmp_path / 'r.json'
+    r = run_score('--model', mdir, '--weights', weights, '--data-root', tmp_path / 'data',
+                  '--out', out, '--save-pred', tmp_path / 'pred', '--quiet')
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert sorted(res['tasks']) == ['score_geo', 'score_sem']
+    assert res['layer'] == 'score_sem' and res['excluded'] == ['cow', 'desert', 'moon']
+    assert res['per_class_iu']['moon'] is None
+    assert list(res['tasks']['score_geo']['per_class_iu']) == ['sky', 'horizontal', 'vertical']
+    assert res['tasks']['score_geo']['excluded'] == []
+    assert 'excluded from the class averages: cow, desert, moon' in r.stdout
+    assert len(os.listdir(tmp_path / 'pred' / 'sem')) == 2
+    assert len(os.listdir(tmp_path / 'pred' / 'geo')) == 2
+
+
+def test_cli_errors(tmp_path, voc_model):
+    mdir, weights, ids = voc_model
+    data = tmp_path / 'data'
+    assert_one_line_error(run_score('--model', 'no-such-model', '--weights', weights),
+                          'no-such-model', 'voc-fcn8s')
+    assert_one_line_error(run_score('--model', mdir, '--weights', tmp_path / 'nope.caffemodel',
+                                    '--data-root', data), 'nope.caffemodel')
+    # weights of another net: shapes do not fit
+    other = tmp_path / 'other'
+    import net
+    net.write_model_dir(str(other), 'voc-fcn32s', widths=(2, 2, 2, 2, 2, 6))
+    wrong = random_weights(other, tmp_path / 'wrong.caffemodel')
+    assert_one_line_error(run_score('--model', mdir, '--weights', wrong, '--data-root', data),
+                          'wrong.caffemodel', 'fc6')
+    # no dataset there / no such split list
+    assert_one_line_error(run_score('--model', mdir, '--weights', weights,
+                                    '--data-root', tmp_path), 'seg11valid.txt')
+    assert_one_line_error(run_score('--model', mdir, '--weights', weights,
+                                    '--data-root', data, '--split', 'nosuch'), 'nosuch.txt')
+    assert_one_line_error(run_score('--model', mdir, '--weights', weights,
+                                    '--data-root', tmp_path / 'missing'), 'missing')
+    assert_one_line_error(run_score('--model', mdir, '--weights', weights,
+                                    '--data-root', data, '--limit', 0), '--limit')
+    # an image missing from the dataset: named, one line
+    os.unlink(data / 'pascal' / 'VOC2011' / 'JPEGImages' / (ids[1] + '.jpg'))
+    assert_one_line_error(run_score('--model', mdir, '--weights', weights,
+                                    '--data-root', data, '--quiet'), ids[1] + '.jpg')
+
+
+def test_class_info():
+    pytest.importorskip('layers')
+    names, exclude = score.class_info('siftflow', 'sem', 'test', 33)
+    assert [names[i] for i in exclude] == ['cow', 'desert', 'moon'] and exclude == [8, 10, 15]
+    assert score.class_info('siftflow', 'sem', 'trainval', 33)[1] == []
+    assert score.class_info('siftflow', 'geo', 'test', 3) == (['sky', 'horizontal', 'vertical'], [])
+    names, exclude = score.class_info('voc', 'label', 'seg11valid', 21)
+    assert names[0] == 'background' and names[20] == 'tvmonitor' and exclude == []
+    assert score.class_info('voc', 'label', None, 5)[0] == ['0', '1', '2', '3', '4']

@@ -1,0 +1,670 @@
+"""Reproduce the paper's tables: evaluate the models, the paper's numbers beside the measured ones.
+
+    python reproduce.py                              # every model whose weights and data are present
+    python reproduce.py --models voc-fcn8s voc-fcn32s --gpu 0
+    python reproduce.py --limit 50                   # quick look: the first 50 images of each split
+    python reproduce.py --data-root /datasets --weights voc-fcn8s=my.caffemodel
+    python reproduce.py --snapshots                  # latest training snapshot first, else released
+    python reproduce.py --merge --models nyud-fcn32s-color   # add to the results already in OUT
+    python reproduce.py --readme                     # also refresh README.md's results block
+
+Every model of net.MODELS (or those named with --models) is scored on the paper's split
+(net.MODELS[m]['test_split']: seg11valid for VOC, test for NYUDv2 and SIFT Flow, val for
+PASCAL-Context) with its model directory's val.prototxt, through score.py's own pieces
+(score.data_layer, class_info, Task, evaluate_tasks, task_json): the numbers are those
+`score.py --model M --weights W --split S` prints. SIFT Flow is scored on both heads;
+its semantic scores leave cow, desert and moon (absent from the test split) out of the
+class averages, and the table says so.
+
+Weights, per model: `--weights MODEL=FILE` if given; else with --snapshots the latest
+training snapshot (MODEL/snapshot/train_iter_N.caffemodel, see train.latest_state); else
+the released caffemodel in the model directory (weights.weights_path). A model whose
+weights or data are missing is listed with the reason and what to run or read.
+
+Paper rows (PAPER below, the one table of the paper's numbers, FCN-SPEC section 7), and
+the model directory each is compared with:
+
+    release seg11valid mean IU   FCN-32s/16s/8s/8s at-once/AlexNet -> voc-fcn32s, voc-fcn16s,
+                                 voc-fcn8s, voc-fcn8s-atonce, voc-fcn-alexnet
+    release VOC2012 test         FCN-8s (test server only: listed, not measurable here)
+    CVPR Table 2 (seg11valid =   FCN-32s/16s/8s -> voc-fcn32s/16s/8s (FCN-32s-fixed: no model)
+      VOC2011 val subset)
+    CVPR Table 3 (VOC test)      FCN-8s 2011 / 2012 test (test server only), ~175 ms/image
+                                 on a K40c: compared with voc-fcn8s's measured time
+    CVPR Table 4 (NYUDv2 test)   FCN-32s RGB / RGBD / HHA / RGB-HHA -> nyud-fcn32s-color /
+                                 color-d / hha / color-hha; FCN-16s RGB-HHA -> nyud-fcn16s-color-hha
+    CVPR Table 5 (SIFT Flow)     FCN-16s semantic -> siftflow-fcn16s score_sem; geometric
+                                 pixel accuracy -> its score_geo
+
+Models with no number in the paper (siftflow-fcn32s/8s, pascalcontext-*) get rows of
+their own with only the measured values.
+
+Output, into OUT (default <repo>/results), written atomically after every model:
+OUT/results.json (every model's status, weights, split, images, time and score.py's
+per-task scores; the comparison rows, in %) and OUT/results.md (the comparison table,
+the models not evaluated and why, and a per-class IU table per evaluated model). The
+summary is also printed. --readme [FILE] replaces the block between
+`<!-- results:start -->` and `<!-- results:end -->` in README.md (or FILE) with it.
+
+Time: forward pass only (the data layer's loading excluded), ms per image, mean over the
+evaluated images after the first (which pays for memory allocation), on this machine.
+
+--model-root DIR looks for the model directories in DIR instead of the repository
+(e.g. narrow test nets). --limit N scores the first N images of each split: the table
+says "(first N images)". Exit status: 0, also when nothing could be evaluated (missing
+weights or data are reported, not errors); 1 when an evaluation failed (the other models
+are still done and written) or on a bad argument (argparse's own usage errors: 2).
+"""
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+
+import common
+from common import REPO, InputError
+
+METRICS = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')
+METRIC_NAMES = {'overall_acc': 'pixel acc', 'mean_acc': 'mean acc', 'mean_iu': 'mean IU',
+                'fwavacc': 'f.w. IU'}
+MARK_START, MARK_END = '<!-- results:start -->', '<!-- results:end -->'
+
+# Where each dataset's README (how to get it, where to put it) lives.
+DATA_README = {'voc': 'data/pascal/README.md', 'nyud': 'data/nyud/README.md',
+               'siftflow': 'data/sift-flow/README.md',
+               'pascalcontext': 'data/pascal-context/README.md'}
+
+
+def _paper(source, name, model, data, acc=None, macc=None, iu=None, fw=None, task='score',
+           local=True, ms=None, note=''):
+    """One row of the paper's numbers (%). model: the model directory it is compared with
+    (None: nothing to compare); task: the score blob; local: False where the data are
+    scored by the PASCAL test server only."""
+    return dict(source=source, name=name, model=model, task=task, data=data, local=local,
+                paper=dict(overall_acc=acc, mean_acc=macc, mean_iu=iu, fwavacc=fw), ms=ms,
+                note=note)
+
+
+SEG11 = 'seg11valid'
+TABLE2_DATA = 'seg11valid (VOC2011 val subset)'
+TEST_SERVER = 'VOC test server only: not measurable locally'
+
+# The paper's numbers (FCN-SPEC section 7): the only place they are typed.
+PAPER = (
+    _paper('release', 'FCN-32s', 'voc-fcn32s', SEG11, iu=63.6),
+    _paper('release', 'FCN-16s', 'voc-fcn16s', SEG11, iu=65.0),
+    _paper('release', 'FCN-8s', 'voc-fcn8s', SEG11, iu=65.5),
+    _paper('release', 'FCN-8s at-once', 'voc-fcn8s-atonce', SEG11, iu=65.4),
+    _paper('release', 'FCN-AlexNet', 'voc-fcn-alexnet', SEG11, iu=48.0),
+    _paper('release', 'FCN-8s', 'voc-fcn8s', 'VOC2012 test', iu=67.2, local=False,
+           note=TEST_SERVER),
+    _paper('CVPR Table 2', 'FCN-32s-fixed', None, TABLE2_DATA, 83.0, 59.7, 45.4, 72.0,
+           note='only the last layer fine-tuned; never released, not reproduced'),
+    _paper('CVPR Table 2', 'FCN-32s', 'voc-fcn32s', TABLE2_DATA, 89.1, 73.3, 59.4, 81.4),
+    _paper('CVPR Table 2', 'FCN-16s', 'voc-fcn16s', TABLE2_DATA, 90.0, 75.7, 62.4, 83.0),
+    _paper('CVPR Table 2', 'FCN-8s', 'voc-fcn8s', TABLE2_DATA, 90.3, 75.9, 62.7, 83.2),
+    _paper('CVPR Table 3', 'FCN-8s', 'voc-fcn8s', 'VOC2011 test', iu=62.7, local=False, ms=175,
+           note=TEST_SERVER + '; paper time on a Tesla K40c'),
+    _paper('CVPR Table 3', 'FCN-8s', 'voc-fcn8s', 'VOC2012 test', iu=62.2, local=False, ms=175,
+           note=TEST_SERVER + '; paper time on a Tesla K40c'),
+    _paper('CVPR Table 4', 'FCN-32s RGB', 'nyud-fcn32s-color', 'NYUDv2 test', 60.0, 42.2, 29.2, 43.9),
+    _paper('CVPR Table 4', 'FCN-32s RGBD', 'nyud-fcn32s-color-d', 'NYUDv2 test', 61.5, 42.4, 30.5, 45.5),
+    _paper('CVPR Table 4', 'FCN-32s HHA', 'nyud-fcn32s-hha', 'NYUDv2 test', 57.1, 35.2, 24.2, 40.4),
+    _paper('CVPR Table 4', 'FCN-32s RGB-HHA', 'nyud-fcn32s-color-hha', 'NYUDv2 test',
+           64.3, 44.9, 32.8, 48.0),
+    _paper('CVPR Table 4', 'FCN-16s RGB-HHA', 'nyud-fcn16s-color-hha', 'NYUDv2 test',
+           65.4, 46.1, 34.0, 49.5, note='never released: train it to compare'),
+    _paper('CVPR Table 5', 'FCN-16s semantic', 'siftflow-fcn16s', 'SIFT Flow test',
+           85.2, 51.7, 39.5, 76.1, task='score_sem'),
+    _paper('CVPR Table 5', 'FCN-16s geometric', 'siftflow-fcn16s', 'SIFT Flow test',
+           acc=94.3, task='score_geo'),
+)
+
+
+# ----------------------------------------------------------------------------- weights and data
+
+def _commands(model, model_dir, model_root):
+    """(fetch, train) commands for `model`, as a user types them."""
+    if os.path.abspath(model_root) == REPO:
+        return 'python weights.py %s' % model, 'python %s/solve.py' % model
+    return ('python %s %s' % (os.path.join(REPO, 'weights.py'), model_dir),
+            'python %s' % os.path.join(model_dir, 'solve.py'))
+
+
+def find_weights(model, model_dir, model_root, override=None, snapshots=False):
+    """(path, source) of the weights to score `model` with, or (None, reason dict).
+
+    source: '--weights', 'snapshot' or 'released'. The reason dict names what is missing
+    (the path expected) and the commands that get it."""
+    import weights
+    if override:
+        return override, '--weights'
+    fetch, train = _commands(model, model_dir, model_root)
+    tried = []
+    if snapshots:
+        import train as train_py
+        state = train_py.latest_state(os.path.join(model_dir, 'snapshot'))
+        if state:
+            return state[:-len('.solverstate')] + '.caffemodel', 'snapshot'
+        tried.append('no training snapshot in %s' % os.path.join(model_dir, 'snapshot'))
+    try:
+        path = weights.weights_path(model_dir)
+    except InputError as e:  # no URL record, or a model the release never shipped
+        message = 'never released' if weights.NO_RELEASE in str(e) else str(e)
+        return None, dict(what='weights', message='; '.join(tried + [message]), commands=[train])
+    if os.path.isfile(path):
+        return path, 'released'
+    tried.append('released weights not found: %s' % path)
+    return None, dict(what='weights', message='; '.join(tried), commands=[fetch, train])
+
+
+def data_check(model, model_dir, split):
+    """(ids, None): the image ids of `split` as model_dir/val.prototxt's data layer reads
+    them; or (None, reason dict) when its list is missing (the path expected and the
+    dataset's README to read) or there is no val.prototxt."""
+    import layers
+    import net
+    import score
+    dataset = net.MODELS[model]['dataset']
+    val = os.path.join(model_dir, 'val.prototxt')
+    if not os.path.isfile(val):
+        return None, dict(what='model', message='%s not found' % val,
+                          commands=['python net.py %s' % model])
+    layer, cls = score.data_layer(common.read_net_param(val), layers)
+    try:
+        p = layers.parse_param_str(layer.python_param.param_str)
+        return cls.ids(split, **{k: p[k] for k in cls.DIRS if k in p}), None
+    except (FileNotFoundError, InputError) as e:  # no split list, or an empty one
+        reason = dict(what='data', message=str(e), commands=[])
+        if os.path.isfile(os.path.join(REPO, DATA_README.get(dataset, ''))):
+            reason['read'] = DATA_README[dataset]
+        return None, reason
+    except ValueError as e:  # a bad param_str
+        raise InputError('%s: %s' % (val, e))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+class TimedNet:
+    """A caffe.Net whose forward() is timed: the data layer(s) first, then the rest.
+
+    score.evaluate_tasks calls forward() and reads blobs as usual (everything else is
+    the net's); `forward_s` collects the seconds of the layers after the data layer
+    (the net's compute), `load_s` those of the data layer. The two partial forwards run
+    exactly the layers one forward() runs, in the same order. The returned outputs are
+    read back from the device, so GPU work has finished when the clock stops."""
+
+    def __init__(self, net):
+        self.net = net
+        names = list(net._layer_names)
+        n_data = 0
+        while n_data < len(names) - 1 and net.layers[n_data].type in ('Python', 'Input', 'Data'):
+            n_data += 1
+        self.split = (names[n_data - 1], names[n_data]) if n_data else None
+        self.load_s, self.forward_s = [], []
+
+    def forward(self):
+        t0 = time.perf_counter()
+        if self.split:
+            self.net.forward(end=self.split[0])
+        t1 = time.perf_counter()
+        out = self.net.forward(start=self.split[1]) if self.split else self.net.forward()
+        self.load_s.append(t1 - t0)
+        self.forward_s.append(time.perf_counter() - t1)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.net, name)
+
+
+def _mean_ms(seconds):
+    """Mean in ms over the images after the first (warm-up), or of the one image."""
+    kept = seconds[1:] if len(seconds) > 1 else seconds
+    return 1000.0 * sum(kept) / len(kept) if kept else None
+
+
+def evaluate_model(model_dir, weights, split, ids, dataset, progress=True):
+    """Score `weights` on the images `ids` of `split` with model_dir/val.prototxt, as
+    score.py's command does (its data layer set to `split`); returns the model's entry:
+    tasks {score blob: score.task_json}, images, ms_per_image, load_ms_per_image."""
+    import layers
+    import score
+    val = os.path.join(model_dir, 'val.prototxt')
+    param = common.read_net_param(val)
+    layer, cls = score.data_layer(param, layers)
+    try:
+        p = layers.parse_param_str(layer.python_param.param_str)
+    except ValueError as e:
+        raise InputError('%s: %s' % (val, e))
+    p['split'] = split
+    layer.python_param.param_str = json.dumps(p)
+    with tempfile.TemporaryDirectory() as tmp:
+        proto = os.path.join(tmp, 'val.prototxt')
+        with open(proto, 'w') as f:
+            f.write(str(param))
+        try:
+            net = common.open_net(proto, 'test', weights)
+        except ValueError as e:  # a data layer's complaint about its param_str
+            raise InputError('%s: %s' % (val, e))
+    tasks, names = [], []
+    for score_blob, gt in score.TASKS:
+        if score_blob not in net.blobs or gt not in net.blobs:
+            continue
+        n_cl = net.blobs[score_blob].channels
+        classes, exclude = score.class_info(dataset, gt, split, n_cl)
+        tasks.append(score.Task(score_blob, gt, n_cl, exclude))
+        names.append(classes)
+    if not tasks:
+        raise InputError('%s: no score/label blob pair among %s'
+                         % (val, ', '.join('%s/%s' % t for t in score.TASKS)))
+    timed = TimedNet(net)
+    try:
+        results = score.evaluate_tasks(timed, ids, tasks, progress=progress)
+    except ValueError as e:  # e.g. a malformed dataset file met during the walk
+        raise InputError(str(e))
+    return dict(tasks={ev.layer: score.task_json(ev, classes)
+                       for ev, classes in zip(results, names)},
+                images=len(ids), ms_per_image=_mean_ms(timed.forward_s),
+                load_ms_per_image=_mean_ms(timed.load_s))
+
+
+# ----------------------------------------------------------------------------- comparison
+
+def _pct(fraction):
+    return None if fraction is None else 100.0 * fraction
+
+
+def comparison_rows(entries, selected):
+    """The comparison: PAPER's rows with the measured values (%) of their model, then a
+    row per output of each evaluated model the paper has no row for."""
+    import net
+    rows = []
+    for r in PAPER:
+        entry = entries.get(r['model']) if r['model'] else None
+        row = dict(r, paper=dict(r['paper']), measured=None, diff=None, images=None,
+                   ms_measured=None, status='')
+        if not r['model']:
+            row['status'] = 'no model'
+        elif entry and entry.get('status') == 'evaluated':
+            if r['local'] or r['ms'] is not None:  # the paper's time is for any VOC image
+                row['ms_measured'] = entry.get('ms_per_image')
+            if r['local']:
+                task = entry['tasks'].get(r['task'])
+                if task:
+                    row['measured'] = {k: _pct(task[k]) for k in METRICS}
+                    row['diff'] = {k: (row['measured'][k] - row['paper'][k])
+                                   if row['paper'][k] is not None and row['measured'][k] is not None
+                                   else None for k in METRICS}
+                    row['images'] = entry['images']
+                    row['split_images'] = entry['split_images']
+                    row['excluded'] = task['excluded']
+                    row['status'] = 'measured'
+                else:
+                    row['status'] = 'the net has no %s output' % r['task']
+            else:
+                row['status'] = 'not measurable locally'
+        elif not r['local']:
+            row['status'] = 'not measurable locally'
+        elif r['model'] not in selected and r['model'] not in entries:
+            row['status'] = 'not selected'
+        else:
+            row['status'] = 'not evaluated'
+        rows.append(row)
+    in_paper = {(r['model'], r['task']) for r in PAPER}
+    for model, entry in entries.items():
+        if entry.get('status') != 'evaluated':
+            continue
+        for blob in entry['tasks']:
+            if (model, blob) in in_paper:
+                continue
+            task = entry['tasks'][blob]
+            name = '%s (%s)' % (model, blob) if len(entry['tasks']) > 1 else model
+            rows.append(dict(source='-', name=name, model=model, task=blob,
+                             data='%s %s' % (entry['dataset'], entry['split']), local=True,
+                             paper={k: None for k in METRICS}, ms=None, note='no number in the paper',
+                             measured={k: _pct(task[k]) for k in METRICS},
+                             diff={k: None for k in METRICS}, images=entry['images'],
+                             split_images=entry['split_images'], excluded=task['excluded'],
+                             ms_measured=entry.get('ms_per_image'), status='measured'))
+    order = {m: i for i, m in enumerate(net.MODELS)}
+    head, extra = rows[:len(PAPER)], rows[len(PAPER):]
+    extra.sort(key=lambda r: (order.get(r['model'], len(order)), r['task']))
+    return head + extra
+
+
+def _num(v):
+    return '-' if v is None or v != v else '%.1f' % v
+
+
+def _ms(v):
+    return '-' if v is None else '%.0f' % v
+
+
+def _cell(paper, measured):
+    """'paper / measured (measured - paper)' with '-' for what is missing."""
+    if paper is None and measured is None:
+        return '-'
+    if measured is None:
+        return '%s / -' % _num(paper)
+    if paper is None:
+        return '- / %s' % _num(measured)
+    return '%s / %s (%+.1f)' % (_num(paper), _num(measured), measured - paper)
+
+
+def _images(row):
+    if row.get('images') is None:
+        return '-'
+    text = str(row['images'])
+    if row['images'] < row.get('split_images', row['images']):
+        text = '%d of %d (first %d images)' % (row['images'], row['split_images'], row['images'])
+    return text
+
+
+def _note(row, entries):
+    notes = [row['note']] if row['note'] else []
+    if row['status'] in ('not evaluated', 'not selected'):
+        entry = entries.get(row['model'], {})
+        if entry.get('status') == 'failed':
+            notes.insert(0, 'evaluation failed (see below)')
+        elif entry.get('reasons'):
+            notes.insert(0, 'not evaluated: %s missing'
+                         % ' and '.join(r['what'] for r in entry['reasons']))
+        else:
+            notes.insert(0, 'not evaluated: %s' % row['status'])
+    elif row['status'].startswith('the net has no'):
+        notes.insert(0, row['status'])
+    if row.get('excluded'):
+        notes.append('%s excluded from the class averages (absent from the split)'
+                     % ', '.join(row['excluded']))
+    if row['status'] == 'measured':
+        entry = entries.get(row['model'], {})
+        expected = entry.get('paper_images')
+        if expected and entry.get('split_images') != expected:
+            notes.append('this split has %d images, the paper\'s %d'
+                         % (entry['split_images'], expected))
+    return '; '.join(notes)
+
+
+def _md_table(header, rows):
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for row in rows:
+        lines.append('| ' + ' | '.join(str(c).replace('|', '\\|') for c in row) + ' |')
+    return '\n'.join(lines)
+
+
+def summary_markdown(record):
+    """The comparison table and the models not evaluated (Markdown, no title)."""
+    entries = record['models']
+    lines = ['Generated by `%s` on %s; device: %s; data root: `%s`.'
+             % (record['command'], record['date'], record['device'], record['data_root']),
+             '',
+             'Values in %: paper / measured (measured - paper). ms/image: forward pass only, '
+             'mean over the evaluated images after the first, on the machine that measured it '
+             '(the paper: about 175 ms for FCN-8s on a Tesla K40c). The released weights are '
+             'the release\'s models (trained longer than the CVPR paper\'s), so they are '
+             'expected to match the "release" rows and to exceed CVPR Table 2.',
+             '']
+    header = ['source', 'paper model', 'model', 'data', 'images'] + \
+        [METRIC_NAMES[k] for k in METRICS] + ['ms/image', 'note']
+    body = []
+    for row in record['rows']:
+        ms = '%s / %s' % (_ms(row['ms']), _ms(row['ms_measured']))
+        ms = '-' if ms == '- / -' else ms
+        body.append([row['source'], row['name'], row['model'] or '-', row['data'], _images(row)]
+                    + [_cell(row['paper'][k], (row['measured'] or {}).get(k)) for k in METRICS]
+                    + [ms, _note(row, entries)])
+    lines.append(_md_table(header, body))
+    missing = [(m, e) for m, e in entries.items() if e.get('status') != 'evaluated']
+    if missing:
+        lines += ['', '### Not evaluated', '']
+        for model, entry in missing:
+            parts = []
+            for reason in entry.get('reasons', []):
+                text = '%s: %s' % ('data missing' if reason['what'] == 'data' else
+                                   'weights missing' if reason['what'] == 'weights' else
+                                   reason['what'], reason['message'])
+                if reason.get('commands'):
+                    text += ' (run %s)' % ' or '.join('`%s`' % c for c in reason['commands'])
+                if reason.get('read'):
+                    text += ' (read %s)' % reason['read']
+                parts.append(text)
+            lines.append('- `%s` (%s): %s' % (model, entry['status'], '; '.join(parts)))
+    evaluated = [m for m, e in entries.items() if e.get('status') == 'evaluated']
+    if evaluated:
+        lines += ['', 'Weights scored: ' + '; '.join(
+            '`%s` %s (%s%s)' % (m, entries[m]['weights'], entries[m]['weights_source'],
+                                ', measured %s' % entries[m]['date'] if entries[m].get('earlier_run')
+                                else '') for m in evaluated) + '.']
+    return '\n'.join(lines) + '\n'
+
+
+def per_class_markdown(record):
+    """A per-class IU (and accuracy) table for each evaluated model and output."""
+    lines = []
+    for model, entry in record['models'].items():
+        if entry.get('status') != 'evaluated':
+            continue
+        for blob, task in entry['tasks'].items():
+            images = '%d images' % entry['images']
+            if entry['images'] < entry['split_images']:
+                images = 'first %d images of %d' % (entry['images'], entry['split_images'])
+            lines += ['', '### %s: %s vs %s (%s %s, %s)'
+                      % (model, blob, task['label'], entry['dataset'], entry['split'], images), '']
+            rows = []
+            for name, iu in task['per_class_iu'].items():
+                acc = task['per_class_acc'].get(name)
+                excluded = ' (excluded)' if name in task['excluded'] else ''
+                rows.append([name + excluded, _num(_pct(iu)), _num(_pct(acc))])
+            rows.append(['**mean**', _num(_pct(task['mean_iu'])), _num(_pct(task['mean_acc']))])
+            lines.append(_md_table(['class', 'IU %', 'acc %'], rows))
+    if not lines:
+        return ''
+    return '\n## Per-class IU\n' + '\n'.join(lines) + '\n'
+
+
+def results_markdown(record):
+    return ('# FCN reproduction: the paper beside the measured scores\n\n'
+            + summary_markdown(record) + per_class_markdown(record))
+
+
+def write_results(out, record):
+    """OUT/results.json and OUT/results.md, atomically (`record` holds JSON types only)."""
+    with common.atomic_write(os.path.join(out, 'results.json'), 'w') as f:
+        json.dump(record, f, indent=1, allow_nan=False)
+        f.write('\n')
+    with common.atomic_write(os.path.join(out, 'results.md'), 'w') as f:
+        f.write(results_markdown(record))
+
+
+def update_readme(path, record, out):
+    """Replace the text between the results markers of `path` with the summary and a link
+    to the per-class tables. InputError when the file or its markers are missing."""
+    if not os.path.isfile(path):
+        raise InputError('%s: not found (--readme needs a file with %s and %s markers)'
+                         % (path, MARK_START, MARK_END))
+    with open(path) as f:
+        text = f.read()
+    start, end = text.find(MARK_START), text.find(MARK_END)
+    if start < 0 or end < start:
+        raise InputError('%s: no %s ... %s block to replace; add the two markers where the '
+                         'results belong' % (path, MARK_START, MARK_END))
+    link = os.path.relpath(os.path.join(out, 'results.md'), os.path.dirname(os.path.abspath(path)))
+    block = ('\n<!-- generated by reproduce.py --readme: do not edit by hand -->\n'
+             + summary_markdown(record)
+             + '\nPer-class IU of every evaluated model: [%s](%s).\n' % (link, link))
+    new = text[:start + len(MARK_START)] + block + text[end:]
+    if new != text:
+        with common.atomic_write(path, 'w') as f:
+            f.write(new)
+    return path
+
+
+# ----------------------------------------------------------------------------- command
+
+def _device_text(mode):
+    if mode != 'cpu':
+        return mode
+    name = ''
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    name = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return 'CPU%s, %d cores' % (' ' + name if name else '', os.cpu_count() or 1)
+
+
+def parse_weights(items, models):
+    """{model: absolute path} from MODEL=FILE arguments (checked)."""
+    out = {}
+    for item in items or ():
+        model, sep, path = item.partition('=')
+        if not sep or not model or not path:
+            raise InputError('--weights %s: expected MODEL=FILE' % item)
+        if model not in models:
+            raise InputError('--weights %s: unknown model %r (models: %s)'
+                             % (item, model, ', '.join(models)))
+        path = os.path.abspath(os.path.expanduser(path))
+        if not os.path.isfile(path):
+            raise InputError('--weights %s: weights file not found: %s' % (item, path))
+        out[model] = path
+    return out
+
+
+def _load_previous(out):
+    path = os.path.join(out, 'results.json')
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f).get('models', {})
+    except (OSError, ValueError, AttributeError) as e:
+        raise InputError('%s: cannot merge with it (%s)' % (path, e))
+
+
+def score_model(model, model_dir, model_root, entry, override, args):
+    """Fill `entry` (status 'missing' with reasons, or 'evaluated' with the scores) for
+    one model; True when it was evaluated. Errors are InputError / OSError."""
+    split = entry['split']
+    if not os.path.isdir(model_dir):
+        entry['reasons'].append(dict(what='model', message='no model directory %s' % model_dir,
+                                     commands=['python net.py %s' % model]))
+        return False
+    weights, source = find_weights(model, model_dir, model_root, override, args.snapshots)
+    if weights is None:
+        entry['reasons'].append(source)
+    ids, reason = data_check(model, model_dir, split)
+    if reason:
+        entry['reasons'].append(reason)
+    if entry['reasons']:
+        return False
+    entry.update(weights=weights, weights_source=source, split_images=len(ids))
+    if args.limit:
+        ids = ids[:args.limit]
+    print('%s: scoring %s (%s) on %s %s, %d images'
+          % (model, weights, source, entry['dataset'], split, len(ids)), file=sys.stderr, flush=True)
+    entry.update(evaluate_model(model_dir, weights, split, ids, entry['dataset'],
+                                progress=not args.quiet))
+    entry.update(status='evaluated', date=datetime.datetime.now().isoformat(timespec='seconds'))
+    return True
+
+
+def main(argv=None):
+    import net
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        epilog=__doc__[__doc__.index('\n\n') + 2:], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', metavar='MODEL',
+                        help='models to evaluate (default: all): %s' % ', '.join(net.MODELS))
+    parser.add_argument('--data-root', help='dataset root (sets FCN_DATA_ROOT; default '
+                        '$FCN_DATA_ROOT, else <repo>/data)')
+    parser.add_argument('--model-root', default=REPO,
+                        help='folder holding the model directories (default: the repository)')
+    parser.add_argument('--weights', nargs='+', metavar='MODEL=FILE', default=[],
+                        help='score FILE for MODEL instead of its released weights')
+    parser.add_argument('--snapshots', action='store_true',
+                        help='prefer the latest training snapshot (MODEL/snapshot) to the '
+                             'released weights')
+    parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
+    parser.add_argument('--limit', type=int, metavar='N',
+                        help='score only the first N images of each split')
+    parser.add_argument('--out', default=os.path.join(REPO, 'results'),
+                        help='folder for results.json and results.md (default: <repo>/results)')
+    parser.add_argument('--merge', action='store_true',
+                        help='keep the models evaluated by an earlier run in OUT/results.json '
+                             'that this run does not evaluate')
+    parser.add_argument('--readme', nargs='?', const=os.path.join(REPO, 'README.md'),
+                        metavar='FILE', help='replace the results block of README.md (or FILE)')
+    parser.add_argument('--quiet', action='store_true', help='no progress line')
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+
+    models = list(args.models or net.MODELS)
+    unknown = [m for m in models if m not in net.MODELS]
+    if unknown:
+        raise InputError('unknown model(s) %s (models: %s)' % (', '.join(unknown),
+                                                              ', '.join(net.MODELS)))
+    overrides = parse_weights(args.weights, list(net.MODELS))
+    if args.limit is not None and args.limit < 1:
+        raise InputError('--limit must be >= 1, got %d' % args.limit)
+    if args.data_root:
+        if not os.path.isdir(args.data_root):
+            raise InputError('--data-root %s: no such directory' % args.data_root)
+        os.environ['FCN_DATA_ROOT'] = os.path.abspath(args.data_root)
+    model_root = os.path.abspath(args.model_root)
+    if not os.path.isdir(model_root):
+        raise InputError('--model-root %s: no such directory' % args.model_root)
+    out = os.path.abspath(args.out)
+    previous = _load_previous(out) if args.merge else {}
+    mode = common.set_mode(args.gpu)
+    import layers
+    import score
+
+    record = dict(command='python reproduce.py' + ''.join(' ' + shlex.quote(a) for a in argv),
+                  date=datetime.datetime.now().isoformat(timespec='seconds'),
+                  device=_device_text(mode), data_root=layers.data_root(),
+                  model_root=model_root, limit=args.limit, models={}, rows=[])
+    entries = record['models']
+    failed = 0
+
+    def save():
+        """Write OUT/results.{json,md} (with --merge, the earlier run's other models
+        too); returns the record written, as JSON types (NaN -> None)."""
+        merged = dict(entries)
+        for m, e in previous.items():
+            if e.get('status') == 'evaluated' and merged.get(m, {}).get('status') != 'evaluated':
+                merged[m] = dict(e, earlier_run=True)
+        ordered = {m: merged[m] for m in list(net.MODELS) + sorted(merged) if m in merged}
+        written = score.jsonable(dict(record, models=ordered,
+                                      rows=comparison_rows(ordered, models)))
+        write_results(out, written)
+        return written
+
+    for model in models:
+        m = net.MODELS[model]
+        entry = dict(status='missing', reasons=[], dataset=m['dataset'], split=m['test_split'],
+                     paper_images=m['test_images'])
+        entries[model] = entry
+        try:
+            if score_model(model, os.path.join(model_root, model), model_root, entry,
+                           overrides.get(model), args):
+                save()  # after every model, so an interrupted run keeps what it measured
+        except (InputError, OSError) as e:  # a broken model directory, dataset or weights file
+            entry.update(status='failed', reasons=[dict(what='evaluation', message=str(e))])
+            print('%s: evaluation failed: %s' % (model, e), file=sys.stderr, flush=True)
+            failed += 1
+    written = save()
+    print(summary_markdown(written), end='')
+    print('wrote %s and %s' % (os.path.join(out, 'results.json'), os.path.join(out, 'results.md')))
+    if args.readme:
+        print('updated %s' % update_readme(os.path.abspath(args.readme), written, out))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    common.run_cli(main)

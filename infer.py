@@ -278,6 +278,18 @@ def shares_line(label, names):
     return ', '.join(parts)
 
 
+def read_classes(path):
+    """Class names from a text file, one per line (blank lines skipped)."""
+    try:
+        with open(path) as f:
+            names = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise InputError('%s: not a text file of class names' % path)
+    if not names:
+        raise InputError('%s: no class names in it (expected one per line)' % path)
+    return names
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description='Segment images with an FCN: writes OUT/<name>.png (class indices, '
@@ -290,6 +302,9 @@ def main(argv=None):
     parser.add_argument('--weights', help="caffemodel (default: the model's released "
                                           'weights in its directory)')
     parser.add_argument('--deploy', help="net prototxt (default: the model's deploy.prototxt)")
+    parser.add_argument('--classes', metavar='FILE',
+                        help="class names, one per line in output order (default: the "
+                             "model's dataset's); for nets trained on your own data")
     parser.add_argument('--out', default='fcn-out',
                         help='output folder (default: fcn-out in the current directory)')
     parser.add_argument('--gpu', type=int, default=None, help='GPU id (default: CPU)')
@@ -303,6 +318,8 @@ def main(argv=None):
     model = os.path.basename(os.path.normpath(args.model))  # 'voc-fcn8s/' works too
     dataset, blob = model_info(model)
     mean, names = dataset_info(dataset)
+    if args.classes:
+        names = read_classes(args.classes)
     background = names.index('background') if 'background' in names else None
     model_dir = os.path.join(REPO, model)
     deploy = args.deploy or os.path.join(model_dir, 'deploy.prototxt')

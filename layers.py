@@ -397,6 +397,23 @@ class SegDataLayer(caffe.Layer):
     def backward(self, top, propagate_down, bottom):
         pass  # data layers have nothing to propagate to
 
+    # -- the solving loop's calls (pycaffe's net.layers[i] is this object) -----------
+
+    def seek(self, forwards):
+        """Put the layer where it would be after `forwards` forward passes from setup: the
+        same id and, when training, the same random stream (so a resumed run draws the
+        images an uninterrupted one would have drawn)."""
+        if self.random:
+            self.rng = random.Random(self.params['seed'])
+            for _ in range(forwards + 1):
+                self.idx = self.rng.randrange(len(self.indices))
+        else:
+            self.idx = forwards % len(self.indices)
+
+    def rewind(self):
+        """Back to the first id (scoring walks the split from its start each round)."""
+        self.seek(0)
+
 
 # --------------------------------------------------------------------------------------
 # PASCAL VOC and SBD

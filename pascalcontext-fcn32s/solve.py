@@ -1,0 +1,17 @@
+"""Train FCN-32s on PASCAL-Context, 59 classes + background (train, scored on val).
+
+    python pascalcontext-fcn32s/solve.py               # the paper's recipe on CPU (50 x 8000 iterations)
+    python pascalcontext-fcn32s/solve.py --gpu 0       # on a GPU
+    python pascalcontext-fcn32s/solve.py --help        # short runs, other weights, data root, output
+
+Starts from VGG16 cast to convolutions.
+Snapshots, log.jsonl and log.png go to pascalcontext-fcn32s/snapshot/; a rerun resumes from the latest snapshot.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train  # noqa: E402
+
+if __name__ == '__main__':
+    train.main(__file__, parent=lambda: train.ilsvrc_weights('vgg16'))

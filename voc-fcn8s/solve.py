@@ -1,0 +1,17 @@
+"""Train FCN-8s on PASCAL VOC (SBD train, scored on seg11valid).
+
+    python voc-fcn8s/solve.py               # the paper's recipe on CPU (25 x 4000 iterations)
+    python voc-fcn8s/solve.py --gpu 0       # on a GPU
+    python voc-fcn8s/solve.py --help        # short runs, other weights, data root, output
+
+Starts from the trained FCN-16s (voc-fcn16s/snapshot, else its released weights).
+Snapshots, log.jsonl and log.png go to voc-fcn8s/snapshot/; a rerun resumes from the latest snapshot.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train  # noqa: E402
+
+if __name__ == '__main__':
+    train.main(__file__, parent=lambda: train.trained_weights('voc-fcn16s'))

@@ -1,6 +1,6 @@
 """The whole system on a fresh machine, with nothing downloaded: `make demo`.
 
-    python demo.py                  # about 5 minutes on 2 CPU cores
+    python demo.py                  # about 4 minutes on 2 CPU cores
     python demo.py --seed 3 --out /tmp/demo
     python demo.py --rounds 2 --iters 100    # shorter (mean IU may then miss 0.5)
 
@@ -178,7 +178,7 @@ def main(argv=None):
     p.add_argument('--seed', type=int, default=1337)
     p.add_argument('--train-images', type=int, default=200)
     p.add_argument('--val-images', type=int, default=30)
-    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--rounds', type=int, default=4)
     p.add_argument('--iters', type=int, default=250, help='iterations per round')
     p.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
     p.add_argument('--min-iu', type=float, default=0.5, help='fail below this held-out mean IU')

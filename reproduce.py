@@ -61,7 +61,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 
 import common
@@ -230,36 +229,10 @@ def evaluate_model(model_dir, weights, split, ids, dataset, progress=True):
     """Score `weights` on the images `ids` of `split` with model_dir/val.prototxt, as
     score.py's command does (its data layer set to `split`); returns the model's entry:
     tasks {score blob: score.task_json}, images, ms_per_image, load_ms_per_image."""
-    import layers
     import score
     val = os.path.join(model_dir, 'val.prototxt')
-    param = common.read_net_param(val)
-    layer, cls = score.data_layer(param, layers)
-    try:
-        p = layers.parse_param_str(layer.python_param.param_str)
-    except ValueError as e:
-        raise InputError('%s: %s' % (val, e))
-    p['split'] = split
-    layer.python_param.param_str = json.dumps(p)
-    with tempfile.TemporaryDirectory() as tmp:
-        proto = os.path.join(tmp, 'val.prototxt')
-        with open(proto, 'w') as f:
-            f.write(str(param))
-        try:
-            net = common.open_net(proto, 'test', weights)
-        except ValueError as e:  # a data layer's complaint about its param_str
-            raise InputError('%s: %s' % (val, e))
-    tasks, names = [], []
-    for score_blob, gt in score.TASKS:
-        if score_blob not in net.blobs or gt not in net.blobs:
-            continue
-        n_cl = net.blobs[score_blob].channels
-        classes, exclude = score.class_info(dataset, gt, split, n_cl)
-        tasks.append(score.Task(score_blob, gt, n_cl, exclude))
-        names.append(classes)
-    if not tasks:
-        raise InputError('%s: no score/label blob pair among %s'
-                         % (val, ', '.join('%s/%s' % t for t in score.TASKS)))
+    net, _, _, _ = score.open_val_net(val, weights, split)
+    tasks, names = score.model_tasks(net, dataset, split, val)
     timed = TimedNet(net)
     try:
         results = score.evaluate_tasks(timed, ids, tasks, progress=progress)

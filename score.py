@@ -429,6 +429,49 @@ def net_split_ids(param, path, split=None):
         raise common.InputError('%s: %s' % (path, e))
 
 
+def open_val_net(val, weights, split=None):
+    """(net, data layer class, split, ids) for scoring `weights` with the val prototxt `val`,
+    its layers.py data layer switched to `split` when given. Inputs are checked first."""
+    param = common.read_net_param(val)
+    cls, split, ids = net_split_ids(param, val, split)
+    with tempfile.TemporaryDirectory() as tmp:
+        proto = os.path.join(tmp, 'val.prototxt')
+        with open(proto, 'w') as f:
+            f.write(str(param))
+        try:
+            net = common.open_net(proto, 'test', weights)
+        except ValueError as e:  # a data layer's complaint about its param_str
+            raise common.InputError('%s: %s' % (val, e))
+    return net, cls, split, ids
+
+
+def dataset_of(cls):
+    """The layers.DATASETS name whose data layer is `cls` (None for others)."""
+    import layers
+    return {d['layer']: name for name, d in layers.DATASETS.items()}.get(cls)
+
+
+def model_tasks(net, dataset, split, val, save_pred=None):
+    """([Task], [class names]) of every score/label pair the net has (TASKS); predictions
+    go to save_pred (save_pred/<label>/ when there are several tasks)."""
+    tasks, names = [], []
+    multi = sum(1 for s, g in TASKS if s in net.blobs and g in net.blobs) > 1
+    for score_blob, gt in TASKS:
+        if score_blob not in net.blobs or gt not in net.blobs:
+            continue
+        n_cl = net.blobs[score_blob].channels
+        classes, exclude = class_info(dataset, gt, split, n_cl)
+        save = None
+        if save_pred:
+            save = os.path.join(save_pred, gt) if multi else save_pred
+        tasks.append(Task(score_blob, gt, n_cl, exclude, save))
+        names.append(classes)
+    if not tasks:
+        raise common.InputError('%s: no score/label blob pair among %s'
+                                % (val, ', '.join('%s/%s' % t for t in TASKS)))
+    return tasks, names
+
+
 def per_class(values, names):
     return {name: v for name, v in zip(names, values)}
 
@@ -495,36 +538,11 @@ def main(argv=None):
     common.set_mode(args.gpu)
     import layers
 
-    param = common.read_net_param(val)
-    cls, split, ids = net_split_ids(param, val, args.split)
+    net, cls, split, ids = open_val_net(val, args.weights, args.split)
     if args.limit:
         ids = ids[:args.limit]
-    dataset = {d['layer']: name for name, d in layers.DATASETS.items()}.get(cls)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        proto = os.path.join(tmp, 'val.prototxt')
-        with open(proto, 'w') as f:
-            f.write(str(param))
-        try:
-            net = common.open_net(proto, 'test', args.weights)
-        except ValueError as e:  # a data layer's complaint about its param_str
-            raise common.InputError('%s: %s' % (val, e))
-
-    tasks, names = [], []
-    multi = sum(1 for s, g in TASKS if s in net.blobs and g in net.blobs) > 1
-    for score_blob, gt in TASKS:
-        if score_blob not in net.blobs or gt not in net.blobs:
-            continue
-        n_cl = net.blobs[score_blob].channels
-        classes, exclude = class_info(dataset, gt, split, n_cl)
-        save = None
-        if args.save_pred:
-            save = os.path.join(args.save_pred, gt) if multi else args.save_pred
-        tasks.append(Task(score_blob, gt, n_cl, exclude, save))
-        names.append(classes)
-    if not tasks:
-        raise common.InputError('%s: no score/label blob pair among %s'
-                                % (val, ', '.join('%s/%s' % t for t in TASKS)))
+    dataset = dataset_of(cls)
+    tasks, names = model_tasks(net, dataset, split, val, args.save_pred)
 
     print('%s: scoring %s on %s %s (%d images)' % (args.model, args.weights, dataset or cls.__name__,
                                                     split, len(ids)), flush=True)

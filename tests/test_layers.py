@@ -113,7 +113,7 @@ def test_sbdd_labels_and_training_draws_are_seeded(root):
 
 
 def test_randomize_false_walks_a_training_split_in_order(root):
-    ids = datasets.make_sbdd(root, ids=['p', 'q', 'r'], size=(4, 4), split='train')
+    datasets.make_sbdd(root, ids=['p', 'q', 'r'], size=(4, 4), split='train')
     net = data_net(root, 'SBDDSegDataLayer', {'split': 'train', 'randomize': False},
                    ['data', 'label'])
     assert not net.layers[0].random and net.layers[0].idx == 0

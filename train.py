@@ -186,17 +186,16 @@ def seek_data(net, forwards):
             layer.seek(forwards)
 
 
-def score_round(solver, test_net, n_images, save_dir=None):
-    """Score the test net (sharing the training weights) on the first n_images of its split,
-    walking it in order; {task: scores dict (score.scores, with 'loss')}."""
+def score_round(solver, ids, save_dir=None):
+    """Score the test net (sharing the training weights) on the images `ids`, the start of
+    its split, walking it in order; {task: scores dict (score.scores, with 'loss')}."""
     import score
-    _, _, ids = score.net_split_ids(common.read_net_param(test_net), test_net)
     net = solver.test_nets[0]
     results = {}
     for layer, gt, exclude, name in score_tasks(net):
         net.share_with(solver.net)
         seek_data(net, 0)  # every round scores the same images, from the split's start
-        ev = score.evaluate(net, ids[:n_images], layer=layer, gt=gt, exclude=exclude,
+        ev = score.evaluate(net, ids, layer=layer, gt=gt, exclude=exclude,
                             progress=True, save_dir=save_dir and os.path.join(save_dir, name))
         results[name] = ev.scores
     return results
@@ -324,9 +323,18 @@ def solve(model_dir, argv=None, parent=None, init=None):
     import surgery
 
     param = read_solver(model_dir)
-    n_score = int(param.test_iter[0]) if param.test_iter else 0
+    score_ids = []
+    if param.test_net:  # the scoring split, as its data layer walks it
+        import score
+        _, split, score_ids = score.net_split_ids(common.read_net_param(param.test_net[0]),
+                                                  param.test_net[0])
+        expected = int(param.test_iter[0]) if param.test_iter else len(score_ids)
+        if len(score_ids) != expected:
+            print('note: split %s has %d images; the solver expects %d (test_iter)'
+                  % (split, len(score_ids), expected), flush=True)
     if args.score_limit is not None:
-        n_score = min(n_score, args.score_limit) if n_score else args.score_limit
+        score_ids = score_ids[:args.score_limit]
+    n_score = len(score_ids)
     state = None if args.no_resume else latest_state(out_dir)
     weights = args.weights
     if not state and not weights and parent is not None and init is None:
@@ -385,7 +393,7 @@ def solve(model_dir, argv=None, parent=None, init=None):
             if solver.iter % args.iters == 0 or solver.iter == total:
                 path = snapshot(solver, out_dir)
                 last = solver.iter == total
-                results = score_round(solver, param.test_net[0], n_score,
+                results = score_round(solver, score_ids,
                                       os.path.join(out_dir, 'pred') if (args.save_pred and last) else None) \
                     if n_score else {}
                 record = {'iter': solver.iter, 'train_loss': sum(losses) / max(1, len(losses)),

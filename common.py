@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -217,3 +218,53 @@ def save_label_png(path, label):
     img.putpalette(voc_palette().ravel().tolist())
     with atomic_write(path) as f:
         img.save(f, format='PNG')
+
+
+class Progress:
+    """A one-line progress indicator on stderr: count, rate and time left. Redrawn in
+    place on a terminal, otherwise a line every ~10%."""
+
+    def __init__(self, total, label='scoring', stream=None, enabled=True):
+        self.total, self.label, self.enabled = total, label, enabled and total > 0
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+        self.start = time.time()
+        self.last_decile = 0
+        self.open = False  # a partial line is on the terminal
+
+    def close(self):
+        """End a partial terminal line (after an error part way)."""
+        if self.open:
+            self.stream.write('\n')
+            self.stream.flush()
+            self.open = False
+
+    def clear(self):
+        """Erase a partial terminal line, so other output can be printed in its place."""
+        if self.open:
+            self.stream.write('\r\033[K')
+            self.stream.flush()
+            self.open = False
+
+    def update(self, done):
+        if not self.enabled:
+            return
+        elapsed = time.time() - self.start
+        rate = elapsed / done if done else 0.0
+        msg = '%s %d/%d (%.0f%%) %.2f s/image, %s left' % (
+            self.label, done, self.total, 100.0 * done / self.total, rate,
+            _duration(rate * (self.total - done)))
+        if self.tty:
+            self.stream.write('\r' + msg + ('\n' if done == self.total else ''))
+            self.stream.flush()
+            self.open = done != self.total
+        else:
+            decile = 10 * done // self.total
+            if decile > self.last_decile or done == self.total:
+                self.last_decile = decile
+                print(msg, file=self.stream, flush=True)
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    return '%d:%02d:%02d' % (seconds // 3600, seconds // 60 % 60, seconds % 60)

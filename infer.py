@@ -33,12 +33,11 @@ the exit status is 1 at the end.
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
-from common import InputError, REPO, atomic_write, open_net, run_cli, save_label_png, \
-    set_mode, voc_palette
+from common import InputError, Progress, REPO, atomic_write, open_net, run_cli, \
+    save_label_png, set_mode, voc_palette
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
               '.pgm', '.pnm', '.jpe')
@@ -240,31 +239,6 @@ def list_images(args):
     return unique, errors
 
 
-class Progress:
-    """A one-line text progress bar on stderr (only when stderr is a terminal)."""
-
-    def __init__(self, total, enabled=None):
-        self.total, self.t0, self.shown = total, time.time(), False
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-
-    def update(self, done):
-        if not self.enabled:
-            return
-        width = 30
-        fill = width * done // max(self.total, 1)
-        rate = (time.time() - self.t0) / max(done, 1)
-        sys.stderr.write('\r[%s%s] %d/%d  %.2f s/image ' % ('#' * fill, '.' * (width - fill),
-                                                            done, self.total, rate))
-        sys.stderr.flush()
-        self.shown = True
-
-    def clear(self):
-        if self.shown:
-            sys.stderr.write('\r\033[K')
-            sys.stderr.flush()
-            self.shown = False
-
-
 def shares_line(label, names):
     """'person 41.2%, background 38.0%, ...': classes present, largest share first."""
     counts = np.bincount(label.ravel(), minlength=256)
@@ -349,7 +323,7 @@ def main(argv=None):
                          % (args.out, e.strerror or e))
     failed = 0
     used = {}
-    progress = Progress(len(paths), enabled=sys.stderr.isatty() and len(paths) > 1)
+    progress = Progress(len(paths), 'segmenting', enabled=sys.stderr.isatty() and len(paths) > 1)
     for i, path in enumerate(paths):
         progress.update(i)
         try:

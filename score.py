@@ -43,11 +43,11 @@ import math
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 import common
+from common import Progress  # noqa: F401  (score.Progress, as before)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -193,49 +193,6 @@ class ConfusionMatrix:
 
 
 # ----------------------------------------------------------------------------- nets
-
-class Progress:
-    """A one-line progress indicator on stderr: count, rate and time left. Redrawn in
-    place on a terminal, otherwise a line every ~10%."""
-
-    def __init__(self, total, label='scoring', stream=None, enabled=True):
-        self.total, self.label, self.enabled = total, label, enabled and total > 0
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
-        self.start = time.time()
-        self.last_decile = 0
-        self.open = False  # a partial line is on the terminal
-
-    def close(self):
-        """End a partial terminal line (after an error part way)."""
-        if self.open:
-            self.stream.write('\n')
-            self.stream.flush()
-            self.open = False
-
-    def update(self, done):
-        if not self.enabled:
-            return
-        elapsed = time.time() - self.start
-        rate = elapsed / done if done else 0.0
-        msg = '%s %d/%d (%.0f%%) %.2f s/image, %s left' % (
-            self.label, done, self.total, 100.0 * done / self.total, rate,
-            _duration(rate * (self.total - done)))
-        if self.tty:
-            self.stream.write('\r' + msg + ('\n' if done == self.total else ''))
-            self.stream.flush()
-            self.open = done != self.total
-        else:
-            decile = 10 * done // self.total
-            if decile > self.last_decile or done == self.total:
-                self.last_decile = decile
-                print(msg, file=self.stream, flush=True)
-
-
-def _duration(seconds):
-    seconds = int(round(seconds))
-    return '%d:%02d:%02d' % (seconds // 3600, seconds // 60 % 60, seconds % 60)
-
 
 def loss_blob(net, layer='score', gt='label'):
     """The top of the loss layer comparing `layer` with `gt` (e.g. 'loss' for

@@ -207,12 +207,15 @@ def install_packages(pkgs):
 
 # --- source -------------------------------------------------------------------------------
 
-def debian_mirror():
-    """The Debian archive URL this machine's apt already uses (not the security archive)."""
+def debian_mirror(paths=None):
+    """The Debian archive URL this machine's apt already uses (not the security archive),
+    read from one-line (`deb URL suite ...`) and deb822 (`URIs: URL`) source files."""
     if os.environ.get('CAFFE_DEBIAN_MIRROR'):
         return os.environ['CAFFE_DEBIAN_MIRROR'].rstrip('/')
     candidates = []
-    for path in ['/etc/apt/sources.list'] + sorted(glob.glob('/etc/apt/sources.list.d/*')):
+    if paths is None:
+        paths = ['/etc/apt/sources.list'] + sorted(glob.glob('/etc/apt/sources.list.d/*'))
+    for path in paths:
         if not (path.endswith('.list') or path.endswith('.sources') or path.endswith('sources.list')):
             continue
         try:
@@ -379,6 +382,12 @@ def build(prefix, arch):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def is_complete(prefix):
+    """A cached install is trusted only with the record written last, inside the staged tree."""
+    return os.path.isfile(os.path.join(prefix, 'lib', 'python3', 'dist-packages', 'caffe',
+                                       'fcn_build.json'))
+
+
 def site_packages_dir():
     return sysconfig.get_paths()['purelib']
 
@@ -435,8 +444,9 @@ def main(argv=None):
     os.makedirs(cache_root(), exist_ok=True)
     with open(os.path.join(cache_root(), '.lock'), 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per cache
-        marker = os.path.join(prefix, 'lib', 'python3', 'dist-packages', 'caffe', 'fcn_build.json')
-        if os.path.isfile(marker):
+        for stale in glob.glob(os.path.join(cache_root(), '.work-*')):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed build (we hold the lock)
+        if is_complete(prefix):
             log('cached build: %s' % prefix)
         else:
             if os.path.exists(prefix):  # not ours to trust: no marker

@@ -1,0 +1,76 @@
+"""build_caffe.py's decisions, without building: mirror discovery, cache keys, trust in a
+cached install, and that the installed build is the one the venv imports."""
+import json
+import sys
+
+import pytest
+
+import build_caffe
+import common
+
+
+def test_mirror_from_one_line_and_deb822_sources(tmp_path, monkeypatch):
+    monkeypatch.delenv('CAFFE_DEBIAN_MIRROR', raising=False)
+    one = tmp_path / 'sources.list'
+    one.write_text('# comment\ndeb [arch=amd64] http://mirror.example/debian/ bookworm main\n'
+                   'deb http://security.example/debian-security bookworm-security main\n')
+    assert build_caffe.debian_mirror([str(one)]) == 'http://mirror.example/debian'
+    deb822 = tmp_path / 'debian.sources'
+    deb822.write_text('Types: deb\nURIs: http://security.example/debian-security\n'
+                      'Suites: bookworm-security\n\nTypes: deb\nURIs: http://m2.example/debian\n')
+    assert build_caffe.debian_mirror([str(deb822)]) == 'http://m2.example/debian'
+
+
+def test_no_debian_mirror_says_what_to_set(tmp_path, monkeypatch):
+    monkeypatch.delenv('CAFFE_DEBIAN_MIRROR', raising=False)
+    ubuntu = tmp_path / 'sources.list'
+    ubuntu.write_text('deb http://archive.example/ubuntu jammy main\n')
+    with pytest.raises(build_caffe.BuildError, match='CAFFE_DEBIAN_MIRROR.*CAFFE_SOURCE'):
+        build_caffe.debian_mirror([str(ubuntu)])
+    monkeypatch.setenv('CAFFE_DEBIAN_MIRROR', 'http://given.example/debian/')
+    assert build_caffe.debian_mirror([str(ubuntu)]) == 'http://given.example/debian'
+
+
+def test_cache_key_names_everything_the_build_depends_on(monkeypatch):
+    monkeypatch.delenv('CAFFE_SOURCE', raising=False)
+    cpu = build_caffe.build_key(None)
+    cuda = build_caffe.build_key('90')
+    py = '%d.%d' % sys.version_info[:2]
+    import numpy
+    assert build_caffe.SOURCE_VERSION.replace('+', '_') in cpu
+    assert ('py%s' % py) in cpu and ('np%s' % numpy.__version__.split('.')[0]) in cpu
+    assert cpu.endswith(build_caffe.patch_digest(False)) and '-cpu-' in cpu
+    assert '-cuda90-' in cuda and cuda != cpu
+    monkeypatch.setenv('CAFFE_SOURCE', '/somewhere/caffe')
+    assert build_caffe.build_key(None) != cpu
+
+
+def test_patch_digest_changes_with_the_fixes(monkeypatch):
+    before = build_caffe.patch_digest(False)
+    monkeypatch.setattr(build_caffe, 'FIXES', build_caffe.FIXES + [('x', 'a', 'b', 'why', 'all')])
+    assert build_caffe.patch_digest(False) != before
+
+
+def test_an_install_without_its_record_is_not_trusted(tmp_path):
+    prefix = tmp_path / 'caffe-key'
+    pkg = prefix / 'lib' / 'python3' / 'dist-packages' / 'caffe'
+    pkg.mkdir(parents=True)
+    (pkg / '_caffe.so').write_bytes(b'half a build')
+    assert not build_caffe.is_complete(str(prefix))
+    (pkg / 'fcn_build.json').write_text('{}')
+    assert build_caffe.is_complete(str(prefix))
+
+
+def test_cpu_forced_by_environment(monkeypatch):
+    monkeypatch.setenv('FCN_CAFFE_CPU', '1')
+    monkeypatch.setenv('FCN_CUDA_ARCH', '90')
+    assert build_caffe.gpu_arch() is None
+
+
+def test_venv_imports_the_cached_build():
+    caffe = common.import_caffe()
+    info = common.build_info()
+    assert info, 'pycaffe has no fcn_build.json: not built by build_caffe.py'
+    assert caffe.__file__.startswith(build_caffe.cache_root())
+    assert info['python'].rsplit('.', 1)[0] == '%d.%d' % sys.version_info[:2]
+    assert json.dumps(info['fixes'])

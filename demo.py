@@ -1,6 +1,6 @@
 """The whole system on a fresh machine, with nothing downloaded: `make demo`.
 
-    python demo.py                  # about 4 minutes on 2 CPU cores
+    python demo.py                  # 2-4 minutes on 2 CPU cores
     python demo.py --seed 3 --out /tmp/demo
     python demo.py --rounds 2 --iters 100    # shorter (mean IU may then miss 0.5)
 

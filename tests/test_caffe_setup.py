@@ -144,3 +144,36 @@ def test_project_python_layer_runs_inside_a_net(tmp_path):
     assert net.blobs['data'].data.shape[1] == 3
     assert net.blobs['label'].data.shape[2:] == net.blobs['data'].data.shape[2:]
     assert len(ids) == 2
+
+
+def test_legacy_v1_weights_like_the_model_zoo_vgg16_load(tmp_path):
+    """The Model Zoo's VGG16 is a V1 net (`layers`, 4-D num/channels/height/width blobs):
+    the shape check understands it and Caffe upgrades it on load."""
+    proto = tiny_net(str(tmp_path / 'a.prototxt'), with_loss=False)
+    v1 = caffe.proto.caffe_pb2.NetParameter()
+    v1.name = 'legacy'
+    rng = np.random.RandomState(1)
+    values = {}
+    for name, kind, shapes in (('conv', caffe.proto.caffe_pb2.V1LayerParameter.CONVOLUTION,
+                                [(4, 3, 3, 3), (1, 1, 1, 4)]),
+                               ('fc', caffe.proto.caffe_pb2.V1LayerParameter.INNER_PRODUCT,
+                                [(1, 1, 3, 120), (1, 1, 1, 3)])):
+        layer = v1.layers.add()
+        layer.name, layer.type = name, kind
+        for shape in shapes:
+            blob = layer.blobs.add()
+            blob.num, blob.channels, blob.height, blob.width = shape
+            data = rng.randn(int(np.prod(shape))).astype(np.float32)
+            blob.data.extend(data.tolist())
+            values.setdefault(name, []).append(data)
+    path = tmp_path / 'legacy.caffemodel'
+    path.write_bytes(v1.SerializeToString())
+    net = common.open_net(proto, weights=str(path))
+    np.testing.assert_array_equal(net.params['fc'][0].data.ravel(), values['fc'][0])
+    np.testing.assert_array_equal(net.params['conv'][1].data.ravel(), values['conv'][1])
+    # and a V1 blob of the wrong size is refused before Caffe sees it
+    v1.layers[1].blobs[0].width = 121
+    v1.layers[1].blobs[0].data.append(0.0)
+    path.write_bytes(v1.SerializeToString())
+    with pytest.raises(common.InputError, match="legacy.caffemodel: layer 'fc'"):
+        common.open_net(proto, weights=str(path))

@@ -189,6 +189,18 @@ def run_cli(main, argv=None):
     sys.exit(code or 0)
 
 
+def cpu_name():
+    """The processor's model name from /proc/cpuinfo ('' where there is none)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return ''
+
+
 def voc_palette(n=256):
     """The PASCAL VOC colour map: n x 3 uint8, class k's RGB colour in row k.
 

@@ -480,15 +480,7 @@ def update_readme(path, record, out):
 def _device_text(mode):
     if mode != 'cpu':
         return mode
-    name = ''
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    name = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    name = common.cpu_name()
     return 'CPU%s, %d cores' % (' ' + name if name else '', os.cpu_count() or 1)
 
 

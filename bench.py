@@ -143,7 +143,6 @@ def _net_file(model, split, height, width, tmpdir):
     net with Input layers for data (1x3xHxW) and label (1x1xHxW) instead of the Python layer."""
     from google.protobuf import text_format
     import common
-    caffe = common.import_caffe()
     if split == 'deploy':
         param = common.read_net_param(os.path.join(REPO, NETS[model], 'deploy.prototxt'))
         for layer in param.layer:

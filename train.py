@@ -120,9 +120,13 @@ def trained_weights(model_name):
     state = latest_state(os.path.join(model_dir, 'snapshot'))
     if state:
         return state[:-len('.solverstate')] + '.caffemodel'
-    released = sorted(glob.glob(os.path.join(model_dir, '*.caffemodel')))
-    if released:
-        return released[0]
+    import weights
+    try:
+        released = weights.weights_path(model_name)  # where weights.py puts it
+    except InputError:  # the release never had this model
+        released = None
+    if released and os.path.isfile(released):
+        return released
     raise InputError('%s: no trained weights (no snapshot/ and no released .caffemodel); '
                      'train it with `python %s/solve.py` or fetch them with '
                      '`python weights.py %s`' % (model_dir, model_name, model_name))
@@ -169,16 +173,6 @@ def load_weights(net, weights):
 
 # --- scoring and the log ----------------------------------------------------------------------
 
-def score_tasks(net):
-    """(score blob, label blob, excluded classes, name) for each output the model is scored on."""
-    if 'score_sem' in net.blobs:  # SIFT Flow: semantic and geometric heads
-        import layers
-        absent = ('cow', 'desert', 'moon')  # never in the test split (FCN-SPEC section 4)
-        exclude = [layers.SIFTFLOW_SEM_CLASSES.index(c) for c in absent]
-        return [('score_sem', 'sem', exclude, 'sem'), ('score_geo', 'geo', None, 'geo')]
-    return [('score', 'label', None, 'seg')]
-
-
 def seek_data(net, forwards):
     """Put the net's layers.py data layers where `forwards` forward passes leave them."""
     for layer in net.layers:
@@ -186,19 +180,18 @@ def seek_data(net, forwards):
             layer.seek(forwards)
 
 
-def score_round(solver, ids, save_dir=None):
+def score_round(solver, dataset, split, test_net, ids, save_dir=None):
     """Score the test net (sharing the training weights) on the images `ids`, the start of
-    its split, walking it in order; {task: scores dict (score.scores, with 'loss')}."""
+    its split, walking it in order, every output of the net in one pass (score.model_tasks:
+    SIFT Flow's two heads, its absent classes excluded); {task: scores dict (score.scores,
+    with 'loss')}, task 'seg' for `label`, else the label blob's name ('sem', 'geo')."""
     import score
     net = solver.test_nets[0]
-    results = {}
-    for layer, gt, exclude, name in score_tasks(net):
-        net.share_with(solver.net)
-        seek_data(net, 0)  # every round scores the same images, from the split's start
-        ev = score.evaluate(net, ids, layer=layer, gt=gt, exclude=exclude,
-                            progress=True, save_dir=save_dir and os.path.join(save_dir, name))
-        results[name] = ev.scores
-    return results
+    net.share_with(solver.net)
+    seek_data(net, 0)  # every round scores the same images, from the split's start
+    tasks, _ = score.model_tasks(net, dataset, split, test_net, save_dir)
+    return {('seg' if ev.gt == 'label' else ev.gt): ev.scores
+            for ev in score.evaluate_tasks(net, ids, tasks, progress=True)}
 
 
 def append_log(out_dir, record):
@@ -323,11 +316,12 @@ def solve(model_dir, argv=None, parent=None, init=None):
     import surgery
 
     param = read_solver(model_dir)
-    score_ids = []
+    score_ids, dataset, split = [], None, None
     if param.test_net:  # the scoring split, as its data layer walks it
         import score
-        _, split, score_ids = score.net_split_ids(common.read_net_param(param.test_net[0]),
+        cls, split, score_ids = score.net_split_ids(common.read_net_param(param.test_net[0]),
                                                   param.test_net[0])
+        dataset = score.dataset_of(cls)
         expected = int(param.test_iter[0]) if param.test_iter else len(score_ids)
         if len(score_ids) != expected:
             print('note: split %s has %d images; the solver expects %d (test_iter)'
@@ -393,7 +387,7 @@ def solve(model_dir, argv=None, parent=None, init=None):
             if solver.iter % args.iters == 0 or solver.iter == total:
                 path = snapshot(solver, out_dir)
                 last = solver.iter == total
-                results = score_round(solver, score_ids,
+                results = score_round(solver, dataset, split, param.test_net[0], score_ids,
                                       os.path.join(out_dir, 'pred') if (args.save_pred and last) else None) \
                     if n_score else {}
                 record = {'iter': solver.iter, 'train_loss': sum(losses) / max(1, len(losses)),

@@ -4,6 +4,7 @@
     .venv/bin/python bench.py --quick          # smoke run: small inputs, 2 repeats
     .venv/bin/python bench.py --repeats 10 --out out/bench.json
     .venv/bin/python bench.py --nets fcn8s --sizes 500x500 --no-train --profile
+    .venv/bin/python bench.py --conv direct    # only 02's im2col + sgemm way
 
 Every measurement runs in a fresh Python subprocess, so each peak-memory figure is that
 process's own resident-set high-water mark (VmHWM) and nothing carries over:
@@ -24,6 +25,17 @@ process's own resident-set high-water mark (VmHWM) and nothing carries over:
   floor = GFLOP / sgemm rate. GFLOP are counted from the net's shapes: 2 x weights x
   output positions for each Convolution, 2 x weights x input positions for each
   Deconvolution (bias, ReLU, pooling, crop and sum are not counted: < 0.1%).
+- conv: with caffe-patches/05-winograd.patch the 3 x 3 convolutions with 16 or more input
+  channels (conv1_2 ... conv5_3: 299 of FCN-8s's 363 GFLOP at 500 x 500) run as Winograd's
+  F(2x2, 3x3), which does 2.25 times fewer multiplications; FCN_CAFFE_WINOGRAD=0 turns it
+  off. Each net and size is measured both ways ("winograd", "direct"). GFLOP, GFLOP/s, the
+  ratio and the floor always count the direct convolution's arithmetic, so for "winograd"
+  they compare time with the direct floor (a ratio above 1 is possible), not the
+  arithmetic actually done.
+- pytorch (when torch is installed in this Python: `pip install torch`): the same deploy
+  net translated layer by layer into torch.nn.functional calls that share the Caffe net's
+  weight arrays, timed and measured the same way (its own threads), and its scores
+  compared with Caffe's.
 - train: one SGD iteration (forward, backward, update) of the FCN-8s train net at the
   first size, Input layers in place of its Python data layer, random labels (some 255).
 
@@ -37,6 +49,7 @@ the times are not this machine's best.
 Results: a table on stdout, JSON in --out (default out/bench.json).
 """
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -203,14 +216,82 @@ def _timed(fn, repeats, warmup=True):
 
 
 def _load_deploy(caffe, spec):
+    """The deploy net with random weights and input; for conv = pytorch also a function
+    running the same net in PyTorch (see _torch_net)."""
+    import common
     with tempfile.TemporaryDirectory() as tmp:
-        net = caffe.Net(_net_file(spec['net'], 'deploy', spec['height'], spec['width'], tmp),
-                        caffe.TEST)
+        path = _net_file(spec['net'], 'deploy', spec['height'], spec['width'], tmp)
+        net = caffe.Net(path, caffe.TEST)
+        param = common.read_net_param(path)
     _fill_random(net)
     rng = np.random.default_rng(1)
     net.blobs['data'].data[...] = rng.standard_normal(net.blobs['data'].data.shape,
                                                       dtype=np.float32) * 50
-    return net
+    if spec.get('conv') == 'pytorch':
+        return net, _torch_net(net, param)
+    return net, net.forward
+
+
+def _torch_net(net, param):
+    """The deploy net as PyTorch computes it, for comparison: each layer of the prototxt as
+    the torch.nn.functional call that computes the same thing, sharing the Caffe net's
+    weight and input arrays (torch.from_numpy: no copies, so the peak memory counts the
+    weights once, as for Caffe). Returns a function running one pass (inference mode,
+    torch's own threads), its output the 'score' tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    def first(values, default):
+        return values[0] if len(values) else default
+
+    def blob(name, i):
+        return torch.from_numpy(net.params[name][i].data)
+
+    ops = []  # (function of the blob dict, bottom names, top name)
+    for layer in param.layer:
+        kind, name = layer.type, layer.name
+        if kind == 'Input':
+            continue
+        if kind in ('Convolution', 'Deconvolution'):
+            p = layer.convolution_param
+            args = dict(stride=first(p.stride, 1), padding=first(p.pad, 0), groups=p.group,
+                        dilation=first(p.dilation, 1))
+            w = blob(name, 0)
+            b = blob(name, 1) if p.bias_term else None
+            # (Caffe's deconvolution weights are in x out/groups x k x k, as torch's are.)
+            conv = F.conv2d if kind == 'Convolution' else F.conv_transpose2d
+            fn = (lambda conv, w, b, args: lambda x: conv(x, w, b, **args))(conv, w, b, args)
+        elif kind == 'ReLU':
+            fn = torch.relu_ if layer.relu_param.negative_slope == 0 else (
+                lambda s: lambda x: F.leaky_relu_(x, s))(layer.relu_param.negative_slope)
+        elif kind == 'Pooling':  # Caffe rounds the output size up
+            p = layer.pooling_param
+            assert p.pool == p.MAX and p.pad == 0, name
+            fn = (lambda k, st: lambda x: F.max_pool2d(x, k, st, ceil_mode=True))(
+                p.kernel_size, p.stride)
+        elif kind == 'Dropout':
+            fn = lambda x: x
+        elif kind == 'Crop':
+            p = layer.crop_param
+            assert p.axis == 2 and len(p.offset) == 1, name
+            fn = (lambda o: lambda x, ref: x[:, :, o:o + ref.shape[2], o:o + ref.shape[3]])(
+                p.offset[0])
+        elif kind == 'Eltwise':
+            assert layer.eltwise_param.operation == layer.eltwise_param.SUM, name
+            assert not layer.eltwise_param.coeff, name
+            fn = lambda a, b: a + b
+        else:
+            raise ValueError('bench: no PyTorch mapping for %s layer %s' % (kind, name))
+        ops.append((fn, list(layer.bottom), layer.top[0]))
+    data = torch.from_numpy(net.blobs['data'].data)
+
+    def forward():
+        with torch.inference_mode():
+            blobs = {'data': data}
+            for fn, bottoms, top in ops:
+                blobs[top] = fn(*[blobs[b] for b in bottoms])
+            return blobs['score']
+    return forward
 
 
 def _sgemm_net(caffe, n, k, m):
@@ -238,15 +319,17 @@ def task_memory(spec):
     import common
     caffe = common.import_caffe()
     caffe.set_mode_cpu()
+    if spec.get('conv') == 'pytorch':
+        import torch  # noqa: F401  (its libraries count in the base, as Caffe's do)
     base = _rss_mb()
-    net = _load_deploy(caffe, spec)
+    net, forward = _load_deploy(caffe, spec)
     loaded = _rss_mb()
     t0 = time.perf_counter()
-    net.forward()
+    score = np.asarray(forward() if spec.get('conv') == 'pytorch' else (
+        forward(), net.blobs['score'].data)[1])
     first = time.perf_counter() - t0
     return {'first_s': first, 'rss_python_caffe_mb': base, 'rss_net_loaded_mb': loaded,
-            'score_shape': list(net.blobs['score'].data.shape),
-            'score_finite': bool(np.isfinite(net.blobs['score'].data).all()),
+            'score_shape': list(score.shape), 'score_finite': bool(np.isfinite(score).all()),
             'peak_rss_mb': _peak_rss_mb()}
 
 
@@ -256,18 +339,27 @@ def task_forward(spec):
     import common
     caffe = common.import_caffe()
     caffe.set_mode_cpu()
-    net = _load_deploy(caffe, spec)
+    net, forward = _load_deploy(caffe, spec)
     flops = conv_flops(net)
     n = spec['sgemm']
     ref, ref_flops = _sgemm_net(caffe, n, n, n)
-    net.forward()
+    forward()
     ref.forward()
     times, ref_times = [], []
     for _ in range(spec['repeats']):
         ref_times += _timed(ref.forward, 1, warmup=False)[1]
-        times += _timed(net.forward, 1, warmup=False)[1]
+        times += _timed(forward, 1, warmup=False)[1]
     out = {'flops': sum(flops.values()), 'times_s': times, 'sgemm_size': n,
            'sgemm_flops': ref_flops, 'sgemm_times_s': ref_times}
+    if spec.get('conv') == 'pytorch':
+        # The same net: PyTorch's scores against Caffe's (relative to the largest).
+        import torch
+        got = forward().numpy().copy()
+        net.forward()
+        want = net.blobs['score'].data
+        out['max_rel_diff_to_caffe'] = float(np.abs(got - want).max() / np.abs(want).max())
+        out['torch'] = '%s, %d threads' % (torch.__version__, torch.get_num_threads())
+        return out
     if spec.get('profile'):
         layers = []
         for i, (name, layer) in enumerate(zip(net._layer_names, net.layers)):
@@ -348,6 +440,8 @@ TASKS = {'forward': task_forward, 'memory': task_memory, 'sgemm': task_sgemm,
 
 def worker(spec_json):
     spec = json.loads(spec_json)
+    if spec.get('conv') == 'direct':  # before Caffe runs anything; read at every call
+        os.environ['FCN_CAFFE_WINOGRAD'] = '0'
     result = TASKS[spec['task']](spec)
     result['others_busy'] = OTHERS
     print(MARK + json.dumps(result), flush=True)
@@ -435,6 +529,10 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, help='timed passes per measurement (default 5, quick 2)')
     parser.add_argument('--nets', default='fcn8s,fcn32s', help='comma-separated: fcn8s, fcn32s')
     parser.add_argument('--sizes', help='comma-separated HxW inputs (default 500x500,375x500)')
+    parser.add_argument('--conv', help='comma-separated: winograd, direct (how Caffe runs the '
+                        '3x3 convolutions), pytorch (the same net in PyTorch). Default: all '
+                        'this machine has (winograd needs 05-winograd.patch, pytorch an '
+                        'installed torch); quick: the default way only')
     parser.add_argument('--no-train', action='store_true', help='skip the training iteration')
     parser.add_argument('--profile', action='store_true', help='per-layer forward times of the first net')
     parser.add_argument('--label', default='', help='a note stored in the JSON (e.g. which build)')
@@ -462,6 +560,21 @@ def main(argv=None):
     gemm = 2048 if args.quick else 4096
 
     env = environment()
+    winograd = '05-winograd.patch' in (env['caffe_patches'] or [])
+    default_way = 'winograd' if winograd else 'direct'
+    torch = importlib.util.find_spec('torch') is not None
+    ways = args.conv or ','.join(
+        [default_way] if args.quick else
+        (['winograd', 'direct'] if winograd else ['direct']) + (['pytorch'] if torch else []))
+    ways = [v.strip() for v in ways.split(',') if v.strip()]
+    for v in ways:
+        if v not in ('winograd', 'direct', 'pytorch'):
+            parser.error('--conv wants winograd, direct and/or pytorch, got %r' % v)
+        if v == 'pytorch' and not torch:
+            parser.error('--conv pytorch: PyTorch is not installed in %s' % sys.prefix)
+        if v == 'winograd' and not winograd:
+            parser.error('--conv winograd: this Caffe build has no 05-winograd.patch (%s)'
+                         % env['caffe'])
     print('CPU: %s; nproc %s, affinity %s CPUs; OPENBLAS_NUM_THREADS=%s OMP_NUM_THREADS=%s'
           % (env['cpu'], env['nproc'], env['affinity_cpus'],
              env['OPENBLAS_NUM_THREADS'] or 'unset', env['OMP_NUM_THREADS'] or 'unset'))
@@ -485,47 +598,55 @@ def main(argv=None):
         print('numpy matmul (%s: numpy bundles its own BLAS): best %.1f GFLOP/s'
               % (sg['numpy_blas'], sg['numpy_gflops_best']))
     print()
-    head = '%-7s %-8s %6s %7s %7s %8s %7s %7s %6s %7s %8s %6s' % (
-        'net', 'HxW', 'GFLOP', 'first s', 'min s', 'median s', 'GFLOP/s', 'sgemm', 'ratio',
+    head = '%-7s %-8s %-8s %6s %7s %7s %8s %7s %7s %6s %7s %8s %6s' % (
+        'net', 'HxW', 'conv', 'GFLOP', 'first s', 'min s', 'median s', 'GFLOP/s', 'sgemm', 'ratio',
         'floor s', 'peak MB', 'others')
     print(head)
     print('-' * len(head))
     for name in nets:
         for i, (h, w) in enumerate(sizes):
-            base = {'net': name, 'height': h, 'width': w}
-            mem = run_worker(dict(base, task='memory'))
-            r = summarize(run_worker(dict(base, task='forward', repeats=repeats, sgemm=gemm,
-                                          profile=bool(args.profile and i == 0
-                                                       and name == nets[0]))))
-            for key in ('first_s', 'peak_rss_mb', 'rss_python_caffe_mb', 'rss_net_loaded_mb',
-                        'score_shape', 'score_finite', 'error'):
-                if key in mem and key not in r:
-                    r[key] = mem[key]
-            results['forward'].append(r)
-            if 'error' in r:
-                print('%-7s %-8s failed: %s' % (name, '%dx%d' % (h, w), r['error']))
-                continue
-            print('%-7s %-8s %6.1f %7.2f %7.3f %8.3f %7.1f %7.1f %6.2f %7.3f %8.0f %6s' % (
-                name, '%dx%d' % (h, w), r['gflop'], r['first_s'], r['min_s'], r['median_s'],
-                r['gflops_best'], r['sgemm_gflops_best'], r['ratio_to_sgemm'], r['floor_s'],
-                r['peak_rss_mb'], pct(r['others_busy_max'])))
+            for j, way in enumerate(ways):
+                base = {'net': name, 'height': h, 'width': w, 'conv': way}
+                mem = run_worker(dict(base, task='memory'))
+                r = summarize(run_worker(dict(base, task='forward', repeats=repeats, sgemm=gemm,
+                                              profile=bool(args.profile and i == 0 and j == 0
+                                                           and name == nets[0]))))
+                for key in ('first_s', 'peak_rss_mb', 'rss_python_caffe_mb', 'rss_net_loaded_mb',
+                            'score_shape', 'score_finite', 'error'):
+                    if key in mem and key not in r:
+                        r[key] = mem[key]
+                results['forward'].append(r)
+                if 'error' in r:
+                    print('%-7s %-8s %-8s failed: %s' % (name, '%dx%d' % (h, w), way, r['error']))
+                    continue
+                print('%-7s %-8s %-8s %6.1f %7.2f %7.3f %8.3f %7.1f %7.1f %6.2f %7.3f %8.0f %6s' % (
+                    name, '%dx%d' % (h, w), way, r['gflop'], r['first_s'], r['min_s'],
+                    r['median_s'], r['gflops_best'], r['sgemm_gflops_best'], r['ratio_to_sgemm'],
+                    r['floor_s'], r['peak_rss_mb'], pct(r['others_busy_max'])))
+    for r in results['forward']:
+        if 'max_rel_diff_to_caffe' in r:
+            print('pytorch (%s), %s %dx%d: scores differ from Caffe\'s by at most %.1e of the '
+                  'largest' % (r['torch'], r['spec']['net'], r['spec']['height'],
+                               r['spec']['width'], r['max_rel_diff_to_caffe']))
     if not args.no_train:
         h, w = sizes[0]
+        way = next((v for v in ways if v != 'pytorch'), default_way)
         r = summarize(run_worker({'task': 'train', 'net': 'fcn8s', 'height': h, 'width': w,
-                                  'repeats': max(2, repeats // 2)}))
+                                  'conv': way, 'repeats': max(2, repeats // 2)}))
         results['train'] = r
         if 'error' in r:
             print('train fcn8s %dx%d failed: %s' % (h, w, r['error']))
         else:
-            print('\ntrain fcn8s %dx%d, one SGD iteration (forward + backward + update, %.0f '
+            print('\ntrain fcn8s %dx%d (%s), one SGD iteration (forward + backward + update, %.0f '
                   'GFLOP): first %.2f s, min %.2f s (%.0f GFLOP/s), median %.2f s; peak %.0f MB; '
-                  'others %s' % (h, w, r['gflop'], r['first_s'], r['min_s'], r['gflops_best'],
+                  'others %s' % (h, w, way, r['gflop'], r['first_s'], r['min_s'], r['gflops_best'],
                                  r['median_s'], r['peak_rss_mb'], pct(r['others_busy_max'])))
     for r in results['forward']:
         if r.get('layers'):
-            print('\nper-layer forward, %s %dx%d (each layer alone, best of %d; ReLUs shown '
-                  'here are fused into the convolutions in a whole pass):' % (
-                      r['spec']['net'], r['spec']['height'], r['spec']['width'], max(2, repeats)))
+            print('\nper-layer forward, %s %dx%d, %s (each layer alone, best of %d; ReLUs '
+                  'shown here are fused into the convolutions in a whole pass):' % (
+                      r['spec']['net'], r['spec']['height'], r['spec']['width'],
+                      r['spec']['conv'], max(2, repeats)))
             total = sum(l['time_s'] for l in r['layers'])
             for l in r['layers']:
                 if l['time_s'] >= 0.002:
@@ -534,8 +655,10 @@ def main(argv=None):
                         l['layer'], l['type'], l['time_s'], 100 * l['time_s'] / total,
                         '%6.1f GFLOP %6.1f GFLOP/s' % (gf, gf / l['time_s']) if gf else ''))
             print('  %-31s %7.3f s' % ('sum', total))
-    print('\nGFLOP: convolution/deconvolution arithmetic; first: the first pass (allocates '
-          'buffers); min/median: of %d passes; sgemm: best GFLOP/s of a %d^3 sgemm timed '
+    print('\nGFLOP: convolution/deconvolution arithmetic of the direct way (also for '
+          'conv = winograd, which does less: GFLOP/s, ratio and floor then compare its time '
+          'with the direct floor); first: the first pass (allocates buffers); min/median: of '
+          '%d passes; sgemm: best GFLOP/s of a %d^3 sgemm timed '
           'before each pass in the same process; ratio = GFLOP/s / sgemm; floor = GFLOP / '
           'sgemm; peak MB: resident-set high-water mark of a fresh process that builds the '
           'net and runs one pass (Python, numpy and Caffe included); others: the largest '

@@ -15,8 +15,14 @@ a small net with what FCN-8s lacks: stride 4, groups, dilation, a strided 1x1, a
 grouped deconvolution with bias. Forward outputs, the loss, every parameter gradient and
 the input gradient are compared, with Caffe's threads and with one thread (subprocess,
 OMP_NUM_THREADS=1), and a process forked after Caffe ran its threads must still run a net
-(GNU OpenMP's thread pool does not survive fork). No timing here: bench.py measures speed.
-About 5 s.
+(GNU OpenMP's thread pool does not survive fork).
+
+The 3 x 3 convolutions with 16 or more input channels go through Winograd's F(2x2, 3x3)
+(caffe-patches/05-winograd.patch) unless FCN_CAFFE_WINOGRAD=0: both ways are checked
+against the same reference, on FCN-8s and on single convolutions whose sizes and pads cut
+the 2 x 2 tiles every way (odd sizes, pads 0-3, outputs of one pixel, leaky ReLU fused),
+forward and input gradient.
+No timing here: bench.py measures speed. About 10 s.
 """
 import os
 import subprocess
@@ -415,6 +421,81 @@ def test_fcn8s_forward_backward_matches_numpy():
 
 def test_strided_grouped_dilated_net_matches_numpy():
     run_case(odd_param(45, 51), True, 2, ['c1', 'c2', 'c3', 'c4', 'd1', 'score'])
+
+
+def has_winograd():
+    return '05-winograd.patch' in (common.build_info().get('project_patches') or [])
+
+
+@pytest.fixture
+def direct_convolution(monkeypatch):
+    """FCN_CAFFE_WINOGRAD=0: Caffe reads it at every call, so this process's nets compute
+    the 3 x 3 convolutions the direct way (02's banded im2col + sgemm) from now on."""
+    monkeypatch.setenv('FCN_CAFFE_WINOGRAD', '0')
+
+
+def test_fcn8s_forward_direct_way_matches_numpy(direct_convolution):
+    run_case(fcn8s_param('deploy', 37, 53), False, 0, ['conv1_2', 'conv4_3', 'fc7', 'score'])
+
+
+def test_fcn8s_forward_backward_direct_way_matches_numpy(direct_convolution):
+    run_case(fcn8s_param('train', 29, 41, widths=(8, 16, 16, 32, 32, 64)), True, 1,
+             ['conv1_2', 'fc7', 'score'])
+
+
+def conv3x3(channels, outputs, h, w, pad, slope):
+    """One 3 x 3 convolution (+ an in-place leaky ReLU, fused by 03, unless slope is None)."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, channels, h, w]))
+    n.conv = L.Convolution(n.data, num_output=outputs, kernel_size=3, pad=pad)
+    if slope is not None:
+        n.relu = L.ReLU(n.conv, in_place=True, negative_slope=slope)
+    return n.to_proto()
+
+
+@pytest.mark.parametrize('channels,outputs,h,w,pad,slope', [
+    (16, 8, 5, 5, 1, None),      # the fewest channels Winograd takes; odd output: cut tiles
+    (16, 16, 6, 7, 1, 0.0),      # even rows, odd columns; ReLU; gradient Winograd too
+    (32, 17, 9, 4, 0, 0.1),      # no padding (7 x 2 output; gradient padding 2); leaky ReLU
+    (24, 20, 3, 3, 2, None),     # padding wider than a tile's overlap (gradient padding 0)
+    (16, 16, 2, 9, 3, 0.0),      # more padding than image rows (gradient: the direct way)
+    (20, 3, 1, 1, 1, None),      # a 1 x 1 output: one tile, three quarters cut
+    (64, 48, 61, 37, 1, 0.0),    # several bands per thread, both ways
+    (15, 8, 9, 9, 1, None),      # one channel too few: the direct way
+])
+def test_3x3_convolutions_match_numpy(channels, outputs, h, w, pad, slope, monkeypatch):
+    """Output and input gradient (Winograd takes the gradient where the layer has at least
+    16 outputs and a padding of at most 2) against the reference, both ways."""
+    param = conv3x3(channels, outputs, h, w, pad, slope)
+    param.force_backward = True
+    rng = np.random.default_rng(channels * 1000 + h * 10 + w)
+    net = instantiate(param, caffe.TRAIN)
+    values = fill(net, rng)
+    x = rng.standard_normal(net.blobs['data'].data.shape).astype(np.float32)
+    net.blobs['data'].data[...] = x
+    p = param.layer[1].convolution_param
+    x64, w64 = x[0].astype(np.float64), values['conv'][0]
+    ref = conv_forward(x64, w64, values['conv'][1], p)
+    if slope is not None:
+        ref = np.maximum(ref, 0) + slope * np.minimum(ref, 0)
+    dy = rng.standard_normal(ref.shape).astype(np.float32)
+    dpre = dy * np.where(ref > 0, 1.0, slope or 0.0) if slope is not None else dy
+    ref_dx = conv_backward(x64, w64, dpre.astype(np.float64), p)[0]
+    got, got_dx = {}, {}
+    for way in ('1', '0'):  # Winograd (where the build has it), then direct
+        monkeypatch.setenv('FCN_CAFFE_WINOGRAD', way)
+        got[way] = net.forward()['conv'][0].copy()
+        close(got[way], ref, 'output, FCN_CAFFE_WINOGRAD=%s' % way)
+        net.blobs['conv'].diff[0] = dy
+        net.backward()
+        got_dx[way] = net.blobs['data'].diff[0].copy()
+        close(got_dx[way], ref_dx, 'input gradient, FCN_CAFFE_WINOGRAD=%s' % way)
+    if has_winograd() and channels >= 16 and h * w > 100:
+        # The two ways really ran: the same values up to rounding, not bit for bit (tiny
+        # maps, mostly padding, can round alike).
+        assert not np.array_equal(got['1'], got['0'])
+        if outputs >= 16 and pad <= 2:
+            assert not np.array_equal(got_dx['1'], got_dx['0'])
 
 
 def test_one_thread_gives_the_same_numbers(tmp_path):

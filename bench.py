@@ -1,6 +1,6 @@
 """CPU speed and memory of the FCN nets on this project's Caffe (`make bench`).
 
-    .venv/bin/python bench.py                  # full run: about 5 minutes on 2 cores
+    .venv/bin/python bench.py                  # full run: about 7 minutes on 2 cores
     .venv/bin/python bench.py --quick          # smoke run: small inputs, 2 repeats
     .venv/bin/python bench.py --repeats 10 --out out/bench.json
     .venv/bin/python bench.py --nets fcn8s --sizes 500x500 --no-train --profile

@@ -498,6 +498,20 @@ def test_3x3_convolutions_match_numpy(channels, outputs, h, w, pad, slope, monke
             assert not np.array_equal(got_dx['1'], got_dx['0'])
 
 
+def test_3x3_convolution_batch_of_two():
+    """Each image of a batch through the Winograd way gives what it gives alone."""
+    param = conv3x3(32, 24, 19, 23, 1, 0.0)
+    param.layer[0].input_param.shape[0].dim[0] = 2
+    net = instantiate(param, caffe.TEST)
+    fill(net, np.random.default_rng(5))
+    x = np.random.default_rng(6).standard_normal(net.blobs['data'].data.shape)
+    net.blobs['data'].data[...] = x
+    both = net.forward()['conv'].copy()
+    for i in range(2):
+        net.blobs['data'].data[...] = x[i]
+        close(both[i], net.forward()['conv'][0].astype(np.float64), 'image %d' % i, rtol=0)
+
+
 def test_one_thread_gives_the_same_numbers(tmp_path):
     """OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 (the serial paths: one band after another,
     no per-thread gradient copies), in a subprocess: the same checks pass."""

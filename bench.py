@@ -325,9 +325,9 @@ def task_memory(spec):
     net, forward = _load_deploy(caffe, spec)
     loaded = _rss_mb()
     t0 = time.perf_counter()
-    score = np.asarray(forward() if spec.get('conv') == 'pytorch' else (
-        forward(), net.blobs['score'].data)[1])
+    out = forward()  # PyTorch: the score tensor (Caffe's are read from the net below)
     first = time.perf_counter() - t0
+    score = net.blobs['score'].data if spec.get('conv') != 'pytorch' else out.numpy()
     return {'first_s': first, 'rss_python_caffe_mb': base, 'rss_net_loaded_mb': loaded,
             'score_shape': list(score.shape), 'score_finite': bool(np.isfinite(score).all()),
             'peak_rss_mb': _peak_rss_mb()}
@@ -598,6 +598,7 @@ def main(argv=None):
         print('numpy matmul (%s: numpy bundles its own BLAS): best %.1f GFLOP/s'
               % (sg['numpy_blas'], sg['numpy_gflops_best']))
     print()
+    profile_way = next((v for v in ways if v != 'pytorch'), None)  # per-layer: Caffe's
     head = '%-7s %-8s %-8s %6s %7s %7s %8s %7s %7s %6s %7s %8s %6s' % (
         'net', 'HxW', 'conv', 'GFLOP', 'first s', 'min s', 'median s', 'GFLOP/s', 'sgemm', 'ratio',
         'floor s', 'peak MB', 'others')
@@ -605,11 +606,12 @@ def main(argv=None):
     print('-' * len(head))
     for name in nets:
         for i, (h, w) in enumerate(sizes):
-            for j, way in enumerate(ways):
+            for way in ways:
                 base = {'net': name, 'height': h, 'width': w, 'conv': way}
                 mem = run_worker(dict(base, task='memory'))
                 r = summarize(run_worker(dict(base, task='forward', repeats=repeats, sgemm=gemm,
-                                              profile=bool(args.profile and i == 0 and j == 0
+                                              profile=bool(args.profile and i == 0
+                                                           and way == profile_way
                                                            and name == nets[0]))))
                 for key in ('first_s', 'peak_rss_mb', 'rss_python_caffe_mb', 'rss_net_loaded_mb',
                             'score_shape', 'score_finite', 'error'):

@@ -34,7 +34,8 @@ again on the same root to add images or another split list.
 
 `size` is one (H, W) or a list of them used in turn over the ids. `split=None` writes
 no list. Helpers: `read_rgb(path)` gives a written JPEG's decoded pixels (JPEG is lossy,
-so compare against these, not against what was encoded).
+so compare against these, not against what was encoded); `random_weights(deploy, path,
+seed)` saves a caffemodel for a deploy prototxt with N(0, 0.3) parameters.
 """
 import os
 
@@ -224,3 +225,17 @@ def make_pascalcontext(root, ids=CONTEXT_IDS, size=SIZES, split='val',
     if split:
         _write_list(os.path.join(voc, 'ImageSets', 'Main', split + '.txt'), ids)
     return ids
+
+
+def random_weights(deploy, path, seed=0):
+    """Save a caffemodel (making its folder) for the net of `deploy` (a prototxt path) with
+    every parameter drawn from N(0, 0.3); returns the path."""
+    caffe = common.import_caffe()
+    net = caffe.Net(str(deploy), caffe.TEST)
+    rng = np.random.RandomState(seed)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.normal(0, 0.3, b.data.shape)
+    os.makedirs(os.path.dirname(os.path.abspath(str(path))), exist_ok=True)
+    net.save(str(path))
+    return str(path)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import infer
+from datasets import random_weights  # tests/datasets.py
 from common import REPO, InputError, import_caffe
 
 H, W = 37, 53  # odd sizes on purpose
@@ -31,18 +32,6 @@ def narrow_fcn8s(folder):
     import net
     net.write_model_dir(str(folder), 'voc-fcn8s', widths=(4, 4, 4, 4, 4, 8))
     return os.path.join(str(folder), 'deploy.prototxt')
-
-
-def random_weights(deploy, path, seed=0):
-    """Save a caffemodel for `deploy` with every parameter drawn from N(0, 0.3)."""
-    caffe = import_caffe()
-    net = caffe.Net(str(deploy), caffe.TEST)
-    rng = np.random.RandomState(seed)
-    for blobs in net.params.values():
-        for b in blobs:
-            b.data[...] = rng.normal(0, 0.3, b.data.shape)
-    net.save(str(path))
-    return str(path)
 
 
 @pytest.fixture(scope='module')

@@ -11,30 +11,17 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import common
 import datasets
+from datasets import random_weights
 import net
 import reproduce
 
-caffe = common.import_caffe()
 PY = sys.executable
 NARROW = (2, 2, 2, 2, 2, 4)  # net.py widths: conv blocks 1-5, fc6/fc7
 VOC_RELEASED = 'fcn8s-heavy-pascal.caffemodel'
-
-
-def random_weights(model_dir, path, seed=0, widths=None):
-    """A caffemodel with N(0, 0.3) parameters for the nets of `model_dir` (from deploy)."""
-    n = caffe.Net(os.path.join(str(model_dir), 'deploy.prototxt'), caffe.TEST)
-    rng = np.random.RandomState(seed)
-    for blobs in n.params.values():
-        for b in blobs:
-            b.data[...] = rng.normal(0, 0.3, b.data.shape)
-    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
-    n.save(str(path))
-    return str(path)
 
 
 @pytest.fixture(scope='module')
@@ -46,12 +33,13 @@ def world(tmp_path_factory):
     voc = models / 'voc-fcn8s'
     net.write_model_dir(str(voc), 'voc-fcn8s', widths=NARROW)
     (voc / 'caffemodel-url').write_text('http://example.invalid/%s\n' % VOC_RELEASED)
-    random_weights(voc, voc / VOC_RELEASED, seed=0)
-    random_weights(voc, voc / 'snapshot' / 'train_iter_8.caffemodel', seed=1)
+    random_weights(voc / 'deploy.prototxt', voc / VOC_RELEASED, seed=0)
+    random_weights(voc / 'deploy.prototxt', voc / 'snapshot' / 'train_iter_8.caffemodel',
+                   seed=1)
     (voc / 'snapshot' / 'train_iter_8.solverstate').write_bytes(b'')
     sift = models / 'siftflow-fcn16s'
     net.write_model_dir(str(sift), 'siftflow-fcn16s', widths=NARROW)
-    sift_weights = random_weights(sift, root / 'siftflow.caffemodel', seed=2)
+    sift_weights = random_weights(sift / 'deploy.prototxt', root / 'siftflow.caffemodel', seed=2)
     datasets.make_voc(data)
     datasets.make_siftflow(data)
     return dict(root=root, models=models, data=data, voc=voc, sift_weights=sift_weights)
@@ -288,7 +276,7 @@ def test_merge_keeps_earlier_models(world, tmp_path, monkeypatch):
 def test_failed_evaluation_exits_1_and_the_rest_is_done(world, tmp_path, monkeypatch):
     other = tmp_path / 'other'
     net.write_model_dir(str(other), 'voc-fcn8s', widths=(2, 2, 2, 2, 2, 6))
-    wrong = random_weights(other, tmp_path / 'wrong.caffemodel')
+    wrong = random_weights(other / 'deploy.prototxt', tmp_path / 'wrong.caffemodel')
     out = tmp_path / 'out'
     code = run_main(monkeypatch, '--model-root', world['models'], '--data-root', world['data'],
                     '--out', out, '--quiet', '--models', 'voc-fcn8s', 'siftflow-fcn16s',

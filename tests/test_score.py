@@ -15,6 +15,7 @@ from PIL import Image
 
 import common
 import score
+from datasets import random_weights  # tests/datasets.py
 
 caffe = common.import_caffe()
 L = caffe.layers
@@ -242,17 +243,6 @@ def run_score(*args):
                           cwd='/', capture_output=True, text=True, env=env, timeout=120)
 
 
-def random_weights(model_dir, path, seed=0):
-    """A caffemodel with N(0, 0.3) parameters for the model's nets (made from deploy)."""
-    net = caffe.Net(os.path.join(str(model_dir), 'deploy.prototxt'), caffe.TEST)
-    rng = np.random.RandomState(seed)
-    for blobs in net.params.values():
-        for b in blobs:
-            b.data[...] = rng.normal(0, 0.3, b.data.shape)
-    net.save(str(path))
-    return str(path)
-
-
 @pytest.fixture
 def voc_model(tmp_path):
     """A narrow voc-fcn32s model directory with the default (relative) data layer paths,
@@ -262,7 +252,8 @@ def voc_model(tmp_path):
     mdir = tmp_path / 'voc-fcn32s'
     net.write_model_dir(str(mdir), 'voc-fcn32s', widths=NARROW)
     ids = datasets.make_voc(tmp_path / 'data', n_classes=3)
-    return mdir, random_weights(mdir, tmp_path / 'w.caffemodel'), ids
+    weights = random_weights(os.path.join(mdir, 'deploy.prototxt'), tmp_path / 'w.caffemodel')
+    return mdir, weights, ids
 
 
 def assert_one_line_error(r, *words):
@@ -304,7 +295,7 @@ def test_cli_siftflow_scores_both_tasks(tmp_path):
     mdir = tmp_path / 'siftflow-fcn32s'
     net.write_model_dir(str(mdir), 'siftflow-fcn32s', widths=NARROW)
     datasets.make_siftflow(tmp_path / 'data', ids=datasets.SIFTFLOW_IDS[:2])
-    weights = random_weights(mdir, tmp_path / 'w.caffemodel')
+    weights = random_weights(os.path.join(mdir, 'deploy.prototxt'), tmp_path / 'w.caffemodel')
     out = tmp_path / 'r.json'
     r = run_score('--model', mdir, '--weights', weights, '--data-root', tmp_path / 'data',
                   '--out', out, '--save-pred', tmp_path / 'pred', '--quiet')
@@ -331,7 +322,7 @@ def test_cli_errors(tmp_path, voc_model):
     other = tmp_path / 'other'
     import net
     net.write_model_dir(str(other), 'voc-fcn32s', widths=(2, 2, 2, 2, 2, 6))
-    wrong = random_weights(other, tmp_path / 'wrong.caffemodel')
+    wrong = random_weights(os.path.join(other, 'deploy.prototxt'), tmp_path / 'wrong.caffemodel')
     assert_one_line_error(run_score('--model', mdir, '--weights', wrong, '--data-root', data),
                           'wrong.caffemodel', 'fc6')
     # no dataset there / no such split list

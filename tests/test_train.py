@@ -141,23 +141,17 @@ def _solve_dataset(tmp_path, model_name, make, data, widths=WIDTHS):
                                     '--out', str(tmp_path / 'out'), '--data-root', str(root)])
 
 
-def test_nyud_color_d_solves(tmp_path):
+@pytest.mark.parametrize('model_name,second', [('nyud-fcn32s-color-d', 'depth'),
+                                               ('nyud-fcn32s-color-hha', 'hha')])
+def test_nyud_two_stream_solves(tmp_path, model_name, second):
     def make(root):
         datasets.make_nyud(root, split='trainval')
         datasets.make_nyud(root, split='test')
-    data = {s: ('NYUDSegDataLayer', {'nyud_dir': 'nyud', 'split': sp, 'tops': ['color', 'depth', 'label']})
+    data = {s: ('NYUDSegDataLayer', {'nyud_dir': 'nyud', 'split': sp,
+                                     'tops': ['color', second, 'label']})
             for s, sp in (('train', 'trainval'), ('val', 'test'))}
-    rec = _solve_dataset(tmp_path, 'nyud-fcn32s-color-d', make, data)
+    rec = _solve_dataset(tmp_path, model_name, make, data)
     assert rec[-1]['scores']['seg']['pixels'] > 0
-
-
-def test_nyud_color_hha_solves(tmp_path):
-    def make(root):
-        datasets.make_nyud(root, split='trainval')
-        datasets.make_nyud(root, split='test')
-    data = {s: ('NYUDSegDataLayer', {'nyud_dir': 'nyud', 'split': sp, 'tops': ['color', 'hha', 'label']})
-            for s, sp in (('train', 'trainval'), ('val', 'test'))}
-    rec = _solve_dataset(tmp_path, 'nyud-fcn32s-color-hha', make, data)
     assert np.isfinite(rec[-1]['train_loss'])
 
 

@@ -219,17 +219,16 @@ def _load_deploy(caffe, spec):
     """The deploy net with random weights and input; for conv = pytorch also a function
     running the same net in PyTorch (see _torch_net)."""
     import common
+    pytorch = spec.get('conv') == 'pytorch'
     with tempfile.TemporaryDirectory() as tmp:
         path = _net_file(spec['net'], 'deploy', spec['height'], spec['width'], tmp)
         net = caffe.Net(path, caffe.TEST)
-        param = common.read_net_param(path)
+        param = common.read_net_param(path) if pytorch else None
     _fill_random(net)
     rng = np.random.default_rng(1)
     net.blobs['data'].data[...] = rng.standard_normal(net.blobs['data'].data.shape,
                                                       dtype=np.float32) * 50
-    if spec.get('conv') == 'pytorch':
-        return net, _torch_net(net, param)
-    return net, net.forward
+    return net, (_torch_net(net, param) if pytorch else net.forward)
 
 
 def _torch_net(net, param):

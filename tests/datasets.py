@@ -32,6 +32,13 @@ again on the same root to add images or another split list.
         {context_dir}/trainval/{id}.mat ('LabelMap', ids of the full list),
         labels.txt (CONTEXT_FULL_LABELS) and 59_labels.txt (the 59-class names).
 
+    make_own(root, train=OWN_TRAIN, val=OWN_VAL, classes=OWN_CLASSES, size=SIZES,
+             grayscale=False, seed=0)
+        A user's own dataset for `net.py new`: the VOC layout directly under root
+        (JPEGImages/, SegmentationClass/ palette PNGs, or grayscale ones, values
+        0..len(classes)-1 plus a 255 border, ImageSets/Segmentation/{train,val}.txt) and
+        root/classes.txt; returns that file's path.
+
 `size` is one (H, W) or a list of them used in turn over the ids. `split=None` writes
 no list. Helpers: `read_rgb(path)` gives a written JPEG's decoded pixels (JPEG is lossy,
 so compare against these, not against what was encoded); `random_weights(deploy, path,
@@ -136,6 +143,28 @@ def make_voc(root, ids=VOC_IDS, size=SIZES, n_classes=21, split='seg11valid',
     if split:
         _write_list(os.path.join(d, 'ImageSets', 'Segmentation', split + '.txt'), ids)
     return ids
+
+
+OWN_TRAIN = ('road_01', 'road_02', 'road_03')
+OWN_VAL = ('road_04', 'road_05')
+OWN_CLASSES = ('background', 'road', 'car', 'person', 'sign')
+
+
+def make_own(root, train=OWN_TRAIN, val=OWN_VAL, classes=OWN_CLASSES, size=SIZES,
+             grayscale=False, seed=0):
+    root = str(root)
+    for split, ids in (('train', train), ('val', val)):
+        make_voc(root, ids, size, len(classes), split, voc_dir='', seed=seed)
+        if grayscale:  # the same values, stored as an 8-bit grayscale PNG
+            for idx in ids:
+                path = os.path.join(root, 'SegmentationClass', idx + '.png')
+                with Image.open(path) as im:
+                    values = np.array(im)
+                Image.fromarray(values, mode='L').save(path)
+    path = os.path.join(root, 'classes.txt')
+    with open(path, 'w') as f:
+        f.write(''.join('%s\n' % name for name in classes))
+    return path
 
 
 def make_sbdd(root, ids=SBDD_IDS, size=SIZES, n_classes=21, split='train',

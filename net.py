@@ -1,11 +1,11 @@
 """Every FCN net of the paper, written once with Caffe's net_spec, and the files made from them.
 
-Each trainable model is a directory at the top of the repository holding
-train.prototxt, val.prototxt, deploy.prototxt and solver.prototxt (FCN-SPEC sections 1-3).
-`MODELS` below is the one table of per-model settings (dataset, classes, head, parent
-weights, solver, scoring split, training length); the solving loop imports it.
-ilsvrc-nets/ holds the ImageNet classifiers (VGG16, CaffeNet) whose weights are cast
-into the FCNs.
+Each trainable model is a folder holding train.prototxt, val.prototxt, deploy.prototxt
+and solver.prototxt (the nets: docs/fcn.md; the solvers: docs/training.md). What each
+model is (dataset, head, builder, parents, solver, schedule) is written once, in
+models.py; this file turns those specs into nets. ilsvrc-nets/ holds the ImageNet
+classifiers (VGG16, CaffeNet) whose weights are cast into the FCNs. docs/models.md, the
+models table, is generated here too.
 
 Commands (from anywhere; paths are resolved from this file):
 
@@ -13,6 +13,7 @@ Commands (from anywhere; paths are resolved from this file):
     python net.py voc-fcn8s       # only the named models
     python net.py --check         # exit 1, listing the files that differ from net.py
     python net.py --list          # the models and their settings
+    python net.py --docs          # print docs/models.md (written with the prototxts)
 
 From Python (the demo builds a narrow FCN-8s on its own VOC-format data):
 
@@ -32,11 +33,14 @@ Conventions, as in the FCN release:
   paths are relative to the data root ($FCN_DATA_ROOT or <repo>/data).
 """
 import argparse
+import dataclasses
 import functools
 import json
 import os
+import sys
 
-from common import REPO, atomic_write, import_caffe, run_cli
+import models
+from common import REPO, InputError, atomic_write, import_caffe, run_cli
 
 caffe = import_caffe()
 from caffe import layers as L, params as P  # noqa: E402  (after import_caffe quiets logging)
@@ -53,34 +57,20 @@ IGNORE_LABEL = 255
 # Deploy nets take one 500 x 500 image (the largest PASCAL image side).
 DEPLOY_SIZE = 500
 
-# The default data layer of every dataset for the train and val nets:
-# (class in layers.py, its param_str parameters). Paths are relative to the data root.
-VOC_MEAN = [104.00699, 116.66877, 122.67892]
-DATA = {
-    'voc': {
-        'train': ('SBDDSegDataLayer',
-                  {'sbdd_dir': 'sbdd/dataset', 'split': 'train', 'seed': 1337, 'mean': VOC_MEAN}),
-        'val': ('VOCSegDataLayer',
-                {'voc_dir': 'pascal/VOC2011', 'split': 'seg11valid', 'seed': 1337, 'mean': VOC_MEAN}),
-    },
-    # The NYUD layer's `tops` parameter is added by nyud_fcn: it depends on the modality.
-    'nyud': {
-        'train': ('NYUDSegDataLayer', {'nyud_dir': 'nyud', 'split': 'trainval', 'seed': 1337}),
-        'val': ('NYUDSegDataLayer', {'nyud_dir': 'nyud', 'split': 'test', 'seed': 1337}),
-    },
-    'siftflow': {
-        'train': ('SIFTFlowSegDataLayer', {'siftflow_dir': 'sift-flow', 'split': 'trainval', 'seed': 1337}),
-        'val': ('SIFTFlowSegDataLayer', {'siftflow_dir': 'sift-flow', 'split': 'test', 'seed': 1337}),
-    },
-    'pascalcontext': {
-        'train': ('PASCALContextSegDataLayer',
-                  {'voc_dir': 'pascal/VOC2010', 'context_dir': 'pascal-context', 'split': 'train',
-                   'seed': 1337, 'mean': [104.007, 116.669, 122.679]}),
-        'val': ('PASCALContextSegDataLayer',
-                {'voc_dir': 'pascal/VOC2010', 'context_dir': 'pascal-context', 'split': 'val',
-                 'seed': 1337, 'mean': [104.007, 116.669, 122.679]}),
-    },
-}
+
+
+def default_data(dataset):
+    """{'train' | 'val': (class in layers.py, param_str parameters)}: the default data
+    layers of `dataset`'s train net (its train split) and val net (its scored split), from
+    its DatasetSpec in models.py. Paths are relative to the data root. The NYUD layer's
+    `tops` parameter is added by nyud_fcn: it depends on the modality."""
+    d = models.dataset(dataset)
+    return {'train': d.layer_params(d.train_split), 'val': d.layer_params(d.score_split)}
+
+
+# The built-in datasets' default data layers (kept for the scripts that read net.DATA;
+# issue 13 phase 2 moves them onto models.py and removes this).
+DATA = {name: default_data(name) for name in models.DATASETS}
 
 
 # ---------------------------------------------------------------------------
@@ -288,8 +278,8 @@ def data_layer_params(dataset, split, data_layer=None, data_params=None):
     """(class, params) of the data layer of `dataset`'s `split` net: the defaults in DATA,
     or the given ones. data_params replaces the defaults whole (not merged), so a
     data_layer of another class must come with its data_params."""
-    _check_choice('dataset', dataset, sorted(DATA))
-    default_layer, default_params = DATA[dataset][split]
+    # DATA holds the registry's datasets, and those only net.py knows yet (PSPNet's).
+    default_layer, default_params = (DATA[dataset] if dataset in DATA else default_data(dataset))[split]
     if data_layer is not None and data_params is None:
         raise ValueError('data_layer %r given without data_params (the defaults are for %s)'
                          % (data_layer, default_layer))
@@ -337,7 +327,7 @@ def fcn(head='8s', split='train', dataset='voc', num_classes=None, widths=VGG16_
     at_once: the all-at-once FCN-8s (scaled pool skips)."""
     _check_choice('head', head, HEADS)
     _check_choice('dataset', dataset, ('voc', 'pascalcontext'))
-    num_classes = num_classes or {'voc': 21, 'pascalcontext': 60}[dataset]
+    num_classes = num_classes or len(models.dataset(dataset).classes)
     _check_positive('num_classes', num_classes)
     if at_once and head != '8s':
         raise ValueError('at_once is the all-at-once FCN-8s: head must be 8s, got %r' % head)
@@ -483,17 +473,21 @@ def caffenet_classifier(widths=CAFFENET_WIDTHS, num_classes=1000):
     return n.to_proto()
 
 
-CLASSIFIERS = {'vgg16': vgg16_classifier, 'caffenet': caffenet_classifier}
+# The functions a spec's `builder` may name (models.ModelSpec / ClassifierSpec).
+BUILDERS = {f.__name__: f for f in (fcn, voc_fcn, pascalcontext_fcn, voc_fcn_alexnet, nyud_fcn,
+                                    siftflow_fcn, vgg16_classifier, caffenet_classifier)}
+# name -> builder of each ImageNet classifier of models.CLASSIFIERS.
+CLASSIFIERS = {name: BUILDERS[c.builder] for name, c in models.CLASSIFIERS.items()}
 
 
 def classifier_path(name):
     """The deploy prototxt of an ImageNet classifier ('vgg16' or 'caffenet')."""
     _check_choice('classifier', name, sorted(CLASSIFIERS))
-    return os.path.join(REPO, 'ilsvrc-nets', '%s-deploy.prototxt' % name)
+    return os.path.join(REPO, models.CLASSIFIERS[name].deploy)
 
 
 # ---------------------------------------------------------------------------
-# Solvers (FCN-SPEC section 3).
+# Solvers (docs/training.md).
 
 def solver_text(base_lr, momentum, max_iter, test_iter, iter_size=1, snapshot=None,
                 weight_decay=0.0005):
@@ -533,107 +527,55 @@ def solver_text(base_lr, momentum, max_iter, test_iter, iter_size=1, snapshot=No
 
 
 # ---------------------------------------------------------------------------
-# The models: one row per model directory.
-#
-# MODELS[name] fields:
-#   dataset      'voc' | 'nyud' | 'siftflow' | 'pascalcontext' (default data layers: DATA)
-#   classes      number of outputs of `score` (SIFT Flow: the semantic head's)
-#   outputs      ((score blob, label blob, classes), ...): what is scored each round
-#   head         '32s' | '16s' | '8s'
-#   trunk        'vgg16' | 'caffenet' (the ImageNet classifier under ilsvrc-nets/)
-#   parents      ((source, suffix), ...): weights copied (transplanted) by name before
-#                training; source is a classifier ('vgg16'/'caffenet': cast fc->conv)
-#                or a model directory (its trained weights); suffix is appended to the
-#                source's layer names (late fusion towers)
-#   parent       the same in words
-#   train_split, test_split, test_images   the data splits; test_images = test_iter
-#   rounds, iters   training length: rounds x iters iterations, scoring after each round
-#   solver       base_lr, momentum, iter_size, max_iter, snapshot (None: no snapshots)
-#   build        callable(split, widths=..., data_layer=..., data_params=...) ->
-#                caffe_pb2.NetParameter for split 'train' | 'val' | 'deploy'
+# The models: built from their specs in models.py.
 
-def _model(dataset, classes, head, build, parent, parents, solver, rounds, iters,
-           trunk='vgg16', outputs=None):
-    splits = {'voc': ('train', 'seg11valid', 736), 'nyud': ('trainval', 'test', 654),
-              'siftflow': ('trainval', 'test', 200), 'pascalcontext': ('train', 'val', 5105)}
-    train_split, test_split, test_images = splits[dataset]
-    solver = dict(dict(iter_size=1, momentum=0.99, snapshot=None), **solver)
-    return dict(dataset=dataset, classes=classes, head=head, trunk=trunk,
-                outputs=outputs or (('score', 'label', classes),),
-                parents=parents, parent=parent, train_split=train_split,
-                test_split=test_split, test_images=test_images, rounds=rounds, iters=iters,
-                solver=solver, build=build)
+def _spec(model):
+    """The ModelSpec of `model` (a model id, a folder, or a ModelSpec)."""
+    spec = model if isinstance(model, models.ModelSpec) else models.get(model)
+    if not isinstance(spec, models.ModelSpec):
+        raise InputError('%s is an ImageNet classifier, not an FCN model' % model)
+    if spec.builder not in BUILDERS:
+        raise InputError('%s: builder %r is not one of net.py\'s (%s)'
+                         % (spec.name, spec.builder, ', '.join(sorted(BUILDERS))))
+    return spec
 
 
-VGG_CAST = 'VGG16 (ilsvrc-nets/vgg16-deploy.prototxt + VGG_ILSVRC_16_layers.caffemodel), fc6/fc7 cast to conv'
-_P = functools.partial
+def _model_row(spec):
+    """The old dict form of a spec (net.MODELS[name]); phase 2 of issue 13 moves its
+    readers onto models.get and removes it. Fields: dataset, classes, head, trunk,
+    outputs ((score blob, label blob, classes), ...), parents ((source, suffix), ...),
+    parent (in words), train_split, test_split, test_images, rounds, iters, solver
+    (base_lr, momentum, iter_size, max_iter, snapshot), build(split, **kwargs)."""
+    data = spec.data
+    s = spec.solver
+    return dict(dataset=spec.dataset, classes=spec.classes, head=spec.head, trunk=spec.trunk,
+                outputs=tuple((o.score, o.label, len(data.label(o.label).classes))
+                              for o in spec.outputs),
+                parents=tuple((p.source, p.suffix) for p in spec.parents),
+                parent=spec.parent_text(), train_split=data.train_split,
+                test_split=data.score_split, test_images=data.split(data.score_split).size,
+                rounds=spec.schedule.rounds, iters=spec.schedule.iters,
+                solver=dict(base_lr=s.base_lr, momentum=s.momentum, iter_size=s.iter_size,
+                            max_iter=s.max_iter, snapshot=s.snapshot),
+                build=functools.partial(BUILDERS[spec.builder], **spec.build_kwargs()))
 
-MODELS = {
-    'voc-fcn32s': _model('voc', 21, '32s', _P(voc_fcn, '32s'), VGG_CAST, (('vgg16', ''),),
-                         dict(base_lr=1e-10, max_iter=100000, snapshot=4000), 25, 4000),
-    'voc-fcn16s': _model('voc', 21, '16s', _P(voc_fcn, '16s'), 'trained voc-fcn32s',
-                         (('voc-fcn32s', ''),),
-                         dict(base_lr=1e-12, max_iter=100000, snapshot=4000), 25, 4000),
-    'voc-fcn8s': _model('voc', 21, '8s', _P(voc_fcn, '8s'), 'trained voc-fcn16s',
-                        (('voc-fcn16s', ''),),
-                        dict(base_lr=1e-14, max_iter=100000, snapshot=4000), 25, 4000),
-    'voc-fcn8s-atonce': _model('voc', 21, '8s', _P(voc_fcn, '8s', at_once=True), VGG_CAST,
-                               (('vgg16', ''),),
-                               dict(base_lr=1e-10, max_iter=300000, snapshot=4000), 75, 4000),
-    'voc-fcn-alexnet': _model('voc', 21, '32s', voc_fcn_alexnet,
-                              'CaffeNet (ilsvrc-nets/caffenet-deploy.prototxt + '
-                              'bvlc_reference_caffenet.caffemodel), fc6/fc7 cast to conv',
-                              (('caffenet', ''),),
-                              dict(base_lr=1e-4, momentum=0.9, iter_size=20, max_iter=100000,
-                                   snapshot=4000), 25, 4000, trunk='caffenet'),
-    'nyud-fcn32s-color': _model('nyud', 40, '32s', _P(nyud_fcn, 'color'), VGG_CAST,
-                                (('vgg16', ''),),
-                                dict(base_lr=1e-10, max_iter=300000, snapshot=2000), 50, 2000),
-    'nyud-fcn32s-hha': _model('nyud', 40, '32s', _P(nyud_fcn, 'hha'), VGG_CAST, (('vgg16', ''),),
-                              dict(base_lr=1e-10, max_iter=300000, snapshot=2000), 50, 2000),
-    'nyud-fcn32s-color-d': _model('nyud', 40, '32s', _P(nyud_fcn, 'color-d'),
-                                  VGG_CAST + '; conv1_1_bgrd = conv1_1 on BGR, the mean of its '
-                                  '3 channels on depth, bias copied', (('vgg16', ''),),
-                                  dict(base_lr=1e-10, max_iter=300000, snapshot=2000), 50, 2000),
-    'nyud-fcn32s-color-hha': _model('nyud', 40, '32s', _P(nyud_fcn, 'color-hha'),
-                                    'trained nyud-fcn32s-color (suffix color) and '
-                                    'nyud-fcn32s-hha (suffix hha)',
-                                    (('nyud-fcn32s-color', 'color'), ('nyud-fcn32s-hha', 'hha')),
-                                    dict(base_lr=1e-12, max_iter=300000, snapshot=2000), 50, 2000),
-    # Beyond the release: the paper's Table 4 FCN-16s RGB-HHA, from the trained 32s one.
-    'nyud-fcn16s-color-hha': _model('nyud', 40, '16s', _P(nyud_fcn, 'color-hha', head='16s'),
-                                    'trained nyud-fcn32s-color-hha',
-                                    (('nyud-fcn32s-color-hha', ''),),
-                                    dict(base_lr=1e-12, max_iter=300000, snapshot=2000), 50, 2000),
-}
-for _head, _lr, _parent in (('32s', 1e-10, 'vgg16'), ('16s', 1e-12, 'siftflow-fcn32s'),
-                            ('8s', 1e-12, 'siftflow-fcn16s')):
-    MODELS['siftflow-fcn' + _head] = _model(
-        'siftflow', 33, _head, _P(siftflow_fcn, _head),
-        VGG_CAST if _parent == 'vgg16' else 'trained ' + _parent, ((_parent, ''),),
-        dict(base_lr=_lr, max_iter=300000), 50, 2000,
-        outputs=(('score_sem', 'sem', 33), ('score_geo', 'geo', 3)))
-for _head, _lr, _parent in (('32s', 1e-10, 'vgg16'), ('16s', 1e-12, 'pascalcontext-fcn32s'),
-                            ('8s', 1e-14, 'pascalcontext-fcn16s')):
-    MODELS['pascalcontext-fcn' + _head] = _model(
-        'pascalcontext', 60, _head, _P(pascalcontext_fcn, _head),
-        VGG_CAST if _parent == 'vgg16' else 'trained ' + _parent, ((_parent, ''),),
-        dict(base_lr=_lr, max_iter=300000, snapshot=4000), 50, 8000)
+
+MODELS = {name: _model_row(spec) for name, spec in models.BUILTIN.items()}
 
 
 def build_net(model, split, **kwargs):
     """The NetParameter of `model`'s train/val/deploy net (kwargs: widths, data_layer, data_params)."""
-    _check_choice('model', model, sorted(MODELS))
+    spec = _spec(model)
     _check_choice('split', split, SPLITS)
-    return MODELS[model]['build'](split=split, **kwargs)
+    return BUILDERS[spec.builder](split=split, **dict(spec.build_kwargs(), **kwargs))
 
 
 def model_solver(model, **overrides):
     """The solver.prototxt text of `model`, with settings overridden (e.g. test_iter, base_lr)."""
-    _check_choice('model', model, sorted(MODELS))
-    m = MODELS[model]
-    settings = dict(m['solver'], test_iter=m['test_images'])
-    unknown = set(overrides) - set(settings) - {'weight_decay'}
+    spec = _spec(model)
+    data = spec.data
+    settings = dict(dataclasses.asdict(spec.solver), test_iter=data.split(data.score_split).size)
+    unknown = set(overrides) - set(settings)
     if unknown:
         raise ValueError('unknown solver settings %s (known: %s)'
                          % (sorted(unknown), ', '.join(sorted(settings))))
@@ -652,7 +594,7 @@ def model_files(model, widths=None, data=None, solver=None):
     """{file name: text} of `model`'s train/val/deploy/solver prototxts.
     widths: channel widths (default the paper's); data: {'train'|'val': (data_layer,
     data_params)} replacing the default data layers; solver: solver setting overrides."""
-    _check_choice('model', model, sorted(MODELS))
+    spec = _spec(model)
     data = dict(data or {})
     for split in data:
         _check_choice('data split', split, ('train', 'val'))
@@ -661,9 +603,9 @@ def model_files(model, widths=None, data=None, solver=None):
         kwargs = {'widths': widths} if widths is not None else {}
         if split in data:
             kwargs['data_layer'], kwargs['data_params'] = data[split]
-        proto = build_net(model, split, **kwargs)
-        files['%s.prototxt' % split] = _header('%s %s net' % (model, split)) + str(proto)
-    files['solver.prototxt'] = _header('%s solver' % model) + model_solver(model, **(solver or {}))
+        proto = build_net(spec, split, **kwargs)
+        files['%s.prototxt' % split] = _header('%s %s net' % (spec.name, split)) + str(proto)
+    files['solver.prototxt'] = _header('%s solver' % spec.name) + model_solver(spec, **(solver or {}))
     return files
 
 
@@ -700,13 +642,27 @@ def write_model_dir(directory, model, widths=None, data=None, solver=None, check
                        check)
 
 
-def all_files(models=None):
-    """{path: text} of every generated file (or only those of `models`, plus ilsvrc-nets)."""
+DOCS = os.path.join(REPO, 'docs', 'models.md')
+
+
+def all_files(names=None):
+    """{path: text} of every generated file (or only those of the models `names`, plus
+    ilsvrc-nets and docs/models.md)."""
     files = classifier_files()
-    for model in models or sorted(MODELS):
+    for model in names or sorted(MODELS):
         for name, text in model_files(model).items():
-            files[os.path.join(REPO, model, name)] = text
+            files[os.path.join(models.model_dir(_spec(model)), name)] = text
+    files[DOCS] = models.markdown()
     return files
+
+
+def list_models():
+    """One line per model of the registry: id, dataset, classes, head, lr, schedule, parents."""
+    for name in models.names():
+        spec = models.get(name)
+        print('%-24s %-13s C=%-3d %-4s lr %-6g %3d x %-5d from %s'
+              % (name, spec.dataset, spec.classes, spec.head, spec.solver.base_lr,
+                 spec.schedule.rounds, spec.schedule.iters, spec.parent_text()))
 
 
 def main(argv=None):
@@ -716,15 +672,17 @@ def main(argv=None):
     parser.add_argument('--check', action='store_true',
                         help='write nothing; exit 1 listing the files that differ from net.py')
     parser.add_argument('--list', action='store_true', help='print the models table and exit')
+    parser.add_argument('--docs', action='store_true',
+                        help='print docs/models.md, the models table generated from models.py')
     args = parser.parse_args(argv)
     for model in args.models:
         if model not in MODELS:
             parser.error('unknown model %r (known: %s)' % (model, ', '.join(sorted(MODELS))))
     if args.list:
-        for name, m in sorted(MODELS.items()):
-            print('%-24s %-13s C=%-3d %-4s lr %-6g %3d x %d  from %s'
-                  % (name, m['dataset'], m['classes'], m['head'], m['solver']['base_lr'],
-                     m['rounds'], m['iters'], m['parent']))
+        list_models()
+        return 0
+    if args.docs:
+        sys.stdout.write(models.markdown())
         return 0
     changed = write_files(all_files(args.models), check=args.check)
     for path in changed:

@@ -154,6 +154,26 @@ def _umask():
     return mask
 
 
+def check_writable(path, what='output', folder=False):
+    """InputError (naming `what` and the path) unless `path` can be created or replaced:
+    a file output must not be a folder, a folder output (`folder`) not a file, and the
+    nearest existing folder above it must be a writable folder. Checked before long work
+    so its results are not lost at the end."""
+    path = os.path.abspath(str(path))
+    if os.path.isdir(path) != folder and os.path.exists(path):
+        raise InputError('%s %s: is a %s, expected a %s' % (
+            what, path, 'folder' if os.path.isdir(path) else 'file',
+            'folder' if folder else 'file'))
+    parent = path if folder and os.path.isdir(path) else os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError('%s %s: cannot be created, %s is a file' % (what, path, parent))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError('%s %s: cannot be written, %s is not writable' % (what, path, parent))
+    return path
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode='wb'):
     """Open a temporary file beside `path`; on success it replaces `path` in one rename."""

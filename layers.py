@@ -63,6 +63,7 @@ import scipy.io
 from PIL import Image
 
 import common
+from metrics import VOID, bad_values
 
 caffe = common.import_caffe()
 
@@ -114,11 +115,6 @@ NYUD_LOG_DEPTH_MEAN = 7.844                  # mean of log(depth png value)
 SIFTFLOW_MEAN = (114.578, 115.294, 108.353)
 CONTEXT_MEAN = (104.007, 116.669, 122.679)
 
-# Other names for the constants above, as other scripts of the project look them up.
-PASCALCONTEXT_CLASSES, PASCALCONTEXT_MEAN = CONTEXT_CLASSES, CONTEXT_MEAN
-SIFTFLOW_CLASSES = SIFTFLOW_SEM_CLASSES
-NYUD_MEAN = NYUD_COLOR_MEAN
-
 # Sizes of the splits the paper uses, to check a derived list against.
 SPLIT_SIZES = {
     ('sbdd', 'train'): 8498, ('voc', 'seg11valid'): 736,
@@ -151,8 +147,11 @@ def read_split(path, hint=''):
     hint = ' (%s)' % hint if hint else ''
     if not os.path.isfile(path):
         raise FileNotFoundError('split list not found: %s%s' % (path, hint))
-    with open(path) as f:
-        ids = [line.strip() for line in f if line.strip()]
+    try:
+        with open(path, encoding='utf-8') as f:
+            ids = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise common.InputError('%s: split list is not UTF-8 text (%s)' % (path, e.reason))
     if not ids:
         raise common.InputError('split list has no image ids: %s%s' % (path, hint))
     return ids
@@ -196,13 +195,35 @@ def read_mat(path, key, what='label'):
     return mat[key]
 
 
-def label_uint8(values, path):
-    """`values` as uint8, refusing anything outside 0..255 (a cast would wrap silently)."""
+def read_labels(values, path, num_classes, first=0, void=(VOID,)):
+    """Label values as stored in file `path` -> uint8 class indices, 1 x ... as given:
+    value `first` + k is class k (k < num_classes), the `void` values become 255.
+
+    Anything else is an InputError naming the file and the values: a label that is not
+    a number (e.g. a .mat variable stored as a string), NaN, a fraction, or neither a
+    class nor void. Caffe's loss would read outside its arrays (a crash, or a silently
+    wrong loss) and scoring would drop the pixels, so the file is refused where it is
+    read. E.g. NYUDv2 and SIFT Flow store classes 1..C with 0 unlabeled: first=1, void=(0,)."""
     values = np.asarray(values)
-    if values.size and (values.min() < 0 or values.max() > 255):
-        raise common.InputError('%s: label values %s..%s outside 0..255'
-                                % (path, values.min(), values.max()))
-    return values.astype(np.uint8)
+    if values.dtype.kind not in 'biuf':
+        raise common.InputError('%s: labels are %s values, not numbers' % (path, values.dtype))
+    if values.dtype.kind == 'f':
+        if np.isnan(values).any():
+            raise common.InputError('%s: %d label values are NaN' % (path, np.isnan(values).sum()))
+        frac = np.isfinite(values) & (values != np.floor(values))
+        if frac.any():
+            raise common.InputError('%s: fractional label values %s (labels are class numbers)'
+                                    % (path, bad_values(values[frac])))
+    is_void = np.isin(values, void)
+    is_class = (values >= first) & (values < first + num_classes)
+    if not (is_void | is_class).all():
+        raise common.InputError('%s: label values %s are neither a class (%d..%d) nor void%s'
+                                % (path, bad_values(values[~(is_void | is_class)]), first,
+                                   first + num_classes - 1,
+                                   ' (%s)' % ', '.join(map(str, void)) if void else ''))
+    out = np.full(values.shape, VOID, np.uint8)
+    out[is_class] = (values[is_class] - first).astype(np.uint8)
+    return out
 
 
 def to_caffe_image(rgb, mean):
@@ -263,6 +284,15 @@ def _check_seed(key, value):
     return value
 
 
+def _check_num_classes(key, value):
+    counts = value if isinstance(value, dict) else {None: value}
+    if value is not None and not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                     for v in counts.values()):
+        raise ValueError('%s must be a class count >= 1 (or {"top": count}), got %r'
+                         % (key, value))
+    return value
+
+
 def _check_bool(key, value):
     if value is not None and not isinstance(value, bool):
         raise ValueError('%s must be true or false, got %r' % (key, value))
@@ -280,17 +310,20 @@ class SegDataLayer(caffe.Layer):
       DIRS         which of those keys are directories (resolved against the data root);
       TOPS         the names of its tops, in order;
       split_path   classmethod: the split list for parsed params `p`;
+      LABELS       its label tops -> the dataset's class count;
       load(id)     the arrays for one id, one per top, without the batch axis:
-                   images float32 C x H x W, labels uint8 1 x H x W.
+                   images float32 C x H x W, labels uint8 1 x H x W read through
+                   `self.labels` (range-checked against the class count).
     Everything else (parsing, order of ids, reshape, forward) lives here.
     """
 
-    COMMON = {'split': REQUIRED, 'seed': 1337, 'randomize': None}
+    COMMON = {'split': REQUIRED, 'seed': 1337, 'randomize': None, 'num_classes': None}
     CHECKS = {'split': _check_split, 'seed': _check_seed, 'randomize': _check_bool,
-              'mean': _check_mean}
+              'mean': _check_mean, 'num_classes': _check_num_classes}
     PARAMS = {}
     DIRS = ()
     TOPS = ('data', 'label')
+    LABELS = {}  # label top -> number of classes of the dataset (values 0..C-1, 255 void)
     SPLIT_HINTS = {}  # split name -> how to make its list, added to "not found" errors
 
     # -- what a subclass provides ----------------------------------------------------
@@ -304,6 +337,27 @@ class SegDataLayer(caffe.Layer):
 
     def top_names(self):
         return list(self.TOPS)
+
+    def labels(self, top, values, path, first=0, void=(VOID,)):
+        """`read_labels` of label top `top` against its class count: the net's (param_str
+        num_classes, or `bind_num_classes`), else the dataset's (LABELS)."""
+        return read_labels(values, path, self.num_classes[top], first, void)
+
+    def _class_counts(self):
+        counts = dict(self.LABELS)
+        given = self.params.get('num_classes')
+        if isinstance(given, dict):
+            unknown = sorted(set(given) - set(counts))
+            if unknown:
+                raise ValueError('%s: num_classes names %s, not a label top (%s)'
+                                 % (type(self).__name__, ', '.join(unknown), ', '.join(counts)))
+            counts.update(given)
+        elif given is not None:
+            if len(counts) != 1:
+                raise ValueError('%s: num_classes must be {"top": count} for its label tops %s'
+                                 % (type(self).__name__, ', '.join(counts)))
+            counts = {top: given for top in counts}
+        return counts
 
     # -- parameters -----------------------------------------------------------------
 
@@ -357,6 +411,7 @@ class SegDataLayer(caffe.Layer):
 
     def setup(self, bottom, top):
         self.params = self.parse_params(self.param_str)
+        self.num_classes = self._class_counts()
         names = self.top_names()
         if len(top) != len(names):
             raise ValueError('%s needs %d tops (%s), the net gives it %d'
@@ -410,9 +465,26 @@ class SegDataLayer(caffe.Layer):
         else:
             self.idx = forwards % len(self.indices)
 
-    def rewind(self):
-        """Back to the first id (scoring walks the split from its start each round)."""
-        self.seek(0)
+def bind_num_classes(net):
+    """Give the layers.py data layers of caffe.Net `net` the net's class count for each
+    label top: the channels of the score blob a loss (or accuracy) layer compares it with
+    (score/label, score_sem/sem, ...). A label at or beyond that count would make Caffe's
+    loss read outside its arrays; with this it is an error naming the file. Takes effect
+    from the next forward (the example loaded at setup is read again). Returns
+    {label top: classes} of what was bound."""
+    counts = {}
+    for name, layer in zip(net._layer_names, net.layers):
+        bottoms = list(net.bottom_names[name])
+        if layer.type in ('SoftmaxWithLoss', 'Accuracy') and len(bottoms) >= 2:
+            counts[bottoms[1]] = net.blobs[bottoms[0]].channels
+    bound = {}
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type == 'Python' and isinstance(layer, SegDataLayer):
+            for top in net.top_names[name]:
+                if top in counts and top in layer.num_classes:
+                    layer.num_classes[top] = bound[top] = counts[top]
+            layer.loaded = None
+    return bound
 
 
 # --------------------------------------------------------------------------------------
@@ -428,6 +500,7 @@ class VOCSegDataLayer(SegDataLayer):
     """
     PARAMS = {'voc_dir': 'pascal/VOC2011', 'mean': VOC_MEAN}
     DIRS = ('voc_dir',)
+    LABELS = {'label': len(VOC_CLASSES)}
     SPLIT_HINTS = {'seg11valid': 'derive it with data/pascal/seg11valid.py'}
 
     @classmethod
@@ -445,7 +518,7 @@ class VOCSegDataLayer(SegDataLayer):
         if label.ndim != 2:
             raise common.InputError('%s: expected a palette (one channel) label PNG, got '
                                     'shape %s' % (path, label.shape))
-        return [image, label_uint8(label, path)[np.newaxis]]
+        return [image, self.labels('label', label, path)[np.newaxis]]
 
 
 class SBDDSegDataLayer(SegDataLayer):
@@ -458,6 +531,7 @@ class SBDDSegDataLayer(SegDataLayer):
     """
     PARAMS = {'sbdd_dir': 'sbdd/dataset', 'mean': VOC_MEAN}
     DIRS = ('sbdd_dir',)
+    LABELS = {'label': len(VOC_CLASSES)}
 
     @classmethod
     def split_path(cls, p):
@@ -473,7 +547,7 @@ class SBDDSegDataLayer(SegDataLayer):
             label = gt[0]['Segmentation'][0]
         except (IndexError, KeyError, ValueError) as e:
             raise common.InputError('%s: GTcls has no Segmentation field (%s)' % (path, e))
-        return [image, label_uint8(label, path)[np.newaxis]]
+        return [image, self.labels('label', label, path)[np.newaxis]]
 
 
 # --------------------------------------------------------------------------------------
@@ -505,6 +579,7 @@ class NYUDSegDataLayer(SegDataLayer):
     """
     PARAMS = {'nyud_dir': 'nyud', 'tops': REQUIRED}
     DIRS = ('nyud_dir',)
+    LABELS = {'label': len(NYUD_CLASSES)}
     SPLIT_HINTS = {'trainval': 'derive it with data/nyud/splits.py',
                    'test': 'derive it with data/nyud/splits.py'}
 
@@ -548,9 +623,8 @@ class NYUDSegDataLayer(SegDataLayer):
 
     def load_label(self, idx):
         path = self._file('segmentation', idx, 'mat')
-        label = label_uint8(read_mat(path, 'segmentation'), path)
-        # Shift the 1-40 classes to 0-39; void 0 wraps around to 255, the ignore label.
-        return (label - np.uint8(1))[np.newaxis]
+        # Classes 1-40 in the file become 0-39; void 0 becomes 255, the ignore label.
+        return self.labels('label', read_mat(path, 'segmentation'), path, 1, (0,))[np.newaxis]
 
 
 # --------------------------------------------------------------------------------------
@@ -569,6 +643,7 @@ class SIFTFlowSegDataLayer(SegDataLayer):
     PARAMS = {'siftflow_dir': 'sift-flow', 'mean': SIFTFLOW_MEAN}
     DIRS = ('siftflow_dir',)
     TOPS = ('data', 'sem', 'geo')
+    LABELS = {'sem': len(SIFTFLOW_SEM_CLASSES), 'geo': len(SIFTFLOW_GEO_CLASSES)}
     SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
     SPLIT_HINTS = {'trainval': 'derive it with data/sift-flow/splits.py',
                    'test': 'derive it with data/sift-flow/splits.py'}
@@ -583,14 +658,13 @@ class SIFTFlowSegDataLayer(SegDataLayer):
     def load(self, idx):
         image = to_caffe_image(read_image(self._file('Images', idx, '.jpg')),
                                self.params['mean'])
+        # Classes start at 1 in the files: shifted to 0-based, unlabeled 0 becomes 255;
+        # the geometric labels mark some unlabeled pixels -1, others 0.
         path = self._file('SemanticLabels', idx, '.mat')
-        sem = label_uint8(read_mat(path, 'S'), path)
+        sem = self.labels('sem', read_mat(path, 'S'), path, 1, (0,))
         path = self._file('GeoLabels', idx, '.mat')
-        geo = np.array(read_mat(path, 'S'))
-        geo[geo == -1] = 0  # the geometric labels mark some unlabeled pixels -1, others 0
-        geo = label_uint8(geo, path)
-        # Classes start at 1 in the files: shift to 0-based, unlabeled 0 wraps to 255.
-        return [image, (sem - np.uint8(1))[np.newaxis], (geo - np.uint8(1))[np.newaxis]]
+        geo = self.labels('geo', read_mat(path, 'S'), path, 1, (0, -1))
+        return [image, sem[np.newaxis], geo[np.newaxis]]
 
 
 # --------------------------------------------------------------------------------------
@@ -600,15 +674,18 @@ def read_label_list(path):
     """[(id, name), ...] from a PASCAL-Context label list (lines `id: name`), file order."""
     _need(path, 'label list')
     entries = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            number, _, name = line.partition(':')
-            if not number.strip().isdigit() or not name.strip():
-                raise common.InputError('%s line %d: expected "id: name", got %r'
-                                        % (path, n, line.rstrip('\n')))
-            entries.append((int(number), name.strip()))
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise common.InputError('%s: label list is not UTF-8 text (%s)' % (path, e.reason))
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        number, _, name = line.partition(':')
+        if not number.strip().isdigit() or not name.strip():
+            raise common.InputError('%s line %d: expected "id: name", got %r' % (path, n, line))
+        entries.append((int(number), name.strip()))
     if not entries:
         raise common.InputError('label list is empty: %s' % path)
     return entries
@@ -652,6 +729,7 @@ class PASCALContextSegDataLayer(SegDataLayer):
     PARAMS = {'voc_dir': 'pascal/VOC2010', 'context_dir': 'pascal-context',
               'mean': CONTEXT_MEAN}
     DIRS = ('voc_dir', 'context_dir')
+    LABELS = {'label': len(CONTEXT_CLASSES)}
 
     @classmethod
     def split_path(cls, p):
@@ -668,10 +746,9 @@ class PASCALContextSegDataLayer(SegDataLayer):
             read_image(os.path.join(self.params['voc_dir'], 'JPEGImages', idx + '.jpg')),
             self.params['mean'])
         path = os.path.join(self.params['context_dir'], 'trainval', idx + '.mat')
-        full = np.asarray(read_mat(path, 'LabelMap')).astype(np.int64)
-        label = np.zeros(full.shape, dtype=np.uint8)
-        known = (full >= 0) & (full < len(self.lut))  # ids beyond the list are background
-        label[known] = self.lut[full[known]]
+        # ids of labels.txt (0 unlabeled), then the task's classes; no void label
+        full = read_labels(read_mat(path, 'LabelMap'), path, len(self.lut), void=())
+        label = self.labels('label', self.lut[full], path)
         return [image, label[np.newaxis]]
 
 

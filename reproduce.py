@@ -588,7 +588,7 @@ def main(argv=None):
     previous = _load_previous(out) if args.merge else {}
     mode = common.set_mode(args.gpu)
     import layers
-    import score
+    import metrics
 
     record = dict(command='python reproduce.py' + ''.join(' ' + shlex.quote(a) for a in argv),
                   date=datetime.datetime.now().isoformat(timespec='seconds'),
@@ -605,7 +605,7 @@ def main(argv=None):
             if e.get('status') == 'evaluated' and merged.get(m, {}).get('status') != 'evaluated':
                 merged[m] = dict(e, earlier_run=True)
         ordered = {m: merged[m] for m in list(net.MODELS) + sorted(merged) if m in merged}
-        written = score.jsonable(dict(record, models=ordered,
+        written = metrics.jsonable(dict(record, models=ordered,
                                       rows=comparison_rows(ordered, models)))
         write_results(out, written)
         return written

@@ -1,23 +1,13 @@
-"""Segmentation scores: the confusion matrix and the four FCN metrics.
+"""Score a caffemodel on a split: the Caffe evaluation and its command.
 
-rows = ground truth, columns = prediction, pixels whose label is outside [0, C) (255,
-void) ignored; summed over a split:
+The metrics themselves (confusion matrix, the four scores, JSON) are metrics.py's and
+need no Caffe; this module walks a net over a split and feeds them:
 
-    hist = bincount(C * gt + pred, minlength=C^2).reshape(C, C)
-    overall accuracy = sum(diag) / sum(hist)
-    mean accuracy    = nanmean(diag / row sums)
-    per-class IU     = diag / (row sums + column sums - diag)   (NaN: class absent from both)
-    mean IU          = nanmean(per-class IU)
-    fwavacc          = sum over classes with freq > 0 of freq * IU, freq = row sums / total
-
-Pieces (as in the original release's score.py, plus a torchvision-style matrix):
-- `fast_hist(a, b, n)`, `scores(hist, exclude=())`, `ConfusionMatrix(n)` (update /
-  compute / format);
-- `evaluate(net, ids, ...)`: forward a test net once per image id, accumulate the matrix
-  and the mean loss, optionally save the predictions as palette PNGs;
-- `seg_tests(solver, save_format, dataset, layer, gt)`: the training loop's call, which
-  shares the solver's weights into its test net and prints the original's
-  `>>> <time> Iteration N ...` lines.
+- `evaluate(net, ids, ...)` / `evaluate_tasks(net, ids, tasks)`: forward a test net once
+  per image id, accumulate each task's matrix and mean loss, optionally save the
+  predictions as palette PNGs; each task's result is an `Evaluation`;
+- `open_val_net`, `model_tasks`, `net_split_ids`, `class_info`, `task_json`: the
+  prototxt plumbing the command, train.py and reproduce.py share.
 
 Command: score a caffemodel on a split with the model directory's val.prototxt:
 
@@ -35,161 +25,24 @@ mean_iu, fwavacc, loss, per_class_iu / per_class_acc ({class: value}, null where
 undefined) and excluded classes, and every task's under "tasks" (SIFT Flow: score_sem,
 score_geo). SIFT Flow's cow, desert and moon (absent from its test split) are left out
 of the semantic class averages when scoring that split.
+
+--out and --save-pred are checked before anything is scored: they must be writable and
+may not lie inside the dataset or be the weights or the prototxt (a prediction saved
+into the label folder would replace the ground truth). A label outside the net's classes
+(other than 255, void) stops the run with the file and the values, never dropped.
 """
 import argparse
+import dataclasses
 import datetime
 import json
-import math
 import os
-import sys
 import tempfile
 
 import numpy as np
 
 import common
-from common import Progress  # noqa: F401  (score.Progress, as before)
-
-
-# ----------------------------------------------------------------------------- metrics
-
-def fast_hist(a, b, n):
-    """n x n confusion counts (int64) of ground truth `a` (rows) vs prediction `b`
-    (columns), both any shape with the same number of elements; entries of `a` outside
-    [0, n) (e.g. 255, void) are ignored. A prediction outside [0, n) is a ValueError."""
-    a = np.asarray(a).ravel()
-    b = np.asarray(b).ravel()
-    if a.size != b.size:
-        raise ValueError('fast_hist: %d labels but %d predictions' % (a.size, b.size))
-    k = (a >= 0) & (a < n)
-    a, b = a[k].astype(np.int64), b[k].astype(np.int64)
-    if b.size and (b.min() < 0 or b.max() >= n):
-        raise ValueError('fast_hist: prediction outside [0, %d)' % n)
-    return np.bincount(n * a + b, minlength=n ** 2).reshape(n, n)
-
-
-def _nanmean(x):
-    x = np.asarray(x, np.float64)
-    x = x[~np.isnan(x)]
-    return float(x.mean()) if x.size else float('nan')
-
-
-def scores(hist, exclude=()):
-    """The metrics of confusion matrix `hist` (C x C) as a dict of floats:
-
-    overall_acc, mean_acc, mean_iu, fwavacc, per_class_acc (list of C), per_class_iu
-    (list of C), excluded (sorted list of class indices), pixels (int, counted pixels).
-
-    Per-class values are NaN where undefined (acc: class absent from the ground truth;
-    IU: absent from both ground truth and prediction) and are left out of the means.
-    `exclude`: class indices whose per-class values are set to NaN and left out of the
-    means and of fwavacc (SIFT Flow: classes that never occur in the test split); their
-    pixels stay in the matrix, so a pixel wrongly predicted as one still counts as an
-    error of its true class, and overall accuracy is unchanged.
-    """
-    hist = np.asarray(hist, np.float64)
-    if hist.ndim != 2 or hist.shape[0] != hist.shape[1]:
-        raise ValueError('scores: hist must be C x C, got shape %s' % (hist.shape,))
-    n = hist.shape[0]
-    exclude = sorted({int(c) for c in (exclude or ())})
-    if any(c < 0 or c >= n for c in exclude):
-        raise ValueError('scores: excluded classes %s outside [0, %d)' % (exclude, n))
-    diag, rows, cols, total = np.diag(hist), hist.sum(1), hist.sum(0), hist.sum()
-    with np.errstate(divide='ignore', invalid='ignore'):
-        overall = diag.sum() / total if total else float('nan')
-        acc = diag / rows
-        iu = diag / (rows + cols - diag)
-        freq = rows / total if total else np.zeros(n)
-    acc[exclude] = np.nan
-    iu[exclude] = np.nan
-    keep = (freq > 0) & ~np.isnan(iu)
-    return {
-        'overall_acc': float(overall),
-        'mean_acc': _nanmean(acc),
-        'mean_iu': _nanmean(iu),
-        'fwavacc': float((freq[keep] * iu[keep]).sum()),
-        'per_class_acc': [float(v) for v in acc],
-        'per_class_iu': [float(v) for v in iu],
-        'excluded': exclude,
-        'pixels': int(total),
-    }
-
-
-def jsonable(obj):
-    """`obj` with every float NaN / inf replaced by None (JSON null), recursively."""
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _pct(v):
-    return '%6.2f' % (100 * v) if v == v else '     -'
-
-
-class ConfusionMatrix:
-    """Accumulates the confusion matrix of a split, image by image.
-
-        cm = ConfusionMatrix(21)
-        for gt, pred in ...:            # H x W arrays: labels (255 = void), predictions
-            cm.update(gt, pred)
-        cm.compute()                    # -> scores(cm.hist, cm.exclude)
-        print(cm.format(VOC_CLASSES))   # per-class table
-    """
-
-    def __init__(self, num_classes, exclude=()):
-        if int(num_classes) < 1:
-            raise ValueError('ConfusionMatrix: num_classes must be >= 1')
-        self.num_classes = int(num_classes)
-        self.exclude = sorted({int(c) for c in (exclude or ())})
-        self.reset()
-
-    def reset(self):
-        self.hist = np.zeros((self.num_classes, self.num_classes), np.int64)
-        self.images = 0
-
-    def update(self, gt, pred):
-        """Add one image: `gt` labels and `pred` class indices, same number of elements."""
-        self.hist += fast_hist(gt, pred, self.num_classes)
-        self.images += 1
-
-    def compute(self):
-        """scores(self.hist, self.exclude) plus 'images' (how many updates)."""
-        s = scores(self.hist, self.exclude)
-        s['images'] = self.images
-        return s
-
-    def format(self, class_names=None):
-        """A printable table: per class accuracy and IU (%), then the four metrics.
-        '-' marks an undefined value; excluded classes say so."""
-        names = list(class_names) if class_names is not None else [
-            str(i) for i in range(self.num_classes)]
-        if len(names) != self.num_classes:
-            raise ValueError('format: %d class names for %d classes'
-                             % (len(names), self.num_classes))
-        s = self.compute()
-        width = max(12, max(len(n) for n in names) + 1)
-        lines = ['%-*s %6s %6s %12s' % (width, 'class', 'acc', 'IU', 'gt pixels')]
-        for i, name in enumerate(names):
-            note = '  (excluded)' if i in s['excluded'] else ''
-            lines.append('%-*s %s %s %12d%s' % (width, name, _pct(s['per_class_acc'][i]),
-                                                _pct(s['per_class_iu'][i]),
-                                                int(self.hist[i].sum()), note))
-        lines.append('%-*s %s %s' % (width, 'mean', _pct(s['mean_acc']), _pct(s['mean_iu'])))
-        lines.append('overall accuracy %s   mean accuracy %s   mean IU %s   fwavacc %s   '
-                     '(%d images)' % (_pct(s['overall_acc']).strip(), _pct(s['mean_acc']).strip(),
-                                      _pct(s['mean_iu']).strip(), _pct(s['fwavacc']).strip(),
-                                      self.images))
-        return '\n'.join(lines)
-
-    def __str__(self):
-        return self.format()
+import layers
+import metrics
 
 
 # ----------------------------------------------------------------------------- nets
@@ -208,51 +61,63 @@ def loss_blob(net, layer='score', gt='label'):
     return None
 
 
-class Evaluation(tuple):
-    """What `evaluate` returns: unpacks as (hist, mean_loss); also has .hist, .loss,
-    .scores (the `scores()` dict with 'images' and 'loss' added), .images, .layer, .gt."""
+@dataclasses.dataclass
+class Evaluation:
+    """What `evaluate` gives for one task: score blob `layer` against label blob `gt`
+    over `images` images; `hist` the C x C int64 confusion matrix (rows ground truth),
+    `loss` the mean loss (None without a loss blob), `scores` metrics.scores' dict with
+    'images', 'void_pixels' and 'loss' added."""
+    layer: str
+    gt: str
+    hist: np.ndarray
+    loss: object
+    images: int
+    scores: dict
 
-    def __new__(cls, hist, loss, scores_, images, layer='score', gt='label'):
-        self = super().__new__(cls, (hist, loss))
-        self.hist, self.loss, self.scores, self.images = hist, loss, scores_, images
-        self.layer, self.gt = layer, gt
-        return self
 
-
+@dataclasses.dataclass
 class Task:
     """One score blob to evaluate against one label blob (see `evaluate`)."""
+    layer: str = 'score'
+    gt: str = 'label'
+    num_classes: int = None
+    exclude: list = None
+    save_dir: str = None
+    loss: object = 'auto'
 
-    def __init__(self, layer='score', gt='label', num_classes=None, exclude=None,
-                 save_dir=None, loss='auto'):
-        self.layer, self.gt, self.num_classes = layer, gt, num_classes
-        self.exclude, self.save_dir, self.loss = exclude, save_dir, loss
+
+def _task_state(net, t):
+    """(task, ConfusionMatrix, loss blob or None, [loss total]) after checking the blobs."""
+    for blob in (t.layer, t.gt):
+        if blob not in net.blobs:
+            raise ValueError('evaluate: the net has no blob %r (blobs: %s)'
+                             % (blob, ', '.join(net.blobs)))
+    n_cl = int(t.num_classes or net.blobs[t.layer].channels)
+    loss = loss_blob(net, t.layer, t.gt) if t.loss == 'auto' else t.loss
+    if loss is not None and loss not in net.blobs:
+        raise ValueError('evaluate: the net has no loss blob %r' % loss)
+    if t.save_dir:
+        os.makedirs(t.save_dir, exist_ok=True)
+    return t, metrics.ConfusionMatrix(n_cl, t.exclude), loss, [0.0]
 
 
 def evaluate_tasks(net, ids, tasks, progress=True):
     """Like `evaluate`, for several `Task`s in one pass over the images (SIFT Flow's
-    score_sem/sem and score_geo/geo). Returns a list of `Evaluation`s, one per task."""
+    score_sem/sem and score_geo/geo). Returns a list of `Evaluation`s, one per task.
+    A label outside a task's classes is a ValueError naming the image id and values."""
     ids = [str(i) for i in ids]
-    state = []
-    for t in tasks:
-        for blob in (t.layer, t.gt):
-            if blob not in net.blobs:
-                raise ValueError('evaluate: the net has no blob %r (blobs: %s)'
-                                 % (blob, ', '.join(net.blobs)))
-        n_cl = int(t.num_classes or net.blobs[t.layer].channels)
-        loss = loss_blob(net, t.layer, t.gt) if t.loss == 'auto' else t.loss
-        if loss is not None and loss not in net.blobs:
-            raise ValueError('evaluate: the net has no loss blob %r' % loss)
-        if t.save_dir:
-            os.makedirs(t.save_dir, exist_ok=True)
-        state.append((t, ConfusionMatrix(n_cl, t.exclude), loss, [0.0]))
-    label = 'scoring ' + ', '.join(t.layer for t in tasks)
-    bar = Progress(len(ids), label, enabled=progress)
+    state = [_task_state(net, t) for t in tasks]
+    bar = common.Progress(len(ids), 'scoring ' + ', '.join(t.layer for t in tasks),
+                          enabled=progress)
     try:
         for done, idx in enumerate(ids, 1):
             net.forward()
             for t, cm, loss, total in state:
                 pred = net.blobs[t.layer].data[0].argmax(0)
-                cm.update(net.blobs[t.gt].data[0, 0], pred)
+                try:
+                    cm.update(net.blobs[t.gt].data[0, 0], pred)
+                except ValueError as e:
+                    raise ValueError('image %s, %s: %s' % (idx, t.gt, e))
                 if t.save_dir:
                     common.save_label_png(os.path.join(t.save_dir, idx + '.png'), pred)
                 if loss:
@@ -265,7 +130,7 @@ def evaluate_tasks(net, ids, tasks, progress=True):
         mean_loss = total[0] / len(ids) if (loss and ids) else None
         s = cm.compute()
         s['loss'] = mean_loss
-        results.append(Evaluation(cm.hist, mean_loss, s, len(ids), t.layer, t.gt))
+        results.append(Evaluation(t.layer, t.gt, cm.hist, mean_loss, len(ids), s))
     return results
 
 
@@ -278,67 +143,13 @@ def evaluate(net, ids, layer='score', gt='label', num_classes=None, save_dir=Non
     num_classes: C, default the channels of `layer`. save_dir: when given, each
     prediction is written as the palette PNG `<save_dir>/<id>.png` (the folder is
     created if needed; files are replaced). progress: a progress line on stderr.
-    exclude: class indices left out of the per-class means (see `scores`).
+    exclude: class indices left out of the per-class means (see metrics.scores).
     loss: the loss blob to average, 'auto' (see `loss_blob`) or None.
 
-    Returns an `Evaluation`: unpacks as (hist C x C int64, mean loss or None), with
-    .scores the metrics dict.
+    Returns an `Evaluation` (.hist C x C int64, .loss, .scores the metrics dict).
     """
     task = Task(layer, gt, num_classes, exclude, save_dir, loss)
     return evaluate_tasks(net, ids, [task], progress)[0]
-
-
-def compute_hist(net, save_dir, dataset, layer='score', gt='label', num_classes=None,
-                 progress=False, exclude=None):
-    """The original's call: (hist, mean loss) of `net` over the ids in `dataset`."""
-    return evaluate(net, dataset, layer, gt, num_classes=num_classes, save_dir=save_dir,
-                    progress=progress, exclude=exclude)
-
-
-def print_scores(iteration, s, stream=None):
-    """The original's `>>> <timestamp> Iteration N <metric> <value>` lines."""
-    stream = stream or sys.stdout
-    for key, label in (('loss', 'loss'), ('overall_acc', 'overall accuracy'),
-                       ('mean_acc', 'mean accuracy'), ('mean_iu', 'mean IU'),
-                       ('fwavacc', 'fwavacc')):
-        if key == 'loss' and s.get('loss') is None:
-            continue
-        print('>>>', datetime.datetime.now(), 'Iteration', iteration, label, s[key],
-              file=stream, flush=True)
-
-
-def do_seg_tests(net, iteration, save_format, dataset, layer='score', gt='label',
-                 num_classes=None, exclude=None, progress=False):
-    """Score `net` on the ids in `dataset`, print the original's metric lines for
-    `iteration`. save_format: None (no PNGs) or a folder pattern formatted with the
-    iteration, e.g. '/tmp/seg/iter{}' -> predictions in /tmp/seg/iter4000/<id>.png.
-    Returns the `Evaluation` ((hist, loss), .scores)."""
-    save_dir = save_format.format(iteration) if save_format else None
-    ev = evaluate(net, dataset, layer, gt, num_classes=num_classes, save_dir=save_dir,
-                  progress=progress, exclude=exclude)
-    ev.scores['iteration'] = iteration
-    print_scores(iteration, ev.scores)
-    return ev
-
-
-def seg_evaluate(solver, save_format, dataset, layer='score', gt='label', num_classes=None,
-                 exclude=None, progress=False):
-    """`solver.test_nets[0]` shares `solver.net`'s weights, is scored on `dataset` (image
-    ids) and the metric lines are printed. Returns the `Evaluation`: (hist, loss) and
-    .scores (metrics dict with 'loss', 'iteration', 'images')."""
-    if not solver.test_nets:
-        raise ValueError('seg_tests: the solver has no test net (solver test_net / test_iter)')
-    print('>>>', datetime.datetime.now(), 'Begin seg tests', flush=True)
-    net = solver.test_nets[0]
-    net.share_with(solver.net)
-    return do_seg_tests(net, solver.iter, save_format, dataset, layer, gt,
-                        num_classes=num_classes, exclude=exclude, progress=progress)
-
-
-def seg_tests(solver, save_format, dataset, layer='score', gt='label', **kwargs):
-    """The original's training-loop call (same arguments); returns the C x C hist.
-    Use `seg_evaluate` for the metrics dict as well."""
-    return seg_evaluate(solver, save_format, dataset, layer, gt, **kwargs).hist
 
 
 # ----------------------------------------------------------------------------- command
@@ -374,7 +185,6 @@ def data_layer(param, layers):
 def net_split_ids(param, path, split=None):
     """(data layer class, split, image ids in walking order) of the layers.py data layer in
     NetParameter `param` (read from `path`); `split` replaces the net's split in `param`."""
-    import layers
     layer, cls = data_layer(param, layers)
     try:
         p = layers.parse_param_str(layer.python_param.param_str)
@@ -397,14 +207,27 @@ def open_val_net(val, weights, split=None):
             f.write(str(param))
         try:
             net = common.open_net(proto, 'test', weights)
+        except common.InputError:  # names its file (weights, a dataset file)
+            raise
         except ValueError as e:  # a data layer's complaint about its param_str
             raise common.InputError('%s: %s' % (val, e))
+    layers.bind_num_classes(net)
     return net, cls, split, ids
+
+
+def data_dirs(param, path):
+    """The absolute dataset folders the layers.py data layer of NetParameter `param`
+    (read from `path`) reads: what no output of a run may be written into."""
+    layer, cls = data_layer(param, layers)
+    try:
+        p = cls.parse_params(layer.python_param.param_str, check_required=False)
+    except ValueError as e:
+        raise common.InputError('%s: %s' % (path, e))
+    return [p[k] for k in cls.DIRS]
 
 
 def dataset_of(cls):
     """The layers.DATASETS name whose data layer is `cls` (None for others)."""
-    import layers
     return {d['layer']: name for name, d in layers.DATASETS.items()}.get(cls)
 
 
@@ -452,7 +275,6 @@ def class_info(dataset, gt='label', split=None, num_classes=None):
     are '0', '1', ... when the dataset is unknown or has another number of classes than
     `num_classes`. E.g. class_info('siftflow', 'sem', 'test') -> (33 names, [8, 10, 15]).
     """
-    import layers
     info = layers.DATASETS.get(dataset, {})
     classes = list(info.get('geo_classes' if gt == 'geo' else 'classes', ()))
     if num_classes is not None and len(classes) != num_classes:
@@ -461,6 +283,26 @@ def class_info(dataset, gt='label', split=None, num_classes=None):
     if gt != 'geo' and (split is None or split == info.get('split')):
         exclude = [classes.index(c) for c in info.get('absent_in_test', ()) if c in classes]
     return classes, exclude
+
+
+def output_checks(args, val, weights):
+    """Refuse, before anything is scored, a --out or --save-pred that cannot be written or
+    would replace an input: the weights, the prototxt, or anything in the dataset's folders."""
+    inputs = [weights, val] + data_dirs(common.read_net_param(val), val)
+    for flag, path in (('--out', args.out), ('--save-pred', args.save_pred)):
+        if path:
+            common.check_writable(path, flag, folder=flag == '--save-pred')
+            common.check_not_input(path, inputs)
+
+
+def print_task(ev, classes):
+    cm = metrics.ConfusionMatrix(len(classes), ev.scores['excluded'])
+    cm.hist, cm.images = ev.hist, ev.images
+    print('\n%s vs %s' % (ev.layer, ev.gt))
+    print(cm.format(classes))
+    if ev.scores['excluded']:
+        print('excluded from the class averages: %s'
+              % ', '.join(classes[i] for i in ev.scores['excluded']))
 
 
 def main(argv=None):
@@ -492,8 +334,8 @@ def main(argv=None):
         if not os.path.isdir(args.data_root):
             raise common.InputError('--data-root %s: no such directory' % args.data_root)
         os.environ['FCN_DATA_ROOT'] = os.path.abspath(args.data_root)
+    output_checks(args, val, args.weights)
     common.set_mode(args.gpu)
-    import layers
 
     net, cls, split, ids = open_val_net(val, args.weights, args.split)
     if args.limit:
@@ -510,13 +352,7 @@ def main(argv=None):
 
     per_task = {}
     for ev, classes in zip(results, names):
-        cm = ConfusionMatrix(len(classes), ev.scores['excluded'])
-        cm.hist, cm.images = ev.hist, ev.images
-        print('\n%s vs %s' % (ev.layer, ev.gt))
-        print(cm.format(classes))
-        if ev.scores['excluded']:
-            print('excluded from the class averages: %s'
-                  % ', '.join(classes[i] for i in ev.scores['excluded']))
+        print_task(ev, classes)
         per_task[ev.layer] = task_json(ev, classes)
     # the first task's metrics at the top level, every task's under 'tasks'
     record = dict(model=args.model, weights=os.path.abspath(args.weights), prototxt=val,
@@ -525,9 +361,7 @@ def main(argv=None):
     record.update(per_task[results[0].layer])
     record.update(images=len(ids), tasks=per_task)
     if args.out:
-        with common.atomic_write(args.out, 'w') as f:
-            json.dump(jsonable(record), f, indent=1, allow_nan=False)
-            f.write('\n')
+        metrics.write_json(args.out, record)
         print('wrote %s' % args.out)
     return 0
 

@@ -196,10 +196,10 @@ def score_round(solver, dataset, split, test_net, ids, save_dir=None):
 
 def append_log(out_dir, record):
     """Add one round's record to OUT/log.jsonl (NaN per-class values become null)."""
-    import score
+    import metrics
     path = os.path.join(out_dir, 'log.jsonl')
     with open(path, 'a') as f:
-        f.write(json.dumps(score.jsonable(record), allow_nan=False) + '\n')
+        f.write(json.dumps(metrics.jsonable(record), allow_nan=False) + '\n')
         f.flush()
         os.fsync(f.fileno())
 

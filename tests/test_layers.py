@@ -246,7 +246,7 @@ def test_context_layer(root):
 
 def test_bad_keys_list_the_allowed_ones(root):
     datasets.make_voc(root, ids=['a'], size=(4, 4), split='val')
-    with pytest.raises(ValueError, match='unknown.*splt.*allowed keys: mean, randomize, seed, split, voc_dir'):
+    with pytest.raises(ValueError, match='unknown.*splt.*allowed keys: mean, num_classes, randomize, seed, split, voc_dir'):
         data_net(root, 'VOCSegDataLayer', {'splt': 'val'}, ['data', 'label'])
     with pytest.raises(ValueError, match='missing required.*split'):
         data_net(root, 'VOCSegDataLayer', {}, ['data', 'label'])
@@ -318,3 +318,120 @@ def test_split_ids_and_class_constants(root):
         layers.split_ids('voc', 'val', sbdd_dir='x')
     with pytest.raises(FileNotFoundError, match='splits.py'):
         layers.split_ids('siftflow')
+
+
+# ----------------------------------------------------------------------------- label checks
+
+def assert_refused(root, layer, params, tops, path, *words):
+    with pytest.raises(common.InputError) as e:
+        data_net(root, layer, params, tops).forward()
+    message = str(e.value)
+    assert str(path) in message and len(message.splitlines()) == 1, message
+    for w in words:
+        assert w in message, message
+
+
+def test_labels_outside_the_classes_name_the_file_and_values(root):
+    """F10: a class beyond the dataset's (VOC 21) or any stray value is refused where it is
+    read, naming the file and the values; 255 (void) is kept."""
+    datasets.make_voc(root, ids=['a'], size=(5, 6), split='val')
+    png = root / VOC / 'SegmentationClass' / 'a.png'
+    label = np.array(Image.open(png))
+    label[2, 2], label[3, 3] = 21, 77
+    common.save_label_png(str(png), label)
+    assert_refused(root, 'VOCSegDataLayer', {'split': 'val'}, ['data', 'label'], png,
+                   '21, 77', '0..20')
+    # NYUDv2 stores classes 1..40 with 0 void: 41 is no class
+    datasets.make_nyud(root, ids=['5001'], size=(4, 5), split='test')
+    mat = root / 'nyud' / 'segmentation' / 'img_5001.mat'
+    seg = scipy.io.loadmat(str(mat))['segmentation']
+    seg[1, 1] = 41
+    scipy.io.savemat(str(mat), {'segmentation': seg})
+    assert_refused(root, 'NYUDSegDataLayer', {'split': 'test', 'tops': ['color', 'label']},
+                   ['color', 'label'], mat, '41', '1..40')
+
+
+@pytest.mark.parametrize('value, words', [(np.nan, ('NaN',)), (2.5, ('fractional', '2.5')),
+                                          (-3, ('-3',))])
+def test_mat_labels_nan_fractional_negative_refused(root, value, words):
+    """F10: .mat labels are not coerced (NaN -> 0, 2.5 -> 2, -3 -> wrapped) but refused."""
+    datasets.make_siftflow(root, ids=['coast_a'], size=(4, 5), split='test')
+    mat = root / 'sift-flow' / 'SemanticLabels' / datasets.SIFTFLOW_SUBDIR / 'coast_a.mat'
+    s = scipy.io.loadmat(str(mat))['S'].astype(np.float64)
+    s[1, 2] = value
+    scipy.io.savemat(str(mat), {'S': s})
+    assert_refused(root, 'SIFTFlowSegDataLayer', {'split': 'test'}, ['data', 'sem', 'geo'],
+                   mat, *words)
+
+
+def test_siftflow_label_stored_as_a_string(root):
+    """F20: a .mat variable holding text is a one-line error, not a numpy traceback."""
+    datasets.make_siftflow(root, ids=['coast_a'], size=(4, 5), split='test')
+    mat = root / 'sift-flow' / 'GeoLabels' / datasets.SIFTFLOW_SUBDIR / 'coast_a.mat'
+    scipy.io.savemat(str(mat), {'S': 'sky'})
+    assert_refused(root, 'SIFTFlowSegDataLayer', {'split': 'test'}, ['data', 'sem', 'geo'],
+                   mat, 'not numbers')
+
+
+def test_context_ids_outside_labels_txt_refused(root):
+    datasets.make_pascalcontext(root, ids=['x'], size=(3, 4), split='val')
+    mat = root / 'pascal-context' / 'trainval' / 'x.mat'
+    labelmap = scipy.io.loadmat(str(mat))['LabelMap']
+    labelmap[0, 0] = 9999
+    scipy.io.savemat(str(mat), {'LabelMap': labelmap})
+    assert_refused(root, 'PASCALContextSegDataLayer', {'split': 'val'}, ['data', 'label'],
+                   mat, '9999')
+
+
+def test_label_list_not_utf8_names_the_file(root):
+    """F25: a 59_labels.txt that does not decode is named (it was reported as the net's
+    prototxt)."""
+    datasets.make_pascalcontext(root, ids=['x'], size=(3, 4), split='val')
+    bad = root / 'pascal-context' / '59_labels.txt'
+    bad.write_bytes(b'1: aeroplane\n2: \xff\xfe bicycle\n')
+    assert_refused(root, 'PASCALContextSegDataLayer', {'split': 'val'}, ['data', 'label'],
+                   bad, 'UTF-8')
+
+
+TRAIN_SCRIPT = r'''
+import json, sys
+import common, layers
+caffe = common.import_caffe()
+L = caffe.layers
+n = caffe.NetSpec()
+n.data, n.label = L.Python(module='layers', layer='VOCSegDataLayer', ntop=2,
+                           param_str=json.dumps(dict(json.loads(sys.argv[2]), split='val')))
+n.score = L.Convolution(n.data, num_output=3, kernel_size=1)
+n.loss = L.SoftmaxWithLoss(n.score, n.label, loss_param=dict(normalize=False, ignore_label=255))
+open(sys.argv[1], 'w').write(str(n.to_proto()))
+try:
+    net = caffe.Net(sys.argv[1], caffe.TRAIN)  # loads the first image
+    if sys.argv[3] == 'bind':
+        print('bound', layers.bind_num_classes(net))
+    for _ in range(3):
+        net.forward()
+        net.backward()
+    print('trained')
+except common.InputError as e:
+    print('error:', e)
+'''
+
+
+@pytest.mark.parametrize('how', ['bind', 'param_str'])
+def test_labels_beyond_the_nets_classes_stop_training(root, how):
+    """F10: a 3-class net on VOC labels up to 20: Caffe's SoftmaxWithLoss would read outside
+    its arrays (segfault, or a loss computed from other memory). The net's class count is
+    bound to the data layer (or given as param_str num_classes): an error naming the file.
+    Run in a subprocess because without the check Caffe may crash."""
+    import subprocess
+    import sys
+    datasets.make_voc(root, ids=['a', 'b'], size=(6, 7), n_classes=21, split='val')
+    params = {} if how == 'bind' else {'num_classes': 3}
+    r = subprocess.run([sys.executable, '-c', TRAIN_SCRIPT, str(root / 'n.prototxt'),
+                        json.dumps(params), how], capture_output=True, text=True, timeout=120,
+                       cwd=common.REPO, env=dict(os.environ, PYTHONPATH=common.REPO))
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    if how == 'bind':
+        assert "bound {'label': 3}" in r.stdout
+    assert 'error: ' in r.stdout and 'SegmentationClass' in r.stdout, r.stdout
+    assert 'are neither a class (0..2)' in r.stdout, r.stdout

@@ -1,4 +1,4 @@
-"""score.py: the metrics against hand-computed values, evaluation through real Caffe nets
+"""metrics.py against hand-computed values; score.py's evaluation through real Caffe nets
 fed by layers.py's data layers on tiny generated datasets, and the command's errors.
 
     .venv/bin/python -m pytest tests/test_score.py -q
@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import common
+import metrics
 import score
 from datasets import random_weights  # tests/datasets.py
 
@@ -34,23 +35,23 @@ HIST = np.array([[3, 1, 0], [1, 1, 0], [0, 0, 0]])
 
 
 def test_fast_hist_hand_example():
-    h = score.fast_hist(GT, PRED, 3)
+    h = metrics.fast_hist(GT, PRED, 3)
     np.testing.assert_array_equal(h, HIST)
     assert h.dtype == np.int64
     # float labels as they come out of a Caffe blob; -1 also ignored
-    h = score.fast_hist(np.array([0., 1., -1., 2.]), np.array([0, 1, 2, 0]), 3)
+    h = metrics.fast_hist(np.array([0., 1., -1., 2.]), np.array([0, 1, 2, 0]), 3)
     np.testing.assert_array_equal(h, [[1, 0, 0], [0, 1, 0], [1, 0, 0]])
 
 
 def test_fast_hist_errors():
     with pytest.raises(ValueError, match='outside'):
-        score.fast_hist(np.array([0, 1]), np.array([0, 3]), 3)
+        metrics.fast_hist(np.array([0, 1]), np.array([0, 3]), 3)
     with pytest.raises(ValueError, match='3 labels but 2'):
-        score.fast_hist(np.array([0, 1, 2]), np.array([0, 1]), 3)
+        metrics.fast_hist(np.array([0, 1, 2]), np.array([0, 1]), 3)
 
 
 def test_scores_hand_example():
-    s = score.scores(HIST)
+    s = metrics.scores(HIST)
     assert s['pixels'] == 6
     assert s['overall_acc'] == pytest.approx(4 / 6)
     # per-class acc: 3/4, 1/2, NaN (absent)       -> mean of the two defined ones
@@ -69,7 +70,7 @@ def test_scores_hand_example():
 def test_scores_predicted_but_absent_class_counts_zero():
     hist = HIST.copy()
     hist[0, 2] = 2  # two gt-0 pixels predicted as class 2: IU(2) = 0, acc(2) undefined
-    s = score.scores(hist)
+    s = metrics.scores(hist)
     assert s['per_class_iu'][2] == 0.0
     assert math.isnan(s['per_class_acc'][2])
     assert s['per_class_iu'][0] == pytest.approx(3 / 7)
@@ -79,36 +80,36 @@ def test_scores_predicted_but_absent_class_counts_zero():
 def test_scores_exclude():
     hist = HIST.copy()
     hist[0, 2] = 2
-    s = score.scores(hist, exclude=[2])
+    s = metrics.scores(hist, exclude=[2])
     assert s['excluded'] == [2]
     assert math.isnan(s['per_class_iu'][2])
     assert s['mean_iu'] == pytest.approx((3 / 7 + 1 / 3) / 2)
     assert s['overall_acc'] == pytest.approx(4 / 8)  # pixels stay in the matrix
     with pytest.raises(ValueError, match='outside'):
-        score.scores(HIST, exclude=[3])
+        metrics.scores(HIST, exclude=[3])
 
 
 def test_scores_empty_no_warnings():
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        s = score.scores(np.zeros((3, 3)))
+        s = metrics.scores(np.zeros((3, 3)))
     assert math.isnan(s['overall_acc']) and math.isnan(s['mean_iu'])
     assert s['fwavacc'] == 0.0
 
 
 def test_jsonable_writes_nan_as_null():
-    text = json.dumps(score.jsonable(score.scores(HIST)), allow_nan=False)
+    text = json.dumps(metrics.jsonable(metrics.scores(HIST)), allow_nan=False)
     back = json.loads(text)
     assert back['per_class_iu'][2] is None
     assert back['mean_iu'] == pytest.approx((3 / 5 + 1 / 3) / 2)
 
 
 def test_confusion_matrix_update_compute_format():
-    cm = score.ConfusionMatrix(3, exclude=[1])
+    cm = metrics.ConfusionMatrix(3, exclude=[1])
     cm.update(GT, PRED)
     cm.update(GT[:, :2], PRED[:, :2])
-    np.testing.assert_array_equal(cm.hist, HIST + score.fast_hist(GT[:, :2], PRED[:, :2], 3))
+    np.testing.assert_array_equal(cm.hist, HIST + metrics.fast_hist(GT[:, :2], PRED[:, :2], 3))
     s = cm.compute()
     assert s['images'] == 2 and s['excluded'] == [1]
     table = cm.format(['sky', 'horizontal', 'vertical'])
@@ -155,7 +156,7 @@ def expected(voc_dir, ids, n_classes=3):
         s = c[:, None, None] * x[None] - (c ** 2 / 2)[:, None, None]
         pred = s.argmax(0)
         preds.append(pred)
-        hist += score.fast_hist(gt, pred, n_classes)
+        hist += metrics.fast_hist(gt, pred, n_classes)
         valid = gt != 255
         logp = s - s.max(0) - np.log(np.exp(s - s.max(0)).sum(0))
         losses.append(-logp[gt[valid], np.nonzero(valid)[0], np.nonzero(valid)[1]].sum())
@@ -180,11 +181,11 @@ def test_evaluate_with_layers_py(tmp_path, voc, capsys):
 
     save = tmp_path / 'pred'
     ev = score.evaluate(net, ids, save_dir=str(save), progress=True)
-    hist, loss = ev
+    hist, loss = ev.hist, ev.loss
     np.testing.assert_array_equal(hist, want_hist)
     assert loss == pytest.approx(want_loss, rel=1e-4)
     assert ev.scores['per_class_iu'][2] == 0.0 and ev.scores['images'] == 3
-    assert ev.scores['mean_iu'] == pytest.approx(score.scores(want_hist)['mean_iu'])
+    assert ev.scores['mean_iu'] == pytest.approx(metrics.scores(want_hist)['mean_iu'])
     for idx, pred in zip(ids, preds):
         im = Image.open(save / (idx + '.png'))
         assert im.mode == 'P'
@@ -193,8 +194,8 @@ def test_evaluate_with_layers_py(tmp_path, voc, capsys):
 
     # a second run (the data layer wrapped around to the first image) into the same
     # folder: no error, same result
-    hist2, _ = score.evaluate(net, ids, save_dir=str(save), progress=False)
-    np.testing.assert_array_equal(hist2, want_hist)
+    ev2 = score.evaluate(net, ids, save_dir=str(save), progress=False)
+    np.testing.assert_array_equal(ev2.hist, want_hist)
     assert sorted(os.listdir(save)) == sorted(i + '.png' for i in ids)
 
 
@@ -205,32 +206,7 @@ def test_evaluate_errors(tmp_path, voc):
     with pytest.raises(ValueError, match="no blob 'score_sem'"):
         score.evaluate(net, ids, layer='score_sem')
     assert score.loss_blob(net) == 'loss'
-    hist, loss = score.evaluate(net, ids[:1], loss=None, progress=False)
-    assert loss is None
-
-
-def test_seg_tests_with_solver(tmp_path, voc, capsys):
-    """The training loop's call: the test net shares the solver net's weights."""
-    voc_dir, ids = voc
-    proto = tmp_path / 'net.prototxt'
-    proto.write_text(str(scoring_spec(voc_dir).to_proto()))
-    (tmp_path / 'solver.prototxt').write_text(
-        'train_net: "%s"\ntest_net: "%s"\ntest_iter: 3\ntest_interval: 999999999\n'
-        'test_initialization: false\nbase_lr: 0\nlr_policy: "fixed"\ndisplay: 0\n'
-        'snapshot_prefix: "%s"\n' % (proto, proto, tmp_path / 'snap'))
-    solver = caffe.SGDSolver(str(tmp_path / 'solver.prototxt'))
-    set_score_weights(solver.net)  # only the training net: share_with must carry them over
-    want_hist, want_loss, _ = expected(str(voc_dir), ids)
-    hist = score.seg_tests(solver, str(tmp_path / 'seg' / 'iter{}'), ids)
-    np.testing.assert_array_equal(hist, want_hist)
-    out = capsys.readouterr().out
-    assert 'Begin seg tests' in out
-    for metric in ('loss', 'overall accuracy', 'mean accuracy', 'mean IU', 'fwavacc'):
-        assert 'Iteration 0 %s' % metric in out
-    assert len(os.listdir(tmp_path / 'seg' / 'iter0')) == 3
-    ev = score.seg_evaluate(solver, None, ids)
-    assert ev.scores['iteration'] == 0 and ev.scores['loss'] == pytest.approx(want_loss, rel=1e-4)
-    assert ev.scores['overall_acc'] == pytest.approx(np.trace(want_hist) / want_hist.sum())
+    assert score.evaluate(net, ids[:1], loss=None, progress=False).loss is None
 
 
 # ----------------------------------------------------------------------------- command
@@ -349,3 +325,104 @@ def test_class_info():
     names, exclude = score.class_info('voc', 'label', 'seg11valid', 21)
     assert names[0] == 'background' and names[20] == 'tvmonitor' and exclude == []
     assert score.class_info('voc', 'label', None, 5)[0] == ['0', '1', '2', '3', '4']
+
+
+# ----------------------------------------------------------------------------- nothing lost
+
+def test_labels_outside_the_classes_are_refused_not_dropped(tmp_path):
+    """F10: a 3-class net on labels up to 20 (and 255 void): the old matrix dropped the
+    pixels of classes 3..20 silently; now the image and the values are named."""
+    datasets = pytest.importorskip('datasets')
+    ids = datasets.make_voc(tmp_path / 'data', n_classes=21)
+    voc_dir = tmp_path / 'data' / 'pascal' / 'VOC2011'
+    (tmp_path / 'val.prototxt').write_text(str(scoring_spec(voc_dir, 3).to_proto()))
+    net = caffe.Net(str(tmp_path / 'val.prototxt'), caffe.TEST)
+    with pytest.raises(ValueError, match=r'image %s, label: label values .*outside 0\.\.2 '
+                                         r'and 255' % ids[0]):
+        score.evaluate(net, ids, progress=False, loss=None)
+    cm = metrics.ConfusionMatrix(3)
+    cm.update(GT, PRED)
+    assert cm.compute()['void_pixels'] == 2  # 255 is counted as void, not scored
+
+
+def test_cli_label_beyond_the_net_names_the_file(tmp_path, voc_model):
+    """F10: a label PNG holding 30 (VOC has 21 classes) is an error naming the file."""
+    mdir, weights, ids = voc_model
+    png = tmp_path / 'data' / 'pascal' / 'VOC2011' / 'SegmentationClass' / (ids[1] + '.png')
+    label = np.array(Image.open(png))
+    label[3, 3] = 30
+    common.save_label_png(str(png), label)
+    r = run_score('--model', mdir, '--weights', weights, '--data-root', tmp_path / 'data',
+                  '--quiet')
+    assert_one_line_error(r, str(png), '30')
+
+
+def test_save_pred_into_the_dataset_is_refused(tmp_path, voc_model):
+    """F3: predictions saved into the label folder replaced the ground truth (a rescore
+    then read mean IU 100). Refused before scoring, naming both; nothing changes."""
+    mdir, weights, ids = voc_model
+    gt_dir = tmp_path / 'data' / 'pascal' / 'VOC2011' / 'SegmentationClass'
+    before = {p: p.read_bytes() for p in gt_dir.iterdir()}
+    r = run_score('--model', mdir, '--weights', weights, '--data-root', tmp_path / 'data',
+                  '--save-pred', gt_dir)
+    assert_one_line_error(r, str(gt_dir), str(tmp_path / 'data' / 'pascal' / 'VOC2011'))
+    assert 'scoring' not in r.stdout
+    assert {p: p.read_bytes() for p in gt_dir.iterdir()} == before
+
+
+def test_out_checked_before_scoring(tmp_path, voc_model):
+    """F24: an --out that cannot be written was found only after scoring (the results
+    lost); it is refused first. So is an --out that is the weights file."""
+    mdir, weights, ids = voc_model
+    (tmp_path / 'afile').write_text('x')
+    base = ['--model', mdir, '--weights', weights, '--data-root', tmp_path / 'data', '--quiet']
+    r = run_score(*base, '--out', tmp_path / 'afile' / 'r.json')
+    assert_one_line_error(r, '--out', 'afile')
+    assert 'scoring' not in r.stdout
+    (tmp_path / 'res').mkdir()  # a folder, not a file
+    r = run_score(*base, '--out', tmp_path / 'res')
+    assert_one_line_error(r, '--out', 'folder')
+    size = os.path.getsize(weights)
+    r = run_score(*base, '--out', weights)
+    assert_one_line_error(r, weights)
+    assert 'scoring' not in r.stdout and os.path.getsize(weights) == size
+
+
+def test_out_on_a_full_disk_names_the_file(tmp_path, voc_model, monkeypatch, capsys):
+    """F25: ENOSPC while writing --out (an injected writer fault) names the file and
+    leaves neither a partial file nor a .part."""
+    import errno
+    mdir, weights, ids = voc_model
+    out = tmp_path / 'res' / 'r.json'
+    monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path / 'data'))
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    real_dump = metrics.json.dumps
+
+    def dumps(*a, **k):  # the disk fills up once the scores are ready
+        monkeypatch.setattr(os, 'write', full)
+        return real_dump(*a, **k)
+    monkeypatch.setattr(metrics.json, 'dumps', dumps)
+    with pytest.raises(SystemExit) as e:
+        common.run_cli(score.main, ['--model', str(mdir), '--weights', weights, '--out', str(out),
+                                    '--quiet'])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and 'No space left' in err[0], err
+    assert os.listdir(out.parent) == []
+
+
+def test_cli_context_label_list_not_utf8_names_it(tmp_path):
+    """F25: a 59_labels.txt that does not decode was reported as val.prototxt's fault."""
+    net = pytest.importorskip('net')
+    datasets = pytest.importorskip('datasets')
+    mdir = tmp_path / 'pascalcontext-fcn32s'
+    net.write_model_dir(str(mdir), 'pascalcontext-fcn32s', widths=NARROW)
+    datasets.make_pascalcontext(tmp_path / 'data', ids=datasets.CONTEXT_IDS[:1])
+    bad = tmp_path / 'data' / 'pascal-context' / '59_labels.txt'
+    bad.write_bytes(b'1: aeroplane\n2: \xe9bicycle\n')
+    weights = random_weights(os.path.join(mdir, 'deploy.prototxt'), tmp_path / 'w.caffemodel')
+    r = run_score('--model', mdir, '--weights', weights, '--data-root', tmp_path / 'data')
+    assert_one_line_error(r, str(bad), 'UTF-8')
+    assert 'val.prototxt' not in r.stderr

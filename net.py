@@ -319,14 +319,18 @@ def data_tops(n, dataset, split, inputs, labels, data_layer=None, data_params=No
 def fcn(head='8s', split='train', dataset='voc', num_classes=None, widths=VGG16_WIDTHS,
         data_layer=None, data_params=None, at_once=False):
     """A VGG16 FCN-32s/16s/8s with one image input `data` and one label `label`:
-    the VOC and PASCAL-Context nets. Returns a caffe_pb2.NetParameter.
+    the VOC and PASCAL-Context nets (and a user's dataset of models.py with one label
+    top). Returns a caffe_pb2.NetParameter.
 
     split: 'train' (with dropout), 'val' (scoring) or 'deploy' (Input, no loss).
     num_classes: default 21 for VOC, 60 for PASCAL-Context (background + 59).
     data_layer/data_params: the Python data layer (default: DATA[dataset][split]).
     at_once: the all-at-once FCN-8s (scaled pool skips)."""
     _check_choice('head', head, HEADS)
-    _check_choice('dataset', dataset, ('voc', 'pascalcontext'))
+    labels = [lab.top for lab in models.dataset(dataset).labels]
+    if labels != ['label']:
+        raise ValueError('fcn() nets have one label top `label`; dataset %s has %s (use its '
+                         'own builder)' % (dataset, ', '.join(labels)))
     num_classes = num_classes or len(models.dataset(dataset).classes)
     _check_positive('num_classes', num_classes)
     if at_once and head != '8s':

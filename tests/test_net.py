@@ -1,4 +1,5 @@
-"""net.py and the prototxts it generated, checked on real pycaffe against FCN-SPEC.md.
+"""net.py and the prototxts it generated, checked on real pycaffe against docs/fcn.md and
+docs/training.md (the nets, offsets and solvers of the papers and the release).
 
     .venv/bin/python -m pytest tests/test_net.py -q      # about 20-30 s on 2 cores
 
@@ -416,7 +417,7 @@ def test_narrow_train_net_runs(model):
 # ---------------------------------------------------------------------------
 # Solvers and the MODELS table.
 
-SOLVERS = {  # FCN-SPEC section 3: base_lr, momentum, iter_size, max_iter, test_iter, snapshot
+SOLVERS = {  # docs/training.md: base_lr, momentum, iter_size, max_iter, test_iter, snapshot
     'voc-fcn32s': (1e-10, 0.99, 1, 100000, 736, 4000),
     'voc-fcn8s': (1e-14, 0.99, 1, 100000, 736, 4000),
     'voc-fcn8s-atonce': (1e-10, 0.99, 1, 300000, 736, 4000),

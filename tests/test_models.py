@@ -1,0 +1,208 @@
+"""models.py, the registry: lookups, a user's model.json, and the facts still written
+elsewhere kept equal to it until they are read from it (issue 13, phase 2).
+
+    .venv/bin/python -m pytest tests/test_models.py -q      # a few seconds
+"""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import common
+import models
+from common import InputError
+
+
+@pytest.fixture
+def registry():
+    """Leaves models.MODELS and models.DATASETS as they were after the test."""
+    saved = dict(models.MODELS), dict(models.DATASETS)
+    yield models
+    for table, old in zip((models.MODELS, models.DATASETS), saved):
+        table.clear()
+        table.update(old)
+
+
+def test_get_by_id_folder_and_classifier():
+    spec = models.get('nyud-fcn32s-color-hha')
+    assert (spec.folder, spec.family, spec.dataset, spec.head) == (
+        'nyud-fcn/fcn32s-color-hha', 'nyud-fcn', 'nyud', '32s')
+    assert models.get('nyud-fcn/fcn32s-color-hha') is spec        # the card's folder
+    assert models.get('nyud-fcn32s-color-hha/') is spec           # the release's folder
+    assert models.get(os.path.join(common.REPO, 'voc-fcn8s')) is models.get('voc-fcn8s')
+    assert models.get('vgg16').kind == 'classifier' and spec.kind == 'fcn'
+    assert [p.suffix for p in spec.parents] == ['color', 'hha'] and spec.init == 'transplant'
+    assert models.model_dir(spec) == os.path.join(common.REPO, 'nyud-fcn32s-color-hha')
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(InputError) as e:
+        models.get('voc-fcn4s')
+    for name in ('voc-fcn8s', 'pascalcontext-fcn32s', 'vgg16', 'caffenet', 'model.json'):
+        assert name in str(e.value)
+    with pytest.raises(InputError, match='known: voc, nyud, siftflow, pascalcontext'):
+        models.dataset('coco')
+
+
+def test_specs_are_frozen_and_checked():
+    spec = models.get('voc-fcn8s')
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.head = '16s'
+    with pytest.raises(InputError, match='head must be one of'):
+        dataclasses.replace(spec, head='4s')
+    with pytest.raises(InputError, match='rounds must be a positive integer'):
+        dataclasses.replace(spec, schedule=models.Schedule(0, 4000))
+
+
+def test_schedule_is_the_training_length():
+    """One source: PASCAL-Context trains 50 x 8000 = 400,000 iterations as the release's
+    loop does; its solver's max_iter 300000 is the release's file value (only `caffe
+    train` would stop there), kept in the solver.prototxt byte for byte."""
+    lengths = {'voc-fcn32s': 100000, 'voc-fcn8s-atonce': 300000, 'nyud-fcn32s-hha': 100000,
+               'siftflow-fcn16s': 100000, 'pascalcontext-fcn8s': 400000}
+    for name, total in lengths.items():
+        assert models.get(name).schedule.total == total, name
+    assert models.get('pascalcontext-fcn32s').solver.max_iter == 300000
+
+
+def test_net_models_is_derived_from_the_registry():
+    import net
+    assert list(net.MODELS) == models.names()
+    for name, m in net.MODELS.items():
+        spec = models.get(name)
+        data = spec.data
+        assert (m['rounds'], m['iters']) == (spec.schedule.rounds, spec.schedule.iters)
+        assert m['test_images'] == data.split(data.score_split).size
+        assert m['classes'] == spec.classes == len(data.labels[0].classes)
+        assert m['parents'] == tuple((p.source, p.suffix) for p in spec.parents)
+    assert net.DATA['voc']['val'] == ('VOCSegDataLayer', {
+        'voc_dir': 'pascal/VOC2011', 'split': 'seg11valid', 'seed': 1337,
+        'mean': [104.00699, 116.66877, 122.67892]})
+
+
+def test_data_layers_hold_the_registry_facts():
+    """layers.py still types the class names, means and directories (phase 2 reads them
+    from models.py); until then they must be the registry's."""
+    import layers
+    d = models.DATASETS
+    assert tuple(layers.VOC_CLASSES) == d['voc'].classes
+    assert tuple(layers.NYUD_CLASSES) == d['nyud'].classes
+    assert tuple(layers.SIFTFLOW_SEM_CLASSES) == d['siftflow'].label('sem').classes
+    assert tuple(layers.SIFTFLOW_GEO_CLASSES) == d['siftflow'].label('geo').classes
+    assert tuple(layers.SIFTFLOW_SEM_ABSENT_IN_TEST) == d['siftflow'].label('sem').excluded
+    assert tuple(layers.CONTEXT_CLASSES) == d['pascalcontext'].classes
+    means = {('voc', 'color'): layers.VOC_MEAN, ('nyud', 'color'): layers.NYUD_COLOR_MEAN,
+             ('nyud', 'hha'): layers.NYUD_HHA_MEAN, ('nyud', 'depth'): (layers.NYUD_LOG_DEPTH_MEAN,),
+             ('siftflow', 'color'): layers.SIFTFLOW_MEAN,
+             ('pascalcontext', 'color'): layers.CONTEXT_MEAN}
+    for (name, kind), mean in means.items():
+        assert tuple(mean) == d[name].input(kind).mean, (name, kind)
+    for spec in d.values():
+        for split in spec.splits:
+            cls = getattr(layers, split.layer)
+            for key, value in split.dirs:
+                assert cls.PARAMS[key] == value, (spec.name, split.name, key)
+
+
+def test_release_records_hold_the_registry_weights():
+    """The caffemodel-url records (weights.py reads them) name the registry's URLs; a size
+    or checksum the registry has must be the record's. Phase 2 generates the records."""
+    import weights
+    for name in models.names():
+        spec = models.get(name)
+        rec = weights.read_url_record(models.model_dir(spec))
+        assert rec['url'] == (spec.weights.url if spec.weights else None), name
+        for key in ('size', 'sha256', 'sha1'):
+            if spec.weights and getattr(spec.weights, key) is not None:
+                assert rec[key] == getattr(spec.weights, key), (name, key)
+    for name, c in models.CLASSIFIERS.items():
+        rec = weights.read_url_record(os.path.join(common.REPO, c.folder, name + '.caffemodel-url'))
+        assert rec['url'] == c.weights.url and rec['sha1'] == c.weights.sha1, name
+
+
+def test_paper_rows_are_reproduce_py_ones():
+    """reproduce.py still types PAPER (phase 2 reads models.PAPER): the two must agree."""
+    import reproduce
+    assert [r.to_dict() for r in models.PAPER] == list(reproduce.PAPER)
+    assert {r.model for r in models.PAPER} - {None} <= set(models.names())
+    assert [r.name for r in models.get('siftflow-fcn16s').paper] == [
+        'FCN-16s semantic', 'FCN-16s geometric']
+
+
+def _user_spec(folder):
+    shapes = models.DatasetSpec(
+        'shapes', 'generated shapes', labels=(models.Labels('label', ('background', 'disc')),),
+        inputs=(models.Input('color', 3, (1.0, 2.0, 3.0), 'BGR'),),
+        splits=(models.Split('train', 10, 'VOCSegDataLayer', (('voc_dir', '/data/shapes'),)),
+                models.Split('val', 4, 'VOCSegDataLayer', (('voc_dir', '/data/shapes'),))),
+        train_split='train', score_split='val', readmes=(), mean_param=True)
+    models.register_dataset(shapes)
+    return dataclasses.replace(
+        models.get('voc-fcn8s'), name='shapes-fcn8s', folder=str(folder), family='shapes-fcn',
+        dataset='shapes', builder='fcn', builder_args=(('head', '8s'), ('dataset', 'shapes')),
+        parents=(models.Parent('vgg16'),), weights=None, title='FCN-8s on shapes')
+
+
+def test_user_model_json_is_found_by_path_and_name(registry, tmp_path):
+    spec = _user_spec(tmp_path)
+    (tmp_path / models.SPEC_FILE).write_text(json.dumps(models.to_dict(spec)))
+    models.DATASETS.pop('shapes')  # model.json carries its dataset whole
+    assert 'shapes-fcn8s' not in models.names()
+    found = models.get(str(tmp_path))
+    assert found == spec and models.get('shapes-fcn8s') is found
+    assert models.model_dir(found) == str(tmp_path) and models.get(str(tmp_path)) is found
+    import net
+    param = net.build_net('shapes-fcn8s', 'train')
+    (layer,) = [l for l in param.layer if l.type == 'Python']
+    assert json.loads(layer.python_param.param_str) == {
+        'voc_dir': '/data/shapes', 'split': 'train', 'seed': 1337, 'mean': [1.0, 2.0, 3.0]}
+    assert [l.convolution_param.num_output for l in param.layer if l.name == 'score_fr'] == [2]
+    solver = net.model_solver('shapes-fcn8s')
+    assert 'test_iter: 4\n' in solver and 'base_lr: 1e-14\n' in solver
+
+
+def test_bad_model_json_is_a_one_line_error(registry, tmp_path):
+    path = tmp_path / models.SPEC_FILE
+    path.write_text('{"name": ')
+    with pytest.raises(InputError, match='model.json: not valid JSON'):
+        models.load(tmp_path)
+    path.write_text(json.dumps({'name': 'x', 'dataset': 'voc'}))
+    with pytest.raises(InputError, match=r'model.json: x: not a model description \(KeyError'):
+        models.load(tmp_path)
+    clash = dataclasses.replace(models.get('voc-fcn8s'), folder=str(tmp_path), title='mine')
+    path.write_text(json.dumps(models.to_dict(clash)))
+    with pytest.raises(InputError, match="model.json: model 'voc-fcn8s' already exists"):
+        models.load(tmp_path)
+    orphan = dataclasses.replace(clash, name='orphan', parents=(models.Parent('no-such-model'),))
+    path.write_text(json.dumps(models.to_dict(orphan)))
+    with pytest.raises(InputError, match="parent 'no-such-model' is not a known model"):
+        models.get(str(tmp_path))
+
+
+def test_docs_models_md_is_current(tmp_path):
+    path = os.path.join(common.REPO, 'docs', 'models.md')
+    with open(path) as f:
+        assert f.read() == models.markdown(), 'docs/models.md is stale: run `python net.py`'
+    import net
+    assert net.DOCS == path and net.all_files(['voc-fcn8s'])[path] == models.markdown()
+    text = models.markdown()
+    for name in models.names() + ['seg11valid 736', 'trainval 795', '65.4', '50 x 8000']:
+        assert name in text, name
+
+
+def test_net_list_and_docs_print_the_registry(capsys):
+    import net
+    assert net.main(['--list']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == models.names()
+    assert '50 x 8000' in lines[models.names().index('pascalcontext-fcn32s')]
+    assert net.main(['--docs']) == 0
+    assert capsys.readouterr().out == models.markdown()
+
+
+def test_models_imports_no_caffe():
+    code = 'import sys, models; models.markdown(); sys.exit("caffe" in sys.modules)'
+    assert subprocess.run([sys.executable, '-c', code], cwd=common.REPO).returncode == 0

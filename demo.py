@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 import common
+import train
 from common import REPO, InputError
 
 CLASSES = ['background', 'disc', 'square', 'triangle', 'ring']
@@ -198,9 +199,9 @@ def main(argv=None):
     train_dir = os.path.join(out, 'train')
     print('3/4 training from scratch, %d rounds x %d iterations, scoring the held-out split '
           'each round' % (args.rounds, args.iters), flush=True)
-    import train
-    records = train.solve(model_dir, ['--rounds', str(args.rounds), '--iters', str(args.iters),
-                                      '--out', train_dir, '--no-resume', '--save-pred'])
+    records = train.solve(train.Model(model_dir),
+                          train.RunConfig(rounds=args.rounds, iters=args.iters, out=train_dir,
+                                          resume=False, seed=args.seed, save_pred=True))
     final = records[-1]
     seg = final['scores']['seg']
     print('\nheld-out per-class IU: %s' % ', '.join(

@@ -4,22 +4,45 @@
     python voc-fcn32s/solve.py --gpu 0             # on GPU 0
     python voc-fcn8s/solve.py --rounds 2 --iters 50 --score-limit 20   # a short run
     python voc-fcn8s/solve.py --weights my.caffemodel --data-root /datasets
+    python voc-fcn8s/solve.py --no-resume --keep-snapshots all
 
-The flow is the paper's (FCN-SPEC section 3): build the solver from the model
-directory's solver.prototxt -> copy the parent net's weights by layer name -> set every
-Deconvolution layer to bilinear interpolation (surgery.interp) -> loop { step(N);
-score the validation split }. Training images are drawn at random with replacement by
-the data layer (seed 1337); scoring walks the split in order.
+From Python: train.solve(train.Model(model_dir), train.RunConfig(rounds=2, iters=50,
+out='/tmp/run')).
+
+The flow is the paper's (section 4.3 and the release's solve.py): build the solver from
+the model directory's solver.prototxt -> copy the parent net's weights by layer name ->
+set every Deconvolution layer to bilinear interpolation (surgery.interp) -> loop
+{ step(N); score the validation split }. Training images are drawn at random with
+replacement by the data layer (seed 1337); scoring walks the split in order.
 
 What this loop adds around Caffe:
-- snapshots (.caffemodel + .solverstate) at the end of each round, written atomically
-  into OUT (default MODEL_DIR/snapshot); a run resumes from the latest one;
+- one run per output folder OUT (default MODEL_DIR/snapshot): OUT/train.lock names the
+  process holding it; a lock left by a process that is gone is taken over;
+- snapshots OUT/train_iter_N.{caffemodel,solverstate} at the end of each round, on
+  Ctrl-C / SIGTERM and before stopping on a bad training file, each completed by a
+  manifest train_iter_N.json written last (sizes, iteration, solver type, parameter
+  shapes, the round's partial loss). Free space is checked before Caffe writes. A run
+  resumes from the latest snapshot whose files are complete and parse and that fits the
+  net and the solver; a damaged one is skipped (and said so); one of another net or
+  solver type is an error. The state names its weights relative to OUT, so a moved or
+  copied folder resumes from its own files. The last 3 snapshots and the best by mean
+  IU are kept (--keep-snapshots N or all);
+- exact resume: Caffe's random generator (Dropout) is reseeded at every iteration from
+  --seed and the iteration, the data layers are put back where they were and the
+  round's loss sum is carried over, so an interrupted run ends with the same weights
+  and log as an uninterrupted one;
 - a machine-readable log OUT/log.jsonl (one JSON object per scoring round: iteration,
-  mean training loss, seconds, metrics per task) and a plot OUT/log.png;
+  mean training loss, seconds, metrics per task) and a plot OUT/log.png; a round whose
+  scoring was interrupted is scored when the run resumes;
 - a NaN or infinite loss stops the run with a message; Ctrl-C or SIGTERM snapshots and
-  exits cleanly (status 130 / 143).
+  exits (status 130 / 143); a second one while scoring or training gives up at once
+  (the last snapshot stays good).
 """
 import argparse
+import contextlib
+import ctypes
+import dataclasses
+import fcntl
 import glob
 import json
 import math
@@ -28,19 +51,162 @@ import re
 import signal
 import sys
 import time
+from typing import Callable, Optional
+
+from matplotlib.figure import Figure
 
 import common
+import layers
+import metrics
+import net
+import score
+import surgery
+import weights
 from common import InputError
 
-def schedule(model_name):
-    """(rounds, iterations per round) of a model in net.MODELS (FCN-SPEC section 3: each
-    round ends with scoring; the solver's max_iter is not what stops training)."""
-    import net
-    m = net.MODELS.get(model_name)
+KEEP_SNAPSHOTS = 3
+SNAPSHOT_RE = re.compile(r'train_iter_(\d+)\.(caffemodel|solverstate|json)$')
+# Adam and AdaDelta keep two history blobs per parameter, the other solvers one.
+HISTORY_PER_PARAM = {'Adam': 2, 'AdaDelta': 2}
+
+
+def model_facts(name):
+    """The registry row of model `name` (None for a folder that is not a released model)."""
+    return net.MODELS.get(name)
+
+
+def schedule(name):
+    """(rounds, iterations per round) of a model (each round ends with scoring; the
+    solver's max_iter is not what stops training); (25, 4000) for other folders."""
+    m = model_facts(name)
     return (m['rounds'], m['iters']) if m else (25, 4000)
 
 
-# --- solver and snapshots -------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A model folder (solver.prototxt, train/val/deploy prototxts) and how it starts:
+    `parent()` gives the weights path to copy by name, or `init(solver)` fills the net
+    (nets built from several parents); neither: the net's own fillers."""
+    dir: str
+    parent: Optional[Callable[[], str]] = None
+    init: Optional[Callable] = None
+
+    @property
+    def name(self):
+        return os.path.basename(os.path.abspath(self.dir))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One training run. rounds x iters iterations, scoring after each round; out: the
+    output folder; score_limit: score only the first N images; weights: start from these
+    instead of the parent; resume: from OUT's latest good snapshot (False deletes OUT's
+    snapshots and log); seed: Caffe's per-iteration random seed (Dropout);
+    keep_snapshots: how many recent snapshots to keep (None: all)."""
+    rounds: int
+    iters: int
+    out: str
+    score_limit: Optional[int] = None
+    weights: Optional[str] = None
+    data_root: Optional[str] = None
+    gpu: Optional[int] = None
+    resume: bool = True
+    seed: int = 1337
+    keep_snapshots: Optional[int] = KEEP_SNAPSHOTS
+    save_pred: bool = False
+
+    def __post_init__(self):
+        for flag, value, least in (('rounds', self.rounds, 1), ('iters', self.iters, 1),
+                                   ('score-limit', self.score_limit, 0),
+                                   ('keep-snapshots', self.keep_snapshots, 1)):
+            if value is not None and value < least:
+                raise InputError('--%s must be at least %d (got %d)' % (flag, least, value))
+        if self.data_root and not os.path.isdir(self.data_root):
+            raise InputError('%s: --data-root is not a directory' % self.data_root)
+        if self.weights and not os.path.isfile(self.weights):
+            raise InputError('%s: weights file not found' % self.weights)
+
+
+# --- where start weights come from -----------------------------------------------------------
+
+def trained_weights(model_name):
+    """Weights of a trained model for a child to start from: the latest good snapshot in
+    MODEL/snapshot/, else the released caffemodel in MODEL/ (see weights.py)."""
+    model_dir = os.path.join(common.REPO, model_name)
+    path = latest_weights(os.path.join(model_dir, 'snapshot'))
+    if path:
+        return path
+    try:
+        released = weights.weights_path(model_name)  # where weights.py puts it
+    except InputError:  # the release never had this model
+        released = None
+    if released and os.path.isfile(released):
+        return released
+    raise InputError('%s: no trained weights (no snapshot/ and no released .caffemodel); '
+                     'train it with `python %s/solve.py` or fetch them with '
+                     '`python weights.py %s`' % (model_dir, model_name, model_name))
+
+
+def latest_weights(out_dir):
+    """The .caffemodel of OUT's latest snapshot whose weights are complete (the size its
+    manifest records; non-empty for one without a manifest), or None."""
+    for it in reversed(snapshot_iters(out_dir)):
+        path = snapshot_path(out_dir, it, 'caffemodel')
+        try:
+            manifest = read_manifest(out_dir, it)
+        except Untrusted:
+            continue
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
+        if size and (manifest is None or manifest.get('caffemodel_bytes') == size):
+            return path
+    return None
+
+
+def latest_state(out_dir):
+    """The .solverstate beside latest_weights(OUT), or None (reproduce.py's question)."""
+    path = latest_weights(out_dir)
+    return path[:-len('.caffemodel')] + '.solverstate' if path else None
+
+
+def ilsvrc_weights(arch):
+    """ilsvrc-nets/<arch>-fcn.caffemodel: the ImageNet classifier cast to convolutions."""
+    path = os.path.join(common.REPO, 'ilsvrc-nets', '%s-fcn.caffemodel' % arch)
+    if not os.path.isfile(path):
+        raise InputError('%s: not found; make it with `python weights.py %s` (downloads the '
+                         'Model Zoo classifier) then `python surgery.py cast --arch %s`'
+                         % (path, arch, arch))
+    return path
+
+
+def _deploy_with_weights(model_name, path):
+    return common.open_net(os.path.join(common.REPO, model_name, 'deploy.prototxt'), 'test',
+                           path, partial=True)
+
+
+def init_color_d(solver):
+    """NYUD color-d: VGG16 (cast) by name, then conv1_1_bgrd from VGG's conv1_1 (paper 5, NYUDv2)."""
+    path = ilsvrc_weights('vgg16')
+    print('starting from %s (conv1_1 -> conv1_1_bgrd)' % path, flush=True)
+    load_weights(solver.net, path)
+    surgery.init_bgrd(solver.net, _deploy_with_weights('voc-fcn32s', path))
+
+
+def init_color_hha(solver):
+    """NYUD color-HHA: the trained color and HHA nets transplanted into suffixed towers."""
+    for model, suffix in (('nyud-fcn32s-color', 'color'), ('nyud-fcn32s-hha', 'hha')):
+        path = trained_weights(model)
+        print('tower %s from %s' % (suffix, path), flush=True)
+        surgery.transplant(solver.net, _deploy_with_weights(model, path), suffix)
+
+
+def load_weights(net_, path):
+    """Copy `path` into `net_` by layer name (a parent's layers into its child: partial on
+    purpose), after checking the shapes (no Caffe abort)."""
+    common.check_weights(path, net_, partial=True)
+    net_.copy_from(path)
+
+
+# --- the solver -------------------------------------------------------------------------------
 
 def read_solver(model_dir):
     """MODEL_DIR/solver.prototxt as a SolverParameter with absolute net paths (checked)."""
@@ -61,147 +227,309 @@ def read_solver(model_dir):
     tests = [os.path.join(model_dir, t) for t in param.test_net]
     del param.test_net[:]
     param.test_net.extend(tests)
-    for net_path in [param.train_net] + tests:
-        common.check_prototxt(net_path)
+    common.check_prototxt(param.train_net, 'train')
+    for net_path in tests:
+        common.check_prototxt(net_path, 'test')
     return param
 
 
 def make_solver(param, out_dir):
-    """A Caffe solver for `param`, its own snapshots off: snapshot() below writes them."""
+    """A Caffe solver for `param`, its own snapshots off (write_snapshot writes them, in
+    binary proto format into OUT/.staging)."""
     caffe = common.import_caffe()
     param.snapshot = 0
+    param.snapshot_format = caffe.proto.caffe_pb2.SolverParameter.BINARYPROTO
     param.snapshot_prefix = os.path.join(out_dir, '.staging', 'train')
     os.makedirs(os.path.join(out_dir, '.staging'), exist_ok=True)
     path = os.path.join(out_dir, 'solver.prototxt')
-    with common.atomic_write(path, 'w') as f:
-        f.write(str(param))
+    with writing(path) as f:
+        f.write(str(param).encode())
     return caffe.get_solver(path)
 
 
-def snapshot(solver, out_dir):
-    """Write OUT/train_iter_N.{caffemodel,solverstate} atomically; returns the state's path.
-
-    Caffe writes both files in place, so it writes them into OUT/.staging and they are
-    renamed into OUT when complete: the weights first, then the state (which names the
-    weights file, so its `learned_net` is pointed at the final path)."""
-    caffe = common.import_caffe()
-    solver.snapshot()
-    stage = os.path.join(out_dir, '.staging')
-    name = 'train_iter_%d' % solver.iter
-    model = os.path.join(out_dir, name + '.caffemodel')
-    os.replace(os.path.join(stage, name + '.caffemodel'), model)
-    state = caffe.proto.caffe_pb2.SolverState()
-    staged_state = os.path.join(stage, name + '.solverstate')
-    with open(staged_state, 'rb') as f:
-        state.ParseFromString(f.read())
-    state.learned_net = model
-    path = os.path.join(out_dir, name + '.solverstate')
-    with common.atomic_write(path) as f:
-        f.write(state.SerializeToString())
-    os.unlink(staged_state)
-    return path
+def solver_type(param):
+    return param.type or 'SGD'
 
 
-def latest_state(out_dir):
-    """The .solverstate of the highest iteration in OUT whose weights exist, or None."""
-    best = None
-    for path in glob.glob(os.path.join(out_dir, 'train_iter_*.solverstate')):
-        m = re.search(r'train_iter_(\d+)\.solverstate$', path)
-        if m and os.path.isfile(path[:-len('.solverstate')] + '.caffemodel'):
-            if best is None or int(m.group(1)) > best[0]:
-                best = (int(m.group(1)), path)
-    return best[1] if best else None
+def param_shapes(net_):
+    """{layer: [blob shape, ...]} of the net's parameters: what a snapshot must fit."""
+    return {name: [list(b.data.shape) for b in blobs] for name, blobs in net_.params.items()}
 
 
-def trained_weights(model_name):
-    """Weights of a trained model for a child to start from: the latest snapshot in
-    MODEL/snapshot/, else the released caffemodel in MODEL/ (see weights.py)."""
-    model_dir = os.path.join(common.REPO, model_name)
-    state = latest_state(os.path.join(model_dir, 'snapshot'))
-    if state:
-        return state[:-len('.solverstate')] + '.caffemodel'
-    import weights
+def param_bytes(net_):
+    return sum(b.data.nbytes for blobs in net_.params.values() for b in blobs)
+
+
+def iteration_seed(seed, iteration):
+    """Caffe's random seed for `iteration` of a run seeded `seed` (unsigned 32 bits)."""
+    return (seed * 1000003 + iteration) % 2 ** 32
+
+
+@contextlib.contextmanager
+def writing(path):
+    """atomic_write(path) with any OS error (a full disk: ENOSPC) naming `path`."""
     try:
-        released = weights.weights_path(model_name)  # where weights.py puts it
-    except InputError:  # the release never had this model
-        released = None
-    if released and os.path.isfile(released):
-        return released
-    raise InputError('%s: no trained weights (no snapshot/ and no released .caffemodel); '
-                     'train it with `python %s/solve.py` or fetch them with '
-                     '`python weights.py %s`' % (model_dir, model_name, model_name))
+        with common.atomic_write(path) as f:
+            yield f
+    except OSError as e:
+        raise InputError('%s: cannot write: %s' % (path, e.strerror or e))
 
 
-def ilsvrc_weights(arch):
-    """ilsvrc-nets/<arch>-fcn.caffemodel: the ImageNet classifier cast to convolutions."""
-    path = os.path.join(common.REPO, 'ilsvrc-nets', '%s-fcn.caffemodel' % arch)
+# --- snapshots -------------------------------------------------------------------------------
+
+def snapshot_path(out_dir, it, ext):
+    return os.path.join(out_dir, 'train_iter_%d.%s' % (it, ext))
+
+
+def snapshot_iters(out_dir):
+    """Iterations of every snapshot file (weights, state or manifest) in OUT, ascending."""
+    found = set()
+    for path in glob.glob(os.path.join(glob.escape(out_dir), 'train_iter_*')):
+        m = SNAPSHOT_RE.search(os.path.basename(path))
+        if m:
+            found.add(int(m.group(1)))
+    return sorted(found)
+
+
+def remove_snapshot(out_dir, it):
+    """Delete snapshot `it` (the manifest first, so a half-deleted one is never trusted)."""
+    for ext in ('json', 'caffemodel', 'solverstate'):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(snapshot_path(out_dir, it, ext))
+
+
+def clean_staging(out_dir):
+    stage = os.path.join(out_dir, '.staging')
+    for name in os.listdir(stage) if os.path.isdir(stage) else ():
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(stage, name))
+
+
+def snapshot_bytes(run):
+    """Disk space a snapshot needs at its peak: weights and state as Caffe writes them,
+    the state again as it is rewritten, and a margin (protobuf overhead, the log)."""
+    w = param_bytes(run.solver.net)
+    state = w * HISTORY_PER_PARAM.get(solver_type(run.param), 1)
+    return w + 2 * state + w // 10 + 16 * 2 ** 20
+
+
+def write_snapshot(run, end_of_round=False):
+    """Write OUT/train_iter_N.{caffemodel,solverstate,json} for the solver's iteration;
+    returns the weights path. Caffe writes into OUT/.staging (after a free-space check:
+    Caffe aborts on a full disk); the files get their final names when complete, the
+    manifest last. On any failure the staging files go and the earlier snapshots stay."""
+    out, it = run.out, run.solver.iter
+    common.check_free_space(out, snapshot_bytes(run), 'snapshot train_iter_%d' % it)
+    caffe = common.import_caffe()
+    stage = os.path.join(out, '.staging')
+    staged = os.path.join(stage, 'train_iter_%d' % it)
+    try:
+        run.solver.snapshot()
+        state = caffe.proto.caffe_pb2.SolverState()
+        with open(staged + '.solverstate', 'rb') as f:
+            state.ParseFromString(f.read())
+        state.learned_net = os.path.basename(snapshot_path(out, it, 'caffemodel'))  # relative to OUT
+        with contextlib.suppress(FileNotFoundError):  # an older snapshot of this iteration
+            os.unlink(snapshot_path(out, it, 'json'))
+        with writing(snapshot_path(out, it, 'solverstate')) as f:
+            f.write(state.SerializeToString())
+        os.replace(staged + '.caffemodel', snapshot_path(out, it, 'caffemodel'))
+        manifest = {'iter': it, 'solver_type': solver_type(run.param), 'seed': run.config.seed,
+                    'caffemodel_bytes': os.path.getsize(snapshot_path(out, it, 'caffemodel')),
+                    'solverstate_bytes': os.path.getsize(snapshot_path(out, it, 'solverstate')),
+                    'params': param_shapes(run.solver.net), 'end_of_round': end_of_round,
+                    'round': run.round}
+        with writing(snapshot_path(out, it, 'json')) as f:
+            f.write(json.dumps(manifest, indent=1).encode())
+    finally:
+        clean_staging(out)
+    run.last_snapshot = it
+    return snapshot_path(out, it, 'caffemodel')
+
+
+class Untrusted(Exception):
+    """A snapshot whose files are missing, incomplete or do not parse: skipped."""
+
+
+def read_manifest(out_dir, it):
+    """Snapshot `it`'s manifest (None when it has none: written before manifests, or cut
+    off before its last file); Untrusted when it does not parse."""
+    path = snapshot_path(out_dir, it, 'json')
     if not os.path.isfile(path):
-        raise InputError('%s: not found; make it with `python weights.py %s` (downloads the '
-                         'Model Zoo classifier) then `python surgery.py cast --arch %s`'
-                         % (path, arch, arch))
-    return path
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (ValueError, OSError) as e:
+        raise Untrusted('manifest %s unreadable (%s)' % (path, e))
+    if not isinstance(manifest, dict) or manifest.get('iter') != it or 'round' not in manifest:
+        raise Untrusted('manifest %s is not of iteration %d' % (path, it))
+    return manifest
 
 
-def _deploy_with_weights(model_name, weights):
-    return common.open_net(os.path.join(common.REPO, model_name, 'deploy.prototxt'), 'test', weights)
+def check_manifest(run, it, manifest):
+    """Untrusted unless the files have the sizes the manifest recorded; InputError when
+    the snapshot is complete but of another solver type or net (Caffe would abort)."""
+    for ext in ('caffemodel', 'solverstate'):
+        path = snapshot_path(run.out, it, ext)
+        size = os.path.getsize(path) if os.path.isfile(path) else None
+        if size != manifest.get(ext + '_bytes'):
+            raise Untrusted('%s has %s bytes, its manifest says %s'
+                            % (path, size, manifest.get(ext + '_bytes')))
+    redo = ('; --no-resume starts over (deleting the snapshots and the log) or pass '
+            'another --out')
+    if manifest.get('solver_type') != solver_type(run.param):
+        raise InputError('%s: written by a %s solver, solver.prototxt now says %s%s'
+                         % (snapshot_path(run.out, it, 'json'), manifest.get('solver_type'),
+                            solver_type(run.param), redo))
+    if manifest.get('params') != param_shapes(run.solver.net):
+        raise InputError('%s: written for a net with other parameter shapes than %s%s'
+                         % (snapshot_path(run.out, it, 'json'), run.param.train_net, redo))
 
 
-def init_color_d(solver):
-    """NYUD color-d: VGG16 (cast) by name, then conv1_1_bgrd from VGG's conv1_1 (FCN-SPEC 2)."""
-    import surgery
-    weights = ilsvrc_weights('vgg16')
-    print('starting from %s (conv1_1 -> conv1_1_bgrd)' % weights, flush=True)
-    load_weights(solver.net, weights)
-    vgg = _deploy_with_weights('voc-fcn32s', weights)
-    surgery.init_bgrd(solver.net, vgg)
+def check_state(run, it):
+    """The parsed SolverState of snapshot `it`, Untrusted unless it parses, holds
+    iteration `it` and one history blob of each parameter's shape per history slot."""
+    caffe = common.import_caffe()
+    path = snapshot_path(run.out, it, 'solverstate')
+    state = caffe.proto.caffe_pb2.SolverState()
+    try:
+        with open(path, 'rb') as f:
+            state.ParseFromString(f.read())
+    except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
+        raise Untrusted('%s does not parse (%s)' % (path, e))
+    shapes = [s for blobs in param_shapes(run.solver.net).values() for s in blobs]
+    shapes = shapes * HISTORY_PER_PARAM.get(solver_type(run.param), 1)
+    stored = [list(b.shape.dim) for b in state.history]
+    if state.iter != it or stored != shapes or any(
+            len(b.data) != math.prod(s) for b, s in zip(state.history, shapes)):
+        raise Untrusted('%s is incomplete or not of this net and solver (iteration %d, %d '
+                        'history blobs, %d expected)' % (path, state.iter, len(stored), len(shapes)))
+    own = os.path.basename(snapshot_path(run.out, it, 'caffemodel'))
+    if state.learned_net != own:  # an older snapshot naming an absolute path: its own file
+        state.learned_net = own
+        with writing(path) as f:
+            f.write(state.SerializeToString())
+    return state
 
 
-def init_color_hha(solver):
-    """NYUD color-HHA: the trained color and HHA nets transplanted into suffixed towers."""
-    import surgery
-    for model, suffix in (('nyud-fcn32s-color', 'color'), ('nyud-fcn32s-hha', 'hha')):
-        weights = trained_weights(model)
-        print('tower %s from %s' % (suffix, weights), flush=True)
-        surgery.transplant(solver.net, _deploy_with_weights(model, weights), suffix)
+def trusted_snapshot(run):
+    """(iteration, manifest or None) of the latest snapshot that is complete and fits, or
+    None when OUT has none. Damaged later ones are reported and deleted."""
+    iters, skipped = snapshot_iters(run.out), []
+    for it in reversed(iters):
+        try:
+            manifest = read_manifest(run.out, it)
+            if manifest is not None:
+                check_manifest(run, it, manifest)
+            try:
+                common.check_weights(snapshot_path(run.out, it, 'caffemodel'), run.solver.net)
+            except InputError as e:
+                raise Untrusted(str(e))
+            check_state(run, it)
+        except Untrusted as e:
+            print('note: snapshot train_iter_%d is not usable: %s' % (it, e), flush=True)
+            skipped.append(it)
+            continue
+        for bad in skipped:
+            remove_snapshot(run.out, bad)
+        if skipped:
+            print('note: resuming from the previous good snapshot, train_iter_%d' % it, flush=True)
+        return it, manifest
+    if iters:
+        raise InputError('%s: no usable snapshot among %d (see the notes above); --no-resume '
+                         'starts over (deleting them)' % (run.out, len(iters)))
+    return None
 
 
-def load_weights(net, weights):
-    """Copy `weights` into `net` by layer name, after checking the shapes (no Caffe abort)."""
-    common.check_weights(weights, net)
-    net.copy_from(weights)
+def restore(run, it, manifest):
+    """Restore solver, weights, data position and the round's partial sums from `it`.
+    The state names its weights relative to OUT (checked above), so Caffe reads it with
+    OUT as the working directory."""
+    state = snapshot_path(run.out, it, 'solverstate')
+    print('resuming from %s' % state, flush=True)
+    cwd = os.getcwd()
+    os.chdir(run.out)
+    try:
+        run.solver.restore(state)
+    finally:
+        os.chdir(cwd)
+    if manifest is not None:
+        run.round = dict(manifest['round'])
+        if manifest.get('seed') != run.config.seed:
+            print('note: the run was seeded %s, now %d: the resumed run will not repeat an '
+                  'uninterrupted one exactly' % (manifest.get('seed'), run.config.seed), flush=True)
+    else:  # a snapshot from before manifests: the round's loss starts here
+        run.round = new_round(it)
+    run.last_snapshot = it
+    seek_data(run.solver.net, it * max(1, run.param.iter_size))  # same image stream
+    rewrite_log(run.out, read_log(run.out, upto=it))
+    if manifest is not None and manifest.get('end_of_round'):
+        if not any(r['iter'] == it for r in read_log(run.out)):
+            print('scoring round %d, which the last run did not finish' % it, flush=True)
+            log_round(run, manifest['round'], os.path.basename(state))
+        run.round = new_round(it)
+
+
+def prune(run):
+    """Delete all but the last `keep_snapshots` snapshots and the best by mean IU."""
+    keep = run.config.keep_snapshots
+    iters = snapshot_iters(run.out)
+    if keep is None or len(iters) <= keep:
+        return
+    kept = set(iters[-keep:])
+    best = max(read_log(run.out), key=mean_iu, default=None)
+    if best is not None and mean_iu(best) >= 0:
+        kept.add(best['iter'])
+    for it in iters:
+        if it not in kept:
+            remove_snapshot(run.out, it)
+
+
+def mean_iu(record):
+    """The record's first task's mean IU ('seg', or SIFT Flow's 'sem'); -1 when none."""
+    scores = record.get('scores') or {}
+    for task in ('seg', 'sem'):
+        if task in scores and scores[task].get('mean_iu') is not None:
+            return scores[task]['mean_iu']
+    return -1
 
 
 # --- scoring and the log ----------------------------------------------------------------------
 
-def seek_data(net, forwards):
+def seek_data(net_, forwards):
     """Put the net's layers.py data layers where `forwards` forward passes leave them."""
-    for layer in net.layers:
+    for layer in net_.layers:
         if hasattr(layer, 'seek'):
             layer.seek(forwards)
 
 
-def score_round(solver, dataset, split, test_net, ids, save_dir=None):
-    """Score the test net (sharing the training weights) on the images `ids`, the start of
-    its split, walking it in order, every output of the net in one pass (score.model_tasks:
-    SIFT Flow's two heads, its absent classes excluded); {task: scores dict (score.scores,
-    with 'loss')}, task 'seg' for `label`, else the label blob's name ('sem', 'geo')."""
-    import score
-    net = solver.test_nets[0]
-    net.share_with(solver.net)
-    seek_data(net, 0)  # every round scores the same images, from the split's start
-    tasks, _ = score.model_tasks(net, dataset, split, test_net, save_dir)
+def score_split(param, score_limit):
+    """(dataset, split, ids) the test net's data layer walks, first `score_limit` only."""
+    if not param.test_net:
+        return None, None, []
+    cls, split, ids = score.net_split_ids(common.read_net_param(param.test_net[0]),
+                                          param.test_net[0])
+    expected = int(param.test_iter[0]) if param.test_iter else len(ids)
+    if len(ids) != expected:
+        print('note: split %s has %d images; the solver expects %d (test_iter)'
+              % (split, len(ids), expected), flush=True)
+    return score.dataset_of(cls), split, ids[:score_limit] if score_limit is not None else ids
+
+
+def score_round(run, save_dir=None):
+    """Score the test net (sharing the training weights) on the run's score ids, the
+    start of its split, walking it in order, every output of the net in one pass
+    (score.model_tasks: SIFT Flow's two heads, its absent classes excluded); {task:
+    scores dict (with 'loss')}, task 'seg' for `label`, else the label blob's name."""
+    if not run.score_ids:
+        return {}
+    net_ = run.solver.test_nets[0]
+    net_.share_with(run.solver.net)
+    seek_data(net_, 0)  # every round scores the same images, from the split's start
+    tasks, _ = score.model_tasks(net_, run.dataset, run.split, run.param.test_net[0], save_dir)
     return {('seg' if ev.gt == 'label' else ev.gt): ev.scores
-            for ev in score.evaluate_tasks(net, ids, tasks, progress=True)}
-
-
-def append_log(out_dir, record):
-    """Add one round's record to OUT/log.jsonl (NaN per-class values become null)."""
-    import metrics
-    path = os.path.join(out_dir, 'log.jsonl')
-    with open(path, 'a') as f:
-        f.write(json.dumps(metrics.jsonable(record), allow_nan=False) + '\n')
-        f.flush()
-        os.fsync(f.fileno())
+            for ev in score.evaluate_tasks(net_, run.score_ids, tasks, progress=True)}
 
 
 def read_log(out_dir, upto=None):
@@ -221,9 +549,10 @@ def read_log(out_dir, upto=None):
 
 
 def rewrite_log(out_dir, records):
-    with common.atomic_write(os.path.join(out_dir, 'log.jsonl'), 'w') as f:
-        for rec in records:
-            f.write(json.dumps(rec) + '\n')
+    """OUT/log.jsonl holding `records` (NaN per-class values as null), atomically."""
+    text = ''.join(json.dumps(metrics.jsonable(r), allow_nan=False) + '\n' for r in records)
+    with writing(os.path.join(out_dir, 'log.jsonl')) as f:
+        f.write(text.encode())
 
 
 def plot_log(out_dir):
@@ -231,54 +560,289 @@ def plot_log(out_dir):
     records = read_log(out_dir)
     if not records:
         return None
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     its = [r['iter'] for r in records]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(its, [r['train_loss'] for r in records], 'o-')
     ax1.set_xlabel('iteration')
     ax1.set_ylabel('mean training loss (sum over pixels)')
     ax1.set_title('training loss')
     for name in records[-1]['scores']:
-        ax2.plot(its, [r['scores'].get(name, {}).get('mean_iu', float('nan')) for r in records],
-                 'o-', label='%s mean IU' % name)
-        ax2.plot(its, [r['scores'].get(name, {}).get('overall_acc', float('nan')) for r in records],
-                 's--', label='%s pixel acc.' % name)
+        for key, style, what in (('mean_iu', 'o-', 'mean IU'), ('overall_acc', 's--', 'pixel acc.')):
+            ax2.plot(its, [(r['scores'].get(name) or {}).get(key) or float('nan') for r in records],
+                     style, label='%s %s' % (name, what))
     ax2.set_xlabel('iteration')
     ax2.set_ylim(0, 1)
     ax2.set_title('validation')
-    ax2.legend(loc='lower right', fontsize=8)
+    if records[-1]['scores']:
+        ax2.legend(loc='lower right', fontsize=8)
     fig.tight_layout()
     path = os.path.join(out_dir, 'log.png')
-    with common.atomic_write(path) as f:
+    with writing(path) as f:
         fig.savefig(f, format='png', dpi=80)
-    plt.close(fig)
     return path
 
 
-# --- the loop -------------------------------------------------------------------------------
+def log_round(run, rnd, snapshot_name):
+    """Score, then add the round's record to the log and redraw the plot; the scoring can
+    be interrupted (the snapshot is written): a rerun scores the round again."""
+    last = run.solver.iter == run.total
+    save = os.path.join(run.out, 'pred') if (run.config.save_pred and last) else None
+    with run.stop.interruptible():
+        results = score_round(run, save)
+    record = {'iter': run.solver.iter, 'train_loss': rnd['loss_sum'] / max(1, rnd['count']),
+              'seconds': round(rnd['seconds'], 2), 'snapshot': snapshot_name, 'scores': results}
+    rewrite_log(run.out, read_log(run.out) + [record])
+    plot_log(run.out)
+    for task, m in results.items():
+        print('>>> iter %d %s: loss %.4g  overall acc %.4f  mean acc %.4f  mean IU %.4f  '
+              'fwavacc %.4f' % (run.solver.iter, task, m['loss'], m['overall_acc'],
+                                m['mean_acc'], m['mean_iu'], m['fwavacc']), flush=True)
+    return record
+
+
+# --- signals, the lock ------------------------------------------------------------------------
+
+class Interrupted(BaseException):
+    """A signal that stops the run at once (a second one, or one during scoring)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
 
 class Stop(object):
-    """Remembers a SIGINT/SIGTERM so the loop can snapshot between iterations."""
+    """Remembers a SIGINT/SIGTERM so the loop can snapshot between iterations; a second
+    one, or one while scoring, raises Interrupted at once."""
 
     def __init__(self):
-        self.signum = None
+        self.signum, self.scoring = None, False
 
     def __call__(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        self.signum = signum
+        again, self.signum = self.signum is not None, signum
+        if again or self.scoring:
+            raise Interrupted(signum)
         print('\n%s received: finishing this iteration, then snapshotting'
               % signal.Signals(signum).name, file=sys.stderr, flush=True)
 
+    @contextlib.contextmanager
+    def interruptible(self):
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+        self.scoring = True
+        try:
+            yield
+        finally:
+            self.scoring = False
 
-def parse_args(model_name, argv):
+
+@contextlib.contextmanager
+def run_lock(out_dir):
+    """Hold OUT/train.lock (flock, released when the process ends however it ends); it
+    holds the pid, so a second run names the first; a stale pid is taken over."""
+    path = os.path.join(out_dir, 'train.lock')
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        holder = os.read(fd, 32).decode(errors='replace').strip()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError('%s: another training run (pid %s) is using this folder; wait for '
+                             'it to finish or pass another --out' % (out_dir, holder or '?'))
+        if holder:
+            print('note: %s was left by pid %s, which is no longer running: taken over'
+                  % (path, holder), flush=True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b'%d\n' % os.getpid(), 0)
+        yield
+        os.ftruncate(fd, 0)  # a clean end: no stale pid for the next run
+    finally:
+        os.close(fd)
+
+
+def keep_forever(obj):
+    """Never free `obj`. After a NaN loss Caffe's heap is already damaged: max pooling's
+    backward pass writes one value before its gradient buffer when a window holds only
+    NaN (its argmax stays -1), so freeing the solver would abort the process with
+    `double free or corruption`; the process ends without ever freeing it."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
+# --- the run: open, start, rounds ------------------------------------------------------------
+
+def new_round(start):
+    return {'start': start, 'loss_sum': 0.0, 'count': 0, 'seconds': 0.0}
+
+
+class Run:
+    """A training run in progress: the model, its config, OUT, the solver, the scored ids
+    and the current round's sums (round: start, loss_sum, count, seconds)."""
+
+    def __init__(self, model, config):
+        self.model, self.config = model, config
+        self.out = os.path.abspath(config.out)
+        self.total = config.rounds * config.iters
+        self.stop = Stop()
+        self.solver, self.round, self.last_snapshot = None, new_round(0), None
+
+    def last_snapshot_name(self):
+        it = self.last_snapshot
+        return 'none' if it is None else snapshot_path(self.out, it, 'caffemodel')
+
+
+@contextlib.contextmanager
+def open_run(model, config):
+    """A Run with OUT locked, the solver built, the signal handlers on (all undone after)."""
+    run = Run(model, config)
+    if config.data_root:  # read by the Python data layers Caffe instantiates
+        os.environ['FCN_DATA_ROOT'] = os.path.abspath(config.data_root)
+    os.makedirs(run.out, exist_ok=True)
+    with run_lock(run.out):
+        run.mode = common.set_mode(config.gpu)
+        run.param = read_solver(os.path.abspath(model.dir))
+        run.dataset, run.split, run.score_ids = score_split(run.param, config.score_limit)
+        run.solver = make_solver(run.param, run.out)
+        for n in [run.solver.net] + list(run.solver.test_nets):
+            layers.bind_num_classes(n)
+        old = {s: signal.signal(s, run.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield run
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def start_fresh(run):
+    """Delete OUT's snapshots and log (a run starting over), copy the start weights,
+    set the Deconvolution layers to bilinear."""
+    model, path = run.model, run.config.weights
+    if not path and model.parent is not None and model.init is None:
+        path = model.parent()
+    deconvs = surgery.deconv_layers(run.solver.net)
+    if path:
+        print('starting from %s' % path, flush=True)
+        load_weights(run.solver.net, path)
+    elif model.init is not None:
+        model.init(run.solver)
+    else:
+        print('starting from the net\'s fillers (no parent given)', flush=True)
+    surgery.interp(run.solver.net, deconvs)  # bilinear upsampling, fixed (lr_mult 0)
+    old = snapshot_iters(run.out)
+    for it in old:  # after the weights are read: --weights may be one of them
+        remove_snapshot(run.out, it)
+    if old:
+        print('note: started over: %d old snapshot(s) in %s deleted' % (len(old), run.out), flush=True)
+    rewrite_log(run.out, [])
+
+
+def start(run):
+    """Resume from OUT's latest good snapshot, or start fresh."""
+    found = trusted_snapshot(run) if run.config.resume else None
+    if found:
+        restore(run, *found)
+    else:
+        start_fresh(run)
+    print('%s on %s: iteration %d of %d, scoring %d images every %d iterations, output %s'
+          % (run.model.name, run.mode, run.solver.iter, run.total, len(run.score_ids),
+             run.config.iters, run.out), flush=True)
+
+
+def step(run):
+    """One iteration, Caffe reseeded first; returns its loss (the sum of the loss tops)."""
+    caffe = common.import_caffe()
+    solver = run.solver
+    caffe.set_random_seed(iteration_seed(run.config.seed, solver.iter))
+    try:
+        solver.step(1)
+    except (InputError, ValueError, OSError) as e:  # a data layer's bad file
+        if solver.iter > (run.last_snapshot or 0) and solver.iter > run.round['start']:
+            path = write_snapshot(run)
+            raise InputError('%s (snapshot %s written at iteration %d: fix it and run again '
+                             'to resume)' % (e, path, solver.iter))
+        raise
+    loss = sum(float(solver.net.blobs[o].data.sum()) for o in solver.net.outputs
+               if o.startswith('loss'))
+    if not math.isfinite(loss):
+        keep_forever(solver)
+        raise InputError('loss became %s at iteration %d: training diverged (check the learning '
+                         'rate and the weights it started from); last good snapshot: %s'
+                         % (loss, solver.iter, run.last_snapshot_name()))
+    return loss
+
+
+def train_round(run):
+    """Step to the end of the round (or of the run); on a signal, snapshot and exit."""
+    solver, display = run.solver, max(1, int(run.param.display or 20))
+    recent, t_print = [], time.time()
+    while solver.iter < run.total:
+        t0 = time.time()
+        loss = step(run)
+        rnd = run.round
+        rnd['loss_sum'] += loss
+        rnd['count'] += 1
+        rnd['seconds'] += time.time() - t0
+        recent = (recent + [loss])[-display:]
+        if solver.iter % display == 0:
+            print('iter %d  loss %.4g  (%.3f s/iter)' % (solver.iter, sum(recent) / len(recent),
+                                                        (time.time() - t_print) / display), flush=True)
+            t_print = time.time()
+        if run.stop.signum is not None:
+            path = write_snapshot(run)
+            print('stopped at iteration %d; snapshot %s; run again to resume'
+                  % (solver.iter, path), file=sys.stderr, flush=True)
+            sys.exit(128 + run.stop.signum)
+        if solver.iter % run.config.iters == 0:
+            return
+
+
+def end_round(run):
+    """Snapshot (marked end of round), score, log, plot, prune; start the next round."""
+    rnd = run.round
+    path = write_snapshot(run, end_of_round=True)
+    log_round(run, rnd, os.path.basename(path)[:-len('.caffemodel')] + '.solverstate')
+    prune(run)
+    run.round = new_round(run.solver.iter)
+
+
+def solve(model, config):
+    """Train `model` (a Model) as `config` (a RunConfig) says; returns the log records.
+    Exits the process on SIGINT/SIGTERM (after a snapshot: status 128 + signal)."""
+    with open_run(model, config) as run:
+        try:
+            start(run)
+            while run.solver.iter < run.total:
+                train_round(run)
+                end_round(run)
+        except Interrupted as e:
+            print('stopped at once (%s); the last snapshot %s is kept; run again to resume'
+                  % (signal.Signals(e.signum).name, run.last_snapshot_name()),
+                  file=sys.stderr, flush=True)
+            sys.exit(128 + e.signum)
+    print('done: %s (log %s, plot %s)' % (run.out, os.path.join(run.out, 'log.jsonl'),
+                                          os.path.join(run.out, 'log.png')), flush=True)
+    return read_log(run.out)
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+def _keep(text):
+    if text == 'all':
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('a number or "all", not %r' % text)
+
+
+def parser(model_name=None):
+    """The flags of a model's solve.py (model_name None: of `python train.py`)."""
     rounds, iters = schedule(model_name)
     p = argparse.ArgumentParser(
-        prog='%s/solve.py' % model_name,
-        description='Train %s the paper\'s way: %d rounds x %d iterations, scoring after each.'
-                    % (model_name, rounds, iters))
+        prog='%s/solve.py' % model_name if model_name else 'train.py',
+        description=('Train %s the paper\'s way: %d rounds x %d iterations, scoring after each.'
+                     % (model_name, rounds, iters)) if model_name else __doc__.split('\n\n')[0],
+        epilog=None if model_name else 'Run a model\'s solve.py: ' + ', '.join(
+            '%s/solve.py' % m for m in sorted(net.MODELS)) + '. Its flags are these.')
     p.add_argument('--gpu', type=int, default=None, help='GPU id (default: CPU)')
     p.add_argument('--weights', default=None,
                    help='weights to start from (default: the parent net, see solve.py)')
@@ -289,126 +853,37 @@ def parse_args(model_name, argv):
     p.add_argument('--data-root', default=None,
                    help='datasets root (default: $FCN_DATA_ROOT or <repo>/data)')
     p.add_argument('--out', default=None, help='snapshots, log and plot (default: MODEL_DIR/snapshot)')
-    p.add_argument('--no-resume', action='store_true', help='start over even if snapshots exist')
+    p.add_argument('--no-resume', action='store_true',
+                   help='start over: delete the snapshots and log already in OUT')
+    p.add_argument('--seed', type=int, default=1337,
+                   help='seeds Caffe\'s random numbers (Dropout) at every iteration (default %(default)s)')
+    p.add_argument('--keep-snapshots', type=_keep, default=KEEP_SNAPSHOTS, metavar='N|all',
+                   help='keep the last N snapshots and the best by mean IU (default %(default)s)')
     p.add_argument('--save-pred', action='store_true',
                    help='write the last round\'s predictions as palette PNGs under OUT/pred')
-    args = p.parse_args(argv)
-    for flag in ('rounds', 'iters'):
-        if getattr(args, flag) < 1:
-            p.error('--%s must be at least 1' % flag)
-    return args
+    return p
 
 
-def solve(model_dir, argv=None, parent=None, init=None):
-    """Train the model in `model_dir`. `parent()` returns the default weights path to start
-    from; `init(solver)` replaces copying them (for nets built from several parents).
-    Returns the list of log records. Exits the process on SIGINT/SIGTERM (after a snapshot)."""
-    model_dir = os.path.abspath(model_dir)
-    name = os.path.basename(model_dir)
-    args = parse_args(name, argv)
-    if args.data_root:
-        if not os.path.isdir(args.data_root):
-            raise InputError('%s: --data-root is not a directory' % args.data_root)
-        os.environ['FCN_DATA_ROOT'] = os.path.abspath(args.data_root)
-    out_dir = os.path.abspath(args.out or os.path.join(model_dir, 'snapshot'))
-    os.makedirs(out_dir, exist_ok=True)
-    mode = common.set_mode(args.gpu)
-    import surgery
-
-    param = read_solver(model_dir)
-    score_ids, dataset, split = [], None, None
-    if param.test_net:  # the scoring split, as its data layer walks it
-        import score
-        cls, split, score_ids = score.net_split_ids(common.read_net_param(param.test_net[0]),
-                                                  param.test_net[0])
-        dataset = score.dataset_of(cls)
-        expected = int(param.test_iter[0]) if param.test_iter else len(score_ids)
-        if len(score_ids) != expected:
-            print('note: split %s has %d images; the solver expects %d (test_iter)'
-                  % (split, len(score_ids), expected), flush=True)
-    if args.score_limit is not None:
-        score_ids = score_ids[:args.score_limit]
-    n_score = len(score_ids)
-    state = None if args.no_resume else latest_state(out_dir)
-    weights = args.weights
-    if not state and not weights and parent is not None and init is None:
-        weights = parent()
-    if weights and not os.path.isfile(weights):
-        raise InputError('%s: weights file not found' % weights)
-
-    solver = make_solver(param, out_dir)
-    deconvs = surgery.deconv_layers(solver.net)
-    if state:
-        print('resuming from %s' % state, flush=True)
-        solver.restore(state)
-        seek_data(solver.net, solver.iter * max(1, param.iter_size))  # same image stream
-        rewrite_log(out_dir, read_log(out_dir, upto=solver.iter))
-    else:
-        if weights:
-            print('starting from %s' % weights, flush=True)
-            load_weights(solver.net, weights)
-        elif init is not None:
-            init(solver)
-        else:
-            print('starting from zero weights (no parent given)', flush=True)
-        surgery.interp(solver.net, deconvs)  # bilinear upsampling, fixed (lr_mult 0)
-        if os.path.exists(os.path.join(out_dir, 'log.jsonl')):
-            rewrite_log(out_dir, [])
-    total = args.rounds * args.iters
-    print('%s on %s: iteration %d of %d, scoring %d images every %d iterations, output %s'
-          % (name, mode, solver.iter, total, n_score, args.iters, out_dir), flush=True)
-
-    stop = Stop()
-    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    display = max(1, int(param.display or 20))
-    try:
-        losses, t0, t_print = [], time.time(), time.time()
-        while solver.iter < total:
-            solver.step(1)
-            loss = sum(float(solver.net.blobs[o].data.sum()) for o in solver.net.outputs
-                       if o.startswith('loss'))
-            if not math.isfinite(loss):
-                prev = latest_state(out_dir)
-                raise InputError('loss became %s at iteration %d: training diverged (check the '
-                                 'learning rate and the weights it started from); last good snapshot: %s'
-                                 % (loss, solver.iter, prev or 'none'))
-            losses.append(loss)
-            if solver.iter % display == 0:
-                now = time.time()
-                print('iter %d  loss %.4g  (%.3f s/iter)'
-                      % (solver.iter, sum(losses[-display:]) / len(losses[-display:]),
-                         (now - t_print) / display), flush=True)
-                t_print = now
-            if stop.signum is not None:
-                path = snapshot(solver, out_dir)
-                print('stopped at iteration %d; snapshot %s; run again to resume'
-                      % (solver.iter, path), file=sys.stderr, flush=True)
-                sys.exit(128 + stop.signum)
-            if solver.iter % args.iters == 0 or solver.iter == total:
-                path = snapshot(solver, out_dir)
-                last = solver.iter == total
-                results = score_round(solver, dataset, split, param.test_net[0], score_ids,
-                                      os.path.join(out_dir, 'pred') if (args.save_pred and last) else None) \
-                    if n_score else {}
-                record = {'iter': solver.iter, 'train_loss': sum(losses) / max(1, len(losses)),
-                          'seconds': round(time.time() - t0, 2), 'snapshot': os.path.basename(path),
-                          'scores': results}
-                append_log(out_dir, record)
-                plot_log(out_dir)
-                for task, m in results.items():
-                    print('>>> iter %d %s: loss %.4g  overall acc %.4f  mean acc %.4f  mean IU %.4f  '
-                          'fwavacc %.4f' % (solver.iter, task, m['loss'], m['overall_acc'],
-                                            m['mean_acc'], m['mean_iu'], m['fwavacc']), flush=True)
-                losses, t0 = [], time.time()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    print('done: %s (log %s, plot %s)' % (out_dir, os.path.join(out_dir, 'log.jsonl'),
-                                          os.path.join(out_dir, 'log.png')), flush=True)
-    return read_log(out_dir)
+def main(solve_file=None, parent=None, init=None, argv=None):
+    """Entry point of a model directory's solve.py (and, without solve_file, of
+    `python train.py`, which says what it is)."""
+    def run(argv):
+        if solve_file is None:
+            p = parser()
+            args = p.parse_args(argv)
+            p.print_help(sys.stderr)
+            return 2
+        model = Model(os.path.dirname(os.path.abspath(solve_file)), parent, init)
+        args = parser(model.name).parse_args(argv)
+        config = RunConfig(rounds=args.rounds, iters=args.iters, score_limit=args.score_limit,
+                           weights=args.weights, data_root=args.data_root, gpu=args.gpu,
+                           out=args.out or os.path.join(model.dir, 'snapshot'),
+                           resume=not args.no_resume, seed=args.seed,
+                           keep_snapshots=args.keep_snapshots, save_pred=args.save_pred)
+        solve(model, config)
+        return 0
+    common.run_cli(run, argv)
 
 
-def main(solve_file, parent=None, init=None, argv=None):
-    """Entry point of a model directory's solve.py."""
-    common.run_cli(lambda a: solve(os.path.dirname(os.path.abspath(solve_file)), a,
-                                   parent=parent, init=init) and 0, argv)
+if __name__ == '__main__':
+    main()

@@ -35,6 +35,11 @@ def voc_model(tmp_path, base_lr=1e-5, momentum=0.9, head='8s'):
     return str(model)
 
 
+def run(model, out, parent=None, init=None, **config):
+    """train.solve with typed arguments: config holds RunConfig's fields (rounds, iters, ...)."""
+    return train.solve(train.Model(model, parent, init), train.RunConfig(out=str(out), **config))
+
+
 def read_params(model_dir, caffemodel):
     n = common.open_net(os.path.join(model_dir, 'deploy.prototxt'), 'test', caffemodel)
     return {k: [b.data.copy() for b in v] for k, v in n.params.items()}
@@ -43,7 +48,7 @@ def read_params(model_dir, caffemodel):
 def test_short_solve_lowers_loss_and_writes_log_plot_snapshot(tmp_path):
     model = voc_model(tmp_path)
     out = str(tmp_path / 'out')
-    records = train.solve(model, ['--rounds', '3', '--iters', '4', '--out', out])
+    records = run(model, out, rounds=3, iters=4)
     assert [r['iter'] for r in records] == [4, 8, 12]
     assert records[-1]['train_loss'] < records[0]['train_loss']
     for r in records:
@@ -69,9 +74,9 @@ def test_short_solve_lowers_loss_and_writes_log_plot_snapshot(tmp_path):
 def test_resume_continues_exactly_where_it_stopped(tmp_path):
     model = voc_model(tmp_path)
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
-    train.solve(model, ['--rounds', '2', '--iters', '3', '--out', straight])
-    train.solve(model, ['--rounds', '1', '--iters', '3', '--out', split])
-    records = train.solve(model, ['--rounds', '2', '--iters', '3', '--out', split])
+    run(model, straight, rounds=2, iters=3)
+    run(model, split, rounds=1, iters=3)
+    records = run(model, split, rounds=2, iters=3)
     assert [r['iter'] for r in records] == [3, 6]
     a = read_params(model, os.path.join(straight, 'train_iter_6.caffemodel'))
     b = read_params(model, os.path.join(split, 'train_iter_6.caffemodel'))
@@ -79,7 +84,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     for k in a:
         for x, y in zip(a[k], b[k]):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
-    assert train.latest_state(split).endswith('train_iter_6.solverstate')
+    assert train.snapshot_iters(split) == [3, 6]
 
 
 def test_nan_loss_stops_with_a_message(tmp_path):
@@ -90,17 +95,15 @@ def test_nan_loss_stops_with_a_message(tmp_path):
     bad = str(tmp_path / 'nan.caffemodel')
     n.save(bad)
     with pytest.raises(common.InputError, match=r'loss became nan at iteration 1: training diverged'):
-        train.solve(model, ['--rounds', '1', '--iters', '30', '--out', str(tmp_path / 'out'),
-                            '--weights', bad])
+        run(model, tmp_path / 'out', rounds=1, iters=30, weights=bad)
 
 
 def test_missing_parent_weights_name_the_file_and_the_command(tmp_path, monkeypatch):
     model = voc_model(tmp_path)
     with pytest.raises(common.InputError, match=r'vgg16-fcn\.caffemodel.*weights\.py vgg16'):
-        train.solve(model, ['--out', str(tmp_path / 'o')],
-                    parent=lambda: train.ilsvrc_weights('vgg16'))
+        run(model, tmp_path / 'o', parent=lambda: train.ilsvrc_weights('vgg16'), rounds=1, iters=1)
     with pytest.raises(common.InputError, match='nope.caffemodel: weights file not found'):
-        train.solve(model, ['--out', str(tmp_path / 'o'), '--weights', str(tmp_path / 'nope.caffemodel')])
+        run(model, tmp_path / 'o', rounds=1, iters=1, weights=str(tmp_path / 'nope.caffemodel'))
 
 
 def test_sigterm_snapshots_and_exits_cleanly_then_resumes(tmp_path):
@@ -122,10 +125,8 @@ def test_sigterm_snapshots_and_exits_cleanly_then_resumes(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert 'Traceback' not in err and 'snapshot' in err
-    state = train.latest_state(out)
-    assert state is not None
-    it = int(state.rsplit('_', 1)[1].split('.')[0])
-    records = train.solve(model, ['--rounds', '1', '--iters', str(it + 2), '--out', out])
+    it = train.snapshot_iters(out)[-1]
+    records = run(model, out, rounds=1, iters=it + 2)
     assert records[-1]['iter'] == it + 2
 
 
@@ -137,8 +138,7 @@ def _solve_dataset(tmp_path, model_name, make, data, widths=WIDTHS):
     model = tmp_path / model_name
     net.write_model_dir(str(model), model_name, widths=widths, data=data,
                         solver={'test_iter': 2, 'base_lr': 1e-6, 'momentum': 0.9})
-    return train.solve(str(model), ['--rounds', '1', '--iters', '2', '--score-limit', '2',
-                                    '--out', str(tmp_path / 'out'), '--data-root', str(root)])
+    return run(str(model), tmp_path / 'out', rounds=1, iters=2, score_limit=2, data_root=str(root))
 
 
 @pytest.mark.parametrize('model_name,second', [('nyud-fcn32s-color-d', 'depth'),

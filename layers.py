@@ -7,6 +7,12 @@ Net files name this module as `module: "layers"` with one of these `layer:` clas
     NYUDSegDataLayer            NYUDv2 in Gupta et al.'s format (color / depth / HHA)
     SIFTFlowSegDataLayer        SIFT Flow, semantic and geometric labels
     PASCALContextSegDataLayer   PASCAL-Context, the 59-class task plus background
+    ADE20KSegDataLayer          ADE20K SceneParsing (150 classes), for PSPNet
+    CityscapesSegDataLayer      Cityscapes fine, the 19 trainIds, for PSPNet
+    VOC2012PSPSegDataLayer      PASCAL VOC 2012, for PSPNet
+
+The three PSPNet layers (on `PSPSegDataLayer`) subtract PSPNet's mean and, for training,
+augment and crop the paper's way (`psp_augment`): their tops are crop x crop.
 
 All of them share one base class, `SegDataLayer`, which parses and checks `param_str`,
 picks the next image id and fills the tops; a subclass only says where its files are and
@@ -60,6 +66,7 @@ import random
 
 import numpy as np
 import scipy.io
+import scipy.ndimage
 from PIL import Image
 
 import common
@@ -121,6 +128,9 @@ SPLIT_SIZES = {
     ('nyud', 'trainval'): 795, ('nyud', 'test'): 654,
     ('siftflow', 'trainval'): 2486, ('siftflow', 'test'): 200,
     ('pascalcontext', 'val'): 5105,
+    ('ade20k', 'training'): 20210, ('ade20k', 'validation'): 2000,
+    ('cityscapes', 'train'): 2975, ('cityscapes', 'val'): 500, ('cityscapes', 'test'): 1525,
+    ('voc2012', 'train'): 1464, ('voc2012', 'val'): 1449,
 }
 
 
@@ -753,6 +763,390 @@ class PASCALContextSegDataLayer(SegDataLayer):
 
 
 # --------------------------------------------------------------------------------------
+# PSPNet's datasets (Zhao et al., CVPR 2017): ADE20K, Cityscapes, PASCAL VOC 2012
+#
+# PSPNet's preprocessing (the release's): RGB 0-255 minus the mean R 123.68, G 116.779,
+# B 103.939, then BGR order, no division by a standard deviation. Written (B, G, R) here
+# like every mean of this module, since the layers subtract after the switch to BGR.
+PSP_MEAN = (103.939, 116.779, 123.68)
+
+# ADE20K's 150 SceneParsing classes, in the order of the benchmark's objectInfo150 list
+# (label value k + 1 in the annotation PNGs is class k here); the first name of each
+# entry's synonyms.
+ADE20K_CLASSES = (
+    'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed', 'windowpane',
+    'grass', 'cabinet', 'sidewalk', 'person', 'earth', 'door', 'table', 'mountain', 'plant',
+    'curtain', 'chair', 'car', 'water', 'painting', 'sofa', 'shelf', 'house', 'sea',
+    'mirror', 'rug', 'field', 'armchair', 'seat', 'fence', 'desk', 'rock', 'wardrobe',
+    'lamp', 'bathtub', 'railing', 'cushion', 'base', 'box', 'column', 'signboard',
+    'chest of drawers', 'counter', 'sand', 'sink', 'skyscraper', 'fireplace',
+    'refrigerator', 'grandstand', 'path', 'stairs', 'runway', 'case', 'pool table',
+    'pillow', 'screen door', 'stairway', 'river', 'bridge', 'bookcase', 'blind',
+    'coffee table', 'toilet', 'flower', 'book', 'hill', 'bench', 'countertop', 'stove',
+    'palm', 'kitchen island', 'computer', 'swivel chair', 'boat', 'bar', 'arcade machine',
+    'hovel', 'bus', 'towel', 'light', 'truck', 'tower', 'chandelier', 'awning',
+    'streetlight', 'booth', 'television receiver', 'airplane', 'dirt track', 'apparel',
+    'pole', 'land', 'bannister', 'escalator', 'ottoman', 'bottle', 'buffet', 'poster',
+    'stage', 'van', 'ship', 'fountain', 'conveyer belt', 'canopy', 'washer', 'plaything',
+    'swimming pool', 'stool', 'barrel', 'basket', 'waterfall', 'tent', 'bag', 'minibike',
+    'cradle', 'oven', 'ball', 'food', 'step', 'tank', 'trade name', 'microwave', 'pot',
+    'animal', 'bicycle', 'lake', 'dishwasher', 'screen', 'blanket', 'sculpture', 'hood',
+    'sconce', 'vase', 'traffic light', 'tray', 'ashcan', 'fan', 'pier', 'crt screen',
+    'plate', 'monitor', 'bulletin board', 'shower', 'radiator', 'glass', 'clock', 'flag')
+
+# The benchmark's colour for each of the 150 classes (its color150 table), R G B.
+ADE20K_PALETTE = (
+    (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3),
+    (120, 120, 80), (140, 140, 140), (204, 5, 255), (230, 230, 230), (4, 250, 7),
+    (224, 5, 255), (235, 255, 7), (150, 5, 61), (120, 120, 70), (8, 255, 51),
+    (255, 6, 82), (143, 255, 140), (204, 255, 4), (255, 51, 7), (204, 70, 3),
+    (0, 102, 200), (61, 230, 250), (255, 6, 51), (11, 102, 255), (255, 7, 71),
+    (255, 9, 224), (9, 7, 230), (220, 220, 220), (255, 9, 92), (112, 9, 255),
+    (8, 255, 214), (7, 255, 224), (255, 184, 6), (10, 255, 71), (255, 41, 10),
+    (7, 255, 255), (224, 255, 8), (102, 8, 255), (255, 61, 6), (255, 194, 7),
+    (255, 122, 8), (0, 255, 20), (255, 8, 41), (255, 5, 153), (6, 51, 255),
+    (235, 12, 255), (160, 150, 20), (0, 163, 255), (140, 140, 140), (250, 10, 15),
+    (20, 255, 0), (31, 255, 0), (255, 31, 0), (255, 224, 0), (153, 255, 0),
+    (0, 0, 255), (255, 71, 0), (0, 235, 255), (0, 173, 255), (31, 0, 255),
+    (11, 200, 200), (255, 82, 0), (0, 255, 245), (0, 61, 255), (0, 255, 112),
+    (0, 255, 133), (255, 0, 0), (255, 163, 0), (255, 102, 0), (194, 255, 0),
+    (0, 143, 255), (51, 255, 0), (0, 82, 255), (0, 255, 41), (0, 255, 173),
+    (10, 0, 255), (173, 255, 0), (0, 255, 153), (255, 92, 0), (255, 0, 255),
+    (255, 0, 245), (255, 0, 102), (255, 173, 0), (255, 0, 20), (255, 184, 184),
+    (0, 31, 255), (0, 255, 61), (0, 71, 255), (255, 0, 204), (0, 255, 194),
+    (0, 255, 82), (0, 10, 255), (0, 112, 255), (51, 0, 255), (0, 194, 255),
+    (0, 122, 255), (0, 255, 163), (255, 153, 0), (0, 255, 10), (255, 112, 0),
+    (143, 255, 0), (82, 0, 255), (163, 255, 0), (255, 235, 0), (8, 184, 170),
+    (133, 0, 255), (0, 255, 92), (184, 0, 255), (255, 0, 31), (0, 184, 255),
+    (0, 214, 255), (255, 0, 112), (92, 255, 0), (0, 224, 255), (112, 224, 255),
+    (70, 184, 160), (163, 0, 255), (153, 0, 255), (71, 255, 0), (255, 0, 163),
+    (255, 204, 0), (255, 0, 143), (0, 255, 235), (133, 255, 0), (255, 0, 235),
+    (245, 0, 255), (255, 0, 122), (255, 245, 0), (10, 190, 212), (214, 255, 0),
+    (0, 204, 255), (20, 0, 255), (255, 255, 0), (0, 153, 255), (0, 41, 255),
+    (0, 255, 204), (41, 0, 255), (41, 255, 0), (173, 0, 255), (0, 245, 255),
+    (71, 0, 255), (122, 0, 255), (0, 255, 184), (0, 92, 255), (184, 255, 0),
+    (0, 133, 255), (255, 214, 0), (25, 194, 194), (102, 255, 0), (92, 0, 255))
+
+# Cityscapes' label definition (its labels.py): (labelId, name, trainId, colour R G B).
+# The 19 evaluated classes have trainIds 0..18; every other label is 255 (ignored).
+# 'license plate' has labelId -1, which a uint8 labelIds PNG holds as 255.
+CITYSCAPES_LABELS = (
+    (0, 'unlabeled', 255, (0, 0, 0)), (1, 'ego vehicle', 255, (0, 0, 0)),
+    (2, 'rectification border', 255, (0, 0, 0)), (3, 'out of roi', 255, (0, 0, 0)),
+    (4, 'static', 255, (0, 0, 0)), (5, 'dynamic', 255, (111, 74, 0)),
+    (6, 'ground', 255, (81, 0, 81)), (7, 'road', 0, (128, 64, 128)),
+    (8, 'sidewalk', 1, (244, 35, 232)), (9, 'parking', 255, (250, 170, 160)),
+    (10, 'rail track', 255, (230, 150, 140)), (11, 'building', 2, (70, 70, 70)),
+    (12, 'wall', 3, (102, 102, 156)), (13, 'fence', 4, (190, 153, 153)),
+    (14, 'guard rail', 255, (180, 165, 180)), (15, 'bridge', 255, (150, 100, 100)),
+    (16, 'tunnel', 255, (150, 120, 90)), (17, 'pole', 5, (153, 153, 153)),
+    (18, 'polegroup', 255, (153, 153, 153)), (19, 'traffic light', 6, (250, 170, 30)),
+    (20, 'traffic sign', 7, (220, 220, 0)), (21, 'vegetation', 8, (107, 142, 35)),
+    (22, 'terrain', 9, (152, 251, 152)), (23, 'sky', 10, (70, 130, 180)),
+    (24, 'person', 11, (220, 20, 60)), (25, 'rider', 12, (255, 0, 0)),
+    (26, 'car', 13, (0, 0, 142)), (27, 'truck', 14, (0, 0, 70)),
+    (28, 'bus', 15, (0, 60, 100)), (29, 'caravan', 255, (0, 0, 90)),
+    (30, 'trailer', 255, (0, 0, 110)), (31, 'train', 16, (0, 80, 100)),
+    (32, 'motorcycle', 17, (0, 0, 230)), (33, 'bicycle', 18, (119, 11, 32)),
+    (-1, 'license plate', 255, (0, 0, 142)))
+
+_CITYSCAPES_TRAIN = sorted((t, name, colour) for _, name, t, colour in CITYSCAPES_LABELS
+                           if t != 255)
+CITYSCAPES_CLASSES = tuple(name for _, name, _ in _CITYSCAPES_TRAIN)
+CITYSCAPES_PALETTE = tuple(colour for _, _, colour in _CITYSCAPES_TRAIN)
+
+
+def cityscapes_train_ids():
+    """uint8 lookup table of 256: labelIds PNG value -> trainId (255 for ignored labels,
+    and for values Cityscapes does not define, which `CityscapesSegDataLayer` refuses)."""
+    lut = np.full(256, 255, dtype=np.uint8)
+    for label_id, _, train_id, _ in CITYSCAPES_LABELS:
+        lut[label_id % 256] = train_id
+    return lut
+
+
+def read_label_png(path):
+    """H x W values of a one-channel label PNG as stored (palette indices or gray levels,
+    never converted to colours); InputError naming `path` for anything else."""
+    label = read_image(path, what='label', rgb=False)
+    if label.ndim != 2:
+        raise common.InputError('%s: expected a one-channel (palette or gray) label PNG, '
+                                'got shape %s' % (path, label.shape))
+    return label
+
+
+def resize_bilinear(image, size):
+    """H x W x C float32 -> size[0] x size[1] x C, bilinear per channel (Pillow's, which
+    averages over the footprint when shrinking, as MATLAB's imresize of the release's
+    evaluation does)."""
+    h, w = int(size[0]), int(size[1])
+    if image.shape[:2] == (h, w):
+        return np.asarray(image, np.float32)
+    out = np.empty((h, w, image.shape[2]), np.float32)
+    for c in range(image.shape[2]):
+        channel = Image.fromarray(np.ascontiguousarray(image[:, :, c], np.float32), mode='F')
+        out[:, :, c] = np.asarray(channel.resize((w, h), Image.BILINEAR))
+    return out
+
+
+def resize_nearest(label, size):
+    """H x W uint8 label map -> size[0] x size[1], nearest neighbour."""
+    h, w = int(size[0]), int(size[1])
+    if label.shape == (h, w):
+        return label
+    return np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+
+
+def scaled_size(shape, long_side):
+    """(h, w) of an image of `shape` (H, W, ...) resized so its longer side is
+    `long_side`, aspect kept, each side rounded and at least 1."""
+    h, w = shape[:2]
+    s = float(long_side) / max(h, w)
+    return max(1, int(round(h * s))), max(1, int(round(w * s)))
+
+
+def pad_to(image, label, size):
+    """Pad H x W x 3 `image` with 0 (the mean, once it is subtracted) and H x W `label`
+    with 255 (void) at the bottom and right, to at least size = (h, w)."""
+    ph, pw = max(size[0] - label.shape[0], 0), max(size[1] - label.shape[1], 0)
+    if ph or pw:
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=255)
+    return image, label
+
+
+# The Gaussian blur of PSPNet's training augmentation, applied to half of the images:
+# a 5 x 5 kernel of sigma 1.1 (the sigma OpenCV derives for a 5 x 5 kernel), as the
+# authors' later PyTorch re-implementation (semseg) blurs; the paper only says "Gaussian
+# blur" and no training code came with the Caffe release (UNCONFIRMED for the Caffe runs).
+BLUR_SIGMA, BLUR_RADIUS, BLUR_P = 1.1, 2, 0.5
+
+
+def psp_augment(image, label, rng, crop, scale=(0.5, 2.0), rotate=10.0, blur=True,
+                mirror=True):
+    """One training example the PSPNet paper's way (section 5.1): random resize by a factor
+    in `scale`, rotation by an angle in [-rotate, rotate] degrees, Gaussian blur (half the
+    time), horizontal mirror (half the time), then a random crop x crop window, padded
+    with the mean (image) and 255 (label) where the image is smaller. This order is the
+    authors' semseg re-implementation's.
+
+    image: H x W x 3 float32, mean subtracted (0 is the mean colour); label: H x W uint8;
+    rng: a numpy Generator (all randomness comes from it). Returns (crop x crop x 3
+    float32, crop x crop uint8). Rotation zeroes (image) / voids (label) the corners it
+    brings in; the label is resized and rotated by nearest neighbour."""
+    size = scaled_size(label.shape, max(label.shape) * rng.uniform(*scale))
+    image, label = resize_bilinear(image, size), resize_nearest(label, size)
+    if rotate:
+        angle = rng.uniform(-rotate, rotate)
+        image = scipy.ndimage.rotate(image, angle, axes=(1, 0), reshape=False, order=1,
+                                     mode='constant', cval=0.0)
+        label = scipy.ndimage.rotate(label, angle, axes=(1, 0), reshape=False, order=0,
+                                     mode='constant', cval=255)
+    if blur and rng.random() < BLUR_P:
+        image = scipy.ndimage.gaussian_filter(image, (BLUR_SIGMA, BLUR_SIGMA, 0),
+                                              truncate=BLUR_RADIUS / BLUR_SIGMA)
+    if mirror and rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    image, label = pad_to(image, label, (crop, crop))
+    y = rng.integers(0, label.shape[0] - crop + 1)
+    x = rng.integers(0, label.shape[1] - crop + 1)
+    return (np.ascontiguousarray(image[y:y + crop, x:x + crop], np.float32),
+            np.ascontiguousarray(label[y:y + crop, x:x + crop]))
+
+
+def fit_crop(image, label, crop):
+    """The fixed-size view a PSPNet val net scores during training: resized so the longer
+    side is `crop` (image bilinear, label nearest), padded bottom/right with the mean and
+    255 to crop x crop. (The release's evaluation, infer.release_logits, slides full-size
+    crops instead; this is only the training loop's quick look.)"""
+    size = scaled_size(label.shape, crop)
+    return pad_to(resize_bilinear(image, size), resize_nearest(label, size), (crop, crop))
+
+
+def _check_crop(key, value):
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError('%s must be a positive number of pixels or null, got %r' % (key, value))
+    return value
+
+
+def _check_scale(key, value):
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            or not 0 < value[0] <= value[1]):
+        raise ValueError('%s must be [low, high] with 0 < low <= high, got %r' % (key, value))
+    return (float(value[0]), float(value[1]))
+
+
+def _check_angle(key, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 180:
+        raise ValueError('%s must be a number of degrees in 0..180, got %r' % (key, value))
+    return float(value)
+
+
+class PSPSegDataLayer(SegDataLayer):
+    """Base of PSPNet's data layers: tops `data` (3 x H x W float32, BGR minus PSP_MEAN)
+    and `label` (1 x H x W uint8, class 0..C-1, 255 = void).
+
+    Keys besides the common ones and a subclass's directories:
+      crop     null (default): the whole image, as stored; N: every top N x N -- with
+               `augment` psp_augment's random crop, else fit_crop's resized, padded view
+      augment  default: randomize (true for training splits); needs `crop`
+      scale    [0.5, 2.0], rotate (degrees) 10, blur true, mirror true: psp_augment's
+               ranges (the Cityscapes layer defaults to rotate 0, blur false, as the
+               paper augments Cityscapes only by mirror, resize and crop)
+      mean     (B, G, R), default PSP_MEAN
+
+    The augmentation of the k-th forward draws from numpy's default_rng([seed, k]), so
+    a run is the same for a seed, and `seek` (resume) restores it exactly. A subclass
+    provides `read_example(p, idx)` -> (H x W x 3 uint8 RGB, H x W uint8 label), which
+    the evaluation (infer.release_logits) reads too; its labels pass `read_labels`
+    against `num_classes` (default: the dataset's, LABELS; the layer gives the net's).
+    """
+    AUGMENT = {'crop': None, 'augment': None, 'scale': [0.5, 2.0], 'rotate': 10,
+               'blur': True, 'mirror': True, 'mean': PSP_MEAN}
+    CHECKS = dict(SegDataLayer.CHECKS, crop=_check_crop, augment=_check_bool,
+                  scale=_check_scale, rotate=_check_angle, blur=_check_bool,
+                  mirror=_check_bool)
+
+    @classmethod
+    def parse_params(cls, param_str, check_required=True):
+        p = super().parse_params(param_str, check_required)
+        if p.get('augment') is None:  # training splits augment when they crop
+            p['augment'] = bool(p.get('randomize')) and p.get('crop') is not None
+        if p['augment'] and not p.get('crop'):
+            raise ValueError('%s: augment needs a crop size (param_str "crop": 473)'
+                             % cls.__name__)
+        return p
+
+    LABELS = {'label': None}  # a subclass gives its dataset's class count
+
+    @classmethod
+    def read_example(cls, p, idx, num_classes=None):
+        raise NotImplementedError
+
+    def setup(self, bottom, top):
+        self.forwards = 0
+        super().setup(bottom, top)
+
+    def load(self, idx):
+        p = self.params
+        rgb, label = self.read_example(p, idx, self.num_classes['label'])
+        image = rgb[:, :, ::-1].astype(np.float32) - p['mean']  # H x W x 3, BGR
+        if p['augment']:
+            rng = np.random.default_rng([p['seed'], self.forwards])
+            image, label = psp_augment(image, label, rng, p['crop'], p['scale'],
+                                       p['rotate'], p['blur'], p['mirror'])
+        elif p['crop']:
+            image, label = fit_crop(image, label, p['crop'])
+        return [np.ascontiguousarray(image.transpose((2, 0, 1)), np.float32),
+                np.ascontiguousarray(label)[np.newaxis]]
+
+    def forward(self, bottom, top):
+        super().forward(bottom, top)
+        self.forwards += 1
+        if self.params['augment']:
+            self.loaded = None  # a fresh augmentation next time, even of the same image
+
+    def seek(self, forwards):
+        super().seek(forwards)
+        self.forwards = forwards
+        self.loaded = None
+
+
+class ADE20KSegDataLayer(PSPSegDataLayer):
+    """ADE20K, the SceneParsing benchmark's ADEChallengeData2016: label value 0 (other
+    objects, not evaluated) -> 255, 1..150 -> class 0..149 (ADE20K_CLASSES).
+
+    Keys: ade20k_dir (default "ade20k/ADEChallengeData2016"), split (training,
+    validation), and PSPSegDataLayer's. Files: {ade20k_dir}/images/{split}/{id}.jpg,
+    {ade20k_dir}/annotations/{split}/{id}.png (8-bit gray), list
+    {ade20k_dir}/{split}.txt (from data/ade20k/splits.py).
+    """
+    PARAMS = dict(PSPSegDataLayer.AUGMENT, ade20k_dir='ade20k/ADEChallengeData2016')
+    DIRS = ('ade20k_dir',)
+    SPLIT_HINTS = {s: 'derive it with data/ade20k/splits.py' for s in ('training', 'validation')}
+
+    @classmethod
+    def split_path(cls, p):
+        return os.path.join(p['ade20k_dir'], p['split'] + '.txt')
+
+    LABELS = {'label': len(ADE20K_CLASSES)}
+
+    @classmethod
+    def read_example(cls, p, idx, num_classes=None):
+        d, split = p['ade20k_dir'], p['split']
+        rgb = read_image(os.path.join(d, 'images', split, idx + '.jpg'))
+        path = os.path.join(d, 'annotations', split, idx + '.png')
+        return rgb, read_labels(read_label_png(path), path,
+                                num_classes or cls.LABELS['label'], first=1, void=(0,))
+
+
+class CityscapesSegDataLayer(PSPSegDataLayer):
+    """Cityscapes, fine annotations: labelIds -> the 19 trainIds (CITYSCAPES_CLASSES),
+    every other label 255.
+
+    Keys: cityscapes_dir (default "cityscapes"), split (train, val, test), and
+    PSPSegDataLayer's (rotate 0 and blur false by default). Ids are <city>/<city>_<seq>_
+    <frame>; files {cityscapes_dir}/leftImg8bit/{split}/{id}_leftImg8bit.png,
+    {cityscapes_dir}/gtFine/{split}/{id}_gtFine_labelIds.png, list
+    {cityscapes_dir}/{split}.txt (from data/cityscapes/splits.py).
+    """
+    PARAMS = dict(PSPSegDataLayer.AUGMENT, rotate=0, blur=False, cityscapes_dir='cityscapes')
+    DIRS = ('cityscapes_dir',)
+    SPLIT_HINTS = {s: 'derive it with data/cityscapes/splits.py' for s in ('train', 'val', 'test')}
+    LABELS = {'label': len(CITYSCAPES_CLASSES)}
+    TRAIN_IDS = cityscapes_train_ids()
+    DEFINED = np.zeros(256, bool)
+    DEFINED[[label_id % 256 for label_id, _, _, _ in CITYSCAPES_LABELS]] = True
+
+    @classmethod
+    def split_path(cls, p):
+        return os.path.join(p['cityscapes_dir'], p['split'] + '.txt')
+
+    @classmethod
+    def read_example(cls, p, idx, num_classes=None):
+        d, split = p['cityscapes_dir'], p['split']
+        rgb = read_image(os.path.join(d, 'leftImg8bit', split, idx + '_leftImg8bit.png'))
+        path = os.path.join(d, 'gtFine', split, idx + '_gtFine_labelIds.png')
+        label = read_label_png(path)
+        if label.dtype != np.uint8:
+            raise common.InputError('%s: a labelIds PNG is 8-bit, this one is %s'
+                                    % (path, label.dtype))
+        bad = label[~cls.DEFINED[label]]
+        if bad.size:
+            raise common.InputError('%s: label values %s are not Cityscapes labelIds'
+                                    % (path, bad_values(bad)))
+        return rgb, read_labels(cls.TRAIN_IDS[label], path, num_classes or cls.LABELS['label'])
+
+
+class VOC2012PSPSegDataLayer(PSPSegDataLayer):
+    """PASCAL VOC 2012 for PSPNet: labels as stored (class 0-20, 255 = void).
+
+    Keys: voc_dir (default "pascal/VOC2012"), label_dir (default "SegmentationClass";
+    "SegmentationClassAug" for the SBD-augmented training set), split (train, val,
+    trainval, or a list of your own such as train_aug), and PSPSegDataLayer's. Files:
+    {voc_dir}/JPEGImages/{id}.jpg, {voc_dir}/{label_dir}/{id}.png (palette or gray),
+    list {voc_dir}/ImageSets/Segmentation/{split}.txt.
+    """
+    PARAMS = dict(PSPSegDataLayer.AUGMENT, voc_dir='pascal/VOC2012',
+                  label_dir='SegmentationClass')
+    DIRS = ('voc_dir',)
+    CHECKS = dict(PSPSegDataLayer.CHECKS, label_dir=_check_split)
+    LABELS = {'label': len(VOC_CLASSES)}
+
+    @classmethod
+    def split_path(cls, p):
+        return os.path.join(p['voc_dir'], 'ImageSets', 'Segmentation', p['split'] + '.txt')
+
+    @classmethod
+    def read_example(cls, p, idx, num_classes=None):
+        d = p['voc_dir']
+        rgb = read_image(os.path.join(d, 'JPEGImages', idx + '.jpg'))
+        path = os.path.join(d, p['label_dir'], idx + '.png')
+        return rgb, read_labels(read_label_png(path), path, num_classes or cls.LABELS['label'])
+
+
+# --------------------------------------------------------------------------------------
 # Registry for scoring code
 
 DATASETS = {
@@ -764,6 +1158,12 @@ DATASETS = {
                  'absent_in_test': SIFTFLOW_SEM_ABSENT_IN_TEST, 'split': 'test'},
     'pascalcontext': {'layer': PASCALContextSegDataLayer, 'classes': CONTEXT_CLASSES,
                       'split': 'val'},
+    # PSPNet's: 'palette' is the dataset's colours (R, G, B) per class
+    'ade20k': {'layer': ADE20KSegDataLayer, 'classes': ADE20K_CLASSES,
+               'palette': ADE20K_PALETTE, 'split': 'validation'},
+    'cityscapes': {'layer': CityscapesSegDataLayer, 'classes': CITYSCAPES_CLASSES,
+                   'palette': CITYSCAPES_PALETTE, 'split': 'val'},
+    'voc2012': {'layer': VOC2012PSPSegDataLayer, 'classes': VOC_CLASSES, 'split': 'val'},
 }
 
 # split_ids also knows the VOC models' training set.
@@ -782,3 +1182,17 @@ def split_ids(dataset, split=None, **dirs):
             raise ValueError('dataset %r has no default split; give one' % dataset)
         split = DATASETS[dataset]['split']
     return _SPLIT_LAYERS[dataset].ids(split, **dirs)
+
+
+def check_layer(class_name, param_str, ntop):
+    """What setup() would refuse, checked without reading any data (common.check_net
+    calls it for every `module: "layers"` Python layer of a prototxt): ValueError unless
+    `param_str` parses for data layer `class_name` and it is given `ntop` tops."""
+    cls = globals().get(class_name)
+    if not (isinstance(cls, type) and issubclass(cls, SegDataLayer)):
+        return  # not a data layer: nothing to check beyond the class existing
+    p = cls.parse_params(param_str)
+    names = p['tops'] if 'tops' in cls.PARAMS else list(cls.TOPS)  # as top_names() gives them
+    if ntop != len(names):
+        raise ValueError('%s needs %d tops (%s), the net gives it %d'
+                         % (class_name, len(names), ', '.join(names), ntop))

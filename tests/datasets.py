@@ -32,6 +32,18 @@ again on the same root to add images or another split list.
         {context_dir}/trainval/{id}.mat ('LabelMap', ids of the full list),
         labels.txt (CONTEXT_FULL_LABELS) and 59_labels.txt (the 59-class names).
 
+    make_ade20k(root, ids=ADE20K_IDS, size=SIZES, split='validation',
+                ade_dir='ade20k/ADEChallengeData2016', seed=0, write_list=True)
+        {ade_dir}/images/{split}/{id}.jpg, annotations/{split}/{id}.png (8-bit gray,
+        0 = other, 1..150), list {ade_dir}/{split}.txt (unless write_list is false).
+    make_cityscapes(root, ids=CITYSCAPES_IDS, size=SIZES, split='val',
+                    cityscapes_dir='cityscapes', seed=0, write_list=True)
+        leftImg8bit/{split}/{id}_leftImg8bit.png (RGB), gtFine/{split}/{id}_gtFine_labelIds.png
+        (8-bit gray, every Cityscapes labelId, 255 = license plate) beside the
+        _gtFine_color.png a real tree has; ids are <city>/<city>_<seq>_<frame>; list
+        {cityscapes_dir}/{split}.txt.
+    PASCAL VOC 2012 is make_voc(root, voc_dir='pascal/VOC2012', split='val').
+
     make_own(root, train=OWN_TRAIN, val=OWN_VAL, classes=OWN_CLASSES, size=SIZES,
              grayscale=False, seed=0)
         A user's own dataset for `net.py new`: the VOC layout directly under root
@@ -59,6 +71,9 @@ SBDD_IDS = ('2008_000002', '2008_000003', '2008_000007')
 NYUD_IDS = ('5001', '5003', '5004')
 SIFTFLOW_IDS = ('coast_arnat59', 'street_par177', 'forest_for15')
 CONTEXT_IDS = ('2008_000002', '2008_000003', '2008_000007')
+ADE20K_IDS = ('ADE_val_00000001', 'ADE_val_00000002', 'ADE_val_00000003')
+CITYSCAPES_IDS = ('frankfurt/frankfurt_000000_000294', 'frankfurt/frankfurt_000000_000576',
+                  'lindau/lindau_000000_000019')
 SIFTFLOW_SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
 
 # The 59-class list as PASCAL-Context ships it (ids 1..59, its own spellings).
@@ -253,6 +268,41 @@ def make_pascalcontext(root, ids=CONTEXT_IDS, size=SIZES, split='val',
         _savemat(os.path.join(ctx, 'trainval', idx + '.mat'), {'LabelMap': labelmap})
     if split:
         _write_list(os.path.join(voc, 'ImageSets', 'Main', split + '.txt'), ids)
+    return ids
+
+
+def make_ade20k(root, ids=ADE20K_IDS, size=SIZES, split='validation',
+                ade_dir='ade20k/ADEChallengeData2016', seed=0, write_list=True):
+    d = os.path.join(str(root), ade_dir)
+    ids = list(ids)
+    for idx, (h, w) in zip(ids, _sizes(size, len(ids))):
+        rng = _rng(seed, idx)
+        _save(os.path.join(d, 'images', split, idx + '.jpg'), _photo(rng, h, w))
+        label = _blocks(rng, h, w, np.arange(151)).astype(np.uint8)
+        label[0, 0], label[-1, -1] = 0, 150  # "other" (not evaluated) and the last class
+        _save(os.path.join(d, 'annotations', split, idx + '.png'), label)
+    if write_list:
+        _write_list(os.path.join(d, split + '.txt'), ids)
+    return ids
+
+
+def make_cityscapes(root, ids=CITYSCAPES_IDS, size=SIZES, split='val',
+                    cityscapes_dir='cityscapes', seed=0, write_list=True):
+    d = os.path.join(str(root), cityscapes_dir)
+    ids = list(ids)
+    label_ids = np.array(list(range(34)) + [255])  # 255: license plate (labelId -1)
+    for idx, (h, w) in zip(ids, _sizes(size, len(ids))):
+        rng = _rng(seed, idx)
+        _save(os.path.join(d, 'leftImg8bit', split, idx + '_leftImg8bit.png'),
+              _photo(rng, h, w))
+        label = _blocks(rng, h, w, label_ids).astype(np.uint8)
+        n = min(w, len(label_ids))
+        label[0, :n] = label_ids[:n]  # (nearly) every labelId somewhere
+        gt = os.path.join(d, 'gtFine', split, idx + '_gtFine_')
+        _save(gt + 'labelIds.png', label)
+        _save(gt + 'color.png', rng.randint(0, 256, (h, w, 3)).astype(np.uint8))
+    if write_list:
+        _write_list(os.path.join(d, split + '.txt'), ids)
     return ids
 
 

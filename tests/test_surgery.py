@@ -338,5 +338,82 @@ def test_cast_cli_with_net_py(tmp_path, arch, widths):
     # the saved weights load into the full FCN (by name, the head stays zero)
     model = surgery.TRUNK_MODEL[arch]
     (tmp_path / 'deploy.prototxt').write_text(str(net.build_net(model, 'deploy', widths=widths)))
-    full = common.open_net(tmp_path / 'deploy.prototxt', 'test', out)
+    full = common.open_net(tmp_path / 'deploy.prototxt', 'test', out, partial=True)
     np.testing.assert_array_equal(full.params['fc7'][1].data, clf.params['fc7'][1].data)
+
+
+def narrow_classifier(tmp_path, arch='vgg16', widths=(2, 2, 2, 2, 2, 4)):
+    """(prototxt, caffemodel) of net.py's ImageNet classifier `arch` at `widths`, random."""
+    net = pytest.importorskip('net')
+    proto = tmp_path / 'clf.prototxt'
+    proto.write_text(str(net.CLASSIFIERS[arch](widths=widths)))
+    clf = caffe.Net(str(proto), caffe.TEST)
+    fill_random(clf, 3)
+    clf.save(str(tmp_path / 'clf.caffemodel'))
+    return proto, tmp_path / 'clf.caffemodel'
+
+
+def test_cast_cli_mismatched_widths_is_one_line(tmp_path):
+    """F19: a classifier of other widths than --widths gave a ValueError traceback."""
+    proto, weights = narrow_classifier(tmp_path)
+    r = run_cmd('cast', '--prototxt', str(proto), '--weights', str(weights),
+                '--out', str(tmp_path / 'o.caffemodel'), '--widths', '2,2,2,2,2,8', '--quiet')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'clf.caffemodel does not fit the FCN trunk' in lines[0], lines
+    assert 'fc6' in lines[0] and not (tmp_path / 'o.caffemodel').exists()
+    r = run_cmd('cast', '--prototxt', str(proto), '--weights', str(weights),
+                '--out', str(tmp_path / 'o.caffemodel'), '--widths', '2,0,2,2,2,4')
+    assert r.returncode == 1 and r.stderr.startswith('error: --widths'), r.stderr
+
+
+def test_cast_cli_out_is_not_an_input(tmp_path):
+    proto, weights = narrow_classifier(tmp_path)
+    before = weights.read_bytes()
+    r = run_cmd('cast', '--prototxt', str(proto), '--weights', str(weights), '--out', str(weights),
+                '--widths', '2,2,2,2,2,4', '--quiet')
+    assert r.returncode == 1 and str(weights) in r.stderr and 'Traceback' not in r.stderr
+    assert weights.read_bytes() == before
+
+
+def test_cast_full_disk_is_checked_before_caffe_writes(tmp_path, monkeypatch, capsys):
+    """F11: a full disk during Caffe's own write aborts the process and leaves a .part.
+    An injected full disk (shutil.disk_usage reports 1 KB free) is a one-line error naming
+    the folder, before Caffe writes; a .part an aborted earlier save left is removed."""
+    import shutil
+    proto, weights = narrow_classifier(tmp_path)
+    out_dir = tmp_path / 'out'
+    out_dir.mkdir()
+    stale = out_dir / '.fcn.caffemodel.abc123.part'
+    stale.write_bytes(b'half')
+    usage = shutil.disk_usage(str(tmp_path))
+    monkeypatch.setattr(shutil, 'disk_usage', lambda p: usage._replace(free=1000))
+    with pytest.raises(SystemExit) as e:
+        common.run_cli(surgery.main, ['cast', '--prototxt', str(proto), '--weights', str(weights),
+                                      '--out', str(out_dir / 'fcn.caffemodel'),
+                                      '--widths', '2,2,2,2,2,4', '--quiet'])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out_dir) in err[0] and 'free space' in err[0], err
+    assert os.listdir(out_dir) == []
+
+
+def test_cast_on_a_real_full_tmpfs_is_clean(tmp_path):
+    """F11 on a real 4 KB tmpfs (needs root to mount; skipped otherwise): Caffe would abort
+    with `Check failed: SerializeToOstream` (exit 134) and leave a .part."""
+    proto, weights = narrow_classifier(tmp_path, widths=(2, 2, 2, 2, 2, 32))
+    mnt = tmp_path / 'small'
+    mnt.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4k', 'tmpfs', str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip('cannot mount a tmpfs here')
+    try:
+        r = run_cmd('cast', '--prototxt', str(proto), '--weights', str(weights),
+                    '--out', str(mnt / 'fcn.caffemodel'), '--widths', '2,2,2,2,2,32', '--quiet')
+        left = os.listdir(mnt)
+    finally:
+        subprocess.run(['umount', str(mnt)], check=True)
+    assert r.returncode == 1, (r.returncode, r.stderr[-500:])
+    assert 'Traceback' not in r.stderr and 'Check failed' not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and str(mnt) in r.stderr
+    assert left == []

@@ -456,6 +456,317 @@ def siftflow_fcn(head='16s', split='train', widths=VGG16_WIDTHS, data_layer=None
     return n.to_proto()
 
 
+# ---------------------------------------------------------------------------
+# PSPNet (Zhao, Shi, Qi, Wang, Jia, "Pyramid Scene Parsing Network", CVPR 2017), as its
+# authors released it: a Caffe fork with three deploy nets and caffemodels. The nets here
+# have the release's layer names, so its weights load by name once converted
+# (surgery.py pspnet-convert), and use only stock Caffe layers:
+#
+# - Trunk: a dilated ResNet-50/101 with the "deep stem" (three 3x3 convolutions in place
+#   of ResNet's 7x7): conv1_1_3x3_s2, conv1_2_3x3, conv1_3_3x3, pool1_3x3_s2, then
+#   bottleneck blocks convS_B_1x1_reduce / _3x3 / _1x1_increase (+ convS_1_1x1_proj on a
+#   stage's first block), sum convS_B, convS_B/relu. Stage 3 halves the resolution (on
+#   conv3_1_1x1_reduce in pspnet50_ADE20K, on conv3_1_3x3 in both pspnet101 nets; the
+#   projection always has stride 2); stages 4 and 5 keep it, their 3x3 convolutions
+#   dilated 2 and 4. Trunk convolutions have no bias. Feature map F = crop / 8 rounded
+#   up: 473 -> 60, 713 -> 90.
+# - BN: the fork's BN layer (slope, bias, running mean, biased running variance; y =
+#   slope (x - mean) / sqrt(var + 1e-5) + bias) is stock BatchNorm `<conv>/bn`
+#   (use_global_stats, eps 1e-5; blobs mean, var, factor 1) followed by Scale
+#   `<conv>/scale` (bias_term; blobs slope, bias), both in place. The BatchNorm keeps the
+#   fork's layer name; the Scale's name is this project's.
+# - Pyramid pooling (section 3.3): conv5_3_pool{1,2,3,6}: average pooling to b x b bins
+#   (kernel = stride = F / b, F divisible by 6), conv5_3_poolN_conv (1x1, 512, BN, ReLU),
+#   conv5_3_poolN_interp back to F x F; conv5_3_concat [conv5_3, pool6, pool3, pool2,
+#   pool1]; conv5_4 (3x3, 512, BN, ReLU, Dropout 0.1); conv6 (1x1 to the classes, bias);
+#   conv6_interp zooms x8: (F - 1) 8 + 1 = the crop. The output is logits.
+# - The fork's Interp (bilinear with aligned corners: output pixel j of H2 reads input
+#   position j (H1 - 1) / (H2 - 1)) as exact stock constructions, their fixed weights
+#   set by surgery.pspnet_interp from that formula: the x8 zoom a grouped Deconvolution
+#   (kernel 2f - 1, stride f, pad f - 1); b x b -> F x F an InnerProduct on axis 2 with
+#   weights kron(A, A), A the F x b interpolation matrix (layer <name>_flat), then
+#   Reshape <name>; b = 1 (a copy to every position) two Tiles (<name>_h, <name>).
+# - Training only (the release published no training net): the auxiliary loss on stage
+#   4 (weight 0.4, section 4.1): conv4_<last + 1> (conv4_24 in ResNet-101, conv4_7 in
+#   ResNet-50: 3x3, 256, BN, ReLU, Dropout 0.1), conv6_1 (1x1 to the classes). These
+#   names are INFERRED (two independent converters of the caffemodels agree), not
+#   published. Both losses are computed at F x F (the release's Caffe training did the
+#   same) against the label sampled every 8th pixel (label_shrink: Pooling of kernel 1,
+#   stride 8, the align-corners grid: exact, no blending of class numbers), averaged over
+#   the valid pixels. BN statistics stay frozen in training: stock Caffe has no
+#   synchronised BN, and the paper's batch of 16 is 1-2 images per GPU here.
+# - New layers (the head: everything after conv5_3) learn at 10x the base rate (biases
+#   20x), the trunk at 1x; Scale layers have no weight decay. Train nets give the
+#   head's and trunk's convolutions MSRA-initialised weights (zero would never break
+#   symmetry; copied weights replace them); the class scorers start at zero as in the FCNs.
+
+RESNET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}  # bottleneck blocks of stages 2-5
+# conv1_1..conv1_3, the bottleneck width of stages 2-5 (a block outputs 4x), the pyramid
+# branches' conv, conv5_4, the auxiliary conv. Tests pass narrow ones.
+PSP_WIDTHS = (64, 64, 128, 64, 128, 256, 512, 512, 512, 256)
+EXPANSION = 4
+PSP_BINS = (1, 2, 3, 6)
+PSP_ZOOM = 8          # conv6_interp: F x F -> (F - 1) 8 + 1
+PSP_STRIDE_ON = ('1x1_reduce', '3x3')  # where stage 3 halves the resolution
+AUX_WEIGHT = 0.4
+PSP_DROPOUT = 0.1
+# The release's preprocessing: RGB minus (123.68, 116.779, 103.939), fed as BGR.
+PSP_MEAN = [103.939, 116.779, 123.68]
+# The release's nets: name -> trunk depth, where stage 3 strides, classes, crop, dataset.
+PSPNET = {
+    'pspnet50-ade20k': dict(depth=50, stride_on='1x1_reduce', num_classes=150, crop=473,
+                            dataset='ade20k', release='pspnet50_ADE20K'),
+    'pspnet101-voc2012': dict(depth=101, stride_on='3x3', num_classes=21, crop=473,
+                              dataset='voc2012', release='pspnet101_VOC2012'),
+    'pspnet101-cityscapes': dict(depth=101, stride_on='3x3', num_classes=19, crop=713,
+                                 dataset='cityscapes', release='pspnet101_cityscapes'),
+}
+# Training (section 4.1): poly lr, power 0.9, base 0.01, momentum 0.9, weight decay 1e-4,
+# batch 16 = iter_size 16 of the data layers' one image; max_iter per dataset; the
+# scoring split's size as test_iter (ADE20K validation 2000, VOC2012 val 1449,
+# Cityscapes val 500).
+PSP_SOLVER = dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4, iter_size=16,
+                  lr_policy='poly', power=0.9)
+PSP_SCHEDULE = {'ade20k': dict(max_iter=150000, test_iter=2000),
+                'voc2012': dict(max_iter=30000, test_iter=1449),
+                'cityscapes': dict(max_iter=90000, test_iter=500)}
+PSP_FAMILY = 'pspnet'  # the family folder: pspnet/<model>/
+DATA.update({
+    'ade20k': {split: ('ADE20KSegDataLayer', {'ade20k_dir': 'ade20k/ADEChallengeData2016',
+                                              'split': name, 'seed': 1337})
+               for split, name in (('train', 'training'), ('val', 'validation'))},
+    'cityscapes': {split: ('CityscapesSegDataLayer', {'cityscapes_dir': 'cityscapes',
+                                                      'split': split, 'seed': 1337})
+                   for split in ('train', 'val')},
+    'voc2012': {split: ('VOC2012PSPSegDataLayer', {'voc_dir': 'pascal/VOC2012',
+                                                   'split': split, 'seed': 1337})
+                for split in ('train', 'val')},
+})
+
+
+def _out_size(size, ks, stride, pad, dilation=1, ceil=False):
+    """A convolution's (floor) or a pooling's (ceil) output size, as Caffe computes it."""
+    span = size + 2 * pad - dilation * (ks - 1) - 1
+    return (-(-span // stride) if ceil else span // stride) + 1
+
+
+def psp_feature_size(crop):
+    """F, the side of the trunk's output for a crop x crop input: conv1_1_3x3_s2 (3x3,
+    stride 2, pad 1), pool1_3x3_s2 (3x3, stride 2, pad 1, Caffe's ceil), stage 3's
+    stride 2 (3x3 pad 1 or 1x1 pad 0: the same size). 473 -> 60, 713 -> 90."""
+    _check_positive('crop', crop)
+    size = _out_size(_out_size(crop, 3, 2, 1), 3, 2, 1, ceil=True)
+    return _out_size(size, 1, 2, 0)
+
+
+def psp_scale_name(bn_name):
+    """The Scale layer paired with BatchNorm `<conv>/bn`: `<conv>/scale`."""
+    if not bn_name.endswith('/bn'):
+        raise ValueError('a PSPNet BN layer is named <conv>/bn, got %r' % bn_name)
+    return bn_name[:-len('/bn')] + '/scale'
+
+
+def conv_bn(n, name, bottom, nout, ks=1, stride=1, dilation=1, relu=True, lr=1, filler=False):
+    """Convolution `name` (no bias; pad keeps the size) + BatchNorm `name/bn` + Scale
+    `name/scale` (+ ReLU `name/relu`), all in place on the top `name`. lr: the weights'
+    rate multiplier (1 trunk, 10 head); filler: MSRA initial weights (train nets)."""
+    kwargs = dict(num_output=nout, kernel_size=ks, stride=stride, pad=dilation * (ks - 1) // 2,
+                  bias_term=False, param=[dict(lr_mult=lr, decay_mult=1)])
+    if dilation != 1:
+        kwargs['dilation'] = dilation
+    if filler:
+        kwargs['weight_filler'] = dict(type='msra')
+    n[name] = top = L.Convolution(bottom, **kwargs)
+    n[name + '/bn'] = L.BatchNorm(top, in_place=True, use_global_stats=True, eps=1e-5)
+    n[psp_scale_name(name + '/bn')] = L.Scale(top, in_place=True, bias_term=True,
+                                 param=[dict(lr_mult=lr, decay_mult=0)] * 2)
+    if relu:
+        n[name + '/relu'] = L.ReLU(top, in_place=True)
+    return top
+
+
+def bottleneck(n, bottom, name, width, stride=1, stride_on='3x3', dilation=1, proj=False,
+               filler=False):
+    """One ResNet bottleneck block `name` (conv3_1 ...): name_1x1_reduce (width),
+    name_3x3 (width, dilated), name_1x1_increase (4 width, no ReLU), on the first block
+    of a stage name_1x1_proj (4 width) as the shortcut; the sum `name`, `name/relu`.
+    stride: on the reduce or the 3x3 (stride_on) and on the projection."""
+    _check_choice('stride_on', stride_on, PSP_STRIDE_ON)
+    top = conv_bn(n, name + '_1x1_reduce', bottom, width,
+                  stride=stride if stride_on == '1x1_reduce' else 1, filler=filler)
+    top = conv_bn(n, name + '_3x3', top, width, ks=3, dilation=dilation,
+                  stride=stride if stride_on == '3x3' else 1, filler=filler)
+    top = conv_bn(n, name + '_1x1_increase', top, EXPANSION * width, relu=False, filler=filler)
+    short = bottom
+    if proj:
+        short = conv_bn(n, name + '_1x1_proj', bottom, EXPANSION * width, stride=stride,
+                        relu=False, filler=filler)
+    n[name] = L.Eltwise(short, top, operation=P.Eltwise.SUM)
+    n[name + '/relu'] = L.ReLU(n[name], in_place=True)
+    return n[name]
+
+
+def _check_blocks(blocks):
+    blocks = tuple(blocks)
+    if len(blocks) != 4:
+        raise ValueError('blocks must be 4 positive integers (stages 2-5), got %r' % (blocks,))
+    for b in blocks:
+        _check_positive('each stage\'s number of blocks', b)
+    return blocks
+
+
+def dilated_resnet(n, bottom, depth=101, widths=PSP_WIDTHS, blocks=None, stride_on='3x3',
+                   filler=False):
+    """The deep-stem dilated ResNet trunk into NetSpec `n`, from `bottom` (N x 3 x H x W,
+    BGR, mean subtracted) to stage 5 (N x 4 widths[6] x F x F, F = psp_feature_size(H)).
+    depth: 50 or 101 (blocks per stage RESNET_BLOCKS[depth]); blocks: other counts
+    (narrow test nets); stride_on: where stage 3 strides ('1x1_reduce' or '3x3').
+    Returns the names of stage 4's and stage 5's last blocks (conv4_23, conv5_3)."""
+    _check_choice('depth', depth, sorted(RESNET_BLOCKS))
+    widths = _check_widths(widths, PSP_WIDTHS)
+    blocks = _check_blocks(blocks or RESNET_BLOCKS[depth])
+    top = conv_bn(n, 'conv1_1_3x3_s2', bottom, widths[0], ks=3, stride=2, filler=filler)
+    top = conv_bn(n, 'conv1_2_3x3', top, widths[1], ks=3, filler=filler)
+    top = conv_bn(n, 'conv1_3_3x3', top, widths[2], ks=3, filler=filler)
+    n.pool1_3x3_s2 = top = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2, pad=1)
+    # stage: (stride of its first block, dilation of its 3x3 convolutions)
+    for stage, (stride, dilation) in zip((2, 3, 4, 5), ((1, 1), (2, 1), (1, 2), (1, 4))):
+        for block in range(1, blocks[stage - 2] + 1):
+            name = 'conv%d_%d' % (stage, block)
+            top = bottleneck(n, top, name, widths[stage + 1], stride if block == 1 else 1,
+                             stride_on, dilation, proj=block == 1, filler=filler)
+        if stage == 4:
+            stage4 = name
+    return stage4, name
+
+
+def align_corners_interp(n, name, bottom, size_in, size_out):
+    """The fork's Interp from size_in x size_in to size_out x size_out (N x C kept), as
+    stock layers whose fixed weights surgery.pspnet_interp sets: Tile (size_in 1) or
+    InnerProduct `name`_flat on axis 2 (size_in^2 -> size_out^2, no bias, lr 0) + Reshape.
+    The top is `name`."""
+    if size_in == 1:
+        n[name + '_h'] = L.Tile(bottom, axis=2, tiles=size_out)
+        n[name] = L.Tile(n[name + '_h'], axis=3, tiles=size_out)
+    else:
+        n[name + '_flat'] = L.InnerProduct(bottom, num_output=size_out ** 2, axis=2,
+                                           bias_term=False,
+                                           param=[dict(lr_mult=0, decay_mult=0)])
+        n[name] = L.Reshape(n[name + '_flat'], shape=dict(dim=[0, 0, size_out, size_out]))
+    return n[name]
+
+
+def pyramid_pooling(n, stage5, feature, width, bins=PSP_BINS, filler=False):
+    """The pyramid pooling module on `stage5` (N x K x F x F, F = `feature`): per bin b,
+    <stage5>_pool<b> (average, kernel = stride = F / b), _conv (1x1, `width`, BN, ReLU,
+    lr 10), _interp back to F x F; then <stage5>_concat of [stage5, finest bin ... coarsest]
+    (N x (K + 4 width) x F x F). Returns the concat top."""
+    branches = []
+    for b in bins:
+        if feature % b:
+            raise ValueError('pyramid bin %d: the %d x %d feature map is not divisible by it'
+                             % (b, feature, feature))
+        name = '%s_pool%d' % (stage5, b)
+        n[name] = L.Pooling(n[stage5], pool=P.Pooling.AVE, kernel_size=feature // b,
+                            stride=feature // b)
+        top = conv_bn(n, name + '_conv', n[name], width, lr=10, filler=filler)
+        branches.append(align_corners_interp(n, name + '_interp', top, b, feature))
+    n[stage5 + '_concat'] = L.Concat(n[stage5], *reversed(branches))
+    return n[stage5 + '_concat']
+
+
+def _block_name(name, offset):
+    """conv5_3 -> conv5_4 (offset 1): the head's names continue the stage's numbering."""
+    stage, block = name.rsplit('_', 1)
+    return '%s_%d' % (stage, int(block) + offset)
+
+
+def pspnet(split='deploy', depth=101, num_classes=21, crop=473, stride_on='3x3',
+           dataset='voc2012', widths=PSP_WIDTHS, blocks=None, data_layer=None,
+           data_params=None, aux=None):
+    """A PSPNet: dilated ResNet trunk, pyramid pooling head, x8 zoom to the crop.
+    Returns a caffe_pb2.NetParameter.
+
+    split: 'deploy' (Input `data` 1 x 3 x crop x crop; output conv6_interp, N x classes
+      x crop x crop logits), 'train' (Python data layer tops data N x 3 x crop x crop,
+      label N x 1 x crop x crop; losses `loss` and, weighted 0.4, `loss_aux`) or 'val'
+      (the same, `loss` only).
+    aux: include the auxiliary branch (conv4_24, conv6_1); default only in train nets.
+      surgery.py pspnet-convert builds the deploy net with it, to account for the
+      released caffemodels' auxiliary weights.
+    depth, stride_on, widths, blocks: see dilated_resnet; crop: the input side, whose
+      feature map F = psp_feature_size(crop) must be divisible by every bin.
+    dataset, data_layer, data_params: the train/val data layer (default DATA[dataset])."""
+    _check_choice('split', split, SPLITS)
+    _check_positive('num_classes', num_classes)
+    train = split == 'train'
+    aux = train if aux is None else aux
+    feature = psp_feature_size(crop)
+    if (feature - 1) * PSP_ZOOM + 1 != crop:
+        raise ValueError('crop %d: the x%d zoom of its %d x %d feature map gives %d, not the '
+                         'crop (use 8 k + 1)' % (crop, PSP_ZOOM, feature, feature,
+                                                 (feature - 1) * PSP_ZOOM + 1))
+    widths = _check_widths(widths, PSP_WIDTHS)
+    n = caffe.NetSpec()
+    if split == 'deploy':
+        n.data = L.Input(shape=dict(dim=[1, 3, crop, crop]))
+    else:
+        data_tops(n, dataset, split, [('data', 3)], ['label'], data_layer, data_params)
+    stage4, stage5 = dilated_resnet(n, n.data, depth, widths, blocks, stride_on, filler=train)
+    top = pyramid_pooling(n, stage5, feature, widths[7], filler=train)
+    top = conv_bn(n, _block_name(stage5, 1), top, widths[8], ks=3, lr=10, filler=train)
+    n[_block_name(stage5, 1) + '_drop'] = L.Dropout(top, dropout_ratio=PSP_DROPOUT, in_place=True)
+    n.conv6 = L.Convolution(top, num_output=num_classes, kernel_size=1, param=[
+        dict(lr_mult=10, decay_mult=1), dict(lr_mult=20, decay_mult=0)])
+    n.conv6_interp = L.Deconvolution(n.conv6, param=[dict(lr_mult=0, decay_mult=0)],
+                                     convolution_param=dict(
+        num_output=num_classes, group=num_classes, kernel_size=2 * PSP_ZOOM - 1,
+        stride=PSP_ZOOM, pad=PSP_ZOOM - 1, bias_term=False))
+    if aux:
+        name = _block_name(stage4, 1)  # INFERRED: conv4_24 (ResNet-101), conv4_7 (ResNet-50)
+        top = conv_bn(n, name, n[stage4], widths[9], ks=3, lr=10, filler=train)
+        n[name + '_drop'] = L.Dropout(top, dropout_ratio=PSP_DROPOUT, in_place=True)
+        n.conv6_1 = L.Convolution(top, num_output=num_classes, kernel_size=1, param=[
+            dict(lr_mult=10, decay_mult=1), dict(lr_mult=20, decay_mult=0)])
+    if split != 'deploy':
+        n.label_shrink = L.Pooling(n.label, pool=P.Pooling.MAX, kernel_size=1, stride=PSP_ZOOM)
+        loss_param = dict(ignore_label=IGNORE_LABEL, normalize=True)
+        n.loss = L.SoftmaxWithLoss(n.conv6, n.label_shrink, loss_param=loss_param)
+        if aux and split == 'train':
+            n.loss_aux = L.SoftmaxWithLoss(n.conv6_1, n.label_shrink, loss_param=loss_param,
+                                           loss_weight=AUX_WEIGHT)
+    return n.to_proto()
+
+
+def psp_model(model, split='deploy', **kwargs):
+    """The NetParameter of one of the release's nets (PSPNET[model]) for `split`;
+    kwargs override the builder's arguments (widths, blocks, data_layer, aux, ...)."""
+    _check_choice('PSPNet model', model, sorted(PSPNET))
+    settings = {k: v for k, v in PSPNET[model].items() if k != 'release'}
+    settings.update(kwargs)
+    return pspnet(split, **settings)
+
+
+def psp_solver(model, **overrides):
+    """solver.prototxt text of a PSPNET model (PSP_SOLVER, PSP_SCHEDULE), settings overridden."""
+    _check_choice('PSPNet model', model, sorted(PSPNET))
+    settings = dict(PSP_SOLVER, **PSP_SCHEDULE[PSPNET[model]['dataset']])
+    settings.update(overrides)
+    return solver_text(**settings)
+
+
+def psp_files():
+    """{path: text} of the PSPNet family folder: pspnet/<model>/{train,val,deploy,solver}.prototxt."""
+    files = {}
+    for model in sorted(PSPNET):
+        folder = os.path.join(REPO, PSP_FAMILY, model)
+        for split in SPLITS:
+            files[os.path.join(folder, '%s.prototxt' % split)] = (
+                _header('%s %s net' % (model, split)) + str(psp_model(model, split)))
+        files[os.path.join(folder, 'solver.prototxt')] = _header('%s solver' % model) + psp_solver(model)
+    return files
+
+
 def vgg16_classifier(widths=VGG16_WIDTHS, num_classes=1000):
     """VGG16 as in the Model Zoo's VGG_ILSVRC_16_layers deploy net (fc6/fc7/fc8
     InnerProduct, 224 x 224 input, prob), to load its weights and cast them to conv."""
@@ -494,10 +805,14 @@ def classifier_path(name):
 # Solvers (docs/training.md).
 
 def solver_text(base_lr, momentum, max_iter, test_iter, iter_size=1, snapshot=None,
-                weight_decay=0.0005):
+                weight_decay=0.0005, lr_policy='fixed', power=None):
     """solver.prototxt text. Paths are relative to the model directory (the solving loop
     rewrites them to absolute ones). Caffe never tests by itself (test_interval huge,
-    test_initialization false): the Python loop scores the val net between rounds."""
+    test_initialization false): the Python loop scores the val net between rounds.
+    lr_policy 'poly' (PSPNet): base_lr (1 - iter / max_iter)^power."""
+    _check_choice('lr_policy', lr_policy, ('fixed', 'poly'))
+    if (lr_policy == 'poly') != (power is not None):
+        raise ValueError('power is the poly policy\'s exponent: give it with lr_policy poly only')
     _check_positive('max_iter', max_iter)
     _check_positive('test_iter', test_iter)
     _check_positive('iter_size', iter_size)
@@ -511,8 +826,14 @@ def solver_text(base_lr, momentum, max_iter, test_iter, iter_size=1, snapshot=No
         'test_initialization: false',
         'display: 20',
         'average_loss: 20',
+    ] + ([
         'lr_policy: "fixed"',
         '# tiny where the loss is summed over the pixels (normalize: false), not averaged',
+    ] if lr_policy == 'fixed' else [
+        '# poly: base_lr (1 - iter / max_iter)^power',
+        'lr_policy: "poly"',
+        'power: %r' % power,
+    ]) + [
         'base_lr: %r' % base_lr,
         'momentum: %r' % momentum,
         '# gradient accumulation over iter_size images' if iter_size > 1 else '# no gradient accumulation',
@@ -653,6 +974,7 @@ def all_files(names=None):
     """{path: text} of every generated file (or only those of the models `names`, plus
     ilsvrc-nets and docs/models.md)."""
     files = classifier_files()
+    files.update(psp_files() if not names else {})
     for model in names or sorted(MODELS):
         for name, text in model_files(model).items():
             files[os.path.join(models.model_dir(_spec(model)), name)] = text

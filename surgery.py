@@ -28,12 +28,19 @@ their zero start):
         --out ilsvrc-nets/vgg16-fcn.caffemodel
     .venv/bin/python surgery.py cast --arch caffenet      # -> ilsvrc-nets/caffenet-fcn.caffemodel
 
+PSPNet (net.pspnet): `pspnet_interp(net)` sets the fixed weights of the stock layers
+that compute the fork's align-corners Interp; `convert_fork_bn` turns a caffemodel of the
+PSPNet fork (its BN layers) into BatchNorm + Scale weights that load by name:
+
+    .venv/bin/python surgery.py pspnet-convert --model pspnet101-voc2012
+    .venv/bin/python surgery.py pspnet-convert --model pspnet50-ade20k \\
+        --weights pspnet50_ADE20K.caffemodel --out pspnet50-stock.caffemodel
+
 Relative paths are taken from the current directory; the defaults live under
 <repo>/ilsvrc-nets/ wherever the command is run from.
 """
 import argparse
 import dataclasses
-import glob
 import os
 import tempfile
 
@@ -221,6 +228,229 @@ def init_bgrd(new_net, vgg_net, layer='conv1_1_bgrd', vgg_layer='conv1_1'):
     b_new[...] = b_vgg
 
 
+# ----------------------------------------------------------------------------- PSPNet
+
+def align_corners_matrix(size_in, size_out):
+    """A (size_out x size_in, float64): the PSPNet fork's Interp along one axis, y = A x.
+
+    Output j reads input position s = j r, r = (size_in - 1) / (size_out - 1) (0 when
+    size_out is 1): A[j, i0] = 1 - l, A[j, i0 + 1] = l, i0 = floor(s), l = s - i0, the
+    neighbour clamped at the border (corners aligned; the same size gives the identity)."""
+    if size_in < 1 or size_out < 1:
+        raise ValueError('align_corners_matrix: sizes must be >= 1, got %d, %d' % (size_in, size_out))
+    r = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    a = np.zeros((size_out, size_in))
+    for j in range(size_out):
+        s = r * j
+        i0 = min(int(np.floor(s)), size_in - 1)
+        lam = s - i0
+        a[j, i0] += 1 - lam
+        a[j, min(i0 + 1, size_in - 1)] += lam
+    return a
+
+
+def _layer_types(net):
+    return dict(zip(net._layer_names, (layer.type for layer in net.layers)))
+
+
+def interp_layers(net):
+    """The fixed interpolation layers of a PSPNet (net.align_corners_interp, net.pspnet):
+    {name: ((H1, W1), (H2, W2))} for every InnerProduct whose top feeds a Reshape to 4-D
+    (H1 x W1 from its bottom, H2 x W2 from the Reshape's top) and every Deconvolution
+    (H1 x W1 its bottom, H2 x W2 its top). Sizes read from the net's blobs, never typed."""
+    types, found = _layer_types(net), {}
+    shape = lambda blob: tuple(net.blobs[blob].shape)  # noqa: E731  (allocates nothing)
+    for name, kind in types.items():
+        if kind not in ('InnerProduct', 'Deconvolution'):
+            continue
+        bottom, top = shape(net.bottom_names[name][0]), shape(net.top_names[name][0])
+        if kind == 'InnerProduct':
+            after = [l for l, t in types.items() if t == 'Reshape'
+                     and net.bottom_names[l][0] == net.top_names[name][0]]
+            if len(bottom) != 4 or len(after) != 1:
+                continue
+            top = shape(net.top_names[after[0]][0])
+        found[name] = (bottom[2:], top[2:])
+    return found
+
+
+def pspnet_interp(net):
+    """Set the fixed weights of every interp layer (interp_layers) to the fork's Interp.
+
+    InnerProduct (H2 W2 x H1 W1): kron(A_h, A_w) (align_corners_matrix), so the flat
+    N x C x H1 W1 input becomes the N x C x H2 W2 interpolation. Deconvolution (zoom by f,
+    C x 1 x (2f - 1) x (2f - 1), grouped per channel, stride f, pad f - 1): the output
+    must be (H1 - 1) f + 1; upsample_filt(2f - 1) (factor f, centre f - 1) is exactly
+    that zoom's align-corners kernel. ValueError naming the layer otherwise. Returns the
+    names set."""
+    layers = interp_layers(net)
+    for name, ((h1, w1), (h2, w2)) in sorted(layers.items()):
+        weights = net.params[name][0].data
+        if weights.ndim == 2:
+            if weights.shape != (h2 * w2, h1 * w1):
+                raise ValueError('pspnet_interp: %s weights %s, expected %s for %dx%d -> %dx%d'
+                                 % (name, weights.shape, (h2 * w2, h1 * w1), h1, w1, h2, w2))
+            weights[...] = np.kron(align_corners_matrix(h1, h2), align_corners_matrix(w1, w2))
+            continue
+        k = weights.shape[-1]
+        f = (k + 1) // 2
+        if (weights.ndim != 4 or weights.shape[1] != 1 or k % 2 == 0
+                or (h2, w2) != ((h1 - 1) * f + 1, (w1 - 1) * f + 1)):
+            raise ValueError('pspnet_interp: Deconvolution %s (weights %s, %dx%d -> %dx%d) is not '
+                             'an align-corners zoom (grouped, kernel 2f - 1, stride f, pad f - 1)'
+                             % (name, weights.shape, h1, w1, h2, w2))
+        interp(net, [name])
+    return sorted(layers)
+
+
+@dataclasses.dataclass
+class ForkReport:
+    """What convert_fork_bn did with each layer of the fork's caffemodel (layer names)."""
+    copied: list = dataclasses.field(default_factory=list)     # same blobs, same shapes
+    bn: list = dataclasses.field(default_factory=list)         # BN -> BatchNorm + Scale
+    interp: list = dataclasses.field(default_factory=list)     # our fixed layers, set by formula
+    no_params: dict = dataclasses.field(default_factory=dict)  # fork type -> count (Interp, ReLU...)
+
+    def __str__(self):
+        other = ', '.join('%d %s' % (n, t) for t, n in sorted(self.no_params.items()))
+        return ('%d layers copied, %d BN -> BatchNorm + Scale, %d fixed interpolation layers set '
+                'from the formula (%s); without weights: %s'
+                % (len(self.copied), len(self.bn), len(self.interp), ', '.join(self.interp), other))
+
+
+def _fork_layers(path):
+    caffe = common.import_caffe()
+    param = caffe.proto.caffe_pb2.NetParameter()
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise common.InputError('%s: weights file not found or empty' % path)
+    try:
+        with open(path, 'rb') as f:
+            param.ParseFromString(f.read())
+    except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
+        raise common.InputError('%s: not a Caffe weights file (%s)' % (path, e))
+    if not param.layer:
+        raise common.InputError('%s: holds no layers (a V1 or empty file, not the PSPNet fork\'s)'
+                                % path)
+    return param.layer
+
+
+def _plan_fork_bn(path, layer, params, types):
+    """[(source array, destination array)] for one fork BN layer `<conv>/bn` (blobs slope,
+    bias, mean, var, each 1 x C x 1 x 1) -> BatchNorm `<conv>/bn` [mean, var, 1] and Scale
+    `<conv>/scale` [slope, bias]."""
+    import net as nets
+    name = layer.name
+    if not name.endswith('/bn'):
+        raise common.InputError('%s: BN layer %r is not named <conv>/bn as in the release'
+                                % (path, name))
+    shapes = [common._blob_shape(b) for b in layer.blobs]
+    channels = shapes[0][1] if shapes and len(shapes[0]) == 4 else None
+    if len(shapes) != 4 or any(s != (1, channels, 1, 1) for s in shapes):
+        raise common.InputError('%s: BN layer %r has blobs %s, expected 4 of shape (1, C, 1, 1)'
+                                % (path, name, shapes))
+    scale = nets.psp_scale_name(name)
+    if types.get(name) != 'BatchNorm' or types.get(scale) != 'Scale':
+        raise common.InputError('%s: BN layer %r has no BatchNorm %r + Scale %r in the net'
+                                % (path, name, name, scale))
+    want = [tuple(b.data.shape) for b in params[name]] + [tuple(b.data.shape) for b in params[scale]]
+    if want != [(channels,), (channels,), (1,), (channels,), (channels,)]:
+        raise common.InputError('%s: BN layer %r has %d channels, the net\'s %s / %s have %s'
+                                % (path, name, channels, name, scale, want))
+    slope, bias, mean, var = (np.asarray(b.data, np.float32) for b in layer.blobs)
+    if (var < 0).any() or not all(np.isfinite(v).all() for v in (slope, bias, mean, var)):
+        raise common.InputError('%s: BN layer %r holds a negative variance or a non-finite value'
+                                % (path, name))
+    return [(mean, params[name][0].data), (var, params[name][1].data),
+            (np.ones(1, np.float32), params[name][2].data),
+            (slope, params[scale][0].data), (bias, params[scale][1].data)]
+
+
+def convert_fork_bn(src, target, out, quiet=False):
+    """Convert a caffemodel of the PSPNet fork into the project's layout, saved at `out`.
+
+    src: the fork's weights (layer type `BN` with blobs slope, bias, mean, var; `Interp`
+    layers without blobs). target: a NetParameter (net.psp_model(..., aux=True)) or a
+    prototxt path. Every fork layer is accounted for: BN -> BatchNorm + Scale (the factor
+    blob 1), any other layer with blobs copied into the same-named layer (same number and
+    shapes of blobs), layers without blobs counted; the net's fixed interpolation layers
+    are set by pspnet_interp. InputError (one line naming the file and the layer) for an
+    unknown layer with blobs, a shape mismatch, a net layer the file lacks, or `out` being
+    `src`. Nothing is written unless all checks pass; `out` is written atomically.
+    Returns the ForkReport (printed unless quiet)."""
+    import net as nets
+    src, out = os.path.abspath(str(src)), os.path.abspath(str(out))
+    layers = _fork_layers(src)
+    if src == out or os.path.exists(out) and os.path.samefile(src, out):
+        raise common.InputError('%s: the converted weights would replace the fork\'s file; '
+                                'give another --out' % out)
+    net = _target_net(target)
+    params, types = net.params, _layer_types(net)
+    report, plan, seen = ForkReport(), [], set()
+    for layer in layers:
+        if layer.name in seen:
+            raise common.InputError('%s: layer %r appears twice' % (src, layer.name))
+        seen.add(layer.name)
+        if not layer.blobs:
+            report.no_params[layer.type] = report.no_params.get(layer.type, 0) + 1
+        elif layer.type == 'BN':
+            plan += _plan_fork_bn(src, layer, params, types)
+            report.bn.append(layer.name)
+            seen.add(nets.psp_scale_name(layer.name))
+        elif layer.name in params:
+            stored = [common._blob_shape(b) for b in layer.blobs]
+            wanted = [tuple(b.data.shape) for b in params[layer.name]]
+            if len(stored) != len(wanted) or not all(map(common._shapes_match, stored, wanted)):
+                raise common.InputError('%s: layer %r has blobs %s but the net expects %s'
+                                        % (src, layer.name, stored, wanted))
+            plan += [(np.asarray(b.data, np.float32), d.data)
+                     for b, d in zip(layer.blobs, params[layer.name])]
+            report.copied.append(layer.name)
+        else:
+            raise common.InputError('%s: layer %r (%s) carries weights but the net has no such '
+                                    'layer' % (src, layer.name, layer.type))
+    fixed = interp_layers(net)
+    for name in params:
+        if name not in seen and name not in fixed:
+            raise common.InputError('%s: the net\'s layer %r (%s) is missing from the file'
+                                    % (src, name, types[name]))
+    for data, dst in plan:
+        dst.flat = data.flat
+    report.interp = pspnet_interp(net)
+    save_net(net, out)
+    if not quiet:
+        print(report)
+    return report
+
+
+def _target_net(target):
+    """caffe.Net (TEST) of a NetParameter or a prototxt path."""
+    caffe = common.import_caffe()
+    if isinstance(target, (str, os.PathLike)):
+        return common.open_net(target)
+    with tempfile.NamedTemporaryFile('w', suffix='.prototxt', delete=False) as f:
+        f.write(str(target))
+    try:
+        return caffe.Net(f.name, caffe.TEST)
+    finally:
+        os.unlink(f.name)
+
+
+def pspnet_convert_main(args):
+    """surgery.py pspnet-convert: the released caffemodel of args.model (weights.py's
+    record) -> pspnet/<model>/<release>-stock.caffemodel, loadable by name."""
+    import net as nets
+    import weights
+    src = args.weights or weights.weights_path(args.model)
+    if not os.path.isfile(src):
+        raise common.InputError('%s: not found; python weights.py %s, or pass --weights'
+                                % (src, args.model))
+    out = args.out or os.path.join(os.path.dirname(weights.record_path(args.model)),
+                                   nets.PSPNET[args.model]['release'] + '-stock.caffemodel')
+    convert_fork_bn(src, nets.psp_model(args.model, 'deploy', aux=not args.no_aux), out)
+    print('%s: converted into %s' % (src, out))
+    return 0
+
+
 # ----------------------------------------------------------------------------- cast command
 
 ARCHS = {
@@ -273,23 +503,12 @@ def fcn_trunk_param(arch, widths=None):
     return trunk
 
 
-def save_net(net, path, protect=()):
-    """net.save(path) through a temporary file beside it, renamed on success.
-
-    Caffe's own write aborts the whole process on a full disk (glog CHECK on
-    SerializeToOstream) and leaves its temporary file, so the free space the parameters
-    need is checked first (float32 values plus a margin for the layer definitions), and
-    temporary files of an earlier save of `path` that was killed are removed. `protect`:
-    inputs `path` must not replace (e.g. the weights it was cast from)."""
+def save_net(net, path):
+    """net.save(path) through a temporary file beside it, renamed on success."""
     path = os.path.abspath(str(path))
-    common.check_not_input(path, protect)
-    directory, prefix = os.path.dirname(path), '.' + os.path.basename(path) + '.'
-    os.makedirs(directory, exist_ok=True)
-    for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + '*.part')):
-        os.unlink(stale)
-    nbytes = sum(b.data.size * 4 for blobs in net.params.values() for b in blobs)
-    common.check_free_space(directory, nbytes + nbytes // 100 + (1 << 20), 'the weights ' + path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix='.part')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path),
+                               prefix='.' + os.path.basename(path) + '.', suffix='.part')
     os.close(fd)
     try:
         net.save(tmp)
@@ -317,15 +536,12 @@ def cast(prototxt, weights, out, trunk_param, quiet=False):
         fcn = caffe.Net(f.name, caffe.TEST)
     finally:
         os.unlink(f.name)
-    try:
-        report = transplant(fcn, classifier, quiet=True)
-    except ValueError as e:  # e.g. a classifier of other widths than the trunk
-        raise common.InputError('%s does not fit the FCN trunk: %s' % (weights, e))
+    report = transplant(fcn, classifier, quiet=True)
     if not quiet:
         print(report)
     if not report.copied and not report.coerced:
         raise common.InputError('%s: no layer of the classifier matches the FCN trunk' % weights)
-    save_net(fcn, out, protect=(weights, prototxt))
+    save_net(fcn, out)
     return report
 
 
@@ -341,7 +557,18 @@ def main(argv=None):
     c.add_argument('--widths', help='comma-separated net.py channel widths, for narrow test '
                    'nets (default: the paper\'s)')
     c.add_argument('--quiet', action='store_true', help='do not list every blob')
+    p = sub.add_parser('pspnet-convert', help='a released PSPNet caffemodel (the fork\'s BN '
+                       'layers) -> stock BatchNorm + Scale weights')
+    p.add_argument('--model', required=True, choices=('pspnet50-ade20k', 'pspnet101-voc2012',
+                                                      'pspnet101-cityscapes'))
+    p.add_argument('--weights', help='the fork\'s caffemodel (default: where weights.py puts it)')
+    p.add_argument('--out', help='converted caffemodel (default: <release>-stock.caffemodel '
+                   'beside it in pspnet/<model>/)')
+    p.add_argument('--no-aux', action='store_true', help='the file has no auxiliary branch '
+                   '(conv4_24 / conv4_7, conv6_1: their names are inferred)')
     args = parser.parse_args(argv)
+    if args.command == 'pspnet-convert':
+        return pspnet_convert_main(args)
 
     proto_name, weights_name, out_name, source = ARCHS[args.arch]
     prototxt = args.prototxt or os.path.join(ilsvrc_dir(), proto_name)
@@ -350,17 +577,13 @@ def main(argv=None):
     if not os.path.isfile(weights):
         raise common.InputError('%s: not found; get %s, or pass --weights' % (weights, source))
     common.check_prototxt(prototxt)
-    common.check_writable(out, '--out')  # before the long load, not after it
-    common.check_not_input(out, (weights, prototxt))
     widths = None
     if args.widths:
         try:
             widths = [int(w) for w in args.widths.split(',')]
         except ValueError:
-            widths = []
-        if not widths or min(widths) < 1:
-            raise common.InputError('--widths: expected positive integers like 8,8,16,16,16,32, '
-                                    'got %r' % args.widths)
+            raise common.InputError('--widths: expected integers like 8,8,16,16,16,32, got %r'
+                                    % args.widths)
     report = cast(prototxt, weights, out, lambda: fcn_trunk_param(args.arch, widths),
                   quiet=args.quiet)
     print('%s: %d copied, %d coerced, %d dropped' % (out, len(report.copied),

@@ -41,6 +41,7 @@ Relative paths are taken from the current directory; the defaults live under
 """
 import argparse
 import dataclasses
+import glob
 import os
 import tempfile
 
@@ -503,12 +504,23 @@ def fcn_trunk_param(arch, widths=None):
     return trunk
 
 
-def save_net(net, path):
-    """net.save(path) through a temporary file beside it, renamed on success."""
+def save_net(net, path, protect=()):
+    """net.save(path) through a temporary file beside it, renamed on success.
+
+    Caffe's own write aborts the whole process on a full disk (glog CHECK on
+    SerializeToOstream) and leaves its temporary file, so the free space the parameters
+    need is checked first (float32 values plus a margin for the layer definitions), and
+    temporary files of an earlier save of `path` that was killed are removed. `protect`:
+    inputs `path` must not replace (e.g. the weights it was cast from)."""
     path = os.path.abspath(str(path))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path),
-                               prefix='.' + os.path.basename(path) + '.', suffix='.part')
+    common.check_not_input(path, protect)
+    directory, prefix = os.path.dirname(path), '.' + os.path.basename(path) + '.'
+    os.makedirs(directory, exist_ok=True)
+    for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + '*.part')):
+        os.unlink(stale)
+    nbytes = sum(b.data.size * 4 for blobs in net.params.values() for b in blobs)
+    common.check_free_space(directory, nbytes + nbytes // 100 + (1 << 20), 'the weights ' + path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix='.part')
     os.close(fd)
     try:
         net.save(tmp)
@@ -536,12 +548,15 @@ def cast(prototxt, weights, out, trunk_param, quiet=False):
         fcn = caffe.Net(f.name, caffe.TEST)
     finally:
         os.unlink(f.name)
-    report = transplant(fcn, classifier, quiet=True)
+    try:
+        report = transplant(fcn, classifier, quiet=True)
+    except ValueError as e:  # e.g. a classifier of other widths than the trunk
+        raise common.InputError('%s does not fit the FCN trunk: %s' % (weights, e))
     if not quiet:
         print(report)
     if not report.copied and not report.coerced:
         raise common.InputError('%s: no layer of the classifier matches the FCN trunk' % weights)
-    save_net(fcn, out)
+    save_net(fcn, out, protect=(weights, prototxt))
     return report
 
 
@@ -577,13 +592,17 @@ def main(argv=None):
     if not os.path.isfile(weights):
         raise common.InputError('%s: not found; get %s, or pass --weights' % (weights, source))
     common.check_prototxt(prototxt)
+    common.check_writable(out, '--out')  # before the long load, not after it
+    common.check_not_input(out, (weights, prototxt))
     widths = None
     if args.widths:
         try:
             widths = [int(w) for w in args.widths.split(',')]
         except ValueError:
-            raise common.InputError('--widths: expected integers like 8,8,16,16,16,32, got %r'
-                                    % args.widths)
+            widths = []
+        if not widths or min(widths) < 1:
+            raise common.InputError('--widths: expected positive integers like 8,8,16,16,16,32, '
+                                    'got %r' % args.widths)
     report = cast(prototxt, weights, out, lambda: fcn_trunk_param(args.arch, widths),
                   quiet=args.quiet)
     print('%s: %d copied, %d coerced, %d dropped' % (out, len(report.copied),

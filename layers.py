@@ -76,7 +76,7 @@ caffe = common.import_caffe()
 
 
 # --------------------------------------------------------------------------------------
-# Class names in model output order (FCN-SPEC section 4)
+# Class names in model output order (docs/data.md; written once in models.py)
 
 VOC_CLASSES = (
     'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',

@@ -21,7 +21,7 @@ training snapshot (MODEL/snapshot/train_iter_N.caffemodel, see train.latest_stat
 the released caffemodel in the model directory (weights.weights_path). A model whose
 weights or data are missing is listed with the reason and what to run or read.
 
-Paper rows (PAPER below, the one table of the paper's numbers, FCN-SPEC section 7), and
+Paper rows (PAPER below, the one table of the paper's numbers, docs/results.md), and
 the model directory each is compared with:
 
     release seg11valid mean IU   FCN-32s/16s/8s/8s at-once/AlexNet -> voc-fcn32s, voc-fcn16s,
@@ -91,7 +91,7 @@ SEG11 = 'seg11valid'
 TABLE2_DATA = 'seg11valid (VOC2011 val subset)'
 TEST_SERVER = 'VOC test server only: not measurable locally'
 
-# The paper's numbers (FCN-SPEC section 7): the only place they are typed.
+# The paper's numbers (CVPR 2015 Tables 2-5 and the release; docs/results.md).
 PAPER = (
     _paper('release', 'FCN-32s', 'voc-fcn32s', SEG11, iu=63.6),
     _paper('release', 'FCN-16s', 'voc-fcn16s', SEG11, iu=65.0),

@@ -7,6 +7,8 @@ release's one-line files:
     size: 539683182                                                    <- optional, bytes
     sha256: 0123...                                                    <- optional
     sha1: 0123...                                                      <- optional (Model Zoo style)
+    file: pspnet101_VOC2012.caffemodel                                 <- optional: the saved name
+    downloader: gdown                                                  <- optional: see below
 
 Lines starting with '#' are comments; a record with no URL (nyud-fcn16s-color-hha,
 never released) makes the downloader say so. Only checksums published with the
@@ -23,6 +25,15 @@ Commands (from anywhere; paths resolve from the repository):
     python weights.py --all                       # every released FCN model (several GB)
     python weights.py --list                      # what is present, where, and the URLs
     python weights.py path/to/model-dir           # any directory holding a caffemodel-url
+
+PSPNet's three caffemodels (pspnet/<model>/caffemodel-url) were published on Google
+Drive, which answers large files with a confirmation page instead of the file: their
+records say `downloader: gdown`, and the maintained gdown package (pyproject.toml) fetches
+them, resuming its own partial file; the size is checked where one is recorded, and the
+file is renamed into place only once complete. They are in the PSPNet fork's layout:
+`python surgery.py pspnet-convert --model MODEL` turns them into weights this Caffe loads.
+
+    python weights.py pspnet101-voc2012           # -> pspnet/pspnet101-voc2012/pspnet101_VOC2012.caffemodel
 
 A download streams to `<dest>.part`, resumes an existing .part with an HTTP Range
 request (starting over when the server ignores Range), shows bytes / % / rate on stderr,
@@ -41,6 +52,8 @@ import time
 import urllib.error
 import urllib.request
 
+import gdown
+
 from common import REPO, InputError, run_cli
 
 RECORD = 'caffemodel-url'
@@ -50,6 +63,10 @@ ILSVRC = {
     'vgg16': os.path.join(ILSVRC_DIR, 'vgg16.caffemodel-url'),
     'caffenet': os.path.join(ILSVRC_DIR, 'caffenet.caffemodel-url'),
 }
+# name on the command line -> URL record of a released PSPNet (the family folder pspnet/)
+PSPNET = {name: os.path.join(REPO, 'pspnet', name, RECORD)
+          for name in ('pspnet50-ade20k', 'pspnet101-voc2012', 'pspnet101-cityscapes')}
+DOWNLOADERS = ('gdown',)  # besides the built-in HTTP one
 CHUNK = 1 << 20  # bytes per read
 TIMEOUT = 60  # seconds without data before giving up on a connection
 NO_RELEASE = 'no released weights; train it with solve.py'
@@ -66,11 +83,13 @@ def record_path(model):
     or the path of a directory holding a caffemodel-url."""
     if model in ILSVRC:
         return ILSVRC[model]
+    if model in PSPNET:
+        return PSPNET[model]
     for candidate in (os.path.join(REPO, model, RECORD), os.path.join(model, RECORD)):
         if os.path.isfile(candidate):
             return os.path.abspath(candidate)
     raise InputError('%s: unknown model (no %s); known: %s'
-                     % (model, RECORD, ', '.join(models() + sorted(ILSVRC))))
+                     % (model, RECORD, ', '.join(models() + sorted(ILSVRC) + sorted(PSPNET))))
 
 
 def read_url_record(model_dir):
@@ -81,7 +100,8 @@ def read_url_record(model_dir):
     path = os.path.join(model_dir, RECORD) if os.path.isdir(model_dir) else model_dir
     if not os.path.isfile(path):
         raise InputError('%s: no URL record' % path)
-    rec = {'url': None, 'size': None, 'sha256': None, 'sha1': None, 'note': ''}
+    rec = {'url': None, 'size': None, 'sha256': None, 'sha1': None, 'note': '', 'file': None,
+           'downloader': None}
     notes = []
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -100,9 +120,14 @@ def read_url_record(model_dir):
             elif sep and key in ('sha256', 'sha1') and re.fullmatch(
                     r'[0-9a-fA-F]{%d}' % (64 if key == 'sha256' else 40), value):
                 rec[key] = value.lower()
+            elif sep and key == 'file' and value and os.path.basename(value) == value:
+                rec['file'] = value
+            elif sep and key == 'downloader' and value in DOWNLOADERS:
+                rec['downloader'] = value
             else:
-                raise InputError('%s:%d: cannot read %r (expected a URL, size: N, sha256: HEX '
-                                 'or sha1: HEX)' % (path, n, line))
+                raise InputError('%s:%d: cannot read %r (expected a URL, size: N, sha256: HEX, '
+                                 'sha1: HEX, file: NAME or downloader: %s)'
+                                 % (path, n, line, '|'.join(DOWNLOADERS)))
     rec['note'] = ' '.join(notes)
     return rec
 
@@ -114,7 +139,8 @@ def weights_path(model):
     rec = read_url_record(record)
     if not rec['url']:
         raise InputError('%s: %s' % (model, NO_RELEASE))
-    name = os.path.basename(urllib.request.url2pathname(rec['url'].split('?')[0].rstrip('/')))
+    name = rec['file'] or os.path.basename(
+        urllib.request.url2pathname(rec['url'].split('?')[0].rstrip('/')))
     return os.path.join(os.path.dirname(record), name)
 
 
@@ -232,6 +258,31 @@ def download(url, dest, size=None, sha256=None, progress=True, sha1=None):
     return dest
 
 
+def download_gdown(url, dest, size=None, progress=True, fetch_file=gdown.download):
+    """Download a Google Drive file with gdown (it handles the confirmation page for large
+    files and resumes its own partial file beside `dest`) into `dest`.gdown, check `size`
+    (bytes) when given, then rename it to `dest`. InputError naming the URL and `dest` on
+    any failure (offline, quota). fetch_file: gdown.download's signature (tests pass a
+    local one). Returns dest."""
+    dest = os.path.abspath(str(dest))
+    staged = dest + '.gdown'
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    try:
+        got = fetch_file(url=url, output=staged, quiet=not progress, resume=True)
+    except Exception as e:  # gdown raises its own errors, requests' and OSError
+        raise _unreachable(url, dest, str(e).strip().splitlines()[0] if str(e).strip()
+                           else type(e).__name__)
+    if not got or not os.path.isfile(staged):
+        raise _unreachable(url, dest, 'gdown saved nothing')
+    if size is not None and os.path.getsize(staged) != size:
+        have = os.path.getsize(staged)
+        os.unlink(staged)
+        raise InputError('%s: size mismatch (got %d, expected %d); the download was deleted, '
+                         'run again' % (url, have, size))
+    os.replace(staged, dest)
+    return dest
+
+
 def fetch(model, progress=True, verify=False):
     """Download `model`'s weights unless present; returns (path, 'present' | 'downloaded')."""
     rec = read_url_record(record_path(model))
@@ -247,6 +298,9 @@ def fetch(model, progress=True, verify=False):
                 raise InputError('%s: %s does not match the release; delete it and run again'
                                  % (dest, algo))
         return dest, 'present'
+    if rec['downloader'] == 'gdown':
+        download_gdown(rec['url'], dest, size=rec['size'], progress=progress)
+        return dest, 'downloaded'
     download(rec['url'], dest, size=rec['size'], sha256=rec['sha256'], sha1=rec['sha1'],
              progress=progress)
     return dest, 'downloaded'
@@ -294,7 +348,7 @@ def main(argv=None):
     if args.all:
         names += [m for m in models() if m not in names]
     if args.list:
-        list_models(names or models() + sorted(ILSVRC))
+        list_models(names or models() + sorted(ILSVRC) + sorted(PSPNET))
         return 0
     if not names:
         parser.error('name a MODEL, vgg16, caffenet, or use --all / --list')

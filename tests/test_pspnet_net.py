@@ -355,3 +355,33 @@ def test_bad_crop_and_bins():
         net.pspnet(crop=480)
     with pytest.raises(ValueError, match='divisible'):
         net.pspnet(crop=65, widths=NARROW, blocks=BLOCKS)  # F = 9
+
+
+def test_weights_records_and_gdown_download(tmp_path):
+    """The three release records parse (Google Drive through gdown, the release's file
+    names); download_gdown stages the file, checks the size, renames only when complete."""
+    import weights
+    for model, name in (('pspnet50-ade20k', 'pspnet50_ADE20K.caffemodel'),
+                        ('pspnet101-voc2012', 'pspnet101_VOC2012.caffemodel'),
+                        ('pspnet101-cityscapes', 'pspnet101_cityscapes.caffemodel')):
+        rec = weights.read_url_record(weights.record_path(model))
+        assert rec['downloader'] == 'gdown' and rec['url'].startswith('https://drive.google.com/')
+        assert weights.weights_path(model) == os.path.join(common.REPO, 'pspnet', model, name)
+        assert 'UNCONFIRMED' in rec['note']
+
+    def fetch_file(url, output, quiet, resume):  # what gdown does once past Google's page
+        with open(output, 'wb') as f:
+            f.write(b'x' * 10)
+        return output
+    dest = tmp_path / 'w.caffemodel'
+    with pytest.raises(common.InputError, match='size mismatch'):
+        weights.download_gdown('https://drive.google.com/uc?id=X', dest, size=11,
+                               fetch_file=fetch_file)
+    assert not dest.exists() and not (tmp_path / 'w.caffemodel.gdown').exists()
+    weights.download_gdown('https://drive.google.com/uc?id=X', dest, size=10, fetch_file=fetch_file)
+    assert dest.read_bytes() == b'x' * 10
+
+    def offline(**kwargs):
+        raise OSError('Failed to resolve drive.google.com')
+    with pytest.raises(common.InputError, match='cannot download .* put it at'):
+        weights.download_gdown('https://drive.google.com/uc?id=X', tmp_path / 'o', fetch_file=offline)

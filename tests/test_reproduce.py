@@ -305,7 +305,7 @@ def test_bad_arguments(tmp_path, monkeypatch, args, words):
 
 
 def test_paper_table_covers_the_spec():
-    """Every model a paper row names exists; the numbers are FCN-SPEC section 7's."""
+    """Every model a paper row names exists; the numbers are the papers' (docs/results.md)."""
     for r in reproduce.PAPER:
         assert r['model'] is None or r['model'] in net.MODELS
     release = {r['model']: r['paper']['mean_iu'] for r in reproduce.PAPER

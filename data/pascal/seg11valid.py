@@ -3,7 +3,7 @@
 seg11valid = PASCAL VOC2011 ImageSets/Segmentation/val.txt minus every image of SBD's
 train.txt. The VOC models train on SBD train, which contains part of VOC2011 val; scoring
 on those images would score on training data. The list keeps VOC's order and must hold
-736 images (FCN-SPEC section 4); any other count means the wrong folders were given, and
+736 images (CVPR 2015 Table 2, footnote 7; docs/data.md); any other count means the wrong folders were given, and
 nothing is written.
 
     python data/pascal/seg11valid.py                  # data/pascal/VOC2011, data/sbdd/dataset

@@ -100,6 +100,11 @@ def test_data_layers_hold_the_registry_facts():
              ('pascalcontext', 'color'): layers.CONTEXT_MEAN}
     for (name, kind), mean in means.items():
         assert tuple(mean) == d[name].input(kind).mean, (name, kind)
+    for (name, split), size in getattr(layers, 'SPLIT_SIZES', {}).items():
+        if name == 'sbdd':  # SBD train is the VOC models' training split
+            name = 'voc'
+        if name in d:
+            assert d[name].split(split).size == size, (name, split)
     for spec in d.values():
         for split in spec.splits:
             cls = getattr(layers, split.layer)

@@ -31,13 +31,18 @@ truncated, empty) gets a one-line error naming it; the other images are still do
 the exit status is 1 at the end.
 """
 import argparse
+import itertools
 import os
 import sys
 
 import numpy as np
+from PIL import Image
 
-from common import InputError, Progress, REPO, atomic_write, open_net, run_cli, \
-    save_label_png, set_mode, voc_palette
+import weights
+from common import InputError, REPO, atomic_write, check_net, open_net, progress_bar, \
+    read_net_param, run_cli, save_label_png, set_mode, voc_palette
+
+TRAINED_SIDE = 500  # PASCAL images, which the nets were trained on, are at most 500 px a side
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
               '.pgm', '.pnm', '.jpe')
@@ -140,28 +145,124 @@ def _to_rgb(im):
     return np.ascontiguousarray(rgb)
 
 
-def segment(net, image, mean, blob=None):
-    """Labels of one image: H x W uint8 class indices (argmax of the score blob).
-
-    net: a caffe.Net with one input (1 x 3 x h x w, reshaped here to the image size);
-    image: H x W x 3 uint8, RGB; mean: 3 floats, (B, G, R) order, subtracted after the
-    RGB -> BGR swap; blob: the score blob, default 'score' (or 'score_sem' for SIFT Flow)."""
+def preprocess(image, mean):
+    """H x W x 3 uint8 RGB -> 3 x H x W float32, BGR, minus `mean` (B, G, R): the data
+    layers' preprocessing."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError('image must be H x W x 3 RGB, got shape %s' % (image.shape,))
-    in_ = image.astype(np.float32)[:, :, ::-1]  # RGB -> BGR
-    in_ = in_ - np.asarray(mean, np.float32).reshape(1, 1, 3)
-    in_ = in_.transpose((2, 0, 1))  # C x H x W
+    in_ = image.astype(np.float32)[:, :, ::-1] - np.asarray(mean, np.float32).reshape(1, 1, 3)
+    return np.ascontiguousarray(in_.transpose((2, 0, 1)))
+
+
+def forward_logits(net, image, blob=None):
+    """K x H x W float32 class scores of one C x H x W float32 input (already
+    preprocessed): the net's input is reshaped to 1 x C x H x W, blob `blob` (default
+    score_blob) must come out at the input's size (FCN crops it there)."""
     name = net.inputs[0]
-    net.blobs[name].reshape(1, *in_.shape)
-    net.blobs[name].data[...] = in_
+    net.blobs[name].reshape(1, *image.shape)
+    net.blobs[name].data[...] = image
     net.forward()
     blob = blob or score_blob(net)
     score = net.blobs[blob].data[0]
-    if score.shape[1:] != image.shape[:2]:
-        raise ValueError('%s is %s but the image is %s: the net does not crop its output '
-                         'to the input' % (blob, score.shape[1:], image.shape[:2]))
+    if score.shape[1:] != image.shape[1:]:
+        raise ValueError('%s is %s but the input is %s: the net does not crop its output '
+                         'to the input' % (blob, score.shape[1:], image.shape[1:]))
+    return score.copy()
+
+
+def _pair(value):
+    return (int(value), int(value)) if np.isscalar(value) else tuple(int(v) for v in value)
+
+
+def _window_starts(size, crop, stride):
+    """Window offsets along one axis: every `stride`, the last flush with the end."""
+    n = -(-max(size - crop, 0) // stride) + 1
+    return [min(i * stride, size - crop) for i in range(n)]
+
+
+def sliding_logits(net, image, crop, stride=None, flip=False, blob=None):
+    """K x H x W float32 class scores of `image` (C x H x W float32, already mean
+    subtracted) from overlapping crop x crop windows, so any image size runs in the
+    memory of one window.
+
+    The image is padded bottom/right with zeros (the mean) to at least `crop`; windows
+    start every `stride` pixels (default ceil(2/3 crop)), the last one flush with the
+    padded edge; the net's input is reshaped to 1 x C x crop_h x crop_w; every pixel gets
+    the mean of the logits of the windows covering it. flip: each window's logits plus
+    those of its horizontal mirror (mirrored back), summed before that mean, as PSPNet's
+    evaluation does. crop, stride: int or (h, w); blob: the score blob (see
+    score_blob)."""
+    c, h, w = image.shape
+    ch, cw = _pair(crop)
+    sh, sw = _pair(stride) if stride is not None else (-(-2 * ch // 3), -(-2 * cw // 3))
+    if min(ch, cw, sh, sw) < 1:
+        raise ValueError('crop %s and stride %s must be positive' % ((ch, cw), (sh, sw)))
+    ph, pw = max(h, ch), max(w, cw)
+    padded = np.zeros((c, ph, pw), np.float32)
+    padded[:, :h, :w] = image
+    total, count = None, np.zeros((ph, pw), np.float32)
+    for y in _window_starts(ph, ch, sh):
+        for x in _window_starts(pw, cw, sw):
+            window = padded[:, y:y + ch, x:x + cw]
+            logits = forward_logits(net, window, blob)
+            if flip:
+                logits += forward_logits(net, np.ascontiguousarray(window[:, :, ::-1]), blob)[:, :, ::-1]
+            if total is None:
+                total = np.zeros((logits.shape[0], ph, pw), np.float32)
+            total[:, y:y + ch, x:x + cw] += logits
+            count[y:y + ch, x:x + cw] += 1
+    return total[:, :h, :w] / count[:h, :w]
+
+
+def segment(net, image, mean, blob=None, tile=None):
+    """Labels of one image: H x W uint8 class indices (argmax of the score blob).
+
+    net: a caffe.Net with one input (1 x 3 x h x w, reshaped here); image: H x W x 3
+    uint8, RGB; mean: 3 floats, (B, G, R) order, subtracted after the RGB -> BGR swap;
+    blob: the score blob, default 'score' (or 'score_sem' for SIFT Flow); tile: None for
+    one forward pass at the image's size, else images larger than tile x tile go through
+    sliding_logits in tile x tile windows."""
+    in_ = preprocess(image, mean)
+    if tile and max(in_.shape[1:]) > tile:
+        score = sliding_logits(net, in_, tile, blob=blob)
+    else:
+        score = forward_logits(net, in_, blob)
     return score.argmax(axis=0).astype(np.uint8)
+
+
+# --- PSPNet's evaluation, as its release scores an image ----------------------------------
+#
+# The PSPNet release (Zhao et al., CVPR 2017; its evaluation is a MATLAB script) scores
+# one image thus: for each scale s, resize it (bilinear) so its longer side is
+# base_size * s; slide crop x crop windows over it (mean padding bottom/right, stride
+# ceil(2/3 crop), overlapping logits averaged, each window's horizontally flipped logits
+# added: sliding_logits); resize those logits back to the label's size and sum them over
+# the scales; the prediction is their argmax. Single scale is s = 1; multi-scale the six
+# PSP_SCALES. Base sizes: 512 for ADE20K and VOC 2012, 2048 for Cityscapes.
+PSP_BASE_SIZE = {'ade20k': 512, 'voc2012': 512, 'cityscapes': 2048}
+PSP_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def release_logits(net, image, mean, base_size, crop, scales=(1.0,), flip=True, size=None,
+                   blob=None):
+    """K x H x W float32: the class scores of PSPNet's evaluation of one image, summed
+    over `scales` (see above).
+
+    net: a deploy net whose input takes crop x crop (reshaped per window); image: H x W
+    x 3 RGB (uint8 or float); mean: (B, G, R), subtracted after the switch to BGR;
+    base_size: the longer side at scale 1; size: (H, W) of the result, default the
+    image's (the label's); blob: the score blob (default score_blob)."""
+    import layers
+    out = tuple(size or image.shape[:2])
+    image = np.asarray(image, np.float32)
+    total = None
+    for s in scales:
+        scaled = layers.resize_bilinear(image, layers.scaled_size(image.shape, base_size * s))
+        logits = sliding_logits(net, preprocess(scaled, mean), crop, flip=flip, blob=blob)
+        back = layers.resize_bilinear(logits.transpose((1, 2, 0)), out)
+        total = back if total is None else total + back
+    return np.ascontiguousarray(total.transpose((2, 0, 1)))
 
 
 def score_blob(net):
@@ -264,7 +365,71 @@ def read_classes(path):
     return names
 
 
-def main(argv=None):
+def check_classes(names, net, blob, source):
+    """InputError unless there is one class name per channel of the score blob."""
+    channels = net.blobs[blob].data.shape[1]
+    if len(names) != channels:
+        raise InputError('%s: %d class names, but the net\'s %r has %d classes'
+                         % (source, len(names), blob, channels))
+
+
+def fit_error(param, deploy, input_name, size):
+    """None when a 1 x 3 x H x W input (size = (H, W)) keeps every blob of the net under
+    Caffe's limit, else the reason (one line)."""
+    try:
+        check_net(param, deploy, 'test', {input_name: (1, 3) + tuple(size)}, probe=False)
+    except InputError as e:
+        return str(e)
+    return None
+
+
+def largest_side(param, deploy, input_name, size):
+    """The largest long side (pixels) an image of size (H, W) can be scaled to and still
+    fit the net (see fit_error); bisection, as the blob sizes grow with the side."""
+    lo, hi = 1, max(size)
+    scaled = lambda side: tuple(max(1, int(round(d * float(side) / max(size)))) for d in size)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fit_error(param, deploy, input_name, scaled(mid)) is None else (lo, mid - 1)
+    return lo
+
+
+def output_names(paths, out):
+    """(label PNG, overlay JPEG) paths in `out` for each of `paths`: IMG.png and
+    IMG-overlay.jpg, or IMG-2, IMG-3, ... where a name is an input of the run or already
+    an output of it (two folders' a.png, or a real input called a-2.png), so one result
+    never replaces another or an input."""
+    inputs = {os.path.realpath(p) for p in paths}
+    taken, names = set(), []
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        for k in itertools.count(1):
+            name = stem if k == 1 else '%s-%d' % (stem, k)
+            pair = (os.path.join(out, name + '.png'), os.path.join(out, name + '-overlay.jpg'))
+            real = {os.path.realpath(p) for p in pair}
+            if not real & (inputs | taken):
+                break
+        taken |= real
+        names.append(pair)
+    return names
+
+
+def released_weights(model, download=True):
+    """Path of `model`'s released weights (where weights.py keeps them), fetched on
+    first use unless not `download` (progress bar, size / checksum checked); offline,
+    an InputError names the URL and the path to put the file at."""
+    path = weights.weights_path(model)
+    if os.path.isfile(path):
+        weights.fetch(model, progress=False)  # a file of the wrong size is refused
+        return path
+    if not download:
+        raise InputError('%s: weights not found; get them with `python weights.py %s` '
+                         '(or pass --weights FILE, or drop --no-download)' % (path, model))
+    print('%s: fetching the released weights into %s' % (model, path), file=sys.stderr, flush=True)
+    return weights.fetch(model, progress=sys.stderr.isatty())[0]
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(
         description='Segment images with an FCN: writes OUT/<name>.png (class indices, '
                     'palette PNG) and OUT/<name>-overlay.jpg.')
@@ -274,7 +439,12 @@ def main(argv=None):
                         help='model directory name (default: voc-fcn8s); sets the net, '
                              'the mean and the class names')
     parser.add_argument('--weights', help="caffemodel (default: the model's released "
-                                          'weights in its directory)')
+                                          'weights, fetched on first use)')
+    parser.add_argument('--no-download', action='store_true',
+                        help='never fetch the released weights; an error when they are missing')
+    parser.add_argument('--allow-partial', action='store_true',
+                        help='accept weights that cover only some layers of the net (the '
+                             'rest keep their random fill); off: such weights are an error')
     parser.add_argument('--deploy', help="net prototxt (default: the model's deploy.prototxt)")
     parser.add_argument('--classes', metavar='FILE',
                         help="class names, one per line in output order (default: the "
@@ -282,37 +452,82 @@ def main(argv=None):
     parser.add_argument('--out', default='fcn-out',
                         help='output folder (default: fcn-out in the current directory)')
     parser.add_argument('--gpu', type=int, default=None, help='GPU id (default: CPU)')
-    parser.add_argument('--max-side', type=int, default=None, metavar='N',
+    parser.add_argument('--max-side', type=int, default=TRAINED_SIDE, metavar='N',
                         help='shrink images whose longer side exceeds N pixels before the '
-                             'net; labels are scaled back to the full size')
+                             'net (default %d, the scale the nets were trained at); labels '
+                             'are scaled back to the full size' % TRAINED_SIDE)
+    parser.add_argument('--full-res', action='store_true',
+                        help='segment at the photo\'s own size, in overlapping --tile '
+                             'windows (averaged logits) instead of shrinking it')
+    parser.add_argument('--tile', type=int, default=TRAINED_SIDE, metavar='N',
+                        help='window side for --full-res (default %d)' % TRAINED_SIDE)
     args = parser.parse_args(argv)
-    if args.max_side is not None and args.max_side < 1:
-        parser.error('--max-side must be a positive number of pixels')
+    if args.max_side < 1 or args.tile < 1:
+        parser.error('--max-side and --tile must be positive numbers of pixels')
+    return args
 
+
+def open_model(args):
+    """(net, its NetParameter, deploy path, score blob, mean, class names, background
+    index or None) for the command line, every input checked."""
     model = os.path.basename(os.path.normpath(args.model))  # 'voc-fcn8s/' works too
     dataset, blob = model_info(model)
     mean, names = dataset_info(dataset)
-    if args.classes:
-        names = read_classes(args.classes)
-    background = names.index('background') if 'background' in names else None
-    model_dir = os.path.join(REPO, model)
-    deploy = args.deploy or os.path.join(model_dir, 'deploy.prototxt')
+    deploy = args.deploy or os.path.join(REPO, model, 'deploy.prototxt')
     if not os.path.isfile(deploy):
         raise InputError('%s: net prototxt not found; write it with `python net.py %s`'
                          % (deploy, model))
-    weights = args.weights
-    if weights is None:
-        import weights as weights_mod
-        weights = weights_mod.weights_path(model)
-        if not os.path.isfile(weights):
-            raise InputError('%s: weights not found; get them with `python weights.py %s` '
-                             '(or pass --weights FILE)' % (weights, model))
+    names = read_classes(args.classes) if args.classes else names
+    path = args.weights or released_weights(model, not args.no_download)
     set_mode(args.gpu)
-    net = open_net(deploy, 'test', weights)
+    net = open_net(deploy, 'test', path, partial=args.allow_partial)
     check_rgb_net(net, deploy)
     if blob not in net.blobs:
         raise InputError('%s: the net has no blob %r' % (deploy, blob))
+    check_classes(names, net, blob, args.classes or '%s (the %s classes; pass --classes FILE)'
+                  % (deploy, dataset))
+    background = names.index('background') if 'background' in names else None
+    return net, read_net_param(deploy), deploy, blob, mean, names, background
 
+
+def segment_file(path, names, model, args, paths):
+    """Segment image `path` and write its label PNG and overlay JPEG (`names`), neither
+    replacing an input; returns (image, label). InputError / OSError name the file."""
+    net, param, deploy, blob, mean, _, background = model
+    image = load_image(path)
+    small = image if args.full_res else resize_for_net(image, args.max_side)
+    if not args.full_res:
+        reason = fit_error(param, deploy, net.inputs[0], small.shape[:2])
+        if reason:
+            raise InputError('%s: %dx%d is too large for one pass of this net (%s); the largest '
+                             'that fits is --max-side %d, or use --full-res (tiled)'
+                             % (path, small.shape[1], small.shape[0], reason,
+                                largest_side(param, deploy, net.inputs[0], image.shape[:2])))
+    try:
+        label = segment(net, small, mean, blob, args.tile if args.full_res else None)
+    except ValueError as e:
+        raise InputError('%s: %s' % (path, e))
+    except MemoryError:
+        raise InputError('%s: out of memory at %dx%d; use a smaller --max-side or --tile'
+                         % (path, small.shape[1], small.shape[0]))
+    label = resize_label(label, image.shape[:2])
+    png, jpg = names
+    save_label_png(png, label, protect=paths)
+    with atomic_write(jpg, protect=paths) as f:
+        Image.fromarray(overlay(image, label, background)).save(f, format='JPEG', quality=90)
+    return image, label
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model = open_model(args)
+    net, param, deploy = model[:3]
+    if args.full_res:
+        reason = fit_error(param, deploy, net.inputs[0], (args.tile, args.tile))
+        if reason:
+            raise InputError('--tile %d: too large for this net (%s); the largest that fits is '
+                             '--tile %d' % (args.tile, reason, largest_side(
+                                 param, deploy, net.inputs[0], (args.tile, args.tile))))
     paths, errors = list_images(args.images)
     for message in errors:
         print('error: %s' % message, file=sys.stderr)
@@ -322,39 +537,19 @@ def main(argv=None):
         raise InputError('--out %s: cannot create the output folder (%s)'
                          % (args.out, e.strerror or e))
     failed = 0
-    used = {}
-    progress = Progress(len(paths), 'segmenting', enabled=sys.stderr.isatty() and len(paths) > 1)
-    for i, path in enumerate(paths):
-        progress.update(i)
+    bar = progress_bar(len(paths), 'segmenting', enabled=sys.stderr.isatty() and len(paths) > 1)
+    for path, names in zip(paths, output_names(paths, args.out)):
         try:
-            image = load_image(path)
-            small = resize_for_net(image, args.max_side)
-            try:
-                label = segment(net, small, mean, blob)
-            except ValueError as e:
-                raise InputError('%s: %s' % (path, e))
-            label = resize_label(label, image.shape[:2])
-            stem = os.path.splitext(os.path.basename(path))[0]
-            used[stem] = used.get(stem, 0) + 1
-            if used[stem] > 1:  # same name from another folder: keep both
-                stem = '%s-%d' % (stem, used[stem])
-            png = os.path.join(args.out, stem + '.png')
-            save_label_png(png, label)
-            jpg = os.path.join(args.out, stem + '-overlay.jpg')
-            from PIL import Image
-            with atomic_write(jpg) as f:
-                Image.fromarray(overlay(image, label, background)).save(f, format='JPEG',
-                                                                         quality=90)
+            image, label = segment_file(path, names, model, args, paths)
         except (InputError, OSError) as e:
-            progress.clear()
             message = str(e) if path in str(e) else '%s: %s' % (path, e)
-            print('error: %s' % message, file=sys.stderr)
+            bar.write('error: %s' % message, file=sys.stderr)
             failed += 1
-            continue
-        progress.clear()
-        print('%s (%dx%d) -> %s: %s' % (path, image.shape[1], image.shape[0], png,
-                                        shares_line(label, names)), flush=True)
-    progress.clear()
+        else:
+            bar.write('%s (%dx%d) -> %s: %s' % (path, image.shape[1], image.shape[0], names[0],
+                                                shares_line(label, model[5])), file=sys.stdout)
+        bar.update(1)
+    bar.close()
     if len(paths) > 1 or failed or errors:
         print('%d of %d images segmented into %s%s'
               % (len(paths) - failed, len(paths), args.out,

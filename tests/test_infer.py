@@ -183,8 +183,245 @@ def test_default_weights_missing_names_weights_py(tmp_path):
         pytest.skip('released weights are present')
     deploy = tmp_path / 'deploy.prototxt'
     deploy.write_text(TINY_DEPLOY % 21)
-    r = run_infer(tmp_path / 'x.jpg', '--deploy', deploy)
+    r = run_infer(tmp_path / 'x.jpg', '--deploy', deploy, '--no-download')
     one_line_error(r, path, 'python weights.py voc-fcn8s')
+
+
+def released(monkeypatch, tmp_path, url, size=None):
+    """Point weights.py's record for every model at a temporary one holding `url`;
+    returns where the weights go (the record's folder + the URL's basename)."""
+    import weights
+    record = tmp_path / 'release' / 'caffemodel-url'
+    record.parent.mkdir()
+    record.write_text(url + '\n' + ('size: %d\n' % size if size is not None else ''))
+    monkeypatch.setattr(weights, 'record_path', lambda model: str(record))
+    return record.parent / url.rsplit('/', 1)[-1]
+
+
+def test_released_weights_fetched_on_first_use(model, tmp_path, monkeypatch, capsys):
+    """Issue 13 item 7: as torch.hub does, the first run fetches the weights (size
+    checked) where weights.py keeps them; later runs use them; --no-download never fetches."""
+    deploy, good, _ = model
+    dest = released(monkeypatch, tmp_path, 'file://' + str(good), os.path.getsize(good))
+    img = tmp_path / 'a.png'
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(img)
+    args = [str(img), '--deploy', deploy, '--out', str(tmp_path / 'o')]
+    with pytest.raises(SystemExit) as e:
+        infer.run_cli(infer.main, args + ['--no-download'])
+    assert e.value.code == 1 and str(dest) in capsys.readouterr().err
+    assert infer.main(args) == 0
+    assert dest.read_bytes() == open(good, 'rb').read()
+    assert 'fetching' in capsys.readouterr().err
+    assert infer.main(args + ['--no-download']) == 0  # present now: no fetch
+    assert 'fetching' not in capsys.readouterr().err
+    assert (tmp_path / 'o' / 'a.png').is_file()
+
+
+def test_offline_names_the_url_and_the_path(model, tmp_path, monkeypatch, capsys):
+    deploy = model[0]
+    url = 'http://127.0.0.1:9/fcn8s-heavy-pascal.caffemodel'  # the discard port: refused
+    dest = released(monkeypatch, tmp_path, url, 1000)
+    with pytest.raises(SystemExit) as e:
+        infer.run_cli(infer.main, [str(tmp_path / 'x.jpg'), '--deploy', deploy])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert url in err[-1] and str(dest) in err[-1] and 'Traceback' not in '\n'.join(err)
+    assert not dest.exists()
+
+
+def test_out_folder_is_the_input_folder(model, tmp_path):
+    """F2: `infer.py DIR --out DIR` wrote its label maps over the input PNGs."""
+    src = tmp_path / 'photos'
+    src.mkdir()
+    rng = np.random.RandomState(5)
+    for name in ('a.png', 'b.jpg', 'b.png'):
+        Image.fromarray(rng.randint(0, 256, (H, W, 3)).astype(np.uint8)).save(src / name)
+    before = {n: (src / n).read_bytes() for n in os.listdir(str(src))}
+    r = run_infer(src, '--out', src, *net_args(model))
+    assert r.returncode == 0, r.stderr
+    for name, data in before.items():
+        assert (src / name).read_bytes() == data, name
+    assert '3 of 3' in r.stdout
+    outputs = sorted(set(os.listdir(str(src))) - set(before))
+    assert outputs == ['a-2-overlay.jpg', 'a-2.png', 'b-2-overlay.jpg', 'b-2.png',
+                       'b-3-overlay.jpg', 'b-3.png'], outputs
+
+
+def test_output_names_unique_against_inputs_and_outputs(model, tmp_path):
+    """F5: x/a.png, y/a.png and z/a-2.png: the second a got a-2 and the real a-2.png's
+    result overwrote it, while the summary said 3 of 3."""
+    sizes = {'x': (H, W), 'y': (20, 30), 'z': (25, 17)}
+    paths = []
+    for folder, size in sizes.items():
+        (tmp_path / folder).mkdir()
+        name = 'a-2.png' if folder == 'z' else 'a.png'
+        Image.fromarray(np.zeros(size + (3,), np.uint8)).save(tmp_path / folder / name)
+        paths.append(tmp_path / folder / name)
+    out = tmp_path / 'out'
+    r = run_infer(*paths, '--out', out, *net_args(model))
+    assert r.returncode == 0, r.stderr
+    assert '3 of 3' in r.stdout
+    got = {n: Image.open(out / n).size[::-1] for n in os.listdir(str(out)) if not n.endswith('.jpg')}
+    assert got == {'a.png': sizes['x'], 'a-2.png': sizes['y'], 'a-2-2.png': sizes['z']}, got
+    assert infer.output_names([str(p) for p in paths], 'o') == [
+        ('o/a.png', 'o/a-overlay.jpg'), ('o/a-2.png', 'o/a-2-overlay.jpg'),
+        ('o/a-2-2.png', 'o/a-2-2-overlay.jpg')]
+
+
+def test_full_disk_overlay_is_an_error_not_done(model, tmp_path, monkeypatch, capsys):
+    """F4: on a full disk the overlay JPEG was truncated under its final name and the
+    image reported done. Here the disk fills while the overlay is written."""
+    real = os.write
+
+    def full_at_overlay(fd, data):
+        if 'overlay' in os.path.basename(os.readlink('/proc/self/fd/%d' % fd)):
+            real(fd, bytes(data[:len(data) // 2]))
+            raise OSError(28, 'No space left on device')
+        return real(fd, data)
+    img = tmp_path / 'a.png'
+    Image.fromarray(np.random.RandomState(6).randint(0, 256, (H, W, 3)).astype(np.uint8)).save(img)
+    monkeypatch.setattr(os, 'write', full_at_overlay)
+    code = infer.main([str(img), '--out', str(tmp_path / 'o')] + net_args(model))
+    monkeypatch.setattr(os, 'write', real)
+    err = capsys.readouterr().err
+    assert code == 1 and 'a-overlay.jpg' in err and 'No space left' in err, err
+    assert sorted(os.listdir(str(tmp_path / 'o'))) == ['a.png']  # no truncated JPEG, no .part
+
+
+def test_classes_count_must_match_the_net(model, tmp_path):
+    """F28: a --classes file with another number of names than the net's classes."""
+    img = tmp_path / 'a.png'
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    classes = tmp_path / 'classes.txt'
+    classes.write_text('background\ncat\ndog\n')
+    r = run_infer(img, '--classes', classes, '--out', tmp_path / 'o', *net_args(model))
+    one_line_error(r, classes, '3 class names', '21 classes')
+    r = run_infer(img, '--classes', tmp_path / 'missing.txt', '--out', tmp_path / 'o', *net_args(model))
+    one_line_error(r, 'missing.txt')
+    # the dataset's names against a net of another class count: the deploy is named
+    deploy = tmp_path / 'deploy.prototxt'
+    deploy.write_text(TINY_DEPLOY % 5)
+    weights = random_weights(deploy, tmp_path / 'w.caffemodel')
+    r = run_infer(img, '--deploy', deploy, '--weights', weights, '--out', tmp_path / 'o')
+    one_line_error(r, deploy, '21 class names', '--classes')
+
+
+def test_partial_weights_need_allow_partial(tmp_path):
+    """F17: FCN-32s weights into FCN-8s gave 'background 100%' and exit 0."""
+    import net
+    net.write_model_dir(str(tmp_path / '32s'), 'voc-fcn32s', widths=(4, 4, 4, 4, 4, 8))
+    weights32 = random_weights(tmp_path / '32s' / 'deploy.prototxt', tmp_path / 'w32.caffemodel')
+    deploy8 = narrow_fcn8s(tmp_path / '8s')
+    img = tmp_path / 'a.png'
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    args = [img, '--deploy', deploy8, '--weights', weights32, '--out', tmp_path / 'o']
+    r = run_infer(*args)
+    one_line_error(r, weights32, 'score_pool4')
+    assert run_infer(*args, '--allow-partial').returncode == 0
+
+
+BIG = 4000  # a 16 Mpx photo: FCN-8s's conv1_2 im2col buffer at this size passes INT_MAX
+
+
+@pytest.fixture(scope='module')
+def wide_conv1(tmp_path_factory):
+    """FCN-8s with 16-channel conv1 (so a 4000 x 4000 input passes Caffe's blob limit)
+    and random weights."""
+    import net
+    folder = tmp_path_factory.mktemp('wide')
+    net.write_model_dir(str(folder), 'voc-fcn8s', widths=(16, 4, 4, 4, 4, 8))
+    deploy = os.path.join(str(folder), 'deploy.prototxt')
+    return deploy, random_weights(deploy, folder / 'w.caffemodel')
+
+
+def test_big_photo_segmented_at_the_trained_scale(wide_conv1, tmp_path):
+    """F8: a photo over ~3.7 Mpx aborted Caffe ('blob size exceeds INT_MAX') and a
+    folder run died there. By default it is segmented with its long side at 500 and the
+    labels come back at its own size; a --max-side too large for the net is a one-line
+    error naming the side that fits, and the other images are still done."""
+    deploy, weights = wide_conv1
+    src = tmp_path / 'photos'
+    src.mkdir()
+    Image.new('RGB', (BIG, BIG), (90, 120, 200)).save(src / 'big.jpg', quality=80)
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(src / 'small.png')
+    out = tmp_path / 'out'
+    args = ['--model', 'voc-fcn8s', '--deploy', deploy, '--weights', weights, '--out', out]
+    r = run_infer(src, *args)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out / 'big.png').size == (BIG, BIG)
+    assert Image.open(out / 'big-overlay.jpg').size == (BIG, BIG)
+    (out / 'small.png').unlink()
+    r = run_infer(src, '--max-side', BIG, *args)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'big.jpg' in lines[0] and 'conv1_2' in lines[0], r.stderr
+    side = int(lines[0].split('the largest that fits is --max-side ')[1].split(',')[0])
+    assert 3000 < side < BIG
+    assert (out / 'small.png').is_file() and '1 of 2' in r.stdout
+    param = infer.read_net_param(deploy)
+    assert infer.fit_error(param, deploy, 'data', (side, side)) is None
+    assert infer.fit_error(param, deploy, 'data', (side + 1, side + 1)) is not None
+
+
+def test_full_res_is_tiled(model, tmp_path):
+    """--full-res: the photo's own size, in overlapping windows; a window too large for
+    the net is refused up front with the size that fits."""
+    rgb = np.random.RandomState(7).randint(0, 256, (70, 101, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / 'p.png')
+    r = run_infer(tmp_path / 'p.png', '--full-res', '--tile', 40, '--out', tmp_path / 'o',
+                  *net_args(model))
+    assert r.returncode == 0, r.stderr
+    label = np.asarray(Image.open(tmp_path / 'o' / 'p.png'))
+    caffe = import_caffe()
+    deploy, good, _ = model
+    net = caffe.Net(deploy, good, caffe.TEST)
+    mean, _ = infer.dataset_info('voc')
+    want = infer.sliding_logits(net, infer.preprocess(rgb, mean), 40).argmax(0)
+    np.testing.assert_array_equal(label, want)
+
+
+def _conv_net(tmp_path, kernel=1):
+    """A 1 x 1 (or k x k, padded) convolution: its output at a pixel depends only on
+    that pixel (or a small neighbourhood), so windows can be checked exactly."""
+    deploy = tmp_path / ('conv%d.prototxt' % kernel)
+    deploy.write_text("""layer { name: "input" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "score" type: "Convolution" bottom: "data" top: "score"
+        convolution_param { num_output: 4 kernel_size: %d pad: %d } }
+""" % (kernel, kernel // 2))
+    caffe = import_caffe()
+    return caffe.Net(str(deploy), str(random_weights(deploy, tmp_path / 'c.caffemodel')), caffe.TEST)
+
+
+def test_sliding_logits(tmp_path):
+    net = _conv_net(tmp_path)
+    image = np.random.RandomState(8).randn(3, 23, 31).astype(np.float32)
+    whole = infer.forward_logits(net, image)
+    # pointwise net: every window gives the pixel the same logits, so the mean is exact
+    for crop, stride in ((10, None), ((7, 12), 5), (40, None)):
+        got = infer.sliding_logits(net, image, crop, stride)
+        assert got.shape == (4, 23, 31) and got.dtype == np.float32
+        np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5)
+    # flip adds the mirrored window's logits (the same, mirrored back, for this net)
+    np.testing.assert_allclose(infer.sliding_logits(net, image, 10, flip=True), 2 * whole,
+                               rtol=1e-5, atol=1e-5)
+    # a 3 x 3 net near window edges sees the padding: the overlap average is a real mean
+    net3 = _conv_net(tmp_path, 3)
+    small = image[:, :9, :9]
+    got = infer.sliding_logits(net3, small, 6, 3)  # windows at 0 and 3 on each axis
+    w = [infer.forward_logits(net3, np.ascontiguousarray(small[:, y:y + 6, x:x + 6]))
+         for y in (0, 3) for x in (0, 3)]
+    np.testing.assert_allclose(got[:, 0, 0], w[0][:, 0, 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[:, 4, 4], np.mean([w[0][:, 4, 4], w[1][:, 4, 1], w[2][:, 1, 4],
+                                                      w[3][:, 1, 1]], axis=0), rtol=1e-5, atol=1e-5)
+    # smaller than the crop: zero padding (the mean) bottom / right, cut back after
+    padded = np.zeros((3, 12, 12), np.float32)
+    padded[:, :9, :9] = small
+    np.testing.assert_allclose(infer.sliding_logits(net3, small, 12),
+                               infer.forward_logits(net3, padded)[:, :9, :9], rtol=1e-5, atol=1e-5)
+    # windows every ceil(2/3 crop), the last flush with the edge
+    assert infer._window_starts(31, 10, 7) == [0, 7, 14, 21]
+    assert infer._window_starts(10, 10, 7) == [0]
 
 
 def test_unsupported_models(tmp_path):

@@ -1,0 +1,317 @@
+"""common.py's guards: outputs never replace inputs and are complete before they take
+their final name (F2, F4), nets are checked before Caffe sees them (F15, F18), weights
+must cover the net (F17). Real pycaffe; Caffe is only built in a subprocess where a
+wrong check would let it abort."""
+import errno
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import common
+from common import InputError
+from datasets import random_weights  # tests/datasets.py
+
+caffe = common.import_caffe()
+REPO = common.REPO
+
+
+# --- outputs never replace inputs (F2) --------------------------------------------------------
+
+def test_atomic_write_refuses_to_replace_an_input(tmp_path):
+    photo = tmp_path / 'photo.png'
+    photo.write_bytes(b'the user\'s photo')
+    (tmp_path / 'link.png').symlink_to(photo)
+    os.link(str(photo), str(tmp_path / 'hard.png'))
+    for target in (photo, tmp_path / 'link.png', tmp_path / 'hard.png'):
+        with pytest.raises(InputError) as e:
+            with common.atomic_write(target, protect=[photo]) as f:
+                f.write(b'label map')
+        message = str(e.value)
+        assert str(target) in message and str(photo) in message and '\n' not in message
+    assert photo.read_bytes() == b'the user\'s photo'
+    assert os.path.islink(str(tmp_path / 'link.png'))
+    assert sorted(os.listdir(str(tmp_path))) == ['hard.png', 'link.png', 'photo.png']  # no .part
+
+
+def test_atomic_write_refuses_a_protected_folder(tmp_path):
+    labels = tmp_path / 'SegmentationClass'
+    labels.mkdir()
+    (labels / 'a.png').write_bytes(b'ground truth')
+    with pytest.raises(InputError, match='SegmentationClass'):
+        common.save_label_png(labels / 'a.png', np.zeros((2, 2), np.uint8), protect=[labels])
+    with pytest.raises(InputError, match='SegmentationClass'):
+        common.save_label_png(labels / 'new.png', np.zeros((2, 2), np.uint8), protect=[labels])
+    assert (labels / 'a.png').read_bytes() == b'ground truth'
+    assert os.listdir(str(labels)) == ['a.png']
+    # elsewhere it writes, and replaces its own earlier output
+    out = tmp_path / 'out' / 'a.png'
+    for value in (1, 2):
+        common.save_label_png(out, np.full((2, 3), value, np.uint8), protect=[labels])
+    assert np.asarray(Image.open(out)).tolist() == [[2, 2, 2], [2, 2, 2]]
+
+
+# --- every write complete before the rename (F4) ------------------------------------------------
+
+def _short_writer(real_write, budget):
+    """An os.write that, like a disk filling up, writes at most `budget` bytes in all:
+    a short count first, then ENOSPC."""
+    left = [budget]
+
+    def write(fd, data):
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        n = real_write(fd, bytes(data[:left[0]]))
+        left[0] -= n
+        return n
+    return write
+
+
+def _lying_writer(real_write):
+    """An os.write that reports every byte written but drops the second half of each
+    call (data lost below the file system's reporting)."""
+    def write(fd, data):
+        real_write(fd, bytes(data[:max(1, len(data) // 2)]))
+        return len(data)
+    return write
+
+
+@pytest.mark.parametrize('fault', ['short', 'lying'])
+def test_a_full_disk_never_leaves_a_truncated_jpeg(tmp_path, monkeypatch, fault):
+    """Pillow's JPEG encoder wrote through the file descriptor, so a short write was not
+    seen and the truncated overlay took its final name; now every byte goes through a
+    checked write and the size on disk is compared before the rename."""
+    rgb = np.random.RandomState(0).randint(0, 256, (64, 80, 3)).astype(np.uint8)
+    path = tmp_path / 'photo-overlay.jpg'
+    real = os.write
+    fake = _short_writer(real, 1000) if fault == 'short' else _lying_writer(real)
+    monkeypatch.setattr(os, 'write', fake)
+    with pytest.raises(OSError) as e:
+        with common.atomic_write(path) as f:
+            Image.fromarray(rgb).save(f, format='JPEG', quality=90)
+    monkeypatch.setattr(os, 'write', real)
+    assert str(path) in str(e.value)
+    assert not path.exists()
+    assert os.listdir(str(tmp_path)) == []  # the temporary file is gone too
+    # a write the kernel cuts short but that can go on is finished, not lost
+    monkeypatch.setattr(os, 'write', lambda fd, data: real(fd, bytes(data[:7])))
+    with common.atomic_write(path) as f:
+        Image.fromarray(rgb).save(f, format='JPEG', quality=90)
+    with common.atomic_write(tmp_path / 'a.txt', 'w') as f:
+        f.write('x' * 1000 + '\n')
+    monkeypatch.setattr(os, 'write', real)
+    assert Image.open(path).size == (80, 64)
+    assert (tmp_path / 'a.txt').read_text() == 'x' * 1000 + '\n'
+
+
+# --- nets checked before Caffe sees them (F15, F18) ---------------------------------------------
+
+NET = """name: "t"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 1 dim: 3 dim: 20 dim: 24 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "score" type: "Convolution" bottom: "pool1" top: "score"
+        convolution_param { num_output: 5 kernel_size: 1 } }
+layer { name: "up" type: "Deconvolution" bottom: "score" top: "up"
+        convolution_param { num_output: 5 kernel_size: 4 stride: 2 bias_term: false } }
+layer { name: "crop" type: "Crop" bottom: "up" bottom: "data" top: "out"
+        crop_param { axis: 2 offset: 1 } }
+"""
+
+# (what is wrong, old text, new text, the layer the error must name)
+BAD_NETS = [
+    ('kernel larger than its input', 'kernel_size: 1 }', 'kernel_size: 11 }', 'score'),
+    ('unknown bottom', 'bottom: "pool1" top: "score"', 'bottom: "pool2" top: "score"', 'score'),
+    ('unknown layer type', 'type: "ReLU"', 'type: "Relu"', 'relu1'),
+    ('num_output 0', 'num_output: 5 kernel_size: 1', 'num_output: 0 kernel_size: 1', 'score'),
+    ('top produced twice', 'top: "pool1"', 'top: "conv1"', 'pool1'),
+    ('pooling pad not below the kernel', 'kernel_size: 2 stride: 2', 'kernel_size: 2 stride: 2 pad: 2', 'pool1'),
+    ('crop larger than its bottom', 'offset: 1', 'offset: 9', 'crop'),
+    ('zero stride', 'kernel_size: 3 pad: 1', 'kernel_size: 3 pad: 1 stride: 0', 'conv1'),
+    ('unknown filler', 'kernel_size: 3 pad: 1', 'kernel_size: 3 pad: 1 weight_filler { type: "gauss" }', 'conv1'),
+    ('too many param blocks', 'bias_term: false }', 'bias_term: false } param { lr_mult: 0 } param { lr_mult: 0 }', 'up'),
+    ('wrong number of bottoms', 'bottom: "up" bottom: "data"', 'bottom: "up"', 'crop'),
+    ('a blob over INT_MAX', 'num_output: 4 kernel_size: 3 pad: 1', 'num_output: 4 kernel_size: 3 pad: 24000', 'conv1'),
+]
+
+
+def _bad_net(tmp_path, old, new):
+    assert old in NET
+    path = tmp_path / 'bad.prototxt'
+    path.write_text(NET.replace(old, new, 1))
+    return path
+
+
+def caffe_shapes(net):
+    """Shapes of a built net's blobs, less the split copies Caffe inserts itself."""
+    return {n: tuple(b.data.shape) for n, b in net.blobs.items() if '_split_' not in n}
+
+
+def test_good_net_shapes_are_caffes(tmp_path):
+    path = tmp_path / 'net.prototxt'
+    path.write_text(NET)
+    shapes = common.check_net(common.read_net_param(path), str(path), 'test')
+    net = caffe.Net(str(path), caffe.TEST)
+    assert shapes == caffe_shapes(net)
+
+
+@pytest.mark.parametrize('what,old,new,layer', BAD_NETS, ids=[b[0] for b in BAD_NETS])
+def test_bad_net_is_an_input_error_naming_the_prototxt_and_layer(tmp_path, what, old, new, layer):
+    path = _bad_net(tmp_path, old, new)
+    with pytest.raises(InputError) as e:
+        common.check_prototxt(path)
+    message = str(e.value)
+    assert str(path) in message and repr(layer) in message and '\n' not in message, message
+
+
+def _open_in_subprocess(path, phase='test'):
+    code = ('import sys, common\n'
+            'def main(argv): common.open_net(sys.argv[1], sys.argv[2])\n'
+            'common.run_cli(main)\n')
+    env = dict(os.environ, PYTHONPATH=REPO, GLOG_minloglevel='2')
+    env.pop('FCN_DEBUG', None)
+    return subprocess.run([sys.executable, '-c', code, str(path), phase], cwd=str(path.parent),
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize('case', [0, 1, 2, 3], ids=[b[0] for b in BAD_NETS[:4]])
+def test_bad_net_never_aborts_caffe(tmp_path, case):
+    """What a user sees (these four aborted Caffe with exit 134): exit 1, one line."""
+    _, old, new, layer = BAD_NETS[case]
+    path = _bad_net(tmp_path, old, new)
+    r = _open_in_subprocess(path)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and repr(layer) in lines[0], r.stderr
+
+
+def test_every_generated_net_passes_and_matches_caffe(tmp_path):
+    """No false alarms on the project's nets, and the inferred shapes are Caffe's: the
+    narrow FCN-8s, FCN-AlexNet (LRN, grouped convolutions, no pad on pool) and the
+    NYUD late fusion net (Eltwise of two towers)."""
+    import net as nets
+    for model in ('voc-fcn8s', 'voc-fcn-alexnet', 'nyud-fcn32s-color-hha', 'siftflow-fcn8s'):
+        folder = tmp_path / model
+        nets.write_model_dir(str(folder), model, widths=(4, 4, 4, 4, 4, 8))
+        deploy = folder / 'deploy.prototxt'
+        shapes = common.check_net(common.read_net_param(deploy), str(deploy), 'test')
+        net = caffe.Net(str(deploy), caffe.TEST)
+        assert shapes == caffe_shapes(net), model
+        for name in ('train.prototxt', 'val.prototxt'):
+            if (folder / name).exists():
+                common.check_prototxt(folder / name)  # the Python data layers check too
+
+
+def test_blob_limit_at_a_given_input_size(tmp_path):
+    """The check answers for an input size other than the declared one: FCN's conv1_2
+    im2col buffer passes INT_MAX at about 3.7 Mpx (the F8 abort)."""
+    import net as nets
+    nets.write_model_dir(str(tmp_path), 'voc-fcn8s', widths=(64, 4, 4, 4, 4, 8))
+    deploy = str(tmp_path / 'deploy.prototxt')
+    param = common.read_net_param(deploy)
+    common.check_net(param, deploy, 'test', {'data': (1, 3, 1080, 1920)})
+    with pytest.raises(InputError, match=r"conv1_2.*im2col buffer"):
+        common.check_net(param, deploy, 'test', {'data': (1, 3, 1500, 2000)})
+
+
+VOC_DATA = """layer { name: "data" type: "Python" top: "data" top: "label"
+        python_param { module: "layers" layer: "VOCSegDataLayer"
+                       param_str: "{\\"voc_dir\\": \\"x\\", \\"split\\": \\"val\\"}" } }
+layer { name: "score" type: "Convolution" bottom: "data" top: "score"
+        convolution_param { num_output: 21 kernel_size: 1 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" }
+"""
+
+BAD_PYTHON = [
+    ('bad param_str', '\\"split\\": \\"val\\"', '\\"splt\\": \\"val\\"', 'splt'),
+    ('param_str not a dict', 'param_str: "{\\"voc_dir\\": \\"x\\", \\"split\\": \\"val\\"}"',
+     'param_str: "voc_dir=x"', 'param_str'),
+    ('unknown class', 'VOCSegDataLayer', 'VOCSegDataLayr', 'VOCSegDataLayr'),
+    ('unknown module', 'module: "layers"', 'module: "layerz"', 'layerz'),
+    ('wrong top count', 'top: "data" top: "label"', 'top: "data" top: "label" top: "extra"', '3'),
+]
+
+
+@pytest.mark.parametrize('what,old,new,needle', BAD_PYTHON, ids=[b[0] for b in BAD_PYTHON])
+def test_bad_python_layer_names_the_prototxt(tmp_path, what, old, new, needle):
+    assert old in VOC_DATA
+    path = tmp_path / 'train.prototxt'
+    path.write_text(VOC_DATA.replace(old, new, 1))
+    r = _open_in_subprocess(path, 'train')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert str(path) in lines[0] and "'data'" in lines[0] and needle in lines[0], lines[0]
+
+
+# --- weights must cover the net (F17) -------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def fcn(tmp_path_factory):
+    """Narrow FCN-32s and FCN-8s deploy nets and random weights for each."""
+    import net as nets
+    root = tmp_path_factory.mktemp('fcn')
+    out = {}
+    for head in ('32s', '8s'):
+        folder = root / head
+        nets.write_model_dir(str(folder), 'voc-fcn' + head, widths=(4, 4, 4, 4, 4, 8))
+        deploy = folder / 'deploy.prototxt'
+        out[head] = (str(deploy), str(random_weights(deploy, folder / 'w.caffemodel')))
+    return out
+
+
+def test_weights_of_another_model_are_refused(fcn):
+    deploy8, _ = fcn['8s']
+    _, weights32 = fcn['32s']
+    with pytest.raises(InputError) as e:
+        common.open_net(deploy8, 'test', weights32)
+    message = str(e.value)
+    assert weights32 in message and 'score_pool4' in message and '\n' not in message
+    # on purpose (a parent's weights into its child) it loads, and the values arrive
+    net = common.open_net(deploy8, 'test', weights32, partial=True)
+    parent = caffe.Net(fcn['32s'][0], weights32, caffe.TEST)
+    np.testing.assert_array_equal(net.params['fc7'][0].data, parent.params['fc7'][0].data)
+
+
+def test_weights_cut_short_are_refused(fcn, tmp_path):
+    deploy, weights = fcn['8s']
+    param = caffe.proto.caffe_pb2.NetParameter()
+    param.ParseFromString(open(weights, 'rb').read())
+    # cut at a layer boundary: a well-formed file without the last layers
+    cut = caffe.proto.caffe_pb2.NetParameter()
+    cut.CopyFrom(param)
+    while cut.layer[-1].name != 'fc7':
+        del cut.layer[-1]
+    (tmp_path / 'cut.caffemodel').write_bytes(cut.SerializeToString())
+    with pytest.raises(InputError, match=r'cut\.caffemodel.*score_fr'):
+        common.open_net(deploy, 'test', str(tmp_path / 'cut.caffemodel'))
+    # a blob holding fewer values than its shape (Caffe's FromProto would abort)
+    short = caffe.proto.caffe_pb2.NetParameter()
+    short.CopyFrom(param)
+    layer = next(l for l in short.layer if l.name == 'fc6')
+    del layer.blobs[0].data[-1]
+    (tmp_path / 'short.caffemodel').write_bytes(short.SerializeToString())
+    with pytest.raises(InputError, match=r"short\.caffemodel: layer 'fc6' blob 0"):
+        common.open_net(deploy, 'test', str(tmp_path / 'short.caffemodel'))
+    # the complete file loads
+    assert 'score_pool4' in common.check_weights(weights, caffe.Net(deploy, caffe.TEST))
+
+
+def test_progress_bar_is_tqdm(capsys):
+    bar = common.progress_bar(3, 'scoring score')
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    assert type(bar).__module__.startswith('tqdm')
+    assert 'scoring score 3/3' in capsys.readouterr().err
+    quiet = common.progress_bar(3, 'x', enabled=False)
+    quiet.update(3)
+    quiet.close()
+    assert capsys.readouterr().err == ''

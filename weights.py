@@ -4,16 +4,23 @@ Every model directory holds a `caffemodel-url` record, compatible with the origi
 release's one-line files:
 
     http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel   <- line 1: the URL
-    size: 539683182                                                    <- optional, bytes
+    # sha1: opencv/opencv_extra testdata/dnn/download_models.py        <- where each is from
+    size: N                                                            <- optional, bytes
     sha256: 0123...                                                    <- optional
     sha1: 0123...                                                      <- optional (Model Zoo style)
+    md5: 0123...                                                       <- optional
     file: pspnet101_VOC2012.caffemodel                                 <- optional: the saved name
     downloader: gdown                                                  <- optional: see below
 
 Lines starting with '#' are comments; a record with no URL (nyud-fcn16s-color-hha,
-never released) makes the downloader say so. Only checksums published with the
-weights are recorded; where none is known the download is checked by size alone, or
-by the server's Content-Length. The weights are saved in the model directory under
+never released) makes the downloader say so. Only sizes and checksums published
+somewhere are recorded, each with a comment naming where. The release itself publishes
+none for most of its models, so a caffemodel is also checked by its content: it must
+parse and hold every learnable layer of the model directory's deploy.prototxt with the
+shapes that net expects (common.check_weights), so a download cut short, even at a
+layer boundary, is never "present". That check runs on every download and on a present
+file whose size is not recorded; --verify adds the checksums. The weights are saved in
+the model directory under
 the URL's basename (VGG16 and CaffeNet in ilsvrc-nets/, records
 `ilsvrc-nets/vgg16.caffemodel-url` and `ilsvrc-nets/caffenet.caffemodel-url`).
 
@@ -54,6 +61,7 @@ import urllib.request
 
 import gdown
 
+import common
 from common import REPO, InputError, run_cli
 
 RECORD = 'caffemodel-url'
@@ -70,6 +78,7 @@ DOWNLOADERS = ('gdown',)  # besides the built-in HTTP one
 CHUNK = 1 << 20  # bytes per read
 TIMEOUT = 60  # seconds without data before giving up on a connection
 NO_RELEASE = 'no released weights; train it with solve.py'
+DIGESTS = {'sha256': 64, 'sha1': 40, 'md5': 32}  # checksum -> hex digits
 
 
 def models():
@@ -96,12 +105,12 @@ def read_url_record(model_dir):
     """Parse a URL record: `model_dir` is a directory holding caffemodel-url, or the record file.
 
     Returns a dict: url (None when the model has no release), size (bytes or None),
-    sha256 / sha1 (lower-case hex or None), note (the comment lines, joined)."""
+    sha256 / sha1 / md5 (lower-case hex or None), note (the comment lines, joined)."""
     path = os.path.join(model_dir, RECORD) if os.path.isdir(model_dir) else model_dir
     if not os.path.isfile(path):
         raise InputError('%s: no URL record' % path)
-    rec = {'url': None, 'size': None, 'sha256': None, 'sha1': None, 'note': '', 'file': None,
-           'downloader': None}
+    rec = {'url': None, 'size': None, 'note': '', 'file': None, 'downloader': None}
+    rec.update({algo: None for algo in DIGESTS})
     notes = []
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -117,8 +126,7 @@ def read_url_record(model_dir):
                 rec['url'] = line
             elif sep and key == 'size' and value.isdigit():
                 rec['size'] = int(value)
-            elif sep and key in ('sha256', 'sha1') and re.fullmatch(
-                    r'[0-9a-fA-F]{%d}' % (64 if key == 'sha256' else 40), value):
+            elif sep and key in DIGESTS and re.fullmatch(r'[0-9a-fA-F]{%d}' % DIGESTS[key], value):
                 rec[key] = value.lower()
             elif sep and key == 'file' and value and os.path.basename(value) == value:
                 rec['file'] = value
@@ -126,7 +134,7 @@ def read_url_record(model_dir):
                 rec['downloader'] = value
             else:
                 raise InputError('%s:%d: cannot read %r (expected a URL, size: N, sha256: HEX, '
-                                 'sha1: HEX, file: NAME or downloader: %s)'
+                                 'sha1: HEX, md5: HEX, file: NAME or downloader: %s)'
                                  % (path, n, line, '|'.join(DOWNLOADERS)))
     rec['note'] = ' '.join(notes)
     return rec
@@ -185,12 +193,14 @@ def _unreachable(url, dest, reason):
                       % (url, reason, dest))
 
 
-def download(url, dest, size=None, sha256=None, progress=True, sha1=None):
+def download(url, dest, size=None, sha256=None, progress=True, sha1=None, md5=None,
+             check=None):
     """Download `url` to `dest` (bytes on disk, atomically), resuming `dest`.part.
 
-    `size` (bytes) and `sha256` / `sha1` (hex) are checked when given; a mismatch deletes
-    the .part and raises InputError. Network failures raise InputError naming the URL and
-    `dest`; a transfer cut short keeps the .part so the next call resumes it. Returns dest."""
+    `size` (bytes) and `sha256` / `sha1` / `md5` (hex) are checked when given, then
+    `check(part_path)` (raising InputError, e.g. `complete`); a mismatch deletes the .part
+    and raises InputError. Network failures raise InputError naming the URL and `dest`; a
+    transfer cut short keeps the .part so the next call resumes it. Returns dest."""
     dest = os.path.abspath(str(dest))
     part = dest + '.part'
     os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -245,7 +255,7 @@ def download(url, dest, size=None, sha256=None, progress=True, sha1=None):
     got = os.path.getsize(part) if os.path.isfile(part) else 0
     checks = [('size', size, lambda: got)]
     checks += [(algo, want, lambda a=algo: _file_digest(part, a))
-               for algo, want in (('sha256', sha256), ('sha1', sha1))]
+               for algo, want in (('sha256', sha256), ('sha1', sha1), ('md5', md5))]
     for what, want, compute in checks:
         if want is None:
             continue
@@ -254,6 +264,13 @@ def download(url, dest, size=None, sha256=None, progress=True, sha1=None):
             os.unlink(part)
             raise InputError('%s: %s mismatch (got %s, expected %s); the download was deleted, '
                              'run again' % (url, what, have, want))
+    if check:
+        try:
+            check(part)
+        except InputError as e:
+            os.unlink(part)
+            raise InputError('%s: the download is not a complete model (%s); it was deleted, '
+                             'run again' % (url, e))
     os.replace(part, dest)
     return dest
 
@@ -283,8 +300,33 @@ def download_gdown(url, dest, size=None, progress=True, fetch_file=gdown.downloa
     return dest
 
 
+def deploy_path(model):
+    """The net `model`'s weights load into: the model directory's deploy.prototxt, or the
+    classifier's ilsvrc-nets/<name>-deploy.prototxt for vgg16 / caffenet; None for the
+    PSPNet releases (the fork's layout, converted by surgery.py before they load)."""
+    if model in ILSVRC:
+        return os.path.join(ILSVRC_DIR, model + '-deploy.prototxt')
+    if model in PSPNET:
+        return None
+    return os.path.join(os.path.dirname(record_path(model)), 'deploy.prototxt')
+
+
+def complete(model, path):
+    """InputError unless caffemodel `path` parses and covers every learnable layer of
+    `model`'s deploy net with the shapes it expects (common.check_weights, not partial):
+    what a file cut short fails, wherever it was cut. Passes when there is no deploy net
+    to check against."""
+    deploy = deploy_path(model)
+    if deploy and os.path.isfile(deploy):
+        common.set_mode(None)
+        common.check_weights(path, common.open_net(deploy, 'test'))
+
+
 def fetch(model, progress=True, verify=False):
-    """Download `model`'s weights unless present; returns (path, 'present' | 'downloaded')."""
+    """Download `model`'s weights unless present; returns (path, 'present' | 'downloaded').
+
+    A present file must have the recorded size; where none is recorded (and always with
+    `verify`) its content must be `complete`; `verify` also checks the checksums."""
     rec = read_url_record(record_path(model))
     if not rec['url']:
         raise InputError('%s: %s' % (model, NO_RELEASE))
@@ -293,16 +335,21 @@ def fetch(model, progress=True, verify=False):
         if rec['size'] is not None and os.path.getsize(dest) != rec['size']:
             raise InputError('%s: has %d bytes, the release has %d; delete it and run again'
                              % (dest, os.path.getsize(dest), rec['size']))
-        for algo in ('sha256', 'sha1') if verify else ():
+        for algo in DIGESTS if verify else ():
             if rec[algo] and _file_digest(dest, algo) != rec[algo]:
                 raise InputError('%s: %s does not match the release; delete it and run again'
                                  % (dest, algo))
+        if verify or rec['size'] is None:
+            try:
+                complete(model, dest)
+            except InputError as e:
+                raise InputError('%s; delete it and run again' % e)
         return dest, 'present'
     if rec['downloader'] == 'gdown':
         download_gdown(rec['url'], dest, size=rec['size'], progress=progress)
         return dest, 'downloaded'
-    download(rec['url'], dest, size=rec['size'], sha256=rec['sha256'], sha1=rec['sha1'],
-             progress=progress)
+    download(rec['url'], dest, size=rec['size'], progress=progress,
+             check=lambda part: complete(model, part), **{a: rec[a] for a in DIGESTS})
     return dest, 'downloaded'
 
 
@@ -341,7 +388,8 @@ def main(argv=None):
     parser.add_argument('--list', action='store_true',
                         help='only print each model, whether its weights are present, and the URL')
     parser.add_argument('--verify', action='store_true',
-                        help='also check the checksums of weights already present')
+                        help='also check the checksums and the content of weights '
+                             'already present')
     parser.add_argument('--quiet', action='store_true', help='no progress meter')
     args = parser.parse_args(argv)
     names = list(args.models)

@@ -23,14 +23,22 @@ SHA1 = hashlib.sha1(PAYLOAD).hexdigest()
 
 class Handler(http.server.BaseHTTPRequestHandler):
     """GET /file.bin (honours Range), /norange.bin (ignores Range), /cut.bin (sends half
-    of the body then closes), anything else 404. Requests' Range headers are recorded."""
+    of the body then closes), the paths of `files` (whole, no Range), anything else 404.
+    Requests' Range headers are recorded."""
     ranges = []
+    files = {}  # path -> bytes, set by a test
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
         Handler.ranges.append(self.headers.get('Range'))
+        if self.path in Handler.files:
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(Handler.files[self.path])))
+            self.end_headers()
+            self.wfile.write(Handler.files[self.path])
+            return
         if self.path not in ('/file.bin', '/norange.bin', '/cut.bin'):
             self.send_error(404)
             return
@@ -231,3 +239,88 @@ def test_bad_record(tmp_path):
     (tmp_path / 'caffemodel-url').write_text('http://x/y.caffemodel\nsha256: nothex\n')
     with pytest.raises(InputError, match='caffemodel-url:2'):
         weights.read_url_record(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- complete files
+
+NARROW = (2, 2, 2, 2, 2, 4)  # net.py widths of a tiny FCN-32s
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A narrow voc-fcn32s model directory with random released-style weights, its record
+    naming no size or checksum (as most of the release's)."""
+    net = pytest.importorskip('net')
+    from datasets import random_weights  # tests/datasets.py
+    mdir = tmp_path / 'voc-fcn32s'
+    net.write_model_dir(str(mdir), 'voc-fcn32s', widths=NARROW)
+    weights_file = random_weights(str(mdir / 'deploy.prototxt'), mdir / 'fcn32s-heavy-pascal.caffemodel')
+    return mdir, weights_file
+
+
+def cut_at_layer(path, keep):
+    """The caffemodel `path` holding only its first `keep` layers with parameters: a file
+    cut at a layer boundary still parses."""
+    import common
+    caffe = common.import_caffe()
+    param = caffe.proto.caffe_pb2.NetParameter()
+    with open(path, 'rb') as f:
+        param.ParseFromString(f.read())
+    with_blobs = [i for i, layer in enumerate(param.layer) if layer.blobs]
+    del param.layer[with_blobs[keep]:]
+    return param.SerializeToString()
+
+
+def test_verify_finds_a_truncated_caffemodel(model_dir, server):
+    """F17: no FCN record has a size, so a truncated download was "present". A file cut at
+    a layer boundary or mid-blob is refused, naming it; a complete one is present; a
+    checksum that does not match is found by --verify."""
+    mdir, path = model_dir
+    (mdir / 'caffemodel-url').write_text(server + '/fcn32s-heavy-pascal.caffemodel\n')
+    full = open(path, 'rb').read()
+    r = run_cli(str(mdir), '--verify')
+    assert r.returncode == 0 and 'present' in r.stdout, r.stderr
+    for cut, words in ((cut_at_layer(path, 10), 'has no weights for'),
+                       (full[:len(full) // 2], 'not a Caffe weights file')):
+        open(path, 'wb').write(cut)
+        for flags in ((), ('--verify',)):
+            r = run_cli(str(mdir), *flags)
+            assert r.returncode == 1 and 'present' not in r.stdout, (r.stdout, r.stderr)
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and path in lines[0] and words in lines[0], lines
+            assert 'delete it and run again' in lines[0]
+    open(path, 'wb').write(full)
+    (mdir / 'caffemodel-url').write_text('%s/x.caffemodel\nfile: fcn32s-heavy-pascal.caffemodel\n'
+                                         'sha1: %s\n' % (server, '0' * 40))
+    assert run_cli(str(mdir)).returncode == 0  # checksums only with --verify
+    r = run_cli(str(mdir), '--verify')
+    assert r.returncode == 1 and 'sha1 does not match' in r.stderr
+
+
+def test_truncated_download_is_not_kept(model_dir, server):
+    """A download with no size, checksum or Content-Length to check that stops at a layer
+    boundary is deleted, never renamed into place."""
+    mdir, path = model_dir
+    Handler.files = {'/w.caffemodel': cut_at_layer(path, 5)}
+    (mdir / 'caffemodel-url').write_text(server + '/w.caffemodel\n')
+    try:
+        r = run_cli(str(mdir), '--quiet')
+    finally:
+        Handler.files = {}
+    assert r.returncode == 1 and 'not a complete model' in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and 'has no weights for' in r.stderr
+    assert not [p for p in os.listdir(mdir) if p.startswith('w.caffemodel')]
+
+
+def test_published_checksums_cite_their_source():
+    """Every size or checksum in a record has a comment line saying where it comes from."""
+    for model in weights.models() + sorted(weights.ILSVRC):
+        with open(weights.record_path(model)) as f:
+            lines = [line.strip() for line in f if line.strip()]
+        for i, line in enumerate(lines):
+            key = line.partition(':')[0]
+            if key in ('size',) + tuple(weights.DIGESTS):
+                sources = [l for l in lines[:i] if l.startswith('# %s:' % key)]
+                assert sources, '%s: %s has no source comment' % (model, key)
+    assert weights.read_url_record(weights.record_path('voc-fcn8s'))['md5'] == \
+        'c03b2953ebd846c270da1a8e8f200c09'

@@ -14,6 +14,7 @@ Commands (from anywhere; paths are resolved from this file):
     python net.py --check         # exit 1, listing the files that differ from net.py
     python net.py --list          # the models and their settings
     python net.py --docs          # print docs/models.md (written with the prototxts)
+    python net.py new NAME --from voc-fcn8s --data DIR --classes FILE   # your data: newmodel.py
 
 From Python (the demo builds a narrow FCN-8s on its own VOC-format data):
 
@@ -992,6 +993,10 @@ def list_models():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['new']:  # `net.py new NAME --from ... --data ...`: a model for your data
+        import newmodel  # here, not at the top: newmodel builds its nets with this module
+        return newmodel.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('models', nargs='*', metavar='MODEL',
                         help='model directories to write (default: all): %s' % ', '.join(sorted(MODELS)))

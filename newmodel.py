@@ -21,21 +21,31 @@ The data is a folder in PASCAL VOC's layout (the layout VOCSegDataLayer reads):
    unreadable files, an empty or duplicated class list). `--check-only` prints the
    report and the pixel count of every class, and makes nothing.
 """
+import argparse
 import collections
 import dataclasses
+import json
 import os
+import re
+import shutil
+import sys
+import tempfile
+import types
 
 import numpy as np
 from PIL import Image
 
 import common
 import infer
+import models
+import net
+import surgery
+import train
 from common import InputError
+from models import VOID
 
 SPLITS = ('train', 'val')
 IMAGES, LABELS, LISTS = 'JPEGImages', 'SegmentationClass', os.path.join('ImageSets', 'Segmentation')
-# The loss and the scores ignore this label value (net.IGNORE_LABEL).
-VOID = 255
 # The EXIF tag saying how a camera's picture is turned for display.
 EXIF_ORIENTATION = 0x0112
 # Beyond this many, a list of files is cut short in the report (with the count).
@@ -273,3 +283,382 @@ def check_dataset(root, classes_path, mean=False, progress=True):
     if mean and n_pixels:
         report.mean = tuple(float(v) for v in bgr_sum / n_pixels)
     return report
+
+
+# ---------------------------------------------------------------------------
+# 2. What the new model starts from: the parent's weights, through net surgery.
+
+# The parent net is opened with a 1 x 1 input: parameter shapes do not depend on the
+# input size (conv1's pad of 100 leaves every head its geometry), and activations stay
+# tiny even for the full VGG16.
+TINY_INPUT = 1
+# The first layer of each VGG16 block, then fc7: their output counts are the widths
+# net.py builds with (net.VGG16_WIDTHS).
+WIDTH_LAYERS = ('conv1_1', 'conv2_1', 'conv3_1', 'conv4_1', 'conv5_1', 'fc7')
+
+
+def weights_widths(path):
+    """The VGG16 channel widths stored in caffemodel `path`, in net.py's order: the new
+    model is built as wide as its parent (the paper's widths for released weights,
+    narrow ones for test nets)."""
+    caffe = common.import_caffe()
+    param = caffe.proto.caffe_pb2.NetParameter()
+    try:
+        with open(path, 'rb') as f:
+            param.ParseFromString(f.read())
+    except OSError as e:
+        raise InputError('%s: cannot read the parent weights (%s)' % (path, e.strerror or e))
+    except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
+        raise InputError('%s: not a Caffe weights file (%s)' % (path, e))
+    shapes = {layer.name: common._blob_shape(layer.blobs[0])
+              for layer in list(param.layer) or list(param.layers) if layer.blobs}
+    missing = [name for name in WIDTH_LAYERS if name not in shapes]
+    if missing:
+        raise InputError('%s: no layer %s: not the weights of a VGG16 FCN'
+                         % (path, ', '.join(missing)))
+    return tuple(int(shapes[name][0]) for name in WIDTH_LAYERS)
+
+
+def tiny_net(param):
+    """caffe.Net (TEST) of NetParameter `param` with its inputs cut to TINY_INPUT pixels."""
+    caffe = common.import_caffe()
+    param = type(param).FromString(param.SerializeToString())
+    for layer in param.layer:
+        for shape in layer.input_param.shape:
+            del shape.dim[2:]
+            shape.dim.extend([TINY_INPUT, TINY_INPUT])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'net.prototxt')
+        with open(path, 'w') as f:
+            f.write(str(param))
+        return caffe.Net(path, caffe.TEST)
+
+
+def layer_kinds(n):
+    """{'trunk' | 'score' | 'deconv' | 'fixed': [layer names with parameters]} of caffe.Net
+    `n`: the score layers are the 1x1 class scorers (score_fr, score_pool4, score_pool3),
+    deconv the upsamplings (bilinear, fixed), fixed the at-once Scale layers."""
+    kinds = {'trunk': [], 'score': [], 'deconv': [], 'fixed': []}
+    params = n.params
+    for name, layer in zip(n._layer_names, n.layers):
+        if name not in params:
+            continue
+        kind = ('deconv' if layer.type == 'Deconvolution' else 'fixed' if layer.type == 'Scale'
+                else 'score' if name.startswith('score') else 'trunk')
+        kinds[kind].append(name)
+    return kinds
+
+
+def _key(name):
+    """A class name for matching: 'TV monitor', 'tvmonitor' and 'tv_monitor' are one."""
+    return ''.join(c for c in name.lower() if c.isalnum())
+
+
+def copy_scores(new, parent, layer, classes, parent_classes):
+    """Start score layer `layer` of caffe.Net `new` (outputs `classes`) from the same
+    layer of `parent` (outputs `parent_classes`): every class of `classes` the parent
+    has by name takes the parent's output, the others stay at zero (the paper's start for
+    new score layers). Returns the report line."""
+    if layer not in parent.params:
+        return 'fresh %s: all %d outputs at zero (the parent has no %s)' % (layer, len(classes), layer)
+    old_blobs, new_blobs = parent.params[layer], new.params[layer]
+    if list(classes) == list(parent_classes):
+        for o, n in zip(old_blobs, new_blobs):
+            n.data[...] = o.data
+        return 'copied %s: all %d outputs (the same classes)' % (layer, len(classes))
+    if list(classes[:len(parent_classes)]) == list(parent_classes):
+        # the parent's classes first, new ones after: the release's score-layer expansion
+        surgery.expand_score(new, layer, parent, layer)
+        return ('copied %s: outputs 0..%d (the parent\'s classes); fresh at zero: %s'
+                % (layer, len(parent_classes) - 1, ', '.join(classes[len(parent_classes):])))
+    where = {_key(name): j for j, name in enumerate(parent_classes)}
+    pairs = [(k, where[_key(name)]) for k, name in enumerate(classes) if _key(name) in where]
+    for k, j in pairs:
+        for o, n in zip(old_blobs, new_blobs):
+            n.data[k] = o.data[j]
+    fresh = [name for name in classes if _key(name) not in where]
+    if not pairs:
+        return 'fresh %s: all %d outputs at zero (no class of the parent by name)' % (layer, len(classes))
+    return ('copied %s: %s; fresh at zero: %s'
+            % (layer, ', '.join('%s (parent output %d)' % (classes[k], j) for k, j in pairs),
+               ', '.join(fresh) or 'none'))
+
+
+@dataclasses.dataclass
+class StartReport:
+    """What start_weights did: the parent weights, the trunk's transplant
+    (surgery.TransplantReport: copied, coerced, dropped) and one line for each score,
+    upsampling and fixed layer."""
+    weights: str
+    trunk: surgery.TransplantReport
+    heads: list
+
+    def summary(self):
+        return ['starting from %s' % self.weights,
+                'trunk: %d parameter blobs copied, %d coerced, %d of the parent\'s left out'
+                % (len(self.trunk.copied), len(self.trunk.coerced), len(self.trunk.dropped))] + self.heads
+
+    def lines(self):
+        return self.summary() + self.trunk.lines()
+
+
+def start_weights(new_param, parent_param, parent_weights, classes, parent_classes, out):
+    """Make the new model's initial weights: caffe.Net of `new_param` (its deploy net)
+    from the parent (deploy NetParameter `parent_param` with `parent_weights`): the trunk
+    transplanted by name (surgery.transplant: copied, or coerced where only the shape
+    differs), the score layers by class name (copy_scores), the upsamplings bilinear;
+    saved to `out`. Returns a StartReport."""
+    parent = tiny_net(parent_param)
+    common.check_weights(parent_weights, parent)
+    parent.copy_from(str(parent_weights))
+    new = tiny_net(new_param)
+    kinds, parent_kinds = layer_kinds(new), layer_kinds(parent)
+    # transplant reads `.params` only: hand it the parent's trunk alone, since the score
+    # layers differ in shape when the class count does.
+    trunk = types.SimpleNamespace(params={name: blobs for name, blobs in parent.params.items()
+                                          if name in parent_kinds['trunk']})
+    report = StartReport(str(parent_weights), surgery.transplant(new, trunk, quiet=True), [])
+    done = {dst for _, dst, *_ in report.trunk.copied + report.trunk.coerced}
+    missing = [name for name in kinds['trunk'] if name not in done]
+    if missing:
+        raise InputError('%s: the parent has no %s: its trunk is not the new model\'s'
+                         % (parent_weights, ', '.join(missing)))
+    at_once = bool(kinds['fixed']) != bool(parent_kinds['fixed'])
+    for layer in kinds['score']:
+        if at_once and layer != 'score_fr' and layer in parent.params:
+            # the at-once net scores pool4/pool3 scaled by 0.01/0.0001, the staged one not
+            report.heads.append('fresh %s: all outputs at zero (the parent scores it at another '
+                                'scale: one net is all-at-once, the other staged)' % layer)
+        else:
+            report.heads.append(copy_scores(new, parent, layer, classes, parent_classes))
+    surgery.interp(new, kinds['deconv'])
+    report.heads += ['bilinear %s (fixed)' % name for name in kinds['deconv']]
+    report.heads += ['fixed %s: x %g' % (name, new.params[name][0].data.ravel()[0])
+                     for name in kinds['fixed']]
+    surgery.save_net(new, out)
+    return report
+
+
+# ---------------------------------------------------------------------------
+# 3. The model folder: model.json (the registry reads it), the generated prototxts, a
+# solve.py like every model's, the start weights and the reports.
+
+HEADS = ('32s', '16s', '8s', '8s-atonce')
+MEANS = ('voc', 'computed')
+NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
+SOLVE_PY = '''"""Train {name}: {title}.
+
+    python {folder}/solve.py               # {rounds} rounds x {iters} iterations, CPU
+    python {folder}/solve.py --gpu 0       # on a GPU
+    python {folder}/solve.py --help        # short runs, other weights, output
+
+Made by `python net.py new`: model.json says what it is; it starts from init.caffemodel
+({parent}'s weights through net surgery: init-report.txt).
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, {repo!r}))
+import train  # noqa: E402
+
+if __name__ == '__main__':
+    train.main(__file__, parent=lambda: os.path.join(HERE, 'init.caffemodel'))
+'''
+
+
+def parent_of(source):
+    """(spec, trunk, its output classes) of --from: an FCN model of one RGB input (a
+    ModelSpec: its trained or released weights) or an ImageNet classifier (a
+    ClassifierSpec: its weights cast to convolutions, no classes)."""
+    spec = models.get(source)
+    if spec.kind == 'classifier':
+        return spec, spec.name, ()
+    if tuple(spec.inputs) != ('color',):
+        raise InputError('--from %s: takes %s; a new model starts from a net of one RGB input'
+                         % (source, ' + '.join(spec.inputs)))
+    return spec, spec.trunk, spec.data.label(spec.outputs[0].label).classes
+
+
+def recipe(trunk, head):
+    """The built-in VOC model of the VGG16 FCN-`head` ('8s-atonce': the all-at-once 8s):
+    its head arguments, solver and schedule are the new model's (the paper's learning
+    rates for each net's summed loss). The new net is net.fcn on the user's dataset."""
+    if trunk != 'vgg16':
+        raise InputError('a new model is a VGG16 FCN (net.fcn); %s trunks (FCN-AlexNet) are '
+                         'not supported: start from vgg16 or a VGG16 FCN' % trunk)
+    at_once = head.endswith('-atonce')
+    for spec in models.BUILTIN.values():
+        if (spec.dataset == 'voc' and spec.builder == 'voc_fcn' and spec.head == head.split('-')[0]
+                and bool(spec.build_kwargs().get('at_once')) == at_once):
+            return spec
+    raise InputError('--head %s: not one of %s' % (head, ', '.join(HEADS)))
+
+
+def data_dir_param(root):
+    """The data layer's voc_dir for `root`: relative to <repo>/data when inside it (the
+    data root the layers resolve it against), else the absolute path. Nothing is copied."""
+    inside = os.path.join(common.REPO, 'data')
+    rel = os.path.relpath(root, inside)
+    return root if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
+def make_spec(name, folder, report, trunk, head, widths, mean, rounds, iters, parent):
+    """The ModelSpec of the new model (its DatasetSpec registered), as model.json gives it
+    back: built from the JSON form, so the file and the spec in hand are the same facts."""
+    base = recipe(trunk, head)
+    voc_dir = data_dir_param(report.root)
+    dataset = models.DatasetSpec(
+        name, 'your data: %s' % report.root, labels=(models.Labels('label', tuple(report.classes)),),
+        inputs=(models.Input('color', 3, tuple(float(m) for m in mean), 'BGR'),),
+        splits=tuple(models.Split(s, len(report.splits[s]), 'VOCSegDataLayer', (('voc_dir', voc_dir),))
+                     for s in SPLITS),
+        train_split='train', score_split='val', readmes=(), mean_param=True,
+        paper='checked by net.py new (data-report.txt)')
+    args = dict(base.build_kwargs(), dataset=name, widths=list(widths))
+    schedule = models.Schedule(rounds or base.schedule.rounds, iters or base.schedule.iters)
+    d = dict(name=name, folder=folder, family=name, dataset=name, trunk=trunk, head=base.head,
+             builder='fcn', builder_args=args, init='copy', parents=[],
+             solver=dataclasses.asdict(dataclasses.replace(base.solver, max_iter=schedule.total)),
+             schedule=dataclasses.asdict(schedule),
+             title='FCN-%s on your %d classes' % (head, len(report.classes)),
+             note='made by net.py new from %s; starts from init.caffemodel' % parent,
+             dataset_spec=dataclasses.asdict(dataset))
+    return models.from_dict(json.loads(json.dumps(d)), folder)
+
+
+def parent_start(parent, trunk, weights=None):
+    """(weights path, deploy NetParameter builder taking widths) of the parent: a
+    classifier's cast weights (ilsvrc-nets/) and its fully convolutional trunk, or a
+    model's trained weights (its latest snapshot, else the released file) and its deploy
+    net. `weights` replaces the path."""
+    if parent.kind == 'classifier':
+        path = weights or train.ilsvrc_weights(parent.name)
+        return path, lambda widths: surgery.fcn_trunk_param(trunk, widths)
+    path = weights or train.trained_weights(parent.name)
+    return path, lambda widths: net.build_net(parent, 'deploy', widths=tuple(widths))
+
+
+def write_folder(folder, files, weights_step):
+    """Make the model folder `folder` whole or not at all: {name: text} and the start
+    weights (weights_step(path) writes them, returning a StartReport) go into a hidden
+    folder beside it, renamed to `folder` once all is written. A folder already there
+    is never replaced. Returns the StartReport."""
+    if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        raise InputError('%s: already exists; pick another name or --out (nothing replaced)' % folder)
+    parent_dir = os.path.dirname(folder)
+    os.makedirs(parent_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent_dir, prefix='.%s.' % os.path.basename(folder), suffix='.part')
+    try:
+        for name, text in files.items():
+            with open(os.path.join(tmp, name), 'w') as f:
+                f.write(text)
+        report = weights_step(os.path.join(tmp, 'init.caffemodel'))
+        with open(os.path.join(tmp, 'init-report.txt'), 'w') as f:
+            f.write('\n'.join(report.lines()) + '\n')
+        os.chmod(tmp, 0o777 & ~common._umask())  # mkdtemp makes 0700
+        if os.path.isdir(folder):
+            os.rmdir(folder)  # empty (checked above)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def folder_files(spec, report, parent_name):
+    """{file name: text} of the new model's folder besides its weights: model.json, the
+    prototxts (net.py's, from the spec: the user's classes, data folder and mean),
+    solve.py, classes.txt and data-report.txt."""
+    files = net.model_files(spec)
+    files['model.json'] = json.dumps(models.to_dict(spec), indent=1) + '\n'
+    inside = not os.path.relpath(spec.folder, common.REPO).startswith(os.pardir)
+    files['solve.py'] = SOLVE_PY.format(
+        name=spec.name, title=spec.title, parent=parent_name, rounds=spec.schedule.rounds,
+        iters=spec.schedule.iters,
+        folder=os.path.relpath(spec.folder, common.REPO) if inside else spec.folder,
+        repo=os.path.relpath(common.REPO, spec.folder) if inside else common.REPO)
+    files['classes.txt'] = ''.join('%s\n' % c for c in spec.data.classes)
+    files['data-report.txt'] = '\n'.join(report.lines()) + '\n'
+    return files
+
+
+def make_model(name, source, data, classes, head=None, mean='voc', rounds=None, iters=None,
+               out=None, parent_weights=None, progress=True):
+    """Check the data, then make model `name` in folder `out` (default <repo>/NAME) from
+    --from `source`; returns (spec, StartReport). InputError, with nothing made, for a
+    dataset with problems (the report is printed first)."""
+    if not NAME.match(name):
+        raise InputError('%r: a model name is letters, digits, ".", "-" and "_"' % name)
+    if name in models.MODELS or name in models.CLASSIFIERS or name in models.DATASETS:
+        raise InputError('%s: a model or dataset of that name exists; pick another name' % name)
+    parent, trunk, parent_classes = parent_of(source)
+    head = head or ('8s-atonce' if parent.kind == 'classifier'
+                    else parent.head + ('-atonce' if parent.build_kwargs().get('at_once') else ''))
+    recipe(trunk, head)  # an impossible head fails before the data is read
+    folder = os.path.abspath(out or os.path.join(common.REPO, name))
+    weights, parent_net = parent_start(parent, trunk, parent_weights)
+    widths = weights_widths(weights)
+    report = check_dataset(data, classes, mean=mean == 'computed', progress=progress)
+    print('\n'.join(report.lines()), flush=True)
+    if report.problems:
+        raise InputError('%s: %d problem(s) in the dataset (listed above); nothing made'
+                         % (report.root, len(report.problems)))
+    mean_bgr = report.mean if mean == 'computed' else models.dataset('voc').mean
+    spec = make_spec(name, folder, report, trunk, head, widths, mean_bgr, rounds, iters, parent.name)
+    files = folder_files(spec, report, parent.name)
+    start = write_folder(folder, files, lambda path: start_weights(
+        net.build_net(spec, 'deploy'), parent_net(widths), weights, spec.data.classes,
+        parent_classes, path))
+    return spec, start
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog='net.py new', description=__doc__.split('\n\n')[0],
+        epilog=__doc__[__doc__.index('The data is'):], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('name', help='the new model\'s name; its folder is <repo>/NAME unless --out')
+    p.add_argument('--from', dest='source', metavar='MODEL',
+                   help='what it starts from: a VGG16 FCN (voc-fcn8s, pascalcontext-fcn32s, a '
+                        'model folder, ...: its trained or released weights) or vgg16 (the '
+                        'ImageNet net cast to convolutions)')
+    p.add_argument('--data', required=True, metavar='DIR', help='the dataset folder (VOC layout, above)')
+    p.add_argument('--classes', required=True, metavar='FILE',
+                   help='class names, one per line; line k names label value k')
+    p.add_argument('--head', choices=HEADS,
+                   help='the FCN head (default: the parent\'s; from vgg16 8s-atonce)')
+    p.add_argument('--mean', choices=MEANS, default='voc',
+                   help='the mean pixel subtracted: VOC\'s (default, what the released nets '
+                        'learned with) or computed from the training images')
+    p.add_argument('--rounds', type=int, help='scoring rounds (default: the paper\'s for the head)')
+    p.add_argument('--iters', type=int, help='iterations per round (default: the paper\'s)')
+    p.add_argument('--out', metavar='DIR', help='the model folder to make (default <repo>/NAME)')
+    p.add_argument('--parent-weights', metavar='FILE',
+                   help='the parent\'s weights (default: its latest snapshot, else its released '
+                        'weights; for vgg16 the cast file in ilsvrc-nets/)')
+    p.add_argument('--check-only', action='store_true',
+                   help='check the data, print the report and the class pixel counts; make nothing')
+    args = p.parse_args(argv)
+    for flag in ('rounds', 'iters'):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error('--%s must be at least 1' % flag)
+    if args.check_only:
+        report = check_dataset(args.data, args.classes, mean=args.mean == 'computed',
+                               progress=sys.stderr.isatty())
+        print('\n'.join(report.lines()))
+        if report.problems:
+            raise InputError('%s: %d problem(s) in the dataset (listed above)'
+                             % (report.root, len(report.problems)))
+        return 0
+    if not args.source:
+        p.error('--from is needed to make a model (or --check-only)')
+    spec, start = make_model(args.name, args.source, args.data, args.classes, args.head,
+                             args.mean, args.rounds, args.iters, args.out, args.parent_weights,
+                             progress=sys.stderr.isatty())
+    print('\n'.join(start.summary()))
+    folder = os.path.relpath(spec.folder) if not os.path.isabs(args.out or '') else spec.folder
+    print('made %s (%s, from %s)\n  train:   python %s/solve.py\n'
+          '  score:   python score.py --model %s --weights %s/snapshot/train_iter_N.caffemodel\n'
+          '  segment: python infer.py --model %s --weights ... IMAGE'
+          % (folder, spec.title, args.source, folder, folder, folder, folder))
+    return 0

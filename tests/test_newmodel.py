@@ -11,8 +11,11 @@ import pytest
 from PIL import Image
 
 import common
+import models
+import net
 import newmodel
-from datasets import OWN_CLASSES, OWN_TRAIN, OWN_VAL, make_own, read_rgb
+import surgery
+from datasets import OWN_CLASSES, OWN_TRAIN, OWN_VAL, make_own, random_weights, read_rgb
 
 REPO = common.REPO
 PY = sys.executable
@@ -99,3 +102,173 @@ def test_check_rgb_labels_and_missing_folders(tmp_path):
                  'train.txt: split list not found', 'val.txt: split list not found',
                  'names.txt: no class names'):
         assert any(what in p for p in report.problems), (what, report.problems)
+
+
+# ----------------------------------------------------------------------------- the start weights
+
+WIDTHS = (4, 4, 8, 8, 8, 16)  # a narrow VGG16: conv1..conv5, fc6/fc7
+
+
+@pytest.fixture(scope='module')
+def parent(tmp_path_factory):
+    """A narrow voc-fcn8s with random weights: (caffemodel path, caffe.Net holding them)."""
+    tmp = tmp_path_factory.mktemp('parent')
+    deploy = tmp / 'deploy.prototxt'
+    deploy.write_text(str(net.build_net('voc-fcn8s', 'deploy', widths=WIDTHS)))
+    path = random_weights(deploy, tmp / 'narrow-fcn8s.caffemodel', seed=3)
+    return path, common.open_net(deploy, 'test', path)
+
+
+def start(parent, head, classes, tmp_path):
+    """(StartReport, caffe.Net of the new deploy net with its start weights) of a narrow
+    FCN-`head` for `classes` started from `parent`."""
+    param = net.voc_fcn(head.split('-')[0], 'deploy', num_classes=len(classes), widths=WIDTHS,
+                        at_once=head.endswith('-atonce'))
+    out = str(tmp_path / 'init.caffemodel')
+    report = newmodel.start_weights(param, net.build_net('voc-fcn8s', 'deploy', widths=WIDTHS),
+                                    parent[0], list(classes), models.VOC_CLASSES, out)
+    deploy = tmp_path / 'new.prototxt'
+    deploy.write_text(str(param))
+    return report, common.open_net(deploy, 'test', out)
+
+
+def test_weights_widths_read_from_the_parent(parent):
+    assert newmodel.weights_widths(parent[0]) == WIDTHS
+
+
+def test_start_copies_trunk_and_classes_by_name(parent, tmp_path):
+    classes = ['background', 'road', 'Car', 'person', 'tv monitor']  # 0, new, 7, 15, 20
+    report, new = start(parent, '8s', classes, tmp_path)
+    old = parent[1]
+    for layer in ('conv1_1', 'conv3_2', 'conv5_3', 'fc6', 'fc7'):
+        for a, b in zip(new.params[layer], old.params[layer]):
+            np.testing.assert_array_equal(a.data, b.data)
+    for layer in ('score_fr', 'score_pool4', 'score_pool3'):
+        for blob_new, blob_old in zip(new.params[layer], old.params[layer]):
+            for k, j in ((0, 0), (2, 7), (3, 15), (4, 20)):
+                np.testing.assert_array_equal(blob_new.data[k], blob_old.data[j])
+            assert not blob_new.data[1].any()  # road: new, at zero as the paper starts them
+    up = new.params['upscore8'][0].data
+    np.testing.assert_allclose(up[1, 1], surgery.upsample_filt(16))
+    assert not up[0, 1].any()
+    text = '\n'.join(report.lines())
+    assert 'Car (parent output 7)' in text and 'fresh at zero: road' in text
+    assert 'copying conv1_1[0]' in text and 'trunk: 30 parameter blobs copied' in text
+
+
+def test_start_expands_when_the_parent_classes_come_first(parent, tmp_path):
+    classes = list(models.VOC_CLASSES) + ['road']
+    report, new = start(parent, '16s', classes, tmp_path)
+    for layer in ('score_fr', 'score_pool4'):
+        w_new, w_old = new.params[layer][0].data, parent[1].params[layer][0].data
+        np.testing.assert_array_equal(w_new[:21], w_old)
+        assert not w_new[21].any()
+    assert 'score_pool3' not in new.params
+    assert any('outputs 0..20 (the parent\'s classes); fresh at zero: road' in line
+               for line in report.heads)
+
+
+def test_start_at_once_from_staged_leaves_skips_fresh(parent, tmp_path):
+    report, new = start(parent, '8s-atonce', models.VOC_CLASSES, tmp_path)
+    np.testing.assert_array_equal(new.params['score_fr'][0].data, parent[1].params['score_fr'][0].data)
+    assert not new.params['score_pool4'][0].data.any() and not new.params['score_pool3'][0].data.any()
+    assert new.params['scale_pool4'][0].data.ravel()[0] == pytest.approx(0.01)
+    assert any('another scale' in line for line in report.heads)
+
+
+# ----------------------------------------------------------------------------- the command
+
+def run(*args):
+    return subprocess.run([PY] + [str(a) for a in args], capture_output=True, text=True,
+                          cwd=str(REPO), timeout=300)
+
+
+def new(name, data, classes, *flags):
+    return run(os.path.join(REPO, 'net.py'), 'new', name, '--data', data, '--classes', classes, *flags)
+
+
+def test_new_model_end_to_end(parent, tmp_path):
+    """net.py new from a narrow parent, then solve.py, score.py and infer.py on it."""
+    data = tmp_path / 'roads'
+    classes = make_own(data, classes=('background', 'road', 'car'))
+    folder = tmp_path / 'models' / 'my-roads'
+    r = new('my-roads', data, classes, '--from', 'voc-fcn8s', '--parent-weights', parent[0],
+            '--out', folder, '--head', '16s', '--rounds', '1', '--iters', '2')
+    assert r.returncode == 0, r.stderr
+    assert 'copied score_fr: background (parent output 0), car (parent output 7); fresh at zero: road' in r.stdout
+    assert sorted(os.listdir(folder)) == sorted(
+        ['model.json', 'train.prototxt', 'val.prototxt', 'deploy.prototxt', 'solver.prototxt',
+         'solve.py', 'classes.txt', 'init.caffemodel', 'init-report.txt', 'data-report.txt'])
+    spec = models.get(str(folder))  # the registry finds it by its folder
+    assert (spec.name, spec.head, spec.schedule.total) == ('my-roads', '16s', 2)
+    assert spec.data.classes == ('background', 'road', 'car')
+    assert spec.data.split('train').dirs == (('voc_dir', str(data)),)  # data not copied
+    val = common.read_net_param(folder / 'val.prototxt')
+    assert '"voc_dir": "%s"' % data in val.layer[0].python_param.param_str
+    assert net.build_net(spec, 'deploy').layer[-1].name == 'score'
+
+    r = run(folder / 'solve.py', '--rounds', '1', '--iters', '2')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'starting from %s' % (folder / 'init.caffemodel') in r.stdout
+    snap = folder / 'snapshot' / 'train_iter_2.caffemodel'
+    r = run(os.path.join(REPO, 'score.py'), '--model', folder, '--weights', snap,
+            '--out', tmp_path / 'scores.json')
+    assert r.returncode == 0, r.stderr
+    assert '(2 images)' in r.stdout
+    image = data / 'JPEGImages' / (OWN_VAL[0] + '.jpg')
+    r = run(os.path.join(REPO, 'infer.py'), image, '--model', 'voc-fcn8s', '--deploy',
+            folder / 'deploy.prototxt', '--weights', snap, '--classes', folder / 'classes.txt',
+            '--out', tmp_path / 'seg')
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / 'seg' / (OWN_VAL[0] + '.png')) as im:
+        assert im.size == Image.open(image).size and np.array(im).max() < 3
+
+
+def test_new_from_the_cast_vgg16_computed_mean(tmp_path):
+    deploy = tmp_path / 'trunk.prototxt'
+    deploy.write_text(str(surgery.fcn_trunk_param('vgg16', WIDTHS)))
+    cast = random_weights(deploy, tmp_path / 'vgg16-fcn.caffemodel')
+    classes = make_own(tmp_path / 'data')
+    folder = tmp_path / 'cast'
+    r = new('cast', tmp_path / 'data', classes, '--from', 'vgg16', '--parent-weights', cast,
+            '--out', folder, '--mean', 'computed')
+    assert r.returncode == 0, r.stderr
+    assert 'fresh score_pool3: all 5 outputs at zero (the parent has no score_pool3)' in r.stdout
+    spec = models.get(str(folder))
+    report = newmodel.check_dataset(tmp_path / 'data', classes, mean=True, progress=False)
+    assert spec.data.mean == pytest.approx(report.mean)
+    assert spec.build_kwargs()['at_once'] and spec.schedule == models.get('voc-fcn8s-atonce').schedule
+
+
+def test_new_refuses_without_making_anything(parent, tmp_path):
+    classes = make_own(tmp_path / 'data')
+    label = tmp_path / 'data' / 'SegmentationClass' / (OWN_TRAIN[1] + '.png')
+    Image.fromarray(np.zeros((3, 4), np.uint8), mode='L').save(label)
+    folder = tmp_path / 'bad'
+    r = new('bad', tmp_path / 'data', classes, '--from', 'voc-fcn8s', '--parent-weights',
+            parent[0], '--out', folder)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert 'problem: %s: 4 x 3 pixels' % label in r.stdout
+    assert r.stderr.strip().splitlines()[-1].endswith('1 problem(s) in the dataset (listed above); nothing made')
+    assert not folder.exists() and not [p for p in os.listdir(tmp_path) if p.startswith('.bad')]
+    r = new('bad', tmp_path / 'data', classes, '--check-only')
+    assert r.returncode == 1 and 'problem: %s' % label in r.stdout and not folder.exists()
+
+    folder.mkdir()
+    (folder / 'notes.txt').write_text('mine')
+    classes = make_own(tmp_path / 'good')
+    r = new('bad', tmp_path / 'good', classes, '--from', 'voc-fcn8s', '--parent-weights',
+            parent[0], '--out', folder)
+    assert r.returncode == 1 and 'already exists' in r.stderr and os.listdir(folder) == ['notes.txt']
+    for flags, message in ((['--from', 'nope'], "unknown model 'nope'"),
+                           (['--from', 'voc-fcn-alexnet'], 'not supported'),
+                           (['--from', 'nyud-fcn32s-color-hha'], 'one RGB input')):
+        r = new('other', tmp_path / 'good', classes, *flags)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+    r = new('voc-fcn8s', tmp_path / 'good', classes, '--from', 'voc-fcn8s')
+    assert r.returncode == 1 and 'exists; pick another name' in r.stderr
+
+
+def test_data_inside_the_repository_is_recorded_relative_to_its_data_root():
+    assert newmodel.data_dir_param(os.path.join(REPO, 'data', 'roads')) == 'roads'
+    assert newmodel.data_dir_param('/elsewhere/roads') == '/elsewhere/roads'

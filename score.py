@@ -26,6 +26,20 @@ undefined) and excluded classes, and every task's under "tasks" (SIFT Flow: scor
 score_geo). SIFT Flow's cow, desert and moon (absent from its test split) are left out
 of the semantic class averages when scoring that split.
 
+PSPNet (pspnet50-ade20k, pspnet101-voc2012, pspnet101-cityscapes; folder pspnet/<model>)
+is scored the release's way instead (infer.release_logits): its deploy net slides over
+each whole image of the split (read by val.prototxt's data layer class, without Caffe)
+resized so the long side is the base size (512 ADE20K / VOC, 2048 Cityscapes), flipped
+windows added; --multi-scale sums the scales 0.5 .. 1.75; the prediction is resized to
+the label's size. No loss is computed.
+
+    .venv/bin/python score.py --model pspnet50-ade20k --weights pspnet/pspnet50-ade20k/pspnet50_ADE20K-stock.caffemodel
+    .venv/bin/python score.py --model pspnet101-cityscapes --weights W --multi-scale --out ms.json
+
+--deploy replaces the deploy net (its input gives the crop), --base-size the base size
+(both for nets of your own, e.g. narrow test nets); --no-flip leaves out the flipped
+windows (not the release's protocol).
+
 --out and --save-pred are checked before anything is scored: they must be writable and
 may not lie inside the dataset or be the weights or the prototxt (a prediction saved
 into the label folder would replace the ground truth). A label outside the net's classes
@@ -41,6 +55,7 @@ import tempfile
 import numpy as np
 
 import common
+import infer
 import layers
 import metrics
 
@@ -107,8 +122,8 @@ def evaluate_tasks(net, ids, tasks, progress=True):
     A label outside a task's classes is a ValueError naming the image id and values."""
     ids = [str(i) for i in ids]
     state = [_task_state(net, t) for t in tasks]
-    bar = common.Progress(len(ids), 'scoring ' + ', '.join(t.layer for t in tasks),
-                          enabled=progress)
+    bar = common.progress_bar(len(ids), 'scoring ' + ', '.join(t.layer for t in tasks),
+                              enabled=progress)
     try:
         for done, idx in enumerate(ids, 1):
             net.forward()
@@ -122,7 +137,7 @@ def evaluate_tasks(net, ids, tasks, progress=True):
                     common.save_label_png(os.path.join(t.save_dir, idx + '.png'), pred)
                 if loss:
                     total[0] += float(net.blobs[loss].data.flat[0])
-            bar.update(done)
+            bar.update(1)
     finally:
         bar.close()
     results = []
@@ -150,6 +165,86 @@ def evaluate(net, ids, layer='score', gt='label', num_classes=None, save_dir=Non
     """
     task = Task(layer, gt, num_classes, exclude, save_dir, loss)
     return evaluate_tasks(net, ids, [task], progress)[0]
+
+
+# ----------------------------------------------------------------------------- PSPNet
+
+def evaluate_release(net, cls, params, ids, num_classes, base_size, scales=(1.0,), flip=True,
+                     save_dir=None, palette=None, progress=True):
+    """PSPNet's evaluation (infer.release_logits) of deploy net `net` over image ids `ids`,
+    each read by data layer class `cls` with its parsed `params` (read_example: whole
+    image and labels as the dataset stores them, mapped to 0..num_classes-1 / 255); the
+    crop is the net's input size. save_dir: predictions as palette PNGs
+    <save_dir>/<id>.png (`palette`: the dataset's colours). Returns an `Evaluation` of
+    the net's output against the labels (no loss)."""
+    crop = tuple(net.blobs[net.inputs[0]].data.shape[2:])
+    blob = infer.score_blob(net)
+    cm = metrics.ConfusionMatrix(num_classes)
+    bar = common.progress_bar(len(ids), 'scoring %s, %d scale%s' % (blob, len(scales), 's' * (len(scales) > 1)),
+                              enabled=progress)
+    try:
+        for done, idx in enumerate(ids, 1):
+            rgb, label = cls.read_example(params, idx, num_classes)
+            logits = infer.release_logits(net, rgb, params['mean'], base_size, crop, scales,
+                                          flip, label.shape, blob)
+            pred = logits.argmax(0).astype(np.uint8)
+            try:
+                cm.update(label, pred)
+            except ValueError as e:
+                raise ValueError('image %s: %s' % (idx, e))
+            if save_dir:
+                path = os.path.join(save_dir, idx + '.png')
+                os.makedirs(os.path.dirname(path), exist_ok=True)  # Cityscapes ids are city/name
+                common.save_label_png(path, pred, palette=palette)
+            bar.update(1)
+    finally:
+        bar.close()
+    s = cm.compute()
+    s['loss'] = None
+    return Evaluation(blob, 'label', cm.hist, None, len(ids), s)
+
+
+def psp_model(model):
+    """The net.PSPNET name `model` (a name or a path ending in it), else None."""
+    import net as nets
+    name = os.path.basename(os.path.normpath(model))
+    return name if name in nets.PSPNET else None
+
+
+def score_pspnet(args):
+    """score.py --model <PSPNet model>: the release's evaluation (see the module's doc)."""
+    import net as nets
+    model = psp_model(args.model)
+    folder = os.path.join(common.REPO, nets.PSP_FAMILY, model)
+    val = os.path.join(folder, 'val.prototxt')
+    deploy = args.deploy or os.path.join(folder, 'deploy.prototxt')
+    for path in (val, deploy):
+        if not os.path.isfile(path):
+            raise common.InputError('%s: not found (generate the nets with python net.py)' % path)
+    output_checks(args, val, args.weights)
+    param = common.read_net_param(val)
+    cls, split, ids = net_split_ids(param, val, args.split)
+    p = cls.parse_params(data_layer(param, layers)[0].python_param.param_str)
+    if args.limit:
+        ids = ids[:args.limit]
+    dataset = dataset_of(cls)
+    common.set_mode(args.gpu)
+    net = common.open_net(deploy, 'test', args.weights)
+    classes, exclude = class_info(dataset, 'label', split, net.blobs[infer.score_blob(net)].channels)
+    base = args.base_size or infer.PSP_BASE_SIZE[nets.PSPNET[model]['dataset']]
+    scales = infer.PSP_SCALES if args.multi_scale else tuple(args.scales or (1.0,))
+    print('%s: scoring %s on %s %s (%d images; base size %d, scales %s, flip %s)'
+          % (model, args.weights, dataset, split, len(ids), base,
+             ' '.join('%g' % x for x in scales), 'no' if args.no_flip else 'yes'), flush=True)
+    try:
+        ev = evaluate_release(net, cls, p, ids, len(classes), base, scales, not args.no_flip,
+                              args.save_pred, layers.DATASETS.get(dataset, {}).get('palette'),
+                              not args.quiet)
+    except ValueError as e:  # e.g. a malformed dataset file met during the walk
+        raise common.InputError(str(e))
+    protocol = dict(base_size=base, crop=list(net.blobs[net.inputs[0]].data.shape[2:]),
+                    scales=list(scales), flip=not args.no_flip)
+    return report(args, deploy, dataset, split, ids, [ev], [classes], protocol=protocol)
 
 
 # ----------------------------------------------------------------------------- command
@@ -319,21 +414,27 @@ def main(argv=None):
                         help='save predictions as palette PNGs DIR/<id>.png (multi-task: DIR/<label>/)')
     parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
     parser.add_argument('--quiet', action='store_true', help='no progress line')
+    psp = parser.add_argument_group('PSPNet models (the release\'s sliding-window evaluation)')
+    psp.add_argument('--multi-scale', action='store_true',
+                     help='sum the scales %s (default: 1 only)' % ' '.join('%g' % s for s in infer.PSP_SCALES))
+    psp.add_argument('--scales', type=float, nargs='+', metavar='S', help='scales to sum')
+    psp.add_argument('--no-flip', action='store_true', help='leave out the flipped windows')
+    psp.add_argument('--base-size', type=int, metavar='N',
+                     help='long side at scale 1 (default: 512 ADE20K / VOC, 2048 Cityscapes)')
+    psp.add_argument('--deploy', help="deploy prototxt (default: the model's)")
     args = parser.parse_args(argv)
+    check_args(args)
+    if psp_model(args.model):
+        return score_pspnet(args)
+    if args.multi_scale or args.scales or args.no_flip or args.base_size or args.deploy:
+        raise common.InputError('--multi-scale, --scales, --no-flip, --base-size and --deploy '
+                                'are for PSPNet models (%s is not one)' % args.model)
 
     mdir = model_dir(args.model)
     val = os.path.join(mdir, 'val.prototxt')
     if not os.path.isfile(val):
         raise common.InputError('%s: not found (the model directory has no val net; '
                                 'generate the nets with net.py)' % val)
-    if not os.path.isfile(args.weights):
-        raise common.InputError('%s: weights file not found' % args.weights)
-    if args.limit is not None and args.limit < 1:
-        raise common.InputError('--limit must be >= 1, got %d' % args.limit)
-    if args.data_root:
-        if not os.path.isdir(args.data_root):
-            raise common.InputError('--data-root %s: no such directory' % args.data_root)
-        os.environ['FCN_DATA_ROOT'] = os.path.abspath(args.data_root)
     output_checks(args, val, args.weights)
     common.set_mode(args.gpu)
 
@@ -349,15 +450,36 @@ def main(argv=None):
         results = evaluate_tasks(net, ids, tasks, progress=not args.quiet)
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise common.InputError(str(e))
+    return report(args, val, dataset, split, ids, results, names)
 
+
+def check_args(args):
+    """The checks every model's scoring shares: weights, --limit, --data-root (set)."""
+    if not os.path.isfile(args.weights):
+        raise common.InputError('%s: weights file not found' % args.weights)
+    if args.limit is not None and args.limit < 1:
+        raise common.InputError('--limit must be >= 1, got %d' % args.limit)
+    if args.data_root:
+        if not os.path.isdir(args.data_root):
+            raise common.InputError('--data-root %s: no such directory' % args.data_root)
+        os.environ['FCN_DATA_ROOT'] = os.path.abspath(args.data_root)
+    if args.scales and min(args.scales) <= 0:
+        raise common.InputError('--scales must be positive, got %s' % args.scales)
+    if args.base_size is not None and args.base_size < 1:
+        raise common.InputError('--base-size must be >= 1, got %d' % args.base_size)
+
+
+def report(args, prototxt, dataset, split, ids, results, names, **extra):
+    """Print each task's table and write the --out JSON: the first task's metrics at the
+    top level, every task's under 'tasks', `extra` (e.g. PSPNet's protocol) beside."""
     per_task = {}
     for ev, classes in zip(results, names):
         print_task(ev, classes)
         per_task[ev.layer] = task_json(ev, classes)
     # the first task's metrics at the top level, every task's under 'tasks'
-    record = dict(model=args.model, weights=os.path.abspath(args.weights), prototxt=val,
+    record = dict(model=args.model, weights=os.path.abspath(args.weights), prototxt=prototxt,
                   dataset=dataset, split=split, images=len(ids), data_root=layers.data_root(),
-                  date=datetime.datetime.now().isoformat(timespec='seconds'))
+                  date=datetime.datetime.now().isoformat(timespec='seconds'), **extra)
     record.update(per_task[results[0].layer])
     record.update(images=len(ids), tasks=per_task)
     if args.out:

@@ -1,0 +1,160 @@
+"""PSPNet's evaluation as its release does it (infer.release_logits, score.py --model
+pspnet...), and infer.py on PSPNet models, with narrow nets on tiny generated datasets."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import common
+import datasets  # tests/datasets.py
+import infer
+import layers
+import net
+import score
+import surgery
+
+caffe = common.import_caffe()
+
+ADE = 'ade20k/ADEChallengeData2016'
+NARROW = (4, 4, 8, 4, 4, 8, 8, 4, 8, 4)
+BLOCKS = (1, 1, 1, 1)
+CROP = 41  # F = 6: bins 1, 2, 3, 6
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path))
+    return tmp_path
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+def conv_net(tmp_path, weights):
+    """A net of one 1 x 3 convolution (3 -> K channels, pad 1 along x), any input size."""
+    k = weights.shape[0]
+    path = tmp_path / 'conv.prototxt'
+    path.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { '
+                    'dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+                    'layer { name: "score" type: "Convolution" bottom: "data" top: "score" '
+                    'convolution_param { num_output: %d kernel_h: 1 kernel_w: 3 pad_h: 0 '
+                    'pad_w: 1 bias_term: false } }\n' % k)
+    n = caffe.Net(str(path), caffe.TEST)
+    n.params['score'][0].data[...] = weights
+    return n
+
+
+def pil_resize(a, h, w):
+    """H x W x C float -> h x w x C, Pillow's bilinear per channel (the release's resize)."""
+    return np.stack([np.asarray(Image.fromarray(a[:, :, c].astype(np.float32), 'F')
+                                .resize((w, h), Image.BILINEAR)) for c in range(a.shape[2])], 2)
+
+
+def conv_x(x, w):
+    """K x H x W: the 1 x 3 convolution (zero padded along x) of 3 x H x W `x`, float64."""
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1))).astype(np.float64)
+    width = x.shape[2]
+    return sum(np.einsum('kc,chw->khw', w[:, :, 0, j], padded[:, :, j:j + width])
+               for j in range(3))
+
+
+def test_release_logits_resizes_flips_and_sums_the_scales(tmp_path):
+    rng = np.random.RandomState(0)
+    w = rng.normal(size=(4, 3, 1, 3)).astype(np.float32)
+    image = rng.randint(0, 256, (20, 30, 3)).astype(np.uint8)
+    mean = (100.0, 110.0, 120.0)  # B, G, R
+    scales = (0.5, 1.0, 1.25)     # long sides 12, 24, 30: each fits one 33 x 33 window
+    got = infer.release_logits(conv_net(tmp_path, w), image, mean, 24, 33, scales)
+    want = np.zeros((4, 20, 30))
+    for s in scales:
+        h, wd = int(round(20 * 24 * s / 30)), int(round(24 * s))
+        bgr = pil_resize(image.astype(np.float32), h, wd)[:, :, ::-1] - np.array(mean)
+        x = bgr.transpose(2, 0, 1)
+        # the window's logits plus those of its mirror image, mirrored back
+        logits = conv_x(x, w) + conv_x(x[:, :, ::-1], w)[:, :, ::-1]
+        want += pil_resize(logits.transpose(1, 2, 0), 20, 30).transpose(2, 0, 1)
+    assert got.shape == (4, 20, 30) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3 * np.abs(want).max())
+
+
+def test_release_logits_output_at_the_label_size(tmp_path):
+    w = np.ones((2, 3, 1, 3), np.float32)
+    got = infer.release_logits(conv_net(tmp_path, w), np.zeros((10, 16, 3), np.uint8),
+                               (0, 0, 0), 16, 9, size=(5, 8))
+    assert got.shape == (2, 5, 8)
+
+
+# ----------------------------------------------------------------------------- score.py
+
+def narrow_pspnet(tmp_path, classes=150, seed=0):
+    """(deploy prototxt, caffemodel) of a narrow PSPNet-50 with random weights: BN as
+    identity statistics, the interpolation layers set by surgery.pspnet_interp."""
+    deploy = tmp_path / 'deploy.prototxt'
+    deploy.write_text(str(net.pspnet('deploy', depth=50, num_classes=classes, crop=CROP,
+                                     stride_on='1x1_reduce', widths=NARROW, blocks=BLOCKS)))
+    n = caffe.Net(str(deploy), caffe.TEST)
+    rng = np.random.RandomState(seed)
+    for name, layer in zip(n._layer_names, n.layers):
+        blobs = n.params.get(name, [])
+        if layer.type == 'BatchNorm':
+            blobs[0].data[...], blobs[1].data[...], blobs[2].data[...] = 0, 1, 1
+        elif layer.type in ('Convolution', 'Scale'):
+            for b in blobs:
+                b.data[...] = rng.normal(0, 0.5, b.data.shape)
+    surgery.pspnet_interp(n)
+    weights = tmp_path / 'w.caffemodel'
+    n.save(str(weights))
+    return str(deploy), str(weights)
+
+
+def test_score_pspnet_release_protocol_on_ade20k(root, tmp_path, capsys):
+    ids = datasets.make_ade20k(root)
+    deploy, weights = narrow_pspnet(tmp_path)
+    out, pred_dir = tmp_path / 'single.json', tmp_path / 'pred'
+    args = ['--model', 'pspnet50-ade20k', '--weights', weights, '--deploy', deploy,
+            '--base-size', '60', '--quiet']
+    assert score.main(args + ['--out', str(out), '--save-pred', str(pred_dir)]) == 0
+    record = json.loads(out.read_text())
+    assert record['images'] == 3 and record['split'] == 'validation'
+    assert record['protocol'] == dict(base_size=60, crop=[CROP, CROP], scales=[1.0], flip=True)
+    # every pixel of the annotations but ADE20K's 0 ("other") is scored
+    counted = 0
+    for idx in ids:
+        png = np.array(Image.open(root / ADE / 'annotations/validation' / (idx + '.png')))
+        counted += int((png > 0).sum())
+        saved = Image.open(pred_dir / (idx + '.png'))
+        assert saved.size == png.shape[::-1]
+        assert saved.getpalette()[3:6] == list(layers.ADE20K_PALETTE[1])
+        # the prediction is the argmax of the release's logits at the label's size
+        rgb = np.array(Image.open(root / ADE / 'images/validation' / (idx + '.jpg')))
+        logits = infer.release_logits(caffe.Net(deploy, weights, caffe.TEST), rgb,
+                                      layers.PSP_MEAN, 60, CROP, size=png.shape)
+        np.testing.assert_array_equal(np.array(saved), logits.argmax(0))
+    assert record['pixels'] == counted
+    assert 0 <= record['mean_iu'] <= 1 and len(record['per_class_iu']) == 150
+    multi = tmp_path / 'multi.json'
+    assert score.main(args + ['--multi-scale', '--out', str(multi)]) == 0
+    record_ms = json.loads(multi.read_text())
+    assert record_ms['protocol']['scales'] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert record_ms['overall_acc'] != record['overall_acc']
+    assert 'base size 60, scales 0.5 0.75 1 1.25 1.5 1.75, flip yes' in capsys.readouterr().out
+
+
+def test_score_pspnet_cityscapes_ids_with_folders(root, tmp_path):
+    datasets.make_cityscapes(root)
+    deploy, weights = narrow_pspnet(tmp_path, classes=19)
+    pred = tmp_path / 'pred'
+    assert score.main(['--model', 'pspnet101-cityscapes', '--weights', weights, '--deploy',
+                       deploy, '--base-size', '50', '--quiet', '--limit', '2',
+                       '--save-pred', str(pred)]) == 0
+    assert sorted(p.name for p in pred.glob('*/*.png')) == [
+        'frankfurt_000000_000294.png', 'frankfurt_000000_000576.png']
+
+
+def test_pspnet_options_refused_for_fcn_models(tmp_path):
+    w = tmp_path / 'w.caffemodel'
+    w.write_bytes(b'x')
+    with pytest.raises(common.InputError, match='are for PSPNet models'):
+        score.main(['--model', 'voc-fcn8s', '--weights', str(w), '--multi-scale'])
+    with pytest.raises(common.InputError, match='--scales must be positive'):
+        score.main(['--model', 'pspnet50-ade20k', '--weights', str(w), '--scales', '0'])

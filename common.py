@@ -4,15 +4,20 @@
   the current directory.
 - `import_caffe()`: imports pycaffe with Caffe's INFO logging silenced (set
   FCN_VERBOSE=1 to see it).
-- `check_prototxt(path)` / `check_weights(path, net)` / `open_net(...)`: inputs are
-  checked in Python before Caffe sees them, because Caffe aborts the whole process
-  (glog FATAL) on a prototxt that does not parse or weights whose shapes do not fit.
+- `check_prototxt(path)` / `check_net(param, path, phase)` / `check_weights(path, net)` /
+  `open_net(...)`: inputs are checked in Python before Caffe sees them, because Caffe
+  aborts the whole process (glog FATAL) on a net it cannot build (unknown layer type or
+  bottom, a kernel larger than its input, a blob over INT_MAX values, ...) and on
+  weights whose shapes do not fit. Weights must cover every layer with parameters
+  unless the caller asks for partial loading (a parent's weights into its child).
 - `set_mode(gpu)`: CPU by default; a GPU id only when this pycaffe was built with CUDA
   (set_device in a CPU build aborts).
-- `atomic_write(path)`: write to a temporary file beside `path`, rename on success,
-  so an interrupted run never leaves a half-written output.
+- `atomic_write(path, protect=...)`: write to a temporary file beside `path`, every
+  write checked complete (size on disk compared) before the rename, so an interrupted
+  run or a full disk never leaves a half-written output; never over an input.
 - `run_cli(main)`: the one place a command turns an input error into a one-line
   message and exit status 1 (FCN_DEBUG=1 shows the traceback instead).
+- `progress_bar(total, desc)`: the tqdm bar long work shows.
 """
 import contextlib
 import errno
@@ -22,7 +27,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 import tqdm
 
@@ -854,53 +858,3 @@ def progress_bar(total, desc, enabled=True, unit='image'):
                      disable=not enabled or total <= 0, mininterval=0.1 if tty else 30,
                      bar_format='{desc} {n_fmt}/{total_fmt}%s {percentage:.0f}%%, '
                                 '{rate_fmt}, {remaining} left' % graphic)
-
-
-class Progress:
-    """A one-line progress indicator on stderr: count, rate and time left. Redrawn in
-    place on a terminal, otherwise a line every ~10%."""
-
-    def __init__(self, total, label='scoring', stream=None, enabled=True):
-        self.total, self.label, self.enabled = total, label, enabled and total > 0
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
-        self.start = time.time()
-        self.last_decile = 0
-        self.open = False  # a partial line is on the terminal
-
-    def close(self):
-        """End a partial terminal line (after an error part way)."""
-        if self.open:
-            self.stream.write('\n')
-            self.stream.flush()
-            self.open = False
-
-    def clear(self):
-        """Erase a partial terminal line, so other output can be printed in its place."""
-        if self.open:
-            self.stream.write('\r\033[K')
-            self.stream.flush()
-            self.open = False
-
-    def update(self, done):
-        if not self.enabled:
-            return
-        elapsed = time.time() - self.start
-        rate = elapsed / done if done else 0.0
-        msg = '%s %d/%d (%.0f%%) %.2f s/image, %s left' % (
-            self.label, done, self.total, 100.0 * done / self.total, rate,
-            _duration(rate * (self.total - done)))
-        if self.tty:
-            self.stream.write('\r' + msg + ('\n' if done == self.total else ''))
-            self.stream.flush()
-            self.open = done != self.total
-        else:
-            decile = 10 * done // self.total
-            if decile > self.last_decile or done == self.total:
-                self.last_decile = decile
-                print(msg, file=self.stream, flush=True)
-
-
-def _duration(seconds):
-    seconds = int(round(seconds))
-    return '%d:%02d:%02d' % (seconds // 3600, seconds // 60 % 60, seconds % 60)

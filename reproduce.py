@@ -501,15 +501,71 @@ def parse_weights(items, models):
     return out
 
 
+# what an evaluated entry of results.json holds, and of each of its tasks: the keys the
+# tables read, with their JSON types (None: null allowed)
+ENTRY_KEYS = {'tasks': (dict,), 'dataset': (str,), 'split': (str,), 'images': (int,),
+              'split_images': (int,), 'weights': (str,), 'weights_source': (str,),
+              'date': (str,), 'ms_per_image': (int, float, type(None))}
+TASK_KEYS = dict({k: (int, float, type(None)) for k in METRICS}, label=(str,), excluded=(list,),
+                 per_class_iu=(dict,), per_class_acc=(dict,))
+
+
+def _entry_problem(entry):
+    """What is wrong with an earlier run's model entry (None when it can be merged)."""
+    if not isinstance(entry, dict):
+        return 'not an object'
+    if entry.get('status') != 'evaluated':
+        return None  # not merged
+    for keys, where, what in [(ENTRY_KEYS, entry, '')] + [
+            (TASK_KEYS, t, 'task %r ' % name) for name, t in sorted(
+                (entry.get('tasks') or {}).items()) if isinstance(entry.get('tasks'), dict)]:
+        if not isinstance(where, dict):
+            return '%sis not an object' % what
+        for key, types in keys.items():
+            if key not in where:
+                return '%shas no %r' % (what, key)
+            if not isinstance(where[key], types) or isinstance(where[key], bool):
+                return '%s%r is %s' % (what, key, type(where[key]).__name__)
+    return None
+
+
 def _load_previous(out):
+    """The model entries of OUT/results.json to merge; InputError naming the file and the
+    model when one is malformed (an edited or foreign file)."""
     path = os.path.join(out, 'results.json')
     if not os.path.isfile(path):
         return {}
     try:
         with open(path) as f:
-            return json.load(f).get('models', {})
+            models = json.load(f).get('models', {})
     except (OSError, ValueError, AttributeError) as e:
         raise InputError('%s: cannot merge with it (%s)' % (path, e))
+    if not isinstance(models, dict):
+        raise InputError('%s: cannot merge with it ("models" is not an object)' % path)
+    for model, entry in models.items():
+        problem = _entry_problem(entry)
+        if problem:
+            raise InputError('%s: cannot merge with it: model %r %s (delete the entry or run '
+                             'without --merge)' % (path, model, problem))
+    return models
+
+
+def check_outputs(out, readme, overrides, val_nets):
+    """Refuse, before scoring, an OUT folder or --readme file that cannot be written, or
+    an OUT that would put results.json / results.md over an input: a --weights file, or
+    anything in the datasets the `val_nets` (prototxt paths) read."""
+    import score
+    common.check_writable(out, '--out', folder=True)
+    protect = list(overrides.values())
+    for val in val_nets:
+        try:
+            protect += score.data_dirs(common.read_net_param(val), val)
+        except InputError:  # no or a broken val net: that model fails on its own later
+            pass
+    for name in ('results.json', 'results.md'):
+        common.check_not_input(os.path.join(out, name), protect)
+    if readme:
+        common.check_writable(readme, '--readme')
 
 
 def score_model(model, model_dir, model_root, entry, override, args):
@@ -585,6 +641,8 @@ def main(argv=None):
     if not os.path.isdir(model_root):
         raise InputError('--model-root %s: no such directory' % args.model_root)
     out = os.path.abspath(args.out)
+    check_outputs(out, args.readme, overrides,  # before anything is scored
+                  [os.path.join(model_root, m, 'val.prototxt') for m in models])
     previous = _load_previous(out) if args.merge else {}
     mode = common.set_mode(args.gpu)
     import layers

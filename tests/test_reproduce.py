@@ -7,6 +7,7 @@ with no data at all the paper's tables are still printed and the exit status is 
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -341,3 +342,45 @@ def test_broken_model_directory_fails_alone(world, tmp_path, monkeypatch):
     md = (out / 'results.md').read_text()
     assert '- `voc-fcn8s` (failed): evaluation: ' in md
     assert '| 65.5 / - | - | - | evaluation failed (see below) |' in md
+
+
+@pytest.mark.parametrize('entry, words', [
+    ('not a dict', "model 'voc-fcn8s' not an object"),
+    ({'status': 'evaluated'}, "model 'voc-fcn8s' has no 'tasks'"),
+    ({'status': 'evaluated', 'tasks': {'score': {'mean_iu': 'high'}}}, "has no 'dataset'"),
+])
+def test_merge_with_a_malformed_entry_is_one_line(world, tmp_path, monkeypatch, entry, words):
+    """F20: a malformed model entry in OUT/results.json gave a traceback on --merge."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'results.json').write_text(json.dumps({'models': {'voc-fcn8s': entry}}))
+    with pytest.raises(common.InputError, match='results.json: cannot merge with it: .*%s'
+                       % re.escape(words)):
+        run_main(monkeypatch, '--model-root', world['models'], '--data-root', world['data'],
+                 '--out', out, '--quiet', '--models', 'voc-fcn8s', '--merge')
+
+
+def test_merge_names_a_malformed_task_value(world, tmp_path, monkeypatch):
+    out = tmp_path / 'out'
+    assert run_main(monkeypatch, '--model-root', world['models'], '--data-root', world['data'],
+                    '--out', out, '--quiet', '--models', 'voc-fcn8s') == 0
+    assert reproduce._load_previous(str(out))['voc-fcn8s']['status'] == 'evaluated'
+    res = read_results(out)
+    res['models']['voc-fcn8s']['tasks']['score']['mean_iu'] = 'high'
+    (out / 'results.json').write_text(json.dumps(res))
+    with pytest.raises(common.InputError, match="model 'voc-fcn8s' task 'score' 'mean_iu' is str"):
+        reproduce._load_previous(str(out))
+
+
+def test_out_checked_before_scoring(world, tmp_path, monkeypatch, capsys):
+    """F24: an OUT that cannot be written was found after the first model was scored."""
+    (tmp_path / 'afile').write_text('x')
+    base = ['--model-root', world['models'], '--data-root', world['data'], '--quiet',
+            '--models', 'voc-fcn8s']
+    with pytest.raises(common.InputError, match='--out .*afile'):
+        run_main(monkeypatch, *base, '--out', tmp_path / 'afile' / 'out')
+    voc = world['data'] / 'pascal' / 'VOC2011'
+    with pytest.raises(common.InputError, match='inside %s' % re.escape(str(voc))):
+        run_main(monkeypatch, *base, '--out', voc / 'SegmentationClass')
+    assert 'scoring' not in capsys.readouterr().err
+    assert not (voc / 'SegmentationClass' / 'results.json').exists()

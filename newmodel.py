@@ -254,9 +254,9 @@ def check_dataset(root, classes_path, mean=False, progress=True):
     members = {s: set(ids) for s, ids in splits.items()}
     pixels = {s: np.zeros(len(classes) + 1, np.int64) for s in SPLITS}
     bgr_sum, n_pixels = np.zeros(3), 0
-    bar = common.Progress(len(pairs), 'checking', enabled=progress)
-    for k, i in enumerate(pairs):
-        bar.update(k)
+    bar = common.progress_bar(len(pairs), 'checking', enabled=progress)
+    for i in pairs:
+        bar.update()
         pair = read_pair(root, i, problems, warnings)
         if pair is None:
             continue
@@ -275,7 +275,7 @@ def check_dataset(root, classes_path, mean=False, progress=True):
         if mean and i in members['train']:
             bgr_sum += image.reshape(-1, 3).sum(axis=0, dtype=np.float64)[::-1]
             n_pixels += label.size
-    bar.update(len(pairs))
+    bar.close()
     for k, name in enumerate(classes):
         if pixels['train'][k] == 0 and splits['train']:
             warnings.append('class %d (%s) has no pixels in the training images' % (k, name))

@@ -204,11 +204,6 @@ def write_json(path, obj):
     """Write `obj` (NaN -> null) to `path` as indented JSON, atomically; a short write
     (a full disk) is an OSError naming `path`, and `path` keeps its old content."""
     text = json.dumps(jsonable(obj), indent=1, allow_nan=False) + '\n'
-    try:
-        with common.atomic_write(path, 'w') as f:
-            f.write(text)
-    except OSError as e:
-        if e.filename is None:  # os.write's ENOSPC names no file
-            raise OSError(e.errno, e.strerror, str(path)) from e
-        raise
+    with common.atomic_write(path, 'w') as f:
+        f.write(text)
     return path

@@ -71,6 +71,27 @@ def test_seg11valid_missing_sbd_list_names_it(root):
         seg11valid.main(['--no-check'])
 
 
+def test_seg11valid_out_never_replaces_an_input(root):
+    """--out naming VOC's own val.txt would have replaced the list it is derived from."""
+    voc_and_sbd(root)
+    val = root / 'pascal/VOC2011/ImageSets/Segmentation/val.txt'
+    before = val.read_text()
+    seg11valid = load_script('data/pascal/seg11valid.py')
+    with pytest.raises(common.InputError, match='would replace the input'):
+        seg11valid.main(['--out', str(val), '--no-check'])
+    assert val.read_text() == before
+
+
+def test_seg11valid_list_not_utf8_names_it(root):
+    """F25 class: a split list that does not decode is named, not a UnicodeDecodeError."""
+    voc_and_sbd(root)
+    train = root / 'sbdd/dataset/train.txt'
+    train.write_bytes(b'2008_000001\n\xff\xfe\n')
+    seg11valid = load_script('data/pascal/seg11valid.py')
+    with pytest.raises(common.InputError, match='train.txt: split list is not UTF-8'):
+        seg11valid.main(['--no-check'])
+
+
 # ----------------------------------------------------------------------------- NYUD
 
 def test_nyud_splits_from_gupta_mat(root, capsys):

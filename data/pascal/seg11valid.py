@@ -49,9 +49,10 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     voc_dir, sbdd_dir = data_path(args.voc_dir), data_path(args.sbdd_dir)
-    val = read_split(os.path.join(voc_dir, 'ImageSets', 'Segmentation', 'val.txt'),
-                     'the VOC2011 segmentation val list')
-    train = read_split(os.path.join(sbdd_dir, 'train.txt'), 'the SBD train list')
+    inputs = (os.path.join(voc_dir, 'ImageSets', 'Segmentation', 'val.txt'),
+              os.path.join(sbdd_dir, 'train.txt'))
+    val = read_split(inputs[0], 'the VOC2011 segmentation val list')
+    train = read_split(inputs[1], 'the SBD train list')
     valid = derive(val, train)
     summary = ('%d ids = VOC val %d minus %d also in SBD train'
                % (len(valid), len(val), len(val) - len(valid)))
@@ -61,7 +62,7 @@ def main(argv=None):
                                 'nothing written' % (summary, args.expect, voc_dir, sbdd_dir))
     out = data_path(args.out) if args.out else os.path.join(
         voc_dir, 'ImageSets', 'Segmentation', 'seg11valid.txt')
-    with common.atomic_write(out, 'w') as f:
+    with common.atomic_write(out, 'w', protect=inputs) as f:  # --out val.txt: refused
         f.write(''.join(i + '\n' for i in valid))
     print('wrote %s: %s' % (out, summary))
     return 0

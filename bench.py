@@ -36,6 +36,12 @@ process's own resident-set high-water mark (VmHWM) and nothing carries over:
   net translated layer by layer into torch.nn.functional calls that share the Caffe net's
   weight arrays, timed and measured the same way (its own threads), and its scores
   compared with Caffe's.
+- pspnet101: PSPNet-101 (pspnet/pspnet101-voc2012/deploy.prototxt) at its 473 x 473 crop,
+  measured the same ways; random weights as above, its BatchNorm statistics set to mean 0,
+  variance 1 and Scale to 1 (random variances could be negative) and its fixed
+  interpolation weights set by surgery.pspnet_interp. Its torch translation adds
+  BatchNorm, Scale, dilation, padded max pooling, average pooling, Concat, InnerProduct
+  on axis 2, Reshape and Tile.
 - train: one SGD iteration (forward, backward, update) of the FCN-8s train net at the
   first size, Input layers in place of its Python data layer, random labels (some 255).
 
@@ -63,7 +69,11 @@ import numpy as np
 
 from common import REPO, atomic_write, run_cli
 
-NETS = {'fcn8s': 'voc-fcn8s', 'fcn32s': 'voc-fcn32s'}
+NETS = {'fcn8s': 'voc-fcn8s', 'fcn32s': 'voc-fcn32s', 'pspnet101': 'pspnet/pspnet101-voc2012'}
+# PSPNet: its pyramid's pooling kernels fix the input to the crop it was built for, and its
+# output is the release's conv6_interp (logits at the input size).
+FIXED_SIZES = {'pspnet101': [(473, 473)]}
+OUTPUT = {'pspnet101': 'conv6_interp'}
 MARK = '@@BENCH@@'
 
 
@@ -145,8 +155,8 @@ def conv_flops(net):
             positions = top.shape[0] * int(np.prod(top.shape[2:]))
         elif kind == 'Deconvolution':
             positions = bottom.shape[0] * int(np.prod(bottom.shape[2:]))
-        else:
-            positions = bottom.shape[0]
+        else:  # every position before the layer's axis (PSPNet's axis-2 interpolation)
+            positions = int(np.prod(top.shape)) // top.shape[-1]
         flops[name] = 2 * weights * positions
     return flops
 
@@ -225,18 +235,35 @@ def _load_deploy(caffe, spec):
         net = caffe.Net(path, caffe.TEST)
         param = common.read_net_param(path) if pytorch else None
     _fill_random(net)
+    if spec['net'].startswith('pspnet'):
+        _pspnet_weights(net)
     rng = np.random.default_rng(1)
     net.blobs['data'].data[...] = rng.standard_normal(net.blobs['data'].data.shape,
                                                       dtype=np.float32) * 50
-    return net, (_torch_net(net, param) if pytorch else net.forward)
+    return net, (_torch_net(net, param, OUTPUT.get(spec['net'], 'score')) if pytorch
+                 else net.forward)
 
 
-def _torch_net(net, param):
+def _pspnet_weights(net):
+    """Random weights made sane for a PSPNet: BatchNorm mean 0, variance 1, factor 1;
+    Scale 1 and bias 0; the fixed interpolation layers as the fork's Interp."""
+    import surgery
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type == 'BatchNorm':
+            for blob, value in zip(net.params[name], (0, 1, 1)):
+                blob.data[...] = value
+        elif layer.type == 'Scale':
+            for blob, value in zip(net.params[name], (1, 0)):
+                blob.data[...] = value
+    surgery.pspnet_interp(net)
+
+
+def _torch_net(net, param, output='score'):
     """The deploy net as PyTorch computes it, for comparison: each layer of the prototxt as
     the torch.nn.functional call that computes the same thing, sharing the Caffe net's
     weight and input arrays (torch.from_numpy: no copies, so the peak memory counts the
     weights once, as for Caffe). Returns a function running one pass (inference mode,
-    torch's own threads), its output the 'score' tensor."""
+    torch's own threads), its output the `output` tensor."""
     import torch
     import torch.nn.functional as F
 
@@ -265,9 +292,35 @@ def _torch_net(net, param):
                 lambda s: lambda x: F.leaky_relu_(x, s))(layer.relu_param.negative_slope)
         elif kind == 'Pooling':  # Caffe rounds the output size up
             p = layer.pooling_param
-            assert p.pool == p.MAX and p.pad == 0, name
-            fn = (lambda k, st: lambda x: F.max_pool2d(x, k, st, ceil_mode=True))(
-                p.kernel_size, p.stride)
+            if p.pool == p.MAX:  # torch's ceil mode keeps a window starting in the padding, as Caffe
+                fn = (lambda k, st, pad: lambda x: F.max_pool2d(x, k, st, pad, ceil_mode=True))(
+                    p.kernel_size, p.stride, p.pad)
+            else:  # PSPNet's pyramid: kernel = stride, dividing the input, no padding
+                assert p.pool == p.AVE and p.pad == 0, name
+                fn = (lambda k, st: lambda x: F.avg_pool2d(x, k, st))(p.kernel_size, p.stride)
+        elif kind == 'BatchNorm':  # Caffe's statistics are stored times the factor blob
+            factor = float(net.params[name][2].data[0])
+            factor = 1 / factor if factor else 0
+            fn = (lambda m, v, eps: lambda x: F.batch_norm(x, m, v, training=False, eps=eps))(
+                blob(name, 0) * factor, blob(name, 1) * factor, layer.batch_norm_param.eps)
+        elif kind == 'Scale':
+            assert layer.scale_param.bias_term, name
+            fn = (lambda w, b: lambda x: torch.addcmul(b.view(1, -1, 1, 1), x, w.view(1, -1, 1, 1)))(
+                blob(name, 0), blob(name, 1))
+        elif kind == 'Concat':
+            fn = lambda *xs: torch.cat(xs, 1)
+        elif kind == 'InnerProduct':  # on axis 2: PSPNet's bins -> F x F interpolation
+            p = layer.inner_product_param
+            assert p.axis == 2 and not p.bias_term and not p.transpose, name
+            fn = (lambda w: lambda x: F.linear(x.flatten(2), w))(blob(name, 0))
+        elif kind == 'Reshape':
+            dims = list(layer.reshape_param.shape.dim)
+            fn = (lambda dims: lambda x: x.reshape(
+                [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]))(dims)
+        elif kind == 'Tile':
+            p = layer.tile_param
+            fn = (lambda axis, t: lambda x: x.repeat(
+                [t if i == axis else 1 for i in range(x.dim())]))(p.axis, p.tiles)
         elif kind == 'Dropout':
             fn = lambda x: x
         elif kind == 'Crop':
@@ -289,7 +342,7 @@ def _torch_net(net, param):
             blobs = {'data': data}
             for fn, bottoms, top in ops:
                 blobs[top] = fn(*[blobs[b] for b in bottoms])
-            return blobs['score']
+            return blobs[output]
     return forward
 
 
@@ -326,7 +379,8 @@ def task_memory(spec):
     t0 = time.perf_counter()
     out = forward()  # PyTorch: the score tensor (Caffe's are read from the net below)
     first = time.perf_counter() - t0
-    score = net.blobs['score'].data if spec.get('conv') != 'pytorch' else out.numpy()
+    score = (net.blobs[OUTPUT.get(spec['net'], 'score')].data if spec.get('conv') != 'pytorch'
+             else out.numpy())
     return {'first_s': first, 'rss_python_caffe_mb': base, 'rss_net_loaded_mb': loaded,
             'score_shape': list(score.shape), 'score_finite': bool(np.isfinite(score).all()),
             'peak_rss_mb': _peak_rss_mb()}
@@ -355,7 +409,7 @@ def task_forward(spec):
         import torch
         got = forward().numpy().copy()
         net.forward()
-        want = net.blobs['score'].data
+        want = net.blobs[OUTPUT.get(spec['net'], 'score')].data
         out['max_rel_diff_to_caffe'] = float(np.abs(got - want).max() / np.abs(want).max())
         out['torch'] = '%s, %d threads' % (torch.__version__, torch.get_num_threads())
         return out
@@ -526,7 +580,8 @@ def main(argv=None):
     parser.add_argument('--quick', action='store_true',
                         help='smoke run: 256 x 256 and 192 x 256 inputs, 2 repeats, 2048 sgemm')
     parser.add_argument('--repeats', type=int, help='timed passes per measurement (default 5, quick 2)')
-    parser.add_argument('--nets', default='fcn8s,fcn32s', help='comma-separated: fcn8s, fcn32s')
+    parser.add_argument('--nets', default='fcn8s,fcn32s,pspnet101',
+                        help='comma-separated: fcn8s, fcn32s, pspnet101 (always at 473 x 473)')
     parser.add_argument('--sizes', help='comma-separated HxW inputs (default 500x500,375x500)')
     parser.add_argument('--conv', help='comma-separated: winograd, direct (how Caffe runs the '
                         '3x3 convolutions), pytorch (the same net in PyTorch). Default: all '
@@ -598,13 +653,13 @@ def main(argv=None):
               % (sg['numpy_blas'], sg['numpy_gflops_best']))
     print()
     profile_way = next((v for v in ways if v != 'pytorch'), None)  # per-layer: Caffe's
-    head = '%-7s %-8s %-8s %6s %7s %7s %8s %7s %7s %6s %7s %8s %6s' % (
+    head = '%-9s %-8s %-8s %6s %7s %7s %8s %7s %7s %6s %7s %8s %6s' % (
         'net', 'HxW', 'conv', 'GFLOP', 'first s', 'min s', 'median s', 'GFLOP/s', 'sgemm', 'ratio',
         'floor s', 'peak MB', 'others')
     print(head)
     print('-' * len(head))
     for name in nets:
-        for i, (h, w) in enumerate(sizes):
+        for i, (h, w) in enumerate(FIXED_SIZES.get(name, sizes)):
             for way in ways:
                 base = {'net': name, 'height': h, 'width': w, 'conv': way}
                 mem = run_worker(dict(base, task='memory'))
@@ -618,9 +673,9 @@ def main(argv=None):
                         r[key] = mem[key]
                 results['forward'].append(r)
                 if 'error' in r:
-                    print('%-7s %-8s %-8s failed: %s' % (name, '%dx%d' % (h, w), way, r['error']))
+                    print('%-9s %-8s %-8s failed: %s' % (name, '%dx%d' % (h, w), way, r['error']))
                     continue
-                print('%-7s %-8s %-8s %6.1f %7.2f %7.3f %8.3f %7.1f %7.1f %6.2f %7.3f %8.0f %6s' % (
+                print('%-9s %-8s %-8s %6.1f %7.2f %7.3f %8.3f %7.1f %7.1f %6.2f %7.3f %8.0f %6s' % (
                     name, '%dx%d' % (h, w), way, r['gflop'], r['first_s'], r['min_s'],
                     r['median_s'], r['gflops_best'], r['sgemm_gflops_best'], r['ratio_to_sgemm'],
                     r['floor_s'], r['peak_rss_mb'], pct(r['others_busy_max'])))

@@ -354,23 +354,24 @@ def _key(name):
     return ''.join(c for c in name.lower() if c.isalnum())
 
 
-def copy_scores(new, parent, layer, classes, parent_classes):
-    """Start score layer `layer` of caffe.Net `new` (outputs `classes`) from the same
-    layer of `parent` (outputs `parent_classes`): every class of `classes` the parent
-    has by name takes the parent's output, the others stay at zero (the paper's start for
-    new score layers). Returns the report line."""
-    if layer not in parent.params:
-        return 'fresh %s: all %d outputs at zero (the parent has no %s)' % (layer, len(classes), layer)
-    old_blobs, new_blobs = parent.params[layer], new.params[layer]
+def copy_scores(new, parent, layer, classes, parent_classes, suffix=''):
+    """Start score layer `layer` of caffe.Net `new` (outputs `classes`) from layer
+    `layer` + `suffix` of `parent` (outputs `parent_classes`): every class of `classes`
+    the parent has by name takes the parent's output, the others stay at zero (the
+    paper's start for new score layers). Returns the report line."""
+    source = layer + suffix
+    if source not in parent.params:
+        return 'fresh %s: all %d outputs at zero (the parent has no %s)' % (layer, len(classes), source)
+    old_blobs, new_blobs = parent.params[source], new.params[layer]
     if list(classes) == list(parent_classes):
         for o, n in zip(old_blobs, new_blobs):
             n.data[...] = o.data
-        return 'copied %s: all %d outputs (the same classes)' % (layer, len(classes))
+        return 'copied %s: all %d outputs of %s (the same classes)' % (layer, len(classes), source)
     if list(classes[:len(parent_classes)]) == list(parent_classes):
         # the parent's classes first, new ones after: the release's score-layer expansion
-        surgery.expand_score(new, layer, parent, layer)
-        return ('copied %s: outputs 0..%d (the parent\'s classes); fresh at zero: %s'
-                % (layer, len(parent_classes) - 1, ', '.join(classes[len(parent_classes):])))
+        surgery.expand_score(new, layer, parent, source)
+        return ('copied %s: outputs 0..%d of %s (the parent\'s classes); fresh at zero: %s'
+                % (layer, len(parent_classes) - 1, source, ', '.join(classes[len(parent_classes):])))
     where = {_key(name): j for j, name in enumerate(parent_classes)}
     pairs = [(k, where[_key(name)]) for k, name in enumerate(classes) if _key(name) in where]
     for k, j in pairs:
@@ -380,7 +381,7 @@ def copy_scores(new, parent, layer, classes, parent_classes):
     if not pairs:
         return 'fresh %s: all %d outputs at zero (no class of the parent by name)' % (layer, len(classes))
     return ('copied %s: %s; fresh at zero: %s'
-            % (layer, ', '.join('%s (parent output %d)' % (classes[k], j) for k, j in pairs),
+            % (layer, ', '.join('%s (%s output %d)' % (classes[k], source, j) for k, j in pairs),
                ', '.join(fresh) or 'none'))
 
 
@@ -402,12 +403,14 @@ class StartReport:
         return self.summary() + self.trunk.lines()
 
 
-def start_weights(new_param, parent_param, parent_weights, classes, parent_classes, out):
+def start_weights(new_param, parent_param, parent_weights, classes, parent_classes, out,
+                  suffix=''):
     """Make the new model's initial weights: caffe.Net of `new_param` (its deploy net)
     from the parent (deploy NetParameter `parent_param` with `parent_weights`): the trunk
     transplanted by name (surgery.transplant: copied, or coerced where only the shape
-    differs), the score layers by class name (copy_scores), the upsamplings bilinear;
-    saved to `out`. Returns a StartReport."""
+    differs), the score layers by class name (copy_scores; the parent's carry `suffix`,
+    SIFT Flow's semantic head _sem), the upsamplings bilinear; saved to `out`. Returns a
+    StartReport."""
     parent = tiny_net(parent_param)
     common.check_weights(parent_weights, parent)
     parent.copy_from(str(parent_weights))
@@ -425,12 +428,12 @@ def start_weights(new_param, parent_param, parent_weights, classes, parent_class
                          % (parent_weights, ', '.join(missing)))
     at_once = bool(kinds['fixed']) != bool(parent_kinds['fixed'])
     for layer in kinds['score']:
-        if at_once and layer != 'score_fr' and layer in parent.params:
+        if at_once and layer != 'score_fr' and layer + suffix in parent.params:
             # the at-once net scores pool4/pool3 scaled by 0.01/0.0001, the staged one not
             report.heads.append('fresh %s: all outputs at zero (the parent scores it at another '
                                 'scale: one net is all-at-once, the other staged)' % layer)
         else:
-            report.heads.append(copy_scores(new, parent, layer, classes, parent_classes))
+            report.heads.append(copy_scores(new, parent, layer, classes, parent_classes, suffix))
     surgery.interp(new, kinds['deconv'])
     report.heads += ['bilinear %s (fixed)' % name for name in kinds['deconv']]
     report.heads += ['fixed %s: x %g' % (name, new.params[name][0].data.ravel()[0])
@@ -468,16 +471,18 @@ if __name__ == '__main__':
 
 
 def parent_of(source):
-    """(spec, trunk, its output classes) of --from: an FCN model of one RGB input (a
-    ModelSpec: its trained or released weights) or an ImageNet classifier (a
+    """(spec, trunk, its first output's classes, the suffix of its score layers) of
+    --from: an FCN model of one RGB input (a ModelSpec: its trained or released weights;
+    SIFT Flow's semantic head, score_sem, suffix _sem) or an ImageNet classifier (a
     ClassifierSpec: its weights cast to convolutions, no classes)."""
     spec = models.get(source)
     if spec.kind == 'classifier':
-        return spec, spec.name, ()
+        return spec, spec.name, (), ''
     if tuple(spec.inputs) != ('color',):
         raise InputError('--from %s: takes %s; a new model starts from a net of one RGB input'
                          % (source, ' + '.join(spec.inputs)))
-    return spec, spec.trunk, spec.data.label(spec.outputs[0].label).classes
+    output = spec.outputs[0]
+    return spec, spec.trunk, spec.data.label(output.label).classes, output.score[len('score'):]
 
 
 def recipe(trunk, head):
@@ -592,7 +597,7 @@ def make_model(name, source, data, classes, head=None, mean='voc', rounds=None, 
         raise InputError('%r: a model name is letters, digits, ".", "-" and "_"' % name)
     if name in models.MODELS or name in models.CLASSIFIERS or name in models.DATASETS:
         raise InputError('%s: a model or dataset of that name exists; pick another name' % name)
-    parent, trunk, parent_classes = parent_of(source)
+    parent, trunk, parent_classes, suffix = parent_of(source)
     head = head or ('8s-atonce' if parent.kind == 'classifier'
                     else parent.head + ('-atonce' if parent.build_kwargs().get('at_once') else ''))
     recipe(trunk, head)  # an impossible head fails before the data is read
@@ -609,7 +614,7 @@ def make_model(name, source, data, classes, head=None, mean='voc', rounds=None, 
     files = folder_files(spec, report, parent.name)
     start = write_folder(folder, files, lambda path: start_weights(
         net.build_net(spec, 'deploy'), parent_net(widths), weights, spec.data.classes,
-        parent_classes, path))
+        parent_classes, path, suffix))
     return spec, start
 
 

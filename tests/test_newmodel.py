@@ -152,7 +152,7 @@ def test_start_copies_trunk_and_classes_by_name(parent, tmp_path):
     np.testing.assert_allclose(up[1, 1], surgery.upsample_filt(16))
     assert not up[0, 1].any()
     text = '\n'.join(report.lines())
-    assert 'Car (parent output 7)' in text and 'fresh at zero: road' in text
+    assert 'Car (score_fr output 7)' in text and 'fresh at zero: road' in text
     assert 'copying conv1_1[0]' in text and 'trunk: 30 parameter blobs copied' in text
 
 
@@ -164,7 +164,7 @@ def test_start_expands_when_the_parent_classes_come_first(parent, tmp_path):
         np.testing.assert_array_equal(w_new[:21], w_old)
         assert not w_new[21].any()
     assert 'score_pool3' not in new.params
-    assert any('outputs 0..20 (the parent\'s classes); fresh at zero: road' in line
+    assert any('outputs 0..20 of score_fr (the parent\'s classes); fresh at zero: road' in line
                for line in report.heads)
 
 
@@ -174,6 +174,25 @@ def test_start_at_once_from_staged_leaves_skips_fresh(parent, tmp_path):
     assert not new.params['score_pool4'][0].data.any() and not new.params['score_pool3'][0].data.any()
     assert new.params['scale_pool4'][0].data.ravel()[0] == pytest.approx(0.01)
     assert any('another scale' in line for line in report.heads)
+
+
+def test_start_from_sift_flow_reads_its_semantic_head(tmp_path):
+    deploy = tmp_path / 'siftflow.prototxt'
+    deploy.write_text(str(net.build_net('siftflow-fcn16s', 'deploy', widths=WIDTHS)))
+    weights = random_weights(deploy, tmp_path / 'siftflow.caffemodel')
+    old = common.open_net(deploy, 'test', weights)
+    spec, _, classes, suffix = newmodel.parent_of('siftflow-fcn16s')
+    assert suffix == '_sem' and classes[27] == 'sky'
+    param = net.voc_fcn('16s', 'deploy', num_classes=2, widths=WIDTHS)
+    report = newmodel.start_weights(param, net.build_net(spec, 'deploy', widths=WIDTHS), weights,
+                                    ['background', 'sky'], classes, str(tmp_path / 'init.caffemodel'),
+                                    suffix)
+    (tmp_path / 'new.prototxt').write_text(str(param))
+    new = common.open_net(tmp_path / 'new.prototxt', 'test', str(tmp_path / 'init.caffemodel'))
+    for layer in ('score_fr', 'score_pool4'):
+        np.testing.assert_array_equal(new.params[layer][0].data[1], old.params[layer + '_sem'][0].data[27])
+        assert not new.params[layer][0].data[0].any()
+    assert 'sky (score_fr_sem output 27)' in '\n'.join(report.heads)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -195,7 +214,7 @@ def test_new_model_end_to_end(parent, tmp_path):
     r = new('my-roads', data, classes, '--from', 'voc-fcn8s', '--parent-weights', parent[0],
             '--out', folder, '--head', '16s', '--rounds', '1', '--iters', '2')
     assert r.returncode == 0, r.stderr
-    assert 'copied score_fr: background (parent output 0), car (parent output 7); fresh at zero: road' in r.stdout
+    assert 'copied score_fr: background (score_fr output 0), car (score_fr output 7); fresh at zero: road' in r.stdout
     assert sorted(os.listdir(folder)) == sorted(
         ['model.json', 'train.prototxt', 'val.prototxt', 'deploy.prototxt', 'solver.prototxt',
          'solve.py', 'classes.txt', 'init.caffemodel', 'init-report.txt', 'data-report.txt'])

@@ -39,6 +39,19 @@ the model directory each is compared with:
 Models with no number in the paper (siftflow-fcn32s/8s, pascalcontext-*) get rows of
 their own with only the measured values.
 
+PSPNet (net.PSPNET: pspnet50-ade20k, pspnet101-cityscapes, pspnet101-voc2012; folders
+pspnet/<model>) is scored the release's way, by score.py's own evaluate_release (the
+numbers `score.py --model M --weights W` prints): single scale always, the release's
+multi-scale (0.5 .. 1.75 summed) with --multi-scale (about 9 times the work). Its
+weights are the converted caffemodel pspnet/<model>/<release>-stock.caffemodel
+(`python weights.py M` then `python surgery.py pspnet-convert --model M`). PSP_PAPER
+holds the published numbers:
+
+    PSPNet release   ADE20K val 41.68 / 42.78 mean IU, 80.04 / 80.76 pixel acc. (single /
+                     multi-scale) -> pspnet50-ade20k; Cityscapes val 79.70 / 80.91, 96.38 /
+                     96.59 -> pspnet101-cityscapes; VOC2012 test 85.41 (server only)
+    PSPNet Table 3   PSPNet101 on ADE20K val 41.96 / 43.29, 80.64 / 81.39 (never released)
+
 Output, into OUT (default <repo>/results), written atomically after every model:
 OUT/results.json (every model's status, weights, split, images, time and score.py's
 per-task scores; the comparison rows, in %) and OUT/results.md (the comparison table,
@@ -74,7 +87,9 @@ MARK_START, MARK_END = '<!-- results:start -->', '<!-- results:end -->'
 # Where each dataset's README (how to get it, where to put it) lives.
 DATA_README = {'voc': 'data/pascal/README.md', 'nyud': 'data/nyud/README.md',
                'siftflow': 'data/sift-flow/README.md',
-               'pascalcontext': 'data/pascal-context/README.md'}
+               'pascalcontext': 'data/pascal-context/README.md',
+               'ade20k': 'data/ade20k/README.md', 'cityscapes': 'data/cityscapes/README.md',
+               'voc2012': 'data/pascal/README.md'}
 
 
 def _paper(source, name, model, data, acc=None, macc=None, iu=None, fw=None, task='score',
@@ -122,6 +137,27 @@ PAPER = (
            acc=94.3, task='score_geo'),
 )
 
+# PSPNet's published numbers (Zhao et al., CVPR 2017, and its release's notes; %), kept
+# beside PAPER until PSPNet joins the registry (models.PAPER). "single-scale": scale 1
+# with the flipped windows added; "multi-scale": the six scales summed, flip too.
+PSP_MS = 'multi-scale 0.5 .. 1.75 + flip: reproduce.py --multi-scale'
+PSP_PAPER = (
+    _paper('PSPNet release', 'PSPNet50, single scale', 'pspnet50-ade20k', 'ADE20K val',
+           acc=80.04, iu=41.68, task='single-scale'),
+    _paper('PSPNet release', 'PSPNet50, multi-scale', 'pspnet50-ade20k', 'ADE20K val',
+           acc=80.76, iu=42.78, task='multi-scale', note=PSP_MS),
+    _paper('PSPNet release', 'PSPNet101, single scale', 'pspnet101-cityscapes',
+           'Cityscapes val', acc=96.38, iu=79.70, task='single-scale'),
+    _paper('PSPNet release', 'PSPNet101, multi-scale', 'pspnet101-cityscapes',
+           'Cityscapes val', acc=96.59, iu=80.91, task='multi-scale', note=PSP_MS),
+    _paper('PSPNet release', 'PSPNet101 (COCO pre-trained)', 'pspnet101-voc2012',
+           'VOC2012 test', iu=85.41, local=False, task='single-scale', note=TEST_SERVER),
+    _paper('PSPNet Table 3', 'PSPNet101, single scale', None, 'ADE20K val', acc=80.64,
+           iu=41.96, note='ResNet-101 ADE20K weights never released'),
+    _paper('PSPNet Table 3', 'PSPNet101, multi-scale', None, 'ADE20K val', acc=81.39,
+           iu=43.29, note='ResNet-101 ADE20K weights never released'),
+)
+
 
 # ----------------------------------------------------------------------------- weights and data
 
@@ -133,6 +169,48 @@ def _commands(model, model_dir, model_root):
             'python %s' % os.path.join(model_dir, 'solve.py'))
 
 
+def all_models():
+    """Every model reproduce.py knows, in table order: net.MODELS, then net.PSPNET."""
+    import net
+    return list(net.MODELS) + list(net.PSPNET)
+
+
+def model_dataset(model):
+    import net
+    return net.PSPNET[model]['dataset'] if model in net.PSPNET else net.MODELS[model]['dataset']
+
+
+def model_folder(model, model_root):
+    """Where `model`'s files are under `model_root`: <root>/<model>, PSPNet's
+    <root>/pspnet/<model>."""
+    import net
+    return os.path.join(model_root, net.PSP_FAMILY, model) if model in net.PSPNET else \
+        os.path.join(model_root, model)
+
+
+def scored_split(model):
+    """dataset, split and paper_images (the paper's split size) of `model`'s entry."""
+    import layers
+    import net
+    if model in net.PSPNET:
+        dataset = net.PSPNET[model]['dataset']
+        split = layers.DATASETS[dataset]['split']
+        return dict(dataset=dataset, split=split, paper_images=layers.SPLIT_SIZES[(dataset, split)])
+    m = net.MODELS[model]
+    return dict(dataset=m['dataset'], split=m['test_split'], paper_images=m['test_images'])
+
+
+def psp_weights(model, model_dir):
+    """(path, 'released') of a PSPNet's converted caffemodel, or (None, reason dict)."""
+    import net
+    path = os.path.join(model_dir, net.PSPNET[model]['release'] + '-stock.caffemodel')
+    if os.path.isfile(path):
+        return path, 'released'
+    return None, dict(what='weights', message='converted weights not found: %s' % path,
+                      commands=['python weights.py %s && python surgery.py pspnet-convert '
+                                '--model %s' % (model, model)])
+
+
 def find_weights(model, model_dir, model_root, override=None, snapshots=False):
     """(path, source) of the weights to score `model` with, or (None, reason dict).
 
@@ -141,6 +219,9 @@ def find_weights(model, model_dir, model_root, override=None, snapshots=False):
     import weights
     if override:
         return override, '--weights'
+    import net
+    if model in net.PSPNET and not snapshots:
+        return psp_weights(model, model_dir)
     fetch, train = _commands(model, model_dir, model_root)
     tried = []
     if snapshots:
@@ -165,9 +246,8 @@ def data_check(model, model_dir, split):
     them; or (None, reason dict) when its list is missing (the path expected and the
     dataset's README to read) or there is no val.prototxt."""
     import layers
-    import net
     import score
-    dataset = net.MODELS[model]['dataset']
+    dataset = model_dataset(model)
     val = os.path.join(model_dir, 'val.prototxt')
     if not os.path.isfile(val):
         return None, dict(what='model', message='%s not found' % val,
@@ -225,6 +305,36 @@ def _mean_ms(seconds):
     return 1000.0 * sum(kept) / len(kept) if kept else None
 
 
+def evaluate_pspnet(model_dir, weights, split, ids, dataset, multi_scale=False, progress=True):
+    """Score a PSPNet's `weights` the release's way (score.evaluate_release: deploy net,
+    whole images read by model_dir/val.prototxt's data layer class): the entry's tasks
+    'single-scale' and, with `multi_scale`, 'multi-scale'; ms_per_image is the whole
+    single-scale protocol's time per image (every window, flipped ones included)."""
+    import infer
+    import layers
+    import score
+    val = os.path.join(model_dir, 'val.prototxt')
+    param = common.read_net_param(val)
+    cls, split, _ = score.net_split_ids(param, val, split)
+    p = cls.parse_params(score.data_layer(param, layers)[0].python_param.param_str)
+    net = common.open_net(os.path.join(model_dir, 'deploy.prototxt'), 'test', weights)
+    classes, _ = score.class_info(dataset, 'label', split, net.blobs[infer.score_blob(net)].channels)
+    runs = [('single-scale', (1.0,))] + ([('multi-scale', infer.PSP_SCALES)] if multi_scale else [])
+    tasks, ms = {}, {}
+    for task, scales in runs:
+        t0 = time.perf_counter()
+        try:
+            ev = score.evaluate_release(net, cls, p, ids, len(classes), infer.PSP_BASE_SIZE[dataset],
+                                        scales, progress=progress)
+        except ValueError as e:  # e.g. a malformed dataset file met during the walk
+            raise InputError(str(e))
+        ms[task] = 1000.0 * (time.perf_counter() - t0) / max(len(ids), 1)
+        ev.layer = task
+        tasks[task] = score.task_json(ev, classes)
+    return dict(tasks=tasks, images=len(ids), ms_per_image=ms['single-scale'],
+                load_ms_per_image=None)
+
+
 def evaluate_model(model_dir, weights, split, ids, dataset, progress=True):
     """Score `weights` on the images `ids` of `split` with model_dir/val.prototxt, as
     score.py's command does (its data layer set to `split`); returns the model's entry:
@@ -255,7 +365,7 @@ def comparison_rows(entries, selected):
     row per output of each evaluated model the paper has no row for."""
     import net
     rows = []
-    for r in PAPER:
+    for r in PAPER + PSP_PAPER:
         entry = entries.get(r['model']) if r['model'] else None
         row = dict(r, paper=dict(r['paper']), measured=None, diff=None, images=None,
                    ms_measured=None, status='')
@@ -276,7 +386,8 @@ def comparison_rows(entries, selected):
                     row['excluded'] = task['excluded']
                     row['status'] = 'measured'
                 else:
-                    row['status'] = 'the net has no %s output' % r['task']
+                    row['status'] = ('multi-scale not run' if r['task'] == 'multi-scale'
+                                     else 'the net has no %s output' % r['task'])
             else:
                 row['status'] = 'not measurable locally'
         elif not r['local']:
@@ -286,7 +397,7 @@ def comparison_rows(entries, selected):
         else:
             row['status'] = 'not evaluated'
         rows.append(row)
-    in_paper = {(r['model'], r['task']) for r in PAPER}
+    in_paper = {(r['model'], r['task']) for r in PAPER + PSP_PAPER}
     for model, entry in entries.items():
         if entry.get('status') != 'evaluated':
             continue
@@ -302,8 +413,9 @@ def comparison_rows(entries, selected):
                              diff={k: None for k in METRICS}, images=entry['images'],
                              split_images=entry['split_images'], excluded=task['excluded'],
                              ms_measured=entry.get('ms_per_image'), status='measured'))
-    order = {m: i for i, m in enumerate(net.MODELS)}
-    head, extra = rows[:len(PAPER)], rows[len(PAPER):]
+    order = {m: i for i, m in enumerate(all_models())}
+    n = len(PAPER + PSP_PAPER)
+    head, extra = rows[:n], rows[n:]
     extra.sort(key=lambda r: (order.get(r['model'], len(order)), r['task']))
     return head + extra
 
@@ -347,7 +459,7 @@ def _note(row, entries):
                          % ' and '.join(r['what'] for r in entry['reasons']))
         else:
             notes.insert(0, 'not evaluated: %s' % row['status'])
-    elif row['status'].startswith('the net has no'):
+    elif row['status'].startswith(('the net has no', 'multi-scale not run')):
         notes.insert(0, row['status'])
     if row.get('excluded'):
         notes.append('%s excluded from the class averages (absent from the split)'
@@ -589,8 +701,13 @@ def score_model(model, model_dir, model_root, entry, override, args):
         ids = ids[:args.limit]
     print('%s: scoring %s (%s) on %s %s, %d images'
           % (model, weights, source, entry['dataset'], split, len(ids)), file=sys.stderr, flush=True)
-    entry.update(evaluate_model(model_dir, weights, split, ids, entry['dataset'],
-                                progress=not args.quiet))
+    import net
+    if model in net.PSPNET:
+        entry.update(evaluate_pspnet(model_dir, weights, split, ids, entry['dataset'],
+                                     args.multi_scale, progress=not args.quiet))
+    else:
+        entry.update(evaluate_model(model_dir, weights, split, ids, entry['dataset'],
+                                    progress=not args.quiet))
     entry.update(status='evaluated', date=datetime.datetime.now().isoformat(timespec='seconds'))
     return True
 
@@ -601,7 +718,7 @@ def main(argv=None):
         description=__doc__.split('\n\n')[0],
         epilog=__doc__[__doc__.index('\n\n') + 2:], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', metavar='MODEL',
-                        help='models to evaluate (default: all): %s' % ', '.join(net.MODELS))
+                        help='models to evaluate (default: all): %s' % ', '.join(all_models()))
     parser.add_argument('--data-root', help='dataset root (sets FCN_DATA_ROOT; default '
                         '$FCN_DATA_ROOT, else <repo>/data)')
     parser.add_argument('--model-root', default=REPO,
@@ -622,15 +739,18 @@ def main(argv=None):
     parser.add_argument('--readme', nargs='?', const=os.path.join(REPO, 'README.md'),
                         metavar='FILE', help='replace the results block of README.md (or FILE)')
     parser.add_argument('--quiet', action='store_true', help='no progress line')
+    parser.add_argument('--multi-scale', action='store_true',
+                        help="PSPNet: also score the release's multi-scale protocol")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
-    models = list(args.models or net.MODELS)
-    unknown = [m for m in models if m not in net.MODELS]
+    known = all_models()
+    models = list(args.models or known)
+    unknown = [m for m in models if m not in known]
     if unknown:
         raise InputError('unknown model(s) %s (models: %s)' % (', '.join(unknown),
-                                                              ', '.join(net.MODELS)))
-    overrides = parse_weights(args.weights, list(net.MODELS))
+                                                              ', '.join(known)))
+    overrides = parse_weights(args.weights, known)
     if args.limit is not None and args.limit < 1:
         raise InputError('--limit must be >= 1, got %d' % args.limit)
     if args.data_root:
@@ -642,7 +762,7 @@ def main(argv=None):
         raise InputError('--model-root %s: no such directory' % args.model_root)
     out = os.path.abspath(args.out)
     check_outputs(out, args.readme, overrides,  # before anything is scored
-                  [os.path.join(model_root, m, 'val.prototxt') for m in models])
+                  [os.path.join(model_folder(m, model_root), 'val.prototxt') for m in models])
     previous = _load_previous(out) if args.merge else {}
     mode = common.set_mode(args.gpu)
     import layers
@@ -662,19 +782,17 @@ def main(argv=None):
         for m, e in previous.items():
             if e.get('status') == 'evaluated' and merged.get(m, {}).get('status') != 'evaluated':
                 merged[m] = dict(e, earlier_run=True)
-        ordered = {m: merged[m] for m in list(net.MODELS) + sorted(merged) if m in merged}
+        ordered = {m: merged[m] for m in known + sorted(merged) if m in merged}
         written = metrics.jsonable(dict(record, models=ordered,
                                       rows=comparison_rows(ordered, models)))
         write_results(out, written)
         return written
 
     for model in models:
-        m = net.MODELS[model]
-        entry = dict(status='missing', reasons=[], dataset=m['dataset'], split=m['test_split'],
-                     paper_images=m['test_images'])
+        entry = dict(status='missing', reasons=[], **scored_split(model))
         entries[model] = entry
         try:
-            if score_model(model, os.path.join(model_root, model), model_root, entry,
+            if score_model(model, model_folder(model, model_root), model_root, entry,
                            overrides.get(model), args):
                 save()  # after every model, so an interrupted run keeps what it measured
         except (InputError, OSError) as e:  # a broken model directory, dataset or weights file

@@ -1,6 +1,7 @@
 """PSPNet's evaluation as its release does it (infer.release_logits, score.py --model
 pspnet...), and infer.py on PSPNet models, with narrow nets on tiny generated datasets."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -158,3 +159,49 @@ def test_pspnet_options_refused_for_fcn_models(tmp_path):
         score.main(['--model', 'voc-fcn8s', '--weights', str(w), '--multi-scale'])
     with pytest.raises(common.InputError, match='--scales must be positive'):
         score.main(['--model', 'pspnet50-ade20k', '--weights', str(w), '--scales', '0'])
+
+
+# ----------------------------------------------------------------------------- reproduce.py
+
+def test_reproduce_pspnet_rows_are_score_py_numbers(root, tmp_path, monkeypatch):
+    import reproduce
+    datasets.make_ade20k(root)
+    models = tmp_path / 'models'
+    folder = models / 'pspnet' / 'pspnet50-ade20k'
+    folder.mkdir(parents=True)
+    deploy, weights = narrow_pspnet(folder)
+    with open(os.path.join(common.REPO, 'pspnet/pspnet50-ade20k/val.prototxt')) as f:
+        (folder / 'val.prototxt').write_text(f.read())  # the release's data layer
+    stock = folder / 'pspnet50_ADE20K-stock.caffemodel'  # where surgery.py pspnet-convert puts it
+    stock.write_bytes(open(weights, 'rb').read())
+    monkeypatch.setitem(infer.PSP_BASE_SIZE, 'ade20k', 60)  # narrow net, tiny images
+    out = tmp_path / 'out'
+    base = ['--model-root', str(models), '--models', 'pspnet50-ade20k', '--out', str(out),
+            '--quiet']
+    assert reproduce.main(base) == 0
+    rows = {r['name']: r for r in json.loads((out / 'results.json').read_text())['rows']
+            if r['model'] == 'pspnet50-ade20k'}
+    single, multi = rows['PSPNet50, single scale'], rows['PSPNet50, multi-scale']
+    assert single['status'] == 'measured' and multi['status'] == 'multi-scale not run'
+    assert single['paper']['mean_iu'] == 41.68 and single['paper']['overall_acc'] == 80.04
+    scored = tmp_path / 'score.json'
+    assert score.main(['--model', 'pspnet50-ade20k', '--weights', weights, '--deploy', deploy,
+                       '--base-size', '60', '--quiet', '--out', str(scored)]) == 0
+    by_score = json.loads(scored.read_text())
+    assert single['measured']['mean_iu'] == pytest.approx(100 * by_score['mean_iu'])
+    assert single['measured']['overall_acc'] == pytest.approx(100 * by_score['overall_acc'])
+    assert reproduce.main(base + ['--multi-scale']) == 0
+    rows = {r['name']: r for r in json.loads((out / 'results.json').read_text())['rows']}
+    assert rows['PSPNet50, multi-scale']['status'] == 'measured'
+    assert rows['PSPNet50, multi-scale']['paper']['mean_iu'] == 42.78
+    assert rows['PSPNet101 (COCO pre-trained)']['status'] == 'not measurable locally'
+
+
+def test_reproduce_pspnet_without_converted_weights_says_how(root, tmp_path, capsys):
+    import reproduce
+    out = tmp_path / 'out'
+    assert reproduce.main(['--models', 'pspnet101-cityscapes', '--out', str(out), '--quiet']) == 0
+    text = (out / 'results.md').read_text()
+    assert 'pspnet101_cityscapes-stock.caffemodel' in text
+    assert 'surgery.py pspnet-convert --model pspnet101-cityscapes' in text
+    assert 'data/cityscapes/README.md' in text

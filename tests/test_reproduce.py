@@ -227,9 +227,9 @@ def test_no_data_at_all_prints_the_paper_tables(tmp_path):
                  str(empty / 'pascal' / 'VOC2011' / 'ImageSets' / 'Segmentation' / 'seg11valid.txt')):
         assert text in r.stdout, text
     res = read_results(tmp_path / 'out')
-    assert len(res['rows']) == len(reproduce.PAPER)
+    assert len(res['rows']) == len(reproduce.PAPER + reproduce.PSP_PAPER)
     assert all(r['measured'] is None for r in res['rows'])
-    assert sorted(res['models']) == sorted(net.MODELS)
+    assert sorted(res['models']) == sorted(list(net.MODELS) + list(net.PSPNET))
     assert all(e['status'] == 'missing' for e in res['models'].values())
 
 

@@ -532,17 +532,17 @@ PSP_SCHEDULE = {'ade20k': dict(max_iter=150000, test_iter=2000),
                 'voc2012': dict(max_iter=30000, test_iter=1449),
                 'cityscapes': dict(max_iter=90000, test_iter=500)}
 PSP_FAMILY = 'pspnet'  # the family folder: pspnet/<model>/
+# The train and val nets' data layers (layers.py), cropping every image to the net's
+# crop (train: the paper's augmentation and random crop; val: resized and padded).
+_PSP_DATA = {'ade20k': ('ADE20KSegDataLayer', 'ade20k_dir', 'ade20k/ADEChallengeData2016',
+                        ('training', 'validation')),
+             'cityscapes': ('CityscapesSegDataLayer', 'cityscapes_dir', 'cityscapes',
+                            ('train', 'val')),
+             'voc2012': ('VOC2012PSPSegDataLayer', 'voc_dir', 'pascal/VOC2012', ('train', 'val'))}
 DATA.update({
-    'ade20k': {split: ('ADE20KSegDataLayer', {'ade20k_dir': 'ade20k/ADEChallengeData2016',
-                                              'split': name, 'seed': 1337})
-               for split, name in (('train', 'training'), ('val', 'validation'))},
-    'cityscapes': {split: ('CityscapesSegDataLayer', {'cityscapes_dir': 'cityscapes',
-                                                      'split': split, 'seed': 1337})
-                   for split in ('train', 'val')},
-    'voc2012': {split: ('VOC2012PSPSegDataLayer', {'voc_dir': 'pascal/VOC2012',
-                                                   'split': split, 'seed': 1337})
-                for split in ('train', 'val')},
-})
+    m['dataset']: {split: (layer, {key: folder, 'split': name, 'seed': 1337, 'crop': m['crop']})
+                   for split, name in zip(('train', 'val'), names)}
+    for m in PSPNET.values() for layer, key, folder, names in [_PSP_DATA[m['dataset']]]})
 
 
 def _out_size(size, ks, stride, pad, dilation=1, ceil=False):
@@ -712,7 +712,10 @@ def pspnet(split='deploy', depth=101, num_classes=21, crop=473, stride_on='3x3',
     if split == 'deploy':
         n.data = L.Input(shape=dict(dim=[1, 3, crop, crop]))
     else:
-        data_tops(n, dataset, split, [('data', 3)], ['label'], data_layer, data_params)
+        layer, params = data_layer_params(dataset, split, data_layer, data_params)
+        if data_params is None:  # the default layer crops to this net's input
+            params['crop'] = crop
+        data_tops(n, dataset, split, [('data', 3)], ['label'], layer, params)
     stage4, stage5 = dilated_resnet(n, n.data, depth, widths, blocks, stride_on, filler=train)
     top = pyramid_pooling(n, stage5, feature, widths[7], filler=train)
     top = conv_bn(n, _block_name(stage5, 1), top, widths[8], ks=3, lr=10, filler=train)

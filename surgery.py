@@ -304,6 +304,19 @@ def pspnet_interp(net):
     return sorted(layers)
 
 
+def pspnet_init_bn(net):
+    """Frozen BatchNorm layers that hold no statistics yet (factor blob 0: nothing copied
+    in) become the identity: mean 0, variance 1, factor 1. Caffe would otherwise divide
+    by sqrt(eps) at every layer of a net trained from fresh weights. Returns their names."""
+    done = []
+    for name, kind in _layer_types(net).items():
+        blobs = net.params.get(name) if kind == 'BatchNorm' else None
+        if blobs and blobs[2].data[0] == 0:
+            blobs[0].data[...], blobs[1].data[...], blobs[2].data[...] = 0, 1, 1
+            done.append(name)
+    return done
+
+
 @dataclasses.dataclass
 class ForkReport:
     """What convert_fork_bn did with each layer of the fork's caffemodel (layer names)."""

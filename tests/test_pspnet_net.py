@@ -385,3 +385,31 @@ def test_weights_records_and_gdown_download(tmp_path):
         raise OSError('Failed to resolve drive.google.com')
     with pytest.raises(common.InputError, match='cannot download .* put it at'):
         weights.download_gdown('https://drive.google.com/uc?id=X', tmp_path / 'o', fetch_file=offline)
+
+
+def test_narrow_train_net_on_generated_ade20k(tmp_path, monkeypatch):
+    """The train net with its real data layer (generated ADE20K files): both losses, the
+    labels sampled to F x F, gradients reaching the stem (MSRA-initialised convolutions,
+    pspnet_init_bn making the fresh BatchNorm layers the identity)."""
+    import datasets
+    monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path))
+    datasets.make_ade20k(tmp_path, split='training')
+    param = net.pspnet('train', depth=50, num_classes=150, crop=CROP, stride_on='1x1_reduce',
+                       dataset='ade20k', widths=NARROW, blocks=BLOCKS)
+    path = tmp_path / 'train.prototxt'
+    path.write_text(str(param))
+    cn = caffe.Net(str(path), caffe.TRAIN)
+    assert len(surgery.pspnet_init_bn(cn)) == sum(1 for l in param.layer if l.type == 'BatchNorm')
+    surgery.pspnet_interp(cn)
+    cn.forward()
+    assert tuple(cn.blobs['label_shrink'].data.shape) == (1, 1, 12, 12)
+    assert np.array_equal(cn.blobs['label_shrink'].data[0, 0], cn.blobs['label'].data[0, 0, ::8, ::8])
+    loss, aux = float(cn.blobs['loss'].data), float(cn.blobs['loss_aux'].data)
+    assert np.isfinite(loss) and np.isfinite(aux) and loss > 0 and aux > 0
+    cn.backward()  # the class scorers start at zero (as in the FCNs): only they learn first
+    assert np.abs(cn.params['conv6'][0].diff).max() > 0 and np.abs(cn.params['conv6_1'][0].diff).max() > 0
+    assert np.abs(cn.params['conv1_1_3x3_s2'][0].diff).max() == 0
+    cn.params['conv6'][0].data[...] = np.random.default_rng(0).normal(0, 0.1, cn.params['conv6'][0].data.shape)
+    cn.forward()
+    cn.backward()
+    assert np.abs(cn.params['conv1_1_3x3_s2'][0].diff).max() > 0

@@ -430,7 +430,7 @@ def convert_fork_bn(src, target, out, quiet=False):
     for data, dst in plan:
         dst.flat = data.flat
     report.interp = pspnet_interp(net)
-    save_net(net, out)
+    save_net(net, out, protect=(src,))
     if not quiet:
         print(report)
     return report

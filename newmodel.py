@@ -20,6 +20,17 @@ The data is a folder in PASCAL VOC's layout (the layout VOCSegDataLayer reads):
    values beyond the class count other than 255, empty splits, ids with no files,
    unreadable files, an empty or duplicated class list). `--check-only` prints the
    report and the pixel count of every class, and makes nothing.
+2. The start weights, init.caffemodel: the parent's (--from: a VGG16 FCN's trained or
+   released weights, or the cast ImageNet VGG16) through net surgery: the trunk
+   transplanted by name, each score layer's outputs copied for the classes the parent
+   has by name, the other classes at zero (as the paper starts new score layers), the
+   upsamplings bilinear; init-report.txt says what was copied, coerced and left fresh.
+3. The model folder (<repo>/NAME, or --out DIR), made whole or not at all, never over
+   an existing one: model.json (the registry's facts, models.load reads it: the model is
+   found by its name in the repository, by its path anywhere), the prototxts net.fcn
+   builds for the user's classes, data folder (recorded, not copied) and mean, the
+   solver and schedule of the paper's VOC net of that head, solve.py, classes.txt,
+   data-report.txt and the start weights.
 """
 import argparse
 import collections
@@ -156,12 +167,15 @@ def read_splits(root, problems):
     return splits
 
 
-def _stems(directory, ext):
-    """{stem: file name} of the files in `directory` ending in `ext` (case-insensitive)."""
-    if not os.path.isdir(directory):
-        return {}
-    return {os.path.splitext(f)[0]: f for f in sorted(os.listdir(directory))
-            if f.lower().endswith(ext) and not f.startswith('.')}
+def _listing(directory):
+    """The file names in `directory`, hidden ones left out ([] when it is missing)."""
+    return sorted(f for f in os.listdir(directory) if not f.startswith('.')) if os.path.isdir(directory) else []
+
+
+def _stems(names, ext):
+    """{stem: file name} of the `names` ending in `ext`, exactly: the data layer opens
+    <id>.jpg and <id>.png, so x.JPG is not x's image."""
+    return {n[:-len(ext)]: n for n in names if n.endswith(ext)}
 
 
 def pair_files(root, splits, problems, warnings):
@@ -172,9 +186,9 @@ def pair_files(root, splits, problems, warnings):
     for d in (image_dir, label_dir):
         if not os.path.isdir(d):
             problems.append('%s: folder not found' % d)
-    images, labels = _stems(image_dir, '.jpg'), _stems(label_dir, '.png')
-    others = {os.path.splitext(f)[0]: f for f in (os.listdir(image_dir) if os.path.isdir(image_dir) else ())
-              if not f.lower().endswith('.jpg')}
+    image_names = _listing(image_dir)
+    images, labels = _stems(image_names, '.jpg'), _stems(_listing(label_dir), '.png')
+    others = {os.path.splitext(n)[0]: n for n in image_names if not n.endswith('.jpg')}
     listed, pairs = set(), []
     for split, ids in splits.items():
         for i in ids:
@@ -444,7 +458,7 @@ def start_weights(new_param, parent_param, parent_weights, classes, parent_class
 
 # ---------------------------------------------------------------------------
 # 3. The model folder: model.json (the registry reads it), the generated prototxts, a
-# solve.py like every model's, the start weights and the reports.
+# solve.py like every model's, the start weights and the reports; then the command.
 
 HEADS = ('32s', '16s', '8s', '8s-atonce')
 MEANS = ('voc', 'computed')
@@ -558,6 +572,8 @@ def write_folder(folder, files, weights_step):
         for name, text in files.items():
             with open(os.path.join(tmp, name), 'w') as f:
                 f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
         report = weights_step(os.path.join(tmp, 'init.caffemodel'))
         with open(os.path.join(tmp, 'init-report.txt'), 'w') as f:
             f.write('\n'.join(report.lines()) + '\n')

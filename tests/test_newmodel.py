@@ -92,8 +92,11 @@ def test_check_rgb_labels_and_missing_folders(tmp_path):
     label = os.path.join(str(tmp_path), 'SegmentationClass', OWN_TRAIN[0] + '.png')
     with Image.open(label) as im:
         im.convert('RGB').save(label)  # a colour-coded label: the layer needs indices
+    image = os.path.join(str(tmp_path), 'JPEGImages', OWN_TRAIN[1])
+    os.rename(image + '.jpg', image + '.JPG')  # the layer opens <id>.jpg, exactly
     report = newmodel.check_dataset(tmp_path, classes, progress=False)
     assert [p for p in report.problems if label in p and '3 channels' in p]
+    assert [p for p in report.problems if p.startswith(image + '.jpg (found %s.JPG' % OWN_TRAIN[1])]
     empty = tmp_path / 'empty'
     empty.mkdir()
     open(empty / 'names.txt', 'w').close()

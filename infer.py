@@ -2,10 +2,15 @@
 
     python infer.py photo.jpg                          # VOC FCN-8s, released weights
     python infer.py photos/ --out seg/                 # every image in a folder
+    python infer.py photo.jpg --full-res               # at the photo's own size, tiled
     python infer.py photo.jpg --model pascalcontext-fcn8s --max-side 800 --gpu 0
     python infer.py photo.jpg --model voc-fcn32s --weights voc-fcn32s/snapshot/train_iter_100000.caffemodel
 
-Get the released weights first with `python weights.py voc-fcn8s` (or train them).
+The model's released weights are fetched on first use, as torch.hub does, into the
+place `python weights.py MODEL` puts them (size and checksum checked when the record
+has them); offline, the error names the URL and the path to put the file at.
+`--no-download` never fetches. Weights that cover only part of the net (another
+model's, a file cut short) are an error unless `--allow-partial`.
 
 For every image IMG.ext this writes, atomically, into --out (default: `fcn-out/` in the
 current directory, the place a user running the command looks for its results):
@@ -15,20 +20,35 @@ current directory, the place a user running the command looks for its results):
 - `IMG-overlay.jpg`: the class colours blended half-and-half onto the image; pixels of
   class `background` (VOC, PASCAL-Context) are left as they are;
 
-and prints the classes found with their share of the pixels.
+and prints the classes found with their share of the pixels. Where a name is taken by
+another image of the run (two folders' a.jpg, a real input a-2.png) or is one of the
+inputs (`--out` the input folder), IMG-2, IMG-3, ... is used instead: no result
+replaces another, and nothing replaces an input.
+
+Scale: by default an image whose longer side exceeds 500 pixels is shrunk to 500 (aspect
+kept, Lanczos) before the net and the labels are scaled back to its own size (nearest
+neighbour): the nets were trained on PASCAL images, at most 500 px a side, so that is
+the scale their receptive fields fit (NYUDv2 models: 640, SIFT Flow: 256; TRAINED_SIDE),
+and it keeps one pass at about 1.7 s and 1.3 GB on CPU where a 1920 x 1080 pass takes
+31 s and 4.6 GB and a photo over about 3.7 Mpx cannot run at all (FCN-8s's conv1_2
+buffer would pass Caffe's 2^31 - 1 values per blob). `--max-side N` picks another scale; one too large for the net is a one-line
+error naming the largest that fits. `--full-res` keeps the photo's size and runs the
+net on overlapping `--tile` x `--tile` windows (default 500, stride ceil(2/3 tile),
+logits averaged where they overlap: sliding_logits, which PSPNet's evaluation uses too).
 
 Preprocessing is exactly the data layers': RGB -> BGR, float32, minus the dataset's
 mean, C x H x W; the net's input is reshaped to each image's size (any size works: the
 100-pixel padding and the crop layers align the output). Image modes: grayscale,
 palette, CMYK and 16-bit images become 8-bit RGB (16-bit values are divided by 257);
 images with transparency are composited on white first (transparent areas read as
-empty paper rather than as black objects). `--max-side N` shrinks larger
-images (aspect kept) before the net and scales the labels back (nearest neighbour).
+empty paper rather than as black objects).
 
 Only models that take one RGB image are supported: VOC, PASCAL-Context, SIFT Flow (its
 semantic head, `score_sem`) and NYUDv2 color. A bad image (missing, not an image,
-truncated, empty) gets a one-line error naming it; the other images are still done and
-the exit status is 1 at the end.
+truncated, empty, too large for the chosen scale) or an output that cannot be written
+completely (a full disk) gets a one-line error naming it; the other images are still
+done and the exit status is 1 at the end. A --classes file must name as many classes as
+the net has.
 """
 import argparse
 import itertools
@@ -38,53 +58,38 @@ import sys
 import numpy as np
 from PIL import Image
 
+import models
 import weights
-from common import InputError, REPO, atomic_write, check_net, open_net, progress_bar, \
+from common import InputError, atomic_write, check_net, open_net, progress_bar, \
     read_net_param, run_cli, save_label_png, set_mode, voc_palette
 
-TRAINED_SIDE = 500  # PASCAL images, which the nets were trained on, are at most 500 px a side
+# The longer side of the images each dataset's nets were trained on, the default scale:
+# PASCAL VOC and PASCAL-Context images are at most 500 px a side, NYUDv2's 640 x 480,
+# SIFT Flow's 256 x 256.
+TRAINED_SIDE = {'voc': 500, 'pascalcontext': 500, 'nyud': 640, 'siftflow': 256}
+TILE = 500  # --full-res window side
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
               '.pgm', '.pnm', '.jpe')
 
-# models whose input is not a single RGB image
-NOT_RGB = {
-    'nyud-fcn32s-hha': 'HHA (depth-derived) input',
-    'nyud-fcn32s-color-d': 'color + depth input',
-    'nyud-fcn32s-color-hha': 'color + HHA input',
-    'nyud-fcn16s-color-hha': 'color + HHA input',
-}
-# dataset -> (mean, class names): the names of the constants in layers.py
-DATASET_CONSTANTS = {
-    'voc': ('VOC_MEAN', 'VOC_CLASSES'),
-    'pascalcontext': ('CONTEXT_MEAN', 'CONTEXT_CLASSES'),
-    'siftflow': ('SIFTFLOW_MEAN', 'SIFTFLOW_SEM_CLASSES'),
-    'nyud': ('NYUD_COLOR_MEAN', 'NYUD_CLASSES'),
-}
-
-
 def model_info(model):
-    """(dataset, score blob) of a model of net.MODELS that takes one RGB image, e.g.
-    ('voc', 'score') or ('siftflow', 'score_sem'); InputError for any other model."""
-    import net as nets
-    if model not in nets.MODELS:
-        raise InputError('%s: unknown model; known: %s' % (model, ', '.join(sorted(nets.MODELS))))
-    if model in NOT_RGB:
-        raise InputError('%s: takes %s; infer.py only runs models with one RGB input '
+    """(dataset, score blob) of a model of the registry (models.py) that takes one RGB
+    image, e.g. ('voc', 'score') or ('siftflow', 'score_sem'); InputError for any other."""
+    spec = models.get(model)
+    inputs = tuple(getattr(spec, 'inputs', ()))
+    if inputs != ('color',):
+        raise InputError('%s: takes %s input; infer.py only runs models with one RGB input '
                          '(voc-*, pascalcontext-*, siftflow-*, nyud-fcn32s-color)'
-                         % (model, NOT_RGB[model]))
-    m = nets.MODELS[model]
-    return m['dataset'], m['outputs'][0][0]
+                         % (model, ' + '.join(inputs) or 'a classifier\'s'))
+    return spec.dataset, spec.outputs[0].score
 
 
 def dataset_info(dataset):
-    """(mean, class names) of 'voc', 'pascalcontext', 'siftflow' or 'nyud' from layers.py:
-    mean is a float32 array of 3, (B, G, R), subtracted after the switch to BGR (NYUD:
-    the color images' mean); names are in output order (SIFT Flow: semantic classes)."""
-    import layers
-    mean_name, names_name = DATASET_CONSTANTS[dataset]
-    mean = np.asarray(getattr(layers, mean_name), np.float32).reshape(3)
-    return mean, list(getattr(layers, names_name, None) or [])
+    """(mean, class names) of a dataset of the registry: mean a float32 array of 3,
+    (B, G, R), subtracted after the switch to BGR (NYUD: the color images' mean); names
+    in output order (SIFT Flow: the semantic classes)."""
+    d = models.dataset(dataset)
+    return np.asarray(d.mean, np.float32).reshape(3), list(d.classes)
 
 
 def load_image(path):
@@ -436,8 +441,8 @@ def parse_args(argv):
     parser.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR',
                         help='image files and/or folders of images')
     parser.add_argument('--model', default='voc-fcn8s',
-                        help='model directory name (default: voc-fcn8s); sets the net, '
-                             'the mean and the class names')
+                        help='model id or folder (default: voc-fcn8s; see models.py); sets '
+                             'the net, the mean and the class names')
     parser.add_argument('--weights', help="caffemodel (default: the model's released "
                                           'weights, fetched on first use)')
     parser.add_argument('--no-download', action='store_true',
@@ -452,17 +457,18 @@ def parse_args(argv):
     parser.add_argument('--out', default='fcn-out',
                         help='output folder (default: fcn-out in the current directory)')
     parser.add_argument('--gpu', type=int, default=None, help='GPU id (default: CPU)')
-    parser.add_argument('--max-side', type=int, default=TRAINED_SIDE, metavar='N',
+    parser.add_argument('--max-side', type=int, default=None, metavar='N',
                         help='shrink images whose longer side exceeds N pixels before the '
-                             'net (default %d, the scale the nets were trained at); labels '
-                             'are scaled back to the full size' % TRAINED_SIDE)
+                             'net (default: the scale the model was trained at, 500 for VOC '
+                             'and PASCAL-Context, 640 NYUDv2, 256 SIFT Flow); labels are '
+                             'scaled back to the full size')
     parser.add_argument('--full-res', action='store_true',
                         help='segment at the photo\'s own size, in overlapping --tile '
                              'windows (averaged logits) instead of shrinking it')
-    parser.add_argument('--tile', type=int, default=TRAINED_SIDE, metavar='N',
-                        help='window side for --full-res (default %d)' % TRAINED_SIDE)
+    parser.add_argument('--tile', type=int, default=TILE, metavar='N',
+                        help='window side for --full-res (default %d)' % TILE)
     args = parser.parse_args(argv)
-    if args.max_side < 1 or args.tile < 1:
+    if (args.max_side is not None and args.max_side < 1) or args.tile < 1:
         parser.error('--max-side and --tile must be positive numbers of pixels')
     return args
 
@@ -470,10 +476,12 @@ def parse_args(argv):
 def open_model(args):
     """(net, its NetParameter, deploy path, score blob, mean, class names, background
     index or None) for the command line, every input checked."""
-    model = os.path.basename(os.path.normpath(args.model))  # 'voc-fcn8s/' works too
+    model = models.get(args.model).name  # an id, or a model's folder ('voc-fcn8s/')
     dataset, blob = model_info(model)
     mean, names = dataset_info(dataset)
-    deploy = args.deploy or os.path.join(REPO, model, 'deploy.prototxt')
+    if args.max_side is None:
+        args.max_side = TRAINED_SIDE.get(dataset, TILE)
+    deploy = args.deploy or os.path.join(models.model_dir(model), 'deploy.prototxt')
     if not os.path.isfile(deploy):
         raise InputError('%s: net prototxt not found; write it with `python net.py %s`'
                          % (deploy, model))

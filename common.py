@@ -602,7 +602,8 @@ def check_weights(path, net, partial=False):
     caffe = import_caffe()
     path = str(path)
     if not os.path.isfile(path):
-        raise InputError('%s: weights file not found' % path)
+        raise InputError('%s: weights file not found' % path if not os.path.exists(path)
+                         else '%s: not a weights file (a folder?)' % path)
     if os.path.getsize(path) == 0:
         raise InputError('%s: weights file is empty' % path)
     param = caffe.proto.caffe_pb2.NetParameter()
@@ -757,8 +758,11 @@ def atomic_write(path, mode='wb', protect=()):
     try:
         f = raw if 'b' in mode else io.TextIOWrapper(io.BufferedWriter(raw), encoding='utf-8')
         yield f
-        f.flush()
-        os.fsync(fd)
+        try:
+            f.flush()
+            os.fsync(fd)  # a full disk may only show here (delayed allocation, NFS)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) if e.filename is None else e
         size = os.fstat(fd).st_size
         if size != raw.written:
             raise OSError(errno.EIO, 'written incompletely (%d of %d bytes on disk)'

@@ -315,3 +315,33 @@ def test_progress_bar_is_tqdm(capsys):
     quiet.update(3)
     quiet.close()
     assert capsys.readouterr().err == ''
+
+
+def test_fsync_failure_names_the_file(tmp_path, monkeypatch):
+    """F25: a full disk reported only at fsync gave '[Errno 28] No space left on device'
+    naming no file."""
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(os, 'fsync', no_space)
+    with pytest.raises(OSError) as e:
+        with common.atomic_write(tmp_path / 'scores.json', 'w') as f:
+            f.write('{}')
+    monkeypatch.undo()
+    assert str(tmp_path / 'scores.json') in str(e.value) and e.value.errno == errno.ENOSPC
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_layer_without_a_shape_rule_is_probed(tmp_path):
+    """A layer type the check has no rule for (ArgMax here, top_k beyond the classes) is
+    built once in a subprocess: Caffe's own reason, one line, never an abort here."""
+    path = tmp_path / 'argmax.prototxt'
+    path.write_text(NET + 'layer { name: "am" type: "ArgMax" bottom: "out" top: "am"\n'
+                          '        argmax_param { top_k: 9 axis: 1 } }\n')
+    r = _open_in_subprocess(path)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and 'top_k' in lines[0], r.stderr
+    good = tmp_path / 'good.prototxt'
+    good.write_text(NET + 'layer { name: "am" type: "ArgMax" bottom: "out" top: "am"\n'
+                          '        argmax_param { top_k: 1 axis: 1 } }\n')
+    common.check_prototxt(good)

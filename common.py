@@ -99,6 +99,7 @@ def read_net_param(path):
 # prototxt and the layer instead.
 
 INT_MAX = 2 ** 31 - 1  # Caffe's limit on the values one blob holds
+LIMIT = "more than Caffe's limit 2^31 - 1"  # how the errors below say a blob passes it
 FILLERS = ('constant', 'gaussian', 'positive_unitball', 'uniform', 'xavier', 'msra', 'bilinear')
 # type -> (bottoms at least, at most, tops at least, at most), None = no limit, as the
 # layers' ExactNum/MinNum/MaxNum declarations say
@@ -205,8 +206,8 @@ def _conv_shapes(layer, bottoms, reverse):
     col = (_count(weight[1:]) * p.group,) + tuple(spatial_in if reverse else out)
     for what, shape in (('weights', weight), ('im2col buffer', col)):
         if _count(shape) > INT_MAX:
-            raise ValueError('its %s would hold %d values (%s), more than Caffe\'s limit 2^31 - 1'
-                             % (what, _count(shape), ' x '.join(map(str, shape))))
+            raise ValueError('its %s would hold %d values (%s), %s'
+                             % (what, _count(shape), ' x '.join(map(str, shape)), LIMIT))
     top = b[:axis] + (p.num_output,) + tuple(out)
     return [top] * len(layer.top)
 
@@ -282,7 +283,10 @@ def _concat_shapes(layer, bottoms):
 
 
 def _eltwise_shapes(layer, bottoms):
-    coeff = layer.eltwise_param.coeff
+    p = layer.eltwise_param
+    coeff = p.coeff
+    if coeff and p.operation != p.SUM:
+        raise ValueError('coeff is only for operation SUM')
     if len(coeff) not in (0, len(bottoms)):
         raise ValueError('%d coeff values for %d bottoms' % (len(coeff), len(bottoms)))
     known = [b for b in bottoms if b is not None]
@@ -302,8 +306,8 @@ def _inner_product_shapes(layer, bottoms):
         return [None]
     axis = _axis(p.axis, len(b))
     if p.num_output * _count(b[axis:]) > INT_MAX:
-        raise ValueError('its weights would hold %d values, more than Caffe\'s limit 2^31 - 1'
-                         % (p.num_output * _count(b[axis:])))
+        raise ValueError('its weights would hold %d values, %s'
+                         % (p.num_output * _count(b[axis:]), LIMIT))
     return [b[:axis] + (p.num_output,)]
 
 
@@ -522,6 +526,11 @@ def check_net(param, path, phase='test', input_shapes=None, probe=True):
             if n < a or (b is not None and n > b):
                 raise InputError('%s: has %d %s, needs %s' % (where, n, what, a if a == b else
                                  'at least %d' % a if b is None else '%d to %d' % (a, b)))
+        for field, n, what in (('loss_weight', len(layer.top), 'top'),
+                               ('propagate_down', len(layer.bottom), 'bottom')):
+            if len(getattr(layer, field)) not in (0, n):
+                raise InputError('%s: %d %s values for %d %ss (none, or one per %s)'
+                                 % (where, len(getattr(layer, field)), field, n, what, what))
         for i, name in enumerate(layer.bottom):
             if name not in shapes:
                 raise InputError('%s: bottom %r is not a top of any layer above it' % (where, name))
@@ -537,8 +546,8 @@ def check_net(param, path, phase='test', input_shapes=None, probe=True):
             tops = [None] * len(layer.top)
         for name, shape in zip(layer.top, tops):
             if shape is not None and _count(shape) > INT_MAX:
-                raise InputError('%s: top %r would be %s = %d values, more than Caffe\'s limit '
-                                 '2^31 - 1' % (where, name, ' x '.join(map(str, shape)), _count(shape)))
+                raise InputError('%s: top %r would be %s = %d values, %s'
+                                 % (where, name, ' x '.join(map(str, shape)), _count(shape), LIMIT))
             shapes[name] = shape
     if unruled and probe:
         probe_net(path, phase)

@@ -60,7 +60,7 @@ from PIL import Image
 
 import models
 import weights
-from common import InputError, atomic_write, check_net, open_net, progress_bar, \
+from common import LIMIT, InputError, atomic_write, check_net, open_net, progress_bar, \
     read_net_param, run_cli, save_label_png, set_mode, voc_palette
 
 # The longer side of the images each dataset's nets were trained on, the default scale:
@@ -404,14 +404,15 @@ def output_names(paths, out):
     IMG-overlay.jpg, or IMG-2, IMG-3, ... where a name is an input of the run or already
     an output of it (two folders' a.png, or a real input called a-2.png), so one result
     never replaces another or an input."""
-    inputs = {os.path.realpath(p) for p in paths}
+    # compared without case: A.png and a.png are one file on macOS and Windows
+    inputs = {os.path.realpath(p).lower() for p in paths}
     taken, names = set(), []
     for path in paths:
         stem = os.path.splitext(os.path.basename(path))[0]
         for k in itertools.count(1):
             name = stem if k == 1 else '%s-%d' % (stem, k)
             pair = (os.path.join(out, name + '.png'), os.path.join(out, name + '-overlay.jpg'))
-            real = {os.path.realpath(p) for p in pair}
+            real = {os.path.realpath(p).lower() for p in pair}
             if not real & (inputs | taken):
                 break
         taken |= real
@@ -504,13 +505,15 @@ def segment_file(path, names, model, args, paths):
     net, param, deploy, blob, mean, _, background = model
     image = load_image(path)
     small = image if args.full_res else resize_for_net(image, args.max_side)
-    if not args.full_res:
-        reason = fit_error(param, deploy, net.inputs[0], small.shape[:2])
-        if reason:
-            raise InputError('%s: %dx%d is too large for one pass of this net (%s); the largest '
-                             'that fits is --max-side %d, or use --full-res (tiled)'
-                             % (path, small.shape[1], small.shape[0], reason,
-                                largest_side(param, deploy, net.inputs[0], image.shape[:2])))
+    tiled = args.full_res and max(image.shape[:2]) > args.tile  # windows checked in main
+    reason = None if tiled else fit_error(param, deploy, net.inputs[0], small.shape[:2])
+    if reason:
+        hint = ''
+        if LIMIT in reason:  # too large: say which scale fits
+            hint = ('; the largest that fits is --max-side %d, or use --full-res (tiled)'
+                    % largest_side(param, deploy, net.inputs[0], image.shape[:2]))
+        raise InputError('%s: %dx%d cannot go through this net in one pass (%s)%s'
+                         % (path, small.shape[1], small.shape[0], reason, hint))
     try:
         label = segment(net, small, mean, blob, args.tile if args.full_res else None)
     except ValueError as e:

@@ -139,6 +139,8 @@ BAD_NETS = [
     ('too many param blocks', 'bias_term: false }', 'bias_term: false } param { lr_mult: 0 } param { lr_mult: 0 }', 'up'),
     ('wrong number of bottoms', 'bottom: "up" bottom: "data"', 'bottom: "up"', 'crop'),
     ('a blob over INT_MAX', 'num_output: 4 kernel_size: 3 pad: 1', 'num_output: 4 kernel_size: 3 pad: 24000', 'conv1'),
+    ('loss_weight per top', 'bottom: "conv1" top: "conv1" }', 'bottom: "conv1" top: "conv1" loss_weight: 1 loss_weight: 1 }', 'relu1'),
+    ('propagate_down per bottom', 'bottom: "conv1" top: "conv1" }', 'bottom: "conv1" top: "conv1" propagate_down: true propagate_down: false }', 'relu1'),
 ]
 
 

@@ -363,6 +363,26 @@ def test_big_photo_segmented_at_the_trained_scale(wide_conv1, tmp_path):
     assert infer.fit_error(param, deploy, 'data', (side + 1, side + 1)) is not None
 
 
+def test_image_too_small_for_the_net(tmp_path):
+    """A net without FCN's padding cannot take an image smaller than its kernel: a
+    one-line error for that image (no scale hint), the others done, never an abort."""
+    deploy = tmp_path / 'deploy.prototxt'
+    deploy.write_text((TINY_DEPLOY % 21).replace('kernel_size: 3 pad: 1', 'kernel_size: 9')
+                      .replace('top: "score"', 'top: "score0"') +
+                      'layer { name: "up" type: "Deconvolution" bottom: "score0" top: "score"\n'
+                      '  convolution_param { num_output: 21 kernel_size: 9 bias_term: false } }\n')
+    weights = random_weights(deploy, tmp_path / 'w.caffemodel')
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / 'tiny.png')
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / 'ok.png')
+    r = run_infer(tmp_path / 'tiny.png', tmp_path / 'ok.png', '--deploy', deploy,
+                  '--weights', weights, '--out', tmp_path / 'o')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'tiny.png' in lines[0] and "'conv1'" in lines[0], r.stderr
+    assert '--max-side' not in lines[0]
+    assert (tmp_path / 'o' / 'ok.png').is_file() and '1 of 2' in r.stdout
+
+
 def test_full_res_is_tiled(model, tmp_path):
     """--full-res: the photo's own size, in overlapping windows; a window too large for
     the net is refused up front with the size that fits."""

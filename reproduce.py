@@ -202,8 +202,8 @@ def scored_split(model):
 
 def psp_weights(model, model_dir):
     """(path, 'released') of a PSPNet's converted caffemodel, or (None, reason dict)."""
-    import net
-    path = os.path.join(model_dir, net.PSPNET[model]['release'] + '-stock.caffemodel')
+    import train
+    path = train.pspnet_stock_path(model_dir, model)
     if os.path.isfile(path):
         return path, 'released'
     return None, dict(what='weights', message='converted weights not found: %s' % path,

@@ -250,7 +250,9 @@ def score_pspnet(args):
 # ----------------------------------------------------------------------------- command
 
 # (score blob, label blob) pairs the command scores when the net has them
-TASKS = (('score', 'label'), ('score_sem', 'sem'), ('score_geo', 'geo'))
+# (PSPNet's train and val nets: conv6_interp, the logits zoomed to the crop, vs the label)
+TASKS = (('score', 'label'), ('score_sem', 'sem'), ('score_geo', 'geo'),
+         ('conv6_interp', 'label'))
 
 
 def model_dir(model):

@@ -75,9 +75,19 @@ def model_facts(name):
     return net.MODELS.get(name)
 
 
+# PSPNet scores its val split every PSP_ROUND iterations (this project's choice: the paper
+# gives only the total, 150k ADE20K / 30k VOC / 90k Cityscapes iterations of batch 16)
+PSP_ROUND = 5000
+
+
 def schedule(name):
     """(rounds, iterations per round) of a model (each round ends with scoring; the
-    solver's max_iter is not what stops training); (25, 4000) for other folders."""
+    solver's max_iter is not what stops training); PSPNet's: its max_iter in rounds of
+    PSP_ROUND, so the poly learning rate reaches 0 at the end; (25, 4000) for other
+    folders."""
+    if name in net.PSPNET:
+        total = net.PSP_SCHEDULE[net.PSPNET[name]['dataset']]['max_iter']
+        return total // PSP_ROUND, PSP_ROUND
     m = model_facts(name)
     return (m['rounds'], m['iters']) if m else (25, 4000)
 
@@ -86,10 +96,13 @@ def schedule(name):
 class Model:
     """A model folder (solver.prototxt, train/val/deploy prototxts) and how it starts:
     `parent()` gives the weights path to copy by name, or `init(solver)` fills the net
-    (nets built from several parents); neither: the net's own fillers."""
+    (nets built from several parents); neither: the net's own fillers. `finish(solver)`,
+    when given, runs after the start weights are in, whichever way they came (PSPNet:
+    finish_pspnet)."""
     dir: str
     parent: Optional[Callable[[], str]] = None
     init: Optional[Callable] = None
+    finish: Optional[Callable] = None
 
     @property
     def name(self):
@@ -145,6 +158,33 @@ def trained_weights(model_name):
     raise InputError('%s: no trained weights (no snapshot/ and no released .caffemodel); '
                      'train it with `python %s/solve.py` or fetch them with '
                      '`python weights.py %s`' % (model_dir, model_name, model_name))
+
+
+def pspnet_stock_path(model_dir, model_name):
+    """Where surgery.py pspnet-convert puts a PSPNet's released weights converted for
+    this Caffe: <model_dir>/<release name>-stock.caffemodel."""
+    return os.path.join(model_dir, net.PSPNET[model_name]['release'] + '-stock.caffemodel')
+
+
+def pspnet_weights(model_name):
+    """The released weights of PSPNet `model_name`, converted, to fine-tune from."""
+    path = pspnet_stock_path(os.path.join(common.REPO, net.PSP_FAMILY, model_name), model_name)
+    if not os.path.isfile(path):
+        raise InputError('%s: not found; get and convert the released weights (python '
+                         'weights.py %s && python surgery.py pspnet-convert --model %s), or '
+                         'start from a deep-stem ResNet converted to this Caffe with --weights '
+                         'FILE' % (path, model_name, model_name))
+    return path
+
+
+def finish_pspnet(solver):
+    """A PSPNet's start, once its weights are in: the fixed interpolation layers set from
+    the fork's formula (surgery.pspnet_interp: an ImageNet trunk's weights have none) and
+    BatchNorm layers without statistics made the identity (surgery.pspnet_init_bn). BN
+    statistics stay frozen while training (use_global_stats in the train net): stock
+    Caffe has no synchronised BN, and 1-2 images per GPU are too few to estimate them."""
+    surgery.pspnet_interp(solver.net)
+    surgery.pspnet_init_bn(solver.net)
 
 
 def latest_weights(out_dir):
@@ -727,6 +767,8 @@ def start_fresh(run):
     else:
         print('starting from the net\'s fillers (no parent given)', flush=True)
     surgery.interp(run.solver.net, deconvs)  # bilinear upsampling, fixed (lr_mult 0)
+    if model.finish is not None:
+        model.finish(run.solver)
     old = snapshot_iters(run.out)
     for it in old:  # after the weights are read: --weights may be one of them
         remove_snapshot(run.out, it)
@@ -864,7 +906,7 @@ def parser(model_name=None):
     return p
 
 
-def main(solve_file=None, parent=None, init=None, argv=None):
+def main(solve_file=None, parent=None, init=None, argv=None, finish=None):
     """Entry point of a model directory's solve.py (and, without solve_file, of
     `python train.py`, which says what it is)."""
     def run(argv):
@@ -873,7 +915,7 @@ def main(solve_file=None, parent=None, init=None, argv=None):
             args = p.parse_args(argv)
             p.print_help(sys.stderr)
             return 2
-        model = Model(os.path.dirname(os.path.abspath(solve_file)), parent, init)
+        model = Model(os.path.dirname(os.path.abspath(solve_file)), parent, init, finish)
         args = parser(model.name).parse_args(argv)
         config = RunConfig(rounds=args.rounds, iters=args.iters, score_limit=args.score_limit,
                            weights=args.weights, data_root=args.data_root, gpu=args.gpu,

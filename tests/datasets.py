@@ -33,9 +33,11 @@ again on the same root to add images or another split list.
         labels.txt (CONTEXT_FULL_LABELS) and 59_labels.txt (the 59-class names).
 
     make_ade20k(root, ids=ADE20K_IDS, size=SIZES, split='validation',
-                ade_dir='ade20k/ADEChallengeData2016', seed=0, write_list=True)
-        {ade_dir}/images/{split}/{id}.jpg, annotations/{split}/{id}.png (8-bit gray,
-        0 = other, 1..150), list {ade_dir}/{split}.txt (unless write_list is false).
+                ade20k_dir='ade20k/ADEChallengeData2016', seed=0, write_list=True, paint=None)
+        {ade20k_dir}/images/{split}/{id}.jpg, annotations/{split}/{id}.png (8-bit gray,
+        0 = other, 1..150), list {ade20k_dir}/{split}.txt (unless write_list is false).
+        paint {label value: (R, G, B)}: labels from its keys, each pixel painted its
+        label's colour plus noise (a dataset a net can learn).
     make_cityscapes(root, ids=CITYSCAPES_IDS, size=SIZES, split='val',
                     cityscapes_dir='cityscapes', seed=0, write_list=True)
         leftImg8bit/{split}/{id}_leftImg8bit.png (RGB), gtFine/{split}/{id}_gtFine_labelIds.png
@@ -272,14 +274,21 @@ def make_pascalcontext(root, ids=CONTEXT_IDS, size=SIZES, split='val',
 
 
 def make_ade20k(root, ids=ADE20K_IDS, size=SIZES, split='validation',
-                ade_dir='ade20k/ADEChallengeData2016', seed=0, write_list=True):
-    d = os.path.join(str(root), ade_dir)
+                ade20k_dir='ade20k/ADEChallengeData2016', seed=0, write_list=True, paint=None):
+    d = os.path.join(str(root), ade20k_dir)
     ids = list(ids)
     for idx, (h, w) in zip(ids, _sizes(size, len(ids))):
         rng = _rng(seed, idx)
-        _save(os.path.join(d, 'images', split, idx + '.jpg'), _photo(rng, h, w))
-        label = _blocks(rng, h, w, np.arange(151)).astype(np.uint8)
-        label[0, 0], label[-1, -1] = 0, 150  # "other" (not evaluated) and the last class
+        if paint:  # labels from paint's keys, each pixel its label's colour: learnable
+            label = _blocks(rng, h, w, np.array(sorted(paint))).astype(np.uint8)
+            colours = np.array([paint.get(v, (0, 0, 0)) for v in range(256)], np.float32)
+            image = colours[label] + rng.uniform(-20, 20, (h, w, 3))
+            image = np.clip(image, 0, 255).astype(np.uint8)
+        else:
+            image = _photo(rng, h, w)
+            label = _blocks(rng, h, w, np.arange(151)).astype(np.uint8)
+            label[0, 0], label[-1, -1] = 0, 150  # "other" (not evaluated) and the last class
+        _save(os.path.join(d, 'images', split, idx + '.jpg'), image)
         _save(os.path.join(d, 'annotations', split, idx + '.png'), label)
     if write_list:
         _write_list(os.path.join(d, split + '.txt'), ids)

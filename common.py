@@ -388,7 +388,7 @@ def _loss_shapes(layer, bottoms):
     return [()] + [second] * (len(layer.top) - 1)
 
 
-def _input_shapes(layer, shapes, given):
+def _input_shapes(layer, given):
     """Input / DummyData tops: one shape for all tops or one each; `given` overrides by name."""
     declared = [tuple(s.dim) for s in (layer.input_param.shape if layer.type == 'Input'
                                        else layer.dummy_data_param.shape)]
@@ -437,8 +437,8 @@ def _top_shapes(layer, bottoms, given):
         'Slice': lambda: _slice_shapes(layer, bottoms),
         'SoftmaxWithLoss': lambda: _loss_shapes(layer, bottoms),
         'Accuracy': lambda: _loss_shapes(layer, bottoms),
-        'Input': lambda: _input_shapes(layer, bottoms, given),
-        'DummyData': lambda: _input_shapes(layer, bottoms, given),
+        'Input': lambda: _input_shapes(layer, given),
+        'DummyData': lambda: _input_shapes(layer, given),
         'Python': lambda: _python_layer(layer),
         'Split': lambda: bottoms * len(layer.top),
         'Silence': lambda: [],
@@ -471,14 +471,23 @@ def _top_shapes(layer, bottoms, given):
     return None  # no rule: see check_net
 
 
-def layer_active(layer, phase):
-    """Whether Caffe keeps `layer` in `phase` ('train' or 'test'): its include / exclude
-    rules by phase (the project's nets use no stages or levels)."""
+def layer_active(layer, phase, state=None):
+    """Whether Caffe keeps `layer` in `phase` ('train' or 'test'), as Net::FilterNet does:
+    any include rule met, else no exclude rule met. `state`: the net's NetState (its
+    level and stages; default level 0, no stages)."""
     caffe = import_caffe()
     want = caffe.proto.caffe_pb2.TRAIN if phase == 'train' else caffe.proto.caffe_pb2.TEST
+    level = state.level if state is not None else 0
+    stages = set(state.stage) if state is not None else set()
+
+    def met(r):
+        return ((not r.HasField('phase') or r.phase == want)
+                and (not r.HasField('min_level') or level >= r.min_level)
+                and (not r.HasField('max_level') or level <= r.max_level)
+                and set(r.stage) <= stages and not set(r.not_stage) & stages)
     if layer.include:
-        return any(not r.HasField('phase') or r.phase == want for r in layer.include)
-    return not any(r.HasField('phase') and r.phase == want for r in layer.exclude)
+        return any(met(r) for r in layer.include)
+    return not any(met(r) for r in layer.exclude)
 
 
 def _net_inputs(param, given):
@@ -514,7 +523,7 @@ def check_net(param, path, phase='test', input_shapes=None, probe=True):
         raise InputError('%s: %s' % (path, e))
     unruled = []
     for layer in param.layer:
-        if not layer_active(layer, phase):
+        if not layer_active(layer, phase, param.state if param.HasField('state') else None):
             continue
         where = '%s: layer %r (%s)' % (path, layer.name, layer.type)
         if layer.type not in known:

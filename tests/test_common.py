@@ -347,3 +347,21 @@ def test_layer_without_a_shape_rule_is_probed(tmp_path):
     good.write_text(NET + 'layer { name: "am" type: "ArgMax" bottom: "out" top: "am"\n'
                           '        argmax_param { top_k: 1 axis: 1 } }\n')
     common.check_prototxt(good)
+
+
+def test_layers_filtered_by_phase_stage_and_level_as_caffe_does(tmp_path):
+    """Layers Caffe drops from a phase (include / exclude by phase, stage, level) are not
+    checked: a second producer of `score` that only a stage would enable is no error,
+    and the shapes are those of the net Caffe builds."""
+    path = tmp_path / 'net.prototxt'
+    path.write_text(NET + """layer { name: "score_big" type: "Convolution" bottom: "pool1" top: "score"
+        include { stage: "big" } convolution_param { num_output: 7 kernel_size: 1 } }
+layer { name: "train_only" type: "Convolution" bottom: "out" top: "extra"
+        include { phase: TRAIN } convolution_param { num_output: 0 kernel_size: 1 } }
+layer { name: "low" type: "ReLU" bottom: "out" top: "low" exclude { max_level: 2 } }
+""")
+    shapes = common.check_net(common.read_net_param(path), str(path), 'test')
+    net = caffe.Net(str(path), caffe.TEST)
+    assert shapes == caffe_shapes(net) and 'extra' not in shapes and 'low' not in shapes
+    with pytest.raises(InputError, match="'train_only'"):  # in TRAIN it is there, and bad
+        common.check_net(common.read_net_param(path), str(path), 'train')

@@ -5,6 +5,8 @@
     python infer.py photo.jpg --full-res               # at the photo's own size, tiled
     python infer.py photo.jpg --model pascalcontext-fcn8s --max-side 800 --gpu 0
     python infer.py photo.jpg --model voc-fcn32s --weights voc-fcn32s/snapshot/train_iter_100000.caffemodel
+    python infer.py photo.jpg --model pspnet101-voc2012        # PSPNet, the release's protocol
+    python infer.py street.png --model pspnet101-cityscapes --multi-scale
 
 The model's released weights are fetched on first use, as torch.hub does, into the
 place `python weights.py MODEL` puts them (size and checksum checked when the record
@@ -43,6 +45,15 @@ palette, CMYK and 16-bit images become 8-bit RGB (16-bit values are divided by 2
 images with transparency are composited on white first (transparent areas read as
 empty paper rather than as black objects).
 
+PSPNet models (pspnet50-ade20k, pspnet101-voc2012, pspnet101-cityscapes) segment each
+image with the release's evaluation instead (release_logits: resized so the longer side
+is 512, or 2048 for Cityscapes, crop x crop windows at stride ceil(2/3 crop), flipped
+windows added; --multi-scale sums the six scales 0.5 .. 1.75), PSPNet's mean, and write
+in the dataset's palette with its class names (ADE20K's 150, Cityscapes' 19, VOC's 21).
+Their default weights are the release's converted for this Caffe (python weights.py
+MODEL && python surgery.py pspnet-convert --model MODEL); --max-side, --full-res and
+--tile do not apply.
+
 Only models that take one RGB image are supported: VOC, PASCAL-Context, SIFT Flow (its
 semantic head, `score_sem`) and NYUDv2 color. A bad image (missing, not an image,
 truncated, empty, too large for the chosen scale) or an output that cannot be written
@@ -60,8 +71,8 @@ from PIL import Image
 
 import models
 import weights
-from common import LIMIT, InputError, atomic_write, check_net, open_net, progress_bar, \
-    read_net_param, run_cli, save_label_png, set_mode, voc_palette
+from common import LIMIT, REPO, InputError, atomic_write, check_net, label_palette, open_net, \
+    progress_bar, read_net_param, run_cli, save_label_png, set_mode
 
 # The longer side of the images each dataset's nets were trained on, the default scale:
 # PASCAL VOC and PASCAL-Context images are at most 500 px a side, NYUDv2's 640 x 480,
@@ -289,10 +300,11 @@ def check_rgb_net(net, prototxt):
                          % (prototxt, net.inputs[0], shape))
 
 
-def overlay(image, label, background=None, alpha=0.5):
-    """H x W x 3 uint8: the class colours (VOC palette) blended onto `image` with weight
-    `alpha`; pixels of class `background` (and void, 255) keep the image's colours."""
-    colours = voc_palette()[label].astype(np.float32)
+def overlay(image, label, background=None, alpha=0.5, palette=None):
+    """H x W x 3 uint8: the class colours (the dataset's `palette`, K x 3 RGB, over the VOC
+    palette; see common.label_palette) blended onto `image` with weight `alpha`; pixels
+    of class `background` (and void, 255) keep the image's colours."""
+    colours = label_palette(palette)[label].astype(np.float32)
     out = image.astype(np.float32) * (1 - alpha) + colours * alpha
     keep = label == 255
     if background is not None:
@@ -468,15 +480,57 @@ def parse_args(argv):
                              'windows (averaged logits) instead of shrinking it')
     parser.add_argument('--tile', type=int, default=TILE, metavar='N',
                         help='window side for --full-res (default %d)' % TILE)
+    parser.add_argument('--multi-scale', action='store_true',
+                        help='PSPNet models: sum the release\'s six scales (%s) instead of '
+                             'scale 1 only' % ' '.join('%g' % x for x in PSP_SCALES))
     args = parser.parse_args(argv)
     if (args.max_side is not None and args.max_side < 1) or args.tile < 1:
         parser.error('--max-side and --tile must be positive numbers of pixels')
     return args
 
 
+def open_pspnet(args, model):
+    """open_model for PSPNet `model` (net.PSPNET): its deploy net in pspnet/<model>/, the
+    converted release weights beside it (surgery.py pspnet-convert) unless --weights,
+    PSPNet's mean, the dataset's class names; the last item is the release's protocol
+    (base size, crop = the net's input, scales, the dataset's palette)."""
+    import layers
+    import net as nets
+    import train
+    dataset = nets.PSPNET[model]['dataset']
+    folder = os.path.join(REPO, nets.PSP_FAMILY, model)
+    deploy = args.deploy or os.path.join(folder, 'deploy.prototxt')
+    if not os.path.isfile(deploy):
+        raise InputError('%s: net prototxt not found; write it with `python net.py`' % deploy)
+    path = args.weights or train.pspnet_stock_path(folder, model)
+    if not os.path.isfile(path):
+        raise InputError('%s: weights not found; get and convert the released ones with '
+                         '`python weights.py %s && python surgery.py pspnet-convert --model %s` '
+                         '(or pass --weights FILE)' % (path, model, model))
+    info = layers.DATASETS[dataset]
+    names = read_classes(args.classes) if args.classes else list(info['classes'])
+    set_mode(args.gpu)
+    net = open_net(deploy, 'test', path, partial=args.allow_partial)
+    check_rgb_net(net, deploy)
+    blob = score_blob(net)
+    check_classes(names, net, blob, args.classes or '%s (the %s classes; pass --classes FILE)'
+                  % (deploy, dataset))
+    background = names.index('background') if 'background' in names else None
+    protocol = dict(base_size=PSP_BASE_SIZE[dataset], crop=tuple(net.blobs[net.inputs[0]].shape[2:]),
+                    scales=PSP_SCALES if args.multi_scale else (1.0,),
+                    palette=info.get('palette'))
+    return (net, read_net_param(deploy), deploy, blob,
+            np.asarray(layers.PSP_MEAN, np.float32), names, background, protocol)
+
+
 def open_model(args):
     """(net, its NetParameter, deploy path, score blob, mean, class names, background
-    index or None) for the command line, every input checked."""
+    index or None, PSPNet's protocol or None) for the command line, every input checked."""
+    import net as nets
+    if os.path.basename(os.path.normpath(args.model)) in nets.PSPNET:
+        return open_pspnet(args, os.path.basename(os.path.normpath(args.model)))
+    if args.multi_scale:
+        raise InputError('--multi-scale is for PSPNet models (%s)' % ', '.join(nets.PSPNET))
     model = models.get(args.model).name  # an id, or a model's folder ('voc-fcn8s/')
     dataset, blob = model_info(model)
     mean, names = dataset_info(dataset)
@@ -496,14 +550,16 @@ def open_model(args):
     check_classes(names, net, blob, args.classes or '%s (the %s classes; pass --classes FILE)'
                   % (deploy, dataset))
     background = names.index('background') if 'background' in names else None
-    return net, read_net_param(deploy), deploy, blob, mean, names, background
+    return net, read_net_param(deploy), deploy, blob, mean, names, background, None
 
 
 def segment_file(path, names, model, args, paths):
     """Segment image `path` and write its label PNG and overlay JPEG (`names`), neither
     replacing an input; returns (image, label). InputError / OSError name the file."""
-    net, param, deploy, blob, mean, _, background = model
+    net, param, deploy, blob, mean, _, background, protocol = model
     image = load_image(path)
+    if protocol:
+        return segment_pspnet(path, image, names, model, paths)
     small = image if args.full_res else resize_for_net(image, args.max_side)
     tiled = args.full_res and max(image.shape[:2]) > args.tile  # windows checked in main
     reason = None if tiled else fit_error(param, deploy, net.inputs[0], small.shape[:2])
@@ -526,6 +582,25 @@ def segment_file(path, names, model, args, paths):
     save_label_png(png, label, protect=paths)
     with atomic_write(jpg, protect=paths) as f:
         Image.fromarray(overlay(image, label, background)).save(f, format='JPEG', quality=90)
+    return image, label
+
+
+def segment_pspnet(path, image, names, model, paths):
+    """segment_file for a PSPNet: the release's evaluation of the whole image
+    (release_logits: resized to the base size, sliding crops, flipped windows added),
+    written in the dataset's palette."""
+    net, _, _, blob, mean, _, background, protocol = model
+    try:
+        logits = release_logits(net, image, mean, protocol['base_size'], protocol['crop'],
+                                protocol['scales'], blob=blob)
+    except MemoryError:
+        raise InputError('%s: out of memory at %dx%d' % (path, image.shape[1], image.shape[0]))
+    label = logits.argmax(0).astype(np.uint8)
+    png, jpg = names
+    save_label_png(png, label, protect=paths, palette=protocol['palette'])
+    with atomic_write(jpg, protect=paths) as f:
+        Image.fromarray(overlay(image, label, background, palette=protocol['palette'])).save(
+            f, format='JPEG', quality=90)
     return image, label
 
 

@@ -205,3 +205,39 @@ def test_reproduce_pspnet_without_converted_weights_says_how(root, tmp_path, cap
     assert 'pspnet101_cityscapes-stock.caffemodel' in text
     assert 'surgery.py pspnet-convert --model pspnet101-cityscapes' in text
     assert 'data/cityscapes/README.md' in text
+
+
+# ----------------------------------------------------------------------------- infer.py
+
+def test_infer_pspnet_release_protocol_palette_and_names(tmp_path, capsys):
+    deploy, weights = narrow_pspnet(tmp_path)
+    photo = tmp_path / 'street.jpg'
+    rgb = np.random.RandomState(1).randint(0, 256, (30, 50, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(photo)
+    rgb = np.array(Image.open(photo))
+    out = tmp_path / 'seg'
+    assert infer.main([str(photo), '--model', 'pspnet50-ade20k', '--deploy', deploy,
+                       '--weights', weights, '--out', str(out)]) == 0
+    saved = Image.open(out / 'street.png')
+    assert saved.getpalette()[:6] == [120, 120, 120, 180, 120, 120]  # wall, building
+    logits = infer.release_logits(caffe.Net(deploy, weights, caffe.TEST), rgb, layers.PSP_MEAN,
+                                  512, CROP)
+    np.testing.assert_array_equal(np.array(saved), logits.argmax(0))
+    top = layers.ADE20K_CLASSES[int(np.bincount(logits.argmax(0).ravel()).argmax())]
+    assert 'street.jpg (50x30) -> %s: %s ' % (out / 'street.png', top) in capsys.readouterr().out
+    # the overlay blends the dataset's colours half and half (JPEG: compare class means)
+    over = np.array(Image.open(out / 'street-overlay.jpg')).astype(float)
+    k = int(np.bincount(logits.argmax(0).ravel()).argmax())
+    mask = logits.argmax(0) == k
+    want = 0.5 * rgb[mask].mean(0) + 0.5 * np.array(layers.ADE20K_PALETTE[k])
+    assert np.abs(over[mask].mean(0) - want).max() < 12
+
+
+def test_infer_pspnet_missing_weights_and_multi_scale_for_fcn(tmp_path):
+    photo = tmp_path / 'a.jpg'
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    with pytest.raises(common.InputError, match='pspnet101_VOC2012-stock.caffemodel: weights '
+                       'not found.*surgery.py pspnet-convert --model pspnet101-voc2012'):
+        infer.main([str(photo), '--model', 'pspnet101-voc2012', '--out', str(tmp_path / 'o')])
+    with pytest.raises(common.InputError, match='--multi-scale is for PSPNet models'):
+        infer.main([str(photo), '--model', 'voc-fcn8s', '--multi-scale', '--no-download'])

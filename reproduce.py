@@ -77,6 +77,7 @@ import sys
 import time
 
 import common
+import metrics
 from common import REPO, InputError
 
 METRICS = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')
@@ -557,9 +558,7 @@ def results_markdown(record):
 
 def write_results(out, record):
     """OUT/results.json and OUT/results.md, atomically (`record` holds JSON types only)."""
-    with common.atomic_write(os.path.join(out, 'results.json'), 'w') as f:
-        json.dump(record, f, indent=1, allow_nan=False)
-        f.write('\n')
+    metrics.write_json(os.path.join(out, 'results.json'), record)
     with common.atomic_write(os.path.join(out, 'results.md'), 'w') as f:
         f.write(results_markdown(record))
 
@@ -766,7 +765,6 @@ def main(argv=None):
     previous = _load_previous(out) if args.merge else {}
     mode = common.set_mode(args.gpu)
     import layers
-    import metrics
 
     record = dict(command='python reproduce.py' + ''.join(' ' + shlex.quote(a) for a in argv),
                   date=datetime.datetime.now().isoformat(timespec='seconds'),

@@ -30,6 +30,9 @@ to every layer:
     seed        default 1337; seeds this layer's own random.Random
     randomize   default: true for training splits (names starting with "train"),
                 false otherwise
+    num_classes default: the dataset's; the classes a label may name, as an integer
+                (one label top) or {"top": count} (SIFT Flow's sem / geo). The solving
+                loop and score.py set it from the net instead (`bind_num_classes`).
 
 plus the per-dataset keys documented on each class (directories, and `mean` where the
 dataset allows one). An unknown or missing key is a ValueError naming the allowed keys.
@@ -53,6 +56,10 @@ Python exceptions raised here come out of caffe.Net(...) and net.forward() as th
 Python exceptions (pycaffe re-raises them), never as a Caffe abort: a missing file is a
 FileNotFoundError naming the path, a malformed file or an empty split list is a
 common.InputError naming the file, a bad param_str or wrong number of tops a ValueError.
+Labels are checked where they are read (`read_labels`): a value that is neither one of
+the classes nor void, NaN, a fraction or text is an InputError naming the file and the
+values, since Caffe's loss would read outside its arrays on it (a crash, or a loss
+computed from other memory) and scoring would leave the pixels out.
 
 Without Caffe
 -------------

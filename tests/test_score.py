@@ -294,12 +294,12 @@ def test_out_on_a_full_disk_names_the_file(tmp_path, voc_model, monkeypatch, cap
 
     def full(fd, data):
         raise OSError(errno.ENOSPC, 'No space left on device')
-    real_dump = metrics.json.dumps
+    real_jsonable = metrics.jsonable
 
-    def dumps(*a, **k):  # the disk fills up once the scores are ready
+    def jsonable(obj):  # the disk fills up once the scores are ready to be written
         monkeypatch.setattr(os, 'write', full)
-        return real_dump(*a, **k)
-    monkeypatch.setattr(metrics.json, 'dumps', dumps)
+        return real_jsonable(obj)
+    monkeypatch.setattr(metrics, 'jsonable', jsonable)
     with pytest.raises(SystemExit) as e:
         common.run_cli(score.main, ['--model', str(mdir), '--weights', weights, '--out', str(out),
                                     '--quiet'])

@@ -21,6 +21,17 @@ REPO = common.REPO
 PY = sys.executable
 
 
+@pytest.fixture(autouse=True)
+def registry():
+    """The models and datasets a test registers (models.get of a new folder) are
+    forgotten after it, so other tests see only the built-in ones."""
+    saved = dict(models.MODELS), dict(models.DATASETS)
+    yield
+    for table, before in zip((models.MODELS, models.DATASETS), saved):
+        table.clear()
+        table.update(before)
+
+
 def label_values(root, ids):
     values = []
     for i in ids:

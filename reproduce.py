@@ -77,7 +77,13 @@ import sys
 import time
 
 import common
+import infer
+import layers
 import metrics
+import net
+import score
+import train
+import weights
 from common import REPO, InputError
 
 METRICS = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')
@@ -172,27 +178,22 @@ def _commands(model, model_dir, model_root):
 
 def all_models():
     """Every model reproduce.py knows, in table order: net.MODELS, then net.PSPNET."""
-    import net
     return list(net.MODELS) + list(net.PSPNET)
 
 
 def model_dataset(model):
-    import net
     return net.PSPNET[model]['dataset'] if model in net.PSPNET else net.MODELS[model]['dataset']
 
 
 def model_folder(model, model_root):
     """Where `model`'s files are under `model_root`: <root>/<model>, PSPNet's
     <root>/pspnet/<model>."""
-    import net
     return os.path.join(model_root, net.PSP_FAMILY, model) if model in net.PSPNET else \
         os.path.join(model_root, model)
 
 
 def scored_split(model):
     """dataset, split and paper_images (the paper's split size) of `model`'s entry."""
-    import layers
-    import net
     if model in net.PSPNET:
         dataset = net.PSPNET[model]['dataset']
         split = layers.DATASETS[dataset]['split']
@@ -203,7 +204,6 @@ def scored_split(model):
 
 def psp_weights(model, model_dir):
     """(path, 'released') of a PSPNet's converted caffemodel, or (None, reason dict)."""
-    import train
     path = train.pspnet_stock_path(model_dir, model)
     if os.path.isfile(path):
         return path, 'released'
@@ -217,17 +217,14 @@ def find_weights(model, model_dir, model_root, override=None, snapshots=False):
 
     source: '--weights', 'snapshot' or 'released'. The reason dict names what is missing
     (the path expected) and the commands that get it."""
-    import weights
     if override:
         return override, '--weights'
-    import net
     if model in net.PSPNET and not snapshots:
         return psp_weights(model, model_dir)
-    fetch, train = _commands(model, model_dir, model_root)
+    fetch, train_cmd = _commands(model, model_dir, model_root)
     tried = []
     if snapshots:
-        import train as train_py
-        state = train_py.latest_state(os.path.join(model_dir, 'snapshot'))
+        state = train.latest_state(os.path.join(model_dir, 'snapshot'))
         if state:
             return state[:-len('.solverstate')] + '.caffemodel', 'snapshot'
         tried.append('no training snapshot in %s' % os.path.join(model_dir, 'snapshot'))
@@ -235,19 +232,17 @@ def find_weights(model, model_dir, model_root, override=None, snapshots=False):
         path = weights.weights_path(model_dir)
     except InputError as e:  # no URL record, or a model the release never shipped
         message = 'never released' if weights.NO_RELEASE in str(e) else str(e)
-        return None, dict(what='weights', message='; '.join(tried + [message]), commands=[train])
+        return None, dict(what='weights', message='; '.join(tried + [message]), commands=[train_cmd])
     if os.path.isfile(path):
         return path, 'released'
     tried.append('released weights not found: %s' % path)
-    return None, dict(what='weights', message='; '.join(tried), commands=[fetch, train])
+    return None, dict(what='weights', message='; '.join(tried), commands=[fetch, train_cmd])
 
 
 def data_check(model, model_dir, split):
     """(ids, None): the image ids of `split` as model_dir/val.prototxt's data layer reads
     them; or (None, reason dict) when its list is missing (the path expected and the
     dataset's README to read) or there is no val.prototxt."""
-    import layers
-    import score
     dataset = model_dataset(model)
     val = os.path.join(model_dir, 'val.prototxt')
     if not os.path.isfile(val):
@@ -311,9 +306,6 @@ def evaluate_pspnet(model_dir, weights, split, ids, dataset, multi_scale=False, 
     whole images read by model_dir/val.prototxt's data layer class): the entry's tasks
     'single-scale' and, with `multi_scale`, 'multi-scale'; ms_per_image is the whole
     single-scale protocol's time per image (every window, flipped ones included)."""
-    import infer
-    import layers
-    import score
     val = os.path.join(model_dir, 'val.prototxt')
     param = common.read_net_param(val)
     cls, split, _ = score.net_split_ids(param, val, split)
@@ -340,7 +332,6 @@ def evaluate_model(model_dir, weights, split, ids, dataset, progress=True):
     """Score `weights` on the images `ids` of `split` with model_dir/val.prototxt, as
     score.py's command does (its data layer set to `split`); returns the model's entry:
     tasks {score blob: score.task_json}, images, ms_per_image, load_ms_per_image."""
-    import score
     val = os.path.join(model_dir, 'val.prototxt')
     net, _, _, _ = score.open_val_net(val, weights, split)
     tasks, names = score.model_tasks(net, dataset, split, val)
@@ -364,7 +355,6 @@ def _pct(fraction):
 def comparison_rows(entries, selected):
     """The comparison: PAPER's rows with the measured values (%) of their model, then a
     row per output of each evaluated model the paper has no row for."""
-    import net
     rows = []
     for r in PAPER + PSP_PAPER:
         entry = entries.get(r['model']) if r['model'] else None
@@ -665,7 +655,6 @@ def check_outputs(out, readme, overrides, val_nets):
     """Refuse, before scoring, an OUT folder or --readme file that cannot be written, or
     an OUT that would put results.json / results.md over an input: a --weights file, or
     anything in the datasets the `val_nets` (prototxt paths) read."""
-    import score
     common.check_writable(out, '--out', folder=True)
     protect = list(overrides.values())
     for val in val_nets:
@@ -700,7 +689,6 @@ def score_model(model, model_dir, model_root, entry, override, args):
         ids = ids[:args.limit]
     print('%s: scoring %s (%s) on %s %s, %d images'
           % (model, weights, source, entry['dataset'], split, len(ids)), file=sys.stderr, flush=True)
-    import net
     if model in net.PSPNET:
         entry.update(evaluate_pspnet(model_dir, weights, split, ids, entry['dataset'],
                                      args.multi_scale, progress=not args.quiet))
@@ -712,7 +700,6 @@ def score_model(model, model_dir, model_root, entry, override, args):
 
 
 def main(argv=None):
-    import net
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         epilog=__doc__[__doc__.index('\n\n') + 2:], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -764,7 +751,6 @@ def main(argv=None):
                   [os.path.join(model_folder(m, model_root), 'val.prototxt') for m in models])
     previous = _load_previous(out) if args.merge else {}
     mode = common.set_mode(args.gpu)
-    import layers
 
     record = dict(command='python reproduce.py' + ''.join(' ' + shlex.quote(a) for a in argv),
                   date=datetime.datetime.now().isoformat(timespec='seconds'),

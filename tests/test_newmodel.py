@@ -249,10 +249,11 @@ def test_new_model_end_to_end(parent, tmp_path):
     assert r.returncode == 0, r.stderr
     assert '(2 images)' in r.stdout
     image = data / 'JPEGImages' / (OWN_VAL[0] + '.jpg')
-    r = run(os.path.join(REPO, 'infer.py'), image, '--model', 'voc-fcn8s', '--deploy',
-            folder / 'deploy.prototxt', '--weights', snap, '--classes', folder / 'classes.txt',
+    r = run(os.path.join(REPO, 'infer.py'), image, '--model', folder, '--weights', snap,
             '--out', tmp_path / 'seg')
     assert r.returncode == 0, r.stderr
+    shares = r.stdout.strip().rsplit(': ', 1)[1]  # e.g. "road 100.0%": model.json's names
+    assert shares.split()[0] in ('background', 'road', 'car'), r.stdout
     with Image.open(tmp_path / 'seg' / (OWN_VAL[0] + '.png')) as im:
         assert im.size == Image.open(image).size and np.array(im).max() < 3
 

@@ -48,6 +48,8 @@ import tempfile
 import numpy as np
 
 import common
+import net as nets
+import weights
 
 
 # ----------------------------------------------------------------------------- transplant
@@ -352,7 +354,6 @@ def _plan_fork_bn(path, layer, params, types):
     """[(source array, destination array)] for one fork BN layer `<conv>/bn` (blobs slope,
     bias, mean, var, each 1 x C x 1 x 1) -> BatchNorm `<conv>/bn` [mean, var, 1] and Scale
     `<conv>/scale` [slope, bias]."""
-    import net as nets
     name = layer.name
     if not name.endswith('/bn'):
         raise common.InputError('%s: BN layer %r is not named <conv>/bn as in the release'
@@ -391,7 +392,6 @@ def convert_fork_bn(src, target, out, quiet=False):
     unknown layer with blobs, a shape mismatch, a net layer the file lacks, or `out` being
     `src`. Nothing is written unless all checks pass; `out` is written atomically.
     Returns the ForkReport (printed unless quiet)."""
-    import net as nets
     src, out = os.path.abspath(str(src)), os.path.abspath(str(out))
     layers = _fork_layers(src)
     if src == out or os.path.exists(out) and os.path.samefile(src, out):
@@ -452,8 +452,6 @@ def _target_net(target):
 def pspnet_convert_main(args):
     """surgery.py pspnet-convert: the released caffemodel of args.model (weights.py's
     record) -> pspnet/<model>/<release>-stock.caffemodel, loadable by name."""
-    import net as nets
-    import weights
     src = args.weights or weights.weights_path(args.model)
     if not os.path.isfile(src):
         raise common.InputError('%s: not found; python weights.py %s, or pass --weights'
@@ -493,10 +491,9 @@ def fcn_trunk_param(arch, widths=None):
     size (pad 100 leaves fc6 one position), and a tiny input keeps activations small.
     widths: net.py channel widths (narrow test nets); default the paper's."""
     caffe = common.import_caffe()
-    import net as fcn_net
     kwargs = {'widths': tuple(widths)} if widths else {}
     try:
-        param = fcn_net.build_net(TRUNK_MODEL[arch], 'deploy', **kwargs)
+        param = nets.build_net(TRUNK_MODEL[arch], 'deploy', **kwargs)
     except ValueError as e:
         raise common.InputError('--widths: %s' % e)
     trunk = caffe.proto.caffe_pb2.NetParameter()

@@ -58,6 +58,7 @@ import common
 import infer
 import layers
 import metrics
+import net as nets
 
 
 # ----------------------------------------------------------------------------- nets
@@ -206,14 +207,12 @@ def evaluate_release(net, cls, params, ids, num_classes, base_size, scales=(1.0,
 
 def psp_model(model):
     """The net.PSPNET name `model` (a name or a path ending in it), else None."""
-    import net as nets
     name = os.path.basename(os.path.normpath(model))
     return name if name in nets.PSPNET else None
 
 
 def score_pspnet(args):
     """score.py --model <PSPNet model>: the release's evaluation (see the module's doc)."""
-    import net as nets
     model = psp_model(args.model)
     folder = os.path.join(common.REPO, nets.PSP_FAMILY, model)
     val = os.path.join(folder, 'val.prototxt')

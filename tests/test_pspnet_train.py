@@ -65,25 +65,19 @@ def test_narrow_pspnet_learns_through_the_solving_loop(root, tmp_path):
     assert [r['iter'] for r in records] == [20, 40, 60]
 
 
-def test_finish_pspnet_sets_interpolation_and_identity_bn(tmp_path):
+def test_finish_pspnet_sets_interpolation_and_identity_bn(tmp_path, monkeypatch):
     caffe = common.import_caffe()
     folder = narrow_model(tmp_path / 'm', 1e-5, 10)
     datasets.make_ade20k(tmp_path / 'd', ids=['ADE_train_00000001'], split='training',
                          size=(45, 60), paint=PAINT)
-    os.environ['FCN_DATA_ROOT'] = str(tmp_path / 'd')
-    try:
-        n = caffe.Net(os.path.join(folder, 'train.prototxt'), caffe.TRAIN)
-    finally:
-        del os.environ['FCN_DATA_ROOT']
-
-    class Solver:
-        net = n
-    ip = n.params['conv5_3_pool2_interp_flat' if 'conv5_3_pool2_interp_flat' in n.params
-                  else 'conv5_1_pool2_interp_flat'][0].data
-    bn = n.params['conv1_1_3x3_s2/bn']
+    monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path / 'd'))
+    solver = type('Solver', (), {'net': caffe.Net(os.path.join(folder, 'train.prototxt'),
+                                                  caffe.TRAIN)})
+    ip = solver.net.params['conv5_1_pool2_interp_flat'][0].data  # 2 x 2 bins -> 6 x 6
+    bn = solver.net.params['conv1_1_3x3_s2/bn']
     assert not ip.any() and bn[2].data[0] == 0  # nothing set yet: zero weights, no statistics
-    train.finish_pspnet(Solver)
-    assert np.allclose(ip.sum(axis=1), 1)  # each output is a convex mix of the 2 x 2 bins
+    train.finish_pspnet(solver)
+    assert np.allclose(ip.sum(axis=1), 1)  # each output a convex mix of the 2 x 2 bins
     assert (bn[0].data == 0).all() and (bn[1].data == 1).all() and bn[2].data[0] == 1
 
 

@@ -656,11 +656,14 @@ class Stop(object):
     one, or one while scoring, raises Interrupted at once."""
 
     def __init__(self):
-        self.signum, self.scoring = None, False
+        self.signum, self.scoring, self.stopping = None, False, False
 
     def __call__(self, signum, frame):
+        if self.stopping:  # already on the way out
+            return
         again, self.signum = self.signum is not None, signum
         if again or self.scoring:
+            self.stopping = True
             raise Interrupted(signum)
         print('\n%s received: finishing this iteration, then snapshotting'
               % signal.Signals(signum).name, file=sys.stderr, flush=True)
@@ -668,6 +671,7 @@ class Stop(object):
     @contextlib.contextmanager
     def interruptible(self):
         if self.signum is not None:
+            self.stopping = True
             raise Interrupted(self.signum)
         self.scoring = True
         try:
@@ -694,8 +698,10 @@ def run_lock(out_dir):
                   % (path, holder), flush=True)
         os.ftruncate(fd, 0)
         os.pwrite(fd, b'%d\n' % os.getpid(), 0)
-        yield
-        os.ftruncate(fd, 0)  # a clean end: no stale pid for the next run
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # ended here (not killed): no stale pid for the next run
     finally:
         os.close(fd)
 
@@ -879,12 +885,18 @@ def _keep(text):
 def parser(model_name=None):
     """The flags of a model's solve.py (model_name None: of `python train.py`)."""
     rounds, iters = schedule(model_name)
-    p = argparse.ArgumentParser(
-        prog='%s/solve.py' % model_name if model_name else 'train.py',
-        description=('Train %s the paper\'s way: %d rounds x %d iterations, scoring after each.'
-                     % (model_name, rounds, iters)) if model_name else __doc__.split('\n\n')[0],
-        epilog=None if model_name else 'Run a model\'s solve.py: ' + ', '.join(
-            '%s/solve.py' % m for m in sorted(net.MODELS)) + '. Its flags are these.')
+    if model_name:
+        p = argparse.ArgumentParser(
+            prog='%s/solve.py' % model_name,
+            description='Train %s the paper\'s way: %d rounds x %d iterations, scoring after each.'
+                        % (model_name, rounds, iters))
+    else:
+        p = argparse.ArgumentParser(
+            prog='train.py', formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=__doc__.split('\n\n')[0] + ' It is run as a model folder\'s '
+                        'solve.py:\n\n' + __doc__.split('\n\n')[1],
+            epilog='models (each trained by MODEL/solve.py, with the flags above):\n  '
+                   + '\n  '.join(sorted(net.MODELS)))
     p.add_argument('--gpu', type=int, default=None, help='GPU id (default: CPU)')
     p.add_argument('--weights', default=None,
                    help='weights to start from (default: the parent net, see solve.py)')

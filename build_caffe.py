@@ -19,8 +19,10 @@ What it does, in order:
    not root); if that is impossible the exact command is printed and the build stops.
 4. Build. CMake, CPU with OpenBLAS, Python layers on, against this Python and numpy;
    OpenCV/LevelDB/LMDB off. Where `nvcc` exists and a GPU's compute capability can be
-   read (or FCN_CUDA_ARCH is set, e.g. 90), a CUDA build instead, USE_CUDNN off.
-   FCN_CAFFE_CPU=1 forces the CPU build.
+   read (or FCN_CUDA_ARCH is set, e.g. 90), a CUDA build instead: code for that arch plus
+   its PTX, USE_CUDNN off, USE_NCCL on; cuBLAS, cuRAND and NCCL (and the CUDA runtime) that
+   the toolkit lacks come from NVIDIA's pinned PyPI wheels (CUDA_WHEELS), installed into the
+   cache. FCN_CAFFE_CPU=1 forces the CPU build.
 5. Cache. Installed under ${XDG_CACHE_HOME:-~/.cache}/fcn-caffe/<key>, where the key
    holds the source version, a digest of the patch set, the Python version, numpy's
    major version and cpu/cuda-arch. The install is staged elsewhere and renamed into
@@ -49,6 +51,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_PACKAGE = 'caffe'
 SOURCE_VERSION = '1.0.0+git20180821.99bd997-8'
 SOURCE_SUITE = 'bullseye'  # the last Debian release with caffe
+
+# Boost.Python for a Python that Debian's boost-python was not built for (Debian builds it
+# for its own python3 only; e.g. 3.12 on bookworm): built from the source package of the
+# boost headers the build uses (bookworm's boost1.74), libs/python/src only, with the
+# Debian patches to those files, into the cache.
+BOOST_SOURCE = ('boost1.74', '1.74.0+ds1-21', 'bookworm')
 
 # Debian (bookworm) names of what the build needs.
 BUILD_PACKAGES = [
@@ -82,6 +90,34 @@ FIXES = [
     ('src/caffe/common.cpp',
      'LOG(INFO) << "Kernel execution timeout:      "\n      << (prop.kernelExecTimeoutEnabled ? "Yes" : "No");', '',
      'CUDA 13 removed cudaDeviceProp::kernelExecTimeoutEnabled', 'cuda'),
+    ('src/caffe/common.cpp',
+     'LOG(ERROR) << "Cannot create Cublas handle. Cublas won\'t be available.";',
+     'LOG(WARNING) << "Cannot create Cublas handle. Cublas won\'t be available.";',
+     'a CUDA build without a usable GPU (CPU mode) logged this ERROR in every process, past '
+     'GLOG_minloglevel=2, so each one-line error came with three more; GPU mode still fails '
+     'loudly (SetDevice makes the handle again with CUBLAS_CHECK)', 'cuda'),
+    ('src/caffe/common.cpp',
+     'LOG(ERROR) << "Cannot create Curand generator. Curand won\'t be available.";',
+     'LOG(WARNING) << "Cannot create Curand generator. Curand won\'t be available.";',
+     'the same, for cuRAND (SetDevice makes it again with CURAND_CHECK)', 'cuda'),
+    ('src/caffe/common.cpp',
+     'LOG(ERROR) <<\n            "Curand not available. Skipping setting the curand seed.";',
+     'LOG(WARNING) <<\n            "Curand not available. Skipping setting the curand seed.";',
+     'the same, at caffe.set_random_seed in CPU mode without a GPU', 'cuda'),
+]
+
+
+# The CUDA libraries Caffe links besides the runtime, as NVIDIA's PyPI wheels, pinned to the
+# CUDA 13.0 release nvcc 13.0 belongs to. A toolkit that lacks them (nvcc-only installs,
+# the cuda-nvcc package) gets them from these, installed into the cache with pip, never into
+# the system: (library name, wheel). The wheels hold nvidia/cu13/include and
+# nvidia/cu13/lib with versioned .so names only, so the cache entry adds the unversioned
+# links the linker looks for.
+CUDA_WHEELS = [
+    ('cudart', 'nvidia-cuda-runtime==13.0.88'),
+    ('cublas', 'nvidia-cublas==13.0.2.14'),
+    ('curand', 'nvidia-curand==10.4.0.35'),
+    ('nccl', 'nvidia-nccl-cu13==2.28.9'),
 ]
 
 
@@ -137,6 +173,89 @@ def gpu_arch():
     return arch or None
 
 
+def cuda_toolkit():
+    """The CUDA toolkit's root (holding bin/nvcc and include/cuda_runtime.h), for a CUDA build.
+    `nvcc` on PATH may be a wrapper script (/usr/local/bin/nvcc), so its parent is not trusted
+    until it holds the headers."""
+    nvcc = shutil.which('nvcc')
+    candidates = [os.environ.get('CUDA_HOME'), os.environ.get('CUDA_PATH'),
+                  nvcc and os.path.dirname(os.path.dirname(os.path.realpath(nvcc))),
+                  '/usr/local/cuda']
+    for root in candidates:
+        if root and os.path.isfile(os.path.join(root, 'include', 'cuda_runtime.h')) \
+                and os.access(os.path.join(root, 'bin', 'nvcc'), os.X_OK):
+            return os.path.realpath(root)
+    raise BuildError('nvcc found but no CUDA toolkit with include/cuda_runtime.h (tried %s); '
+                     'set CUDA_HOME, or FCN_CAFFE_CPU=1 for a CPU build'
+                     % ', '.join(c for c in candidates if c))
+
+
+def toolkit_has(toolkit, lib):
+    if lib == 'nccl':  # NCCL is never part of the toolkit; a system install counts
+        return bool(glob.glob('/usr/lib/*/libnccl.so') or glob.glob('/usr/local/lib/libnccl.so')) \
+            and os.path.isfile('/usr/include/nccl.h')
+    return os.path.isfile(os.path.join(toolkit, 'lib64', 'lib%s.so' % lib))
+
+
+def wheels_needed(toolkit):
+    return [wheel for lib, wheel in CUDA_WHEELS if not toolkit_has(toolkit, lib)]
+
+
+def cuda_wheel_libs(wheels):
+    """Install `wheels` (pinned) into the cache once; returns (include dir, lib dir), the lib
+    dir holding an unversioned link for each versioned .so. Staged and renamed, like builds.
+    (cuBLAS and cuRAND install under nvidia/cu13/, NCCL under nvidia/nccl/.)"""
+    digest = hashlib.sha256(repr(sorted(wheels)).encode()).hexdigest()[:12]
+    dest = os.path.join(cache_root(), 'cuda-wheels-%s' % digest)
+    lib = os.path.join(dest, 'links')
+    if os.path.isfile(os.path.join(dest, 'wheels.json')):
+        return sorted(glob.glob(os.path.join(dest, 'nvidia', '*', 'include'))), lib
+    stage = tempfile.mkdtemp(dir=cache_root(), prefix='.work-wheels-')
+    try:
+        log('CUDA libraries from PyPI wheels into %s: %s' % (dest, ' '.join(wheels)))
+        run([sys.executable, '-m', 'pip', 'install', '-q', '--disable-pip-version-check',
+             '--no-deps', '--only-binary=:all:', '--target', stage] + wheels)
+        links = os.path.join(stage, 'links')
+        os.makedirs(links)
+        for so in sorted(glob.glob(os.path.join(stage, 'nvidia', '*', 'lib', 'lib*.so.*'))):
+            # libX.so for the linker, libX.so.N (the SONAME) for the loader: the build's
+            # RUNPATH names this directory; relative links, since the entry is renamed
+            for name in (os.path.basename(so).split('.so.')[0] + '.so', os.path.basename(so)):
+                if not os.path.lexists(os.path.join(links, name)):
+                    os.symlink(os.path.relpath(so, links), os.path.join(links, name))
+        with open(os.path.join(stage, 'wheels.json'), 'w') as f:
+            json.dump(wheels, f)
+        if os.path.exists(dest):
+            shutil.rmtree(dest)  # no wheels.json: incomplete, not ours to trust
+        os.replace(stage, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return sorted(glob.glob(os.path.join(dest, 'nvidia', '*', 'include'))), lib
+
+
+def cuda_flags(arch):
+    """CMake flags of a CUDA build: sm_`arch` code plus PTX, cuDNN off, NCCL on, and the
+    toolkit and (where it lacks them) the wheels' libraries named explicitly."""
+    toolkit = cuda_toolkit()
+    flags = ['-DCPU_ONLY=OFF', '-DUSE_CUDNN=OFF', '-DUSE_NCCL=ON', '-DCUDA_ARCH_NAME=Manual',
+             '-DCUDA_ARCH_BIN=%s' % arch, '-DCUDA_ARCH_PTX=%s' % arch,
+             '-DCUDA_TOOLKIT_ROOT_DIR=%s' % toolkit,
+             '-DCUDA_NVCC_EXECUTABLE=%s' % os.path.join(toolkit, 'bin', 'nvcc')]
+    wheels = wheels_needed(toolkit)
+    if wheels:
+        includes, lib = cuda_wheel_libs(wheels)
+        # nvcc sees the headers through CUDA_NVCC_FLAGS, g++ through CMAKE_CXX_FLAGS
+        flags += ['-DCUDA_NVCC_FLAGS=%s' % ';'.join('-I' + i for i in includes),
+                  '-DCMAKE_CXX_FLAGS=%s' % ' '.join('-I' + i for i in includes)]
+        # FindCUDA forgets -DCUDA_cublas_LIBRARY=... (it clears its cache entries when it
+        # first sees the toolkit), but its searches fall back on CMAKE_LIBRARY_PATH
+        flags.append('-DCMAKE_LIBRARY_PATH=%s' % lib)
+        if 'nccl' in dict(CUDA_WHEELS) and not toolkit_has(toolkit, 'nccl'):
+            flags += ['-DNCCL_INCLUDE_DIR=%s' % [i for i in includes if '/nccl/' in i][0],
+                      '-DNCCL_LIBRARIES=%s' % os.path.join(lib, 'libnccl.so')]
+    return flags
+
+
 def project_patches():
     return sorted(glob.glob(os.path.join(HERE, 'caffe-patches', '*.patch')))
 
@@ -144,6 +263,8 @@ def project_patches():
 def patch_digest(cuda):
     h = hashlib.sha256()
     h.update(repr([f for f in FIXES if f[4] == 'all' or cuda]).encode())
+    if cuda:  # the pinned libraries and flags are part of what a CUDA build is
+        h.update(repr(CUDA_WHEELS).encode() + b'nccl-on')
     for p in project_patches():
         with open(p, 'rb') as f:
             h.update(os.path.basename(p).encode() + f.read())
@@ -176,12 +297,7 @@ def missing_packages():
         r = subprocess.run(['dpkg-query', '-W', '-f=${Status}', pkg], capture_output=True, text=True)
         if 'install ok installed' not in r.stdout:
             missing.append(pkg)
-    # boost-python must match this Python's minor version.
-    lib = 'libboost_python%d%d.so' % sys.version_info[:2]
-    if not glob.glob('/usr/lib/*/%s' % lib) and 'libboost-python-dev' not in missing:
-        raise BuildError('%s not found: Debian\'s boost-python is built for its own python3; '
-                         'make the venv with that Python version (PYTHON=python3.X make test)' % lib)
-    return missing
+    return missing  # boost-python for this Python version: boost_python_dir()
 
 
 def install_packages(pkgs):
@@ -236,15 +352,18 @@ def debian_mirror(paths=None):
                      'archive URL, or CAFFE_SOURCE to a Caffe source tree or tarball')
 
 
-def fetch_debian_source(downloads):
-    """Download caffe's .dsc/.orig/.debian files into `downloads` (kept for later builds)."""
-    dsc = os.path.join(downloads, '%s_%s.dsc' % (SOURCE_PACKAGE, SOURCE_VERSION))
-    if os.path.exists(dsc) and glob.glob(os.path.join(downloads, '*.debian.tar.*')):
+def fetch_debian_source(downloads, package=SOURCE_PACKAGE, version=SOURCE_VERSION,
+                        suite=SOURCE_SUITE):
+    """Download a source package's .dsc/.orig/.debian files into `downloads` (kept for
+    later builds); caffe's by default."""
+    dsc = os.path.join(downloads, '%s_%s.dsc' % (package, version))
+    if os.path.exists(dsc) and glob.glob(os.path.join(downloads, '%s_%s.debian.tar.*'
+                                                      % (package, version))):
         return downloads
     apt = os.path.join(downloads, 'apt')
     os.makedirs(os.path.join(apt, 'lists', 'partial'), exist_ok=True)
     with open(os.path.join(apt, 'sources.list'), 'w') as f:
-        f.write('deb-src %s %s main\n' % (debian_mirror(), SOURCE_SUITE))
+        f.write('deb-src %s %s main\n' % (debian_mirror(), suite))
     opts = ['-o', 'Dir::Etc::SourceList=%s' % os.path.join(apt, 'sources.list'),
             '-o', 'Dir::Etc::SourceParts=/dev/null',
             '-o', 'Dir::State::Lists=%s' % os.path.join(apt, 'lists'),
@@ -254,7 +373,7 @@ def fetch_debian_source(downloads):
     run(['apt-get', '-q'] + opts + ['update'])
     tmp = tempfile.mkdtemp(dir=downloads, prefix='.fetch-')
     run(['apt-get', '-q'] + opts + ['source', '--download-only',
-                                    '%s=%s' % (SOURCE_PACKAGE, SOURCE_VERSION)], cwd=tmp)
+                                    '%s=%s' % (package, version)], cwd=tmp)
     for name in os.listdir(tmp):  # move into place only once all files arrived
         os.replace(os.path.join(tmp, name), os.path.join(downloads, name))
     os.rmdir(tmp)
@@ -319,6 +438,75 @@ def prepare_source(work, cuda):
     return src
 
 
+def debian_boost_python():
+    """Debian's libboost_python3X.so for this Python, or None."""
+    found = glob.glob('/usr/lib/*/libboost_python%d%d.so' % sys.version_info[:2])
+    return found[0] if found else None
+
+
+def src_only_patch(patch_file):
+    """The parts of a Debian patch that change libs/python/src/ (the headers it also patches
+    are the installed ones, already patched by Debian)."""
+    keep, part = [], []
+    for line in open(patch_file, encoding='utf-8', errors='replace').read().splitlines(True):
+        if line.startswith('--- '):
+            if part and part[1].startswith('+++ b/libs/python/src/'):
+                keep += part
+            part = []
+        part.append(line)
+    if len(part) > 1 and part[1].startswith('+++ b/libs/python/src/'):
+        keep += part
+    return ''.join(keep)
+
+
+def boost_python_dir(jobs):
+    """The directory of libboost_python3X.so for this Python: Debian's, else one built here
+    from BOOST_SOURCE into the cache (27 files, about a minute; staged and renamed)."""
+    if debian_boost_python():
+        return None
+    package, version, suite = BOOST_SOURCE
+    py = '%d%d' % sys.version_info[:2]
+    dest = os.path.join(cache_root(), 'boost-python%s-%s' % (py, version.replace('+', '_')))
+    lib = os.path.join(dest, 'libboost_python%s.so' % py)
+    if os.path.isfile(lib):
+        return dest
+    downloads = os.path.join(cache_root(), 'downloads')
+    os.makedirs(downloads, exist_ok=True)
+    fetch_debian_source(downloads, package, version, suite)
+    work = tempfile.mkdtemp(dir=cache_root(), prefix='.work-boost-')
+    try:
+        log('building Boost.Python for Python %s from %s %s (Debian has none for it)'
+            % (py, package, version))
+        orig = glob.glob(os.path.join(downloads, '%s_%s.orig.tar.*' % (package, version.split('-')[0])))
+        run(['tar', '-xf', orig[0], '--wildcards', '*/libs/python/src/*'], cwd=work)
+        unpack(glob.glob(os.path.join(downloads, '%s_%s.debian.tar.*' % (package, version)))[0], work)
+        top = [d for d in os.listdir(work) if d != 'debian'][0]
+        src = os.path.join(work, top)
+        for name in open(os.path.join(work, 'debian', 'patches', 'series')).read().split():
+            part = src_only_patch(os.path.join(work, 'debian', 'patches', name))
+            if part:
+                log('boost patch %s (libs/python/src part)' % name)
+                subprocess.run(['patch', '-p1', '-s', '-N'], input=part.encode(), cwd=src, check=True)
+        cpps = sorted(f for f in glob.glob(os.path.join(src, 'libs', 'python', 'src', '**', '*.cpp'),
+                                           recursive=True) if '/numpy/' not in f)
+        objs = [os.path.join(work, 'o%03d.o' % i) for i in range(len(cpps))]
+        cmds = [['g++', '-c', '-O2', '-fPIC', '-DBOOST_PYTHON_SOURCE', '-DBOOST_PYTHON_DYN_LINK',
+                 '-I' + sysconfig.get_paths()['include'], c, '-o', o] for c, o in zip(cpps, objs)]
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(int(jobs)) as pool:
+            list(pool.map(run, cmds))
+        stage = os.path.join(work, 'stage')
+        os.makedirs(stage)
+        soname = 'libboost_python%s.so.%s' % (py, version.split('+')[0])
+        # no libpython in it, as Debian's: the interpreter provides those symbols
+        run(['g++', '-shared', '-Wl,-soname,' + soname, '-o', os.path.join(stage, soname)] + objs)
+        os.symlink(soname, os.path.join(stage, 'libboost_python%s.so' % py))
+        os.replace(stage, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
 # --- build --------------------------------------------------------------------------------
 
 def python_library():
@@ -333,6 +521,29 @@ def python_library():
                      'Python built with --enable-shared' % (sys.version_info[:2] + (sys.executable,)))
 
 
+def cmake_flags(prefix, arch, boost_python=None):
+    """CMake's command-line options for installing into `prefix` (CPU when `arch` is None);
+    `boost_python`: a directory with our own libboost_python3X.so (boost_python_dir)."""
+    import numpy
+    flags = [
+        '-DCMAKE_BUILD_TYPE=Release', '-DBLAS=Open', '-Dpython_version=3',
+        '-DUSE_OPENCV=OFF', '-DUSE_LEVELDB=OFF', '-DUSE_LMDB=OFF',
+        '-DBUILD_docs=OFF', '-DBUILD_matlab=OFF', '-DBUILD_python=ON', '-DBUILD_python_layer=ON',
+        '-DCMAKE_INSTALL_PREFIX=%s' % prefix,
+        '-DPYTHON_EXECUTABLE=%s' % sys.executable,
+        '-DPYTHON_INCLUDE_DIR=%s' % sysconfig.get_paths()['include'],
+        '-DPYTHON_LIBRARY=%s' % python_library(),
+        '-DNUMPY_INCLUDE_DIR=%s' % numpy.get_include(),
+    ]
+    if arch:
+        flags += cuda_flags(arch)
+    else:
+        flags += ['-DCPU_ONLY=ON', '-DUSE_NCCL=OFF']
+    if boost_python:  # FindBoost's own search, which looks in BOOST_LIBRARYDIR first
+        flags += ['-DBoost_NO_BOOST_CMAKE=ON', '-DBOOST_LIBRARYDIR=%s' % boost_python]
+    return flags
+
+
 def build(prefix, arch):
     import numpy
     work = tempfile.mkdtemp(dir=cache_root(), prefix='.work-')
@@ -342,24 +553,10 @@ def build(prefix, arch):
         os.makedirs(bdir)
         logfile = os.path.join(cache_root(), 'build.log')
         open(logfile, 'w').close()
-        flags = [
-            '-DCMAKE_BUILD_TYPE=Release', '-DBLAS=Open', '-Dpython_version=3',
-            '-DUSE_OPENCV=OFF', '-DUSE_LEVELDB=OFF', '-DUSE_LMDB=OFF', '-DUSE_NCCL=OFF',
-            '-DBUILD_docs=OFF', '-DBUILD_matlab=OFF', '-DBUILD_python=ON', '-DBUILD_python_layer=ON',
-            '-DCMAKE_INSTALL_PREFIX=%s' % prefix,
-            '-DPYTHON_EXECUTABLE=%s' % sys.executable,
-            '-DPYTHON_INCLUDE_DIR=%s' % sysconfig.get_paths()['include'],
-            '-DPYTHON_LIBRARY=%s' % python_library(),
-            '-DNUMPY_INCLUDE_DIR=%s' % numpy.get_include(),
-        ]
-        if arch:
-            flags += ['-DCPU_ONLY=OFF', '-DUSE_CUDNN=OFF', '-DCUDA_ARCH_NAME=Manual',
-                      '-DCUDA_ARCH_BIN=%s' % arch, '-DCUDA_ARCH_PTX=%s' % arch]
-        else:
-            flags += ['-DCPU_ONLY=ON']
+        jobs = str(int(os.environ.get('FCN_BUILD_JOBS') or (os.cpu_count() or 1) + 1))
+        flags = cmake_flags(prefix, arch, boost_python_dir(jobs))
         log('configuring (log: %s)' % logfile)
         run(['cmake', src] + flags, cwd=bdir, logfile=logfile)
-        jobs = str(int(os.environ.get('FCN_BUILD_JOBS') or (os.cpu_count() or 1) + 1))
         log('compiling with %s jobs: about 5 minutes on 2 cores' % jobs)
         run(['make', '-j' + jobs, 'caffe', 'pycaffe'], cwd=bdir, logfile=logfile)
         stage = os.path.join(work, 'stage')

@@ -11,7 +11,8 @@
   weights whose shapes do not fit. Weights must cover every layer with parameters
   unless the caller asks for partial loading (a parent's weights into its child).
 - `set_mode(gpu)`: CPU by default; a GPU id only when this pycaffe was built with CUDA
-  (set_device in a CPU build aborts).
+  and the CUDA runtime sees that GPU (set_device aborts in a CPU build and, in a CUDA
+  build, on a machine without the GPU): `gpu_problem(gpu)` says why one is unusable.
 - `atomic_write(path, protect=...)`: write to a temporary file beside `path`, every
   write checked complete (size on disk compared) before the rename, so an interrupted
   run or a full disk never leaves a half-written output; never over an input.
@@ -56,15 +57,51 @@ def build_info():
         return {}
 
 
+def cuda_runtime():
+    """The CUDA runtime library (ctypes) that this CUDA pycaffe loaded, None in a CPU build."""
+    import ctypes
+    import_caffe()
+    with open('/proc/self/maps') as f:
+        cudart = sorted(set(line.split()[-1] for line in f if '/libcudart.so' in line))
+    if not cudart:
+        return None
+    lib = ctypes.CDLL(cudart[0])  # the loaded one: dlopen finds it by its path
+    lib.cudaGetErrorString.restype = ctypes.c_char_p
+    return lib
+
+
+def gpu_problem(gpu):
+    """Why GPU `gpu` cannot be used by this pycaffe (one line), or None when it can.
+
+    Caffe's set_device aborts the process on a GPU the CUDA runtime does not see, so the
+    runtime is asked first: cudaGetDeviceCount of the libcudart that pycaffe loaded."""
+    import ctypes
+    if not build_info().get('cuda'):
+        return ('--gpu %d: this pycaffe was built without CUDA (CPU only); rebuild on a '
+                'machine with nvcc (make caffe) or drop --gpu' % gpu)
+    lib = cuda_runtime()
+    if lib is None:
+        return '--gpu %d: pycaffe is a CUDA build but no libcudart is loaded' % gpu
+    count = ctypes.c_int(0)
+    err = lib.cudaGetDeviceCount(ctypes.byref(count))
+    if err != 0:
+        return ('--gpu %d: no usable CUDA GPU (CUDA runtime: %s); run on CPU without --gpu'
+                % (gpu, lib.cudaGetErrorString(err).decode()))
+    if not 0 <= gpu < count.value:
+        return '--gpu %d: this machine has %d CUDA GPU(s), numbered from 0' % (gpu, count.value)
+    return None
+
+
 def set_mode(gpu=None):
-    """CPU mode when `gpu` is None, else GPU `gpu`; InputError when this Caffe has no CUDA."""
+    """CPU mode when `gpu` is None, else GPU `gpu`; InputError (gpu_problem) when this
+    pycaffe or this machine cannot use it."""
     caffe = import_caffe()
     if gpu is None:
         caffe.set_mode_cpu()
         return 'cpu'
-    if not build_info().get('cuda'):
-        raise InputError('--gpu %d: this pycaffe was built without CUDA (CPU only); '
-                         'rebuild on a machine with nvcc (make caffe) or drop --gpu' % gpu)
+    problem = gpu_problem(gpu)
+    if problem:
+        raise InputError(problem)
     caffe.set_device(int(gpu))
     caffe.set_mode_gpu()
     return 'gpu %d' % gpu

@@ -1,6 +1,7 @@
 """build_caffe.py's decisions, without building: mirror discovery, cache keys, trust in a
 cached install, and that the installed build is the one the venv imports."""
 import json
+import os
 import sys
 
 import pytest
@@ -74,3 +75,33 @@ def test_venv_imports_the_cached_build():
     assert caffe.__file__.startswith(build_caffe.cache_root())
     assert info['python'].rsplit('.', 1)[0] == '%d.%d' % sys.version_info[:2]
     assert json.dumps(info['fixes'])
+
+
+def test_cuda_digest_holds_the_pinned_libraries_and_cuda_fixes_leave_cpu_alone(monkeypatch):
+    cpu, cuda = build_caffe.patch_digest(False), build_caffe.patch_digest(True)
+    monkeypatch.setattr(build_caffe, 'CUDA_WHEELS', build_caffe.CUDA_WHEELS + [('x', 'x==1')])
+    assert build_caffe.patch_digest(True) != cuda and build_caffe.patch_digest(False) == cpu
+    monkeypatch.setattr(build_caffe, 'FIXES', build_caffe.FIXES + [('x', 'a', 'b', 'why', 'cuda')])
+    assert build_caffe.patch_digest(False) == cpu
+
+
+def test_cuda_toolkit_found_behind_a_wrapper_nvcc(tmp_path, monkeypatch):
+    """/usr/local/bin/nvcc may be a script: the toolkit is where the headers are."""
+    toolkit = tmp_path / 'cuda-13.0'
+    (toolkit / 'include').mkdir(parents=True)
+    (toolkit / 'include' / 'cuda_runtime.h').write_text('')
+    (toolkit / 'bin').mkdir()
+    (toolkit / 'bin' / 'nvcc').write_text('#!/bin/sh\n')
+    (toolkit / 'bin' / 'nvcc').chmod(0o755)
+    wrapper = tmp_path / 'local' / 'bin'
+    wrapper.mkdir(parents=True)
+    (wrapper / 'nvcc').write_text('#!/bin/sh\nexec %s/bin/nvcc "$@"\n' % toolkit)
+    (wrapper / 'nvcc').chmod(0o755)
+    monkeypatch.setenv('PATH', str(wrapper))
+    monkeypatch.delenv('CUDA_PATH', raising=False)
+    monkeypatch.setenv('CUDA_HOME', str(toolkit))
+    assert build_caffe.cuda_toolkit() == str(toolkit)
+    monkeypatch.setenv('CUDA_HOME', str(tmp_path / 'nothing'))
+    if not os.path.isfile('/usr/local/cuda/include/cuda_runtime.h'):
+        with pytest.raises(build_caffe.BuildError, match='CUDA_HOME'):
+            build_caffe.cuda_toolkit()

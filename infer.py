@@ -497,8 +497,8 @@ def open_pspnet(args, model):
     import layers
     import net as nets
     import train
-    dataset = nets.PSPNET[model]['dataset']
-    folder = os.path.join(REPO, nets.PSP_FAMILY, model)
+    dataset = models.get(model).dataset
+    folder = models.model_dir(model)
     deploy = args.deploy or os.path.join(folder, 'deploy.prototxt')
     if not os.path.isfile(deploy):
         raise InputError('%s: net prototxt not found; write it with `python net.py`' % deploy)
@@ -527,10 +527,10 @@ def open_model(args):
     """(net, its NetParameter, deploy path, score blob, mean, class names, background
     index or None, PSPNet's protocol or None) for the command line, every input checked."""
     import net as nets
-    if os.path.basename(os.path.normpath(args.model)) in nets.PSPNET:
-        return open_pspnet(args, os.path.basename(os.path.normpath(args.model)))
+    if models.pspnet(args.model):
+        return open_pspnet(args, models.pspnet(args.model).name)
     if args.multi_scale:
-        raise InputError('--multi-scale is for PSPNet models (%s)' % ', '.join(nets.PSPNET))
+        raise InputError('--multi-scale is for PSPNet models (%s)' % ', '.join(models.names('pspnet')))
     model = models.get(args.model).name  # an id, or a model's folder ('voc-fcn8s/')
     dataset, blob = model_info(model)
     mean, names = dataset_info(dataset)

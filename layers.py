@@ -77,68 +77,57 @@ import scipy.ndimage
 from PIL import Image
 
 import common
+import models
 from metrics import VOID, bad_values
 
 caffe = common.import_caffe()
 
 
 # --------------------------------------------------------------------------------------
-# Class names in model output order (docs/data.md; written once in models.py)
+# Class names in model output order, means and split sizes: the registry's (models.py,
+# docs/data.md); only the file-format details are written here.
 
-VOC_CLASSES = (
-    'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
-    'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant',
-    'sheep', 'sofa', 'train', 'tvmonitor')
-
-NYUD_CLASSES = (
-    'wall', 'floor', 'cabinet', 'bed', 'chair', 'sofa', 'table', 'door', 'window',
-    'bookshelf', 'picture', 'counter', 'blinds', 'desk', 'shelves', 'curtain', 'dresser',
-    'pillow', 'mirror', 'floor-mat', 'clothes', 'ceiling', 'books', 'refrigerator',
-    'television', 'paper', 'towel', 'shower-curtain', 'box', 'whiteboard', 'person',
-    'night-stand', 'toilet', 'sink', 'lamp', 'bathtub', 'bag', 'otherstructure',
-    'otherfurniture', 'otherprop')
-
-SIFTFLOW_SEM_CLASSES = (
-    'awning', 'balcony', 'bird', 'boat', 'bridge', 'building', 'bus', 'car', 'cow',
-    'crosswalk', 'desert', 'door', 'fence', 'field', 'grass', 'moon', 'mountain', 'person',
-    'plant', 'pole', 'river', 'road', 'rock', 'sand', 'sea', 'sidewalk', 'sign', 'sky',
-    'staircase', 'streetlight', 'sun', 'tree', 'window')
-
-SIFTFLOW_GEO_CLASSES = ('sky', 'horizontal', 'vertical')
-
+_D = models.DATASETS
+VOC_CLASSES = _D['voc'].classes
+NYUD_CLASSES = _D['nyud'].classes
+SIFTFLOW_SEM_CLASSES = _D['siftflow'].label('sem').classes
+SIFTFLOW_GEO_CLASSES = _D['siftflow'].label('geo').classes
 # Semantic classes that never occur in the SIFT Flow test split: the paper's scores
 # leave them out of the class averages.
-SIFTFLOW_SEM_ABSENT_IN_TEST = ('cow', 'desert', 'moon')
-
+SIFTFLOW_SEM_ABSENT_IN_TEST = _D['siftflow'].label('sem').excluded
 # Background, then the 59 classes with the names of the 59-class list (59_labels.txt).
-CONTEXT_CLASSES = VOC_CLASSES + (
-    'bag', 'bed', 'bench', 'book', 'building', 'cabinet', 'ceiling', 'clothes', 'computer',
-    'cup', 'door', 'fence', 'floor', 'flower', 'food', 'grass', 'ground', 'keyboard',
-    'light', 'mountain', 'mouse', 'curtain', 'platform', 'sign', 'plate', 'road', 'rock',
-    'shelves', 'sidewalk', 'sky', 'snow', 'bedcloth', 'track', 'tree', 'truck', 'wall',
-    'water', 'window', 'wood')
+CONTEXT_CLASSES = _D['pascalcontext'].classes
 
 # Where the 59-class list and the full PASCAL-Context list spell a class differently.
 CONTEXT_RENAMED = {'diningtable': 'table', 'bedcloth': 'bedclothes', 'clothes': 'cloth'}
 
 # Means, (B, G, R) unless noted, subtracted after the switch to BGR.
-VOC_MEAN = (104.00699, 116.66877, 122.67892)
-NYUD_COLOR_MEAN = (116.190, 97.203, 92.318)
-NYUD_HHA_MEAN = (132.431, 94.076, 118.477)   # HHA channel order, as stored
-NYUD_LOG_DEPTH_MEAN = 7.844                  # mean of log(depth png value)
-SIFTFLOW_MEAN = (114.578, 115.294, 108.353)
-CONTEXT_MEAN = (104.007, 116.669, 122.679)
+VOC_MEAN = _D['voc'].mean
+NYUD_COLOR_MEAN = _D['nyud'].mean
+NYUD_HHA_MEAN = _D['nyud'].input('hha').mean      # HHA channel order, as stored
+NYUD_LOG_DEPTH_MEAN = _D['nyud'].input('depth').mean[0]  # mean of log(depth png value)
+SIFTFLOW_MEAN = _D['siftflow'].mean
+CONTEXT_MEAN = _D['pascalcontext'].mean
 
-# Sizes of the splits the paper uses, to check a derived list against.
-SPLIT_SIZES = {
-    ('sbdd', 'train'): 8498, ('voc', 'seg11valid'): 736,
-    ('nyud', 'trainval'): 795, ('nyud', 'test'): 654,
-    ('siftflow', 'trainval'): 2486, ('siftflow', 'test'): 200,
-    ('pascalcontext', 'val'): 5105,
-    ('ade20k', 'training'): 20210, ('ade20k', 'validation'): 2000,
-    ('cityscapes', 'train'): 2975, ('cityscapes', 'val'): 500, ('cityscapes', 'test'): 1525,
-    ('voc2012', 'train'): 1464, ('voc2012', 'val'): 1449,
-}
+# Sizes of the splits the papers use, to check a derived list against: (dataset, split)
+# -> images; SBD's train split is the VOC models' training set.
+SPLIT_SIZES = {(d.name, s.name): s.size for d in _D.values() for s in d.splits}
+SPLIT_SIZES[('sbdd', 'train')] = SPLIT_SIZES[('voc', 'train')]
+
+
+def _splits(layer):
+    return [s for d in _D.values() for s in d.splits if s.layer == layer]
+
+
+def _dirs(layer):
+    """Data layer class `layer`'s directory defaults (param_str key -> folder relative to
+    the data root), from the registry's splits it reads."""
+    return {k: v for s in _splits(layer) for k, v in s.dirs}
+
+
+def _hints(layer):
+    """{split: what to run} for the splits `layer` reads whose list a script derives."""
+    return {s.name: 'derive it with %s' % s.made_by for s in _splits(layer) if s.made_by}
 
 
 # --------------------------------------------------------------------------------------
@@ -515,10 +504,10 @@ class VOCSegDataLayer(SegDataLayer):
     seed, randomize. Files: {voc_dir}/JPEGImages/{id}.jpg,
     {voc_dir}/SegmentationClass/{id}.png, list {voc_dir}/ImageSets/Segmentation/{split}.txt.
     """
-    PARAMS = {'voc_dir': 'pascal/VOC2011', 'mean': VOC_MEAN}
+    PARAMS = dict(_dirs('VOCSegDataLayer'), mean=VOC_MEAN)
     DIRS = ('voc_dir',)
     LABELS = {'label': len(VOC_CLASSES)}
-    SPLIT_HINTS = {'seg11valid': 'derive it with data/pascal/seg11valid.py'}
+    SPLIT_HINTS = _hints('VOCSegDataLayer')
 
     @classmethod
     def split_path(cls, p):
@@ -546,7 +535,7 @@ class SBDDSegDataLayer(SegDataLayer):
     randomize. Files: {sbdd_dir}/img/{id}.jpg, {sbdd_dir}/cls/{id}.mat (MATLAB struct
     GTcls, field Segmentation), list {sbdd_dir}/{split}.txt.
     """
-    PARAMS = {'sbdd_dir': 'sbdd/dataset', 'mean': VOC_MEAN}
+    PARAMS = dict(_dirs('SBDDSegDataLayer'), mean=VOC_MEAN)
     DIRS = ('sbdd_dir',)
     LABELS = {'label': len(VOC_CLASSES)}
 
@@ -594,11 +583,10 @@ class NYUDSegDataLayer(SegDataLayer):
     data/hha/img_{id}.png, segmentation/img_{id}.mat (variable `segmentation`), list
     {nyud_dir}/{split}.txt (trainval and test come from data/nyud/splits.py).
     """
-    PARAMS = {'nyud_dir': 'nyud', 'tops': REQUIRED}
+    PARAMS = dict(_dirs('NYUDSegDataLayer'), tops=REQUIRED)
     DIRS = ('nyud_dir',)
     LABELS = {'label': len(NYUD_CLASSES)}
-    SPLIT_HINTS = {'trainval': 'derive it with data/nyud/splits.py',
-                   'test': 'derive it with data/nyud/splits.py'}
+    SPLIT_HINTS = _hints('NYUDSegDataLayer')
 
     CHECKS = dict(SegDataLayer.CHECKS, tops=_check_nyud_tops)
 
@@ -657,13 +645,12 @@ class SIFTFlowSegDataLayer(SegDataLayer):
     and GeoLabels/<D>/{id}.mat (variable `S`), D = spatial_envelope_256x256_static_8outdoor
     categories; list {siftflow_dir}/{split}.txt (from data/sift-flow/splits.py).
     """
-    PARAMS = {'siftflow_dir': 'sift-flow', 'mean': SIFTFLOW_MEAN}
+    PARAMS = dict(_dirs('SIFTFlowSegDataLayer'), mean=SIFTFLOW_MEAN)
     DIRS = ('siftflow_dir',)
     TOPS = ('data', 'sem', 'geo')
     LABELS = {'sem': len(SIFTFLOW_SEM_CLASSES), 'geo': len(SIFTFLOW_GEO_CLASSES)}
     SUBDIR = 'spatial_envelope_256x256_static_8outdoorcategories'
-    SPLIT_HINTS = {'trainval': 'derive it with data/sift-flow/splits.py',
-                   'test': 'derive it with data/sift-flow/splits.py'}
+    SPLIT_HINTS = _hints('SIFTFlowSegDataLayer')
 
     @classmethod
     def split_path(cls, p):
@@ -743,8 +730,7 @@ class PASCALContextSegDataLayer(SegDataLayer):
     {id}.mat (variable `LabelMap`, ids of {context_dir}/labels.txt), mapped through
     `context_mapping` with {context_dir}/59_labels.txt.
     """
-    PARAMS = {'voc_dir': 'pascal/VOC2010', 'context_dir': 'pascal-context',
-              'mean': CONTEXT_MEAN}
+    PARAMS = dict(_dirs('PASCALContextSegDataLayer'), mean=CONTEXT_MEAN)
     DIRS = ('voc_dir', 'context_dir')
     LABELS = {'label': len(CONTEXT_CLASSES)}
 
@@ -775,31 +761,9 @@ class PASCALContextSegDataLayer(SegDataLayer):
 # PSPNet's preprocessing (the release's): RGB 0-255 minus the mean R 123.68, G 116.779,
 # B 103.939, then BGR order, no division by a standard deviation. Written (B, G, R) here
 # like every mean of this module, since the layers subtract after the switch to BGR.
-PSP_MEAN = (103.939, 116.779, 123.68)
+PSP_MEAN = models.PSP_MEAN
 
-# ADE20K's 150 SceneParsing classes, in the order of the benchmark's objectInfo150 list
-# (label value k + 1 in the annotation PNGs is class k here); the first name of each
-# entry's synonyms.
-ADE20K_CLASSES = (
-    'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed', 'windowpane',
-    'grass', 'cabinet', 'sidewalk', 'person', 'earth', 'door', 'table', 'mountain', 'plant',
-    'curtain', 'chair', 'car', 'water', 'painting', 'sofa', 'shelf', 'house', 'sea',
-    'mirror', 'rug', 'field', 'armchair', 'seat', 'fence', 'desk', 'rock', 'wardrobe',
-    'lamp', 'bathtub', 'railing', 'cushion', 'base', 'box', 'column', 'signboard',
-    'chest of drawers', 'counter', 'sand', 'sink', 'skyscraper', 'fireplace',
-    'refrigerator', 'grandstand', 'path', 'stairs', 'runway', 'case', 'pool table',
-    'pillow', 'screen door', 'stairway', 'river', 'bridge', 'bookcase', 'blind',
-    'coffee table', 'toilet', 'flower', 'book', 'hill', 'bench', 'countertop', 'stove',
-    'palm', 'kitchen island', 'computer', 'swivel chair', 'boat', 'bar', 'arcade machine',
-    'hovel', 'bus', 'towel', 'light', 'truck', 'tower', 'chandelier', 'awning',
-    'streetlight', 'booth', 'television receiver', 'airplane', 'dirt track', 'apparel',
-    'pole', 'land', 'bannister', 'escalator', 'ottoman', 'bottle', 'buffet', 'poster',
-    'stage', 'van', 'ship', 'fountain', 'conveyer belt', 'canopy', 'washer', 'plaything',
-    'swimming pool', 'stool', 'barrel', 'basket', 'waterfall', 'tent', 'bag', 'minibike',
-    'cradle', 'oven', 'ball', 'food', 'step', 'tank', 'trade name', 'microwave', 'pot',
-    'animal', 'bicycle', 'lake', 'dishwasher', 'screen', 'blanket', 'sculpture', 'hood',
-    'sconce', 'vase', 'traffic light', 'tray', 'ashcan', 'fan', 'pier', 'crt screen',
-    'plate', 'monitor', 'bulletin board', 'shower', 'radiator', 'glass', 'clock', 'flag')
+ADE20K_CLASSES = models.DATASETS['ade20k'].classes
 
 # The benchmark's colour for each of the 150 classes (its color150 table), R G B.
 ADE20K_PALETTE = (
@@ -1069,9 +1033,9 @@ class ADE20KSegDataLayer(PSPSegDataLayer):
     {ade20k_dir}/annotations/{split}/{id}.png (8-bit gray), list
     {ade20k_dir}/{split}.txt (from data/ade20k/splits.py).
     """
-    PARAMS = dict(PSPSegDataLayer.AUGMENT, ade20k_dir='ade20k/ADEChallengeData2016')
+    PARAMS = dict(PSPSegDataLayer.AUGMENT, **_dirs('ADE20KSegDataLayer'))
     DIRS = ('ade20k_dir',)
-    SPLIT_HINTS = {s: 'derive it with data/ade20k/splits.py' for s in ('training', 'validation')}
+    SPLIT_HINTS = _hints('ADE20KSegDataLayer')
 
     @classmethod
     def split_path(cls, p):
@@ -1098,9 +1062,9 @@ class CityscapesSegDataLayer(PSPSegDataLayer):
     {cityscapes_dir}/gtFine/{split}/{id}_gtFine_labelIds.png, list
     {cityscapes_dir}/{split}.txt (from data/cityscapes/splits.py).
     """
-    PARAMS = dict(PSPSegDataLayer.AUGMENT, rotate=0, blur=False, cityscapes_dir='cityscapes')
+    PARAMS = dict(PSPSegDataLayer.AUGMENT, rotate=0, blur=False, **_dirs('CityscapesSegDataLayer'))
     DIRS = ('cityscapes_dir',)
-    SPLIT_HINTS = {s: 'derive it with data/cityscapes/splits.py' for s in ('train', 'val', 'test')}
+    SPLIT_HINTS = _hints('CityscapesSegDataLayer')
     LABELS = {'label': len(CITYSCAPES_CLASSES)}
     TRAIN_IDS = cityscapes_train_ids()
     DEFINED = np.zeros(256, bool)
@@ -1135,8 +1099,8 @@ class VOC2012PSPSegDataLayer(PSPSegDataLayer):
     {voc_dir}/JPEGImages/{id}.jpg, {voc_dir}/{label_dir}/{id}.png (palette or gray),
     list {voc_dir}/ImageSets/Segmentation/{split}.txt.
     """
-    PARAMS = dict(PSPSegDataLayer.AUGMENT, voc_dir='pascal/VOC2012',
-                  label_dir='SegmentationClass')
+    PARAMS = dict(PSPSegDataLayer.AUGMENT, label_dir='SegmentationClass',
+                  **_dirs('VOC2012PSPSegDataLayer'))
     DIRS = ('voc_dir',)
     CHECKS = dict(PSPSegDataLayer.CHECKS, label_dir=_check_split)
     LABELS = {'label': len(VOC_CLASSES)}
@@ -1156,22 +1120,20 @@ class VOC2012PSPSegDataLayer(PSPSegDataLayer):
 # --------------------------------------------------------------------------------------
 # Registry for scoring code
 
-DATASETS = {
-    # name: the layer that reads it, the class names of its output, the split scored
-    'voc': {'layer': VOCSegDataLayer, 'classes': VOC_CLASSES, 'split': 'seg11valid'},
-    'nyud': {'layer': NYUDSegDataLayer, 'classes': NYUD_CLASSES, 'split': 'test'},
-    'siftflow': {'layer': SIFTFlowSegDataLayer, 'classes': SIFTFLOW_SEM_CLASSES,
-                 'geo_classes': SIFTFLOW_GEO_CLASSES,
-                 'absent_in_test': SIFTFLOW_SEM_ABSENT_IN_TEST, 'split': 'test'},
-    'pascalcontext': {'layer': PASCALContextSegDataLayer, 'classes': CONTEXT_CLASSES,
-                      'split': 'val'},
-    # PSPNet's: 'palette' is the dataset's colours (R, G, B) per class
-    'ade20k': {'layer': ADE20KSegDataLayer, 'classes': ADE20K_CLASSES,
-               'palette': ADE20K_PALETTE, 'split': 'validation'},
-    'cityscapes': {'layer': CityscapesSegDataLayer, 'classes': CITYSCAPES_CLASSES,
-                   'palette': CITYSCAPES_PALETTE, 'split': 'val'},
-    'voc2012': {'layer': VOC2012PSPSegDataLayer, 'classes': VOC_CLASSES, 'split': 'val'},
-}
+# The colours (R, G, B) per class of PSPNet's datasets (the others: common's VOC palette).
+PALETTES = {'ade20k': ADE20K_PALETTE, 'cityscapes': CITYSCAPES_PALETTE}
+
+# name: the layer that reads the scored split, the class names of its output, that split
+# (and SIFT Flow's geometric classes and the classes absent from its test split): the
+# registry's facts, in the form the scoring code reads.
+DATASETS = {}
+for _name in models.BUILTIN_DATASETS:
+    _spec = _D[_name]
+    DATASETS[_name] = dict({'layer': globals()[_spec.split(_spec.score_split).layer],
+                            'classes': _spec.classes, 'split': _spec.score_split},
+                           **({'palette': PALETTES[_name]} if _name in PALETTES else {}))
+DATASETS['siftflow'].update(geo_classes=SIFTFLOW_GEO_CLASSES,
+                            absent_in_test=SIFTFLOW_SEM_ABSENT_IN_TEST)
 
 # split_ids also knows the VOC models' training set.
 _SPLIT_LAYERS = dict({name: d['layer'] for name, d in DATASETS.items()},

@@ -34,15 +34,17 @@ from typing import Optional, Tuple
 
 from common import REPO, InputError
 
-HEADS = ('32s', '16s', '8s')
-INITS = ('copy', 'transplant', 'bgrd')
+HEADS = ('32s', '16s', '8s', 'pyramid')  # the FCNs' skips; PSPNet's pyramid pooling head
+INITS = ('copy', 'transplant', 'bgrd', 'release')
 SPEC_FILE = 'model.json'  # a user's model folder describes its model in this file
 SEED = 1337               # the data layers' random seed, as in the release
 VOID = 255                # the ignore label of the losses and the metrics
 
 # Until the model folders move to the card's layout (phase 2 of issue 13), the built-in
-# models' files sit in the release's flat folders, named by the model id.
+# FCNs' files sit in the release's flat folders, named by the model id; the families in
+# FOLDED were born in the card's layout (pspnet/<model>/).
 FLAT_LAYOUT = True
+FOLDED = ('pspnet',)
 
 
 # ---------------------------------------------------------------------------
@@ -147,6 +149,42 @@ VOC_CLASSES = (
     'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant',
     'sheep', 'sofa', 'train', 'tvmonitor')
 
+# PSPNet's datasets (Zhao et al., CVPR 2017, section 4; its release's preprocessing):
+# the release subtracts the RGB mean (123.68, 116.779, 103.939), feeding BGR; written
+# (B, G, R) like every mean here, since the layers subtract after the switch to BGR.
+PSP_MEAN = (103.939, 116.779, 123.68)
+
+# ADE20K's 150 SceneParsing classes, in the order of the benchmark's objectInfo150 list
+# (label value k + 1 in the annotation PNGs is class k here); the first name of each
+# entry's synonyms.
+ADE20K_CLASSES = (
+    'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed', 'windowpane',
+    'grass', 'cabinet', 'sidewalk', 'person', 'earth', 'door', 'table', 'mountain', 'plant',
+    'curtain', 'chair', 'car', 'water', 'painting', 'sofa', 'shelf', 'house', 'sea',
+    'mirror', 'rug', 'field', 'armchair', 'seat', 'fence', 'desk', 'rock', 'wardrobe',
+    'lamp', 'bathtub', 'railing', 'cushion', 'base', 'box', 'column', 'signboard',
+    'chest of drawers', 'counter', 'sand', 'sink', 'skyscraper', 'fireplace',
+    'refrigerator', 'grandstand', 'path', 'stairs', 'runway', 'case', 'pool table',
+    'pillow', 'screen door', 'stairway', 'river', 'bridge', 'bookcase', 'blind',
+    'coffee table', 'toilet', 'flower', 'book', 'hill', 'bench', 'countertop', 'stove',
+    'palm', 'kitchen island', 'computer', 'swivel chair', 'boat', 'bar', 'arcade machine',
+    'hovel', 'bus', 'towel', 'light', 'truck', 'tower', 'chandelier', 'awning',
+    'streetlight', 'booth', 'television receiver', 'airplane', 'dirt track', 'apparel',
+    'pole', 'land', 'bannister', 'escalator', 'ottoman', 'bottle', 'buffet', 'poster',
+    'stage', 'van', 'ship', 'fountain', 'conveyer belt', 'canopy', 'washer', 'plaything',
+    'swimming pool', 'stool', 'barrel', 'basket', 'waterfall', 'tent', 'bag', 'minibike',
+    'cradle', 'oven', 'ball', 'food', 'step', 'tank', 'trade name', 'microwave', 'pot',
+    'animal', 'bicycle', 'lake', 'dishwasher', 'screen', 'blanket', 'sculpture', 'hood',
+    'sconce', 'vase', 'traffic light', 'tray', 'ashcan', 'fan', 'pier', 'crt screen',
+    'plate', 'monitor', 'bulletin board', 'shower', 'radiator', 'glass', 'clock', 'flag')
+
+# Cityscapes' 19 evaluated classes, by trainId (0..18); layers.py's label table maps the
+# labelIds of the annotation PNGs onto them (tests/test_models.py holds the two equal).
+CITYSCAPES_CLASSES = (
+    'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
+    'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train',
+    'motorcycle', 'bicycle')
+
 DATASETS = {d.name: d for d in (
     DatasetSpec(
         'voc', 'PASCAL VOC 2011 segmentation (trained on SBD)',
@@ -207,7 +245,37 @@ DATASETS = {d.name: d for d in (
         train_split='train', score_split='val', mean_param=True,
         readmes=('data/pascal/README.md', 'data/pascal-context/README.md'),
         paper='PAMI 2016 section 5 (PASCAL-Context)'),
+    DatasetSpec(
+        'ade20k', 'ADE20K SceneParsing (ADEChallengeData2016), 150 classes',
+        labels=(Labels('label', ADE20K_CLASSES),),
+        inputs=(Input('color', 3, PSP_MEAN, 'BGR'),),
+        splits=tuple(Split(name, size, 'ADE20KSegDataLayer',
+                           (('ade20k_dir', 'ade20k/ADEChallengeData2016'),),
+                           made_by='data/ade20k/splits.py')
+                     for name, size in (('training', 20210), ('validation', 2000))),
+        train_split='training', score_split='validation', readmes=('data/ade20k/README.md',),
+        paper='PSPNet (CVPR 2017) section 4 (ADE20K), Table 3'),
+    DatasetSpec(
+        'cityscapes', 'Cityscapes, fine annotations, 19 classes',
+        labels=(Labels('label', CITYSCAPES_CLASSES),),
+        inputs=(Input('color', 3, PSP_MEAN, 'BGR'),),
+        splits=tuple(Split(name, size, 'CityscapesSegDataLayer', (('cityscapes_dir', 'cityscapes'),),
+                           made_by='data/cityscapes/splits.py')
+                     for name, size in (('train', 2975), ('val', 500), ('test', 1525))),
+        train_split='train', score_split='val', readmes=('data/cityscapes/README.md',),
+        paper='PSPNet (CVPR 2017) section 4 (Cityscapes)'),
+    DatasetSpec(
+        'voc2012', 'PASCAL VOC 2012 segmentation (PSPNet)',
+        labels=(Labels('label', VOC_CLASSES),),
+        inputs=(Input('color', 3, PSP_MEAN, 'BGR'),),
+        splits=tuple(Split(name, size, 'VOC2012PSPSegDataLayer', (('voc_dir', 'pascal/VOC2012'),))
+                     for name, size in (('train', 1464), ('val', 1449))),
+        train_split='train', score_split='val', readmes=('data/pascal/README.md',),
+        paper='PSPNet (CVPR 2017) section 4 (PASCAL VOC 2012)'),
 )}
+
+
+BUILTIN_DATASETS = tuple(DATASETS)  # the project's own; a user's are registered at run time
 
 
 def dataset(name):
@@ -232,16 +300,29 @@ def register_dataset(spec):
 
 @dataclass(frozen=True)
 class Weights:
-    """Released weights: the URL (its basename is the file name, saved in the model's
-    folder), and the size in bytes and checksums where they are known (None: not known)."""
+    """Released weights: the URL, saved in the model's folder as `file_name` (default the
+    URL's basename); the size in bytes and checksums where published (None: not known),
+    each with where it was published (`sources`: (key, source) pairs, written as the
+    comment above the value in the generated caffemodel-url record); `downloader`: None
+    (plain HTTP) or 'gdown' (Google Drive's confirmation page); `note`: comment lines."""
     url: str
     size: Optional[int] = None
     sha256: Optional[str] = None
     sha1: Optional[str] = None
+    md5: Optional[str] = None
+    file_name: Optional[str] = None
+    downloader: Optional[str] = None
+    sources: Tuple[Tuple[str, str], ...] = ()
+    note: Tuple[str, ...] = ()
 
     @property
     def file(self):
-        return self.url.rstrip('/').rsplit('/', 1)[-1]
+        return self.file_name or self.url.rstrip('/').rsplit('/', 1)[-1]
+
+    @property
+    def stem(self):
+        """The file name without .caffemodel (PSPNet: the release's net name)."""
+        return self.file[:-len('.caffemodel')] if self.file.endswith('.caffemodel') else self.file
 
 
 @dataclass(frozen=True)
@@ -259,13 +340,16 @@ class Solver:
     max_iter is the release's value: the solving loop never reads it (Caffe's
     Solver::Step(n) runs n iterations whatever max_iter says; only `caffe train`, i.e.
     Solver::Solve, stops at it); the training length is the model's Schedule.
-    snapshot None: no periodic snapshots (Caffe's default 0)."""
+    snapshot None: no periodic snapshots (Caffe's default 0).
+    lr_policy 'fixed' (the FCNs) or 'poly' (PSPNet: base_lr (1 - iter / max_iter)^power)."""
     base_lr: float
     momentum: float = 0.99
     iter_size: int = 1
     max_iter: int = 100000
     snapshot: Optional[int] = None
     weight_decay: float = 0.0005
+    lr_policy: str = 'fixed'
+    power: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -317,7 +401,7 @@ class PaperRow:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A trainable FCN.
+    """A trainable model: an FCN, or one of PSPNet's released nets.
 
     name: the model id, the release's folder name (voc-fcn8s, nyud-fcn32s-color-hha).
     folder: its folder in the card's layout, relative to the repository (absolute for a
@@ -329,7 +413,8 @@ class ModelSpec:
     inputs: the dataset inputs it reads, in order (color; hha; color + depth; color + hha).
     init: how it starts: 'copy' (each parent's weights by name), 'transplant' (each
       parent into the layers carrying its suffix), 'bgrd' (the cast VGG16 by name, then
-      conv1_1_bgrd made from conv1_1: NYUD early fusion).
+      conv1_1_bgrd made from conv1_1: NYUD early fusion), 'release' (its own released
+      weights, converted by surgery.py pspnet-convert: PSPNet fine-tunes from them).
     parents: the weights it starts from (Parent), in order.
     solver, schedule: solver.prototxt settings; the training length (the one source).
     outputs: what is scored each round (SIFT Flow: both heads).
@@ -362,7 +447,7 @@ class ModelSpec:
         for what, n in (('rounds', self.schedule.rounds), ('iters', self.schedule.iters)):
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise InputError('%s: schedule %s must be a positive integer, got %r' % (self.name, what, n))
-        if not self.parents and self.init != 'copy':
+        if not self.parents and self.init not in ('copy', 'release'):
             raise InputError('%s: init %r needs parents' % (self.name, self.init))
 
     @property
@@ -389,6 +474,8 @@ class ModelSpec:
             what = ('%s cast to conv' % CLASSIFIERS[p.source].title if p.source in CLASSIFIERS
                     else 'trained %s' % p.source)
             words.append(what + (' (suffix %s)' % p.suffix if p.suffix else ''))
+        if self.init == 'release':
+            words.append('its converted release weights')
         text = ' + '.join(words) or 'zero weights'
         return text + ('; conv1_1_bgrd from conv1_1' if self.init == 'bgrd' else '')
 
@@ -500,7 +587,52 @@ def _builtin():
             Solver(lr, max_iter=300000, snapshot=4000), Schedule(50, 8000),
             'FCN-%s, 59 classes + background' % head,
             release='pascalcontext-fcn%s-heavy' % head))
+    specs += _pspnets()
     return {s.name: s for s in specs}
+
+
+# PSPNet (Zhao et al., CVPR 2017): the three nets its authors released, with the layer
+# names of the release (net.pspnet). Training (section 4.1): poly lr (power 0.9), base
+# 0.01, momentum 0.9, weight decay 1e-4, batch 16 = iter_size 16 of the data layers' one
+# image; max_iter per dataset (150k ADE20K, 30k VOC 2012, 90k Cityscapes). The schedule
+# scores the val split every PSP_ROUND iterations (this project's choice: the paper gives
+# only the total), so the poly rate reaches 0 at the end of the last round.
+PSP_ROUND = 5000
+# The release's caffemodels, on Google Drive as its README links them: (file name, drive
+# id, approximate size in MB, UNCONFIRMED: no size or checksum was published).
+GDRIVE = 'https://drive.google.com/uc?id='
+
+
+def _psp_weights(file_name, drive_id, mb, model):
+    return Weights(GDRIVE + drive_id, file_name=file_name, downloader='gdown', note=(
+        'PSPNet release (Zhao et al., CVPR 2017): %s on Google Drive, as the' % file_name,
+        "release's README links it. Size UNCONFIRMED (about %d MB); no checksum was published." % mb,
+        "In the PSPNet fork's layout: python surgery.py pspnet-convert --model %s" % model))
+
+
+def _pspnets():
+    solver = dict(momentum=0.9, weight_decay=1e-4, iter_size=16, lr_policy='poly', power=0.9)
+    specs = []
+    for name, depth, stride_on, crop, data, max_iter, release, drive, mb, title in (
+            ('pspnet50-ade20k', 50, '1x1_reduce', 473, 'ade20k', 150000, 'pspnet50_ADE20K',
+             '0BzaU285cX7TCN1R3QnUwQ0hoMTA', 200, 'PSPNet50, ADE20K'),
+            ('pspnet101-voc2012', 101, '3x3', 473, 'voc2012', 30000, 'pspnet101_VOC2012',
+             '0BzaU285cX7TCNVhETE5vVUdMYk0', 270, 'PSPNet101, VOC 2012'),
+            ('pspnet101-cityscapes', 101, '3x3', 713, 'cityscapes', 90000,
+             'pspnet101_cityscapes', '0BzaU285cX7TCT1M3TmNfNjlUeEU', 270,
+             'PSPNet101, Cityscapes')):
+        specs.append(ModelSpec(
+            name=name, folder='pspnet/' + name, family='pspnet', dataset=data,
+            trunk='resnet%d' % depth, head='pyramid', builder='pspnet',
+            builder_args=(('depth', depth), ('stride_on', stride_on),
+                          ('num_classes', len(DATASETS[data].classes)), ('crop', crop),
+                          ('dataset', data)),
+            init='release', parents=(), solver=Solver(0.01, max_iter=max_iter, **solver),
+            schedule=Schedule(max_iter // PSP_ROUND, PSP_ROUND), title=title,
+            outputs=(Output('conv6_interp', 'label'),),
+            weights=_psp_weights(release + '.caffemodel', drive, mb, name),
+            note="the release's Caffe fork layout, converted by surgery.py pspnet-convert"))
+    return specs
 
 
 BUILTIN = _builtin()
@@ -514,6 +646,7 @@ SEG11 = 'seg11valid'
 TABLE2_DATA = 'seg11valid (VOC2011 val subset)'
 TEST_SERVER = 'VOC test server only: not measurable locally'
 K40 = TEST_SERVER + '; paper time on a Tesla K40c'
+PSP_MS = 'multi-scale 0.5 .. 1.75 + flip: reproduce.py --multi-scale'
 
 PAPER = (
     PaperRow('release', 'FCN-32s', 'voc-fcn32s', SEG11, mean_iu=63.6),
@@ -543,15 +676,38 @@ PAPER = (
              85.2, 51.7, 39.5, 76.1, task='score_sem'),
     PaperRow('CVPR Table 5', 'FCN-16s geometric', 'siftflow-fcn16s', 'SIFT Flow test',
              overall_acc=94.3, task='score_geo'),
+    # PSPNet's published numbers (CVPR 2017 and its release's notes). "single-scale":
+    # scale 1 with the flipped windows added; "multi-scale": the six scales summed, flip too.
+    PaperRow('PSPNet release', 'PSPNet50, single scale', 'pspnet50-ade20k', 'ADE20K val',
+             overall_acc=80.04, mean_iu=41.68, task='single-scale'),
+    PaperRow('PSPNet release', 'PSPNet50, multi-scale', 'pspnet50-ade20k', 'ADE20K val',
+             overall_acc=80.76, mean_iu=42.78, task='multi-scale', note=PSP_MS),
+    PaperRow('PSPNet release', 'PSPNet101, single scale', 'pspnet101-cityscapes',
+             'Cityscapes val', overall_acc=96.38, mean_iu=79.70, task='single-scale'),
+    PaperRow('PSPNet release', 'PSPNet101, multi-scale', 'pspnet101-cityscapes',
+             'Cityscapes val', overall_acc=96.59, mean_iu=80.91, task='multi-scale', note=PSP_MS),
+    PaperRow('PSPNet release', 'PSPNet101 (COCO pre-trained)', 'pspnet101-voc2012',
+             'VOC2012 test', mean_iu=85.41, local=False, task='single-scale', note=TEST_SERVER),
+    PaperRow('PSPNet Table 3', 'PSPNet101, single scale', None, 'ADE20K val', overall_acc=80.64,
+             mean_iu=41.96, note='ResNet-101 ADE20K weights never released'),
+    PaperRow('PSPNet Table 3', 'PSPNet101, multi-scale', None, 'ADE20K val', overall_acc=81.39,
+             mean_iu=43.29, note='ResNet-101 ADE20K weights never released'),
 )
 
 
 # ---------------------------------------------------------------------------
 # Lookup and registration
 
-def names():
-    """Every model id (built-in first, in table order, then the registered ones)."""
-    return list(MODELS)
+def names(family=None):
+    """Every model id (built-in first, in table order, then the registered ones); with
+    `family` ('pspnet', 'voc-fcn', ...) only that family's."""
+    return [n for n, s in MODELS.items() if family is None or s.family == family]
+
+
+def pspnet(model):
+    """The ModelSpec of the PSPNet `model` (its id, or a path ending in it), else None."""
+    spec = MODELS.get(os.path.basename(os.path.normpath(str(model))))
+    return spec if spec is not None and spec.family == 'pspnet' else None
 
 
 def _known():
@@ -589,7 +745,7 @@ def get(name):
 def model_dir(spec):
     """Absolute path of the folder holding `spec`'s files (prototxts, solve.py, weights)."""
     spec = get(spec) if isinstance(spec, str) else spec
-    if FLAT_LAYOUT and BUILTIN.get(spec.name) == spec:
+    if FLAT_LAYOUT and BUILTIN.get(spec.name) == spec and spec.family not in FOLDED:
         return os.path.join(REPO, spec.name)
     return os.path.abspath(os.path.join(REPO, spec.folder))
 
@@ -616,7 +772,7 @@ def to_dict(spec):
     d = dataclasses.asdict(spec)
     d.pop('kind')
     d['builder_args'] = dict(spec.builder_args)
-    if spec.dataset not in ('voc', 'nyud', 'siftflow', 'pascalcontext'):
+    if spec.dataset not in BUILTIN_DATASETS:
         d['dataset_spec'] = dataclasses.asdict(dataset(spec.dataset))
     return d
 
@@ -659,7 +815,8 @@ def from_dict(d, folder=None):
         d['schedule'] = Schedule(**d['schedule'])
         d['inputs'] = tuple(d.get('inputs', ('color',)))
         d['outputs'] = tuple(Output(**o) for o in d.get('outputs', [{}]))
-        d['weights'] = Weights(**d['weights']) if d.get('weights') else None
+        d['weights'] = (Weights(**{k: _tuples(v) for k, v in d['weights'].items()})
+                        if d.get('weights') else None)
         return ModelSpec(**d)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         if isinstance(e, InputError):
@@ -718,8 +875,9 @@ def markdown():
     rows = []
     for spec in BUILTIN.values():
         s = spec.solver
-        solver = 'lr %g, momentum %g%s' % (s.base_lr, s.momentum,
-                                           ', iter_size %d' % s.iter_size if s.iter_size > 1 else '')
+        solver = 'lr %g%s, momentum %g%s' % (
+            s.base_lr, ' poly %g' % s.power if s.lr_policy == 'poly' else '', s.momentum,
+            ', iter_size %d' % s.iter_size if s.iter_size > 1 else '')
         scored = ', '.join('%s vs %s' % (o.score, o.label) for o in spec.outputs)
         weights = '`%s`' % spec.weights.file if spec.weights else 'never released'
         rows.append(('`%s`' % spec.name, '`%s/`' % spec.folder, spec.dataset, spec.title,

@@ -69,11 +69,6 @@ def default_data(dataset):
     return {'train': d.layer_params(d.train_split), 'val': d.layer_params(d.score_split)}
 
 
-# The built-in datasets' default data layers (kept for the scripts that read net.DATA;
-# issue 13 phase 2 moves them onto models.py and removes this).
-DATA = {name: default_data(name) for name in models.DATASETS}
-
-
 # ---------------------------------------------------------------------------
 # Checks on the builders' arguments (raised as ValueError naming what was expected).
 
@@ -276,11 +271,10 @@ def fcn_head(n, scores, reference, num_classes, suffix='', kernel=None):
 # Data: a Python data layer (train/val) or Input layers (deploy).
 
 def data_layer_params(dataset, split, data_layer=None, data_params=None):
-    """(class, params) of the data layer of `dataset`'s `split` net: the defaults in DATA,
-    or the given ones. data_params replaces the defaults whole (not merged), so a
+    """(class, params) of the data layer of `dataset`'s `split` net: the defaults of its
+    DatasetSpec (default_data), or the given ones. data_params replaces the defaults whole (not merged), so a
     data_layer of another class must come with its data_params."""
-    # DATA holds the registry's datasets, and those only net.py knows yet (PSPNet's).
-    default_layer, default_params = (DATA[dataset] if dataset in DATA else default_data(dataset))[split]
+    default_layer, default_params = default_data(dataset)[split]
     if data_layer is not None and data_params is None:
         raise ValueError('data_layer %r given without data_params (the defaults are for %s)'
                          % (data_layer, default_layer))
@@ -325,7 +319,7 @@ def fcn(head='8s', split='train', dataset='voc', num_classes=None, widths=VGG16_
 
     split: 'train' (with dropout), 'val' (scoring) or 'deploy' (Input, no loss).
     num_classes: default 21 for VOC, 60 for PASCAL-Context (background + 59).
-    data_layer/data_params: the Python data layer (default: DATA[dataset][split]).
+    data_layer/data_params: the Python data layer (default: default_data(dataset)[split]).
     at_once: the all-at-once FCN-8s (scaled pool skips)."""
     _check_choice('head', head, HEADS)
     labels = [lab.top for lab in models.dataset(dataset).labels]
@@ -511,38 +505,8 @@ PSP_ZOOM = 8          # conv6_interp: F x F -> (F - 1) 8 + 1
 PSP_STRIDE_ON = ('1x1_reduce', '3x3')  # where stage 3 halves the resolution
 AUX_WEIGHT = 0.4
 PSP_DROPOUT = 0.1
-# The release's preprocessing: RGB minus (123.68, 116.779, 103.939), fed as BGR.
-PSP_MEAN = [103.939, 116.779, 123.68]
-# The release's nets: name -> trunk depth, where stage 3 strides, classes, crop, dataset.
-PSPNET = {
-    'pspnet50-ade20k': dict(depth=50, stride_on='1x1_reduce', num_classes=150, crop=473,
-                            dataset='ade20k', release='pspnet50_ADE20K'),
-    'pspnet101-voc2012': dict(depth=101, stride_on='3x3', num_classes=21, crop=473,
-                              dataset='voc2012', release='pspnet101_VOC2012'),
-    'pspnet101-cityscapes': dict(depth=101, stride_on='3x3', num_classes=19, crop=713,
-                                 dataset='cityscapes', release='pspnet101_cityscapes'),
-}
-# Training (section 4.1): poly lr, power 0.9, base 0.01, momentum 0.9, weight decay 1e-4,
-# batch 16 = iter_size 16 of the data layers' one image; max_iter per dataset; the
-# scoring split's size as test_iter (ADE20K validation 2000, VOC2012 val 1449,
-# Cityscapes val 500).
-PSP_SOLVER = dict(base_lr=0.01, momentum=0.9, weight_decay=1e-4, iter_size=16,
-                  lr_policy='poly', power=0.9)
-PSP_SCHEDULE = {'ade20k': dict(max_iter=150000, test_iter=2000),
-                'voc2012': dict(max_iter=30000, test_iter=1449),
-                'cityscapes': dict(max_iter=90000, test_iter=500)}
-PSP_FAMILY = 'pspnet'  # the family folder: pspnet/<model>/
-# The train and val nets' data layers (layers.py), cropping every image to the net's
-# crop (train: the paper's augmentation and random crop; val: resized and padded).
-_PSP_DATA = {'ade20k': ('ADE20KSegDataLayer', 'ade20k_dir', 'ade20k/ADEChallengeData2016',
-                        ('training', 'validation')),
-             'cityscapes': ('CityscapesSegDataLayer', 'cityscapes_dir', 'cityscapes',
-                            ('train', 'val')),
-             'voc2012': ('VOC2012PSPSegDataLayer', 'voc_dir', 'pascal/VOC2012', ('train', 'val'))}
-DATA.update({
-    m['dataset']: {split: (layer, {key: folder, 'split': name, 'seed': 1337, 'crop': m['crop']})
-                   for split, name in zip(('train', 'val'), names)}
-    for m in PSPNET.values() for layer, key, folder, names in [_PSP_DATA[m['dataset']]]})
+# The release's three nets (depth, stride placement, classes, crop, dataset), their
+# solvers, schedules and weights: models.py (family folder pspnet/<model>/).
 
 
 def _out_size(size, ks, stride, pad, dilation=1, ceil=False):
@@ -697,7 +661,7 @@ def pspnet(split='deploy', depth=101, num_classes=21, crop=473, stride_on='3x3',
       released caffemodels' auxiliary weights.
     depth, stride_on, widths, blocks: see dilated_resnet; crop: the input side, whose
       feature map F = psp_feature_size(crop) must be divisible by every bin.
-    dataset, data_layer, data_params: the train/val data layer (default DATA[dataset])."""
+    dataset, data_layer, data_params: the train/val data layer (default: default_data(dataset))."""
     _check_choice('split', split, SPLITS)
     _check_positive('num_classes', num_classes)
     train = split == 'train'
@@ -742,35 +706,6 @@ def pspnet(split='deploy', depth=101, num_classes=21, crop=473, stride_on='3x3',
     return n.to_proto()
 
 
-def psp_model(model, split='deploy', **kwargs):
-    """The NetParameter of one of the release's nets (PSPNET[model]) for `split`;
-    kwargs override the builder's arguments (widths, blocks, data_layer, aux, ...)."""
-    _check_choice('PSPNet model', model, sorted(PSPNET))
-    settings = {k: v for k, v in PSPNET[model].items() if k != 'release'}
-    settings.update(kwargs)
-    return pspnet(split, **settings)
-
-
-def psp_solver(model, **overrides):
-    """solver.prototxt text of a PSPNET model (PSP_SOLVER, PSP_SCHEDULE), settings overridden."""
-    _check_choice('PSPNet model', model, sorted(PSPNET))
-    settings = dict(PSP_SOLVER, **PSP_SCHEDULE[PSPNET[model]['dataset']])
-    settings.update(overrides)
-    return solver_text(**settings)
-
-
-def psp_files():
-    """{path: text} of the PSPNet family folder: pspnet/<model>/{train,val,deploy,solver}.prototxt."""
-    files = {}
-    for model in sorted(PSPNET):
-        folder = os.path.join(REPO, PSP_FAMILY, model)
-        for split in SPLITS:
-            files[os.path.join(folder, '%s.prototxt' % split)] = (
-                _header('%s %s net' % (model, split)) + str(psp_model(model, split)))
-        files[os.path.join(folder, 'solver.prototxt')] = _header('%s solver' % model) + psp_solver(model)
-    return files
-
-
 def vgg16_classifier(widths=VGG16_WIDTHS, num_classes=1000):
     """VGG16 as in the Model Zoo's VGG_ILSVRC_16_layers deploy net (fc6/fc7/fc8
     InnerProduct, 224 x 224 input, prob), to load its weights and cast them to conv."""
@@ -794,7 +729,7 @@ def caffenet_classifier(widths=CAFFENET_WIDTHS, num_classes=1000):
 
 # The functions a spec's `builder` may name (models.ModelSpec / ClassifierSpec).
 BUILDERS = {f.__name__: f for f in (fcn, voc_fcn, pascalcontext_fcn, voc_fcn_alexnet, nyud_fcn,
-                                    siftflow_fcn, vgg16_classifier, caffenet_classifier)}
+                                    siftflow_fcn, pspnet, vgg16_classifier, caffenet_classifier)}
 # name -> builder of each ImageNet classifier of models.CLASSIFIERS.
 CLASSIFIERS = {name: BUILDERS[c.builder] for name, c in models.CLASSIFIERS.items()}
 
@@ -889,7 +824,9 @@ def _model_row(spec):
                 build=functools.partial(BUILDERS[spec.builder], **spec.build_kwargs()))
 
 
-MODELS = {name: _model_row(spec) for name, spec in models.BUILTIN.items()}
+# The FCNs only, as before PSPNet joined the registry (train.py's readers expect them).
+MODELS = {name: _model_row(spec) for name, spec in models.BUILTIN.items()
+          if spec.family not in models.FOLDED}
 
 
 def build_net(model, split, **kwargs):
@@ -978,8 +915,7 @@ def all_files(names=None):
     """{path: text} of every generated file (or only those of the models `names`, plus
     ilsvrc-nets and docs/models.md)."""
     files = classifier_files()
-    files.update(psp_files() if not names else {})
-    for model in names or sorted(MODELS):
+    for model in names or sorted(models.BUILTIN):
         for name, text in model_files(model).items():
             files[os.path.join(models.model_dir(_spec(model)), name)] = text
     files[DOCS] = models.markdown()
@@ -1002,7 +938,8 @@ def main(argv=None):
         return newmodel.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('models', nargs='*', metavar='MODEL',
-                        help='model directories to write (default: all): %s' % ', '.join(sorted(MODELS)))
+                        help='model directories to write (default: all): %s'
+                        % ', '.join(models.BUILTIN))
     parser.add_argument('--check', action='store_true',
                         help='write nothing; exit 1 listing the files that differ from net.py')
     parser.add_argument('--list', action='store_true', help='print the models table and exit')
@@ -1010,8 +947,8 @@ def main(argv=None):
                         help='print docs/models.md, the models table generated from models.py')
     args = parser.parse_args(argv)
     for model in args.models:
-        if model not in MODELS:
-            parser.error('unknown model %r (known: %s)' % (model, ', '.join(sorted(MODELS))))
+        if model not in models.BUILTIN:
+            parser.error('unknown model %r (known: %s)' % (model, ', '.join(models.BUILTIN)))
     if args.list:
         list_models()
         return 0

@@ -8,8 +8,9 @@
     python reproduce.py --merge --models nyud-fcn32s-color   # add to the results already in OUT
     python reproduce.py --readme                     # also refresh README.md's results block
 
-Every model of net.MODELS (or those named with --models) is scored on the paper's split
-(net.MODELS[m]['test_split']: seg11valid for VOC, test for NYUDv2 and SIFT Flow, val for
+Every model of the registry (models.py; or those named with --models, which may also be
+the folder of a model of your own, registered by its model.json) is scored on its
+dataset's scored split (seg11valid for VOC, test for NYUDv2 and SIFT Flow, val for
 PASCAL-Context) with its model directory's val.prototxt, through score.py's own pieces
 (score.data_layer, class_info, Task, evaluate_tasks, task_json): the numbers are those
 `score.py --model M --weights W --split S` prints. SIFT Flow is scored on both heads;
@@ -21,7 +22,7 @@ training snapshot (MODEL/snapshot/train_iter_N.caffemodel, see train.latest_stat
 the released caffemodel in the model directory (weights.weights_path). A model whose
 weights or data are missing is listed with the reason and what to run or read.
 
-Paper rows (PAPER below, the one table of the paper's numbers, docs/results.md), and
+Paper rows (PAPER: models.PAPER, the one table of the papers' numbers, docs/models.md), and
 the model directory each is compared with:
 
     release seg11valid mean IU   FCN-32s/16s/8s/8s at-once/AlexNet -> voc-fcn32s, voc-fcn16s,
@@ -39,13 +40,13 @@ the model directory each is compared with:
 Models with no number in the paper (siftflow-fcn32s/8s, pascalcontext-*) get rows of
 their own with only the measured values.
 
-PSPNet (net.PSPNET: pspnet50-ade20k, pspnet101-cityscapes, pspnet101-voc2012; folders
-pspnet/<model>) is scored the release's way, by score.py's own evaluate_release (the
+PSPNet (the registry's family pspnet: pspnet50-ade20k, pspnet101-cityscapes,
+pspnet101-voc2012; folders pspnet/<model>) is scored the release's way, by score.py's own evaluate_release (the
 numbers `score.py --model M --weights W` prints): single scale always, the release's
 multi-scale (0.5 .. 1.75 summed) with --multi-scale (about 9 times the work). Its
 weights are the converted caffemodel pspnet/<model>/<release>-stock.caffemodel
-(`python weights.py M` then `python surgery.py pspnet-convert --model M`). PSP_PAPER
-holds the published numbers:
+(`python weights.py M` then `python surgery.py pspnet-convert --model M`). Its
+published numbers, in PAPER too:
 
     PSPNet release   ADE20K val 41.68 / 42.78 mean IU, 80.04 / 80.76 pixel acc. (single /
                      multi-scale) -> pspnet50-ade20k; Cityscapes val 79.70 / 80.91, 96.38 /
@@ -80,6 +81,7 @@ import common
 import infer
 import layers
 import metrics
+import models
 import net
 import score
 import train
@@ -91,79 +93,9 @@ METRIC_NAMES = {'overall_acc': 'pixel acc', 'mean_acc': 'mean acc', 'mean_iu': '
                 'fwavacc': 'f.w. IU'}
 MARK_START, MARK_END = '<!-- results:start -->', '<!-- results:end -->'
 
-# Where each dataset's README (how to get it, where to put it) lives.
-DATA_README = {'voc': 'data/pascal/README.md', 'nyud': 'data/nyud/README.md',
-               'siftflow': 'data/sift-flow/README.md',
-               'pascalcontext': 'data/pascal-context/README.md',
-               'ade20k': 'data/ade20k/README.md', 'cityscapes': 'data/cityscapes/README.md',
-               'voc2012': 'data/pascal/README.md'}
-
-
-def _paper(source, name, model, data, acc=None, macc=None, iu=None, fw=None, task='score',
-           local=True, ms=None, note=''):
-    """One row of the paper's numbers (%). model: the model directory it is compared with
-    (None: nothing to compare); task: the score blob; local: False where the data are
-    scored by the PASCAL test server only."""
-    return dict(source=source, name=name, model=model, task=task, data=data, local=local,
-                paper=dict(overall_acc=acc, mean_acc=macc, mean_iu=iu, fwavacc=fw), ms=ms,
-                note=note)
-
-
-SEG11 = 'seg11valid'
-TABLE2_DATA = 'seg11valid (VOC2011 val subset)'
-TEST_SERVER = 'VOC test server only: not measurable locally'
-
-# The paper's numbers (CVPR 2015 Tables 2-5 and the release; docs/results.md).
-PAPER = (
-    _paper('release', 'FCN-32s', 'voc-fcn32s', SEG11, iu=63.6),
-    _paper('release', 'FCN-16s', 'voc-fcn16s', SEG11, iu=65.0),
-    _paper('release', 'FCN-8s', 'voc-fcn8s', SEG11, iu=65.5),
-    _paper('release', 'FCN-8s at-once', 'voc-fcn8s-atonce', SEG11, iu=65.4),
-    _paper('release', 'FCN-AlexNet', 'voc-fcn-alexnet', SEG11, iu=48.0),
-    _paper('release', 'FCN-8s', 'voc-fcn8s', 'VOC2012 test', iu=67.2, local=False,
-           note=TEST_SERVER),
-    _paper('CVPR Table 2', 'FCN-32s-fixed', None, TABLE2_DATA, 83.0, 59.7, 45.4, 72.0,
-           note='only the last layer fine-tuned; never released, not reproduced'),
-    _paper('CVPR Table 2', 'FCN-32s', 'voc-fcn32s', TABLE2_DATA, 89.1, 73.3, 59.4, 81.4),
-    _paper('CVPR Table 2', 'FCN-16s', 'voc-fcn16s', TABLE2_DATA, 90.0, 75.7, 62.4, 83.0),
-    _paper('CVPR Table 2', 'FCN-8s', 'voc-fcn8s', TABLE2_DATA, 90.3, 75.9, 62.7, 83.2),
-    _paper('CVPR Table 3', 'FCN-8s', 'voc-fcn8s', 'VOC2011 test', iu=62.7, local=False, ms=175,
-           note=TEST_SERVER + '; paper time on a Tesla K40c'),
-    _paper('CVPR Table 3', 'FCN-8s', 'voc-fcn8s', 'VOC2012 test', iu=62.2, local=False, ms=175,
-           note=TEST_SERVER + '; paper time on a Tesla K40c'),
-    _paper('CVPR Table 4', 'FCN-32s RGB', 'nyud-fcn32s-color', 'NYUDv2 test', 60.0, 42.2, 29.2, 43.9),
-    _paper('CVPR Table 4', 'FCN-32s RGBD', 'nyud-fcn32s-color-d', 'NYUDv2 test', 61.5, 42.4, 30.5, 45.5),
-    _paper('CVPR Table 4', 'FCN-32s HHA', 'nyud-fcn32s-hha', 'NYUDv2 test', 57.1, 35.2, 24.2, 40.4),
-    _paper('CVPR Table 4', 'FCN-32s RGB-HHA', 'nyud-fcn32s-color-hha', 'NYUDv2 test',
-           64.3, 44.9, 32.8, 48.0),
-    _paper('CVPR Table 4', 'FCN-16s RGB-HHA', 'nyud-fcn16s-color-hha', 'NYUDv2 test',
-           65.4, 46.1, 34.0, 49.5, note='never released: train it to compare'),
-    _paper('CVPR Table 5', 'FCN-16s semantic', 'siftflow-fcn16s', 'SIFT Flow test',
-           85.2, 51.7, 39.5, 76.1, task='score_sem'),
-    _paper('CVPR Table 5', 'FCN-16s geometric', 'siftflow-fcn16s', 'SIFT Flow test',
-           acc=94.3, task='score_geo'),
-)
-
-# PSPNet's published numbers (Zhao et al., CVPR 2017, and its release's notes; %), kept
-# beside PAPER until PSPNet joins the registry (models.PAPER). "single-scale": scale 1
-# with the flipped windows added; "multi-scale": the six scales summed, flip too.
-PSP_MS = 'multi-scale 0.5 .. 1.75 + flip: reproduce.py --multi-scale'
-PSP_PAPER = (
-    _paper('PSPNet release', 'PSPNet50, single scale', 'pspnet50-ade20k', 'ADE20K val',
-           acc=80.04, iu=41.68, task='single-scale'),
-    _paper('PSPNet release', 'PSPNet50, multi-scale', 'pspnet50-ade20k', 'ADE20K val',
-           acc=80.76, iu=42.78, task='multi-scale', note=PSP_MS),
-    _paper('PSPNet release', 'PSPNet101, single scale', 'pspnet101-cityscapes',
-           'Cityscapes val', acc=96.38, iu=79.70, task='single-scale'),
-    _paper('PSPNet release', 'PSPNet101, multi-scale', 'pspnet101-cityscapes',
-           'Cityscapes val', acc=96.59, iu=80.91, task='multi-scale', note=PSP_MS),
-    _paper('PSPNet release', 'PSPNet101 (COCO pre-trained)', 'pspnet101-voc2012',
-           'VOC2012 test', iu=85.41, local=False, task='single-scale', note=TEST_SERVER),
-    _paper('PSPNet Table 3', 'PSPNet101, single scale', None, 'ADE20K val', acc=80.64,
-           iu=41.96, note='ResNet-101 ADE20K weights never released'),
-    _paper('PSPNet Table 3', 'PSPNet101, multi-scale', None, 'ADE20K val', acc=81.39,
-           iu=43.29, note='ResNet-101 ADE20K weights never released'),
-)
+# The papers' numbers (%), each row a dict (source, name, model, task, data, local,
+# paper={metric: value}, ms, note): models.PAPER, the one table (docs/models.md).
+PAPER = tuple(row.to_dict() for row in models.PAPER)
 
 
 # ----------------------------------------------------------------------------- weights and data
@@ -177,29 +109,34 @@ def _commands(model, model_dir, model_root):
 
 
 def all_models():
-    """Every model reproduce.py knows, in table order: net.MODELS, then net.PSPNET."""
-    return list(net.MODELS) + list(net.PSPNET)
+    """Every model reproduce.py knows, in table order: the registry's (models.names())."""
+    return models.names()
 
 
 def model_dataset(model):
-    return net.PSPNET[model]['dataset'] if model in net.PSPNET else net.MODELS[model]['dataset']
+    return models.get(model).dataset
+
+
+def data_readme(dataset):
+    """The first README of `dataset` (how to get it, where to put it), or None."""
+    readmes = models.dataset(dataset).readmes
+    return readmes[0] if readmes else None
 
 
 def model_folder(model, model_root):
-    """Where `model`'s files are under `model_root`: <root>/<model>, PSPNet's
-    <root>/pspnet/<model>."""
-    return os.path.join(model_root, net.PSP_FAMILY, model) if model in net.PSPNET else \
-        os.path.join(model_root, model)
+    """Where `model`'s files are under `model_root`: its folder (models.model_dir) at the
+    same place relative to the root as to the repository; a user's model (outside the
+    repository) in its own folder."""
+    folder = models.model_dir(model)
+    rel = os.path.relpath(folder, REPO)
+    return folder if rel.startswith(os.pardir) else os.path.join(model_root, rel)
 
 
 def scored_split(model):
     """dataset, split and paper_images (the paper's split size) of `model`'s entry."""
-    if model in net.PSPNET:
-        dataset = net.PSPNET[model]['dataset']
-        split = layers.DATASETS[dataset]['split']
-        return dict(dataset=dataset, split=split, paper_images=layers.SPLIT_SIZES[(dataset, split)])
-    m = net.MODELS[model]
-    return dict(dataset=m['dataset'], split=m['test_split'], paper_images=m['test_images'])
+    data = models.get(model).data
+    return dict(dataset=data.name, split=data.score_split,
+                paper_images=data.split(data.score_split).size)
 
 
 def psp_weights(model, model_dir):
@@ -219,7 +156,7 @@ def find_weights(model, model_dir, model_root, override=None, snapshots=False):
     (the path expected) and the commands that get it."""
     if override:
         return override, '--weights'
-    if model in net.PSPNET and not snapshots:
+    if models.pspnet(model) and not snapshots:
         return psp_weights(model, model_dir)
     fetch, train_cmd = _commands(model, model_dir, model_root)
     tried = []
@@ -254,8 +191,9 @@ def data_check(model, model_dir, split):
         return cls.ids(split, **{k: p[k] for k in cls.DIRS if k in p}), None
     except (FileNotFoundError, InputError) as e:  # no split list, or an empty one
         reason = dict(what='data', message=str(e), commands=[])
-        if os.path.isfile(os.path.join(REPO, DATA_README.get(dataset, ''))):
-            reason['read'] = DATA_README[dataset]
+        readme = data_readme(dataset)
+        if readme and os.path.isfile(os.path.join(REPO, readme)):
+            reason['read'] = readme
         return None, reason
     except ValueError as e:  # a bad param_str
         raise InputError('%s: %s' % (val, e))
@@ -356,7 +294,7 @@ def comparison_rows(entries, selected):
     """The comparison: PAPER's rows with the measured values (%) of their model, then a
     row per output of each evaluated model the paper has no row for."""
     rows = []
-    for r in PAPER + PSP_PAPER:
+    for r in PAPER:
         entry = entries.get(r['model']) if r['model'] else None
         row = dict(r, paper=dict(r['paper']), measured=None, diff=None, images=None,
                    ms_measured=None, status='')
@@ -388,7 +326,7 @@ def comparison_rows(entries, selected):
         else:
             row['status'] = 'not evaluated'
         rows.append(row)
-    in_paper = {(r['model'], r['task']) for r in PAPER + PSP_PAPER}
+    in_paper = {(r['model'], r['task']) for r in PAPER}
     for model, entry in entries.items():
         if entry.get('status') != 'evaluated':
             continue
@@ -405,7 +343,7 @@ def comparison_rows(entries, selected):
                              split_images=entry['split_images'], excluded=task['excluded'],
                              ms_measured=entry.get('ms_per_image'), status='measured'))
     order = {m: i for i, m in enumerate(all_models())}
-    n = len(PAPER + PSP_PAPER)
+    n = len(PAPER)
     head, extra = rows[:n], rows[n:]
     extra.sort(key=lambda r: (order.get(r['model'], len(order)), r['task']))
     return head + extra
@@ -689,7 +627,7 @@ def score_model(model, model_dir, model_root, entry, override, args):
         ids = ids[:args.limit]
     print('%s: scoring %s (%s) on %s %s, %d images'
           % (model, weights, source, entry['dataset'], split, len(ids)), file=sys.stderr, flush=True)
-    if model in net.PSPNET:
+    if models.pspnet(model):
         entry.update(evaluate_pspnet(model_dir, weights, split, ids, entry['dataset'],
                                      args.multi_scale, progress=not args.quiet))
     else:
@@ -697,6 +635,23 @@ def score_model(model, model_dir, model_root, entry, override, args):
                                     progress=not args.quiet))
     entry.update(status='evaluated', date=datetime.datetime.now().isoformat(timespec='seconds'))
     return True
+
+
+def select_models(names):
+    """The model ids to evaluate: every built-in one by default, else `names` (ids, or a
+    folder of a model registered by its model.json, e.g. one made by `net.py new`)."""
+    if not names:
+        return list(models.BUILTIN)
+    selected, unknown = [], []
+    for name in names:
+        try:
+            selected.append(models.get(name).name)
+        except InputError:
+            unknown.append(name)
+    if unknown:
+        raise InputError('unknown model(s) %s (models: %s; or a folder holding %s)'
+                         % (', '.join(unknown), ', '.join(all_models()), models.SPEC_FILE))
+    return selected
 
 
 def main(argv=None):
@@ -730,12 +685,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
+    selected = select_models(args.models)
     known = all_models()
-    models = list(args.models or known)
-    unknown = [m for m in models if m not in known]
-    if unknown:
-        raise InputError('unknown model(s) %s (models: %s)' % (', '.join(unknown),
-                                                              ', '.join(known)))
     overrides = parse_weights(args.weights, known)
     if args.limit is not None and args.limit < 1:
         raise InputError('--limit must be >= 1, got %d' % args.limit)
@@ -748,7 +699,7 @@ def main(argv=None):
         raise InputError('--model-root %s: no such directory' % args.model_root)
     out = os.path.abspath(args.out)
     check_outputs(out, args.readme, overrides,  # before anything is scored
-                  [os.path.join(model_folder(m, model_root), 'val.prototxt') for m in models])
+                  [os.path.join(model_folder(m, model_root), 'val.prototxt') for m in selected])
     previous = _load_previous(out) if args.merge else {}
     mode = common.set_mode(args.gpu)
 
@@ -768,11 +719,11 @@ def main(argv=None):
                 merged[m] = dict(e, earlier_run=True)
         ordered = {m: merged[m] for m in known + sorted(merged) if m in merged}
         written = metrics.jsonable(dict(record, models=ordered,
-                                      rows=comparison_rows(ordered, models)))
+                                      rows=comparison_rows(ordered, selected)))
         write_results(out, written)
         return written
 
-    for model in models:
+    for model in selected:
         entry = dict(status='missing', reasons=[], **scored_split(model))
         entries[model] = entry
         try:

@@ -58,6 +58,7 @@ import common
 import infer
 import layers
 import metrics
+import models
 import net as nets
 
 
@@ -205,16 +206,10 @@ def evaluate_release(net, cls, params, ids, num_classes, base_size, scales=(1.0,
     return Evaluation(blob, 'label', cm.hist, None, len(ids), s)
 
 
-def psp_model(model):
-    """The net.PSPNET name `model` (a name or a path ending in it), else None."""
-    name = os.path.basename(os.path.normpath(model))
-    return name if name in nets.PSPNET else None
-
-
 def score_pspnet(args):
     """score.py --model <PSPNet model>: the release's evaluation (see the module's doc)."""
-    model = psp_model(args.model)
-    folder = os.path.join(common.REPO, nets.PSP_FAMILY, model)
+    spec = models.pspnet(args.model)
+    model, folder = spec.name, models.model_dir(spec)
     val = os.path.join(folder, 'val.prototxt')
     deploy = args.deploy or os.path.join(folder, 'deploy.prototxt')
     for path in (val, deploy):
@@ -230,7 +225,7 @@ def score_pspnet(args):
     common.set_mode(args.gpu)
     net = common.open_net(deploy, 'test', args.weights)
     classes, exclude = class_info(dataset, 'label', split, net.blobs[infer.score_blob(net)].channels)
-    base = args.base_size or infer.PSP_BASE_SIZE[nets.PSPNET[model]['dataset']]
+    base = args.base_size or infer.PSP_BASE_SIZE[spec.dataset]
     scales = infer.PSP_SCALES if args.multi_scale else tuple(args.scales or (1.0,))
     print('%s: scoring %s on %s %s (%d images; base size %d, scales %s, flip %s)'
           % (model, args.weights, dataset, split, len(ids), base,
@@ -425,7 +420,7 @@ def main(argv=None):
     psp.add_argument('--deploy', help="deploy prototxt (default: the model's)")
     args = parser.parse_args(argv)
     check_args(args)
-    if psp_model(args.model):
+    if models.pspnet(args.model):
         return score_pspnet(args)
     if args.multi_scale or args.scales or args.no_flip or args.base_size or args.deploy:
         raise common.InputError('--multi-scale, --scales, --no-flip, --base-size and --deploy '

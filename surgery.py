@@ -48,6 +48,7 @@ import tempfile
 import numpy as np
 
 import common
+import models
 import net as nets
 import weights
 
@@ -384,7 +385,7 @@ def convert_fork_bn(src, target, out, quiet=False):
     """Convert a caffemodel of the PSPNet fork into the project's layout, saved at `out`.
 
     src: the fork's weights (layer type `BN` with blobs slope, bias, mean, var; `Interp`
-    layers without blobs). target: a NetParameter (net.psp_model(..., aux=True)) or a
+    layers without blobs). target: a NetParameter (net.build_net(model, 'deploy', aux=True)) or a
     prototxt path. Every fork layer is accounted for: BN -> BatchNorm + Scale (the factor
     blob 1), any other layer with blobs copied into the same-named layer (same number and
     shapes of blobs), layers without blobs counted; the net's fixed interpolation layers
@@ -457,8 +458,8 @@ def pspnet_convert_main(args):
         raise common.InputError('%s: not found; python weights.py %s, or pass --weights'
                                 % (src, args.model))
     out = args.out or os.path.join(os.path.dirname(weights.record_path(args.model)),
-                                   nets.PSPNET[args.model]['release'] + '-stock.caffemodel')
-    convert_fork_bn(src, nets.psp_model(args.model, 'deploy', aux=not args.no_aux), out)
+                                   models.get(args.model).weights.stem + '-stock.caffemodel')
+    convert_fork_bn(src, nets.build_net(args.model, 'deploy', aux=not args.no_aux), out)
     print('%s: converted into %s' % (src, out))
     return 0
 

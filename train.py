@@ -58,6 +58,7 @@ from matplotlib.figure import Figure
 import common
 import layers
 import metrics
+import models
 import net
 import score
 import surgery
@@ -75,19 +76,13 @@ def model_facts(name):
     return net.MODELS.get(name)
 
 
-# PSPNet scores its val split every PSP_ROUND iterations (this project's choice: the paper
-# gives only the total, 150k ADE20K / 30k VOC / 90k Cityscapes iterations of batch 16)
-PSP_ROUND = 5000
-
-
 def schedule(name):
     """(rounds, iterations per round) of a model (each round ends with scoring; the
-    solver's max_iter is not what stops training); PSPNet's: its max_iter in rounds of
-    PSP_ROUND, so the poly learning rate reaches 0 at the end; (25, 4000) for other
-    folders."""
-    if name in net.PSPNET:
-        total = net.PSP_SCHEDULE[net.PSPNET[name]['dataset']]['max_iter']
-        return total // PSP_ROUND, PSP_ROUND
+    solver's max_iter is not what stops training): the registry's Schedule (models.py;
+    PSPNet's: its max_iter in rounds of models.PSP_ROUND); (25, 4000) for other folders."""
+    if models.pspnet(name):
+        spec = models.pspnet(name)
+        return spec.schedule.rounds, spec.schedule.iters
     m = model_facts(name)
     return (m['rounds'], m['iters']) if m else (25, 4000)
 
@@ -163,12 +158,12 @@ def trained_weights(model_name):
 def pspnet_stock_path(model_dir, model_name):
     """Where surgery.py pspnet-convert puts a PSPNet's released weights converted for
     this Caffe: <model_dir>/<release name>-stock.caffemodel."""
-    return os.path.join(model_dir, net.PSPNET[model_name]['release'] + '-stock.caffemodel')
+    return os.path.join(model_dir, models.get(model_name).weights.stem + '-stock.caffemodel')
 
 
 def pspnet_weights(model_name):
     """The released weights of PSPNet `model_name`, converted, to fine-tune from."""
-    path = pspnet_stock_path(os.path.join(common.REPO, net.PSP_FAMILY, model_name), model_name)
+    path = pspnet_stock_path(models.model_dir(model_name), model_name)
     if not os.path.isfile(path):
         raise InputError('%s: not found; get and convert the released weights (python '
                          'weights.py %s && python surgery.py pspnet-convert --model %s), or '

@@ -21,11 +21,14 @@ import pytest
 from google.protobuf import text_format
 
 import common
+import models
 import net
 
 caffe = common.import_caffe()
 
 H, W = 37, 53  # odd, and not multiples of any stride
+# The FCNs of the registry (PSPNet's nets: tests/test_pspnet_net.py).
+FCNS = [name for name, spec in models.BUILTIN.items() if spec.family != 'pspnet']
 NARROW = (4, 4, 8, 8, 8, 16)
 NARROW_CAFFENET = (4, 4, 8, 8, 8, 16)
 CHANNELS = {'data': 3, 'color': 3, 'hha': 3, 'depth': 1}
@@ -45,8 +48,14 @@ def committed(model, name):
     return param
 
 
+def scored(model):
+    """(score blob, label top, classes) of each scored output of `model`."""
+    spec = models.get(model)
+    return [(o.score, o.label, len(spec.data.label(o.label).classes)) for o in spec.outputs]
+
+
 def outputs(model):
-    return [score for score, _, _ in net.MODELS[model]['outputs']]
+    return [score for score, _, _ in scored(model)]
 
 
 def instantiate(param, phase=None):
@@ -96,9 +105,9 @@ def full_net_shapes(model):
 
 def test_committed_files_are_up_to_date(capsys):
     assert net.main(['--check']) == 0, capsys.readouterr().out
-    for model in net.MODELS:
+    for model in models.BUILTIN:
         for name in ('train.prototxt', 'val.prototxt', 'deploy.prototxt', 'solver.prototxt'):
-            assert os.path.isfile(os.path.join(common.REPO, model, name))
+            assert os.path.isfile(os.path.join(models.model_dir(model), name))
 
 
 def test_check_lists_stale_files_and_write_repairs_them(tmp_path):
@@ -117,10 +126,10 @@ def test_check_lists_stale_files_and_write_repairs_them(tmp_path):
 # ---------------------------------------------------------------------------
 # Full-width deploy nets: instantiate at an odd size, output at the input's size.
 
-@pytest.mark.parametrize('model', sorted(net.MODELS))
+@pytest.mark.parametrize('model', sorted(FCNS))
 def test_full_deploy_net_output_matches_input_size(model):
     params, outs = full_net_shapes(model)
-    classes = {score: c for score, _, c in net.MODELS[model]['outputs']}
+    classes = {score: c for score, _, c in scored(model)}
     for score, shape in outs.items():
         assert shape == (1, classes[score], H, W), (model, score)
 
@@ -245,7 +254,7 @@ UPSAMPLING = {'32s': [(64, 32)], '16s': [(4, 2), (32, 16)], '8s': [(4, 2), (4, 2
 
 
 def test_crop_offsets_are_the_spec_ones():
-    assert set(CROPS) == set(net.MODELS)
+    assert set(CROPS) == set(FCNS)
     for model, expect in CROPS.items():
         for split in ('train', 'val', 'deploy'):
             crops = {l.name: (l.crop_param.axis, list(l.crop_param.offset))
@@ -254,17 +263,18 @@ def test_crop_offsets_are_the_spec_ones():
 
 
 def test_upsampling_is_fixed_bias_free_deconvolution():
-    for model, m in net.MODELS.items():
+    for model in FCNS:
+        m = models.get(model)
         param = committed(model, 'train.prototxt')
         deconvs = [l for l in param.layer if l.type == 'Deconvolution']
         for l in deconvs:
             assert [(p.lr_mult, p.HasField('decay_mult')) for p in l.param] == [(0, False)], l.name
             assert l.convolution_param.bias_term is False, l.name
-            assert l.convolution_param.num_output in (m['classes'], 3), l.name
+            assert l.convolution_param.num_output in (m.classes, 3), l.name
         kernels = sorted((l.convolution_param.kernel_size[0], l.convolution_param.stride[0])
                          for l in deconvs)
-        want = [(63, 32)] if model == 'voc-fcn-alexnet' else UPSAMPLING[m['head']]
-        heads = len(m['outputs'])
+        want = [(63, 32)] if model == 'voc-fcn-alexnet' else UPSAMPLING[m.head]
+        heads = len(m.outputs)
         assert kernels == sorted(want * heads), model
 
 
@@ -282,7 +292,7 @@ def fillers(message, path=''):
 
 
 def test_no_fillers_but_at_once_scales():
-    for model in net.MODELS:
+    for model in FCNS:
         for split in ('train', 'deploy'):
             for layer in committed(model, split + '.prototxt').layer:
                 if layer.type != 'Scale':
@@ -301,7 +311,7 @@ def test_no_fillers_but_at_once_scales():
 
 
 def test_dropout_only_in_train_nets():
-    for model in net.MODELS:
+    for model in FCNS:
         for split in ('train', 'val', 'deploy'):
             drops = [l for l in committed(model, split + '.prototxt').layer if l.type == 'Dropout']
             if split != 'train':
@@ -314,7 +324,7 @@ def test_dropout_only_in_train_nets():
 
 
 def test_losses():
-    for model in net.MODELS:
+    for model in FCNS:
         for split, want in (('train', True), ('val', True), ('deploy', False)):
             losses = {l.name: l for l in committed(model, split + '.prototxt').layer
                       if l.type == 'SoftmaxWithLoss'}
@@ -391,13 +401,13 @@ def test_bad_arguments_are_explained():
 # ---------------------------------------------------------------------------
 # Narrow nets through the same builders: train nets run forward and backward.
 
-@pytest.mark.parametrize('model', sorted(net.MODELS))
+@pytest.mark.parametrize('model', sorted(FCNS))
 def test_narrow_train_net_runs(model):
     widths = NARROW_CAFFENET if model == 'voc-fcn-alexnet' else NARROW
     n = instantiate(python_to_inputs(net.build_net(model, 'train', widths=widths), H, W),
                     caffe.TRAIN)
     rng = np.random.RandomState(0)
-    labels = [label for _, label, _ in net.MODELS[model]['outputs']]
+    labels = [label for _, label, _ in scored(model)]
     for name in n.inputs:
         if name in labels:
             n.blobs[name].data[...] = 255  # void, ignored by the loss
@@ -407,7 +417,7 @@ def test_narrow_train_net_runs(model):
     out = n.forward()
     n.backward()
     # Zero weights: uniform scores, so each valid pixel costs log(C).
-    for (score, label, classes), loss in zip(net.MODELS[model]['outputs'], ('loss', 'loss_geo')):
+    for (score, label, classes), loss in zip(scored(model), ('loss', 'loss_geo')):
         assert n.blobs[score].data.shape == (1, classes, H, W)
         valid = 1 if model == 'voc-fcn-alexnet' else 10 * W  # normalized vs summed loss
         assert out[loss] == pytest.approx(valid * math.log(classes), rel=1e-5), (model, loss)
@@ -448,12 +458,14 @@ def test_models_table():
                'voc-fcn8s-atonce': (75, 4000), 'nyud-fcn32s-hha': (50, 2000),
                'siftflow-fcn8s': (50, 2000), 'pascalcontext-fcn32s': (50, 8000)}
     for model, length in lengths.items():
-        assert (net.MODELS[model]['rounds'], net.MODELS[model]['iters']) == length
-    assert net.MODELS['voc-fcn16s']['parents'] == (('voc-fcn32s', ''),)
-    assert net.MODELS['nyud-fcn32s-color-hha']['parents'] == (
-        ('nyud-fcn32s-color', 'color'), ('nyud-fcn32s-hha', 'hha'))
-    for model, m in net.MODELS.items():
-        assert m['trunk'] in net.CLASSIFIERS
-        for source, _ in m['parents']:
-            assert source in net.MODELS or source in net.CLASSIFIERS, (model, source)
-    assert {m['classes'] for k, m in net.MODELS.items() if k.startswith('pascalcontext')} == {60}
+        s = models.get(model).schedule
+        assert (s.rounds, s.iters) == length
+    assert models.get('voc-fcn16s').parents == (models.Parent('voc-fcn32s'),)
+    assert models.get('nyud-fcn32s-color-hha').parents == (
+        models.Parent('nyud-fcn32s-color', 'color'), models.Parent('nyud-fcn32s-hha', 'hha'))
+    for model in FCNS:
+        m = models.get(model)
+        assert m.trunk in net.CLASSIFIERS
+        for p in m.parents:
+            assert p.source in models.BUILTIN or p.source in net.CLASSIFIERS, (model, p.source)
+    assert {models.get(k).classes for k in FCNS if k.startswith('pascalcontext')} == {60}

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import common
+import models
 import net
 import surgery
 
@@ -302,7 +303,7 @@ def test_convert_command_one_line_error(tmp_path):
     ('pspnet101-cityscapes', 713, 90, 19, '3x3')])
 def test_release_deploy_nets_build(tmp_path, model, crop, feature, classes, stride_on):
     """Full-size deploy nets: the release's layer names and shapes (no forward pass)."""
-    param = net.psp_model(model, 'deploy')
+    param = net.build_net(model, 'deploy')
     layers = {l.name: l for l in param.layer}
     strided = [n for n in ('conv3_1_1x1_reduce', 'conv3_1_3x3')
                if layers[n].convolution_param.stride == [2]]
@@ -322,30 +323,30 @@ def test_release_deploy_nets_build(tmp_path, model, crop, feature, classes, stri
         assert tuple(cn.blobs['conv5_3_pool%d' % b].data.shape) == (1, 2048, b, b)
         assert tuple(cn.blobs['conv5_3_pool%d_interp' % b].data.shape) == (1, 512, feature, feature)
     assert tuple(cn.blobs['conv6_interp'].data.shape) == (1, classes, crop, crop)
-    last4 = 'conv4_%d' % net.RESNET_BLOCKS[net.PSPNET[model]['depth']][2]
+    last4 = 'conv4_%d' % net.RESNET_BLOCKS[models.get(model).build_kwargs()['depth']][2]
     assert last4 in cn.blobs and 'conv4_24' not in cn.params and 'conv4_7' not in cn.params
 
 
 def test_train_nets_aux_head_and_losses():
     for model, aux in (('pspnet101-voc2012', 'conv4_24'), ('pspnet50-ade20k', 'conv4_7')):
-        layers = {l.name: l for l in net.psp_model(model, 'train').layer}
+        layers = {l.name: l for l in net.build_net(model, 'train').layer}
         assert layers[aux].bottom == ['conv4_%d' % (int(aux.split('_')[1]) - 1)]
         assert layers['loss_aux'].loss_weight[0] == pytest.approx(0.4)
         assert layers['loss_aux'].bottom == ['conv6_1', 'label_shrink']
         assert layers['loss'].bottom == ['conv6', 'label_shrink']
         assert layers['label_shrink'].pooling_param.stride == 8
         assert layers['conv6'].param[0].lr_mult == 10 and layers['conv1_2_3x3'].param[0].lr_mult == 1
-        val = {l.name for l in net.psp_model(model, 'val').layer}
+        val = {l.name for l in net.build_net(model, 'val').layer}
         assert 'loss' in val and 'loss_aux' not in val and aux not in val
 
 
 def test_solver_poly():
-    text = net.psp_solver('pspnet50-ade20k')
+    text = net.model_solver('pspnet50-ade20k')
     for line in ('lr_policy: "poly"', 'power: 0.9', 'base_lr: 0.01', 'momentum: 0.9',
                  'weight_decay: 0.0001', 'iter_size: 16', 'max_iter: 150000'):
         assert line + '\n' in text
-    assert 'max_iter: 30000\n' in net.psp_solver('pspnet101-voc2012')
-    assert 'max_iter: 90000\n' in net.psp_solver('pspnet101-cityscapes')
+    assert 'max_iter: 30000\n' in net.model_solver('pspnet101-voc2012')
+    assert 'max_iter: 90000\n' in net.model_solver('pspnet101-cityscapes')
     with pytest.raises(ValueError):
         net.solver_text(0.01, 0.9, 10, 1, lr_policy='poly')
 

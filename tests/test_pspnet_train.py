@@ -37,10 +37,9 @@ def narrow_model(folder, base_lr, max_iter, iter_size=2):
                            dataset='ade20k', widths=NARROW, blocks=BLOCKS, **data)
         with open(os.path.join(folder, split + '.prototxt'), 'w') as f:
             f.write(str(param))
-    settings = dict(net.PSP_SOLVER, base_lr=base_lr, max_iter=max_iter, test_iter=3,
-                    iter_size=iter_size)
     with open(os.path.join(folder, 'solver.prototxt'), 'w') as f:
-        f.write(net.solver_text(**settings))
+        f.write(net.model_solver('pspnet50-ade20k', base_lr=base_lr, max_iter=max_iter,
+                                 test_iter=3, iter_size=iter_size))
     return str(folder)
 
 

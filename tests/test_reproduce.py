@@ -16,6 +16,7 @@ import pytest
 
 import common
 import datasets
+import models
 from datasets import random_weights
 import net
 import reproduce
@@ -227,9 +228,9 @@ def test_no_data_at_all_prints_the_paper_tables(tmp_path):
                  str(empty / 'pascal' / 'VOC2011' / 'ImageSets' / 'Segmentation' / 'seg11valid.txt')):
         assert text in r.stdout, text
     res = read_results(tmp_path / 'out')
-    assert len(res['rows']) == len(reproduce.PAPER + reproduce.PSP_PAPER)
+    assert len(res['rows']) == len(reproduce.PAPER) == len(models.PAPER)
     assert all(r['measured'] is None for r in res['rows'])
-    assert sorted(res['models']) == sorted(list(net.MODELS) + list(net.PSPNET))
+    assert sorted(res['models']) == sorted(models.BUILTIN)
     assert all(e['status'] == 'missing' for e in res['models'].values())
 
 
@@ -308,7 +309,7 @@ def test_bad_arguments(tmp_path, monkeypatch, args, words):
 def test_paper_table_covers_the_spec():
     """Every model a paper row names exists; the numbers are the papers' (docs/results.md)."""
     for r in reproduce.PAPER:
-        assert r['model'] is None or r['model'] in net.MODELS
+        assert r['model'] is None or r['model'] in models.BUILTIN
     release = {r['model']: r['paper']['mean_iu'] for r in reproduce.PAPER
                if r['source'] == 'release' and r['local']}
     assert release == {'voc-fcn32s': 63.6, 'voc-fcn16s': 65.0, 'voc-fcn8s': 65.5,

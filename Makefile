@@ -23,10 +23,10 @@ $(DEPS): pyproject.toml | $(PY)
 	touch $@
 
 caffe: $(DEPS)
-	$(PY) build_caffe.py
+	$(PY) tools/build_caffe.py
 
 caffe-selftest: $(DEPS)
-	$(PY) build_caffe.py --selftest
+	$(PY) tools/build_caffe.py --selftest
 
 test: caffe
 	$(PY) -m pytest -q tests
@@ -35,7 +35,7 @@ demo: caffe
 	$(PY) demo.py
 
 bench: caffe
-	$(PY) bench.py
+	$(PY) tools/bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

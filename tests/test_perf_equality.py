@@ -1,7 +1,7 @@
 """The project's Caffe computes what plain Caffe computes: forward and backward of small
 FCNs checked against an independent numpy reference.
 
-The speed patches in caffe-patches/ (convolution in bands of output rows, blocked
+The speed patches in tools/caffe-patches/ (convolution in bands of output rows, blocked
 deconvolution, OpenMP loops) must not change any number beyond float rounding. Rather
 than comparing two Caffe builds, every value here is checked against a direct numpy
 implementation of the same layers (convolution as a sum of shifted matrix products, no
@@ -18,11 +18,11 @@ OMP_NUM_THREADS=1), and a process forked after Caffe ran its threads must still 
 (GNU OpenMP's thread pool does not survive fork).
 
 The 3 x 3 convolutions with 16 or more input channels go through Winograd's F(2x2, 3x3)
-(caffe-patches/05-winograd.patch) unless FCN_CAFFE_WINOGRAD=0: both ways are checked
+(tools/caffe-patches/05-winograd.patch) unless FCN_CAFFE_WINOGRAD=0: both ways are checked
 against the same reference, on FCN-8s and on single convolutions whose sizes and pads cut
 the 2 x 2 tiles every way (odd sizes, pads 0-3, outputs of one pixel, leaky ReLU fused),
 forward and input gradient.
-No timing here: bench.py measures speed. About 10 s.
+No timing here: tools/bench.py measures speed. About 10 s.
 """
 import os
 import subprocess

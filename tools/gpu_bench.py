@@ -34,7 +34,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
-import bench  # noqa: E402  (the CPU benchmark's net builders and weights)
+import bench  # noqa: E402  (tools/bench.py beside this file: the CPU benchmark's net builders and weights)
 import common  # noqa: E402
 
 MARK = 'GPU-BENCH-RESULT '

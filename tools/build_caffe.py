@@ -1,8 +1,8 @@
 """Build pycaffe (Caffe 1.0) for this project's Python, cache it, and link it into the venv.
 
-    .venv/bin/python build_caffe.py              # build if needed, link into the running venv
-    .venv/bin/python build_caffe.py --selftest   # then run Caffe's own Python test suite
-    .venv/bin/python build_caffe.py --info       # print the cache key and prefix, build nothing
+    .venv/bin/python tools/build_caffe.py              # build if needed, link into the running venv
+    .venv/bin/python tools/build_caffe.py --selftest   # then run Caffe's own Python test suite
+    .venv/bin/python tools/build_caffe.py --info       # print the cache key and prefix, build nothing
 
 `make caffe` and `make test` run this; you rarely need to call it by hand.
 
@@ -14,7 +14,7 @@ What it does, in order:
    checks the package against the archive's signed index). Off Debian, point
    CAFFE_SOURCE at a Caffe tree or tarball instead, or CAFFE_DEBIAN_MIRROR at a mirror.
 2. Patches. Debian's patch series, then the small fixes a current system needs (FIXES
-   below, each with the reason), then any `caffe-patches/*.patch` of this project.
+   below, each with the reason), then any `tools/caffe-patches/*.patch` of this project.
 3. Build packages. Missing Debian build packages are installed with apt-get (sudo when
    not root); if that is impossible the exact command is printed and the build stops.
 4. Build. CMake, CPU with OpenBLAS, Python layers on, against this Python and numpy;
@@ -47,7 +47,10 @@ import sysconfig
 import tarfile
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The project's patches sit beside this file (tools/caffe-patches), found from its own place,
+# never the current directory. The cache key hashes their names and contents, not the path,
+# so moving the folder rebuilds nothing.
+PATCH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'caffe-patches')
 SOURCE_PACKAGE = 'caffe'
 SOURCE_VERSION = '1.0.0+git20180821.99bd997-8'
 SOURCE_SUITE = 'bullseye'  # the last Debian release with caffe
@@ -257,7 +260,7 @@ def cuda_flags(arch):
 
 
 def project_patches():
-    return sorted(glob.glob(os.path.join(HERE, 'caffe-patches', '*.patch')))
+    return sorted(glob.glob(os.path.join(PATCH_DIR, '*.patch')))
 
 
 def patch_digest(cuda):

@@ -429,6 +429,7 @@ class SegDataLayer(caffe.Layer):
         self.random = self.params['randomize']
         self.rng = random.Random(self.params['seed'])
         self.idx = self.rng.randrange(len(self.indices)) if self.random else 0
+        self.share = (0, 1)  # (rank, count): which draws of the stream are this layer's
         self.loaded = None  # (position in the list, arrays) of the example in the tops
 
     def reshape(self, bottom, top):
@@ -451,7 +452,8 @@ class SegDataLayer(caffe.Layer):
             top[i].data[...] = array
         # Next id: a fresh draw when training, else the next one in the list.
         if self.random:
-            self.idx = self.rng.randrange(len(self.indices))
+            for _ in range(self.share[1]):  # the other ranks' draws are skipped
+                self.idx = self.rng.randrange(len(self.indices))
         else:
             self.idx = (self.idx + 1) % len(self.indices)
 
@@ -466,10 +468,17 @@ class SegDataLayer(caffe.Layer):
         images an uninterrupted one would have drawn)."""
         if self.random:
             self.rng = random.Random(self.params['seed'])
-            for _ in range(forwards + 1):
+            rank, count = self.share
+            for _ in range(forwards * count + rank + 1):
                 self.idx = self.rng.randrange(len(self.indices))
         else:
             self.idx = forwards % len(self.indices)
+
+    def share_stream(self, rank, count):
+        """Take draws rank, rank + count, rank + 2 count, ... of the random stream, so that
+        `count` processes training together (parallel.py) see different images and, all
+        together, the images one process would draw. Call seek() after it."""
+        self.share = (rank, count)
 
 def bind_num_classes(net):
     """Give the layers.py data layers of caffe.Net `net` the net's class count for each

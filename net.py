@@ -1,8 +1,9 @@
 """Every FCN net of the paper, written once with Caffe's net_spec, and the files made from them.
 
-Each trainable model is a folder holding train.prototxt, val.prototxt, deploy.prototxt
-and solver.prototxt (the nets: docs/fcn.md; the solvers: docs/training.md). What each
-model is (dataset, head, builder, parents, solver, schedule) is written once, in
+Each trainable model is a folder holding train.prototxt, val.prototxt, deploy.prototxt,
+solver.prototxt (the nets: docs/fcn.md; the solvers: docs/training.md) and caffemodel-url
+(where its released weights come from, read by weights.py). What each model is (dataset,
+head, builder, parents, solver, schedule, released weights) is written once, in
 models.py; this file turns those specs into nets. ilsvrc-nets/ holds the ImageNet
 classifiers (VGG16, CaffeNet) whose weights are cast into the FCNs. docs/models.md, the
 models table, is generated here too.
@@ -908,16 +909,50 @@ def write_model_dir(directory, model, widths=None, data=None, solver=None, check
                        check)
 
 
+NO_CHECKSUM = ('# no size or checksum is published for this file: weights.py checks its '
+               'content against deploy.prototxt')
+
+
+def url_record(spec):
+    """The caffemodel-url record of a ModelSpec or ClassifierSpec, from its Weights: the
+    URL on the first line (the release's one-line format), the notes, the saved name and
+    downloader where they differ from the URL's and plain HTTP, then each published size
+    and checksum under a comment naming its source (weights.read_url_record reads it)."""
+    w = spec.weights
+    if w is None:
+        return ('# no released weights: %s.\n# Train it with solve.py in this directory.\n%s\n'
+                % (spec.note or 'the release never shipped it', models.GENERATED))
+    lines = [w.url] + ['# ' + line for line in w.note]
+    if w.file_name:
+        lines.append('file: %s' % w.file_name)
+    if w.downloader:
+        lines.append('downloader: %s' % w.downloader)
+    sources = dict(w.sources)
+    published = [(key, getattr(w, key)) for key in ('size', 'sha256', 'sha1', 'md5')
+                 if getattr(w, key) is not None]
+    for key, value in published:
+        if key not in sources:
+            raise ValueError('%s: the %s of its weights has no source (Weights.sources)'
+                             % (spec.name, key))
+        lines += ['# %s: %s' % (key, sources[key]), '%s: %s' % (key, value)]
+    if not published and not w.note:
+        lines.append(NO_CHECKSUM)
+    return '\n'.join(lines + [models.GENERATED]) + '\n'
+
+
 DOCS = os.path.join(REPO, 'docs', 'models.md')
 
 
 def all_files(names=None):
-    """{path: text} of every generated file (or only those of the models `names`, plus
-    ilsvrc-nets and docs/models.md)."""
+    """{path: text} of every generated file: each model's prototxts and caffemodel-url
+    record, ilsvrc-nets/ (deploy nets, records) and docs/models.md (or only the models
+    `names`, plus ilsvrc-nets and docs/models.md)."""
     files = classifier_files()
+    files.update({models.record_file(c): url_record(c) for c in models.CLASSIFIERS.values()})
     for model in names or sorted(models.BUILTIN):
         for name, text in model_files(model).items():
             files[os.path.join(models.model_dir(_spec(model)), name)] = text
+        files[models.record_file(model)] = url_record(_spec(model))
     files[DOCS] = models.markdown()
     return files
 

@@ -1,7 +1,9 @@
 """Fetch the released FCN weights and the ILSVRC nets they start from.
 
 Every model directory holds a `caffemodel-url` record, compatible with the original
-release's one-line files:
+release's one-line files. `python net.py` writes the project's records from models.py
+(each model's Weights: the one place their URLs, sizes and checksums are written, with
+the checksums' sources); a record of your own, in any folder, is read the same way:
 
     http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel   <- line 1: the URL
     # sha1: opencv/opencv_extra testdata/dnn/download_models.py        <- where each is from
@@ -49,7 +51,6 @@ keeps its .part: run the same command again to resume. Offline? The error names 
 and the path: fetch the file elsewhere and copy it there.
 """
 import argparse
-import glob
 import hashlib
 import http.client
 import os
@@ -62,18 +63,12 @@ import urllib.request
 import gdown
 
 import common
+import models as registry  # (this module's models() lists the model ids with a record)
 from common import REPO, InputError, run_cli
 
-RECORD = 'caffemodel-url'
-ILSVRC_DIR = os.path.join(REPO, 'ilsvrc-nets')
-# name on the command line -> URL record of an ILSVRC classification net
-ILSVRC = {
-    'vgg16': os.path.join(ILSVRC_DIR, 'vgg16.caffemodel-url'),
-    'caffenet': os.path.join(ILSVRC_DIR, 'caffenet.caffemodel-url'),
-}
-# name on the command line -> URL record of a released PSPNet (the family folder pspnet/)
-PSPNET = {name: os.path.join(REPO, 'pspnet', name, RECORD)
-          for name in ('pspnet50-ade20k', 'pspnet101-voc2012', 'pspnet101-cityscapes')}
+RECORD = registry.RECORD
+# name on the command line -> URL record of an ILSVRC classification net (models.CLASSIFIERS)
+ILSVRC = {name: registry.record_file(c) for name, c in registry.CLASSIFIERS.items()}
 DOWNLOADERS = ('gdown',)  # besides the built-in HTTP one
 CHUNK = 1 << 20  # bytes per read
 TIMEOUT = 60  # seconds without data before giving up on a connection
@@ -82,23 +77,28 @@ DIGESTS = {'sha256': 64, 'sha1': 40, 'md5': 32}  # checksum -> hex digits
 
 
 def models():
-    """Names of the model directories (under the repository) that hold a caffemodel-url, sorted."""
-    return sorted(os.path.basename(os.path.dirname(p))
-                  for p in glob.glob(os.path.join(REPO, '*', RECORD)))
+    """Ids of the registry's models (models.py) whose folder holds a caffemodel-url, sorted."""
+    return sorted(n for n in registry.names() if os.path.isfile(registry.record_file(n)))
+
+
+def _spec(model):
+    """The registry's spec of `model` (an id, 'vgg16', 'caffenet', a model's folder), or None."""
+    try:
+        return registry.get(model)
+    except InputError:
+        return None
 
 
 def record_path(model):
-    """Path of the URL record for `model`: a model directory name, 'vgg16', 'caffenet',
-    or the path of a directory holding a caffemodel-url."""
-    if model in ILSVRC:
-        return ILSVRC[model]
-    if model in PSPNET:
-        return PSPNET[model]
-    for candidate in (os.path.join(REPO, model, RECORD), os.path.join(model, RECORD)):
+    """Path of the URL record for `model`: a model id of the registry, 'vgg16',
+    'caffenet', or the path of a directory holding a caffemodel-url (a user's own)."""
+    spec = _spec(model)
+    candidates = [registry.record_file(spec)] if spec else []
+    for candidate in candidates + [os.path.join(model, RECORD)]:
         if os.path.isfile(candidate):
             return os.path.abspath(candidate)
     raise InputError('%s: unknown model (no %s); known: %s'
-                     % (model, RECORD, ', '.join(models() + sorted(ILSVRC) + sorted(PSPNET))))
+                     % (model, RECORD, ', '.join(models() + sorted(ILSVRC))))
 
 
 def read_url_record(model_dir):
@@ -117,6 +117,8 @@ def read_url_record(model_dir):
             line = line.strip()
             if not line:
                 continue
+            if line.startswith(registry.GENERATED):
+                continue  # net.py's mark on the records it writes: not a note
             if line.startswith('#'):
                 notes.append(line.lstrip('#').strip())
                 continue
@@ -141,8 +143,10 @@ def read_url_record(model_dir):
 
 
 def weights_path(model):
-    """Where `model`'s released weights live: its directory + the URL's basename
-    (ilsvrc-nets/ for vgg16 / caffenet). InputError when the model has no release."""
+    """Where `model`'s released weights live: its record's folder + the record's `file:`
+    or the URL's basename (ilsvrc-nets/ for vgg16 / caffenet). The registry's records are
+    generated from models.py, so this is models.weights_file(spec) for them; a user's own
+    record is read the same way. InputError when the model has no release."""
     record = record_path(model)
     rec = read_url_record(record)
     if not rec['url']:
@@ -305,8 +309,8 @@ def deploy_path(model):
     classifier's ilsvrc-nets/<name>-deploy.prototxt for vgg16 / caffenet; None for the
     PSPNet releases (the fork's layout, converted by surgery.py before they load)."""
     if model in ILSVRC:
-        return os.path.join(ILSVRC_DIR, model + '-deploy.prototxt')
-    if model in PSPNET:
+        return os.path.join(REPO, registry.CLASSIFIERS[model].deploy)
+    if registry.pspnet(model):
         return None
     return os.path.join(os.path.dirname(record_path(model)), 'deploy.prototxt')
 
@@ -394,9 +398,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     names = list(args.models)
     if args.all:
-        names += [m for m in models() if m not in names]
+        names += [m for m in models() if m not in names and not registry.pspnet(m)]
     if args.list:
-        list_models(names or models() + sorted(ILSVRC) + sorted(PSPNET))
+        list_models(names or models() + sorted(ILSVRC))
         return 0
     if not names:
         parser.error('name a MODEL, vgg16, caffenet, or use --all / --list')

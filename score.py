@@ -221,7 +221,7 @@ def score_pspnet(args):
     p = cls.parse_params(data_layer(param, layers)[0].python_param.param_str)
     if args.limit:
         ids = ids[:args.limit]
-    dataset = dataset_of(cls)
+    dataset = spec.dataset
     common.set_mode(args.gpu)
     net = common.open_net(deploy, 'test', args.weights)
     classes, exclude = class_info(dataset, 'label', split, net.blobs[infer.score_blob(net)].channels)
@@ -232,7 +232,7 @@ def score_pspnet(args):
              ' '.join('%g' % x for x in scales), 'no' if args.no_flip else 'yes'), flush=True)
     try:
         ev = evaluate_release(net, cls, p, ids, len(classes), base, scales, not args.no_flip,
-                              args.save_pred, layers.DATASETS.get(dataset, {}).get('palette'),
+                              args.save_pred, layers.PALETTES.get(dataset),
                               not args.quiet)
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise common.InputError(str(e))
@@ -243,22 +243,35 @@ def score_pspnet(args):
 
 # ----------------------------------------------------------------------------- command
 
-# (score blob, label blob) pairs the command scores when the net has them
-# (PSPNet's train and val nets: conv6_interp, the logits zoomed to the crop, vs the label)
-TASKS = (('score', 'label'), ('score_sem', 'sem'), ('score_geo', 'geo'),
-         ('conv6_interp', 'label'))
+def registered(model):
+    """The registry's ModelSpec of `model` (an id, a model's folder, a folder holding a
+    model.json: models.get), or None for a folder the registry does not know."""
+    try:
+        spec = models.get(model)
+    except common.InputError:
+        return None
+    return spec if isinstance(spec, models.ModelSpec) else None
 
 
 def model_dir(model):
-    """<repo>/<model> when that is a directory, else `model` as a path."""
+    """The folder of `model`: the registry's (models.model_dir), else `model` as a path
+    (a folder of nets the registry does not know, e.g. tests' narrow ones)."""
+    spec = registered(model)
     in_repo = os.path.join(common.REPO, model)
-    path = in_repo if os.path.isdir(in_repo) else os.path.abspath(model)
+    path = (models.model_dir(spec) if spec else
+            in_repo if os.path.isdir(in_repo) else os.path.abspath(model))
     if not os.path.isdir(path):
-        known = sorted(d for d in os.listdir(common.REPO)
-                       if os.path.isfile(os.path.join(common.REPO, d, 'caffemodel-url')))
         raise common.InputError('%s: no such model directory (models: %s)'
-                                % (model, ', '.join(known)))
+                                % (model, ', '.join(models.names())))
     return path
+
+
+def tasks_of(spec):
+    """(score blob, label blob) pairs to score: the model's outputs; for a folder the
+    registry does not know, every output any registered model has (the net's decide)."""
+    specs = [spec] if spec else models.MODELS.values()
+    pairs = [(o.score, o.label) for s in specs for o in s.outputs]
+    return tuple(dict.fromkeys(pairs))
 
 
 def data_layer(param, layers):
@@ -318,16 +331,18 @@ def data_dirs(param, path):
 
 
 def dataset_of(cls):
-    """The layers.DATASETS name whose data layer is `cls` (None for others)."""
+    """The built-in dataset whose scored split data layer `cls` reads (None for others):
+    only for a folder the registry does not know, whose dataset its val net's layer tells."""
     return {d['layer']: name for name, d in layers.DATASETS.items()}.get(cls)
 
 
-def model_tasks(net, dataset, split, val, save_pred=None):
-    """([Task], [class names]) of every score/label pair the net has (TASKS); predictions
-    go to save_pred (save_pred/<label>/ when there are several tasks)."""
+def model_tasks(net, dataset, split, val, save_pred=None, pairs=None):
+    """([Task], [class names]) of every score/label pair of `pairs` (default tasks_of(None))
+    the net has; predictions go to save_pred (save_pred/<label>/ when there are several)."""
+    pairs = pairs or tasks_of(None)
     tasks, names = [], []
-    multi = sum(1 for s, g in TASKS if s in net.blobs and g in net.blobs) > 1
-    for score_blob, gt in TASKS:
+    multi = sum(1 for s, g in pairs if s in net.blobs and g in net.blobs) > 1
+    for score_blob, gt in pairs:
         if score_blob not in net.blobs or gt not in net.blobs:
             continue
         n_cl = net.blobs[score_blob].channels
@@ -339,7 +354,7 @@ def model_tasks(net, dataset, split, val, save_pred=None):
         names.append(classes)
     if not tasks:
         raise common.InputError('%s: no score/label blob pair among %s'
-                                % (val, ', '.join('%s/%s' % t for t in TASKS)))
+                                % (val, ', '.join('%s/%s' % t for t in pairs)))
     return tasks, names
 
 
@@ -359,20 +374,21 @@ def task_json(ev, names):
 
 def class_info(dataset, gt='label', split=None, num_classes=None):
     """(class names, excluded class indices) for scoring label blob `gt` of `dataset`
-    ('voc', 'nyud', 'siftflow', 'pascalcontext'; see layers.DATASETS) on `split`.
+    (a DatasetSpec name of the registry, a user's too) on `split`.
 
-    SIFT Flow's semantic classes absent from its test split (cow, desert, moon) are
-    excluded when `split` is the scored split ('test'; None means that one too). Names
-    are '0', '1', ... when the dataset is unknown or has another number of classes than
-    `num_classes`. E.g. class_info('siftflow', 'sem', 'test') -> (33 names, [8, 10, 15]).
-    """
-    info = layers.DATASETS.get(dataset, {})
-    classes = list(info.get('geo_classes' if gt == 'geo' else 'classes', ()))
+    The label's `excluded` classes (SIFT Flow's semantic cow, desert, moon, absent from
+    its test split) are excluded when `split` is the scored split (None means that one
+    too). Names are '0', '1', ... when the dataset or label is unknown or has another
+    number of classes than `num_classes`.
+    E.g. class_info('siftflow', 'sem', 'test') -> (33 names, [8, 10, 15])."""
+    spec = models.DATASETS.get(dataset)
+    label = next((lab for lab in spec.labels if lab.top == gt), None) if spec else None
+    classes = list(label.classes) if label else []
     if num_classes is not None and len(classes) != num_classes:
         classes = [str(i) for i in range(num_classes)]
     exclude = []
-    if gt != 'geo' and (split is None or split == info.get('split')):
-        exclude = [classes.index(c) for c in info.get('absent_in_test', ()) if c in classes]
+    if label and (split is None or split == spec.score_split):
+        exclude = [classes.index(c) for c in label.excluded if c in classes]
     return classes, exclude
 
 
@@ -426,6 +442,7 @@ def main(argv=None):
         raise common.InputError('--multi-scale, --scales, --no-flip, --base-size and --deploy '
                                 'are for PSPNet models (%s is not one)' % args.model)
 
+    spec = registered(args.model)
     mdir = model_dir(args.model)
     val = os.path.join(mdir, 'val.prototxt')
     if not os.path.isfile(val):
@@ -437,8 +454,8 @@ def main(argv=None):
     net, cls, split, ids = open_val_net(val, args.weights, args.split)
     if args.limit:
         ids = ids[:args.limit]
-    dataset = dataset_of(cls)
-    tasks, names = model_tasks(net, dataset, split, val, args.save_pred)
+    dataset = spec.dataset if spec else dataset_of(cls)
+    tasks, names = model_tasks(net, dataset, split, val, args.save_pred, tasks_of(spec))
 
     print('%s: scoring %s on %s %s (%d images)' % (args.model, args.weights, dataset or cls.__name__,
                                                     split, len(ids)), flush=True)

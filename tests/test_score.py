@@ -322,3 +322,40 @@ def test_cli_context_label_list_not_utf8_names_it(tmp_path):
     r = run_score('--model', mdir, '--weights', weights, '--data-root', tmp_path / 'data')
     assert_one_line_error(r, str(bad), 'UTF-8')
     assert 'val.prototxt' not in r.stderr
+
+
+def test_cli_user_model_scores_with_its_own_class_names(tmp_path):
+    """A model registered by its model.json (net.py new) is scored with its own dataset's
+    class names and split, not those of the built-in dataset its data layer class reads
+    (the VOC layer: 21 names, which did not fit, gave '0', '1', '2')."""
+    import dataclasses
+    import datasets
+    import models
+    import net
+    data = tmp_path / 'roads'
+    names = ('background', 'road', 'car')
+    datasets.make_own(data, classes=names)
+    voc = models.DATASETS['voc']
+    dspec = models.DatasetSpec(
+        'roads-score-test', 'roads', labels=(models.Labels('label', names),),
+        inputs=voc.inputs, readmes=(), mean_param=True, train_split='train', score_split='val',
+        splits=tuple(models.Split(s, n, 'VOCSegDataLayer', (('voc_dir', str(data)),))
+                     for s, n in (('train', 3), ('val', 2))))
+    folder = tmp_path / 'my-roads'
+    spec = dataclasses.replace(
+        models.get('voc-fcn32s'), name='my-roads-score-test', folder=str(folder), family='mine',
+        dataset=dspec.name, builder='fcn', builder_args=(('head', '32s'), ('dataset', dspec.name)),
+        weights=None)
+    models.DATASETS[dspec.name] = dspec  # net.py builds from it; forgotten below
+    try:
+        net.write_model_dir(str(folder), spec, widths=NARROW)
+        (folder / models.SPEC_FILE).write_text(json.dumps(models.to_dict(spec)))
+    finally:
+        del models.DATASETS[dspec.name]
+    weights = random_weights(folder / 'deploy.prototxt', tmp_path / 'w.caffemodel')
+    out = tmp_path / 'r.json'
+    r = run_score('--model', folder, '--weights', weights, '--out', out, '--quiet')
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert list(res['per_class_iu']) == list(names)
+    assert (res['dataset'], res['split'], res['images']) == (dspec.name, 'val', 2)

@@ -466,23 +466,9 @@ def pspnet_convert_main(args):
 
 # ----------------------------------------------------------------------------- cast command
 
-ARCHS = {
-    # arch: (classifier prototxt, classifier weights, output, where to get the weights)
-    'vgg16': ('vgg16-deploy.prototxt', 'VGG_ILSVRC_16_layers.caffemodel', 'vgg16-fcn.caffemodel',
-              'the Caffe Model Zoo model VGG_ILSVRC_16_layers (528 MB): '
-              'python weights.py vgg16'),
-    'caffenet': ('caffenet-deploy.prototxt', 'bvlc_reference_caffenet.caffemodel',
-                 'caffenet-fcn.caffemodel',
-                 'the Caffe Model Zoo model bvlc_reference_caffenet (233 MB): '
-                 'python weights.py caffenet'),
-}
-# the FCN whose deploy net gives each trunk, and the trunk's last layer
-TRUNK_MODEL = {'vgg16': 'voc-fcn32s', 'caffenet': 'voc-fcn-alexnet'}
+# The classifiers (models.CLASSIFIERS: deploy net, weights, cast file, the FCN whose
+# deploy net gives the trunk) and the trunk's last layer.
 TRUNK_END = 'relu7'
-
-
-def ilsvrc_dir():
-    return os.path.join(common.REPO, 'ilsvrc-nets')
 
 
 def fcn_trunk_param(arch, widths=None):
@@ -494,7 +480,7 @@ def fcn_trunk_param(arch, widths=None):
     caffe = common.import_caffe()
     kwargs = {'widths': tuple(widths)} if widths else {}
     try:
-        param = nets.build_net(TRUNK_MODEL[arch], 'deploy', **kwargs)
+        param = nets.build_net(models.CLASSIFIERS[arch].trunk_model, 'deploy', **kwargs)
     except ValueError as e:
         raise common.InputError('--widths: %s' % e)
     trunk = caffe.proto.caffe_pb2.NetParameter()
@@ -506,7 +492,7 @@ def fcn_trunk_param(arch, widths=None):
             break
     else:
         raise common.InputError('net.py deploy net %s has no layer %r'
-                                % (TRUNK_MODEL[arch], TRUNK_END))
+                                % (models.CLASSIFIERS[arch].trunk_model, TRUNK_END))
     for layer in trunk.layer:
         if layer.type == 'Input':
             for shape in layer.input_param.shape:
@@ -576,7 +562,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
     c = sub.add_parser('cast', help='classifier (fc6/fc7 InnerProduct) -> FCN trunk weights')
-    c.add_argument('--arch', choices=sorted(ARCHS), default='vgg16')
+    c.add_argument('--arch', choices=sorted(models.CLASSIFIERS), default='vgg16')
     c.add_argument('--prototxt', help='classifier deploy net (default ilsvrc-nets/<arch>-deploy.prototxt)')
     c.add_argument('--weights', help='classifier weights (default: the Model Zoo file in ilsvrc-nets/)')
     c.add_argument('--out', help='output caffemodel (default ilsvrc-nets/<arch>-fcn.caffemodel)')
@@ -596,12 +582,13 @@ def main(argv=None):
     if args.command == 'pspnet-convert':
         return pspnet_convert_main(args)
 
-    proto_name, weights_name, out_name, source = ARCHS[args.arch]
-    prototxt = args.prototxt or os.path.join(ilsvrc_dir(), proto_name)
-    weights = args.weights or os.path.join(ilsvrc_dir(), weights_name)
-    out = args.out or os.path.join(ilsvrc_dir(), out_name)
+    clf = models.CLASSIFIERS[args.arch]
+    prototxt = args.prototxt or os.path.join(common.REPO, clf.deploy)
+    weights = args.weights or models.weights_file(clf)
+    out = args.out or os.path.join(common.REPO, clf.folder, clf.cast)
     if not os.path.isfile(weights):
-        raise common.InputError('%s: not found; get %s, or pass --weights' % (weights, source))
+        raise common.InputError('%s: not found; get it with python weights.py %s (%s), or pass '
+                                '--weights' % (weights, clf.name, clf.source))
     common.check_prototxt(prototxt)
     common.check_writable(out, '--out')  # before the long load, not after it
     common.check_not_input(out, (weights, prototxt))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import common
+import models
 import surgery
 
 caffe = common.import_caffe()
@@ -336,7 +337,7 @@ def test_cast_cli_with_net_py(tmp_path, arch, widths):
     first = 'conv1_1' if arch == 'vgg16' else 'conv1'
     np.testing.assert_array_equal(fcn.params[first][0].data, clf.params[first][0].data)
     # the saved weights load into the full FCN (by name, the head stays zero)
-    model = surgery.TRUNK_MODEL[arch]
+    model = models.CLASSIFIERS[arch].trunk_model
     (tmp_path / 'deploy.prototxt').write_text(str(net.build_net(model, 'deploy', widths=widths)))
     full = common.open_net(tmp_path / 'deploy.prototxt', 'test', out, partial=True)
     np.testing.assert_array_equal(full.params['fc7'][1].data, clf.params['fc7'][1].data)

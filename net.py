@@ -806,11 +806,12 @@ def _spec(model):
 
 
 def _model_row(spec):
-    """The old dict form of a spec (net.MODELS[name]); phase 2 of issue 13 moves its
-    readers onto models.get and removes it. Fields: dataset, classes, head, trunk,
-    outputs ((score blob, label blob, classes), ...), parents ((source, suffix), ...),
-    parent (in words), train_split, test_split, test_images, rounds, iters, solver
-    (base_lr, momentum, iter_size, max_iter, snapshot), build(split, **kwargs)."""
+    """The old dict form of a spec (net.MODELS[name]): train.py still reads it (engineer
+    R1 moves it onto models.get); remove it with its last reader. Fields: dataset,
+    classes, head, trunk, outputs ((score blob, label blob, classes), ...), parents
+    ((source, suffix), ...), parent (in words), train_split, test_split, test_images,
+    rounds, iters, solver (base_lr, momentum, iter_size, max_iter, snapshot),
+    build(split, **kwargs)."""
     data = spec.data
     s = spec.solver
     return dict(dataset=spec.dataset, classes=spec.classes, head=spec.head, trunk=spec.trunk,

@@ -82,7 +82,6 @@ import infer
 import layers
 import metrics
 import models
-import net
 import score
 import train
 import weights

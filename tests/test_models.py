@@ -68,19 +68,14 @@ def test_schedule_is_the_training_length():
     assert models.get('pascalcontext-fcn32s').solver.max_iter == 300000
 
 
-def test_net_models_is_derived_from_the_registry():
+def test_default_data_layers_come_from_the_registry():
     import net
-    assert list(net.MODELS) == [n for n in models.names() if models.get(n).family != 'pspnet']
-    for name, m in net.MODELS.items():
-        spec = models.get(name)
-        data = spec.data
-        assert (m['rounds'], m['iters']) == (spec.schedule.rounds, spec.schedule.iters)
-        assert m['test_images'] == data.split(data.score_split).size
-        assert m['classes'] == spec.classes == len(data.labels[0].classes)
-        assert m['parents'] == tuple((p.source, p.suffix) for p in spec.parents)
+    assert not hasattr(net, 'DATA')  # the one registry (net.MODELS goes with train.py's use)
     assert net.default_data('voc')['val'] == ('VOCSegDataLayer', {
         'voc_dir': 'pascal/VOC2011', 'split': 'seg11valid', 'seed': 1337,
         'mean': [104.00699, 116.66877, 122.67892]})
+    assert net.default_data('ade20k')['train'] == ('ADE20KSegDataLayer', {
+        'ade20k_dir': 'ade20k/ADEChallengeData2016', 'split': 'training', 'seed': 1337})
 
 
 def test_data_layers_hold_the_registry_facts():

@@ -133,16 +133,19 @@ def _hints(layer):
 # --------------------------------------------------------------------------------------
 # Paths and small readers
 
-def data_root():
-    """The folder dataset paths are relative to: $FCN_DATA_ROOT if set, else <repo>/data."""
-    root = os.environ.get('FCN_DATA_ROOT')
+def data_root(root=None):
+    """The folder dataset paths are relative to: `root` when given (the commands pass
+    their --data-root), else $FCN_DATA_ROOT if set (how a command reaches the layers Caffe
+    instantiates from a prototxt), else <repo>/data."""
+    root = root or os.environ.get('FCN_DATA_ROOT')
     return os.path.abspath(os.path.expanduser(root)) if root else os.path.join(common.REPO, 'data')
 
 
-def data_path(path):
-    """`path` resolved against the data root (an absolute path is returned unchanged)."""
+def data_path(path, root=None):
+    """`path` resolved against the data root (data_root(root)); an absolute path is
+    returned unchanged."""
     path = os.path.expanduser(str(path))
-    return path if os.path.isabs(path) else os.path.join(data_root(), path)
+    return path if os.path.isabs(path) else os.path.join(data_root(root), path)
 
 
 def read_split(path, hint=''):
@@ -372,10 +375,10 @@ class SegDataLayer(caffe.Layer):
         return sorted(set(cls.COMMON) | set(cls.PARAMS))
 
     @classmethod
-    def parse_params(cls, param_str, check_required=True):
+    def parse_params(cls, param_str, check_required=True, root=None):
         """Checked parameters from `param_str` (text or dict): defaults filled in,
-        directories resolved to absolute paths, `mean` as a float32 array, and
-        `randomize` decided from the split name when not given."""
+        directories resolved to absolute paths (against data_root(root)), `mean` as a
+        float32 array, and `randomize` decided from the split name when not given."""
         given = parse_param_str(param_str)
         allowed = cls.allowed_keys()
         unknown = sorted(set(given) - set(allowed))
@@ -398,19 +401,20 @@ class SegDataLayer(caffe.Layer):
             except ValueError as e:
                 raise ValueError('%s: %s' % (cls.__name__, e))
         for key in cls.DIRS:
-            p[key] = data_path(p[key])
+            p[key] = data_path(p[key], root)
         if p.get('randomize') is None and 'split' in p:
             p['randomize'] = p['split'].startswith('train')
         return p
 
     @classmethod
-    def ids(cls, split, **dirs):
-        """The image ids of `split`, read with this layer's rules; no Caffe net needed."""
+    def ids(cls, split, root=None, **dirs):
+        """The image ids of `split`, read with this layer's rules (directories relative to
+        data_root(root)); no Caffe net needed."""
         bad = sorted(set(dirs) - set(cls.DIRS))
         if bad:
             raise ValueError('%s: %s not a directory key; directory keys: %s'
                              % (cls.__name__, ', '.join(bad), ', '.join(cls.DIRS)))
-        p = cls.parse_params(dict(dirs, split=split), check_required=False)
+        p = cls.parse_params(dict(dirs, split=split), check_required=False, root=root)
         return read_split(cls.split_path(p), cls.SPLIT_HINTS.get(split, ''))
 
     # -- Caffe's calls --------------------------------------------------------------
@@ -989,8 +993,8 @@ class PSPSegDataLayer(SegDataLayer):
                   mirror=_check_bool)
 
     @classmethod
-    def parse_params(cls, param_str, check_required=True):
-        p = super().parse_params(param_str, check_required)
+    def parse_params(cls, param_str, check_required=True, root=None):
+        p = super().parse_params(param_str, check_required, root)
         if p.get('augment') is None:  # training splits augment when they crop
             p['augment'] = bool(p.get('randomize')) and p.get('crop') is not None
         if p['augment'] and not p.get('crop'):

@@ -175,7 +175,7 @@ def find_weights(model, model_dir, model_root, override=None, snapshots=False):
     return None, dict(what='weights', message='; '.join(tried), commands=[fetch, train_cmd])
 
 
-def data_check(model, model_dir, split):
+def data_check(model, model_dir, split, root=None):
     """(ids, None): the image ids of `split` as model_dir/val.prototxt's data layer reads
     them; or (None, reason dict) when its list is missing (the path expected and the
     dataset's README to read) or there is no val.prototxt."""
@@ -187,7 +187,7 @@ def data_check(model, model_dir, split):
     layer, cls = score.data_layer(common.read_net_param(val), layers)
     try:
         p = layers.parse_param_str(layer.python_param.param_str)
-        return cls.ids(split, **{k: p[k] for k in cls.DIRS if k in p}), None
+        return cls.ids(split, root, **{k: p[k] for k in cls.DIRS if k in p}), None
     except (FileNotFoundError, InputError) as e:  # no split list, or an empty one
         reason = dict(what='data', message=str(e), commands=[])
         readme = data_readme(dataset)
@@ -238,15 +238,16 @@ def _mean_ms(seconds):
     return 1000.0 * sum(kept) / len(kept) if kept else None
 
 
-def evaluate_pspnet(model_dir, weights, split, ids, dataset, multi_scale=False, progress=True):
+def evaluate_pspnet(model_dir, weights, split, ids, dataset, multi_scale=False, progress=True,
+                    root=None):
     """Score a PSPNet's `weights` the release's way (score.evaluate_release: deploy net,
     whole images read by model_dir/val.prototxt's data layer class): the entry's tasks
     'single-scale' and, with `multi_scale`, 'multi-scale'; ms_per_image is the whole
     single-scale protocol's time per image (every window, flipped ones included)."""
     val = os.path.join(model_dir, 'val.prototxt')
     param = common.read_net_param(val)
-    cls, split, _ = score.net_split_ids(param, val, split)
-    p = cls.parse_params(score.data_layer(param, layers)[0].python_param.param_str)
+    cls, split, _ = score.net_split_ids(param, val, split, root)
+    p = cls.parse_params(score.data_layer(param, layers)[0].python_param.param_str, root=root)
     net = common.open_net(os.path.join(model_dir, 'deploy.prototxt'), 'test', weights)
     classes, _ = score.class_info(dataset, 'label', split, net.blobs[infer.score_blob(net)].channels)
     runs = [('single-scale', (1.0,))] + ([('multi-scale', infer.PSP_SCALES)] if multi_scale else [])
@@ -265,12 +266,12 @@ def evaluate_pspnet(model_dir, weights, split, ids, dataset, multi_scale=False, 
                 load_ms_per_image=None)
 
 
-def evaluate_model(model_dir, weights, split, ids, dataset, progress=True):
+def evaluate_model(model_dir, weights, split, ids, dataset, progress=True, root=None):
     """Score `weights` on the images `ids` of `split` with model_dir/val.prototxt, as
     score.py's command does (its data layer set to `split`); returns the model's entry:
     tasks {score blob: score.task_json}, images, ms_per_image, load_ms_per_image."""
     val = os.path.join(model_dir, 'val.prototxt')
-    net, _, _, _ = score.open_val_net(val, weights, split)
+    net, _, _, _ = score.open_val_net(val, weights, split, root)
     tasks, names = score.model_tasks(net, dataset, split, val)
     timed = TimedNet(net)
     try:
@@ -616,7 +617,7 @@ def score_model(model, model_dir, model_root, entry, override, args):
     weights, source = find_weights(model, model_dir, model_root, override, args.snapshots)
     if weights is None:
         entry['reasons'].append(source)
-    ids, reason = data_check(model, model_dir, split)
+    ids, reason = data_check(model, model_dir, split, args.data_root)
     if reason:
         entry['reasons'].append(reason)
     if entry['reasons']:
@@ -628,10 +629,10 @@ def score_model(model, model_dir, model_root, entry, override, args):
           % (model, weights, source, entry['dataset'], split, len(ids)), file=sys.stderr, flush=True)
     if models.pspnet(model):
         entry.update(evaluate_pspnet(model_dir, weights, split, ids, entry['dataset'],
-                                     args.multi_scale, progress=not args.quiet))
+                                     args.multi_scale, not args.quiet, args.data_root))
     else:
         entry.update(evaluate_model(model_dir, weights, split, ids, entry['dataset'],
-                                    progress=not args.quiet))
+                                    not args.quiet, args.data_root))
     entry.update(status='evaluated', date=datetime.datetime.now().isoformat(timespec='seconds'))
     return True
 
@@ -692,6 +693,8 @@ def main(argv=None):
     if args.data_root:
         if not os.path.isdir(args.data_root):
             raise InputError('--data-root %s: no such directory' % args.data_root)
+        # only for the data layers Caffe instantiates from val.prototxt; the rest is
+        # passed args.data_root
         os.environ['FCN_DATA_ROOT'] = os.path.abspath(args.data_root)
     model_root = os.path.abspath(args.model_root)
     if not os.path.isdir(model_root):
@@ -704,7 +707,7 @@ def main(argv=None):
 
     record = dict(command='python reproduce.py' + ''.join(' ' + shlex.quote(a) for a in argv),
                   date=datetime.datetime.now().isoformat(timespec='seconds'),
-                  device=_device_text(mode), data_root=layers.data_root(),
+                  device=_device_text(mode), data_root=layers.data_root(args.data_root),
                   model_root=model_root, limit=args.limit, models={}, rows=[])
     entries = record['models']
     failed = 0

@@ -217,8 +217,9 @@ def score_pspnet(args):
             raise common.InputError('%s: not found (generate the nets with python net.py)' % path)
     output_checks(args, val, args.weights)
     param = common.read_net_param(val)
-    cls, split, ids = net_split_ids(param, val, args.split)
-    p = cls.parse_params(data_layer(param, layers)[0].python_param.param_str)
+    cls, split, ids = net_split_ids(param, val, args.split, args.data_root)
+    p = cls.parse_params(data_layer(param, layers)[0].python_param.param_str,
+                         root=args.data_root)
     if args.limit:
         ids = ids[:args.limit]
     dataset = spec.dataset
@@ -286,25 +287,29 @@ def data_layer(param, layers):
     raise common.InputError('the net has no layers.py data layer (Python layer, module "layers")')
 
 
-def net_split_ids(param, path, split=None):
+def net_split_ids(param, path, split=None, root=None):
     """(data layer class, split, image ids in walking order) of the layers.py data layer in
-    NetParameter `param` (read from `path`); `split` replaces the net's split in `param`."""
+    NetParameter `param` (read from `path`); `split` replaces the net's split in `param`;
+    directories relative to layers.data_root(root)."""
     layer, cls = data_layer(param, layers)
     try:
         p = layers.parse_param_str(layer.python_param.param_str)
         if split:
             p['split'] = split
             layer.python_param.param_str = json.dumps(p)
-        return cls, p.get('split'), cls.ids(p.get('split'), **{k: p[k] for k in cls.DIRS if k in p})
+        return cls, p.get('split'), cls.ids(p.get('split'), root,
+                                            **{k: p[k] for k in cls.DIRS if k in p})
     except ValueError as e:
         raise common.InputError('%s: %s' % (path, e))
 
 
-def open_val_net(val, weights, split=None):
+def open_val_net(val, weights, split=None, root=None):
     """(net, data layer class, split, ids) for scoring `weights` with the val prototxt `val`,
-    its layers.py data layer switched to `split` when given. Inputs are checked first."""
+    its layers.py data layer switched to `split` when given. Inputs are checked first.
+    root: the data root of the ids read here; the layer Caffe instantiates from the
+    prototxt finds it in $FCN_DATA_ROOT (the commands set it from --data-root)."""
     param = common.read_net_param(val)
-    cls, split, ids = net_split_ids(param, val, split)
+    cls, split, ids = net_split_ids(param, val, split, root)
     with tempfile.TemporaryDirectory() as tmp:
         proto = os.path.join(tmp, 'val.prototxt')
         with open(proto, 'w') as f:
@@ -319,12 +324,13 @@ def open_val_net(val, weights, split=None):
     return net, cls, split, ids
 
 
-def data_dirs(param, path):
+def data_dirs(param, path, root=None):
     """The absolute dataset folders the layers.py data layer of NetParameter `param`
-    (read from `path`) reads: what no output of a run may be written into."""
+    (read from `path`) reads under data root `root`: what no output of a run may be
+    written into."""
     layer, cls = data_layer(param, layers)
     try:
-        p = cls.parse_params(layer.python_param.param_str, check_required=False)
+        p = cls.parse_params(layer.python_param.param_str, check_required=False, root=root)
     except ValueError as e:
         raise common.InputError('%s: %s' % (path, e))
     return [p[k] for k in cls.DIRS]
@@ -395,7 +401,7 @@ def class_info(dataset, gt='label', split=None, num_classes=None):
 def output_checks(args, val, weights):
     """Refuse, before anything is scored, a --out or --save-pred that cannot be written or
     would replace an input: the weights, the prototxt, or anything in the dataset's folders."""
-    inputs = [weights, val] + data_dirs(common.read_net_param(val), val)
+    inputs = [weights, val] + data_dirs(common.read_net_param(val), val, args.data_root)
     for flag, path in (('--out', args.out), ('--save-pred', args.save_pred)):
         if path:
             common.check_writable(path, flag, folder=flag == '--save-pred')
@@ -451,7 +457,7 @@ def main(argv=None):
     output_checks(args, val, args.weights)
     common.set_mode(args.gpu)
 
-    net, cls, split, ids = open_val_net(val, args.weights, args.split)
+    net, cls, split, ids = open_val_net(val, args.weights, args.split, args.data_root)
     if args.limit:
         ids = ids[:args.limit]
     dataset = spec.dataset if spec else dataset_of(cls)
@@ -475,6 +481,8 @@ def check_args(args):
     if args.data_root:
         if not os.path.isdir(args.data_root):
             raise common.InputError('--data-root %s: no such directory' % args.data_root)
+        # only for the data layers Caffe instantiates from val.prototxt; the rest is
+        # passed args.data_root
         os.environ['FCN_DATA_ROOT'] = os.path.abspath(args.data_root)
     if args.scales and min(args.scales) <= 0:
         raise common.InputError('--scales must be positive, got %s' % args.scales)
@@ -491,7 +499,7 @@ def report(args, prototxt, dataset, split, ids, results, names, **extra):
         per_task[ev.layer] = task_json(ev, classes)
     # the first task's metrics at the top level, every task's under 'tasks'
     record = dict(model=args.model, weights=os.path.abspath(args.weights), prototxt=prototxt,
-                  dataset=dataset, split=split, images=len(ids), data_root=layers.data_root(),
+                  dataset=dataset, split=split, images=len(ids), data_root=layers.data_root(args.data_root),
                   date=datetime.datetime.now().isoformat(timespec='seconds'), **extra)
     record.update(per_task[results[0].layer])
     record.update(images=len(ids), tasks=per_task)

@@ -294,6 +294,18 @@ def test_label_size_mismatch_is_an_error(root):
         data_net(root, 'SBDDSegDataLayer', {'split': 'train'}, ['data', 'label'])
 
 
+def test_data_root_passed_as_an_argument(tmp_path, monkeypatch):
+    """Python callers pass the data root (issue 13 item 5); $FCN_DATA_ROOT is only how a
+    command reaches the layers Caffe instantiates from a prototxt."""
+    monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path / 'elsewhere'))
+    voc = datasets.make_voc(tmp_path / 'data', split='seg11valid')
+    assert layers.VOCSegDataLayer.ids('seg11valid', root=str(tmp_path / 'data')) == voc
+    p = layers.VOCSegDataLayer.parse_params({'split': 'seg11valid'}, root=str(tmp_path / 'data'))
+    assert p['voc_dir'] == str(tmp_path / 'data' / VOC)
+    assert layers.data_root(str(tmp_path / 'data')) == str(tmp_path / 'data')
+    assert layers.data_root() == str(tmp_path / 'elsewhere')
+
+
 # ----------------------------------------------------------------------------- registry
 
 def test_split_ids_and_class_constants(root):

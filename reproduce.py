@@ -46,12 +46,11 @@ numbers `score.py --model M --weights W` prints): single scale always, the relea
 multi-scale (0.5 .. 1.75 summed) with --multi-scale (about 9 times the work). Its
 weights are the converted caffemodel pspnet/<model>/<release>-stock.caffemodel
 (`python weights.py M` then `python surgery.py pspnet-convert --model M`). Its
-published numbers, in PAPER too:
+published numbers are PAPER rows too (the numbers: docs/models.md):
 
-    PSPNet release   ADE20K val 41.68 / 42.78 mean IU, 80.04 / 80.76 pixel acc. (single /
-                     multi-scale) -> pspnet50-ade20k; Cityscapes val 79.70 / 80.91, 96.38 /
-                     96.59 -> pspnet101-cityscapes; VOC2012 test 85.41 (server only)
-    PSPNet Table 3   PSPNet101 on ADE20K val 41.96 / 43.29, 80.64 / 81.39 (never released)
+    PSPNet release   ADE20K val single / multi-scale -> pspnet50-ade20k; Cityscapes val
+                     -> pspnet101-cityscapes; VOC2012 test (server only) -> pspnet101-voc2012
+    PSPNet Table 3   PSPNet101 on ADE20K val (never released: no model)
 
 Output, into OUT (default <repo>/results), written atomically after every model:
 OUT/results.json (every model's status, weights, split, images, time and score.py's

@@ -326,7 +326,7 @@ class SegDataLayer(caffe.Layer):
     Everything else (parsing, order of ids, reshape, forward) lives here.
     """
 
-    COMMON = {'split': REQUIRED, 'seed': 1337, 'randomize': None, 'num_classes': None}
+    COMMON = {'split': REQUIRED, 'seed': models.SEED, 'randomize': None, 'num_classes': None}
     CHECKS = {'split': _check_split, 'seed': _check_seed, 'randomize': _check_bool,
               'mean': _check_mean, 'num_classes': _check_num_classes}
     PARAMS = {}

@@ -32,8 +32,9 @@ import math
 import numpy as np
 
 import common
+import models
 
-VOID = 255  # the ignore label of every FCN dataset (Caffe's loss_param ignore_label)
+VOID = models.VOID  # the ignore label of every dataset (Caffe's loss_param ignore_label)
 
 
 def fast_hist(a, b, n):

@@ -34,7 +34,8 @@ from typing import Optional, Tuple
 
 from common import REPO, InputError
 
-HEADS = ('32s', '16s', '8s', 'pyramid')  # the FCNs' skips; PSPNet's pyramid pooling head
+FCN_HEADS = ('32s', '16s', '8s')  # the FCNs' skip architectures (CVPR 2015 section 4.2)
+HEADS = FCN_HEADS + ('pyramid',)  # and PSPNet's pyramid pooling head
 INITS = ('copy', 'transplant', 'bgrd', 'release', 'file')
 INIT_FILE = 'init.caffemodel'  # init 'file': the start weights in the model's own folder
 SPEC_FILE = 'model.json'  # a user's model folder describes its model in this file

@@ -53,9 +53,9 @@ VGG16_WIDTHS = (64, 128, 256, 512, 512, 4096)
 # conv1-conv5 then fc6/fc7.
 CAFFENET_WIDTHS = (96, 256, 384, 384, 256, 4096)
 
-HEADS = ('32s', '16s', '8s')
+HEADS = models.FCN_HEADS
 SPLITS = ('train', 'val', 'deploy')
-IGNORE_LABEL = 255
+IGNORE_LABEL = models.VOID
 # Deploy nets take one 500 x 500 image (the largest PASCAL image side).
 DEPLOY_SIZE = 500
 

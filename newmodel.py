@@ -475,12 +475,11 @@ Made by `python net.py new`: model.json says what it is; it starts from init.caf
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, {repo!r}))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), {repo!r}))
 import train  # noqa: E402
 
 if __name__ == '__main__':
-    train.main(__file__, parent=lambda: os.path.join(HERE, 'init.caffemodel'))
+    train.main(__file__)  # models.py says how this model starts and trains
 '''
 
 
@@ -537,11 +536,11 @@ def make_spec(name, folder, report, trunk, head, widths, mean, rounds, iters, pa
     args = dict(base.build_kwargs(), dataset=name, widths=list(widths))
     schedule = models.Schedule(rounds or base.schedule.rounds, iters or base.schedule.iters)
     d = dict(name=name, folder=folder, family=name, dataset=name, trunk=trunk, head=base.head,
-             builder='fcn', builder_args=args, init='copy', parents=[],
+             builder='fcn', builder_args=args, init='file', parents=[],
              solver=dataclasses.asdict(dataclasses.replace(base.solver, max_iter=schedule.total)),
              schedule=dataclasses.asdict(schedule),
              title='FCN-%s on your %d classes' % (head, len(report.classes)),
-             note='made by net.py new from %s; starts from init.caffemodel' % parent,
+             note='made by net.py new from %s' % parent,
              dataset_spec=dataclasses.asdict(dataset))
     return models.from_dict(json.loads(json.dumps(d)), folder)
 
@@ -574,7 +573,7 @@ def write_folder(folder, files, weights_step):
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-        report = weights_step(os.path.join(tmp, 'init.caffemodel'))
+        report = weights_step(os.path.join(tmp, models.INIT_FILE))
         with open(os.path.join(tmp, 'init-report.txt'), 'w') as f:
             f.write('\n'.join(report.lines()) + '\n')
         os.chmod(tmp, 0o777 & ~common._umask())  # mkdtemp makes 0700

@@ -73,8 +73,12 @@ def check_gpus(gpus):
     if len(gpus) > 1 and not caffe.has_nccl():
         raise InputError('--gpu %s: this pycaffe was built without NCCL, which several GPUs need'
                          % ','.join(map(str, gpus)))
-    for g in gpus:
-        problem = common.gpu_problem(g)
+    # asking the CUDA runtime starts CUDA, which would not survive the fork of the ranks:
+    # the parent asks in a child of its own
+    ctx = multiprocessing.get_context('fork')
+    with ctx.Pool(1) as pool:
+        problems = pool.map(common.gpu_problem, gpus)
+    for problem in problems:
         if problem:
             raise InputError(problem)
 
@@ -119,8 +123,9 @@ def interleave(net, rank, count, iteration=0):
 def _rank_main(work, rank, uid):
     """A rank's process: Ctrl-C is rank 0's to handle (the parent passes it on); input errors
     are one line, as in the main process."""
-    if rank != 0:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if rank else signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's forwarding handler
+    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which passes it on once
     try:
         code = work(rank, uid)
     except InputError as e:
@@ -153,14 +158,15 @@ def launch(gpus, work, uid=None):
     ctx = multiprocessing.get_context('fork')
     procs = [ctx.Process(target=_rank_main, args=(work, rank, uid), name='rank%d' % rank)
              for rank in range(len(gpus))]
-    for p in procs:
-        p.start()
 
     def forward(signum, frame):  # rank 0 snapshots; the rest follow when it ends
         if procs[0].pid and procs[0].is_alive():
             os.kill(procs[0].pid, signum)
+    # installed before the ranks start: a signal arriving meanwhile is passed on too
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        for p in procs:
+            p.start()
         while True:
             ended = [p for p in procs if p.exitcode is not None]
             failed = [p for p in ended if p.exitcode != 0]

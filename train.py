@@ -2,12 +2,15 @@
 
     python voc-fcn32s/solve.py                     # the paper's recipe, CPU
     python voc-fcn32s/solve.py --gpu 0             # on GPU 0
+    python voc-fcn32s/solve.py --gpu 0,1,2,3       # data parallel, one process per GPU
     python voc-fcn8s/solve.py --rounds 2 --iters 50 --score-limit 20   # a short run
     python voc-fcn8s/solve.py --weights my.caffemodel --data-root /datasets
     python voc-fcn8s/solve.py --no-resume --keep-snapshots all
 
-From Python: train.solve(train.Model(model_dir), train.RunConfig(rounds=2, iters=50,
-out='/tmp/run')).
+From Python: train.solve(train.Model.of(model_dir), train.RunConfig(rounds=2, iters=50,
+out='/tmp/run')). The model's registry spec (models.py) says how it starts (its parents,
+a cast ImageNet net, NYUD color-d's bgrd init, PSPNet's converted release and finish,
+a new model's init.caffemodel), its schedule and its scored split.
 
 The flow is the paper's (section 4.3 and the release's solve.py): build the solver from
 the model directory's solver.prototxt -> copy the parent net's weights by layer name ->
@@ -36,7 +39,9 @@ What this loop adds around Caffe:
   scoring was interrupted is scored when the run resumes;
 - a NaN or infinite loss stops the run with a message; Ctrl-C or SIGTERM snapshots and
   exits (status 130 / 143); a second one while scoring or training gives up at once
-  (the last snapshot stays good).
+  (the last snapshot stays good);
+- several GPUs (--gpu 0,1,...): one process per GPU (parallel.py); rank 0 alone writes
+  OUT and prints, every rank steps and checks its loss.
 """
 import argparse
 import contextlib
@@ -50,16 +55,18 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
-from typing import Callable, Optional
+from typing import Optional, Tuple
 
+from google.protobuf import text_format
 from matplotlib.figure import Figure
 
 import common
 import layers
 import metrics
 import models
-import net
+import parallel
 import score
 import surgery
 import weights
@@ -71,37 +78,33 @@ SNAPSHOT_RE = re.compile(r'train_iter_(\d+)\.(caffemodel|solverstate|json)$')
 HISTORY_PER_PARAM = {'Adam': 2, 'AdaDelta': 2}
 
 
-def model_facts(name):
-    """The registry row of model `name` (None for a folder that is not a released model)."""
-    return net.MODELS.get(name)
-
-
-def schedule(name):
-    """(rounds, iterations per round) of a model (each round ends with scoring; the
-    solver's max_iter is not what stops training): the registry's Schedule (models.py;
-    PSPNet's: its max_iter in rounds of models.PSP_ROUND); (25, 4000) for other folders."""
-    if models.pspnet(name):
-        spec = models.pspnet(name)
-        return spec.schedule.rounds, spec.schedule.iters
-    m = model_facts(name)
-    return (m['rounds'], m['iters']) if m else (25, 4000)
+def model_spec(model_dir):
+    """The registry's ModelSpec of the model in `model_dir` (a built-in model's folder, or
+    one holding model.json: models.get), or None for another folder (a test's narrow net)."""
+    try:
+        return models.get(os.path.abspath(model_dir))
+    except InputError:
+        if os.path.isfile(os.path.join(model_dir, models.SPEC_FILE)):
+            raise  # a model.json that does not load: its error
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A model folder (solver.prototxt, train/val/deploy prototxts) and how it starts:
-    `parent()` gives the weights path to copy by name, or `init(solver)` fills the net
-    (nets built from several parents); neither: the net's own fillers. `finish(solver)`,
-    when given, runs after the start weights are in, whichever way they came (PSPNet:
-    finish_pspnet)."""
+    """A model folder (solver.prototxt, train/val/deploy prototxts) and its registry spec
+    (models.py), which says how it starts (spec.init, spec.parents), how long it trains
+    (spec.schedule) and which split is scored. spec None: a folder outside the registry,
+    started from its nets' fillers (or --weights), its length given by --rounds/--iters."""
     dir: str
-    parent: Optional[Callable[[], str]] = None
-    init: Optional[Callable] = None
-    finish: Optional[Callable] = None
+    spec: Optional[models.ModelSpec] = None
+
+    @classmethod
+    def of(cls, model_dir):
+        return cls(os.path.abspath(model_dir), model_spec(model_dir))
 
     @property
     def name(self):
-        return os.path.basename(os.path.abspath(self.dir))
+        return self.spec.name if self.spec else os.path.basename(os.path.abspath(self.dir))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,14 +113,16 @@ class RunConfig:
     output folder; score_limit: score only the first N images; weights: start from these
     instead of the parent; resume: from OUT's latest good snapshot (False deletes OUT's
     snapshots and log); seed: Caffe's per-iteration random seed (Dropout);
-    keep_snapshots: how many recent snapshots to keep (None: all)."""
+    keep_snapshots: how many recent snapshots to keep (None: all); data_root: the
+    datasets' root (the data layers' relative paths); gpus: GPU ids (empty: CPU; several:
+    one process per GPU, Caffe's NCCL data parallelism, parallel.py)."""
     rounds: int
     iters: int
     out: str
     score_limit: Optional[int] = None
     weights: Optional[str] = None
     data_root: Optional[str] = None
-    gpu: Optional[int] = None
+    gpus: Tuple[int, ...] = ()
     resume: bool = True
     seed: int = 1337
     keep_snapshots: Optional[int] = KEEP_SNAPSHOTS
@@ -139,8 +144,9 @@ class RunConfig:
 
 def trained_weights(model_name):
     """Weights of a trained model for a child to start from: the latest good snapshot in
-    MODEL/snapshot/, else the released caffemodel in MODEL/ (see weights.py)."""
-    model_dir = os.path.join(common.REPO, model_name)
+    its folder's snapshot/ (models.model_dir: a user's model may live anywhere), else the
+    released caffemodel in the folder (see weights.py)."""
+    model_dir = models.model_dir(model_name)
     path = latest_weights(os.path.join(model_dir, 'snapshot'))
     if path:
         return path
@@ -151,8 +157,14 @@ def trained_weights(model_name):
     if released and os.path.isfile(released):
         return released
     raise InputError('%s: no trained weights (no snapshot/ and no released .caffemodel); '
-                     'train it with `python %s/solve.py` or fetch them with '
-                     '`python weights.py %s`' % (model_dir, model_name, model_name))
+                     'train it with `python %s` or fetch them with `python weights.py %s`'
+                     % (model_dir, os.path.join(model_dir, 'solve.py'), model_name))
+
+
+def parent_weights(source):
+    """The weights file of a Parent's source: a classifier's cast weights or a model's
+    trained ones."""
+    return ilsvrc_weights(source) if source in models.CLASSIFIERS else trained_weights(source)
 
 
 def pspnet_stock_path(model_dir, model_name):
@@ -214,24 +226,41 @@ def ilsvrc_weights(arch):
 
 
 def _deploy_with_weights(model_name, path):
-    return common.open_net(os.path.join(common.REPO, model_name, 'deploy.prototxt'), 'test',
-                           path, partial=True)
+    return common.open_net(os.path.join(models.model_dir(model_name), 'deploy.prototxt'),
+                           'test', path, partial=True)
 
 
-def init_color_d(solver):
-    """NYUD color-d: VGG16 (cast) by name, then conv1_1_bgrd from VGG's conv1_1 (paper 5, NYUDv2)."""
-    path = ilsvrc_weights('vgg16')
-    print('starting from %s (conv1_1 -> conv1_1_bgrd)' % path, flush=True)
-    load_weights(solver.net, path)
-    surgery.init_bgrd(solver.net, _deploy_with_weights('voc-fcn32s', path))
-
-
-def init_color_hha(solver):
-    """NYUD color-HHA: the trained color and HHA nets transplanted into suffixed towers."""
-    for model, suffix in (('nyud-fcn32s-color', 'color'), ('nyud-fcn32s-hha', 'hha')):
-        path = trained_weights(model)
-        print('tower %s from %s' % (suffix, path), flush=True)
-        surgery.transplant(solver.net, _deploy_with_weights(model, path), suffix)
+def init_weights(spec, solver):
+    """Fill the solver's net the way the registry says `spec` starts (spec.init):
+    copy: each parent's weights by layer name (none: the net's fillers); transplant: each
+    parent into the layers carrying its suffix (NYUD late fusion); bgrd: the cast VGG16 by
+    name, then conv1_1_bgrd from VGG's conv1_1 (paper 5, NYUDv2); release: the model's
+    own released weights, converted (PSPNet fine-tunes); file: models.INIT_FILE in the
+    model's folder (a model made by net.py new)."""
+    if spec.init == 'release':
+        path = pspnet_weights(spec.name)
+    elif spec.init == 'file':
+        path = os.path.join(models.model_dir(spec), models.INIT_FILE)
+        if not os.path.isfile(path):
+            raise InputError('%s: not found; make the model again with `python net.py new`'
+                             % path)
+    if spec.init in ('release', 'file'):
+        print('starting from %s' % path, flush=True)
+        load_weights(solver.net, path)
+    elif not spec.parents:
+        print('starting from the net\'s fillers (no parent)', flush=True)
+    for p in spec.parents:
+        path = parent_weights(p.source)
+        if spec.init == 'transplant':
+            print('tower %s from %s' % (p.suffix, path), flush=True)
+            surgery.transplant(solver.net, _deploy_with_weights(p.source, path), p.suffix)
+        else:
+            print('starting from %s' % path, flush=True)
+            load_weights(solver.net, path)
+    if spec.init == 'bgrd':
+        print('conv1_1 -> conv1_1_bgrd', flush=True)
+        trunk = models.CLASSIFIERS[spec.parents[0].source].trunk_model
+        surgery.init_bgrd(solver.net, _deploy_with_weights(trunk, path))
 
 
 def load_weights(net_, path):
@@ -245,7 +274,6 @@ def load_weights(net_, path):
 
 def read_solver(model_dir):
     """MODEL_DIR/solver.prototxt as a SolverParameter with absolute net paths (checked)."""
-    from google.protobuf import text_format
     caffe = common.import_caffe()
     path = os.path.join(model_dir, 'solver.prototxt')
     if not os.path.isfile(path):
@@ -268,12 +296,21 @@ def read_solver(model_dir):
     return param
 
 
-def make_solver(param, out_dir):
+def make_solver(param, out_dir=None):
     """A Caffe solver for `param`, its own snapshots off (write_snapshot writes them, in
-    binary proto format into OUT/.staging)."""
+    binary proto format into OUT/.staging); its settings saved as OUT/solver.prototxt.
+    out_dir None (a rank other than 0 of a multi-GPU run): nothing is written in OUT, the
+    settings go through a temporary folder."""
     caffe = common.import_caffe()
     param.snapshot = 0
     param.snapshot_format = caffe.proto.caffe_pb2.SolverParameter.BINARYPROTO
+    if out_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            param.snapshot_prefix = os.path.join(tmp, 'train')
+            path = os.path.join(tmp, 'solver.prototxt')
+            with open(path, 'w') as f:
+                f.write(str(param))
+            return caffe.get_solver(path)
     param.snapshot_prefix = os.path.join(out_dir, '.staging', 'train')
     os.makedirs(os.path.join(out_dir, '.staging'), exist_ok=True)
     path = os.path.join(out_dir, 'solver.prototxt')
@@ -441,7 +478,7 @@ def check_state(run, it):
         raise Untrusted('%s is incomplete or not of this net and solver (iteration %d, %d '
                         'history blobs, %d expected)' % (path, state.iter, len(stored), len(shapes)))
     own = os.path.basename(snapshot_path(run.out, it, 'caffemodel'))
-    if state.learned_net != own:  # an older snapshot naming an absolute path: its own file
+    if state.learned_net != own and run.lead:  # an older snapshot naming an absolute path: its own file
         state.learned_net = own
         with writing(path) as f:
             f.write(state.SerializeToString())
@@ -463,12 +500,12 @@ def trusted_snapshot(run):
                 raise Untrusted(str(e))
             check_state(run, it)
         except Untrusted as e:
-            print('note: snapshot train_iter_%d is not usable: %s' % (it, e), flush=True)
+            run.say('note: snapshot train_iter_%d is not usable: %s' % (it, e))
             skipped.append(it)
             continue
-        for bad in skipped:
+        for bad in skipped if run.lead else ():
             remove_snapshot(run.out, bad)
-        if skipped:
+        if skipped and run.lead:
             print('note: resuming from the previous good snapshot, train_iter_%d' % it, flush=True)
         return it, manifest
     if iters:
@@ -482,7 +519,7 @@ def restore(run, it, manifest):
     The state names its weights relative to OUT (checked above), so Caffe reads it with
     OUT as the working directory."""
     state = snapshot_path(run.out, it, 'solverstate')
-    print('resuming from %s' % state, flush=True)
+    run.say('resuming from %s' % state)
     cwd = os.getcwd()
     os.chdir(run.out)
     try:
@@ -491,13 +528,15 @@ def restore(run, it, manifest):
         os.chdir(cwd)
     if manifest is not None:
         run.round = dict(manifest['round'])
-        if manifest.get('seed') != run.config.seed:
+        if manifest.get('seed') != run.config.seed and run.lead:
             print('note: the run was seeded %s, now %d: the resumed run will not repeat an '
                   'uninterrupted one exactly' % (manifest.get('seed'), run.config.seed), flush=True)
     else:  # a snapshot from before manifests: the round's loss starts here
         run.round = new_round(it)
     run.last_snapshot = it
     seek_data(run.solver.net, it * max(1, run.param.iter_size))  # same image stream
+    if not run.lead:  # the log is rank 0's
+        return
     rewrite_log(run.out, read_log(run.out, upto=it))
     if manifest is not None and manifest.get('end_of_round'):
         if not any(r['iter'] == it for r in read_log(run.out)):
@@ -539,17 +578,27 @@ def seek_data(net_, forwards):
             layer.seek(forwards)
 
 
-def score_split(param, score_limit):
-    """(dataset, split, ids) the test net's data layer walks, first `score_limit` only."""
-    if not param.test_net:
+def score_split(run):
+    """(dataset, split, ids) scored each round: the registry's dataset and scored split
+    of the model, the ids as the test net's data layer read them from the split's list
+    (a note when their number is not the registry's size of that split), the first
+    --score-limit only. A folder outside the registry: the layer's own dataset and split."""
+    found = [l for n in run.solver.test_nets[:1] for l in n.layers
+             if isinstance(l, layers.SegDataLayer)]
+    if not found:
         return None, None, []
-    cls, split, ids = score.net_split_ids(common.read_net_param(param.test_net[0]),
-                                          param.test_net[0])
-    expected = int(param.test_iter[0]) if param.test_iter else len(ids)
-    if len(ids) != expected:
-        print('note: split %s has %d images; the solver expects %d (test_iter)'
-              % (split, len(ids), expected), flush=True)
-    return score.dataset_of(cls), split, ids[:score_limit] if score_limit is not None else ids
+    layer, spec = found[0], run.model.spec
+    ids = list(layer.indices)
+    if spec is None:
+        dataset, split = score.dataset_of(type(layer)), layer.params['split']
+    else:
+        dataset, split = spec.dataset, spec.data.score_split
+        expected = spec.data.split(split).size
+        if len(ids) != expected:
+            run.say('note: split %s has %d images; the registry expects %d'
+                    % (split, len(ids), expected))
+    limit = run.config.score_limit
+    return dataset, split, ids[:limit] if limit is not None else ids
 
 
 def score_round(run, save_dir=None):
@@ -663,6 +712,15 @@ class Stop(object):
         print('\n%s received: finishing this iteration, then snapshotting'
               % signal.Signals(signum).name, file=sys.stderr, flush=True)
 
+    def exit(self, signum):
+        """Exit with status 128 + signum, any further SIGINT/SIGTERM ignored: the
+        interpreter puts the default handlers back while it shuts down, and a signal
+        then (to any of Caffe's threads) would kill the process (status -2, not 130)."""
+        self.stopping = True
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        sys.exit(128 + signum)
+
     @contextlib.contextmanager
     def interruptible(self):
         if self.signum is not None:
@@ -716,11 +774,14 @@ def new_round(start):
 
 
 class Run:
-    """A training run in progress: the model, its config, OUT, the solver, the scored ids
-    and the current round's sums (round: start, loss_sum, count, seconds)."""
+    """A training run in progress in one process: the model, its config, OUT, the solver,
+    the scored ids and the current round's sums (round: start, loss_sum, count, seconds).
+    rank: this process's place among the GPUs of a multi-GPU run (0 otherwise); only
+    rank 0, the lead, writes into OUT (lock, snapshots, log, plot) and prints."""
 
-    def __init__(self, model, config):
-        self.model, self.config = model, config
+    def __init__(self, model, config, rank=0):
+        self.model, self.config, self.rank = model, config, rank
+        self.lead = rank == 0
         self.out = os.path.abspath(config.out)
         self.total = config.rounds * config.iters
         self.stop = Stop()
@@ -730,46 +791,67 @@ class Run:
         it = self.last_snapshot
         return 'none' if it is None else snapshot_path(self.out, it, 'caffemodel')
 
+    def say(self, text):
+        if self.lead:
+            print(text, flush=True)
+
+
+def use_devices(gpus, rank):
+    """Put this process on its device before the solver is made: the CPU, one GPU, or
+    GPU gpus[rank] of a multi-GPU run (parallel.init_rank); returns it in words."""
+    if len(gpus) > 1:
+        problem = common.gpu_problem(gpus[rank])  # in the rank's process: CUDA may start here
+        if problem:
+            raise InputError(problem)
+        parallel.init_rank(gpus, rank)
+        return 'gpu %d (rank %d of %d)' % (gpus[rank], rank, len(gpus))
+    return common.set_mode(gpus[0] if gpus else None)
+
 
 @contextlib.contextmanager
-def open_run(model, config):
-    """A Run with OUT locked, the solver built, the signal handlers on (all undone after)."""
-    run = Run(model, config)
+def open_run(model, config, rank=0):
+    """A Run with OUT locked, the solver built, the signal handlers on (all undone after);
+    a rank other than 0 takes no lock and installs no handlers (the launcher passes
+    signals to rank 0 and ends the others)."""
+    run = Run(model, config, rank)
     if config.data_root:  # read by the Python data layers Caffe instantiates
         os.environ['FCN_DATA_ROOT'] = os.path.abspath(config.data_root)
-    os.makedirs(run.out, exist_ok=True)
-    with run_lock(run.out):
-        run.mode = common.set_mode(config.gpu)
+    if run.lead:
+        os.makedirs(run.out, exist_ok=True)
+    with run_lock(run.out) if run.lead else contextlib.nullcontext():
+        run.mode = use_devices(config.gpus, rank)
         run.param = read_solver(os.path.abspath(model.dir))
-        run.dataset, run.split, run.score_ids = score_split(run.param, config.score_limit)
-        run.solver = make_solver(run.param, run.out)
+        run.solver = make_solver(run.param, run.out if run.lead else None)
         for n in [run.solver.net] + list(run.solver.test_nets):
             layers.bind_num_classes(n)
-        old = {s: signal.signal(s, run.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        run.dataset, run.split, run.score_ids = score_split(run)
+        signals = (signal.SIGINT, signal.SIGTERM) if run.lead else ()
+        old = {s: signal.signal(s, run.stop) for s in signals}
         try:
             yield run
         finally:
-            for s, h in old.items():
+            for s, h in old.items() if not run.stop.stopping else ():  # not on the way out
                 signal.signal(s, h)
 
 
 def start_fresh(run):
-    """Delete OUT's snapshots and log (a run starting over), copy the start weights,
-    set the Deconvolution layers to bilinear."""
-    model, path = run.model, run.config.weights
-    if not path and model.parent is not None and model.init is None:
-        path = model.parent()
-    deconvs = surgery.deconv_layers(run.solver.net)
+    """Delete OUT's snapshots and log (a run starting over), copy the start weights (the
+    registry's start, or --weights), set the Deconvolution layers to bilinear, then a
+    PSPNet's finish. A rank other than 0 does nothing: parallel.join gives it rank 0's."""
+    if not run.lead:
+        return
+    spec, path, net_ = run.model.spec, run.config.weights, run.solver.net
+    deconvs = surgery.deconv_layers(net_)
     if path:
         print('starting from %s' % path, flush=True)
-        load_weights(run.solver.net, path)
-    elif model.init is not None:
-        model.init(run.solver)
+        load_weights(net_, path)
+    elif spec is not None:
+        init_weights(spec, run.solver)
     else:
-        print('starting from the net\'s fillers (no parent given)', flush=True)
-    surgery.interp(run.solver.net, deconvs)  # bilinear upsampling, fixed (lr_mult 0)
-    if model.finish is not None:
-        model.finish(run.solver)
+        print('starting from the net\'s fillers (a folder outside the registry)', flush=True)
+    surgery.interp(net_, deconvs)  # bilinear upsampling, fixed (lr_mult 0)
+    if spec is not None and spec.builder == 'pspnet':
+        finish_pspnet(run.solver)
     old = snapshot_iters(run.out)
     for it in old:  # after the weights are read: --weights may be one of them
         remove_snapshot(run.out, it)
@@ -779,26 +861,40 @@ def start_fresh(run):
 
 
 def start(run):
-    """Resume from OUT's latest good snapshot, or start fresh."""
+    """Resume from OUT's latest good snapshot, or start fresh (every rank resumes from the
+    same snapshot: rank 0's files, only read by the others)."""
     found = trusted_snapshot(run) if run.config.resume else None
     if found:
         restore(run, *found)
     else:
         start_fresh(run)
-    print('%s on %s: iteration %d of %d, scoring %d images every %d iterations, output %s'
-          % (run.model.name, run.mode, run.solver.iter, run.total, len(run.score_ids),
-             run.config.iters, run.out), flush=True)
+    run.say('%s on %s: iteration %d of %d, scoring %d images every %d iterations, output %s'
+            % (run.model.name, run.mode, run.solver.iter, run.total, len(run.score_ids),
+               run.config.iters, run.out))
+
+
+def join_ranks(run, uid):
+    """A multi-GPU run: rank 0's weights to every rank and the gradient all-reduce hooked
+    in (parallel.join; the returned NCCL object must stay alive), then each rank's share
+    of the training images from the solver's iteration on. None for a single process."""
+    if uid is None:
+        return None
+    nccl = parallel.join(run.solver, uid)
+    parallel.interleave(run.solver.net, run.rank, len(run.config.gpus),
+                        run.solver.iter * max(1, run.param.iter_size))
+    return nccl
 
 
 def step(run):
-    """One iteration, Caffe reseeded first; returns its loss (the sum of the loss tops)."""
+    """One iteration, Caffe reseeded first; returns its loss (the sum of the loss tops).
+    Every rank checks its own loss."""
     caffe = common.import_caffe()
     solver = run.solver
     caffe.set_random_seed(iteration_seed(run.config.seed, solver.iter))
     try:
         solver.step(1)
     except (InputError, ValueError, OSError) as e:  # a data layer's bad file
-        if solver.iter > (run.last_snapshot or 0) and solver.iter > run.round['start']:
+        if run.lead and solver.iter > (run.last_snapshot or 0) and solver.iter > run.round['start']:
             path = write_snapshot(run)
             raise InputError('%s (snapshot %s written at iteration %d: fix it and run again '
                              'to resume)' % (e, path, solver.iter))
@@ -826,33 +922,36 @@ def train_round(run):
         rnd['seconds'] += time.time() - t0
         recent = (recent + [loss])[-display:]
         if solver.iter % display == 0:
-            print('iter %d  loss %.4g  (%.3f s/iter)' % (solver.iter, sum(recent) / len(recent),
-                                                        (time.time() - t_print) / display), flush=True)
+            run.say('iter %d  loss %.4g  (%.3f s/iter)' % (solver.iter, sum(recent) / len(recent),
+                                                          (time.time() - t_print) / display))
             t_print = time.time()
-        if run.stop.signum is not None:
+        if run.stop.signum is not None:  # only rank 0 has the handlers
             path = write_snapshot(run)
             print('stopped at iteration %d; snapshot %s; run again to resume'
                   % (solver.iter, path), file=sys.stderr, flush=True)
-            sys.exit(128 + run.stop.signum)
+            run.stop.exit(run.stop.signum)
         if solver.iter % run.config.iters == 0:
             return
 
 
 def end_round(run):
-    """Snapshot (marked end of round), score, log, plot, prune; start the next round."""
-    rnd = run.round
-    path = write_snapshot(run, end_of_round=True)
-    log_round(run, rnd, os.path.basename(path)[:-len('.caffemodel')] + '.solverstate')
-    prune(run)
+    """Snapshot (marked end of round), score, log, plot, prune (rank 0); start the next
+    round."""
+    if run.lead:
+        path = write_snapshot(run, end_of_round=True)
+        log_round(run, run.round, os.path.basename(path)[:-len('.caffemodel')] + '.solverstate')
+        prune(run)
     run.round = new_round(run.solver.iter)
 
 
-def solve(model, config):
-    """Train `model` (a Model) as `config` (a RunConfig) says; returns the log records.
-    Exits the process on SIGINT/SIGTERM (after a snapshot: status 128 + signal)."""
-    with open_run(model, config) as run:
+def train_rank(model, config, rank=0, uid=None):
+    """The run in one process: a single one (uid None), or rank `rank` of a multi-GPU run
+    joined to the others through NCCL id `uid`. Returns 0; exits the process on
+    SIGINT/SIGTERM (after a snapshot: status 128 + signal)."""
+    with open_run(model, config, rank) as run:
         try:
             start(run)
+            nccl = join_ranks(run, uid)  # noqa: F841 (kept alive while stepping)
             while run.solver.iter < run.total:
                 train_round(run)
                 end_round(run)
@@ -860,10 +959,25 @@ def solve(model, config):
             print('stopped at once (%s); the last snapshot %s is kept; run again to resume'
                   % (signal.Signals(e.signum).name, run.last_snapshot_name()),
                   file=sys.stderr, flush=True)
-            sys.exit(128 + e.signum)
-    print('done: %s (log %s, plot %s)' % (run.out, os.path.join(run.out, 'log.jsonl'),
-                                          os.path.join(run.out, 'log.png')), flush=True)
-    return read_log(run.out)
+            run.stop.exit(e.signum)
+    run.say('done: %s (log %s, plot %s)' % (run.out, os.path.join(run.out, 'log.jsonl'),
+                                            os.path.join(run.out, 'log.png')))
+    return 0
+
+
+def solve(model, config):
+    """Train `model` (a Model) as `config` (a RunConfig) says; returns the log records.
+    With several GPUs, one process per GPU (parallel.launch; this one never touches
+    CUDA) and a rank's non-zero status ends this one with it."""
+    gpus = config.gpus
+    if len(gpus) > 1:
+        parallel.check_gpus(gpus)  # no CUDA, no NCCL, a missing GPU: one line
+        code = parallel.launch(gpus, lambda rank, uid: train_rank(model, config, rank, uid))
+        if code:
+            sys.exit(code)
+    else:
+        train_rank(model, config)
+    return read_log(os.path.abspath(config.out))
 
 
 # --- the commands -----------------------------------------------------------------------------
@@ -877,26 +991,34 @@ def _keep(text):
         raise argparse.ArgumentTypeError('a number or "all", not %r' % text)
 
 
-def parser(model_name=None):
-    """The flags of a model's solve.py (model_name None: of `python train.py`)."""
-    rounds, iters = schedule(model_name)
-    if model_name:
-        p = argparse.ArgumentParser(
-            prog='%s/solve.py' % model_name,
-            description='Train %s the paper\'s way: %d rounds x %d iterations, scoring after each.'
-                        % (model_name, rounds, iters))
-    else:
+def parser(model=None):
+    """The flags of a model's solve.py (model a Model; None: of `python train.py`). The
+    defaults of --rounds and --iters are the registry's schedule; a folder outside the
+    registry must give them."""
+    if model is None:
         p = argparse.ArgumentParser(
             prog='train.py', formatter_class=argparse.RawDescriptionHelpFormatter,
             description=__doc__.split('\n\n')[0] + ' It is run as a model folder\'s '
                         'solve.py:\n\n' + __doc__.split('\n\n')[1],
-            epilog='models (each trained by MODEL/solve.py, with the flags above):\n  '
-                   + '\n  '.join(sorted(net.MODELS)))
-    p.add_argument('--gpu', type=int, default=None, help='GPU id (default: CPU)')
+            epilog='models (each trained by its folder\'s solve.py, with the flags above):\n  '
+                   + '\n  '.join(models.names()))
+        schedule = None
+    else:
+        schedule = model.spec.schedule if model.spec else None
+        p = argparse.ArgumentParser(
+            prog=os.path.join(model.dir, 'solve.py'),
+            description='Train %s the paper\'s way: %s, scoring after each round.'
+                        % (model.name, '%d rounds x %d iterations' % (schedule.rounds, schedule.iters)
+                           if schedule else 'give --rounds and --iters (not a registered model)'))
+    p.add_argument('--gpu', type=parallel.gpu_ids, default=[], metavar='ID[,ID...]',
+                   help='GPU id, or ids 0,1,... for data-parallel training over NCCL, one '
+                        'process per GPU (parallel.py) (default: CPU)')
     p.add_argument('--weights', default=None,
-                   help='weights to start from (default: the parent net, see solve.py)')
-    p.add_argument('--rounds', type=int, default=rounds, help='scoring rounds (default %(default)s)')
-    p.add_argument('--iters', type=int, default=iters, help='iterations per round (default %(default)s)')
+                   help='weights to start from (default: the registry\'s start, see solve.py)')
+    for flag, value, what in (('--rounds', schedule and schedule.rounds, 'scoring rounds'),
+                              ('--iters', schedule and schedule.iters, 'iterations per round')):
+        p.add_argument(flag, type=int, default=value, required=model is not None and not value,
+                       help=what + (' (default %(default)s)' if value else ''))
     p.add_argument('--score-limit', type=int, default=None,
                    help='score only the first N images of the split (default: all)')
     p.add_argument('--data-root', default=None,
@@ -913,23 +1035,27 @@ def parser(model_name=None):
     return p
 
 
-def main(solve_file=None, parent=None, init=None, argv=None, finish=None):
-    """Entry point of a model directory's solve.py (and, without solve_file, of
-    `python train.py`, which says what it is)."""
+def run_config(model, args):
+    """The RunConfig of parsed solve.py flags."""
+    return RunConfig(rounds=args.rounds, iters=args.iters, score_limit=args.score_limit,
+                     weights=args.weights, data_root=args.data_root, gpus=tuple(args.gpu),
+                     out=args.out or os.path.join(model.dir, 'snapshot'),
+                     resume=not args.no_resume, seed=args.seed,
+                     keep_snapshots=args.keep_snapshots, save_pred=args.save_pred)
+
+
+def main(solve_file=None, argv=None):
+    """Entry point of a model folder's solve.py, `train.main(__file__)`: the model is the
+    folder's (models.py says the rest). Without solve_file, `python train.py`, which says
+    what it is."""
     def run(argv):
         if solve_file is None:
             p = parser()
-            args = p.parse_args(argv)
+            p.parse_args(argv)
             p.print_help(sys.stderr)
             return 2
-        model = Model(os.path.dirname(os.path.abspath(solve_file)), parent, init, finish)
-        args = parser(model.name).parse_args(argv)
-        config = RunConfig(rounds=args.rounds, iters=args.iters, score_limit=args.score_limit,
-                           weights=args.weights, data_root=args.data_root, gpu=args.gpu,
-                           out=args.out or os.path.join(model.dir, 'snapshot'),
-                           resume=not args.no_resume, seed=args.seed,
-                           keep_snapshots=args.keep_snapshots, save_pred=args.save_pred)
-        solve(model, config)
+        model = Model.of(os.path.dirname(os.path.abspath(solve_file)))
+        solve(model, run_config(model, parser(model).parse_args(argv)))
         return 0
     common.run_cli(run, argv)
 

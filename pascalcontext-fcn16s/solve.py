@@ -14,4 +14,4 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
 
 if __name__ == '__main__':
-    train.main(__file__, parent=lambda: train.trained_weights('pascalcontext-fcn32s'))
+    train.main(__file__)  # models.py says how this model starts and trains

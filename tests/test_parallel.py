@@ -1,7 +1,7 @@
 """Multi-GPU training (parallel.py) as far as a machine without a GPU allows: the --gpu list,
 its one-line errors, the launcher's process handling (status, a failed rank ends the
 others, a signal reaches rank 0), the data layers' shared random stream, and real CPU
-solvers in forked rank processes with only rank 0 writing outputs."""
+solvers in rank processes (train.train_rank) with only rank 0 writing outputs."""
 import argparse
 import os
 import signal
@@ -12,7 +12,6 @@ import time
 import pytest
 
 import common
-import datasets
 import layers
 import parallel
 import train
@@ -31,12 +30,13 @@ def test_gpu_ids_parse_lists_and_refuse_bad_ones():
 
 
 def test_solve_parses_a_gpu_list():
-    args = train.parse_args('voc-fcn32s', ['--gpu', '2'])
-    assert (args.gpu, args.gpus) == (2, [2])
-    args = train.parse_args('voc-fcn32s', [])
-    assert (args.gpu, args.gpus) == (None, [])
+    model = train.Model.of(os.path.join(REPO, 'voc-fcn32s'))
+    p = train.parser(model)
+    assert train.run_config(model, p.parse_args(['--gpu', '2'])).gpus == (2,)
+    assert train.run_config(model, p.parse_args(['--gpu', '0,1,3'])).gpus == (0, 1, 3)
+    assert train.run_config(model, p.parse_args([])).gpus == ()
     with pytest.raises(SystemExit):
-        train.parse_args('voc-fcn32s', ['--gpu', '0,x'])
+        p.parse_args(['--gpu', '0,x'])
 
 
 @pytest.mark.parametrize('gpus', ['0', '0,1'])
@@ -152,27 +152,42 @@ def test_ranks_together_draw_the_single_stream(tmp_path):
     assert drawn(solver, 1) == [single[5]]
 
 
-def test_cpu_solvers_as_ranks_only_rank_0_writes(tmp_path):
-    """The rank logic with real (CPU) solvers in forked processes: each rank steps its own
-    share of the images; rank 0 alone snapshots (train.snapshot) into OUT."""
-    model = voc_model(tmp_path)
-    out = tmp_path / 'out'
-    out.mkdir()
+def listing(folder):
+    """{file: bytes} of everything under `folder` (nothing if it does not exist)."""
+    found = {}
+    for top, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(top, f)
+            with open(path, 'rb') as fh:
+                found[os.path.relpath(path, folder)] = fh.read()
+    return found
 
-    def work(rank, uid):
-        common.set_mode(None)
-        param = train.read_solver(model)
-        solver = train.make_solver(param, str(out) if rank == 0 else str(tmp_path / ('scratch%d' % rank)))
-        parallel.interleave(solver.net, rank, 2)
-        ids = drawn(solver, 2)
-        (tmp_path / ('ids%d' % rank)).write_text(' '.join(ids))
-        if rank == 0:
-            train.snapshot(solver, str(out))
-        return 0
-    assert parallel.launch([0, 1], work, uid=b'id') == 0
-    snaps = sorted(f for f in os.listdir(out) if f.startswith('train_iter'))
-    assert snaps == ['train_iter_2.caffemodel', 'train_iter_2.solverstate']
-    assert not [f for f in os.listdir(tmp_path / 'scratch1') if f.startswith('train_iter')]
-    ids = [(tmp_path / ('ids%d' % r)).read_text().split() for r in range(2)]
-    single = drawn(train.make_solver(train.read_solver(model), str(tmp_path / 's')), 4)
-    assert [ids[0][0], ids[1][0], ids[0][1], ids[1][1]] == single
+
+def test_a_rank_other_than_0_writes_and_prints_nothing(tmp_path, capsys):
+    """train.train_rank as rank 1 (on the CPU: no NCCL here) steps like rank 0 but leaves
+    OUT as it was: no lock, solver file, snapshot, log or plot; it resumes from rank 0's
+    snapshot without repairing or deleting anything, and prints nothing."""
+    model = voc_model(tmp_path)
+    fresh = tmp_path / 'fresh'
+    train.train_rank(train.Model(model), train.RunConfig(rounds=1, iters=2, out=str(fresh)), rank=1)
+    assert not fresh.exists()
+    out = tmp_path / 'out'
+    train.train_rank(train.Model(model), train.RunConfig(rounds=1, iters=2, out=str(out)))
+    before = listing(out)
+    assert 'train_iter_2.caffemodel' in before and 'log.jsonl' in before
+    capsys.readouterr()
+    train.train_rank(train.Model(model), train.RunConfig(rounds=2, iters=2, out=str(out)), rank=1)
+    assert listing(out) == before
+    assert capsys.readouterr().out == ''
+
+
+def test_cpu_ranks_launched_only_rank_0_writes_the_run(tmp_path):
+    """Two CPU ranks through parallel.launch and train.train_rank into one OUT (without
+    NCCL, which needs GPUs: each steps on its own): rank 0 alone takes the lock (a second
+    holder would fail the launch) and writes the snapshots and one log record per round."""
+    model = voc_model(tmp_path)
+    config = train.RunConfig(rounds=2, iters=2, out=str(tmp_path / 'out'))
+    assert parallel.launch([0, 1], lambda rank, uid: train.train_rank(train.Model(model), config, rank),
+                           uid=b'id') == 0
+    assert [r['iter'] for r in train.read_log(config.out)] == [2, 4]
+    assert train.snapshot_iters(config.out) == [2, 4]

@@ -1,4 +1,5 @@
 """PSPNet trained through train.py's one solving loop: a narrow net on generated ADE20K."""
+import dataclasses
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import pytest
 
 import common
 import datasets  # tests/datasets.py
+import models
 import net
 import train
 
@@ -51,7 +53,10 @@ def test_narrow_pspnet_learns_through_the_solving_loop(root, tmp_path):
     # From fresh weights the identity BN leaves the features at the pixels' scale (~100),
     # so the rate is far below the paper's 0.01, which fine-tunes normalised features.
     folder = narrow_model(tmp_path / 'pspnet50-ade20k', base_lr=1e-5, max_iter=60)
-    log = train.solve(train.Model(folder, finish=train.finish_pspnet),
+    # the registry's model, started from the net's fillers (no release weights here):
+    # the loop still runs PSPNet's finish (interpolation, identity BN) after them
+    spec = dataclasses.replace(models.get('pspnet50-ade20k'), init='copy')
+    log = train.solve(train.Model(folder, spec),
                       train.RunConfig(rounds=3, iters=20, out=str(tmp_path / 'out')))
     assert [r['iter'] for r in log] == [20, 40, 60]
     losses = [r['train_loss'] for r in log]
@@ -81,9 +86,10 @@ def test_finish_pspnet_sets_interpolation_and_identity_bn(tmp_path, monkeypatch)
 
 
 def test_schedule_reaches_the_papers_iterations():
-    assert train.schedule('pspnet50-ade20k') == (30, 5000)
-    assert train.schedule('pspnet101-voc2012') == (6, 5000)
-    assert train.schedule('pspnet101-cityscapes') == (18, 5000)
+    for name, rounds in (('pspnet50-ade20k', 30), ('pspnet101-voc2012', 6),
+                         ('pspnet101-cityscapes', 18)):
+        args = train.parser(train.Model.of(models.model_dir(name))).parse_args([])
+        assert (args.rounds, args.iters) == (rounds, 5000)
 
 
 def test_solve_py_starts_from_the_converted_release(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 
 import common
 import datasets
+import models
 import net
 import train
 
@@ -35,9 +36,10 @@ def voc_model(tmp_path, base_lr=1e-5, momentum=0.9, head='8s'):
     return str(model)
 
 
-def run(model, out, parent=None, init=None, **config):
-    """train.solve with typed arguments: config holds RunConfig's fields (rounds, iters, ...)."""
-    return train.solve(train.Model(model, parent, init), train.RunConfig(out=str(out), **config))
+def run(model, out, spec=None, **config):
+    """train.solve with typed arguments: spec the registry's ModelSpec saying how the model
+    starts (None: the nets' fillers), config RunConfig's fields (rounds, iters, ...)."""
+    return train.solve(train.Model(model, spec), train.RunConfig(out=str(out), **config))
 
 
 def read_params(model_dir, caffemodel):
@@ -101,7 +103,7 @@ def test_nan_loss_stops_with_a_message(tmp_path):
 def test_missing_parent_weights_name_the_file_and_the_command(tmp_path, monkeypatch):
     model = voc_model(tmp_path)
     with pytest.raises(common.InputError, match=r'vgg16-fcn\.caffemodel.*weights\.py vgg16'):
-        run(model, tmp_path / 'o', parent=lambda: train.ilsvrc_weights('vgg16'), rounds=1, iters=1)
+        run(model, tmp_path / 'o', models.get('voc-fcn32s'), rounds=1, iters=1)
     with pytest.raises(common.InputError, match='nope.caffemodel: weights file not found'):
         run(model, tmp_path / 'o', rounds=1, iters=1, weights=str(tmp_path / 'nope.caffemodel'))
 
@@ -180,8 +182,8 @@ def test_pascalcontext_solves(tmp_path):
 
 
 def test_every_model_dir_has_a_solve_py_that_answers_help():
-    for model in net.MODELS:
-        path = os.path.join(common.REPO, model, 'solve.py')
+    for model in models.BUILTIN:
+        path = os.path.join(models.model_dir(model), 'solve.py')
         out = subprocess.run([sys.executable, path, '--help'], capture_output=True, text=True,
                              env=dict(os.environ, GLOG_minloglevel='2'), cwd='/')
         assert out.returncode == 0, (model, out.stderr)

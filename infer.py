@@ -67,8 +67,9 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
+import layers
 import models
 import weights
 from common import LIMIT, REPO, InputError, atomic_write, check_net, label_palette, open_net, \
@@ -109,7 +110,6 @@ def load_image(path):
     Grayscale / palette / CMYK convert to RGB; 16-bit and 32-bit integer or float
     images are scaled to 8 bits (16-bit: value / 257); transparency is composited on
     white. Raises InputError naming `path` for anything that is not a readable image."""
-    from PIL import Image, ImageOps
     path = str(path)
     if not os.path.exists(path):
         raise InputError('%s: no such file' % path)
@@ -136,7 +136,6 @@ def load_image(path):
 
 def _to_rgb(im):
     """PIL image of any mode -> H x W x 3 uint8 RGB array (see load_image)."""
-    from PIL import Image
     if im.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
         a = np.asarray(im).astype(np.float64)
         if im.mode.startswith('I;16'):
@@ -269,7 +268,6 @@ def release_logits(net, image, mean, base_size, crop, scales=(1.0,), flip=True, 
     x 3 RGB (uint8 or float); mean: (B, G, R), subtracted after the switch to BGR;
     base_size: the longer side at scale 1; size: (H, W) of the result, default the
     image's (the label's); blob: the score blob (default score_blob)."""
-    import layers
     out = tuple(size or image.shape[:2])
     image = np.asarray(image, np.float32)
     total = None
@@ -321,7 +319,6 @@ def resize_for_net(image, max_side):
     h, w = image.shape[:2]
     if max(h, w) <= max_side:
         return image
-    from PIL import Image
     s = float(max_side) / max(h, w)
     size = (max(1, int(round(w * s))), max(1, int(round(h * s))))
     return np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
@@ -331,7 +328,6 @@ def resize_label(label, size):
     """H x W uint8 label map resized to size=(height, width) with nearest neighbour."""
     if label.shape == tuple(size):
         return label
-    from PIL import Image
     return np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
 
 
@@ -432,6 +428,22 @@ def output_names(paths, out):
     return names
 
 
+def default_weights(spec, download=True):
+    """The weights of model `spec` when --weights is not given: for a model the release
+    never had (a user's model.json, nyud-fcn16s-color-hha) the latest good snapshot its
+    solve.py wrote (train.latest_weights), else the released ones (released_weights)."""
+    if spec.weights is not None:
+        return released_weights(spec.name, download)
+    import train  # here: train imports score, which imports this module
+    folder = models.model_dir(spec)
+    path = train.latest_weights(train.snapshot_dir(folder))
+    if path is None:
+        raise InputError('%s: not trained yet (no good snapshot in %s); train it with `python %s` '
+                         'or pass --weights FILE' % (spec.name, train.snapshot_dir(folder),
+                                                     os.path.join(folder, 'solve.py')))
+    return path
+
+
 def released_weights(model, download=True):
     """Path of `model`'s released weights (where weights.py keeps them), fetched on
     first use unless not `download` (progress bar, size / checksum checked); offline,
@@ -457,7 +469,8 @@ def parse_args(argv):
                         help='model id or folder (default: voc-fcn8s; see models.py); sets '
                              'the net, the mean and the class names')
     parser.add_argument('--weights', help="caffemodel (default: the model's released "
-                                          'weights, fetched on first use)')
+                                          'weights, fetched on first use; for a model never '
+                                          'released, its latest good snapshot)')
     parser.add_argument('--no-download', action='store_true',
                         help='never fetch the released weights; an error when they are missing')
     parser.add_argument('--allow-partial', action='store_true',
@@ -494,9 +507,7 @@ def open_pspnet(args, model):
     converted release weights beside it (surgery.py pspnet-convert) unless --weights,
     PSPNet's mean, the dataset's class names; the last item is the release's protocol
     (base size, crop = the net's input, scales, the dataset's palette)."""
-    import layers
-    import net as nets
-    import train
+    import train  # here: train imports score, which imports this module
     dataset = models.get(model).dataset
     folder = models.model_dir(model)
     deploy = args.deploy or os.path.join(folder, 'deploy.prototxt')
@@ -526,7 +537,6 @@ def open_pspnet(args, model):
 def open_model(args):
     """(net, its NetParameter, deploy path, score blob, mean, class names, background
     index or None, PSPNet's protocol or None) for the command line, every input checked."""
-    import net as nets
     if models.pspnet(args.model):
         return open_pspnet(args, models.pspnet(args.model).name)
     if args.multi_scale:
@@ -541,7 +551,7 @@ def open_model(args):
         raise InputError('%s: net prototxt not found; write it with `python net.py %s`'
                          % (deploy, model))
     names = read_classes(args.classes) if args.classes else names
-    path = args.weights or released_weights(model, not args.no_download)
+    path = args.weights or default_weights(models.get(model), not args.no_download)
     set_mode(args.gpu)
     net = open_net(deploy, 'test', path, partial=args.allow_partial)
     check_rgb_net(net, deploy)

@@ -142,12 +142,17 @@ class RunConfig:
 
 # --- where start weights come from -----------------------------------------------------------
 
+def snapshot_dir(model_dir):
+    """Where a model's solve.py writes its snapshots, log and plot unless --out says."""
+    return os.path.join(model_dir, 'snapshot')
+
+
 def trained_weights(model_name):
     """Weights of a trained model for a child to start from: the latest good snapshot in
     its folder's snapshot/ (models.model_dir: a user's model may live anywhere), else the
     released caffemodel in the folder (see weights.py)."""
     model_dir = models.model_dir(model_name)
-    path = latest_weights(os.path.join(model_dir, 'snapshot'))
+    path = latest_weights(snapshot_dir(model_dir))
     if path:
         return path
     try:
@@ -1039,7 +1044,7 @@ def run_config(model, args):
     """The RunConfig of parsed solve.py flags."""
     return RunConfig(rounds=args.rounds, iters=args.iters, score_limit=args.score_limit,
                      weights=args.weights, data_root=args.data_root, gpus=tuple(args.gpu),
-                     out=args.out or os.path.join(model.dir, 'snapshot'),
+                     out=args.out or snapshot_dir(model.dir),
                      resume=not args.no_resume, seed=args.seed,
                      keep_snapshots=args.keep_snapshots, save_pred=args.save_pred)
 

@@ -239,6 +239,12 @@ def test_new_model_end_to_end(parent, tmp_path):
     val = common.read_net_param(folder / 'val.prototxt')
     assert '"voc_dir": "%s"' % data in val.layer[0].python_param.param_str
     assert net.build_net(spec, 'deploy').layer[-1].name == 'score'
+    assert (spec.init, spec.parent_text()) == ('file', 'init.caffemodel in its folder')
+    image = data / 'JPEGImages' / (OWN_VAL[0] + '.jpg')
+    r = run(os.path.join(REPO, 'infer.py'), image, '--model', folder, '--out', tmp_path / 'none')
+    assert r.returncode == 1 and r.stderr.strip() == (
+        'error: my-roads: not trained yet (no good snapshot in %s); train it with `python %s` '
+        'or pass --weights FILE' % (folder / 'snapshot', folder / 'solve.py')), r.stderr
 
     r = run(folder / 'solve.py', '--rounds', '1', '--iters', '2')
     assert r.returncode == 0, r.stdout + r.stderr
@@ -248,7 +254,6 @@ def test_new_model_end_to_end(parent, tmp_path):
             '--out', tmp_path / 'scores.json')
     assert r.returncode == 0, r.stderr
     assert '(2 images)' in r.stdout
-    image = data / 'JPEGImages' / (OWN_VAL[0] + '.jpg')
     r = run(os.path.join(REPO, 'infer.py'), image, '--model', folder, '--weights', snap,
             '--out', tmp_path / 'seg')
     assert r.returncode == 0, r.stderr
@@ -256,6 +261,12 @@ def test_new_model_end_to_end(parent, tmp_path):
     assert shares.split()[0] in ('background', 'road', 'car'), r.stdout
     with Image.open(tmp_path / 'seg' / (OWN_VAL[0] + '.png')) as im:
         assert im.size == Image.open(image).size and np.array(im).max() < 3
+        given = np.array(im)
+    # without --weights: the model's latest good snapshot (the release never had it)
+    r = run(os.path.join(REPO, 'infer.py'), image, '--model', folder, '--out', tmp_path / 'own')
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / 'own' / (OWN_VAL[0] + '.png')) as im:
+        assert (np.array(im) == given).all()
 
 
 def test_new_from_the_cast_vgg16_computed_mean(tmp_path):

@@ -32,8 +32,12 @@ import sys
 import time
 
 import numpy as np
+from google.protobuf import text_format
+from PIL import Image
+from scipy import ndimage
 
 import common
+import net
 import train
 from common import REPO, InputError
 
@@ -101,7 +105,6 @@ def _texture(cls, rng, h, w):
 
 def make_image(rng):
     """(RGB uint8 H x W x 3, label uint8 H x W with 255 on object borders)."""
-    from scipy import ndimage
     h, w = rng.randint(72, 113), rng.randint(72, 113)
     img = _background(rng, h, w)
     label = np.zeros((h, w), np.uint8)
@@ -122,7 +125,6 @@ def make_image(rng):
 
 def make_dataset(voc_dir, n_train, n_val, seed):
     """Write a VOC-format dataset under voc_dir; returns (train ids, val ids)."""
-    from PIL import Image
     rng = np.random.RandomState(seed)
     for sub in ('JPEGImages', 'SegmentationClass', os.path.join('ImageSets', 'Segmentation')):
         os.makedirs(os.path.join(voc_dir, sub), exist_ok=True)
@@ -143,8 +145,6 @@ def make_dataset(voc_dir, n_train, n_val, seed):
 
 def write_model(model_dir, voc_dir, n_val, seed, base_lr):
     """A narrow FCN-8s model directory (train/val/deploy/solver) for the generated data."""
-    import net
-    from google.protobuf import text_format
     caffe = common.import_caffe()
     os.makedirs(model_dir, exist_ok=True)
     data = {split: ('VOCSegDataLayer', {'voc_dir': voc_dir, 'split': split, 'seed': seed})

@@ -1,8 +1,9 @@
 """Every FCN net of the paper, written once with Caffe's net_spec, and the files made from them.
 
 Each trainable model is a folder holding train.prototxt, val.prototxt, deploy.prototxt,
-solver.prototxt (the nets: docs/fcn.md; the solvers: docs/training.md) and caffemodel-url
-(where its released weights come from, read by weights.py). What each model is (dataset,
+solver.prototxt (the nets: docs/fcn.md; the solvers: docs/training.md), caffemodel-url
+(where its released weights come from, read by weights.py) and solve.py (the same few
+lines for every model: train.py trains the folder's spec). What each model is (dataset,
 head, builder, parents, solver, schedule, released weights) is written once, in
 models.py; this file turns those specs into nets. ilsvrc-nets/ holds the ImageNet
 classifiers (VGG16, CaffeNet) whose weights are cast into the FCNs. docs/models.md, the
@@ -36,7 +37,6 @@ Conventions, as in the FCN release:
 """
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -805,32 +805,6 @@ def _spec(model):
     return spec
 
 
-def _model_row(spec):
-    """The old dict form of a spec (net.MODELS[name]): train.py still reads it (engineer
-    R1 moves it onto models.get); remove it with its last reader. Fields: dataset,
-    classes, head, trunk, outputs ((score blob, label blob, classes), ...), parents
-    ((source, suffix), ...), parent (in words), train_split, test_split, test_images,
-    rounds, iters, solver (base_lr, momentum, iter_size, max_iter, snapshot),
-    build(split, **kwargs)."""
-    data = spec.data
-    s = spec.solver
-    return dict(dataset=spec.dataset, classes=spec.classes, head=spec.head, trunk=spec.trunk,
-                outputs=tuple((o.score, o.label, len(data.label(o.label).classes))
-                              for o in spec.outputs),
-                parents=tuple((p.source, p.suffix) for p in spec.parents),
-                parent=spec.parent_text(), train_split=data.train_split,
-                test_split=data.score_split, test_images=data.split(data.score_split).size,
-                rounds=spec.schedule.rounds, iters=spec.schedule.iters,
-                solver=dict(base_lr=s.base_lr, momentum=s.momentum, iter_size=s.iter_size,
-                            max_iter=s.max_iter, snapshot=s.snapshot),
-                build=functools.partial(BUILDERS[spec.builder], **spec.build_kwargs()))
-
-
-# The FCNs only, as before PSPNet joined the registry (train.py's readers expect them).
-MODELS = {name: _model_row(spec) for name, spec in models.BUILTIN.items()
-          if spec.family not in models.FOLDED}
-
-
 def build_net(model, split, **kwargs):
     """The NetParameter of `model`'s train/val/deploy net (kwargs: widths, data_layer, data_params)."""
     spec = _spec(model)
@@ -941,19 +915,51 @@ def url_record(spec):
     return '\n'.join(lines + [models.GENERATED]) + '\n'
 
 
+# A model folder's solve.py: the same lines for every model but its id (train.main finds
+# the spec of the folder it sits in; models.py says the rest). It finds the repository by
+# walking up to the folder holding train.py, so it works at any depth (voc-fcn8s/,
+# nyud-fcn/fcn32s-color-hha/) and from any current directory.
+SOLVE_PY = '''"""Train {name}: models.py says what it is (net, start, solver, schedule).
+
+    python solve.py            # in this folder, or python path/to/this/folder/solve.py
+    python solve.py --gpu 0    # on a GPU (0,1,...: several)
+    python solve.py --help     # the schedule, other weights, short runs, data root, output
+
+Snapshots, log.jsonl and log.png go to snapshot/ beside this file; a rerun resumes.
+"""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+while not os.path.isfile(os.path.join(ROOT, 'train.py')) and os.path.dirname(ROOT) != ROOT:
+    ROOT = os.path.dirname(ROOT)  # up to the repository, whatever this folder's depth
+sys.path.insert(0, ROOT)
+import train  # noqa: E402
+
+if __name__ == '__main__':
+    train.main(__file__)
+'''
+
+
+def solve_py(spec):
+    """The text of `spec`'s solve.py (SOLVE_PY under net.py's header)."""
+    return _header('%s solve.py' % spec.name) + SOLVE_PY.format(name=spec.name)
+
+
 DOCS = os.path.join(REPO, 'docs', 'models.md')
 
 
 def all_files(names=None):
-    """{path: text} of every generated file: each model's prototxts and caffemodel-url
-    record, ilsvrc-nets/ (deploy nets, records) and docs/models.md (or only the models
-    `names`, plus ilsvrc-nets and docs/models.md)."""
+    """{path: text} of every generated file: each model's prototxts, solve.py and
+    caffemodel-url record, ilsvrc-nets/ (deploy nets, records) and docs/models.md (or only
+    the models `names`, plus ilsvrc-nets and docs/models.md)."""
     files = classifier_files()
     files.update({models.record_file(c): url_record(c) for c in models.CLASSIFIERS.values()})
     for model in names or sorted(models.BUILTIN):
         for name, text in model_files(model).items():
             files[os.path.join(models.model_dir(_spec(model)), name)] = text
         files[models.record_file(model)] = url_record(_spec(model))
+        files[os.path.join(models.model_dir(_spec(model)), 'solve.py')] = solve_py(_spec(model))
     files[DOCS] = models.markdown()
     return files
 

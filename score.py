@@ -15,7 +15,7 @@ Command: score a caffemodel on a split with the model directory's val.prototxt:
     .venv/bin/python score.py --model voc-fcn8s --weights W --split seg11valid \\
         --data-root /datasets --limit 50 --out results.json --save-pred out/voc-fcn8s-pred
     .venv/bin/python score.py --model siftflow-fcn16s \\
-        --weights siftflow-fcn16s/siftflow-fcn16s-heavy.caffemodel     # scores sem and geo
+        --weights siftflow-fcn/fcn16s/siftflow-fcn16s-heavy.caffemodel     # scores sem and geo
 
 --data-root is the folder holding the datasets' folders (pascal/VOC2011, sift-flow, ...;
 default $FCN_DATA_ROOT, else <repo>/data). --model is a model directory of the repository

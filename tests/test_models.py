@@ -31,11 +31,11 @@ def test_get_by_id_folder_and_classifier():
     assert (spec.folder, spec.family, spec.dataset, spec.head) == (
         'nyud-fcn/fcn32s-color-hha', 'nyud-fcn', 'nyud', '32s')
     assert models.get('nyud-fcn/fcn32s-color-hha') is spec        # the card's folder
-    assert models.get('nyud-fcn32s-color-hha/') is spec           # the release's folder
+    assert models.get('nyud-fcn32s-color-hha/') is spec           # the release's folder name
     assert models.get(os.path.join(common.REPO, 'voc-fcn8s')) is models.get('voc-fcn8s')
     assert models.get('vgg16').kind == 'classifier' and spec.kind == 'fcn'
     assert [p.suffix for p in spec.parents] == ['color', 'hha'] and spec.init == 'transplant'
-    assert models.model_dir(spec) == os.path.join(common.REPO, 'nyud-fcn32s-color-hha')
+    assert models.model_dir(spec) == os.path.join(common.REPO, 'nyud-fcn', 'fcn32s-color-hha')
 
 
 def test_unknown_name_lists_the_known_ones():

@@ -38,7 +38,7 @@ VGG_CONVS = ['conv1_1', 'conv1_2', 'conv2_1', 'conv2_2', 'conv3_1', 'conv3_2', '
 
 @functools.lru_cache(maxsize=None)
 def _committed(model, name):
-    return common.read_net_param(os.path.join(common.REPO, model, name))
+    return common.read_net_param(os.path.join(models.model_dir(model), name))
 
 
 def committed(model, name):
@@ -442,7 +442,7 @@ SOLVERS = {  # docs/training.md: base_lr, momentum, iter_size, max_iter, test_it
 def test_solvers():
     for model, (lr, momentum, iter_size, max_iter, test_iter, snapshot) in SOLVERS.items():
         s = caffe.proto.caffe_pb2.SolverParameter()
-        with open(os.path.join(common.REPO, model, 'solver.prototxt')) as f:
+        with open(os.path.join(models.model_dir(model), 'solver.prototxt')) as f:
             text_format.Merge(f.read(), s)
         assert (s.train_net, list(s.test_net)) == ('train.prototxt', ['val.prototxt'])
         assert (s.base_lr, s.momentum) == (pytest.approx(lr), pytest.approx(momentum)), model

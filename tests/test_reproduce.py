@@ -170,7 +170,7 @@ def test_missing_weights_data_and_models_are_reported(world, tmp_path, monkeypat
     net.write_model_dir(str(sift), 'siftflow-fcn16s', widths=NARROW)
     nyud = models / 'nyud-fcn16s-color-hha'
     net.write_model_dir(str(nyud), 'nyud-fcn16s-color-hha', widths=NARROW)
-    shutil.copy(os.path.join(common.REPO, 'nyud-fcn16s-color-hha', 'caffemodel-url'), str(nyud))
+    shutil.copy(os.path.join(common.REPO, 'nyud-fcn', 'fcn16s-color-hha', 'caffemodel-url'), str(nyud))
     out = tmp_path / 'out'
     code = run_main(monkeypatch, '--model-root', models, '--data-root', data, '--out', out,
                     '--models', 'voc-fcn8s', 'siftflow-fcn16s', 'nyud-fcn16s-color-hha',

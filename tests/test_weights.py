@@ -13,6 +13,7 @@ import threading
 
 import pytest
 
+import models
 import weights
 from common import REPO, InputError
 
@@ -207,7 +208,7 @@ def test_records_of_every_model():
     psp = ['pspnet50-ade20k', 'pspnet101-voc2012', 'pspnet101-cityscapes']  # test_pspnet_net
     assert sorted(expected + psp) == weights.models()
     for model in expected:
-        rec = weights.read_url_record(os.path.join(REPO, model))
+        rec = weights.read_url_record(models.model_dir(model))
         if model == 'nyud-fcn16s-color-hha':
             assert rec['url'] is None and 'solve.py' in rec['note']
             with pytest.raises(InputError, match='no released weights; train it with solve.py'):
@@ -216,7 +217,7 @@ def test_records_of_every_model():
         assert rec['url'].startswith('http://dl.caffe.berkeleyvision.org/')
         assert rec['url'].endswith('.caffemodel')
         path = weights.weights_path(model)
-        assert path == os.path.join(REPO, model, os.path.basename(rec['url']))
+        assert path == os.path.join(models.model_dir(model), os.path.basename(rec['url']))
     # the original release's one-line format: the first line is the URL
     with open(os.path.join(REPO, 'voc-fcn8s', 'caffemodel-url')) as f:
         assert f.readline().strip() == \
@@ -325,3 +326,24 @@ def test_published_checksums_cite_their_source():
                 assert sources, '%s: %s has no source comment' % (model, key)
     assert weights.read_url_record(weights.record_path('voc-fcn8s'))['md5'] == \
         'c03b2953ebd846c270da1a8e8f200c09'
+
+
+def test_release_file_names_found_in_the_card_folders(tmp_path, monkeypatch):
+    """Weights a user places by the release's file name in the model's folder of the
+    card's layout (nyud-fcn/fcn32s-color/nyud-fcn32s-color-heavy.caffemodel) are found by
+    the model id, and fetch takes a complete one as present (no download)."""
+    for model, rel in (('voc-fcn8s', 'voc-fcn8s/fcn8s-heavy-pascal.caffemodel'),
+                       ('nyud-fcn32s-color', 'nyud-fcn/fcn32s-color/nyud-fcn32s-color-heavy.caffemodel'),
+                       ('siftflow-fcn16s', 'siftflow-fcn/fcn16s/siftflow-fcn16s-heavy.caffemodel'),
+                       ('pascalcontext-fcn8s',
+                        'pascalcontext-fcn/fcn8s/pascalcontext-fcn8s-heavy.caffemodel')):
+        assert weights.weights_path(model) == os.path.join(REPO, rel)
+    net = pytest.importorskip('net')
+    from datasets import random_weights  # tests/datasets.py
+    record = models.record_file('nyud-fcn32s-color')
+    monkeypatch.setattr(models, 'REPO', str(tmp_path))  # a checkout of its own, same layout
+    mdir = tmp_path / 'nyud-fcn' / 'fcn32s-color'
+    net.write_model_dir(str(mdir), 'nyud-fcn32s-color', widths=NARROW)
+    (mdir / 'caffemodel-url').write_bytes(open(record, 'rb').read())
+    placed = random_weights(str(mdir / 'deploy.prototxt'), mdir / 'nyud-fcn32s-color-heavy.caffemodel')
+    assert weights.fetch('nyud-fcn32s-color', progress=False) == (str(placed), 'present')

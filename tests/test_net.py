@@ -14,6 +14,8 @@ import gc
 import json
 import math
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -469,3 +471,19 @@ def test_models_table():
         for p in m.parents:
             assert p.source in models.BUILTIN or p.source in net.CLASSIFIERS, (model, p.source)
     assert {models.get(k).classes for k in FCNS if k.startswith('pascalcontext')} == {60}
+
+
+def test_solve_py_is_the_same_for_every_model_but_its_id():
+    """Each model folder's generated solve.py, at any depth, differs from the others only by
+    the model id, and runs from its own folder (`cd nyud-fcn/fcn32s-color-hha && python
+    solve.py`) as the folder's registry model."""
+    texts = set()
+    for model in models.BUILTIN:
+        with open(os.path.join(models.model_dir(model), 'solve.py')) as f:
+            texts.add(f.read().replace(model, 'MODEL'))
+    assert len(texts) == 1
+    out = subprocess.run([sys.executable, 'solve.py', '--help'], capture_output=True, text=True,
+                         cwd=models.model_dir('nyud-fcn32s-color-hha'),
+                         env=dict(os.environ, GLOG_minloglevel='2'))
+    assert out.returncode == 0, out.stderr
+    assert 'nyud-fcn32s-color-hha' in out.stdout and '50 rounds x 2000 iterations' in out.stdout

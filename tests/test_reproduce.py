@@ -39,7 +39,7 @@ def world(tmp_path_factory):
     random_weights(voc / 'deploy.prototxt', voc / 'snapshot' / 'train_iter_8.caffemodel',
                    seed=1)
     (voc / 'snapshot' / 'train_iter_8.solverstate').write_bytes(b'')
-    sift = models / 'siftflow-fcn16s'
+    sift = models / 'siftflow-fcn' / 'fcn16s'
     net.write_model_dir(str(sift), 'siftflow-fcn16s', widths=NARROW)
     sift_weights = random_weights(sift / 'deploy.prototxt', root / 'siftflow.caffemodel', seed=2)
     datasets.make_voc(data)
@@ -101,7 +101,7 @@ def test_numbers_are_score_py_numbers(world, tmp_path, monkeypatch, capsys):
     # score.py on the same model, weights and data: the same scores, every task
     want = score_py(tmp_path, world['voc'], voc['weights'], world['data'])
     assert voc['tasks'] == want['tasks']
-    want = score_py(tmp_path, world['models'] / 'siftflow-fcn16s', world['sift_weights'],
+    want = score_py(tmp_path, world['models'] / 'siftflow-fcn' / 'fcn16s', world['sift_weights'],
                     world['data'])
     assert sift['tasks'] == want['tasks']
     assert sorted(sift['tasks']) == ['score_geo', 'score_sem']
@@ -166,9 +166,9 @@ def test_missing_weights_data_and_models_are_reported(world, tmp_path, monkeypat
     voc = models / 'voc-fcn8s'
     net.write_model_dir(str(voc), 'voc-fcn8s', widths=NARROW)
     (voc / 'caffemodel-url').write_text('http://example.invalid/%s\n' % VOC_RELEASED)
-    sift = models / 'siftflow-fcn16s'
+    sift = models / 'siftflow-fcn' / 'fcn16s'
     net.write_model_dir(str(sift), 'siftflow-fcn16s', widths=NARROW)
-    nyud = models / 'nyud-fcn16s-color-hha'
+    nyud = models / 'nyud-fcn' / 'fcn16s-color-hha'
     net.write_model_dir(str(nyud), 'nyud-fcn16s-color-hha', widths=NARROW)
     shutil.copy(os.path.join(common.REPO, 'nyud-fcn', 'fcn16s-color-hha', 'caffemodel-url'), str(nyud))
     out = tmp_path / 'out'
@@ -200,7 +200,7 @@ def test_missing_weights_data_and_models_are_reported(world, tmp_path, monkeypat
     assert data_reason['read'] == 'data/nyud/README.md'
     # no model directory
     (reason,) = entries['pascalcontext-fcn8s']['reasons']
-    assert reason['what'] == 'model' and str(models / 'pascalcontext-fcn8s') in reason['message']
+    assert reason['what'] == 'model' and str(models / 'pascalcontext-fcn' / 'fcn8s') in reason['message']
 
     text = capsys.readouterr().out
     assert '### Not evaluated' in text
@@ -329,7 +329,7 @@ def test_broken_model_directory_fails_alone(world, tmp_path, monkeypatch):
     models = tmp_path / 'models'
     (models / 'voc-fcn8s').mkdir(parents=True)
     (models / 'voc-fcn8s' / 'val.prototxt').write_text('layer { oops')
-    shutil.copytree(str(world['models'] / 'siftflow-fcn16s'), str(models / 'siftflow-fcn16s'))
+    shutil.copytree(str(world['models'] / 'siftflow-fcn' / 'fcn16s'), str(models / 'siftflow-fcn' / 'fcn16s'))
     out = tmp_path / 'out'
     code = run_main(monkeypatch, '--model-root', models, '--data-root', world['data'],
                     '--out', out, '--quiet', '--models', 'voc-fcn8s', 'siftflow-fcn16s',

@@ -184,6 +184,13 @@ def main(argv=None):
     p.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
     p.add_argument('--min-iu', type=float, default=0.5, help='fail below this held-out mean IU')
     args = p.parse_args(argv)
+    # Checked here, before anything is generated: each is a one-line usage error.
+    for flag, value in (('--train-images', args.train_images), ('--val-images', args.val_images),
+                        ('--rounds', args.rounds), ('--iters', args.iters)):
+        if value < 1:
+            p.error('%s must be at least 1, got %d' % (flag, value))
+    if not args.lr > 0:
+        p.error('--lr must be positive, got %r' % args.lr)
     out = os.path.abspath(args.out)
     t_start = time.time()
 

@@ -919,31 +919,45 @@ def url_record(spec):
 # the spec of the folder it sits in; models.py says the rest). It finds the repository by
 # walking up to the folder holding train.py, so it works at any depth (voc-fcn8s/,
 # nyud-fcn/fcn32s-color-hha/) and from any current directory.
-SOLVE_PY = '''"""Train {name}: models.py says what it is (net, start, solver, schedule).
-
-    python solve.py            # in this folder, or python path/to/this/folder/solve.py
-    python solve.py --gpu 0    # on a GPU (0,1,...: several)
-    python solve.py --help     # the schedule, other weights, short runs, data root, output
-
-Snapshots, log.jsonl and log.png go to snapshot/ beside this file; a rerun resumes.
+# Every model folder's solve.py: a docstring, then the repository put on the path and
+# train.main run on the folder (models.py says how the model starts and trains).
+SOLVE_PY = '''"""{doc}
 """
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-while not os.path.isfile(os.path.join(ROOT, 'train.py')) and os.path.dirname(ROOT) != ROOT:
-    ROOT = os.path.dirname(ROOT)  # up to the repository, whatever this folder's depth
+{root}
 sys.path.insert(0, ROOT)
 import train  # noqa: E402
 
 if __name__ == '__main__':
     train.main(__file__)
 '''
+BUILTIN_DOC = '''Train {name}: models.py says what it is (net, start, solver, schedule).
+
+    python solve.py            # in this folder, or python path/to/this/folder/solve.py
+    python solve.py --gpu 0    # on a GPU (0,1,...: several)
+    python solve.py --help     # the schedule, other weights, short runs, data root, output
+
+Snapshots, log.jsonl and log.png go to snapshot/ beside this file; a rerun resumes.'''
+# A built-in model's folder finds the repository by walking up to train.py (any depth,
+# any current directory); a folder made by `net.py new` may sit anywhere, so it records
+# the repository's path instead.
+WALK_UP = '''ROOT = os.path.dirname(os.path.abspath(__file__))
+while not os.path.isfile(os.path.join(ROOT, 'train.py')) and os.path.dirname(ROOT) != ROOT:
+    ROOT = os.path.dirname(ROOT)  # up to the repository, whatever this folder's depth'''
+RECORDED = "ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), %r)"
 
 
-def solve_py(spec):
-    """The text of `spec`'s solve.py (SOLVE_PY under net.py's header)."""
-    return _header('%s solve.py' % spec.name) + SOLVE_PY.format(name=spec.name)
+def solve_py(spec, doc=None, repo=None):
+    """The text of `spec`'s solve.py. A built-in model's: BUILTIN_DOC under net.py's
+    header, walking up to the repository. With `doc` and `repo` (newmodel.py): that
+    docstring, no header, and the repository at `repo` (a path relative to the folder, or
+    absolute)."""
+    if repo is None:
+        return _header('%s solve.py' % spec.name) + SOLVE_PY.format(
+            doc=BUILTIN_DOC.format(name=spec.name), root=WALK_UP)
+    return SOLVE_PY.format(doc=doc, root=RECORDED % repo)
 
 
 DOCS = os.path.join(REPO, 'docs', 'models.md')

@@ -463,24 +463,15 @@ def start_weights(new_param, parent_param, parent_weights, classes, parent_class
 HEADS = ('32s', '16s', '8s', '8s-atonce')
 MEANS = ('voc', 'computed')
 NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
-SOLVE_PY = '''"""Train {name}: {title}.
+# The docstring of the new model's solve.py (the rest is every model's: net.SOLVE_PY).
+SOLVE_DOC = '''Train {name}: {title}.
 
     python {folder}/solve.py               # {rounds} rounds x {iters} iterations, CPU
     python {folder}/solve.py --gpu 0       # on a GPU
     python {folder}/solve.py --help        # short runs, other weights, output
 
 Made by `python net.py new`: model.json says what it is; it starts from init.caffemodel
-({parent}'s weights through net surgery: init-report.txt).
-"""
-import os
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), {repo!r}))
-import train  # noqa: E402
-
-if __name__ == '__main__':
-    train.main(__file__)  # models.py says how this model starts and trains
-'''
+({parent}'s weights through net surgery: init-report.txt).'''
 
 
 def parent_of(source):
@@ -597,11 +588,12 @@ def folder_files(spec, report, parent_name):
                             % (spec.name, file_name) + text.split('\n', 1)[1])
     files['model.json'] = json.dumps(models.to_dict(spec), indent=1) + '\n'
     inside = not os.path.relpath(spec.folder, common.REPO).startswith(os.pardir)
-    files['solve.py'] = SOLVE_PY.format(
+    doc = SOLVE_DOC.format(
         name=spec.name, title=spec.title, parent=parent_name, rounds=spec.schedule.rounds,
         iters=spec.schedule.iters,
-        folder=os.path.relpath(spec.folder, common.REPO) if inside else spec.folder,
-        repo=os.path.relpath(common.REPO, spec.folder) if inside else common.REPO)
+        folder=os.path.relpath(spec.folder, common.REPO) if inside else spec.folder)
+    files['solve.py'] = net.solve_py(
+        spec, doc, os.path.relpath(common.REPO, spec.folder) if inside else common.REPO)
     files['classes.txt'] = ''.join('%s\n' % c for c in spec.data.classes)
     files['data-report.txt'] = '\n'.join(report.lines()) + '\n'
     return files

@@ -2,6 +2,7 @@
 cached install, and that the installed build is the one the venv imports."""
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -105,3 +106,17 @@ def test_cuda_toolkit_found_behind_a_wrapper_nvcc(tmp_path, monkeypatch):
     if not os.path.isfile('/usr/local/cuda/include/cuda_runtime.h'):
         with pytest.raises(build_caffe.BuildError, match='CUDA_HOME'):
             build_caffe.cuda_toolkit()
+
+
+def test_our_boost_python_is_the_component_caffe_asks_for(tmp_path):
+    """Caffe (with Debian's cmake-link-correct-python-lib patch) asks Boost for the component
+    "python" + the digits of python_version; FindBoost then looks for libboost_<component>.so,
+    which for our own Boost.Python is libboost_python3X.so (boost_python_dir)."""
+    flags = build_caffe.cmake_flags(str(tmp_path / 'prefix'), None, str(tmp_path))
+    version = [f.split('=', 1)[1] for f in flags if f.startswith('-Dpython_version=')]
+    assert len(version) == 1
+    component = 'python' + re.sub('[^0-9]', '', version[0])
+    assert 'libboost_%s.so' % component == 'libboost_python%d%d.so' % sys.version_info[:2]
+    assert '-DBOOST_LIBRARYDIR=%s' % tmp_path in flags and '-DBoost_NO_BOOST_CMAKE=ON' in flags
+    # Debian's own boost-python: Boost's CMake config maps python3 to it, flags as before
+    assert '-Dpython_version=3' in build_caffe.cmake_flags(str(tmp_path / 'prefix'), None)

@@ -542,7 +542,14 @@ def cmake_flags(prefix, arch, boost_python=None):
         flags += cuda_flags(arch)
     else:
         flags += ['-DCPU_ONLY=ON', '-DUSE_NCCL=OFF']
-    if boost_python:  # FindBoost's own search, which looks in BOOST_LIBRARYDIR first
+    if boost_python:
+        # Debian's cmake-link-correct-python-lib patch asks Boost for the component
+        # "python${python_version}" without dots: with python_version=3 that is python3, which
+        # Boost's own CMake config maps to Debian's python3X but FindBoost looks up as the file
+        # libboost_python3.so, absent here. Our file is libboost_python3X.so, so the component
+        # must be python3X: python_version=3.X (Caffe reads python_version nowhere else but
+        # for the >= 3 test). FindBoost's own search looks in BOOST_LIBRARYDIR first.
+        flags[flags.index('-Dpython_version=3')] = '-Dpython_version=%d.%d' % sys.version_info[:2]
         flags += ['-DBoost_NO_BOOST_CMAKE=ON', '-DBOOST_LIBRARYDIR=%s' % boost_python]
     return flags
 

@@ -7,7 +7,7 @@
 # The GPU machine (one H200, 16 cores, Python 3.12 with numpy/scipy/scikit-image/pytest and
 # NVIDIA's CUDA 13 wheels, no package registries, at most 64 MiB carried) cannot build
 # pycaffe: it lacks the Debian build packages and a boost-python for Python 3.12. So
-# --check builds it here, for Python 3.12 (a python3.12 on PATH, $PYTHON312, or pyenv's):
+# --check builds it here, for Python 3.12 ($PYTHON312, else pyenv's, else a python3.12 on PATH):
 # tools/build_caffe.py in .gpu/venv312 with FCN_CUDA_ARCH=90 (boost-python 3.12 is built from
 # Debian's boost source), then tools/gpu_bundle.py packs it with its Debian runtime
 # libraries into .gpu/caffe-gpu-py312.tar.xz (about 15 MiB; the CUDA libraries are the
@@ -34,8 +34,18 @@ unpack() {  # unpack the bundle into $1; prints caffe-gpu's python dir
     echo "$1/caffe-gpu/python"
 }
 
+find_py312() {  # a Python 3.12 that runs: pyenv's real ones (newest first), then PATH's
+    # (PATH's python3.12 may be pyenv's shim, which fails where no 3.12 is selected)
+    local p
+    for p in $(ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | sort -rV) \
+             $(command -v python3.12 || true); do
+        "$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo "$p"; return; }
+    done
+    return 0
+}
+
 if [ "${1:-}" = "--check" ]; then
-    py312=${PYTHON312:-$(command -v python3.12 || ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1 || true)}
+    py312=${PYTHON312:-$(find_py312)}
     [ -n "$py312" ] || { echo "error: no Python 3.12 (set PYTHON312)" >&2; exit 1; }
     mkdir -p "$GPU"
     [ -x "$GPU/venv312/bin/python" ] || "$py312" -m venv "$GPU/venv312"

@@ -100,8 +100,9 @@ PAPER = tuple(row.to_dict() for row in models.PAPER)
 
 def _commands(model, model_dir, model_root):
     """(fetch, train) commands for `model`, as a user types them."""
-    if os.path.abspath(model_root) == REPO:
-        return 'python weights.py %s' % model, 'python %s/solve.py' % model
+    if os.path.abspath(model_root) == REPO:  # the folder as typed from the repository root
+        return ('python weights.py %s' % model,
+                'python %s' % os.path.join(os.path.relpath(model_dir, REPO), 'solve.py'))
     return ('python %s %s' % (os.path.join(REPO, 'weights.py'), model_dir),
             'python %s' % os.path.join(model_dir, 'solve.py'))
 

@@ -385,3 +385,13 @@ def test_out_checked_before_scoring(world, tmp_path, monkeypatch, capsys):
         run_main(monkeypatch, *base, '--out', voc / 'SegmentationClass')
     assert 'scoring' not in capsys.readouterr().err
     assert not (voc / 'SegmentationClass' / 'results.json').exists()
+
+
+def test_commands_name_the_models_folder_in_the_cards_layout():
+    # nyud-fcn32s-hha lives in nyud-fcn/fcn32s-hha/: the training command must say so.
+    REPO = common.REPO
+    folder = reproduce.model_folder("nyud-fcn32s-hha", REPO)
+    fetch, train_cmd = reproduce._commands('nyud-fcn32s-hha', folder, REPO)
+    assert fetch == 'python weights.py nyud-fcn32s-hha'
+    assert train_cmd == 'python %s' % os.path.join('nyud-fcn', 'fcn32s-hha', 'solve.py')
+    assert os.path.isfile(os.path.join(REPO, train_cmd.split()[1]))

@@ -445,7 +445,10 @@ def summary_markdown(record):
                 if reason.get('read'):
                     text += ' (read %s)' % reason['read']
                 parts.append(text)
-            lines.append('- `%s` (%s): %s' % (model, entry['status'], '; '.join(parts)))
+            # Paths inside the repository as typed from its root, so the Markdown (and the
+            # README block) reads the same in any clone.
+            text = '; '.join(parts).replace(REPO + os.sep, '')
+            lines.append('- `%s` (%s): %s' % (model, entry['status'], text))
     evaluated = [m for m, e in entries.items() if e.get('status') == 'evaluated']
     if evaluated:
         lines += ['', 'Weights scored: ' + '; '.join(

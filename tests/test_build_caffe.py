@@ -111,12 +111,15 @@ def test_cuda_toolkit_found_behind_a_wrapper_nvcc(tmp_path, monkeypatch):
 def test_our_boost_python_is_the_component_caffe_asks_for(tmp_path):
     """Caffe (with Debian's cmake-link-correct-python-lib patch) asks Boost for the component
     "python" + the digits of python_version; FindBoost then looks for libboost_<component>.so,
-    which for our own Boost.Python is libboost_python3X.so (boost_python_dir)."""
+    which for our own Boost.Python is libboost_python3X.so (boost_python_dir), given as the
+    library file itself (FindBoost looks for later components only where it found the first)."""
     flags = build_caffe.cmake_flags(str(tmp_path / 'prefix'), None, str(tmp_path))
     version = [f.split('=', 1)[1] for f in flags if f.startswith('-Dpython_version=')]
     assert len(version) == 1
     component = 'python' + re.sub('[^0-9]', '', version[0])
     assert 'libboost_%s.so' % component == 'libboost_python%d%d.so' % sys.version_info[:2]
-    assert '-DBOOST_LIBRARYDIR=%s' % tmp_path in flags and '-DBoost_NO_BOOST_CMAKE=ON' in flags
+    # given as the file: FindBoost searches only Debian's directory after the first components
+    assert '-DBoost_%s_LIBRARY_RELEASE=%s' % (component.upper(), tmp_path / ('libboost_%s.so' % component)) in flags
+    assert '-DBoost_NO_BOOST_CMAKE=ON' in flags
     # Debian's own boost-python: Boost's CMake config maps python3 to it, flags as before
     assert '-Dpython_version=3' in build_caffe.cmake_flags(str(tmp_path / 'prefix'), None)

@@ -548,9 +548,14 @@ def cmake_flags(prefix, arch, boost_python=None):
         # Boost's own CMake config maps to Debian's python3X but FindBoost looks up as the file
         # libboost_python3.so, absent here. Our file is libboost_python3X.so, so the component
         # must be python3X: python_version=3.X (Caffe reads python_version nowhere else but
-        # for the >= 3 test). FindBoost's own search looks in BOOST_LIBRARYDIR first.
+        # for the >= 3 test). The file itself is given: FindBoost searches only the directory
+        # where it found the earlier components (system, thread, ...: Debian's), not
+        # BOOST_LIBRARYDIR, once Boost_LIBRARY_DIR_RELEASE is set.
+        py = '%d%d' % sys.version_info[:2]
         flags[flags.index('-Dpython_version=3')] = '-Dpython_version=%d.%d' % sys.version_info[:2]
-        flags += ['-DBoost_NO_BOOST_CMAKE=ON', '-DBOOST_LIBRARYDIR=%s' % boost_python]
+        flags += ['-DBoost_NO_BOOST_CMAKE=ON', '-DBOOST_LIBRARYDIR=%s' % boost_python,
+                  '-DBoost_PYTHON%s_LIBRARY_RELEASE=%s'
+                  % (py, os.path.join(boost_python, 'libboost_python%s.so' % py))]
     return flags
 
 

@@ -647,6 +647,18 @@ def _blob_values(blob):
     return len(blob.data) or len(blob.double_data)
 
 
+def read_proto(path, message, error=InputError, text='%s: not a Caffe weights file (%s)'):
+    """`message` (an empty protobuf message: caffe_pb2.NetParameter(), SolverState(), ...)
+    parsed from the binary file `path`; error(text % (path, why)) when it cannot be read
+    or does not parse."""
+    try:
+        with open(path, 'rb') as f:
+            message.ParseFromString(f.read())
+    except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
+        raise error(text % (path, e))
+    return message
+
+
 def check_weights(path, net, partial=False):
     """Raise InputError unless caffemodel `path` parses, every layer it shares with `net`
     (by name) has the same number and shapes of parameter blobs with all their values,
@@ -661,12 +673,7 @@ def check_weights(path, net, partial=False):
                          else '%s: not a weights file (a folder?)' % path)
     if os.path.getsize(path) == 0:
         raise InputError('%s: weights file is empty' % path)
-    param = caffe.proto.caffe_pb2.NetParameter()
-    try:
-        with open(path, 'rb') as f:
-            param.ParseFromString(f.read())
-    except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
-        raise InputError('%s: not a Caffe weights file (%s)' % (path, e))
+    param = read_proto(path, caffe.proto.caffe_pb2.NetParameter())
     layers = list(param.layer) or list(param.layers)  # V1 models use `layers`
     if not layers:
         raise InputError('%s: weights file holds no layers' % path)

@@ -337,14 +337,9 @@ class ForkReport:
 
 def _fork_layers(path):
     caffe = common.import_caffe()
-    param = caffe.proto.caffe_pb2.NetParameter()
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         raise common.InputError('%s: weights file not found or empty' % path)
-    try:
-        with open(path, 'rb') as f:
-            param.ParseFromString(f.read())
-    except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
-        raise common.InputError('%s: not a Caffe weights file (%s)' % (path, e))
+    param = common.read_proto(path, caffe.proto.caffe_pb2.NetParameter())
     if not param.layer:
         raise common.InputError('%s: holds no layers (a V1 or empty file, not the PSPNet fork\'s)'
                                 % path)

@@ -469,12 +469,8 @@ def check_state(run, it):
     iteration `it` and one history blob of each parameter's shape per history slot."""
     caffe = common.import_caffe()
     path = snapshot_path(run.out, it, 'solverstate')
-    state = caffe.proto.caffe_pb2.SolverState()
-    try:
-        with open(path, 'rb') as f:
-            state.ParseFromString(f.read())
-    except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
-        raise Untrusted('%s does not parse (%s)' % (path, e))
+    state = common.read_proto(path, caffe.proto.caffe_pb2.SolverState(), Untrusted,
+                              '%s does not parse (%s)')
     shapes = [s for blobs in param_shapes(run.solver.net).values() for s in blobs]
     shapes = shapes * HISTORY_PER_PARAM.get(solver_type(run.param), 1)
     stored = [list(b.shape.dim) for b in state.history]

@@ -166,6 +166,21 @@ def read_split(path, hint=''):
     return ids
 
 
+def write_splits(folder, lists, expect=None, context=''):
+    """Write each list of `lists` ({name: [image id, ...]}) to folder/<name>.txt, one id a
+    line (as read_split reads it), each in one rename; first, unless `expect` is None,
+    check each count of `expect` ({name: images}): one that differs is an InputError
+    (`context` added in parentheses, e.g. the counts of every list) and nothing is written."""
+    context = ' (%s)' % context if context else ''
+    for name, want in (expect or {}).items():
+        if len(lists[name]) != want:
+            raise common.InputError('%s has %d images, expected %d%s; nothing written'
+                                    % (name, len(lists[name]), want, context))
+    for name, ids in lists.items():
+        with common.atomic_write(os.path.join(folder, name + '.txt'), 'w') as f:
+            f.write(''.join(i + '\n' for i in ids))
+
+
 def _need(path, what):
     if not os.path.isfile(path):
         raise FileNotFoundError('%s not found: %s' % (what, path))

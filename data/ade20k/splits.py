@@ -21,7 +21,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import common  # noqa: E402
-from layers import SPLIT_SIZES, ADE20KSegDataLayer, data_path  # noqa: E402
+from layers import SPLIT_SIZES, ADE20KSegDataLayer, data_path, write_splits  # noqa: E402
 
 SPLITS = ('training', 'validation')
 
@@ -51,14 +51,8 @@ def main(argv=None):
     d = data_path(args.ade20k_dir)
     lists = {split: split_ids(d, split) for split in SPLITS}
     summary = ', '.join('%s %d' % (s, len(ids)) for s, ids in lists.items())
-    for split, ids in lists.items():
-        want = SPLIT_SIZES[('ade20k', split)]
-        if not args.no_check and len(ids) != want:
-            raise common.InputError('%s has %d images, expected %d (%s); nothing written'
-                                    % (split, len(ids), want, summary))
-    for split, ids in lists.items():
-        with common.atomic_write(os.path.join(d, split + '.txt'), 'w') as f:
-            f.write(''.join(i + '\n' for i in ids))
+    expect = None if args.no_check else {s: SPLIT_SIZES[('ade20k', s)] for s in lists}
+    write_splits(d, lists, expect, summary)
     print('wrote %s/{%s}.txt: %s' % (d, ','.join(SPLITS), summary))
     return 0
 

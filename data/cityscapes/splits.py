@@ -22,7 +22,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import common  # noqa: E402
-from layers import SPLIT_SIZES, CityscapesSegDataLayer, data_path  # noqa: E402
+from layers import SPLIT_SIZES, CityscapesSegDataLayer, data_path, write_splits  # noqa: E402
 
 SPLITS = ('train', 'val', 'test')
 IMAGE, LABEL = '_leftImg8bit.png', '_gtFine_labelIds.png'
@@ -62,14 +62,8 @@ def main(argv=None):
                                     % os.path.join(d, 'leftImg8bit', split))
     lists = {s: ids for s, ids in lists.items() if ids is not None}
     summary = ', '.join('%s %d' % (s, len(ids)) for s, ids in lists.items())
-    for split, ids in lists.items():
-        want = SPLIT_SIZES[('cityscapes', split)]
-        if not args.no_check and len(ids) != want:
-            raise common.InputError('%s has %d images, expected %d (%s); nothing written'
-                                    % (split, len(ids), want, summary))
-    for split, ids in lists.items():
-        with common.atomic_write(os.path.join(d, split + '.txt'), 'w') as f:
-            f.write(''.join(i + '\n' for i in ids))
+    expect = None if args.no_check else {s: SPLIT_SIZES[('cityscapes', s)] for s in lists}
+    write_splits(d, lists, expect, summary)
     print('wrote %s/{%s}.txt: %s' % (d, ','.join(lists), summary))
     return 0
 

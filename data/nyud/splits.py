@@ -26,7 +26,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import common  # noqa: E402
-from layers import SPLIT_SIZES, data_path, load_mat  # noqa: E402
+from layers import SPLIT_SIZES, data_path, load_mat, write_splits  # noqa: E402
 
 # Where nyusplits.mat lies once Gupta et al.'s data.tgz is unpacked in the NYUD folder.
 CANDIDATES = ('benchmarkData/metadata/nyusplits.mat',
@@ -87,14 +87,8 @@ def main(argv=None):
     if set(lists['trainval']) & set(lists['test']):
         raise common.InputError('%s: trainval and test share images' % path)
     counts = {k: len(v) for k, v in lists.items()}
-    if not args.no_check:
-        for name, want in (('trainval', args.expect_trainval), ('test', args.expect_test)):
-            if counts[name] != want:
-                raise common.InputError('%s: %s has %d images, expected %d; nothing written'
-                                        % (path, name, counts[name], want))
-    for name in sorted(lists):
-        with common.atomic_write(os.path.join(nyud_dir, name + '.txt'), 'w') as f:
-            f.write(''.join(i + '\n' for i in lists[name]))
+    expect = None if args.no_check else {'trainval': args.expect_trainval, 'test': args.expect_test}
+    write_splits(nyud_dir, lists, expect, 'from %s' % path)
     print('wrote %s in %s from %s' % (', '.join('%s.txt (%d)' % (k, counts[k]) for k in sorted(counts)),
                                        nyud_dir, path))
     return 0

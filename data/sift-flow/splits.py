@@ -26,7 +26,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import common  # noqa: E402
-from layers import SPLIT_SIZES, SIFTFlowSegDataLayer, data_path, read_mat, read_split  # noqa: E402
+from layers import SPLIT_SIZES, SIFTFlowSegDataLayer, data_path, read_mat, read_split, \
+    write_splits  # noqa: E402
 
 SUBDIR = SIFTFlowSegDataLayer.SUBDIR
 
@@ -95,15 +96,8 @@ def main(argv=None):
     trainval = [i for i in images if i not in dropped]
     summary = ('%d images: test %d, trainval %d, unannotated left out: %s'
                % (len(images), len(test), len(trainval), ', '.join(unannotated) or 'none'))
-    if not args.no_check:
-        for name, n, want in (('test', len(test), args.expect_test),
-                              ('trainval', len(trainval), args.expect_trainval)):
-            if n != want:
-                raise common.InputError('%s has %d images, expected %d (%s); nothing written'
-                                        % (name, n, want, summary))
-    for name, ids in (('test', test), ('trainval', trainval)):
-        with common.atomic_write(os.path.join(d, name + '.txt'), 'w') as f:
-            f.write(''.join(i + '\n' for i in ids))
+    expect = None if args.no_check else {'test': args.expect_test, 'trainval': args.expect_trainval}
+    write_splits(d, {'test': test, 'trainval': trainval}, expect, summary)
     print('wrote %s/{test,trainval}.txt: %s' % (d, summary))
     return 0
 

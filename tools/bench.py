@@ -190,6 +190,31 @@ def _net_file(model, split, height, width, tmpdir):
     return path
 
 
+def _sgd_solver(caffe, net_path, tmpdir):
+    """An SGDSolver of train net `net_path` for timing only: the paper's momentum and weight
+    decay, a learning rate too small to move the weights, no snapshots; its solver
+    prototxt is written into `tmpdir` (read once, here)."""
+    solver_path = os.path.join(tmpdir, 'solver.prototxt')
+    with open(solver_path, 'w') as f:
+        f.write('train_net: "%s"\nbase_lr: 1e-14\nlr_policy: "fixed"\nmomentum: 0.99\n'
+                'weight_decay: 0.0005\nmax_iter: 100000\ndisplay: 0\nsnapshot: 0\n'
+                'snapshot_prefix: "%s/snap"\n' % (net_path, tmpdir))
+    return caffe.SGDSolver(solver_path)
+
+
+def _random_inputs(net):
+    """Random inputs written into `net`: data N(0, 1) x 50 (about a mean-subtracted image's
+    spread), and, when it has a label blob, labels of 21 classes with the first 10
+    columns void (255)."""
+    rng = np.random.default_rng(1)
+    net.blobs['data'].data[...] = rng.standard_normal(net.blobs['data'].data.shape,
+                                                      dtype=np.float32) * 50
+    if 'label' in net.blobs:
+        label = rng.integers(0, 21, net.blobs['label'].data.shape)
+        label[:, :, :10] = 255
+        net.blobs['label'].data[...] = label
+
+
 def _busy_ticks():
     """System-wide busy CPU ticks (all CPUs) from /proc/stat; None off Linux."""
     try:
@@ -242,9 +267,7 @@ def _load_deploy(caffe, spec):
     _fill_random(net)
     if spec['net'].startswith('pspnet'):
         _pspnet_weights(net)
-    rng = np.random.default_rng(1)
-    net.blobs['data'].data[...] = rng.standard_normal(net.blobs['data'].data.shape,
-                                                      dtype=np.float32) * 50
+    _random_inputs(net)
     return net, (_torch_net(net, param, OUTPUT.get(spec['net'], 'score')) if pytorch
                  else net.forward)
 
@@ -464,20 +487,10 @@ def task_train(spec):
     with tempfile.TemporaryDirectory() as tmp:
         net_path = _net_file(spec['net'], 'train', spec['height'], spec['width'], tmp)
         param = common.read_net_param(net_path)
-        solver_path = os.path.join(tmp, 'solver.prototxt')
-        with open(solver_path, 'w') as f:
-            f.write('train_net: "%s"\nbase_lr: 1e-14\nlr_policy: "fixed"\nmomentum: 0.99\n'
-                    'weight_decay: 0.0005\nmax_iter: 100000\ndisplay: 0\nsnapshot: 0\n'
-                    'snapshot_prefix: "%s/snap"\n' % (net_path, tmp))
-        solver = caffe.SGDSolver(solver_path)
+        solver = _sgd_solver(caffe, net_path, tmp)
     net = solver.net
     _fill_random(net)
-    rng = np.random.default_rng(1)
-    net.blobs['data'].data[...] = rng.standard_normal(net.blobs['data'].data.shape,
-                                                      dtype=np.float32) * 50
-    label = rng.integers(0, 21, net.blobs['label'].data.shape)
-    label[:, :, :10] = 255
-    net.blobs['label'].data[...] = label
+    _random_inputs(net)
     flops = conv_flops(net)
     # Backward arithmetic: the weight gradient of every layer that learns (lr_mult > 0)
     # and the input gradient of every layer but the first, each as much as the forward.

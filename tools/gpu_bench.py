@@ -33,7 +33,6 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import numpy as np  # noqa: E402
 import bench  # noqa: E402  (tools/bench.py beside this file: the CPU benchmark's net builders and weights)
 import common  # noqa: E402
 
@@ -77,21 +76,11 @@ def task(spec):
             net = caffe.Net(path, caffe.TEST)
             step = net.forward
         else:
-            solver_path = os.path.join(tmp, 'solver.prototxt')
-            with open(solver_path, 'w') as f:
-                f.write('train_net: "%s"\nbase_lr: 1e-14\nlr_policy: "fixed"\nmomentum: 0.99\n'
-                        'weight_decay: 0.0005\nmax_iter: 100000\ndisplay: 0\nsnapshot: 0\n'
-                        'snapshot_prefix: "%s/snap"\n' % (path, tmp))
-            solver = caffe.SGDSolver(solver_path)
+            solver = bench._sgd_solver(caffe, path, tmp)
             net = solver.net
             step = lambda: (solver.step(1), float(net.blobs['loss'].data))  # noqa: E731
     bench._fill_random(net)
-    rng = np.random.default_rng(1)
-    net.blobs['data'].data[...] = rng.standard_normal(net.blobs['data'].data.shape) * 50
-    if 'label' in net.blobs:
-        label = rng.integers(0, 21, net.blobs['label'].data.shape)
-        label[:, :, :10] = 255
-        net.blobs['label'].data[...] = label
+    bench._random_inputs(net)
     times, lowest = timed(step, spec['repeats'])
     out = {'times_ms': times, 'min_ms': min(times), 'median_ms': statistics.median(times)}
     if base is not None and lowest is not None:

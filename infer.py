@@ -428,12 +428,13 @@ def output_names(paths, out):
     return names
 
 
-def default_weights(spec, download=True):
+def default_weights(spec, download=True, partial=False):
     """The weights of model `spec` when --weights is not given: for a model the release
     never had (a user's model.json, nyud-fcn16s-color-hha) the latest good snapshot its
-    solve.py wrote (train.latest_weights), else the released ones (released_weights)."""
+    solve.py wrote (train.latest_weights), else the released ones (released_weights).
+    partial: the net will be opened with partial loading (--allow-partial)."""
     if spec.weights is not None:
-        return released_weights(spec.name, download)
+        return released_weights(spec.name, download, partial)
     import train  # here: train imports score, which imports this module
     folder = models.model_dir(spec)
     path = train.latest_weights(train.snapshot_dir(folder))
@@ -444,13 +445,15 @@ def default_weights(spec, download=True):
     return path
 
 
-def released_weights(model, download=True):
+def released_weights(model, download=True, partial=False):
     """Path of `model`'s released weights (where weights.py keeps them), fetched on
     first use unless not `download` (progress bar, size / checksum checked); offline,
     an InputError names the URL and the path to put the file at."""
     path = weights.weights_path(model)
     if os.path.isfile(path):
-        weights.fetch(model, progress=False)  # a file of the wrong size is refused
+        # A file of the wrong size is refused here; its content is checked by open_net
+        # (every layer covered) unless the net is opened partially, then by fetch.
+        weights.fetch(model, progress=False, content=partial)
         return path
     if not download:
         raise InputError('%s: weights not found; get them with `python weights.py %s` '
@@ -551,7 +554,7 @@ def open_model(args):
         raise InputError('%s: net prototxt not found; write it with `python net.py %s`'
                          % (deploy, model))
     names = read_classes(args.classes) if args.classes else names
-    path = args.weights or default_weights(models.get(model), not args.no_download)
+    path = args.weights or default_weights(models.get(model), not args.no_download, args.allow_partial)
     set_mode(args.gpu)
     net = open_net(deploy, 'test', path, partial=args.allow_partial)
     check_rgb_net(net, deploy)

@@ -326,11 +326,14 @@ def complete(model, path):
         common.check_weights(path, common.open_net(deploy, 'test'))
 
 
-def fetch(model, progress=True, verify=False):
+def fetch(model, progress=True, verify=False, content=True):
     """Download `model`'s weights unless present; returns (path, 'present' | 'downloaded').
 
     A present file must have the recorded size; where none is recorded (and always with
-    `verify`) its content must be `complete`; `verify` also checks the checksums."""
+    `verify`) its content must be `complete`; `verify` also checks the checksums.
+    content=False skips that content check of a present file, for a caller that loads it
+    through common.open_net right away (the same full-coverage check, so the caffemodel
+    is not parsed and the deploy net not built twice)."""
     rec = read_url_record(record_path(model))
     if not rec['url']:
         raise InputError('%s: %s' % (model, NO_RELEASE))
@@ -343,7 +346,7 @@ def fetch(model, progress=True, verify=False):
             if rec[algo] and _file_digest(dest, algo) != rec[algo]:
                 raise InputError('%s: %s does not match the release; delete it and run again'
                                  % (dest, algo))
-        if verify or rec['size'] is None:
+        if verify or (content and rec['size'] is None):
             try:
                 complete(model, dest)
             except InputError as e:

@@ -217,6 +217,23 @@ def test_released_weights_fetched_on_first_use(model, tmp_path, monkeypatch, cap
     assert (tmp_path / 'o' / 'a.png').is_file()
 
 
+def test_present_released_weights_cut_short_are_refused(model, tmp_path, monkeypatch, capsys):
+    """A released file already in place but cut short (no size recorded) is refused with
+    one line naming it: the content check of the net that is opened (open_net)."""
+    deploy, good, _ = model
+    dest = released(monkeypatch, tmp_path, 'file://' + str(good), None)
+    data = open(good, 'rb').read()
+    dest.write_bytes(data[:len(data) // 2])
+    img = tmp_path / 'a.png'
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(img)
+    with pytest.raises(SystemExit) as e:
+        infer.run_cli(infer.main, [str(img), '--deploy', deploy, '--out', str(tmp_path / 'o')])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(dest) in err[0], err
+    assert not (tmp_path / 'o' / 'a.png').exists()
+
+
 def test_offline_names_the_url_and_the_path(model, tmp_path, monkeypatch, capsys):
     deploy = model[0]
     url = 'http://127.0.0.1:9/fcn8s-heavy-pascal.caffemodel'  # the discard port: refused

@@ -323,6 +323,12 @@ class Weights:
         """The file name without .caffemodel (PSPNet: the release's net name)."""
         return self.file[:-len('.caffemodel')] if self.file.endswith('.caffemodel') else self.file
 
+    @property
+    def stock_file(self):
+        """The file `surgery.py pspnet-convert` writes beside the release's (a fork's
+        caffemodel converted for this stock Caffe): <release name>-stock.caffemodel."""
+        return self.stem + '-stock.caffemodel'
+
 
 @dataclass(frozen=True)
 class Parent:

@@ -453,7 +453,7 @@ def pspnet_convert_main(args):
         raise common.InputError('%s: not found; python weights.py %s, or pass --weights'
                                 % (src, args.model))
     out = args.out or os.path.join(os.path.dirname(weights.record_path(args.model)),
-                                   models.get(args.model).weights.stem + '-stock.caffemodel')
+                                   models.get(args.model).weights.stock_file)
     convert_fork_bn(src, nets.build_net(args.model, 'deploy', aux=not args.no_aux), out)
     print('%s: converted into %s' % (src, out))
     return 0

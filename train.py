@@ -175,7 +175,7 @@ def parent_weights(source):
 def pspnet_stock_path(model_dir, model_name):
     """Where surgery.py pspnet-convert puts a PSPNet's released weights converted for
     this Caffe: <model_dir>/<release name>-stock.caffemodel."""
-    return os.path.join(model_dir, models.get(model_name).weights.stem + '-stock.caffemodel')
+    return os.path.join(model_dir, models.get(model_name).weights.stock_file)
 
 
 def pspnet_weights(model_name):

@@ -36,10 +36,13 @@ from google.protobuf import text_format
 from PIL import Image
 from scipy import ndimage
 
-import common
+import cli
+import guard
+import layers
 import net
+import safewrite
 import train
-from common import REPO, InputError
+from project import REPO, InputError
 
 CLASSES = ['background', 'disc', 'square', 'triangle', 'ring']
 WIDTHS = (8, 16, 24, 32, 32, 64)  # conv1..conv5, fc6/fc7 (the paper's: 64 ... 4096)
@@ -133,10 +136,10 @@ def make_dataset(voc_dir, n_train, n_val, seed):
     for split, ids in splits.items():
         for i in ids:
             img, label = make_image(rng)
-            with common.atomic_write(os.path.join(voc_dir, 'JPEGImages', i + '.jpg')) as f:
+            with safewrite.atomic_write(os.path.join(voc_dir, 'JPEGImages', i + '.jpg')) as f:
                 Image.fromarray(img).save(f, format='JPEG', quality=92)
-            common.save_label_png(os.path.join(voc_dir, 'SegmentationClass', i + '.png'), label)
-        with common.atomic_write(os.path.join(voc_dir, 'ImageSets', 'Segmentation', split + '.txt'), 'w') as f:
+            layers.save_label_png(os.path.join(voc_dir, 'SegmentationClass', i + '.png'), label)
+        with safewrite.atomic_write(os.path.join(voc_dir, 'ImageSets', 'Segmentation', split + '.txt'), 'w') as f:
             f.write('\n'.join(ids) + '\n')
     return splits['train'], splits['val']
 
@@ -145,7 +148,7 @@ def make_dataset(voc_dir, n_train, n_val, seed):
 
 def write_model(model_dir, voc_dir, n_val, seed, base_lr):
     """A narrow FCN-8s model directory (train/val/deploy/solver) for the generated data."""
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     os.makedirs(model_dir, exist_ok=True)
     data = {split: ('VOCSegDataLayer', {'voc_dir': voc_dir, 'split': split, 'seed': seed})
             for split in ('train', 'val')}
@@ -156,7 +159,7 @@ def write_model(model_dir, voc_dir, n_val, seed, base_lr):
         for layer in proto.layer:  # from scratch: random convolutions (see docstring)
             if layer.type == 'Convolution':
                 layer.convolution_param.weight_filler.type = 'msra'
-        with common.atomic_write(os.path.join(model_dir, split + '.prototxt'), 'w') as f:
+        with safewrite.atomic_write(os.path.join(model_dir, split + '.prototxt'), 'w') as f:
             f.write('# demo: narrow FCN-8s written by demo.py through net.voc_fcn\n' + str(proto))
     solver = caffe.proto.caffe_pb2.SolverParameter()
     text_format.Merge(net.model_solver('voc-fcn8s', test_iter=n_val), solver)
@@ -166,7 +169,7 @@ def write_model(model_dir, voc_dir, n_val, seed, base_lr):
     solver.momentum2 = 0.999
     solver.random_seed = seed
     solver.ClearField('snapshot')
-    with common.atomic_write(os.path.join(model_dir, 'solver.prototxt'), 'w') as f:
+    with safewrite.atomic_write(os.path.join(model_dir, 'solver.prototxt'), 'w') as f:
         f.write('# demo: Adam from scratch (see demo.py); the paper\'s solvers are in the model dirs\n'
                 + str(solver))
 
@@ -218,7 +221,7 @@ def main(argv=None):
     infer_dir = os.path.join(out, 'infer')
     weights = os.path.join(train_dir, final['snapshot'].replace('.solverstate', '.caffemodel'))
     classes_file = os.path.join(model_dir, 'classes.txt')
-    with common.atomic_write(classes_file, 'w') as f:
+    with safewrite.atomic_write(classes_file, 'w') as f:
         f.write('\n'.join(CLASSES) + '\n')
     images = [os.path.join(voc_dir, 'JPEGImages', i + '.jpg') for i in val_ids[:6]]
     cmd = [sys.executable, os.path.join(REPO, 'infer.py')] + images + [
@@ -233,7 +236,7 @@ def main(argv=None):
                'per_class_iu': dict(zip(CLASSES, seg['per_class_iu'])),
                'iterations': final['iter'], 'seconds': round(time.time() - t_start, 1),
                'seed': args.seed, 'weights': weights}
-    with common.atomic_write(os.path.join(out, 'summary.json'), 'w') as f:
+    with safewrite.atomic_write(os.path.join(out, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1)
     print('\nheld-out mean IU %.3f (pixel accuracy %.3f) after %d iterations, %.0f s in all'
           % (seg['mean_iu'], seg['overall_acc'], final['iter'], summary['seconds']))
@@ -248,4 +251,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    cli.run_cli(main)

@@ -72,8 +72,13 @@ from PIL import Image, ImageOps
 import layers
 import models
 import weights
-from common import LIMIT, REPO, InputError, atomic_write, check_net, label_palette, open_net, \
-    progress_bar, read_net_param, run_cli, save_label_png, set_mode
+from cli import gpu_flag, progress_bar, run_cli
+from guard import set_mode
+from layers import label_palette, save_label_png
+from netinit import LIMIT, check_net, read_net_param
+from netload import open_net
+from project import REPO, InputError
+from safewrite import atomic_write
 
 # The longer side of the images each dataset's nets were trained on, the default scale:
 # PASCAL VOC and PASCAL-Context images are at most 500 px a side, NYUDv2's 640 x 480,
@@ -300,7 +305,7 @@ def check_rgb_net(net, prototxt):
 
 def overlay(image, label, background=None, alpha=0.5, palette=None):
     """H x W x 3 uint8: the class colours (the dataset's `palette`, K x 3 RGB, over the VOC
-    palette; see common.label_palette) blended onto `image` with weight `alpha`; pixels
+    palette; see layers.label_palette) blended onto `image` with weight `alpha`; pixels
     of class `background` (and void, 255) keep the image's colours."""
     colours = label_palette(palette)[label].astype(np.float32)
     out = image.astype(np.float32) * (1 - alpha) + colours * alpha
@@ -428,42 +433,9 @@ def output_names(paths, out):
     return names
 
 
-def default_weights(spec, download=True, partial=False):
-    """The weights of model `spec` when --weights is not given: for a model the release
-    never had (a user's model.json, nyud-fcn16s-color-hha) the latest good snapshot its
-    solve.py wrote (train.latest_weights), else the released ones (released_weights).
-    partial: the net will be opened with partial loading (--allow-partial)."""
-    if spec.weights is not None:
-        return released_weights(spec.name, download, partial)
-    import train  # here: train imports score, which imports this module
-    folder = models.model_dir(spec)
-    path = train.latest_weights(train.snapshot_dir(folder))
-    if path is None:
-        raise InputError('%s: not trained yet (no good snapshot in %s); train it with `python %s` '
-                         'or pass --weights FILE' % (spec.name, train.snapshot_dir(folder),
-                                                     os.path.join(folder, 'solve.py')))
-    return path
-
-
-def released_weights(model, download=True, partial=False):
-    """Path of `model`'s released weights (where weights.py keeps them), fetched on
-    first use unless not `download` (progress bar, size / checksum checked); offline,
-    an InputError names the URL and the path to put the file at."""
-    path = weights.weights_path(model)
-    if os.path.isfile(path):
-        # A file of the wrong size is refused here; its content is checked by open_net
-        # (every layer covered) unless the net is opened partially, then by fetch.
-        weights.fetch(model, progress=False, content=partial)
-        return path
-    if not download:
-        raise InputError('%s: weights not found; get them with `python weights.py %s` '
-                         '(or pass --weights FILE, or drop --no-download)' % (path, model))
-    print('%s: fetching the released weights into %s' % (model, path), file=sys.stderr, flush=True)
-    return weights.fetch(model, progress=sys.stderr.isatty())[0]
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(
+        parents=[gpu_flag()],
         description='Segment images with an FCN: writes OUT/<name>.png (class indices, '
                     'palette PNG) and OUT/<name>-overlay.jpg.')
     parser.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR',
@@ -485,7 +457,6 @@ def parse_args(argv):
                              "model's dataset's); for nets trained on your own data")
     parser.add_argument('--out', default='fcn-out',
                         help='output folder (default: fcn-out in the current directory)')
-    parser.add_argument('--gpu', type=int, default=None, help='GPU id (default: CPU)')
     parser.add_argument('--max-side', type=int, default=None, metavar='N',
                         help='shrink images whose longer side exceeds N pixels before the '
                              'net (default: the scale the model was trained at, 500 for VOC '
@@ -510,13 +481,12 @@ def open_pspnet(args, model):
     converted release weights beside it (surgery.py pspnet-convert) unless --weights,
     PSPNet's mean, the dataset's class names; the last item is the release's protocol
     (base size, crop = the net's input, scales, the dataset's palette)."""
-    import train  # here: train imports score, which imports this module
     dataset = models.get(model).dataset
     folder = models.model_dir(model)
     deploy = args.deploy or os.path.join(folder, 'deploy.prototxt')
     if not os.path.isfile(deploy):
         raise InputError('%s: net prototxt not found; write it with `python net.py`' % deploy)
-    path = args.weights or train.pspnet_stock_path(folder, model)
+    path = args.weights or weights.pspnet_stock_path(folder, model)
     if not os.path.isfile(path):
         raise InputError('%s: weights not found; get and convert the released ones with '
                          '`python weights.py %s && python surgery.py pspnet-convert --model %s` '
@@ -554,7 +524,7 @@ def open_model(args):
         raise InputError('%s: net prototxt not found; write it with `python net.py %s`'
                          % (deploy, model))
     names = read_classes(args.classes) if args.classes else names
-    path = args.weights or default_weights(models.get(model), not args.no_download, args.allow_partial)
+    path = args.weights or weights.default_weights(models.get(model), not args.no_download, args.allow_partial)
     set_mode(args.gpu)
     net = open_net(deploy, 'test', path, partial=args.allow_partial)
     check_rgb_net(net, deploy)

@@ -55,7 +55,7 @@ Errors
 Python exceptions raised here come out of caffe.Net(...) and net.forward() as the same
 Python exceptions (pycaffe re-raises them), never as a Caffe abort: a missing file is a
 FileNotFoundError naming the path, a malformed file or an empty split list is a
-common.InputError naming the file, a bad param_str or wrong number of tops a ValueError.
+project.InputError naming the file, a bad param_str or wrong number of tops a ValueError.
 Labels are checked where they are read (`read_labels`): a value that is neither one of
 the classes nor void, NaN, a fraction or text is an InputError naming the file and the
 values, since Caffe's loss would read outside its arrays on it (a crash, or a loss
@@ -76,11 +76,13 @@ import scipy.io
 import scipy.ndimage
 from PIL import Image
 
-import common
+import guard
 import models
+import project
+import safewrite
 from metrics import VOID, bad_values
 
-caffe = common.import_caffe()
+caffe = guard.import_caffe()
 
 
 # --------------------------------------------------------------------------------------
@@ -138,7 +140,7 @@ def data_root(root=None):
     their --data-root), else $FCN_DATA_ROOT if set (how a command reaches the layers Caffe
     instantiates from a prototxt), else <repo>/data."""
     root = root or os.environ.get('FCN_DATA_ROOT')
-    return os.path.abspath(os.path.expanduser(root)) if root else os.path.join(common.REPO, 'data')
+    return os.path.abspath(os.path.expanduser(root)) if root else os.path.join(project.REPO, 'data')
 
 
 def data_path(path, root=None):
@@ -160,9 +162,9 @@ def read_split(path, hint=''):
         with open(path, encoding='utf-8') as f:
             ids = [line.strip() for line in f if line.strip()]
     except UnicodeDecodeError as e:
-        raise common.InputError('%s: split list is not UTF-8 text (%s)' % (path, e.reason))
+        raise project.InputError('%s: split list is not UTF-8 text (%s)' % (path, e.reason))
     if not ids:
-        raise common.InputError('split list has no image ids: %s%s' % (path, hint))
+        raise project.InputError('split list has no image ids: %s%s' % (path, hint))
     return ids
 
 
@@ -174,10 +176,10 @@ def write_splits(folder, lists, expect=None, context=''):
     context = ' (%s)' % context if context else ''
     for name, want in (expect or {}).items():
         if len(lists[name]) != want:
-            raise common.InputError('%s has %d images, expected %d%s; nothing written'
+            raise project.InputError('%s has %d images, expected %d%s; nothing written'
                                     % (name, len(lists[name]), want, context))
     for name, ids in lists.items():
-        with common.atomic_write(os.path.join(folder, name + '.txt'), 'w') as f:
+        with safewrite.atomic_write(os.path.join(folder, name + '.txt'), 'w') as f:
             f.write(''.join(i + '\n' for i in ids))
 
 
@@ -198,7 +200,7 @@ def read_image(path, what='image', rgb=True):
                 im = im.convert('RGB')
             return np.array(im)
     except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        raise common.InputError('%s is not a readable %s: %s' % (path, what, e))
+        raise project.InputError('%s is not a readable %s: %s' % (path, what, e))
 
 
 def load_mat(path, what='label'):
@@ -207,7 +209,7 @@ def load_mat(path, what='label'):
     try:
         return scipy.io.loadmat(path)
     except Exception as e:  # scipy raises several types for a file that is not a .mat
-        raise common.InputError('%s is not a readable .mat file: %s' % (path, e))
+        raise project.InputError('%s is not a readable .mat file: %s' % (path, e))
 
 
 def read_mat(path, key, what='label'):
@@ -215,7 +217,7 @@ def read_mat(path, key, what='label'):
     mat = load_mat(path, what)
     if key not in mat:
         names = sorted(k for k in mat if not k.startswith('__'))
-        raise common.InputError('%s has no variable %r (has: %s)' % (path, key, ', '.join(names)))
+        raise project.InputError('%s has no variable %r (has: %s)' % (path, key, ', '.join(names)))
     return mat[key]
 
 
@@ -230,18 +232,18 @@ def read_labels(values, path, num_classes, first=0, void=(VOID,)):
     read. E.g. NYUDv2 and SIFT Flow store classes 1..C with 0 unlabeled: first=1, void=(0,)."""
     values = np.asarray(values)
     if values.dtype.kind not in 'biuf':
-        raise common.InputError('%s: labels are %s values, not numbers' % (path, values.dtype))
+        raise project.InputError('%s: labels are %s values, not numbers' % (path, values.dtype))
     if values.dtype.kind == 'f':
         if np.isnan(values).any():
-            raise common.InputError('%s: %d label values are NaN' % (path, np.isnan(values).sum()))
+            raise project.InputError('%s: %d label values are NaN' % (path, np.isnan(values).sum()))
         frac = np.isfinite(values) & (values != np.floor(values))
         if frac.any():
-            raise common.InputError('%s: fractional label values %s (labels are class numbers)'
+            raise project.InputError('%s: fractional label values %s (labels are class numbers)'
                                     % (path, bad_values(values[frac])))
     is_void = np.isin(values, void)
     is_class = (values >= first) & (values < first + num_classes)
     if not (is_void | is_class).all():
-        raise common.InputError('%s: label values %s are neither a class (%d..%d) nor void%s'
+        raise project.InputError('%s: label values %s are neither a class (%d..%d) nor void%s'
                                 % (path, bad_values(values[~(is_void | is_class)]), first,
                                    first + num_classes - 1,
                                    ' (%s)' % ', '.join(map(str, void)) if void else ''))
@@ -459,7 +461,7 @@ class SegDataLayer(caffe.Layer):
             arrays = self.load(idx)
             sizes = set(a.shape[1:] for a in arrays)
             if len(sizes) != 1:
-                raise common.InputError('%s: image %s has tops of different sizes %s'
+                raise project.InputError('%s: image %s has tops of different sizes %s'
                                         % (type(self).__name__, idx,
                                            [a.shape for a in arrays]))
             self.loaded = (self.idx, arrays)
@@ -550,7 +552,7 @@ class VOCSegDataLayer(SegDataLayer):
         # converting the palette to colours.
         label = read_image(path, what='label', rgb=False)
         if label.ndim != 2:
-            raise common.InputError('%s: expected a palette (one channel) label PNG, got '
+            raise project.InputError('%s: expected a palette (one channel) label PNG, got '
                                     'shape %s' % (path, label.shape))
         return [image, self.labels('label', label, path)[np.newaxis]]
 
@@ -580,7 +582,7 @@ class SBDDSegDataLayer(SegDataLayer):
         try:
             label = gt[0]['Segmentation'][0]
         except (IndexError, KeyError, ValueError) as e:
-            raise common.InputError('%s: GTcls has no Segmentation field (%s)' % (path, e))
+            raise project.InputError('%s: GTcls has no Segmentation field (%s)' % (path, e))
         return [image, self.labels('label', label, path)[np.newaxis]]
 
 
@@ -638,7 +640,7 @@ class NYUDSegDataLayer(SegDataLayer):
         path = self._file('data/hha', idx)
         hha = read_image(path, what='HHA image', rgb=False)
         if hha.ndim != 3 or hha.shape[2] != 3:
-            raise common.InputError('%s: HHA image must have 3 channels, got shape %s'
+            raise project.InputError('%s: HHA image must have 3 channels, got shape %s'
                                     % (path, hha.shape))
         hha = hha.astype(np.float32) - np.array(NYUD_HHA_MEAN, dtype=np.float32)
         return np.ascontiguousarray(hha.transpose((2, 0, 1)))
@@ -647,7 +649,7 @@ class NYUDSegDataLayer(SegDataLayer):
         path = self._file('data/depth', idx)
         depth = read_image(path, what='depth image', rgb=False).astype(np.float32)
         if depth.ndim != 2:
-            raise common.InputError('%s: depth must be one channel, got shape %s'
+            raise project.InputError('%s: depth must be one channel, got shape %s'
                                     % (path, depth.shape))
         # Gupta et al.'s depth is filled in, so 0 does not occur; a stray 0 would make
         # log give -inf and poison the net, so it is read as 1 (log 0).
@@ -710,16 +712,16 @@ def read_label_list(path):
         with open(path, encoding='utf-8') as f:
             lines = f.read().splitlines()
     except UnicodeDecodeError as e:
-        raise common.InputError('%s: label list is not UTF-8 text (%s)' % (path, e.reason))
+        raise project.InputError('%s: label list is not UTF-8 text (%s)' % (path, e.reason))
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         number, _, name = line.partition(':')
         if not number.strip().isdigit() or not name.strip():
-            raise common.InputError('%s line %d: expected "id: name", got %r' % (path, n, line))
+            raise project.InputError('%s line %d: expected "id: name", got %r' % (path, n, line))
         entries.append((int(number), name.strip()))
     if not entries:
-        raise common.InputError('label list is empty: %s' % path)
+        raise project.InputError('label list is empty: %s' % path)
     return entries
 
 
@@ -741,7 +743,7 @@ def context_mapping(labels_txt, labels59_txt):
     for k, name in enumerate(task):
         key = CONTEXT_RENAMED.get(name, name)
         if key not in full:
-            raise common.InputError('%s: class %r (%r) is not in %s'
+            raise project.InputError('%s: class %r (%r) is not in %s'
                                     % (labels59_txt, name, key, labels_txt))
         lut[full[key]] = k + 1
     return lut
@@ -869,7 +871,7 @@ def read_label_png(path):
     never converted to colours); InputError naming `path` for anything else."""
     label = read_image(path, what='label', rgb=False)
     if label.ndim != 2:
-        raise common.InputError('%s: expected a one-channel (palette or gray) label PNG, '
+        raise project.InputError('%s: expected a one-channel (palette or gray) label PNG, '
                                 'got shape %s' % (path, label.shape))
     return label
 
@@ -1109,11 +1111,11 @@ class CityscapesSegDataLayer(PSPSegDataLayer):
         path = os.path.join(d, 'gtFine', split, idx + '_gtFine_labelIds.png')
         label = read_label_png(path)
         if label.dtype != np.uint8:
-            raise common.InputError('%s: a labelIds PNG is 8-bit, this one is %s'
+            raise project.InputError('%s: a labelIds PNG is 8-bit, this one is %s'
                                     % (path, label.dtype))
         bad = label[~cls.DEFINED[label]]
         if bad.size:
-            raise common.InputError('%s: label values %s are not Cityscapes labelIds'
+            raise project.InputError('%s: label values %s are not Cityscapes labelIds'
                                     % (path, bad_values(bad)))
         return rgb, read_labels(cls.TRAIN_IDS[label], path, num_classes or cls.LABELS['label'])
 
@@ -1146,9 +1148,53 @@ class VOC2012PSPSegDataLayer(PSPSegDataLayer):
 
 
 # --------------------------------------------------------------------------------------
+# Label images: palettes and palette PNGs (every dataset's colours over the VOC colour map)
+
+def label_palette(palette=None):
+    """256 x 3 uint8: `palette` (K x 3 RGB colours of classes 0..K-1) over the VOC colour
+    map, which gives every other index (void 255 included) its colour."""
+    out = voc_palette()
+    if palette is not None:
+        palette = np.asarray(palette, np.uint8).reshape(-1, 3)[:256]
+        out[:len(palette)] = palette
+    return out
+
+
+def voc_palette(n=256):
+    """The PASCAL VOC colour map: n x 3 uint8, class k's RGB colour in row k.
+
+    Each class index's bits are spread over the high bits of R, G and B in turn, so the
+    first classes get well separated colours; index 255 (void) is the usual cream colour."""
+    palette = np.zeros((n, 3), np.uint8)
+    for k in range(n):
+        c, r, g, b = k, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette[k] = (r, g, b)
+    return palette
+
+
+def save_label_png(path, label, protect=(), palette=None):
+    """Write an H x W array of class indices (0-255) as a palette PNG, atomically, never
+    over one of `protect` (see check_not_input). palette: the dataset's colours, K x 3
+    RGB for classes 0..K-1 (ADE20K's, Cityscapes'); the VOC colour map for the rest and
+    by default."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError('label must be H x W, got shape %s' % (label.shape,))
+    img = Image.fromarray(label.astype(np.uint8), mode='P')
+    img.putpalette(label_palette(palette).ravel().tolist())
+    with safewrite.atomic_write(path, protect=protect) as f:
+        img.save(f, format='PNG')
+
+
+# --------------------------------------------------------------------------------------
 # Registry for scoring code
 
-# The colours (R, G, B) per class of PSPNet's datasets (the others: common's VOC palette).
+# The colours (R, G, B) per class of PSPNet's datasets (the others: the VOC palette, voc_palette).
 PALETTES = {'ade20k': ADE20K_PALETTE, 'cityscapes': CITYSCAPES_PALETTE}
 
 # name: the layer that reads the scored split, the class names of its output, that split
@@ -1182,7 +1228,7 @@ def split_ids(dataset, split=None, **dirs):
 
 
 def check_layer(class_name, param_str, ntop):
-    """What setup() would refuse, checked without reading any data (common.check_net
+    """What setup() would refuse, checked without reading any data (netinit.check_net
     calls it for every `module: "layers"` Python layer of a prototxt): ValueError unless
     `param_str` parses for data layer `class_name` and it is given `ntop` tops."""
     cls = globals().get(class_name)

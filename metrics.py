@@ -31,8 +31,8 @@ import math
 
 import numpy as np
 
-import common
 import models
+import safewrite
 
 VOID = models.VOID  # the ignore label of every dataset (Caffe's loss_param ignore_label)
 
@@ -205,6 +205,6 @@ def write_json(path, obj):
     """Write `obj` (NaN -> null) to `path` as indented JSON, atomically; a short write
     (a full disk) is an OSError naming `path`, and `path` keeps its old content."""
     text = json.dumps(jsonable(obj), indent=1, allow_nan=False) + '\n'
-    with common.atomic_write(path, 'w') as f:
+    with safewrite.atomic_write(path, 'w') as f:
         f.write(text)
     return path

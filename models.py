@@ -16,7 +16,7 @@ these; docs/models.md is generated from them (`python net.py --docs`).
     models.register(spec)                     # a user's own model (ModelSpec)
     models.load('path/to/my-model')           # read its model.json, register it
 
-Unknown names raise common.InputError listing the known ones.
+Unknown names raise project.InputError listing the known ones.
 
 Folders, the design card's layout: the VOC models at the top (`voc-fcn8s/`), the other
 families in one folder each with the head and modality as subfolder
@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-from common import REPO, InputError
+from project import REPO, InputError
 
 FCN_HEADS = ('32s', '16s', '8s')  # the FCNs' skip architectures (CVPR 2015 section 4.2)
 HEADS = FCN_HEADS + ('pyramid',)  # and PSPNet's pyramid pooling head

@@ -42,7 +42,10 @@ import os
 import sys
 
 import models
-from common import REPO, InputError, atomic_write, import_caffe, run_cli
+from cli import run_cli
+from guard import import_caffe
+from project import REPO, InputError
+from safewrite import atomic_write
 
 caffe = import_caffe()
 from caffe import layers as L, params as P  # noqa: E402  (after import_caffe quiets logging)
@@ -990,8 +993,11 @@ def list_models():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ['new']:  # `net.py new NAME --from ... --data ...`: a model for your data
-        import newmodel  # here, not at the top: newmodel builds its nets with this module
-        return newmodel.main(argv[1:])
+        # newmodel.py runs as its own program: it builds its nets with this module, which
+        # therefore never imports it (dependencies point one way)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, os.path.join(REPO, 'newmodel.py')] + argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('models', nargs='*', metavar='MODEL',
                         help='model directories to write (default: all): %s'

@@ -15,7 +15,7 @@ next all-reduce).
 
 How the solving loop uses it:
 
-    gpus = parallel.gpu_ids('0,1')            # argparse type of --gpu: [0, 1]
+    gpus = cli.gpu_ids('0,1')                 # argparse type of --gpu: [0, 1]
     parallel.launch(gpus, work)               # in the parent; runs work(rank, uid) per GPU
     # in work(rank, uid), in the rank's own process:
     parallel.init_rank(gpus, rank)            # before the solver is made
@@ -37,39 +37,25 @@ passed to rank 0, which snapshots and stops with status 130 / 143; when a rank e
 non-zero status, the others (which would wait in NCCL for it forever) are ended, and that
 status is returned.
 """
-import argparse
 import multiprocessing
 import os
 import signal
 import sys
 import time
 
-import common
-from common import InputError
+import guard
+from project import InputError
 
 GRACE_SECONDS = 10  # how long an ended rank gets to exit before it is killed
 
 
-def gpu_ids(text):
-    """argparse type of --gpu: '0' -> [0], '0,1,3' -> [0, 1, 3]; distinct ids >= 0."""
-    try:
-        ids = [int(t) for t in text.split(',')]
-    except ValueError:
-        raise argparse.ArgumentTypeError('%r: give GPU ids as 0 or 0,1,2 (integers, commas)' % text)
-    if any(i < 0 for i in ids):
-        raise argparse.ArgumentTypeError('%r: GPU ids are 0 or more' % text)
-    if len(set(ids)) != len(ids):
-        raise argparse.ArgumentTypeError('%r: a GPU id is given twice' % text)
-    return ids
-
-
 def check_gpus(gpus):
     """InputError unless this pycaffe has CUDA and NCCL and every GPU in `gpus` exists."""
-    info = common.build_info()
+    info = guard.build_info()
     if not info.get('cuda'):
         raise InputError('--gpu %s: this pycaffe was built without CUDA (CPU only); rebuild on '
                          'a machine with nvcc (make caffe) or drop --gpu' % ','.join(map(str, gpus)))
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     if len(gpus) > 1 and not caffe.has_nccl():
         raise InputError('--gpu %s: this pycaffe was built without NCCL, which several GPUs need'
                          % ','.join(map(str, gpus)))
@@ -77,7 +63,7 @@ def check_gpus(gpus):
     # the parent asks in a child of its own
     ctx = multiprocessing.get_context('fork')
     with ctx.Pool(1) as pool:
-        problems = pool.map(common.gpu_problem, gpus)
+        problems = pool.map(guard.gpu_problem, gpus)
     for problem in problems:
         if problem:
             raise InputError(problem)
@@ -88,7 +74,7 @@ def check_gpus(gpus):
 def init_rank(gpus, rank):
     """Put this process on GPU gpus[rank] and tell Caffe the world size and this rank;
     before the solver is made (Caffe sizes its NCCL buffers and its data sharing from it)."""
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     caffe.set_device(gpus[rank])
     caffe.set_mode_gpu()
     caffe.set_solver_count(len(gpus))
@@ -99,7 +85,7 @@ def init_rank(gpus, rank):
 def join(solver, uid):
     """Connect `solver` to the other ranks: broadcast rank 0's weights to all, then hook
     the gradient all-reduce into every step. Returns the caffe.NCCL object: keep it alive."""
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     nccl = caffe.NCCL(solver, uid)
     nccl.bcast()
     solver.add_callback(nccl)
@@ -154,7 +140,7 @@ def launch(gpus, work, uid=None):
     (rank 0's 130/143 after a Ctrl-C/SIGTERM snapshot), the others then being ended. `uid`
     is the NCCL id shared by the ranks (default: a new caffe.NCCL.new_uid())."""
     if uid is None:
-        uid = common.import_caffe().NCCL.new_uid()
+        uid = guard.import_caffe().NCCL.new_uid()
     ctx = multiprocessing.get_context('fork')
     procs = [ctx.Process(target=_rank_main, args=(work, rank, uid), name='rank%d' % rank)
              for rank in range(len(gpus))]

@@ -18,7 +18,7 @@ its semantic scores leave cow, desert and moon (absent from the test split) out 
 class averages, and the table says so.
 
 Weights, per model: `--weights MODEL=FILE` if given; else with --snapshots the latest
-training snapshot (MODEL/snapshot/train_iter_N.caffemodel, see train.latest_state); else
+training snapshot (MODEL/snapshot/train_iter_N.caffemodel, see weights.snapshot_weights); else
 the released caffemodel in the model directory (weights.weights_path). A model whose
 weights or data are missing is listed with the reason and what to run or read.
 
@@ -76,15 +76,19 @@ import shlex
 import sys
 import time
 
-import common
+import cli
+import guard
 import infer
 import layers
 import metrics
 import models
+import netinit
+import netload
+import safewrite
 import score
-import train
+import snapshots
 import weights
-from common import REPO, InputError
+from project import REPO, InputError
 
 METRICS = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')
 METRIC_NAMES = {'overall_acc': 'pixel acc', 'mean_acc': 'mean acc', 'mean_iu': 'mean IU',
@@ -140,7 +144,7 @@ def scored_split(model):
 
 def psp_weights(model, model_dir):
     """(path, 'released') of a PSPNet's converted caffemodel, or (None, reason dict)."""
-    path = train.pspnet_stock_path(model_dir, model)
+    path = weights.pspnet_stock_path(model_dir, model)
     if os.path.isfile(path):
         return path, 'released'
     return None, dict(what='weights', message='converted weights not found: %s' % path,
@@ -160,10 +164,10 @@ def find_weights(model, model_dir, model_root, override=None, snapshots=False):
     fetch, train_cmd = _commands(model, model_dir, model_root)
     tried = []
     if snapshots:
-        state = train.latest_state(os.path.join(model_dir, 'snapshot'))
-        if state:
-            return state[:-len('.solverstate')] + '.caffemodel', 'snapshot'
-        tried.append('no training snapshot in %s' % os.path.join(model_dir, 'snapshot'))
+        path = weights.snapshot_weights(model_dir)
+        if path:
+            return path, 'snapshot'
+        tried.append('no training snapshot in %s' % snapshots.snapshot_dir(model_dir))
     try:
         path = weights.weights_path(model_dir)
     except InputError as e:  # no URL record, or a model the release never shipped
@@ -184,7 +188,7 @@ def data_check(model, model_dir, split, root=None):
     if not os.path.isfile(val):
         return None, dict(what='model', message='%s not found' % val,
                           commands=['python net.py %s' % model])
-    layer, cls = score.data_layer(common.read_net_param(val), layers)
+    layer, cls = score.data_layer(netinit.read_net_param(val), layers)
     try:
         p = layers.parse_param_str(layer.python_param.param_str)
         return cls.ids(split, root, **{k: p[k] for k in cls.DIRS if k in p}), None
@@ -245,10 +249,10 @@ def evaluate_pspnet(model_dir, weights, split, ids, dataset, multi_scale=False, 
     'single-scale' and, with `multi_scale`, 'multi-scale'; ms_per_image is the whole
     single-scale protocol's time per image (every window, flipped ones included)."""
     val = os.path.join(model_dir, 'val.prototxt')
-    param = common.read_net_param(val)
+    param = netinit.read_net_param(val)
     cls, split, _ = score.net_split_ids(param, val, split, root)
     p = cls.parse_params(score.data_layer(param, layers)[0].python_param.param_str, root=root)
-    net = common.open_net(os.path.join(model_dir, 'deploy.prototxt'), 'test', weights)
+    net = netload.open_net(os.path.join(model_dir, 'deploy.prototxt'), 'test', weights)
     classes, _ = score.class_info(dataset, 'label', split, net.blobs[infer.score_blob(net)].channels)
     runs = [('single-scale', (1.0,))] + ([('multi-scale', infer.PSP_SCALES)] if multi_scale else [])
     tasks, ms = {}, {}
@@ -490,7 +494,7 @@ def results_markdown(record):
 def write_results(out, record):
     """OUT/results.json and OUT/results.md, atomically (`record` holds JSON types only)."""
     metrics.write_json(os.path.join(out, 'results.json'), record)
-    with common.atomic_write(os.path.join(out, 'results.md'), 'w') as f:
+    with safewrite.atomic_write(os.path.join(out, 'results.md'), 'w') as f:
         f.write(results_markdown(record))
 
 
@@ -512,7 +516,7 @@ def update_readme(path, record, out):
              + '\nPer-class IU of every evaluated model: [%s](%s).\n' % (link, link))
     new = text[:start + len(MARK_START)] + block + text[end:]
     if new != text:
-        with common.atomic_write(path, 'w') as f:
+        with safewrite.atomic_write(path, 'w') as f:
             f.write(new)
     return path
 
@@ -522,7 +526,7 @@ def update_readme(path, record, out):
 def _device_text(mode):
     if mode != 'cpu':
         return mode
-    name = common.cpu_name()
+    name = cli.cpu_name()
     return 'CPU%s, %d cores' % (' ' + name if name else '', os.cpu_count() or 1)
 
 
@@ -596,17 +600,17 @@ def check_outputs(out, readme, overrides, val_nets):
     """Refuse, before scoring, an OUT folder or --readme file that cannot be written, or
     an OUT that would put results.json / results.md over an input: a --weights file, or
     anything in the datasets the `val_nets` (prototxt paths) read."""
-    common.check_writable(out, '--out', folder=True)
+    safewrite.check_writable(out, '--out', folder=True)
     protect = list(overrides.values())
     for val in val_nets:
         try:
-            protect += score.data_dirs(common.read_net_param(val), val)
+            protect += score.data_dirs(netinit.read_net_param(val), val)
         except InputError:  # no or a broken val net: that model fails on its own later
             pass
     for name in ('results.json', 'results.md'):
-        common.check_not_input(os.path.join(out, name), protect)
+        safewrite.check_not_input(os.path.join(out, name), protect)
     if readme:
-        common.check_writable(readme, '--readme')
+        safewrite.check_writable(readme, '--readme')
 
 
 def score_model(model, model_dir, model_root, entry, override, args):
@@ -659,12 +663,11 @@ def select_models(names):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
+        parents=[cli.data_root_flag(), cli.limit_flag(), cli.gpu_flag()],
         description=__doc__.split('\n\n')[0],
         epilog=__doc__[__doc__.index('\n\n') + 2:], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', metavar='MODEL',
                         help='models to evaluate (default: all): %s' % ', '.join(all_models()))
-    parser.add_argument('--data-root', help='dataset root (sets FCN_DATA_ROOT; default '
-                        '$FCN_DATA_ROOT, else <repo>/data)')
     parser.add_argument('--model-root', default=REPO,
                         help='folder holding the model directories (default: the repository)')
     parser.add_argument('--weights', nargs='+', metavar='MODEL=FILE', default=[],
@@ -672,9 +675,6 @@ def main(argv=None):
     parser.add_argument('--snapshots', action='store_true',
                         help='prefer the latest training snapshot (MODEL/snapshot) to the '
                              'released weights')
-    parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
-    parser.add_argument('--limit', type=int, metavar='N',
-                        help='score only the first N images of each split')
     parser.add_argument('--out', default=os.path.join(REPO, 'results'),
                         help='folder for results.json and results.md (default: <repo>/results)')
     parser.add_argument('--merge', action='store_true',
@@ -691,14 +691,8 @@ def main(argv=None):
     selected = select_models(args.models)
     known = all_models()
     overrides = parse_weights(args.weights, known)
-    if args.limit is not None and args.limit < 1:
-        raise InputError('--limit must be >= 1, got %d' % args.limit)
-    if args.data_root:
-        if not os.path.isdir(args.data_root):
-            raise InputError('--data-root %s: no such directory' % args.data_root)
-        # only for the data layers Caffe instantiates from val.prototxt; the rest is
-        # passed args.data_root
-        os.environ['FCN_DATA_ROOT'] = os.path.abspath(args.data_root)
+    cli.check_limit(args.limit)
+    cli.use_data_root(args.data_root)
     model_root = os.path.abspath(args.model_root)
     if not os.path.isdir(model_root):
         raise InputError('--model-root %s: no such directory' % args.model_root)
@@ -706,7 +700,7 @@ def main(argv=None):
     check_outputs(out, args.readme, overrides,  # before anything is scored
                   [os.path.join(model_folder(m, model_root), 'val.prototxt') for m in selected])
     previous = _load_previous(out) if args.merge else {}
-    mode = common.set_mode(args.gpu)
+    mode = guard.set_mode(args.gpu)
 
     record = dict(command='python reproduce.py' + ''.join(' ' + shlex.quote(a) for a in argv),
                   date=datetime.datetime.now().isoformat(timespec='seconds'),
@@ -748,4 +742,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    cli.run_cli(main)

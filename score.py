@@ -54,11 +54,16 @@ import tempfile
 
 import numpy as np
 
-import common
+import cli
+import guard
 import infer
 import layers
 import metrics
 import models
+import netinit
+import netload
+import project
+import safewrite
 import net as nets
 
 
@@ -124,7 +129,7 @@ def evaluate_tasks(net, ids, tasks, progress=True):
     A label outside a task's classes is a ValueError naming the image id and values."""
     ids = [str(i) for i in ids]
     state = [_task_state(net, t) for t in tasks]
-    bar = common.progress_bar(len(ids), 'scoring ' + ', '.join(t.layer for t in tasks),
+    bar = cli.progress_bar(len(ids), 'scoring ' + ', '.join(t.layer for t in tasks),
                               enabled=progress)
     try:
         for done, idx in enumerate(ids, 1):
@@ -136,7 +141,7 @@ def evaluate_tasks(net, ids, tasks, progress=True):
                 except ValueError as e:
                     raise ValueError('image %s, %s: %s' % (idx, t.gt, e))
                 if t.save_dir:
-                    common.save_label_png(os.path.join(t.save_dir, idx + '.png'), pred)
+                    layers.save_label_png(os.path.join(t.save_dir, idx + '.png'), pred)
                 if loss:
                     total[0] += float(net.blobs[loss].data.flat[0])
             bar.update(1)
@@ -182,7 +187,7 @@ def evaluate_release(net, cls, params, ids, num_classes, base_size, scales=(1.0,
     crop = tuple(net.blobs[net.inputs[0]].data.shape[2:])
     blob = infer.score_blob(net)
     cm = metrics.ConfusionMatrix(num_classes)
-    bar = common.progress_bar(len(ids), 'scoring %s, %d scale%s' % (blob, len(scales), 's' * (len(scales) > 1)),
+    bar = cli.progress_bar(len(ids), 'scoring %s, %d scale%s' % (blob, len(scales), 's' * (len(scales) > 1)),
                               enabled=progress)
     try:
         for done, idx in enumerate(ids, 1):
@@ -197,7 +202,7 @@ def evaluate_release(net, cls, params, ids, num_classes, base_size, scales=(1.0,
             if save_dir:
                 path = os.path.join(save_dir, idx + '.png')
                 os.makedirs(os.path.dirname(path), exist_ok=True)  # Cityscapes ids are city/name
-                common.save_label_png(path, pred, palette=palette)
+                layers.save_label_png(path, pred, palette=palette)
             bar.update(1)
     finally:
         bar.close()
@@ -214,17 +219,17 @@ def score_pspnet(args):
     deploy = args.deploy or os.path.join(folder, 'deploy.prototxt')
     for path in (val, deploy):
         if not os.path.isfile(path):
-            raise common.InputError('%s: not found (generate the nets with python net.py)' % path)
+            raise project.InputError('%s: not found (generate the nets with python net.py)' % path)
     output_checks(args, val, args.weights)
-    param = common.read_net_param(val)
+    param = netinit.read_net_param(val)
     cls, split, ids = net_split_ids(param, val, args.split, args.data_root)
     p = cls.parse_params(data_layer(param, layers)[0].python_param.param_str,
                          root=args.data_root)
     if args.limit:
         ids = ids[:args.limit]
     dataset = spec.dataset
-    common.set_mode(args.gpu)
-    net = common.open_net(deploy, 'test', args.weights)
+    guard.set_mode(args.gpu)
+    net = netload.open_net(deploy, 'test', args.weights)
     classes, exclude = class_info(dataset, 'label', split, net.blobs[infer.score_blob(net)].channels)
     base = args.base_size or infer.PSP_BASE_SIZE[spec.dataset]
     scales = infer.PSP_SCALES if args.multi_scale else tuple(args.scales or (1.0,))
@@ -236,7 +241,7 @@ def score_pspnet(args):
                               args.save_pred, layers.PALETTES.get(dataset),
                               not args.quiet)
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
-        raise common.InputError(str(e))
+        raise project.InputError(str(e))
     protocol = dict(base_size=base, crop=list(net.blobs[net.inputs[0]].data.shape[2:]),
                     scales=list(scales), flip=not args.no_flip)
     return report(args, deploy, dataset, split, ids, [ev], [classes], protocol=protocol)
@@ -249,7 +254,7 @@ def registered(model):
     model.json: models.get), or None for a folder the registry does not know."""
     try:
         spec = models.get(model)
-    except common.InputError:
+    except project.InputError:
         return None
     return spec if isinstance(spec, models.ModelSpec) else None
 
@@ -258,11 +263,11 @@ def model_dir(model):
     """The folder of `model`: the registry's (models.model_dir), else `model` as a path
     (a folder of nets the registry does not know, e.g. tests' narrow ones)."""
     spec = registered(model)
-    in_repo = os.path.join(common.REPO, model)
+    in_repo = os.path.join(project.REPO, model)
     path = (models.model_dir(spec) if spec else
             in_repo if os.path.isdir(in_repo) else os.path.abspath(model))
     if not os.path.isdir(path):
-        raise common.InputError('%s: no such model directory (models: %s)'
+        raise project.InputError('%s: no such model directory (models: %s)'
                                 % (model, ', '.join(models.names())))
     return path
 
@@ -281,10 +286,10 @@ def data_layer(param, layers):
         if layer.type == 'Python' and layer.python_param.module == 'layers':
             cls = getattr(layers, layer.python_param.layer, None)
             if cls is None or not hasattr(cls, 'ids'):
-                raise common.InputError('data layer %r: layers.py has no data layer class %r'
+                raise project.InputError('data layer %r: layers.py has no data layer class %r'
                                         % (layer.name, layer.python_param.layer))
             return layer, cls
-    raise common.InputError('the net has no layers.py data layer (Python layer, module "layers")')
+    raise project.InputError('the net has no layers.py data layer (Python layer, module "layers")')
 
 
 def net_split_ids(param, path, split=None, root=None):
@@ -300,7 +305,7 @@ def net_split_ids(param, path, split=None, root=None):
         return cls, p.get('split'), cls.ids(p.get('split'), root,
                                             **{k: p[k] for k in cls.DIRS if k in p})
     except ValueError as e:
-        raise common.InputError('%s: %s' % (path, e))
+        raise project.InputError('%s: %s' % (path, e))
 
 
 def open_val_net(val, weights, split=None, root=None):
@@ -308,18 +313,18 @@ def open_val_net(val, weights, split=None, root=None):
     its layers.py data layer switched to `split` when given. Inputs are checked first.
     root: the data root of the ids read here; the layer Caffe instantiates from the
     prototxt finds it in $FCN_DATA_ROOT (the commands set it from --data-root)."""
-    param = common.read_net_param(val)
+    param = netinit.read_net_param(val)
     cls, split, ids = net_split_ids(param, val, split, root)
     with tempfile.TemporaryDirectory() as tmp:
         proto = os.path.join(tmp, 'val.prototxt')
         with open(proto, 'w') as f:
             f.write(str(param))
         try:
-            net = common.open_net(proto, 'test', weights)
-        except common.InputError:  # names its file (weights, a dataset file)
+            net = netload.open_net(proto, 'test', weights)
+        except project.InputError:  # names its file (weights, a dataset file)
             raise
         except ValueError as e:  # a data layer's complaint about its param_str
-            raise common.InputError('%s: %s' % (val, e))
+            raise project.InputError('%s: %s' % (val, e))
     layers.bind_num_classes(net)
     return net, cls, split, ids
 
@@ -332,7 +337,7 @@ def data_dirs(param, path, root=None):
     try:
         p = cls.parse_params(layer.python_param.param_str, check_required=False, root=root)
     except ValueError as e:
-        raise common.InputError('%s: %s' % (path, e))
+        raise project.InputError('%s: %s' % (path, e))
     return [p[k] for k in cls.DIRS]
 
 
@@ -359,7 +364,7 @@ def model_tasks(net, dataset, split, val, save_pred=None, pairs=None):
         tasks.append(Task(score_blob, gt, n_cl, exclude, save))
         names.append(classes)
     if not tasks:
-        raise common.InputError('%s: no score/label blob pair among %s'
+        raise project.InputError('%s: no score/label blob pair among %s'
                                 % (val, ', '.join('%s/%s' % t for t in pairs)))
     return tasks, names
 
@@ -401,11 +406,11 @@ def class_info(dataset, gt='label', split=None, num_classes=None):
 def output_checks(args, val, weights):
     """Refuse, before anything is scored, a --out or --save-pred that cannot be written or
     would replace an input: the weights, the prototxt, or anything in the dataset's folders."""
-    inputs = [weights, val] + data_dirs(common.read_net_param(val), val, args.data_root)
+    inputs = [weights, val] + data_dirs(netinit.read_net_param(val), val, args.data_root)
     for flag, path in (('--out', args.out), ('--save-pred', args.save_pred)):
         if path:
-            common.check_writable(path, flag, folder=flag == '--save-pred')
-            common.check_not_input(path, inputs)
+            safewrite.check_writable(path, flag, folder=flag == '--save-pred')
+            safewrite.check_not_input(path, inputs)
 
 
 def print_task(ev, classes):
@@ -420,17 +425,15 @@ def print_task(ev, classes):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
+        parents=[cli.data_root_flag(), cli.limit_flag(), cli.gpu_flag()],
         description='Score a caffemodel on a split with its model directory\'s val.prototxt.',
         epilog=__doc__[__doc__.index('Command:'):], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', required=True, help='model directory, e.g. voc-fcn8s')
     parser.add_argument('--weights', required=True, help='caffemodel to score')
     parser.add_argument('--split', help="split list to score (default: the val.prototxt's)")
-    parser.add_argument('--data-root', help='dataset root (sets FCN_DATA_ROOT; default <repo>/data)')
-    parser.add_argument('--limit', type=int, help='score only the first N images of the split')
     parser.add_argument('--out', help='write the scores here as JSON')
     parser.add_argument('--save-pred', metavar='DIR',
                         help='save predictions as palette PNGs DIR/<id>.png (multi-task: DIR/<label>/)')
-    parser.add_argument('--gpu', type=int, help='GPU id (default: CPU)')
     parser.add_argument('--quiet', action='store_true', help='no progress line')
     psp = parser.add_argument_group('PSPNet models (the release\'s sliding-window evaluation)')
     psp.add_argument('--multi-scale', action='store_true',
@@ -445,17 +448,17 @@ def main(argv=None):
     if models.pspnet(args.model):
         return score_pspnet(args)
     if args.multi_scale or args.scales or args.no_flip or args.base_size or args.deploy:
-        raise common.InputError('--multi-scale, --scales, --no-flip, --base-size and --deploy '
+        raise project.InputError('--multi-scale, --scales, --no-flip, --base-size and --deploy '
                                 'are for PSPNet models (%s is not one)' % args.model)
 
     spec = registered(args.model)
     mdir = model_dir(args.model)
     val = os.path.join(mdir, 'val.prototxt')
     if not os.path.isfile(val):
-        raise common.InputError('%s: not found (the model directory has no val net; '
+        raise project.InputError('%s: not found (the model directory has no val net; '
                                 'generate the nets with net.py)' % val)
     output_checks(args, val, args.weights)
-    common.set_mode(args.gpu)
+    guard.set_mode(args.gpu)
 
     net, cls, split, ids = open_val_net(val, args.weights, args.split, args.data_root)
     if args.limit:
@@ -468,26 +471,20 @@ def main(argv=None):
     try:
         results = evaluate_tasks(net, ids, tasks, progress=not args.quiet)
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
-        raise common.InputError(str(e))
+        raise project.InputError(str(e))
     return report(args, val, dataset, split, ids, results, names)
 
 
 def check_args(args):
     """The checks every model's scoring shares: weights, --limit, --data-root (set)."""
     if not os.path.isfile(args.weights):
-        raise common.InputError('%s: weights file not found' % args.weights)
-    if args.limit is not None and args.limit < 1:
-        raise common.InputError('--limit must be >= 1, got %d' % args.limit)
-    if args.data_root:
-        if not os.path.isdir(args.data_root):
-            raise common.InputError('--data-root %s: no such directory' % args.data_root)
-        # only for the data layers Caffe instantiates from val.prototxt; the rest is
-        # passed args.data_root
-        os.environ['FCN_DATA_ROOT'] = os.path.abspath(args.data_root)
+        raise project.InputError('%s: weights file not found' % args.weights)
+    cli.check_limit(args.limit)
+    cli.use_data_root(args.data_root)
     if args.scales and min(args.scales) <= 0:
-        raise common.InputError('--scales must be positive, got %s' % args.scales)
+        raise project.InputError('--scales must be positive, got %s' % args.scales)
     if args.base_size is not None and args.base_size < 1:
-        raise common.InputError('--base-size must be >= 1, got %d' % args.base_size)
+        raise project.InputError('--base-size must be >= 1, got %d' % args.base_size)
 
 
 def report(args, prototxt, dataset, split, ids, results, names, **extra):
@@ -510,4 +507,4 @@ def report(args, prototxt, dataset, split, ids, results, names, **extra):
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    cli.run_cli(main)

@@ -47,8 +47,13 @@ import tempfile
 
 import numpy as np
 
-import common
+import cli
+import guard
 import models
+import netinit
+import netload
+import project
+import safewrite
 import net as nets
 import weights
 
@@ -336,12 +341,12 @@ class ForkReport:
 
 
 def _fork_layers(path):
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        raise common.InputError('%s: weights file not found or empty' % path)
-    param = common.read_proto(path, caffe.proto.caffe_pb2.NetParameter())
+        raise project.InputError('%s: weights file not found or empty' % path)
+    param = netload.read_proto(path, caffe.proto.caffe_pb2.NetParameter())
     if not param.layer:
-        raise common.InputError('%s: holds no layers (a V1 or empty file, not the PSPNet fork\'s)'
+        raise project.InputError('%s: holds no layers (a V1 or empty file, not the PSPNet fork\'s)'
                                 % path)
     return param.layer
 
@@ -352,24 +357,24 @@ def _plan_fork_bn(path, layer, params, types):
     `<conv>/scale` [slope, bias]."""
     name = layer.name
     if not name.endswith('/bn'):
-        raise common.InputError('%s: BN layer %r is not named <conv>/bn as in the release'
+        raise project.InputError('%s: BN layer %r is not named <conv>/bn as in the release'
                                 % (path, name))
-    shapes = [common._blob_shape(b) for b in layer.blobs]
+    shapes = [netload._blob_shape(b) for b in layer.blobs]
     channels = shapes[0][1] if shapes and len(shapes[0]) == 4 else None
     if len(shapes) != 4 or any(s != (1, channels, 1, 1) for s in shapes):
-        raise common.InputError('%s: BN layer %r has blobs %s, expected 4 of shape (1, C, 1, 1)'
+        raise project.InputError('%s: BN layer %r has blobs %s, expected 4 of shape (1, C, 1, 1)'
                                 % (path, name, shapes))
     scale = nets.psp_scale_name(name)
     if types.get(name) != 'BatchNorm' or types.get(scale) != 'Scale':
-        raise common.InputError('%s: BN layer %r has no BatchNorm %r + Scale %r in the net'
+        raise project.InputError('%s: BN layer %r has no BatchNorm %r + Scale %r in the net'
                                 % (path, name, name, scale))
     want = [tuple(b.data.shape) for b in params[name]] + [tuple(b.data.shape) for b in params[scale]]
     if want != [(channels,), (channels,), (1,), (channels,), (channels,)]:
-        raise common.InputError('%s: BN layer %r has %d channels, the net\'s %s / %s have %s'
+        raise project.InputError('%s: BN layer %r has %d channels, the net\'s %s / %s have %s'
                                 % (path, name, channels, name, scale, want))
     slope, bias, mean, var = (np.asarray(b.data, np.float32) for b in layer.blobs)
     if (var < 0).any() or not all(np.isfinite(v).all() for v in (slope, bias, mean, var)):
-        raise common.InputError('%s: BN layer %r holds a negative variance or a non-finite value'
+        raise project.InputError('%s: BN layer %r holds a negative variance or a non-finite value'
                                 % (path, name))
     return [(mean, params[name][0].data), (var, params[name][1].data),
             (np.ones(1, np.float32), params[name][2].data),
@@ -391,14 +396,14 @@ def convert_fork_bn(src, target, out, quiet=False):
     src, out = os.path.abspath(str(src)), os.path.abspath(str(out))
     layers = _fork_layers(src)
     if src == out or os.path.exists(out) and os.path.samefile(src, out):
-        raise common.InputError('%s: the converted weights would replace the fork\'s file; '
+        raise project.InputError('%s: the converted weights would replace the fork\'s file; '
                                 'give another --out' % out)
     net = _target_net(target)
     params, types = net.params, _layer_types(net)
     report, plan, seen = ForkReport(), [], set()
     for layer in layers:
         if layer.name in seen:
-            raise common.InputError('%s: layer %r appears twice' % (src, layer.name))
+            raise project.InputError('%s: layer %r appears twice' % (src, layer.name))
         seen.add(layer.name)
         if not layer.blobs:
             report.no_params[layer.type] = report.no_params.get(layer.type, 0) + 1
@@ -407,21 +412,21 @@ def convert_fork_bn(src, target, out, quiet=False):
             report.bn.append(layer.name)
             seen.add(nets.psp_scale_name(layer.name))
         elif layer.name in params:
-            stored = [common._blob_shape(b) for b in layer.blobs]
+            stored = [netload._blob_shape(b) for b in layer.blobs]
             wanted = [tuple(b.data.shape) for b in params[layer.name]]
-            if len(stored) != len(wanted) or not all(map(common._shapes_match, stored, wanted)):
-                raise common.InputError('%s: layer %r has blobs %s but the net expects %s'
+            if len(stored) != len(wanted) or not all(map(netload._shapes_match, stored, wanted)):
+                raise project.InputError('%s: layer %r has blobs %s but the net expects %s'
                                         % (src, layer.name, stored, wanted))
             plan += [(np.asarray(b.data, np.float32), d.data)
                      for b, d in zip(layer.blobs, params[layer.name])]
             report.copied.append(layer.name)
         else:
-            raise common.InputError('%s: layer %r (%s) carries weights but the net has no such '
+            raise project.InputError('%s: layer %r (%s) carries weights but the net has no such '
                                     'layer' % (src, layer.name, layer.type))
     fixed = interp_layers(net)
     for name in params:
         if name not in seen and name not in fixed:
-            raise common.InputError('%s: the net\'s layer %r (%s) is missing from the file'
+            raise project.InputError('%s: the net\'s layer %r (%s) is missing from the file'
                                     % (src, name, types[name]))
     for data, dst in plan:
         dst.flat = data.flat
@@ -434,9 +439,9 @@ def convert_fork_bn(src, target, out, quiet=False):
 
 def _target_net(target):
     """caffe.Net (TEST) of a NetParameter or a prototxt path."""
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     if isinstance(target, (str, os.PathLike)):
-        return common.open_net(target)
+        return netload.open_net(target)
     with tempfile.NamedTemporaryFile('w', suffix='.prototxt', delete=False) as f:
         f.write(str(target))
     try:
@@ -450,7 +455,7 @@ def pspnet_convert_main(args):
     record) -> pspnet/<model>/<release>-stock.caffemodel, loadable by name."""
     src = args.weights or weights.weights_path(args.model)
     if not os.path.isfile(src):
-        raise common.InputError('%s: not found; python weights.py %s, or pass --weights'
+        raise project.InputError('%s: not found; python weights.py %s, or pass --weights'
                                 % (src, args.model))
     out = args.out or os.path.join(os.path.dirname(weights.record_path(args.model)),
                                    models.get(args.model).weights.stock_file)
@@ -472,12 +477,12 @@ def fcn_trunk_param(arch, widths=None):
     the head, with a 1 x 3 x 1 x 1 input: parameter shapes do not depend on the input
     size (pad 100 leaves fc6 one position), and a tiny input keeps activations small.
     widths: net.py channel widths (narrow test nets); default the paper's."""
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     kwargs = {'widths': tuple(widths)} if widths else {}
     try:
         param = nets.build_net(models.CLASSIFIERS[arch].trunk_model, 'deploy', **kwargs)
     except ValueError as e:
-        raise common.InputError('--widths: %s' % e)
+        raise project.InputError('--widths: %s' % e)
     trunk = caffe.proto.caffe_pb2.NetParameter()
     trunk.CopyFrom(param)
     del trunk.layer[:]
@@ -486,7 +491,7 @@ def fcn_trunk_param(arch, widths=None):
         if layer.name == TRUNK_END:
             break
     else:
-        raise common.InputError('net.py deploy net %s has no layer %r'
+        raise project.InputError('net.py deploy net %s has no layer %r'
                                 % (models.CLASSIFIERS[arch].trunk_model, TRUNK_END))
     for layer in trunk.layer:
         if layer.type == 'Input':
@@ -505,13 +510,13 @@ def save_net(net, path, protect=()):
     temporary files of an earlier save of `path` that was killed are removed. `protect`:
     inputs `path` must not replace (e.g. the weights it was cast from)."""
     path = os.path.abspath(str(path))
-    common.check_not_input(path, protect)
+    safewrite.check_not_input(path, protect)
     directory, prefix = os.path.dirname(path), '.' + os.path.basename(path) + '.'
     os.makedirs(directory, exist_ok=True)
     for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + '*.part')):
         os.unlink(stale)
     nbytes = sum(b.data.size * 4 for blobs in net.params.values() for b in blobs)
-    common.check_free_space(directory, nbytes + nbytes // 100 + (1 << 20), 'the weights ' + path)
+    safewrite.check_free_space(directory, nbytes + nbytes // 100 + (1 << 20), 'the weights ' + path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix='.part')
     os.close(fd)
     try:
@@ -530,8 +535,8 @@ def cast(prototxt, weights, out, trunk_param, quiet=False):
     """Load classifier `prototxt` + `weights`, transplant it into the net `trunk_param`
     (a NetParameter, or a function returning one, called once the classifier has
     loaded), save that net's weights to `out`. Returns the report."""
-    caffe = common.import_caffe()
-    classifier = common.open_net(prototxt, 'test', weights)
+    caffe = guard.import_caffe()
+    classifier = netload.open_net(prototxt, 'test', weights)
     if callable(trunk_param):
         trunk_param = trunk_param()
     with tempfile.NamedTemporaryFile('w', suffix='.prototxt', delete=False) as f:
@@ -543,11 +548,11 @@ def cast(prototxt, weights, out, trunk_param, quiet=False):
     try:
         report = transplant(fcn, classifier, quiet=True)
     except ValueError as e:  # e.g. a classifier of other widths than the trunk
-        raise common.InputError('%s does not fit the FCN trunk: %s' % (weights, e))
+        raise project.InputError('%s does not fit the FCN trunk: %s' % (weights, e))
     if not quiet:
         print(report)
     if not report.copied and not report.coerced:
-        raise common.InputError('%s: no layer of the classifier matches the FCN trunk' % weights)
+        raise project.InputError('%s: no layer of the classifier matches the FCN trunk' % weights)
     save_net(fcn, out, protect=(weights, prototxt))
     return report
 
@@ -578,15 +583,15 @@ def main(argv=None):
         return pspnet_convert_main(args)
 
     clf = models.CLASSIFIERS[args.arch]
-    prototxt = args.prototxt or os.path.join(common.REPO, clf.deploy)
+    prototxt = args.prototxt or os.path.join(project.REPO, clf.deploy)
     weights = args.weights or models.weights_file(clf)
-    out = args.out or os.path.join(common.REPO, clf.folder, clf.cast)
+    out = args.out or os.path.join(project.REPO, clf.folder, clf.cast)
     if not os.path.isfile(weights):
-        raise common.InputError('%s: not found; get it with python weights.py %s (%s), or pass '
+        raise project.InputError('%s: not found; get it with python weights.py %s (%s), or pass '
                                 '--weights' % (weights, clf.name, clf.source))
-    common.check_prototxt(prototxt)
-    common.check_writable(out, '--out')  # before the long load, not after it
-    common.check_not_input(out, (weights, prototxt))
+    netinit.check_prototxt(prototxt)
+    safewrite.check_writable(out, '--out')  # before the long load, not after it
+    safewrite.check_not_input(out, (weights, prototxt))
     widths = None
     if args.widths:
         try:
@@ -594,7 +599,7 @@ def main(argv=None):
         except ValueError:
             widths = []
         if not widths or min(widths) < 1:
-            raise common.InputError('--widths: expected positive integers like 8,8,16,16,16,32, '
+            raise project.InputError('--widths: expected positive integers like 8,8,16,16,16,32, '
                                     'got %r' % args.widths)
     report = cast(prototxt, weights, out, lambda: fcn_trunk_param(args.arch, widths),
                   quiet=args.quiet)
@@ -604,4 +609,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    cli.run_cli(main)

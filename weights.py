@@ -19,7 +19,7 @@ never released) makes the downloader say so. Only sizes and checksums published
 somewhere are recorded, each with a comment naming where. The release itself publishes
 none for most of its models, so a caffemodel is also checked by its content: it must
 parse and hold every learnable layer of the model directory's deploy.prototxt with the
-shapes that net expects (common.check_weights), so a download cut short, even at a
+shapes that net expects (netload.check_weights), so a download cut short, even at a
 layer boundary, is never "present". That check runs on every download and on a present
 file whose size is not recorded; --verify adds the checksums. The weights are saved in
 the model directory under
@@ -62,13 +62,16 @@ import urllib.request
 
 import gdown
 
-import common
-import models as registry  # (this module's models() lists the model ids with a record)
-from common import REPO, InputError, run_cli
+import guard
+import models
+import netload
+import snapshots
+from cli import run_cli
+from project import REPO, InputError
 
-RECORD = registry.RECORD
+RECORD = models.RECORD
 # name on the command line -> URL record of an ILSVRC classification net (models.CLASSIFIERS)
-ILSVRC = {name: registry.record_file(c) for name, c in registry.CLASSIFIERS.items()}
+ILSVRC = {name: models.record_file(c) for name, c in models.CLASSIFIERS.items()}
 DOWNLOADERS = ('gdown',)  # besides the built-in HTTP one
 CHUNK = 1 << 20  # bytes per read
 TIMEOUT = 60  # seconds without data before giving up on a connection
@@ -76,15 +79,15 @@ NO_RELEASE = 'no released weights; train it with solve.py'
 DIGESTS = {'sha256': 64, 'sha1': 40, 'md5': 32}  # checksum -> hex digits
 
 
-def models():
+def recorded_models():
     """Ids of the registry's models (models.py) whose folder holds a caffemodel-url, sorted."""
-    return sorted(n for n in registry.names() if os.path.isfile(registry.record_file(n)))
+    return sorted(n for n in models.names() if os.path.isfile(models.record_file(n)))
 
 
 def _spec(model):
     """The registry's spec of `model` (an id, 'vgg16', 'caffenet', a model's folder), or None."""
     try:
-        return registry.get(model)
+        return models.get(model)
     except InputError:
         return None
 
@@ -93,12 +96,12 @@ def record_path(model):
     """Path of the URL record for `model`: a model id of the registry, 'vgg16',
     'caffenet', or the path of a directory holding a caffemodel-url (a user's own)."""
     spec = _spec(model)
-    candidates = [registry.record_file(spec)] if spec else []
+    candidates = [models.record_file(spec)] if spec else []
     for candidate in candidates + [os.path.join(model, RECORD)]:
         if os.path.isfile(candidate):
             return os.path.abspath(candidate)
     raise InputError('%s: unknown model (no %s); known: %s'
-                     % (model, RECORD, ', '.join(models() + sorted(ILSVRC))))
+                     % (model, RECORD, ', '.join(recorded_models() + sorted(ILSVRC))))
 
 
 def read_url_record(model_dir):
@@ -117,7 +120,7 @@ def read_url_record(model_dir):
             line = line.strip()
             if not line:
                 continue
-            if line.startswith(registry.GENERATED):
+            if line.startswith(models.GENERATED):
                 continue  # net.py's mark on the records it writes: not a note
             if line.startswith('#'):
                 notes.append(line.lstrip('#').strip())
@@ -309,21 +312,21 @@ def deploy_path(model):
     classifier's ilsvrc-nets/<name>-deploy.prototxt for vgg16 / caffenet; None for the
     PSPNet releases (the fork's layout, converted by surgery.py before they load)."""
     if model in ILSVRC:
-        return os.path.join(REPO, registry.CLASSIFIERS[model].deploy)
-    if registry.pspnet(model):
+        return os.path.join(REPO, models.CLASSIFIERS[model].deploy)
+    if models.pspnet(model):
         return None
     return os.path.join(os.path.dirname(record_path(model)), 'deploy.prototxt')
 
 
 def complete(model, path):
     """InputError unless caffemodel `path` parses and covers every learnable layer of
-    `model`'s deploy net with the shapes it expects (common.check_weights, not partial):
+    `model`'s deploy net with the shapes it expects (netload.check_weights, not partial):
     what a file cut short fails, wherever it was cut. Passes when there is no deploy net
     to check against."""
     deploy = deploy_path(model)
     if deploy and os.path.isfile(deploy):
-        common.set_mode(None)
-        common.check_weights(path, common.open_net(deploy, 'test'))
+        guard.set_mode(None)
+        netload.check_weights(path, netload.open_net(deploy, 'test'))
 
 
 def fetch(model, progress=True, verify=False, content=True):
@@ -332,7 +335,7 @@ def fetch(model, progress=True, verify=False, content=True):
     A present file must have the recorded size; where none is recorded (and always with
     `verify`) its content must be `complete`; `verify` also checks the checksums.
     content=False skips that content check of a present file, for a caller that loads it
-    through common.open_net right away (the same full-coverage check, so the caffemodel
+    through netload.open_net right away (the same full-coverage check, so the caffemodel
     is not parsed and the deploy net not built twice)."""
     rec = read_url_record(record_path(model))
     if not rec['url']:
@@ -383,6 +386,120 @@ def list_models(names):
         print('  '.join(c.ljust(w) for c, w in zip(cells, wide + [0])).rstrip())
 
 
+# --- which weights file: the project's answers, one policy each ----------------------------
+#
+# Every "which caffemodel?" question of the commands is answered here:
+#   weights_path(model)        the released file, where fetch() saves it (its record says)
+#   released_weights(model)    the same, fetched on first use (infer.py)
+#   snapshot_weights(folder)   the latest trusted snapshot its solve.py wrote (snapshots.py)
+#   trained_weights(model)     a trained model's: its latest snapshot, else its release
+#   ilsvrc_weights(arch)       the ImageNet classifier cast to convolutions (surgery.py cast)
+#   parent_weights(source)     a Parent's: the cast classifier's, or a trained model's
+#   pspnet_stock_path / pspnet_weights   a release converted for this Caffe (pspnet-convert)
+#   init_file_weights(spec)    a net.py-new model's own init.caffemodel
+#   default_weights(spec)      a model's when no --weights is given: released, else snapshot
+
+def trained_weights(model_name):
+    """Weights of a trained model for a child to start from: the latest good snapshot in
+    its folder's snapshot/ (models.model_dir: a user's model may live anywhere), else the
+    released caffemodel in the folder (see weights.py)."""
+    model_dir = models.model_dir(model_name)
+    path = snapshot_weights(model_dir)
+    if path:
+        return path
+    try:
+        released = weights_path(model_name)  # where weights.py puts it
+    except InputError:  # the release never had this model
+        released = None
+    if released and os.path.isfile(released):
+        return released
+    raise InputError('%s: no trained weights (no snapshot/ and no released .caffemodel); '
+                     'train it with `python %s` or fetch them with `python weights.py %s`'
+                     % (model_dir, os.path.join(model_dir, 'solve.py'), model_name))
+
+
+def parent_weights(source):
+    """The weights file of a Parent's source: a classifier's cast weights or a model's
+    trained ones."""
+    return ilsvrc_weights(source) if source in models.CLASSIFIERS else trained_weights(source)
+
+
+def pspnet_stock_path(model_dir, model_name):
+    """Where surgery.py pspnet-convert puts a PSPNet's released weights converted for
+    this Caffe: <model_dir>/<release name>-stock.caffemodel."""
+    return os.path.join(model_dir, models.get(model_name).weights.stock_file)
+
+
+def pspnet_weights(model_name):
+    """The released weights of PSPNet `model_name`, converted, to fine-tune from."""
+    path = pspnet_stock_path(models.model_dir(model_name), model_name)
+    if not os.path.isfile(path):
+        raise InputError('%s: not found; get and convert the released weights (python '
+                         'weights.py %s && python surgery.py pspnet-convert --model %s), or '
+                         'start from a deep-stem ResNet converted to this Caffe with --weights '
+                         'FILE' % (path, model_name, model_name))
+    return path
+
+
+def ilsvrc_weights(arch):
+    """ilsvrc-nets/<arch>-fcn.caffemodel: the ImageNet classifier cast to convolutions."""
+    path = os.path.join(REPO, 'ilsvrc-nets', '%s-fcn.caffemodel' % arch)
+    if not os.path.isfile(path):
+        raise InputError('%s: not found; make it with `python weights.py %s` (downloads the '
+                         'Model Zoo classifier) then `python surgery.py cast --arch %s`'
+                         % (path, arch, arch))
+    return path
+
+
+def default_weights(spec, download=True, partial=False):
+    """The weights of model `spec` when --weights is not given: for a model the release
+    never had (a user's model.json, nyud-fcn16s-color-hha) the latest good snapshot its
+    solve.py wrote (snapshot_weights), else the released ones (released_weights).
+    partial: the net will be opened with partial loading (--allow-partial)."""
+    if spec.weights is not None:
+        return released_weights(spec.name, download, partial)
+    folder = models.model_dir(spec)
+    path = snapshot_weights(folder)
+    if path is None:
+        raise InputError('%s: not trained yet (no good snapshot in %s); train it with `python %s` '
+                         'or pass --weights FILE' % (spec.name, snapshots.snapshot_dir(folder),
+                                                     os.path.join(folder, 'solve.py')))
+    return path
+
+
+def released_weights(model, download=True, partial=False):
+    """Path of `model`'s released weights (where weights.py keeps them), fetched on
+    first use unless not `download` (progress bar, size / checksum checked); offline,
+    an InputError names the URL and the path to put the file at."""
+    path = weights_path(model)
+    if os.path.isfile(path):
+        # A file of the wrong size is refused here; its content is checked by open_net
+        # (every layer covered) unless the net is opened partially, then by fetch.
+        fetch(model, progress=False, content=partial)
+        return path
+    if not download:
+        raise InputError('%s: weights not found; get them with `python weights.py %s` '
+                         '(or pass --weights FILE, or drop --no-download)' % (path, model))
+    print('%s: fetching the released weights into %s' % (model, path), file=sys.stderr, flush=True)
+    return fetch(model, progress=sys.stderr.isatty())[0]
+
+
+def snapshot_weights(model_dir):
+    """The weights of the latest trusted snapshot the model in `model_dir` wrote with its
+    solve.py (MODEL_DIR/snapshot; snapshots.latest_weights), or None."""
+    return snapshots.latest_weights(snapshots.snapshot_dir(model_dir))
+
+
+def init_file_weights(spec):
+    """models.INIT_FILE in the folder of `spec` (init 'file': a model made by `net.py new`
+    starts from the weights it wrote there)."""
+    path = os.path.join(models.model_dir(spec), models.INIT_FILE)
+    if not os.path.isfile(path):
+        raise InputError('%s: not found; make the model again with `python net.py new`'
+                         % path)
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description='Download released FCN weights (and the VGG16 / CaffeNet ILSVRC nets) '
@@ -401,9 +518,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     names = list(args.models)
     if args.all:
-        names += [m for m in models() if m not in names and not registry.pspnet(m)]
+        names += [m for m in recorded_models() if m not in names and not models.pspnet(m)]
     if args.list:
-        list_models(names or models() + sorted(ILSVRC))
+        list_models(names or recorded_models() + sorted(ILSVRC))
         return 0
     if not names:
         parser.error('name a MODEL, vgg16, caffenet, or use --all / --list')
@@ -424,7 +541,6 @@ def main(argv=None):
             print('error: %s' % e, file=sys.stderr)
             failed += 1
     return 1 if failed else 0
-
 
 if __name__ == '__main__':
     run_cli(main)

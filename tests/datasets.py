@@ -65,7 +65,8 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-import common
+import guard
+import layers
 
 SIZES = [(37, 53), (41, 29)]
 VOC_IDS = ('2007_000032', '2007_000039', '2007_000063')
@@ -156,7 +157,7 @@ def make_voc(root, ids=VOC_IDS, size=SIZES, n_classes=21, split='seg11valid',
         _save(os.path.join(d, 'JPEGImages', idx + '.jpg'), _photo(rng, h, w))
         label = _blocks(rng, h, w, np.arange(n_classes))
         label[0, :] = label[:, 0] = 255  # void outline, as VOC draws around objects
-        common.save_label_png(os.path.join(d, 'SegmentationClass', idx + '.png'), label)
+        layers.save_label_png(os.path.join(d, 'SegmentationClass', idx + '.png'), label)
     if split:
         _write_list(os.path.join(d, 'ImageSets', 'Segmentation', split + '.txt'), ids)
     return ids
@@ -318,7 +319,7 @@ def make_cityscapes(root, ids=CITYSCAPES_IDS, size=SIZES, split='val',
 def random_weights(deploy, path, seed=0):
     """Save a caffemodel (making its folder) for the net of `deploy` (a prototxt path) with
     every parameter drawn from N(0, 0.3); returns the path."""
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     net = caffe.Net(str(deploy), caffe.TEST)
     rng = np.random.RandomState(seed)
     for blobs in net.params.values():

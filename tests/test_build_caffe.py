@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import build_caffe
-import common
+import guard
 
 
 def test_mirror_from_one_line_and_deb822_sources(tmp_path, monkeypatch):
@@ -70,8 +70,8 @@ def test_cpu_forced_by_environment(monkeypatch):
 
 
 def test_venv_imports_the_cached_build():
-    caffe = common.import_caffe()
-    info = common.build_info()
+    caffe = guard.import_caffe()
+    info = guard.build_info()
     assert info, 'pycaffe has no fcn_build.json: not built by build_caffe.py'
     assert caffe.__file__.startswith(build_caffe.cache_root())
     assert info['python'].rsplit('.', 1)[0] == '%d.%d' % sys.version_info[:2]

@@ -7,12 +7,14 @@ import sys
 import numpy as np
 import pytest
 
-import common
+import guard
+import netload
+import project
 
-caffe = common.import_caffe()
+caffe = guard.import_caffe()
 from caffe import layers as L  # noqa: E402
 
-REPO = common.REPO
+REPO = project.REPO
 
 
 def tiny_net(path, with_loss=True):
@@ -72,8 +74,8 @@ def test_forward_backward_matches_numerical_gradient(tmp_path):
 
 def test_missing_prototxt_is_a_python_error_with_the_path(tmp_path):
     missing = str(tmp_path / 'nope.prototxt')
-    with pytest.raises(common.InputError, match='nope.prototxt'):
-        common.open_net(missing)
+    with pytest.raises(project.InputError, match='nope.prototxt'):
+        netload.open_net(missing)
 
 
 @pytest.mark.parametrize('text', ['layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 } }',
@@ -81,17 +83,17 @@ def test_missing_prototxt_is_a_python_error_with_the_path(tmp_path):
 def test_malformed_prototxt_is_a_python_error_with_the_path(tmp_path, text):
     path = tmp_path / 'bad.prototxt'
     path.write_text(text, encoding='latin-1')
-    with pytest.raises(common.InputError, match='bad.prototxt'):
-        common.open_net(str(path))
+    with pytest.raises(project.InputError, match='bad.prototxt'):
+        netload.open_net(str(path))
 
 
 def test_malformed_prototxt_in_a_subprocess_never_aborts(tmp_path):
     """What a user sees: one exception line, exit code 1, no SIGABRT from glog."""
     path = tmp_path / 'bad.prototxt'
     path.write_text('layer { name: "broken"')
-    code = ('import sys, common\n'
-            'def main(argv): common.open_net(sys.argv[1])\n'
-            'common.run_cli(main)\n')
+    code = ('import sys, cli, netload\n'
+            'def main(argv): netload.open_net(sys.argv[1])\n'
+            'cli.run_cli(main)\n')
     out = subprocess.run([sys.executable, '-c', code, str(path)], cwd=REPO, capture_output=True,
                          text=True, env=dict(os.environ, PYTHONPATH=REPO))
     assert out.returncode == 1, (out.returncode, out.stderr)
@@ -106,25 +108,25 @@ def test_weights_with_wrong_shapes_are_refused_before_caffe(tmp_path):
     # The same net with a wider conv: Caffe itself would abort on copy_from.
     wide = open(proto).read().replace('num_output: 4', 'num_output: 5')
     (tmp_path / 'b.prototxt').write_text(wide)
-    with pytest.raises(common.InputError, match=r"a\.caffemodel.*'conv'"):
-        common.open_net(str(tmp_path / 'b.prototxt'), weights=str(tmp_path / 'a.caffemodel'))
+    with pytest.raises(project.InputError, match=r"a\.caffemodel.*'conv'"):
+        netload.open_net(str(tmp_path / 'b.prototxt'), weights=str(tmp_path / 'a.caffemodel'))
     # Matching weights load, and the values arrive.
-    net2 = common.open_net(proto, weights=str(tmp_path / 'a.caffemodel'))
+    net2 = netload.open_net(proto, weights=str(tmp_path / 'a.caffemodel'))
     np.testing.assert_array_equal(net2.params['conv'][0].data, net.params['conv'][0].data)
     # Garbage and empty weight files are one-line errors too.
     (tmp_path / 'junk.caffemodel').write_bytes(b'\x00\x01garbage' * 10)
     (tmp_path / 'empty.caffemodel').write_bytes(b'')
     for name in ('junk.caffemodel', 'empty.caffemodel'):
-        with pytest.raises(common.InputError, match=name):
-            common.open_net(proto, weights=str(tmp_path / name))
+        with pytest.raises(project.InputError, match=name):
+            netload.open_net(proto, weights=str(tmp_path / name))
 
 
 def test_gpu_request_on_cpu_build_is_an_input_error():
-    if common.build_info().get('cuda'):
+    if guard.build_info().get('cuda'):
         pytest.skip('CUDA build')
-    with pytest.raises(common.InputError, match='without CUDA'):
-        common.set_mode(0)
-    assert common.set_mode(None) == 'cpu'
+    with pytest.raises(project.InputError, match='without CUDA'):
+        guard.set_mode(0)
+    assert guard.set_mode(None) == 'cpu'
 
 
 def test_project_python_layer_runs_inside_a_net(tmp_path):
@@ -138,7 +140,7 @@ def test_project_python_layer_runs_inside_a_net(tmp_path):
     n.score = L.Convolution(n.data, num_output=21, kernel_size=1, weight_filler=dict(type='xavier'))
     n.loss = L.SoftmaxWithLoss(n.score, n.label, loss_param=dict(ignore_label=255, normalize=False))
     (tmp_path / 'net.prototxt').write_text(str(n.to_proto()))
-    net = common.open_net(str(tmp_path / 'net.prototxt'), phase='train')
+    net = netload.open_net(str(tmp_path / 'net.prototxt'), phase='train')
     out = net.forward()
     assert np.isfinite(out['loss'])
     assert net.blobs['data'].data.shape[1] == 3
@@ -168,12 +170,12 @@ def test_legacy_v1_weights_like_the_model_zoo_vgg16_load(tmp_path):
             values.setdefault(name, []).append(data)
     path = tmp_path / 'legacy.caffemodel'
     path.write_bytes(v1.SerializeToString())
-    net = common.open_net(proto, weights=str(path))
+    net = netload.open_net(proto, weights=str(path))
     np.testing.assert_array_equal(net.params['fc'][0].data.ravel(), values['fc'][0])
     np.testing.assert_array_equal(net.params['conv'][1].data.ravel(), values['conv'][1])
     # and a V1 blob of the wrong size is refused before Caffe sees it
     v1.layers[1].blobs[0].width = 121
     v1.layers[1].blobs[0].data.append(0.0)
     path.write_bytes(v1.SerializeToString())
-    with pytest.raises(common.InputError, match="legacy.caffemodel: layer 'fc'"):
-        common.open_net(proto, weights=str(path))
+    with pytest.raises(project.InputError, match="legacy.caffemodel: layer 'fc'"):
+        netload.open_net(proto, weights=str(path))

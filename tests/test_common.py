@@ -11,12 +11,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import common
-from common import InputError
+import cli
+import guard
+import layers
+import netinit
+import netload
+import project
+import safewrite
+from project import InputError
 from datasets import random_weights  # tests/datasets.py
 
-caffe = common.import_caffe()
-REPO = common.REPO
+caffe = guard.import_caffe()
+REPO = project.REPO
 
 
 # --- outputs never replace inputs (F2) --------------------------------------------------------
@@ -28,7 +34,7 @@ def test_atomic_write_refuses_to_replace_an_input(tmp_path):
     os.link(str(photo), str(tmp_path / 'hard.png'))
     for target in (photo, tmp_path / 'link.png', tmp_path / 'hard.png'):
         with pytest.raises(InputError) as e:
-            with common.atomic_write(target, protect=[photo]) as f:
+            with safewrite.atomic_write(target, protect=[photo]) as f:
                 f.write(b'label map')
         message = str(e.value)
         assert str(target) in message and str(photo) in message and '\n' not in message
@@ -42,15 +48,15 @@ def test_atomic_write_refuses_a_protected_folder(tmp_path):
     labels.mkdir()
     (labels / 'a.png').write_bytes(b'ground truth')
     with pytest.raises(InputError, match='SegmentationClass'):
-        common.save_label_png(labels / 'a.png', np.zeros((2, 2), np.uint8), protect=[labels])
+        layers.save_label_png(labels / 'a.png', np.zeros((2, 2), np.uint8), protect=[labels])
     with pytest.raises(InputError, match='SegmentationClass'):
-        common.save_label_png(labels / 'new.png', np.zeros((2, 2), np.uint8), protect=[labels])
+        layers.save_label_png(labels / 'new.png', np.zeros((2, 2), np.uint8), protect=[labels])
     assert (labels / 'a.png').read_bytes() == b'ground truth'
     assert os.listdir(str(labels)) == ['a.png']
     # elsewhere it writes, and replaces its own earlier output
     out = tmp_path / 'out' / 'a.png'
     for value in (1, 2):
-        common.save_label_png(out, np.full((2, 3), value, np.uint8), protect=[labels])
+        layers.save_label_png(out, np.full((2, 3), value, np.uint8), protect=[labels])
     assert np.asarray(Image.open(out)).tolist() == [[2, 2, 2], [2, 2, 2]]
 
 
@@ -90,7 +96,7 @@ def test_a_full_disk_never_leaves_a_truncated_jpeg(tmp_path, monkeypatch, fault)
     fake = _short_writer(real, 1000) if fault == 'short' else _lying_writer(real)
     monkeypatch.setattr(os, 'write', fake)
     with pytest.raises(OSError) as e:
-        with common.atomic_write(path) as f:
+        with safewrite.atomic_write(path) as f:
             Image.fromarray(rgb).save(f, format='JPEG', quality=90)
     monkeypatch.setattr(os, 'write', real)
     assert str(path) in str(e.value)
@@ -98,9 +104,9 @@ def test_a_full_disk_never_leaves_a_truncated_jpeg(tmp_path, monkeypatch, fault)
     assert os.listdir(str(tmp_path)) == []  # the temporary file is gone too
     # a write the kernel cuts short but that can go on is finished, not lost
     monkeypatch.setattr(os, 'write', lambda fd, data: real(fd, bytes(data[:7])))
-    with common.atomic_write(path) as f:
+    with safewrite.atomic_write(path) as f:
         Image.fromarray(rgb).save(f, format='JPEG', quality=90)
-    with common.atomic_write(tmp_path / 'a.txt', 'w') as f:
+    with safewrite.atomic_write(tmp_path / 'a.txt', 'w') as f:
         f.write('x' * 1000 + '\n')
     monkeypatch.setattr(os, 'write', real)
     assert Image.open(path).size == (80, 64)
@@ -159,7 +165,7 @@ def caffe_shapes(net):
 def test_good_net_shapes_are_caffes(tmp_path):
     path = tmp_path / 'net.prototxt'
     path.write_text(NET)
-    shapes = common.check_net(common.read_net_param(path), str(path), 'test')
+    shapes = netinit.check_net(netinit.read_net_param(path), str(path), 'test')
     net = caffe.Net(str(path), caffe.TEST)
     assert shapes == caffe_shapes(net)
 
@@ -168,15 +174,15 @@ def test_good_net_shapes_are_caffes(tmp_path):
 def test_bad_net_is_an_input_error_naming_the_prototxt_and_layer(tmp_path, what, old, new, layer):
     path = _bad_net(tmp_path, old, new)
     with pytest.raises(InputError) as e:
-        common.check_prototxt(path)
+        netinit.check_prototxt(path)
     message = str(e.value)
     assert str(path) in message and repr(layer) in message and '\n' not in message, message
 
 
 def _open_in_subprocess(path, phase='test'):
-    code = ('import sys, common\n'
-            'def main(argv): common.open_net(sys.argv[1], sys.argv[2])\n'
-            'common.run_cli(main)\n')
+    code = ('import sys, cli, netload\n'
+            'def main(argv): netload.open_net(sys.argv[1], sys.argv[2])\n'
+            'cli.run_cli(main)\n')
     env = dict(os.environ, PYTHONPATH=REPO, GLOG_minloglevel='2')
     env.pop('FCN_DEBUG', None)
     return subprocess.run([sys.executable, '-c', code, str(path), phase], cwd=str(path.parent),
@@ -203,12 +209,12 @@ def test_every_generated_net_passes_and_matches_caffe(tmp_path):
         folder = tmp_path / model
         nets.write_model_dir(str(folder), model, widths=(4, 4, 4, 4, 4, 8))
         deploy = folder / 'deploy.prototxt'
-        shapes = common.check_net(common.read_net_param(deploy), str(deploy), 'test')
+        shapes = netinit.check_net(netinit.read_net_param(deploy), str(deploy), 'test')
         net = caffe.Net(str(deploy), caffe.TEST)
         assert shapes == caffe_shapes(net), model
         for name in ('train.prototxt', 'val.prototxt'):
             if (folder / name).exists():
-                common.check_prototxt(folder / name)  # the Python data layers check too
+                netinit.check_prototxt(folder / name)  # the Python data layers check too
 
 
 def test_blob_limit_at_a_given_input_size(tmp_path):
@@ -217,10 +223,10 @@ def test_blob_limit_at_a_given_input_size(tmp_path):
     import net as nets
     nets.write_model_dir(str(tmp_path), 'voc-fcn8s', widths=(64, 4, 4, 4, 4, 8))
     deploy = str(tmp_path / 'deploy.prototxt')
-    param = common.read_net_param(deploy)
-    common.check_net(param, deploy, 'test', {'data': (1, 3, 1080, 1920)})
+    param = netinit.read_net_param(deploy)
+    netinit.check_net(param, deploy, 'test', {'data': (1, 3, 1080, 1920)})
     with pytest.raises(InputError, match=r"conv1_2.*im2col buffer"):
-        common.check_net(param, deploy, 'test', {'data': (1, 3, 1500, 2000)})
+        netinit.check_net(param, deploy, 'test', {'data': (1, 3, 1500, 2000)})
 
 
 VOC_DATA = """layer { name: "data" type: "Python" top: "data" top: "label"
@@ -273,11 +279,11 @@ def test_weights_of_another_model_are_refused(fcn):
     deploy8, _ = fcn['8s']
     _, weights32 = fcn['32s']
     with pytest.raises(InputError) as e:
-        common.open_net(deploy8, 'test', weights32)
+        netload.open_net(deploy8, 'test', weights32)
     message = str(e.value)
     assert weights32 in message and 'score_pool4' in message and '\n' not in message
     # on purpose (a parent's weights into its child) it loads, and the values arrive
-    net = common.open_net(deploy8, 'test', weights32, partial=True)
+    net = netload.open_net(deploy8, 'test', weights32, partial=True)
     parent = caffe.Net(fcn['32s'][0], weights32, caffe.TEST)
     np.testing.assert_array_equal(net.params['fc7'][0].data, parent.params['fc7'][0].data)
 
@@ -293,7 +299,7 @@ def test_weights_cut_short_are_refused(fcn, tmp_path):
         del cut.layer[-1]
     (tmp_path / 'cut.caffemodel').write_bytes(cut.SerializeToString())
     with pytest.raises(InputError, match=r'cut\.caffemodel.*score_fr'):
-        common.open_net(deploy, 'test', str(tmp_path / 'cut.caffemodel'))
+        netload.open_net(deploy, 'test', str(tmp_path / 'cut.caffemodel'))
     # a blob holding fewer values than its shape (Caffe's FromProto would abort)
     short = caffe.proto.caffe_pb2.NetParameter()
     short.CopyFrom(param)
@@ -301,19 +307,19 @@ def test_weights_cut_short_are_refused(fcn, tmp_path):
     del layer.blobs[0].data[-1]
     (tmp_path / 'short.caffemodel').write_bytes(short.SerializeToString())
     with pytest.raises(InputError, match=r"short\.caffemodel: layer 'fc6' blob 0"):
-        common.open_net(deploy, 'test', str(tmp_path / 'short.caffemodel'))
+        netload.open_net(deploy, 'test', str(tmp_path / 'short.caffemodel'))
     # the complete file loads
-    assert 'score_pool4' in common.check_weights(weights, caffe.Net(deploy, caffe.TEST))
+    assert 'score_pool4' in netload.check_weights(weights, caffe.Net(deploy, caffe.TEST))
 
 
 def test_progress_bar_is_tqdm(capsys):
-    bar = common.progress_bar(3, 'scoring score')
+    bar = cli.progress_bar(3, 'scoring score')
     for _ in range(3):
         bar.update(1)
     bar.close()
     assert type(bar).__module__.startswith('tqdm')
     assert 'scoring score 3/3' in capsys.readouterr().err
-    quiet = common.progress_bar(3, 'x', enabled=False)
+    quiet = cli.progress_bar(3, 'x', enabled=False)
     quiet.update(3)
     quiet.close()
     assert capsys.readouterr().err == ''
@@ -326,7 +332,7 @@ def test_fsync_failure_names_the_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(os, 'fsync', no_space)
     with pytest.raises(OSError) as e:
-        with common.atomic_write(tmp_path / 'scores.json', 'w') as f:
+        with safewrite.atomic_write(tmp_path / 'scores.json', 'w') as f:
             f.write('{}')
     monkeypatch.undo()
     assert str(tmp_path / 'scores.json') in str(e.value) and e.value.errno == errno.ENOSPC
@@ -346,7 +352,7 @@ def test_layer_without_a_shape_rule_is_probed(tmp_path):
     good = tmp_path / 'good.prototxt'
     good.write_text(NET + 'layer { name: "am" type: "ArgMax" bottom: "out" top: "am"\n'
                           '        argmax_param { top_k: 1 axis: 1 } }\n')
-    common.check_prototxt(good)
+    netinit.check_prototxt(good)
 
 
 def test_layers_filtered_by_phase_stage_and_level_as_caffe_does(tmp_path):
@@ -360,8 +366,8 @@ layer { name: "train_only" type: "Convolution" bottom: "out" top: "extra"
         include { phase: TRAIN } convolution_param { num_output: 0 kernel_size: 1 } }
 layer { name: "low" type: "ReLU" bottom: "out" top: "low" exclude { max_level: 2 } }
 """)
-    shapes = common.check_net(common.read_net_param(path), str(path), 'test')
+    shapes = netinit.check_net(netinit.read_net_param(path), str(path), 'test')
     net = caffe.Net(str(path), caffe.TEST)
     assert shapes == caffe_shapes(net) and 'extra' not in shapes and 'low' not in shapes
     with pytest.raises(InputError, match="'train_only'"):  # in TRAIN it is there, and bad
-        common.check_net(common.read_net_param(path), str(path), 'train')
+        netinit.check_net(netinit.read_net_param(path), str(path), 'train')

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-import common
 import datasets  # tests/datasets.py
 import layers
+import project
 
 
 def load_script(relpath):
     """Import a script of data/ (its folder names are not package names) as a module."""
-    path = os.path.join(common.REPO, relpath)
+    path = os.path.join(project.REPO, relpath)
     name = 'script_' + relpath.replace('/', '_').replace('-', '_').replace('.py', '')
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -54,7 +54,7 @@ def test_seg11valid_is_val_minus_sbd_train(root, capsys):
 
 def test_seg11valid_wrong_count_writes_nothing_and_exits_nonzero(root):
     voc_and_sbd(root)
-    script = os.path.join(common.REPO, 'data/pascal/seg11valid.py')
+    script = os.path.join(project.REPO, 'data/pascal/seg11valid.py')
     # run as a command from another folder: the default count 736 does not match
     result = subprocess.run([sys.executable, script], cwd=str(root), capture_output=True,
                             text=True, env=dict(os.environ, FCN_DATA_ROOT=str(root)))
@@ -77,7 +77,7 @@ def test_seg11valid_out_never_replaces_an_input(root):
     val = root / 'pascal/VOC2011/ImageSets/Segmentation/val.txt'
     before = val.read_text()
     seg11valid = load_script('data/pascal/seg11valid.py')
-    with pytest.raises(common.InputError, match='would replace the input'):
+    with pytest.raises(project.InputError, match='would replace the input'):
         seg11valid.main(['--out', str(val), '--no-check'])
     assert val.read_text() == before
 
@@ -88,7 +88,7 @@ def test_seg11valid_list_not_utf8_names_it(root):
     train = root / 'sbdd/dataset/train.txt'
     train.write_bytes(b'2008_000001\n\xff\xfe\n')
     seg11valid = load_script('data/pascal/seg11valid.py')
-    with pytest.raises(common.InputError, match='train.txt: split list is not UTF-8'):
+    with pytest.raises(project.InputError, match='train.txt: split list is not UTF-8'):
         seg11valid.main(['--no-check'])
 
 
@@ -98,7 +98,7 @@ def test_nyud_splits_from_gupta_mat(root, capsys):
     splits = load_script('data/nyud/splits.py')
     mat = root / 'nyud/benchmarkData/metadata/nyusplits.mat'
     datasets.make_nyud_splits_mat(mat, train=[5003, 5001], val=[5010], test=[5002, 5004])
-    with pytest.raises(common.InputError, match='trainval has 3 images, expected 795'):
+    with pytest.raises(project.InputError, match='trainval has 3 images, expected 795'):
         splits.main([])
     assert not (root / 'nyud/trainval.txt').exists()
     assert splits.main(['--expect-trainval', '3', '--expect-test', '2']) == 0
@@ -120,9 +120,9 @@ def test_nyud_splits_from_nyu_mat_and_overlap(root):
     assert (root / 'nyud/trainval.txt').read_text().split() == ['5001', '5003']
     assert (root / 'nyud/test.txt').read_text().split() == ['5002']
     scipy.io.savemat(str(path), {'trainNdxs': np.array([[1], [2]]), 'testNdxs': np.array([[2]])})
-    with pytest.raises(common.InputError, match='share images'):
+    with pytest.raises(project.InputError, match='share images'):
         splits.main(['--splits-mat', str(path), '--no-check'])
-    with pytest.raises(common.InputError, match='no split file'):
+    with pytest.raises(project.InputError, match='no split file'):
         splits.main(['--nyud-dir', str(root / 'empty')])
 
 
@@ -136,7 +136,7 @@ def test_siftflow_splits_leave_out_unannotated(root, capsys):
         'Images\\spatial_envelope_256x256_static_8outdoorcategories\\street_e5.jpg\n'
         'coast_b2.jpg\n')
     splits = load_script('data/sift-flow/splits.py')
-    with pytest.raises(common.InputError, match='test has 2 images, expected 200'):
+    with pytest.raises(project.InputError, match='test has 2 images, expected 200'):
         splits.main([])
     assert splits.main(['--expect-test', '2', '--expect-trainval', '2']) == 0
     assert (d / 'test.txt').read_text().split() == ['street_e5', 'coast_b2']
@@ -145,5 +145,5 @@ def test_siftflow_splits_leave_out_unannotated(root, capsys):
     assert splits.main(['--no-check', '--exclude', 'coast_a1']) == 0
     assert layers.split_ids('siftflow', 'trainval') == ['street_d4']
     (d / 'bad.txt').write_text('nowhere_x9\n')
-    with pytest.raises(common.InputError, match='nowhere_x9'):
+    with pytest.raises(project.InputError, match='nowhere_x9'):
         splits.main(['--test-list', str(d / 'bad.txt'), '--no-check'])

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from common import REPO
+from project import REPO
 
 
 @pytest.mark.parametrize('flag, value', [('--val-images', '0'), ('--train-images', '-1'),

@@ -6,11 +6,13 @@ import os
 import numpy as np
 import pytest
 
-import common
+import guard
 import net
+import netload
+import trainsetup
 
-caffe = common.import_caffe()
-GPU_PROBLEM = common.gpu_problem(0)
+caffe = guard.import_caffe()
+GPU_PROBLEM = guard.gpu_problem(0)
 pytestmark = pytest.mark.skipif(GPU_PROBLEM is not None, reason=str(GPU_PROBLEM))
 
 WIDTHS = (8, 8, 16, 16, 16, 32)
@@ -24,8 +26,8 @@ def narrow_deploy(tmp_path):
 
 
 def forward(path, weights, image, gpu):
-    common.set_mode(0 if gpu else None)
-    n = common.open_net(path, 'test', weights)
+    guard.set_mode(0 if gpu else None)
+    n = netload.open_net(path, 'test', weights)
     n.blobs['data'].reshape(*image.shape)
     n.blobs['data'].data[...] = image
     return n.forward()['score'].copy()
@@ -33,8 +35,8 @@ def forward(path, weights, image, gpu):
 
 def test_fcn8s_forward_equal_on_cpu_and_gpu(tmp_path):
     path = narrow_deploy(tmp_path)
-    common.set_mode(None)
-    n = common.open_net(path, 'test')
+    guard.set_mode(None)
+    n = netload.open_net(path, 'test')
     rng = np.random.RandomState(0)
     for blobs in n.params.values():
         for b in blobs:
@@ -44,7 +46,7 @@ def test_fcn8s_forward_equal_on_cpu_and_gpu(tmp_path):
     image = rng.normal(0, 50, (1, 3, 61, 47)).astype(np.float32)
     cpu = forward(path, weights, image, gpu=False)
     gpu = forward(path, weights, image, gpu=True)
-    common.set_mode(None)
+    guard.set_mode(None)
     assert cpu.shape == (1, 21, 61, 47)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3 * np.abs(cpu).max())
 
@@ -67,8 +69,8 @@ def voc_train_model(tmp_path, head):
 def small_random_weights(model, path):
     """`path`: a caffemodel of the model's val net with N(0, 0.05) weights. (Wider draws
     overflow to a NaN loss, and Caffe's max pooling then writes outside its buffers.)"""
-    common.set_mode(None)
-    n = common.open_net(os.path.join(model, 'val.prototxt'), 'train')
+    guard.set_mode(None)
+    n = netload.open_net(os.path.join(model, 'val.prototxt'), 'train')
     rng = np.random.RandomState(0)
     for blobs in n.params.values():
         for b in blobs:
@@ -79,8 +81,8 @@ def small_random_weights(model, path):
 
 def loss_and_gradients(model, weights, gpu):
     """One forward + backward of the net: (loss, {layer: [weight diff, bias diff]})."""
-    common.set_mode(0 if gpu else None)
-    n = common.open_net(os.path.join(model, 'val.prototxt'), 'train', weights)
+    guard.set_mode(0 if gpu else None)
+    n = netload.open_net(os.path.join(model, 'val.prototxt'), 'train', weights)
     loss = float(n.forward()['loss'])
     n.backward()
     return loss, {k: [b.diff.copy() for b in v] for k, v in n.params.items()}
@@ -91,7 +93,7 @@ def test_fcn8s_loss_and_gradients_equal_on_cpu_and_gpu(tmp_path):
     weights = small_random_weights(model, tmp_path / 'w8.caffemodel')
     cpu_loss, cpu = loss_and_gradients(model, weights, gpu=False)
     gpu_loss, gpu = loss_and_gradients(model, weights, gpu=True)
-    common.set_mode(None)
+    guard.set_mode(None)
     assert np.isfinite(cpu_loss) and cpu_loss > 0
     assert abs(gpu_loss - cpu_loss) <= 1e-3 * abs(cpu_loss)
     for name in cpu:
@@ -105,25 +107,25 @@ def test_fcn32s_solver_steps_on_gpu_follow_the_cpu(tmp_path):
     without Dropout), on CPU and on GPU from the same start: the same losses and weights
     within float tolerance."""
     import surgery
-    import train
+    import trainsetup
     model = voc_train_model(tmp_path, '32s')
     weights = small_random_weights(model, tmp_path / 'w32.caffemodel')
     results = []
     for gpu in (False, True):
-        common.set_mode(0 if gpu else None)
-        param = train.read_solver(model)
+        guard.set_mode(0 if gpu else None)
+        param = trainsetup.read_solver(model)
         param.train_net = param.test_net[0]
         del param.test_net[:], param.test_iter[:]
         param.ClearField('test_interval')
-        solver = train.make_solver(param, str(tmp_path / ('out%d' % gpu)))
-        train.load_weights(solver.net, weights)
+        solver = trainsetup.make_solver(param, str(tmp_path / ('out%d' % gpu)))
+        trainsetup.load_weights(solver.net, weights)
         surgery.interp(solver.net, surgery.deconv_layers(solver.net))
         losses = []
         for _ in range(3):
             solver.step(1)
             losses.append(float(solver.net.blobs['loss'].data))
         results.append((losses, {k: v[0].data.copy() for k, v in solver.net.params.items()}))
-    common.set_mode(None)
+    guard.set_mode(None)
     (cpu_losses, cpu_w), (gpu_losses, gpu_w) = results
     assert all(np.isfinite(cpu_losses)) and cpu_losses[-1] != cpu_losses[0]
     np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-3)

@@ -11,7 +11,8 @@ from PIL import Image
 
 import infer
 from datasets import random_weights  # tests/datasets.py
-from common import REPO, InputError, import_caffe
+from guard import import_caffe
+from project import REPO, InputError
 
 H, W = 37, 53  # odd sizes on purpose
 

@@ -7,11 +7,12 @@ import pytest
 import scipy.io
 from PIL import Image
 
-import common
 import datasets  # tests/datasets.py
+import guard
 import layers
+import project
 
-caffe = common.import_caffe()
+caffe = guard.import_caffe()
 
 VOC = 'pascal/VOC2011'
 
@@ -224,7 +225,7 @@ def test_context_mapping_known_values(root):
         ['diningtable', 'clothes', 'bedcloth']
     # a 59-list name the full list lacks is an error naming it
     (ctx / 'bad59.txt').write_text('1: aeroplane\n2: zebra\n')
-    with pytest.raises(common.InputError, match='zebra'):
+    with pytest.raises(project.InputError, match='zebra'):
         layers.context_mapping(str(ctx / 'labels.txt'), str(ctx / 'bad59.txt'))
 
 
@@ -278,7 +279,7 @@ def test_missing_files_name_the_path(root):
     with pytest.raises(FileNotFoundError, match=r'seg11valid\.txt.*seg11valid\.py'):
         data_net(root, 'VOCSegDataLayer', {'split': 'seg11valid'}, ['data', 'label'])
     (root / VOC / 'ImageSets/Segmentation/empty.txt').write_text('\n')
-    with pytest.raises(common.InputError, match=r'no image ids.*empty\.txt'):
+    with pytest.raises(project.InputError, match=r'no image ids.*empty\.txt'):
         data_net(root, 'VOCSegDataLayer', {'split': 'empty'}, ['data', 'label'])
     os.remove(root / VOC / 'SegmentationClass' / 'a.png')
     with pytest.raises(FileNotFoundError, match=r'label not found.*a\.png'):
@@ -290,7 +291,7 @@ def test_label_size_mismatch_is_an_error(root):
     datasets.make_sbdd(root, ids=['a'], size=(5, 4), split=None, seed=1)
     jpg = root / 'sbdd/dataset/img/a.jpg'
     Image.new('RGB', (4, 4)).save(jpg)
-    with pytest.raises(common.InputError, match='different sizes'):
+    with pytest.raises(project.InputError, match='different sizes'):
         data_net(root, 'SBDDSegDataLayer', {'split': 'train'}, ['data', 'label'])
 
 
@@ -335,7 +336,7 @@ def test_split_ids_and_class_constants(root):
 # ----------------------------------------------------------------------------- label checks
 
 def assert_refused(root, layer, params, tops, path, *words):
-    with pytest.raises(common.InputError) as e:
+    with pytest.raises(project.InputError) as e:
         data_net(root, layer, params, tops).forward()
     message = str(e.value)
     assert str(path) in message and len(message.splitlines()) == 1, message
@@ -350,7 +351,7 @@ def test_labels_outside_the_classes_name_the_file_and_values(root):
     png = root / VOC / 'SegmentationClass' / 'a.png'
     label = np.array(Image.open(png))
     label[2, 2], label[3, 3] = 21, 77
-    common.save_label_png(str(png), label)
+    layers.save_label_png(str(png), label)
     assert_refused(root, 'VOCSegDataLayer', {'split': 'val'}, ['data', 'label'], png,
                    '21, 77', '0..20')
     # NYUDv2 stores classes 1..40 with 0 void: 41 is no class
@@ -407,8 +408,8 @@ def test_label_list_not_utf8_names_the_file(root):
 
 TRAIN_SCRIPT = r'''
 import json, sys
-import common, layers
-caffe = common.import_caffe()
+import guard, layers
+caffe = guard.import_caffe()
 L = caffe.layers
 n = caffe.NetSpec()
 n.data, n.label = L.Python(module='layers', layer='VOCSegDataLayer', ntop=2,
@@ -424,7 +425,7 @@ try:
         net.forward()
         net.backward()
     print('trained')
-except common.InputError as e:
+except project.InputError as e:
     print('error:', e)
 '''
 
@@ -441,7 +442,7 @@ def test_labels_beyond_the_nets_classes_stop_training(root, how):
     params = {} if how == 'bind' else {'num_classes': 3}
     r = subprocess.run([sys.executable, '-c', TRAIN_SCRIPT, str(root / 'n.prototxt'),
                         json.dumps(params), how], capture_output=True, text=True, timeout=120,
-                       cwd=common.REPO, env=dict(os.environ, PYTHONPATH=common.REPO))
+                       cwd=project.REPO, env=dict(os.environ, PYTHONPATH=project.REPO))
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     if how == 'bind':
         assert "bound {'label': 3}" in r.stdout

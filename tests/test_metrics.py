@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 import metrics
+from project import REPO
 
 
 def test_no_caffe_needed():
     code = 'import sys, metrics; assert "caffe" not in sys.modules'
-    r = subprocess.run([sys.executable, '-c', code], cwd=metrics.common.REPO)
+    r = subprocess.run([sys.executable, '-c', code], cwd=REPO)
     assert r.returncode == 0
 
 

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-import common
 import models
-from common import InputError
+import project
+from project import InputError
 
 
 @pytest.fixture
@@ -32,10 +32,10 @@ def test_get_by_id_folder_and_classifier():
         'nyud-fcn/fcn32s-color-hha', 'nyud-fcn', 'nyud', '32s')
     assert models.get('nyud-fcn/fcn32s-color-hha') is spec        # the card's folder
     assert models.get('nyud-fcn32s-color-hha/') is spec           # the release's folder name
-    assert models.get(os.path.join(common.REPO, 'voc-fcn8s')) is models.get('voc-fcn8s')
+    assert models.get(os.path.join(project.REPO, 'voc-fcn8s')) is models.get('voc-fcn8s')
     assert models.get('vgg16').kind == 'classifier' and spec.kind == 'fcn'
     assert [p.suffix for p in spec.parents] == ['color', 'hha'] and spec.init == 'transplant'
-    assert models.model_dir(spec) == os.path.join(common.REPO, 'nyud-fcn', 'fcn32s-color-hha')
+    assert models.model_dir(spec) == os.path.join(project.REPO, 'nyud-fcn', 'fcn32s-color-hha')
 
 
 def test_unknown_name_lists_the_known_ones():
@@ -201,7 +201,7 @@ def test_bad_model_json_is_a_one_line_error(registry, tmp_path):
 
 
 def test_docs_models_md_is_current(tmp_path):
-    path = os.path.join(common.REPO, 'docs', 'models.md')
+    path = os.path.join(project.REPO, 'docs', 'models.md')
     with open(path) as f:
         assert f.read() == models.markdown(), 'docs/models.md is stale: run `python net.py`'
     import net
@@ -223,4 +223,4 @@ def test_net_list_and_docs_print_the_registry(capsys):
 
 def test_models_imports_no_caffe():
     code = 'import sys, models; models.markdown(); sys.exit("caffe" in sys.modules)'
-    assert subprocess.run([sys.executable, '-c', code], cwd=common.REPO).returncode == 0
+    assert subprocess.run([sys.executable, '-c', code], cwd=project.REPO).returncode == 0

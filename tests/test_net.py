@@ -22,11 +22,13 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-import common
+import guard
 import models
 import net
+import netinit
+import netload
 
-caffe = common.import_caffe()
+caffe = guard.import_caffe()
 
 H, W = 37, 53  # odd, and not multiples of any stride
 # The FCNs of the registry (PSPNet's nets: tests/test_pspnet_net.py).
@@ -40,7 +42,7 @@ VGG_CONVS = ['conv1_1', 'conv1_2', 'conv2_1', 'conv2_2', 'conv3_1', 'conv3_2', '
 
 @functools.lru_cache(maxsize=None)
 def _committed(model, name):
-    return common.read_net_param(os.path.join(models.model_dir(model), name))
+    return netinit.read_net_param(os.path.join(models.model_dir(model), name))
 
 
 def committed(model, name):
@@ -163,7 +165,7 @@ def test_deploy_inputs():
 # The trunks: names and shapes of VGG16 / CaffeNet, so ImageNet weights transfer.
 
 def classifier_shapes(name):
-    n = common.open_net(net.classifier_path(name))
+    n = netload.open_net(net.classifier_path(name))
     shapes = {k: [tuple(b.data.shape) for b in v] for k, v in n.params.items()}
     del n
     gc.collect()

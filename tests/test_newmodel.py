@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import common
+import layers
 import models
 import net
+import netinit
+import netload
 import newmodel
+import project
 import surgery
 from datasets import OWN_CLASSES, OWN_TRAIN, OWN_VAL, make_own, random_weights, read_rgb
 
-REPO = common.REPO
+REPO = project.REPO
 PY = sys.executable
 
 
@@ -76,7 +79,7 @@ def test_check_names_every_problem_by_file(tmp_path):
     h, w = np.array(Image.open(lab('road_03'))).shape
     bad = np.zeros((h, w), np.uint8)
     bad[0, 0], bad[1, 1] = 7, 255                                     # 7 >= 5 classes
-    common.save_label_png(lab('road_03'), bad)
+    layers.save_label_png(lab('road_03'), bad)
     with open(classes, 'a') as f:
         f.write('car\n')                                              # listed twice
 
@@ -130,7 +133,7 @@ def parent(tmp_path_factory):
     deploy = tmp / 'deploy.prototxt'
     deploy.write_text(str(net.build_net('voc-fcn8s', 'deploy', widths=WIDTHS)))
     path = random_weights(deploy, tmp / 'narrow-fcn8s.caffemodel', seed=3)
-    return path, common.open_net(deploy, 'test', path)
+    return path, netload.open_net(deploy, 'test', path)
 
 
 def start(parent, head, classes, tmp_path):
@@ -143,7 +146,7 @@ def start(parent, head, classes, tmp_path):
                                     parent[0], list(classes), models.VOC_CLASSES, out)
     deploy = tmp_path / 'new.prototxt'
     deploy.write_text(str(param))
-    return report, common.open_net(deploy, 'test', out)
+    return report, netload.open_net(deploy, 'test', out)
 
 
 def test_weights_widths_read_from_the_parent(parent):
@@ -194,7 +197,7 @@ def test_start_from_sift_flow_reads_its_semantic_head(tmp_path):
     deploy = tmp_path / 'siftflow.prototxt'
     deploy.write_text(str(net.build_net('siftflow-fcn16s', 'deploy', widths=WIDTHS)))
     weights = random_weights(deploy, tmp_path / 'siftflow.caffemodel')
-    old = common.open_net(deploy, 'test', weights)
+    old = netload.open_net(deploy, 'test', weights)
     spec, _, classes, suffix = newmodel.parent_of('siftflow-fcn16s')
     assert suffix == '_sem' and classes[27] == 'sky'
     param = net.voc_fcn('16s', 'deploy', num_classes=2, widths=WIDTHS)
@@ -202,7 +205,7 @@ def test_start_from_sift_flow_reads_its_semantic_head(tmp_path):
                                     ['background', 'sky'], classes, str(tmp_path / 'init.caffemodel'),
                                     suffix)
     (tmp_path / 'new.prototxt').write_text(str(param))
-    new = common.open_net(tmp_path / 'new.prototxt', 'test', str(tmp_path / 'init.caffemodel'))
+    new = netload.open_net(tmp_path / 'new.prototxt', 'test', str(tmp_path / 'init.caffemodel'))
     for layer in ('score_fr', 'score_pool4'):
         np.testing.assert_array_equal(new.params[layer][0].data[1], old.params[layer + '_sem'][0].data[27])
         assert not new.params[layer][0].data[0].any()
@@ -236,7 +239,7 @@ def test_new_model_end_to_end(parent, tmp_path):
     assert (spec.name, spec.head, spec.schedule.total) == ('my-roads', '16s', 2)
     assert spec.data.classes == ('background', 'road', 'car')
     assert spec.data.split('train').dirs == (('voc_dir', str(data)),)  # data not copied
-    val = common.read_net_param(folder / 'val.prototxt')
+    val = netinit.read_net_param(folder / 'val.prototxt')
     assert '"voc_dir": "%s"' % data in val.layer[0].python_param.param_str
     assert net.build_net(spec, 'deploy').layer[-1].name == 'score'
     assert (spec.init, spec.parent_text()) == ('file', 'init.caffemodel in its folder')

@@ -11,22 +11,26 @@ import time
 
 import pytest
 
-import common
+import cli
+import guard
 import layers
 import parallel
+import project
+import snapshots
 import train
+import trainsetup
 from test_train import voc_model
 
-caffe = common.import_caffe()
-REPO = common.REPO
+caffe = guard.import_caffe()
+REPO = project.REPO
 
 
 def test_gpu_ids_parse_lists_and_refuse_bad_ones():
-    assert parallel.gpu_ids('0') == [0]
-    assert parallel.gpu_ids('0,1,3') == [0, 1, 3]
+    assert cli.gpu_ids('0') == [0]
+    assert cli.gpu_ids('0,1,3') == [0, 1, 3]
     for bad in ('a', '0,', '-1', '0,0', '1.5'):
         with pytest.raises(argparse.ArgumentTypeError):
-            parallel.gpu_ids(bad)
+            cli.gpu_ids(bad)
 
 
 def test_solve_parses_a_gpu_list():
@@ -43,7 +47,7 @@ def test_solve_parses_a_gpu_list():
 def test_gpu_flag_without_a_usable_gpu_is_one_line(tmp_path, gpus):
     """On a CPU build, or a CUDA build on a machine without a GPU: one line, status 1, and
     never Caffe's abort (set_device would abort: status -6 and a stack dump)."""
-    problem = common.gpu_problem(0)
+    problem = guard.gpu_problem(0)
     if problem is None:
         pytest.skip('a GPU is usable here')
     out = subprocess.run([sys.executable, os.path.join(REPO, 'voc-fcn32s', 'solve.py'),
@@ -56,13 +60,13 @@ def test_gpu_flag_without_a_usable_gpu_is_one_line(tmp_path, gpus):
 
 
 def test_cuda_build_without_gpu_refuses_set_mode_and_stays_usable():
-    if not common.build_info().get('cuda'):
+    if not guard.build_info().get('cuda'):
         pytest.skip('CPU build: test_caffe_setup covers it')
-    if common.gpu_problem(0) is None:
+    if guard.gpu_problem(0) is None:
         pytest.skip('a GPU is usable here')
-    with pytest.raises(common.InputError, match='no usable CUDA GPU'):
-        common.set_mode(0)
-    assert common.set_mode(None) == 'cpu'
+    with pytest.raises(project.InputError, match='no usable CUDA GPU'):
+        guard.set_mode(0)
+    assert guard.set_mode(None) == 'cpu'
 
 
 # --- the launcher, with CPU work in the rank processes ----------------------------------------
@@ -80,7 +84,7 @@ def test_launch_runs_one_process_per_rank_with_the_shared_id(tmp_path):
 def test_a_failed_rank_ends_the_others_with_its_status(tmp_path, capfd):
     def work(rank, uid):
         if rank == 1:
-            raise common.InputError('bad data in rank 1')
+            raise project.InputError('bad data in rank 1')
         time.sleep(600)  # as a rank waiting in NCCL for the failed one would
     t0 = time.time()
     assert parallel.launch([0, 1], work, uid=b'id') == 1
@@ -137,17 +141,17 @@ def drawn(solver, steps):
 
 def test_ranks_together_draw_the_single_stream(tmp_path):
     model = voc_model(tmp_path)
-    param = train.read_solver(model)
-    common.set_mode(None)
-    single = drawn(train.make_solver(param, str(tmp_path / 's')), 6)
+    param = trainsetup.read_solver(model)
+    guard.set_mode(None)
+    single = drawn(trainsetup.make_solver(param, str(tmp_path / 's')), 6)
     ranks = []
     for rank in range(2):
-        solver = train.make_solver(param, str(tmp_path / ('r%d' % rank)))
+        solver = trainsetup.make_solver(param, str(tmp_path / ('r%d' % rank)))
         parallel.interleave(solver.net, rank, 2)
         ranks.append(drawn(solver, 3))
     assert [ranks[i % 2][i // 2] for i in range(6)] == single
     # a resumed rank (iteration 2) continues its own share of the stream
-    solver = train.make_solver(param, str(tmp_path / 'r1b'))
+    solver = trainsetup.make_solver(param, str(tmp_path / 'r1b'))
     parallel.interleave(solver.net, 1, 2, iteration=2)
     assert drawn(solver, 1) == [single[5]]
 
@@ -189,5 +193,5 @@ def test_cpu_ranks_launched_only_rank_0_writes_the_run(tmp_path):
     config = train.RunConfig(rounds=2, iters=2, out=str(tmp_path / 'out'))
     assert parallel.launch([0, 1], lambda rank, uid: train.train_rank(train.Model(model), config, rank),
                            uid=b'id') == 0
-    assert [r['iter'] for r in train.read_log(config.out)] == [2, 4]
-    assert train.snapshot_iters(config.out) == [2, 4]
+    assert [r['iter'] for r in snapshots.read_log(config.out)] == [2, 4]
+    assert snapshots.snapshot_iters(config.out) == [2, 4]

@@ -33,10 +33,11 @@ import time
 import numpy as np
 import pytest
 
-import common
+import guard
+import project
 import net as nets
 
-caffe = common.import_caffe()
+caffe = guard.import_caffe()
 from caffe import layers as L, params as P  # noqa: E402
 
 RTOL = 2e-5  # of the largest magnitude of each compared array (float32 vs float64)
@@ -424,7 +425,7 @@ def test_strided_grouped_dilated_net_matches_numpy():
 
 
 def has_winograd():
-    return '05-winograd.patch' in (common.build_info().get('project_patches') or [])
+    return '05-winograd.patch' in (guard.build_info().get('project_patches') or [])
 
 
 @pytest.fixture
@@ -518,7 +519,7 @@ def test_one_thread_gives_the_same_numbers(tmp_path):
     code = ('import sys; sys.path[:0] = [%r, %r]; import test_perf_equality as t; '
             't.test_fcn8s_forward_matches_numpy(); t.test_fcn8s_forward_backward_matches_numpy(); '
             't.test_strided_grouped_dilated_net_matches_numpy(); print("ok")'
-            % (common.REPO, os.path.dirname(os.path.abspath(__file__))))
+            % (project.REPO, os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, OMP_NUM_THREADS='1', OPENBLAS_NUM_THREADS='1', GLOG_minloglevel='2')
     out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                          cwd=str(tmp_path))

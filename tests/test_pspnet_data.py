@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import common
 import datasets  # tests/datasets.py
 import layers
+import project
 from test_data_scripts import load_script
 from test_layers import data_net, expected_image
 
@@ -50,7 +50,7 @@ def test_ade20k_label_beyond_150_is_an_error_naming_the_file(root):
     label = np.array(Image.open(png))
     label[3, 3] = 151
     Image.fromarray(label).save(png)
-    with pytest.raises(common.InputError, match='ADE_val_00000009.png.*151'):
+    with pytest.raises(project.InputError, match='ADE_val_00000009.png.*151'):
         data_net(root, 'ADE20KSegDataLayer', {'split': 'validation'}, ['data', 'label'])
 
 
@@ -86,7 +86,7 @@ def test_cityscapes_undefined_label_id_is_an_error(root):
     label = np.array(Image.open(png))
     label[2, 2] = 40
     Image.fromarray(label).save(png)
-    with pytest.raises(common.InputError, match='labelIds.png.*40'):
+    with pytest.raises(project.InputError, match='labelIds.png.*40'):
         data_net(root, 'CityscapesSegDataLayer', {'split': 'val'}, ['data', 'label'])
 
 
@@ -237,33 +237,33 @@ def test_ade20k_splits_script(root):
     train = ['ADE_train_00000002', 'ADE_train_00000001']
     datasets.make_ade20k(root, ids=train, split='training', write_list=False)
     script = load_script('data/ade20k/splits.py')
-    with pytest.raises(common.InputError, match='images/validation'):
+    with pytest.raises(project.InputError, match='images/validation'):
         script.main(['--no-check'])
     datasets.make_ade20k(root, ids=['ADE_val_00000001'], write_list=False)
-    with pytest.raises(common.InputError, match='expected 20210 .*nothing written'):
+    with pytest.raises(project.InputError, match='expected 20210 .*nothing written'):
         script.main([])
     assert not (root / ADE / 'training.txt').exists()
     assert script.main(['--no-check']) == 0
     assert (root / ADE / 'training.txt').read_text() == 'ADE_train_00000001\nADE_train_00000002\n'
     assert layers.split_ids('ade20k') == ['ADE_val_00000001']
     os.remove(root / ADE / 'annotations/validation/ADE_val_00000001.png')
-    with pytest.raises(common.InputError, match='annotation missing'):
+    with pytest.raises(project.InputError, match='annotation missing'):
         script.main(['--no-check'])
 
 
 def test_cityscapes_splits_script(root):
     datasets.make_cityscapes(root, write_list=False)
     script = load_script('data/cityscapes/splits.py')
-    with pytest.raises(common.InputError, match='leftImg8bit/train'):
+    with pytest.raises(project.InputError, match='leftImg8bit/train'):
         script.main(['--no-check'])
     datasets.make_cityscapes(root, ids=['aachen/aachen_000001_000019'], split='train',
                              size=(5, 7), write_list=False)
-    with pytest.raises(common.InputError, match='expected 2975 .*nothing written'):
+    with pytest.raises(project.InputError, match='expected 2975 .*nothing written'):
         script.main([])
     assert script.main(['--no-check']) == 0
     assert (root / 'cityscapes/train.txt').read_text() == 'aachen/aachen_000001_000019\n'
     assert layers.split_ids('cityscapes') == sorted(datasets.CITYSCAPES_IDS)
     assert not (root / 'cityscapes/test.txt').exists()
     os.remove(root / 'cityscapes/gtFine/train/aachen/aachen_000001_000019_gtFine_labelIds.png')
-    with pytest.raises(common.InputError, match='labelIds PNG missing'):
+    with pytest.raises(project.InputError, match='labelIds PNG missing'):
         script.main(['--no-check'])

@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import common
 import datasets  # tests/datasets.py
+import guard
 import infer
 import layers
 import net
+import project
 import score
 import surgery
 
-caffe = common.import_caffe()
+caffe = guard.import_caffe()
 
 ADE = 'ade20k/ADEChallengeData2016'
 NARROW = (4, 4, 8, 4, 4, 8, 8, 4, 8, 4)
@@ -155,9 +156,9 @@ def test_score_pspnet_cityscapes_ids_with_folders(root, tmp_path):
 def test_pspnet_options_refused_for_fcn_models(tmp_path):
     w = tmp_path / 'w.caffemodel'
     w.write_bytes(b'x')
-    with pytest.raises(common.InputError, match='are for PSPNet models'):
+    with pytest.raises(project.InputError, match='are for PSPNet models'):
         score.main(['--model', 'voc-fcn8s', '--weights', str(w), '--multi-scale'])
-    with pytest.raises(common.InputError, match='--scales must be positive'):
+    with pytest.raises(project.InputError, match='--scales must be positive'):
         score.main(['--model', 'pspnet50-ade20k', '--weights', str(w), '--scales', '0'])
 
 
@@ -170,7 +171,7 @@ def test_reproduce_pspnet_rows_are_score_py_numbers(root, tmp_path, monkeypatch)
     folder = models / 'pspnet' / 'pspnet50-ade20k'
     folder.mkdir(parents=True)
     deploy, weights = narrow_pspnet(folder)
-    with open(os.path.join(common.REPO, 'pspnet/pspnet50-ade20k/val.prototxt')) as f:
+    with open(os.path.join(project.REPO, 'pspnet/pspnet50-ade20k/val.prototxt')) as f:
         (folder / 'val.prototxt').write_text(f.read())  # the release's data layer
     stock = folder / 'pspnet50_ADE20K-stock.caffemodel'  # where surgery.py pspnet-convert puts it
     stock.write_bytes(open(weights, 'rb').read())
@@ -236,8 +237,8 @@ def test_infer_pspnet_release_protocol_palette_and_names(tmp_path, capsys):
 def test_infer_pspnet_missing_weights_and_multi_scale_for_fcn(tmp_path):
     photo = tmp_path / 'a.jpg'
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
-    with pytest.raises(common.InputError, match='pspnet101_VOC2012-stock.caffemodel: weights '
+    with pytest.raises(project.InputError, match='pspnet101_VOC2012-stock.caffemodel: weights '
                        'not found.*surgery.py pspnet-convert --model pspnet101-voc2012'):
         infer.main([str(photo), '--model', 'pspnet101-voc2012', '--out', str(tmp_path / 'o')])
-    with pytest.raises(common.InputError, match='--multi-scale is for PSPNet models'):
+    with pytest.raises(project.InputError, match='--multi-scale is for PSPNet models'):
         infer.main([str(photo), '--model', 'voc-fcn8s', '--multi-scale', '--no-download'])

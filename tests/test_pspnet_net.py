@@ -18,12 +18,14 @@ import sys
 import numpy as np
 import pytest
 
-import common
+import guard
 import models
 import net
+import netload
+import project
 import surgery
 
-caffe = common.import_caffe()
+caffe = guard.import_caffe()
 PY = sys.executable
 
 NARROW = (4, 4, 8, 4, 4, 8, 8, 4, 8, 4)
@@ -255,7 +257,7 @@ def test_converted_fork_weights_match_numpy_reference(tmp_path, depth, stride_on
 
     deploy, path = caffe_net(tmp_path, narrow(depth=depth, stride_on=stride_on), 'deploy')
     del deploy
-    cn = common.open_net(path, weights=out)  # check_weights passes, copied by name
+    cn = netload.open_net(path, weights=out)  # check_weights passes, copied by name
     image = np.random.default_rng(7).normal(0, 50, (3, CROP, CROP))
     cn.blobs['data'].data[0] = image
     cn.forward()
@@ -273,23 +275,23 @@ def test_convert_refuses_what_it_cannot_account_for(tmp_path):
     extra = pb.LayerParameter(name='conv7_extra', type='Convolution')
     extra.blobs.add(data=[1.0], shape=dict(dim=[1]))
     fork_caffemodel(target, shapes, src, extra=extra)
-    with pytest.raises(common.InputError, match=r"fork.caffemodel: layer 'conv7_extra' "):
+    with pytest.raises(project.InputError, match=r"fork.caffemodel: layer 'conv7_extra' "):
         surgery.convert_fork_bn(src, target, tmp_path / 'out.caffemodel', quiet=True)
     fork_caffemodel(target, shapes, src, drop=('conv6',))
-    with pytest.raises(common.InputError, match=r"layer 'conv6' \(Convolution\) is missing"):
+    with pytest.raises(project.InputError, match=r"layer 'conv6' \(Convolution\) is missing"):
         surgery.convert_fork_bn(src, target, tmp_path / 'out.caffemodel', quiet=True)
     # a fork file of another width: the BN layer's channels differ
     fork_caffemodel(narrow(aux=True, classes=7), param_shapes(tmp_path, narrow(aux=True, classes=7)),
                     src)
-    with pytest.raises(common.InputError, match=r"layer 'conv6' has blobs"):
+    with pytest.raises(project.InputError, match=r"layer 'conv6' has blobs"):
         surgery.convert_fork_bn(src, target, tmp_path / 'out.caffemodel', quiet=True)
-    with pytest.raises(common.InputError, match='would replace'):
+    with pytest.raises(project.InputError, match='would replace'):
         surgery.convert_fork_bn(src, target, src, quiet=True)
     assert not (tmp_path / 'out.caffemodel').exists()
 
 
 def test_convert_command_one_line_error(tmp_path):
-    r = subprocess.run([PY, os.path.join(common.REPO, 'surgery.py'), 'pspnet-convert', '--model',
+    r = subprocess.run([PY, os.path.join(project.REPO, 'surgery.py'), 'pspnet-convert', '--model',
                         'pspnet101-voc2012', '--weights', str(tmp_path / 'none.caffemodel'),
                         '--out', str(tmp_path / 'x.caffemodel')],
                        capture_output=True, text=True)
@@ -367,7 +369,7 @@ def test_weights_records_and_gdown_download(tmp_path):
                         ('pspnet101-cityscapes', 'pspnet101_cityscapes.caffemodel')):
         rec = weights.read_url_record(weights.record_path(model))
         assert rec['downloader'] == 'gdown' and rec['url'].startswith('https://drive.google.com/')
-        assert weights.weights_path(model) == os.path.join(common.REPO, 'pspnet', model, name)
+        assert weights.weights_path(model) == os.path.join(project.REPO, 'pspnet', model, name)
         assert 'UNCONFIRMED' in rec['note']
 
     def fetch_file(url, output, quiet, resume):  # what gdown does once past Google's page
@@ -375,7 +377,7 @@ def test_weights_records_and_gdown_download(tmp_path):
             f.write(b'x' * 10)
         return output
     dest = tmp_path / 'w.caffemodel'
-    with pytest.raises(common.InputError, match='size mismatch'):
+    with pytest.raises(project.InputError, match='size mismatch'):
         weights.download_gdown('https://drive.google.com/uc?id=X', dest, size=11,
                                fetch_file=fetch_file)
     assert not dest.exists() and not (tmp_path / 'w.caffemodel.gdown').exists()
@@ -384,7 +386,7 @@ def test_weights_records_and_gdown_download(tmp_path):
 
     def offline(**kwargs):
         raise OSError('Failed to resolve drive.google.com')
-    with pytest.raises(common.InputError, match='cannot download .* put it at'):
+    with pytest.raises(project.InputError, match='cannot download .* put it at'):
         weights.download_gdown('https://drive.google.com/uc?id=X', tmp_path / 'o', fetch_file=offline)
 
 

@@ -9,11 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-import common
 import datasets  # tests/datasets.py
+import guard
 import models
 import net
+import project
 import train
+import trainsetup
+import weights
 
 NARROW = (4, 4, 8, 4, 4, 8, 8, 4, 8, 4)
 BLOCKS = (1, 1, 1, 1)
@@ -70,7 +73,7 @@ def test_narrow_pspnet_learns_through_the_solving_loop(root, tmp_path):
 
 
 def test_finish_pspnet_sets_interpolation_and_identity_bn(tmp_path, monkeypatch):
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     folder = narrow_model(tmp_path / 'm', 1e-5, 10)
     datasets.make_ade20k(tmp_path / 'd', ids=['ADE_train_00000001'], split='training',
                          size=(45, 60), paint=PAINT)
@@ -80,7 +83,7 @@ def test_finish_pspnet_sets_interpolation_and_identity_bn(tmp_path, monkeypatch)
     ip = solver.net.params['conv5_1_pool2_interp_flat'][0].data  # 2 x 2 bins -> 6 x 6
     bn = solver.net.params['conv1_1_3x3_s2/bn']
     assert not ip.any() and bn[2].data[0] == 0  # nothing set yet: zero weights, no statistics
-    train.finish_pspnet(solver)
+    trainsetup.finish_pspnet(solver)
     assert np.allclose(ip.sum(axis=1), 1)  # each output a convex mix of the 2 x 2 bins
     assert (bn[0].data == 0).all() and (bn[1].data == 1).all() and bn[2].data[0] == 1
 
@@ -93,9 +96,9 @@ def test_schedule_reaches_the_papers_iterations():
 
 
 def test_solve_py_starts_from_the_converted_release(tmp_path):
-    script = os.path.join(common.REPO, 'pspnet', 'pspnet101-voc2012', 'solve.py')
+    script = os.path.join(project.REPO, 'pspnet', 'pspnet101-voc2012', 'solve.py')
     r = subprocess.run([sys.executable, script, '--help'], capture_output=True, text=True)
     assert r.returncode == 0 and '6 rounds x 5000 iterations' in r.stdout
-    with pytest.raises(common.InputError, match='pspnet101_VOC2012-stock.caffemodel: not found.*'
+    with pytest.raises(project.InputError, match='pspnet101_VOC2012-stock.caffemodel: not found.*'
                        'surgery.py pspnet-convert --model pspnet101-voc2012'):
-        train.pspnet_weights('pspnet101-voc2012')
+        weights.pspnet_weights('pspnet101-voc2012')

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-import common
 import datasets
 import models
+import project
 from datasets import random_weights
 import net
 import reproduce
@@ -57,7 +57,7 @@ def run_cli(script, *args):
     env = dict(os.environ, GLOG_minloglevel='2')
     for k in ('FCN_DEBUG', 'FCN_DATA_ROOT'):
         env.pop(k, None)
-    return subprocess.run([PY, os.path.join(common.REPO, script)] + [str(a) for a in args],
+    return subprocess.run([PY, os.path.join(project.REPO, script)] + [str(a) for a in args],
                           cwd='/', capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -170,7 +170,7 @@ def test_missing_weights_data_and_models_are_reported(world, tmp_path, monkeypat
     net.write_model_dir(str(sift), 'siftflow-fcn16s', widths=NARROW)
     nyud = models / 'nyud-fcn' / 'fcn16s-color-hha'
     net.write_model_dir(str(nyud), 'nyud-fcn16s-color-hha', widths=NARROW)
-    shutil.copy(os.path.join(common.REPO, 'nyud-fcn', 'fcn16s-color-hha', 'caffemodel-url'), str(nyud))
+    shutil.copy(os.path.join(project.REPO, 'nyud-fcn', 'fcn16s-color-hha', 'caffemodel-url'), str(nyud))
     out = tmp_path / 'out'
     code = run_main(monkeypatch, '--model-root', models, '--data-root', data, '--out', out,
                     '--models', 'voc-fcn8s', 'siftflow-fcn16s', 'nyud-fcn16s-color-hha',
@@ -185,7 +185,7 @@ def test_missing_weights_data_and_models_are_reported(world, tmp_path, monkeypat
     assert reason['what'] == 'weights'
     assert str(voc / VOC_RELEASED) in reason['message']
     assert 'no training snapshot in %s' % (voc / 'snapshot') in reason['message']
-    assert reason['commands'] == ['python %s %s' % (os.path.join(common.REPO, 'weights.py'), voc),
+    assert reason['commands'] == ['python %s %s' % (os.path.join(project.REPO, 'weights.py'), voc),
                                   'python %s' % (voc / 'solve.py')]
     # weights given, data missing: the split list expected and the README to read
     (reason,) = entries['siftflow-fcn16s']['reasons']
@@ -253,7 +253,7 @@ def test_readme_block(world, tmp_path, monkeypatch):
     assert readme.read_text().count('| release | FCN-8s | voc-fcn8s | seg11valid |') == 1
 
     readme.write_text('# no markers\n')
-    with pytest.raises(common.InputError, match='results:start'):
+    with pytest.raises(project.InputError, match='results:start'):
         run_main(monkeypatch, *args)
     assert readme.read_text() == '# no markers\n'
     assert (out / 'results.json').is_file()  # the results are written first
@@ -301,7 +301,7 @@ def test_failed_evaluation_exits_1_and_the_rest_is_done(world, tmp_path, monkeyp
     (['--model-root', '/nonexistent-models'], '/nonexistent-models'),
 ])
 def test_bad_arguments(tmp_path, monkeypatch, args, words):
-    with pytest.raises(common.InputError, match=words):
+    with pytest.raises(project.InputError, match=words):
         run_main(monkeypatch, '--out', tmp_path / 'out', *args)
     assert not (tmp_path / 'out').exists()
 
@@ -355,7 +355,7 @@ def test_merge_with_a_malformed_entry_is_one_line(world, tmp_path, monkeypatch, 
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'results.json').write_text(json.dumps({'models': {'voc-fcn8s': entry}}))
-    with pytest.raises(common.InputError, match='results.json: cannot merge with it: .*%s'
+    with pytest.raises(project.InputError, match='results.json: cannot merge with it: .*%s'
                        % re.escape(words)):
         run_main(monkeypatch, '--model-root', world['models'], '--data-root', world['data'],
                  '--out', out, '--quiet', '--models', 'voc-fcn8s', '--merge')
@@ -369,7 +369,7 @@ def test_merge_names_a_malformed_task_value(world, tmp_path, monkeypatch):
     res = read_results(out)
     res['models']['voc-fcn8s']['tasks']['score']['mean_iu'] = 'high'
     (out / 'results.json').write_text(json.dumps(res))
-    with pytest.raises(common.InputError, match="model 'voc-fcn8s' task 'score' 'mean_iu' is str"):
+    with pytest.raises(project.InputError, match="model 'voc-fcn8s' task 'score' 'mean_iu' is str"):
         reproduce._load_previous(str(out))
 
 
@@ -378,10 +378,10 @@ def test_out_checked_before_scoring(world, tmp_path, monkeypatch, capsys):
     (tmp_path / 'afile').write_text('x')
     base = ['--model-root', world['models'], '--data-root', world['data'], '--quiet',
             '--models', 'voc-fcn8s']
-    with pytest.raises(common.InputError, match='--out .*afile'):
+    with pytest.raises(project.InputError, match='--out .*afile'):
         run_main(monkeypatch, *base, '--out', tmp_path / 'afile' / 'out')
     voc = world['data'] / 'pascal' / 'VOC2011'
-    with pytest.raises(common.InputError, match='inside %s' % re.escape(str(voc))):
+    with pytest.raises(project.InputError, match='inside %s' % re.escape(str(voc))):
         run_main(monkeypatch, *base, '--out', voc / 'SegmentationClass')
     assert 'scoring' not in capsys.readouterr().err
     assert not (voc / 'SegmentationClass' / 'results.json').exists()
@@ -389,7 +389,7 @@ def test_out_checked_before_scoring(world, tmp_path, monkeypatch, capsys):
 
 def test_commands_name_the_models_folder_in_the_cards_layout():
     # nyud-fcn32s-hha lives in nyud-fcn/fcn32s-hha/: the training command must say so.
-    REPO = common.REPO
+    REPO = project.REPO
     folder = reproduce.model_folder("nyud-fcn32s-hha", REPO)
     fetch, train_cmd = reproduce._commands('nyud-fcn32s-hha', folder, REPO)
     assert fetch == 'python weights.py nyud-fcn32s-hha'

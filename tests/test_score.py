@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import common
+import cli
+import guard
+import layers
 import metrics
+import project
 import score
 from datasets import random_weights  # tests/datasets.py
 
-caffe = common.import_caffe()
+caffe = guard.import_caffe()
 L = caffe.layers
 PY = sys.executable
 NARROW = (2, 2, 2, 2, 2, 4)  # net.py widths: conv blocks 1-5, fc6/fc7
@@ -114,7 +117,7 @@ def run_score(*args):
     env = dict(os.environ, GLOG_minloglevel='2')
     env.pop('FCN_DEBUG', None)
     env.pop('FCN_DATA_ROOT', None)
-    return subprocess.run([PY, os.path.join(common.REPO, 'score.py')] + [str(a) for a in args],
+    return subprocess.run([PY, os.path.join(project.REPO, 'score.py')] + [str(a) for a in args],
                           cwd='/', capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -247,7 +250,7 @@ def test_cli_label_beyond_the_net_names_the_file(tmp_path, voc_model):
     png = tmp_path / 'data' / 'pascal' / 'VOC2011' / 'SegmentationClass' / (ids[1] + '.png')
     label = np.array(Image.open(png))
     label[3, 3] = 30
-    common.save_label_png(str(png), label)
+    layers.save_label_png(str(png), label)
     r = run_score('--model', mdir, '--weights', weights, '--data-root', tmp_path / 'data',
                   '--quiet')
     assert_one_line_error(r, str(png), '30')
@@ -301,7 +304,7 @@ def test_out_on_a_full_disk_names_the_file(tmp_path, voc_model, monkeypatch, cap
         return real_jsonable(obj)
     monkeypatch.setattr(metrics, 'jsonable', jsonable)
     with pytest.raises(SystemExit) as e:
-        common.run_cli(score.main, ['--model', str(mdir), '--weights', weights, '--out', str(out),
+        cli.run_cli(score.main, ['--model', str(mdir), '--weights', weights, '--out', str(out),
                                     '--quiet'])
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()

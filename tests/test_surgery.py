@@ -10,13 +10,16 @@ import sys
 import numpy as np
 import pytest
 
-import common
+import cli
+import guard
 import models
+import netload
+import project
 import surgery
 
-caffe = common.import_caffe()
+caffe = guard.import_caffe()
 L, P = caffe.layers, caffe.params
-REPO = common.REPO
+REPO = project.REPO
 PY = sys.executable
 
 
@@ -280,7 +283,7 @@ def test_cast_saves_a_loadable_fcn(tmp_path, capsys):
     assert len(report.coerced) == 2
     assert not [p for p in os.listdir(out.parent) if p.endswith('.part')]
     (tmp_path / 'fcn.prototxt').write_text(str(trunk))
-    fcn = common.open_net(tmp_path / 'fcn.prototxt', 'test', out)
+    fcn = netload.open_net(tmp_path / 'fcn.prototxt', 'test', out)
     np.testing.assert_array_equal(fcn.params['fc6'][0].data,
                                   clf.params['fc6'][0].data.reshape(4, 2, 3, 3))
 
@@ -329,7 +332,7 @@ def test_cast_cli_with_net_py(tmp_path, arch, widths):
     assert '2 coerced' in r.stdout
     trunk = surgery.fcn_trunk_param(arch, widths)
     (tmp_path / 'trunk.prototxt').write_text(str(trunk))
-    fcn = common.open_net(tmp_path / 'trunk.prototxt', 'test', out)
+    fcn = netload.open_net(tmp_path / 'trunk.prototxt', 'test', out)
     assert 'score_fr' not in fcn.params and 'fc8' not in fcn.params
     np.testing.assert_array_equal(fcn.params['fc6'][0].data,
                                   clf.params['fc6'][0].data.reshape(fcn.params['fc6'][0].data.shape))
@@ -339,7 +342,7 @@ def test_cast_cli_with_net_py(tmp_path, arch, widths):
     # the saved weights load into the full FCN (by name, the head stays zero)
     model = models.CLASSIFIERS[arch].trunk_model
     (tmp_path / 'deploy.prototxt').write_text(str(net.build_net(model, 'deploy', widths=widths)))
-    full = common.open_net(tmp_path / 'deploy.prototxt', 'test', out, partial=True)
+    full = netload.open_net(tmp_path / 'deploy.prototxt', 'test', out, partial=True)
     np.testing.assert_array_equal(full.params['fc7'][1].data, clf.params['fc7'][1].data)
 
 
@@ -390,7 +393,7 @@ def test_cast_full_disk_is_checked_before_caffe_writes(tmp_path, monkeypatch, ca
     usage = shutil.disk_usage(str(tmp_path))
     monkeypatch.setattr(shutil, 'disk_usage', lambda p: usage._replace(free=1000))
     with pytest.raises(SystemExit) as e:
-        common.run_cli(surgery.main, ['cast', '--prototxt', str(proto), '--weights', str(weights),
+        cli.run_cli(surgery.main, ['cast', '--prototxt', str(proto), '--weights', str(weights),
                                       '--out', str(out_dir / 'fcn.caffemodel'),
                                       '--widths', '2,2,2,2,2,4', '--quiet'])
     assert e.value.code == 1

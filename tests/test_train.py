@@ -11,10 +11,12 @@ import time
 import numpy as np
 import pytest
 
-import common
 import datasets
 import models
 import net
+import netload
+import project
+import snapshots
 import train
 
 WIDTHS = (4, 4, 8, 8, 8, 16)
@@ -43,7 +45,7 @@ def run(model, out, spec=None, **config):
 
 
 def read_params(model_dir, caffemodel):
-    n = common.open_net(os.path.join(model_dir, 'deploy.prototxt'), 'test', caffemodel)
+    n = netload.open_net(os.path.join(model_dir, 'deploy.prototxt'), 'test', caffemodel)
     return {k: [b.data.copy() for b in v] for k, v in n.params.items()}
 
 
@@ -86,25 +88,25 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     for k in a:
         for x, y in zip(a[k], b[k]):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
-    assert train.snapshot_iters(split) == [3, 6]
+    assert snapshots.snapshot_iters(split) == [3, 6]
 
 
 def test_nan_loss_stops_with_a_message(tmp_path):
     """Weights holding a NaN (as after a blow-up) make the loss NaN at the first step."""
     model = voc_model(tmp_path)
-    n = common.open_net(os.path.join(model, 'deploy.prototxt'), 'test')
+    n = netload.open_net(os.path.join(model, 'deploy.prototxt'), 'test')
     n.params['score_fr'][1].data[...] = np.nan
     bad = str(tmp_path / 'nan.caffemodel')
     n.save(bad)
-    with pytest.raises(common.InputError, match=r'loss became nan at iteration 1: training diverged'):
+    with pytest.raises(project.InputError, match=r'loss became nan at iteration 1: training diverged'):
         run(model, tmp_path / 'out', rounds=1, iters=30, weights=bad)
 
 
 def test_missing_parent_weights_name_the_file_and_the_command(tmp_path, monkeypatch):
     model = voc_model(tmp_path)
-    with pytest.raises(common.InputError, match=r'vgg16-fcn\.caffemodel.*weights\.py vgg16'):
+    with pytest.raises(project.InputError, match=r'vgg16-fcn\.caffemodel.*weights\.py vgg16'):
         run(model, tmp_path / 'o', models.get('voc-fcn32s'), rounds=1, iters=1)
-    with pytest.raises(common.InputError, match='nope.caffemodel: weights file not found'):
+    with pytest.raises(project.InputError, match='nope.caffemodel: weights file not found'):
         run(model, tmp_path / 'o', rounds=1, iters=1, weights=str(tmp_path / 'nope.caffemodel'))
 
 
@@ -113,7 +115,7 @@ def test_sigterm_snapshots_and_exits_cleanly_then_resumes(tmp_path):
     solve_py = os.path.join(model, 'solve.py')
     with open(solve_py, 'w') as f:
         f.write('import sys\nsys.path.insert(0, %r)\nimport train\n'
-                'train.main(__file__)\n' % common.REPO)
+                'train.main(__file__)\n' % project.REPO)
     out = str(tmp_path / 'out')
     env = dict(os.environ, GLOG_minloglevel='2')
     proc = subprocess.Popen([sys.executable, solve_py, '--rounds', '1', '--iters', '100000',
@@ -127,7 +129,7 @@ def test_sigterm_snapshots_and_exits_cleanly_then_resumes(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert 'Traceback' not in err and 'snapshot' in err
-    it = train.snapshot_iters(out)[-1]
+    it = snapshots.snapshot_iters(out)[-1]
     records = run(model, out, rounds=1, iters=it + 2)
     assert records[-1]['iter'] == it + 2
 

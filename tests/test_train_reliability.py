@@ -14,11 +14,12 @@ import time
 import numpy as np
 import pytest
 
-import common
 import datasets
 import demo
 import net
-import train
+import netload
+import project
+import snapshots
 from test_train import VOC_TRAIN, read_params, voc_model
 
 ENV = dict(os.environ, GLOG_minloglevel='2')
@@ -35,14 +36,14 @@ elif fault == 'enospc':  # every fsync: the disk is full
     os.fsync = fsync
 sys.argv = [solve_py] + sys.argv[3:]
 runpy.run_path(solve_py, run_name='__main__')
-''' % common.REPO
+''' % project.REPO
 
 
 def solve_py(model):
     path = os.path.join(model, 'solve.py')
     with open(path, 'w') as f:
         f.write('import sys\nsys.path.insert(0, %r)\nimport train\ntrain.main(__file__)\n'
-                % common.REPO)
+                % project.REPO)
     return path
 
 
@@ -99,7 +100,7 @@ def test_damaged_latest_snapshot_falls_back_to_the_previous_good_one(model, tmp_
     proc = ok(cli(model, '--rounds', 3, '--iters', 2, '--out', out))
     assert 'snapshot train_iter_4 is not usable' in proc.stdout
     assert 'resuming from %s' % (out / 'train_iter_2.solverstate') in proc.stdout
-    assert [r['iter'] for r in train.read_log(str(out))] == [2, 4, 6]
+    assert [r['iter'] for r in snapshots.read_log(str(out))] == [2, 4, 6]
 
 
 # --- F6: --no-resume starts over for good --------------------------------------------
@@ -108,7 +109,7 @@ def test_no_resume_removes_the_old_runs_snapshots(model, tmp_path):
     out = tmp_path / 'out'
     ok(cli(model, '--rounds', 2, '--iters', 2, '--out', out))
     ok(cli(model, '--rounds', 1, '--iters', 2, '--out', out, '--no-resume'))
-    assert train.snapshot_iters(str(out)) == [2]
+    assert snapshots.snapshot_iters(str(out)) == [2]
     proc = ok(cli(model, '--rounds', 2, '--iters', 2, '--out', out))
     assert 'resuming from %s' % (out / 'train_iter_2.solverstate') in proc.stdout
 
@@ -136,10 +137,10 @@ def test_two_interrupts_while_scoring_keep_the_rounds_log_record(tmp_path):
     proc.send_signal(signal.SIGINT)
     text, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and 'Traceback' not in text, text
-    assert train.read_log(str(out)) == []  # stopped while scoring: no record yet
+    assert snapshots.read_log(str(out)) == []  # stopped while scoring: no record yet
     resumed = ok(cli(model, '--rounds', 1, '--iters', 2, '--out', out))
     assert 'scoring round 2' in resumed.stdout
-    records = train.read_log(str(out))
+    records = snapshots.read_log(str(out))
     assert [r['iter'] for r in records] == [2] and records[0]['scores']['seg']['images'] == 60
 
 
@@ -161,10 +162,10 @@ def test_too_little_space_for_a_snapshot_keeps_the_previous_one(model, tmp_path)
     ok(cli(model, '--rounds', 1, '--iters', 2, '--out', out))
     proc = cli(model, '--rounds', 2, '--iters', 2, '--out', out, fault='tiny-disk')
     clean_error(proc, str(out), 'not enough free space', 'train_iter_4')
-    assert train.snapshot_iters(str(out)) == [2]
+    assert snapshots.snapshot_iters(str(out)) == [2]
     assert os.listdir(out / '.staging') == []
     ok(cli(model, '--rounds', 2, '--iters', 2, '--out', out))
-    assert [r['iter'] for r in train.read_log(str(out))] == [2, 4]
+    assert [r['iter'] for r in snapshots.read_log(str(out))] == [2, 4]
 
 
 def test_enospc_while_writing_names_the_file(model, tmp_path):
@@ -215,7 +216,7 @@ def test_interrupted_run_with_dropout_resumes_bit_for_bit(model, tmp_path):
     with open(os.path.join(model, 'train.prototxt')) as f:
         assert 'Dropout' in f.read()
     # small random weights: from the nets' zero start Dropout would only ever drop zeros
-    n = common.open_net(os.path.join(model, 'deploy.prototxt'), 'test')
+    n = netload.open_net(os.path.join(model, 'deploy.prototxt'), 'test')
     rng = np.random.RandomState(0)
     for blobs in n.params.values():
         for b in blobs:
@@ -229,7 +230,7 @@ def test_interrupted_run_with_dropout_resumes_bit_for_bit(model, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    k = train.snapshot_iters(str(split))[-1]
+    k = snapshots.snapshot_iters(str(split))[-1]
     total = k + 3  # the round goes on past the interruption
     ok(cli(model, '--rounds', 1, '--iters', total, '--out', split))
     ok(cli(model, '--rounds', 1, '--iters', total, '--out', straight, '--weights', start))
@@ -238,7 +239,7 @@ def test_interrupted_run_with_dropout_resumes_bit_for_bit(model, tmp_path):
     for name in a:
         for x, y in zip(a[name], b[name]):
             np.testing.assert_array_equal(x, y, err_msg=name)
-    ra, rb = train.read_log(str(straight)), train.read_log(str(split))
+    ra, rb = snapshots.read_log(str(straight)), snapshots.read_log(str(split))
     assert [r['iter'] for r in rb] == [total]
     assert ra[0]['train_loss'] == rb[0]['train_loss']
 
@@ -256,7 +257,7 @@ def test_bad_training_file_mid_round_snapshots_before_stopping(tmp_path):
     out = tmp_path / 'out'
     proc = cli(model, '--rounds', 1, '--iters', 50, '--out', out)
     clean_error(proc, str(bad), 'snapshot')
-    assert train.snapshot_iters(str(out)) == [k]
+    assert snapshots.snapshot_iters(str(out)) == [k]
 
 
 # --- F23: one run per folder --------------------------------------------------------
@@ -282,11 +283,11 @@ def test_second_run_on_the_same_folder_names_the_first_and_a_stale_lock_is_taken
 def test_old_snapshots_are_pruned_but_the_best_is_kept(model, tmp_path):
     out, everything = tmp_path / 'out', tmp_path / 'all'
     ok(cli(model, '--rounds', 6, '--iters', 1, '--out', out))
-    records = train.read_log(str(out))
-    best = max(records, key=train.mean_iu)['iter']
-    assert train.snapshot_iters(str(out)) == sorted({best, 4, 5, 6})
+    records = snapshots.read_log(str(out))
+    best = max(records, key=snapshots.mean_iu)['iter']
+    assert snapshots.snapshot_iters(str(out)) == sorted({best, 4, 5, 6})
     ok(cli(model, '--rounds', 6, '--iters', 1, '--out', everything, '--keep-snapshots', 'all'))
-    assert train.snapshot_iters(str(everything)) == [1, 2, 3, 4, 5, 6]
+    assert snapshots.snapshot_iters(str(everything)) == [1, 2, 3, 4, 5, 6]
 
 
 # --- F26, F27: flags checked, train.py says what it is -------------------------------
@@ -297,10 +298,10 @@ def test_negative_score_limit_is_refused(model, tmp_path):
 
 
 def test_train_py_says_what_it_is():
-    bare = subprocess.run([sys.executable, os.path.join(common.REPO, 'train.py')], env=ENV,
+    bare = subprocess.run([sys.executable, os.path.join(project.REPO, 'train.py')], env=ENV,
                           capture_output=True, text=True, cwd='/')
     assert bare.returncode == 2, bare.stderr
     assert 'solving loop' in bare.stderr and 'python voc-fcn8s/solve.py' in bare.stderr
-    helped = subprocess.run([sys.executable, os.path.join(common.REPO, 'train.py'), '--help'],
+    helped = subprocess.run([sys.executable, os.path.join(project.REPO, 'train.py'), '--help'],
                             env=ENV, capture_output=True, text=True, cwd='/')
     assert helped.returncode == 0 and '--keep-snapshots' in helped.stdout

@@ -15,7 +15,7 @@ import pytest
 
 import models
 import weights
-from common import REPO, InputError
+from project import REPO, InputError
 
 PAYLOAD = os.urandom(300 * 1024 + 17)
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -206,7 +206,7 @@ def test_records_of_every_model():
                 'siftflow-fcn16s', 'siftflow-fcn8s', 'pascalcontext-fcn32s',
                 'pascalcontext-fcn16s', 'pascalcontext-fcn8s']
     psp = ['pspnet50-ade20k', 'pspnet101-voc2012', 'pspnet101-cityscapes']  # test_pspnet_net
-    assert sorted(expected + psp) == weights.models()
+    assert sorted(expected + psp) == weights.recorded_models()
     for model in expected:
         rec = weights.read_url_record(models.model_dir(model))
         if model == 'nyud-fcn16s-color-hha':
@@ -263,8 +263,8 @@ def model_dir(tmp_path):
 def cut_at_layer(path, keep):
     """The caffemodel `path` holding only its first `keep` layers with parameters: a file
     cut at a layer boundary still parses."""
-    import common
-    caffe = common.import_caffe()
+    import guard
+    caffe = guard.import_caffe()
     param = caffe.proto.caffe_pb2.NetParameter()
     with open(path, 'rb') as f:
         param.ParseFromString(f.read())
@@ -316,7 +316,7 @@ def test_truncated_download_is_not_kept(model_dir, server):
 
 def test_published_checksums_cite_their_source():
     """Every size or checksum in a record has a comment line saying where it comes from."""
-    for model in weights.models() + sorted(weights.ILSVRC):
+    for model in weights.recorded_models() + sorted(weights.ILSVRC):
         with open(weights.record_path(model)) as f:
             lines = [line.strip() for line in f if line.strip()]
         for i, line in enumerate(lines):

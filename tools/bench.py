@@ -72,7 +72,12 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from common import REPO, atomic_write, run_cli  # noqa: E402
+import guard  # noqa: E402
+import netinit  # noqa: E402
+import surgery  # noqa: E402
+from cli import run_cli  # noqa: E402
+from project import REPO  # noqa: E402
+from safewrite import atomic_write  # noqa: E402
 
 NETS = {'fcn8s': 'voc-fcn8s', 'fcn32s': 'voc-fcn32s', 'pspnet101': 'pspnet/pspnet101-voc2012'}
 # PSPNet: its pyramid's pooling kernels fix the input to the crop it was built for, and its
@@ -170,14 +175,13 @@ def _net_file(model, split, height, width, tmpdir):
     """A copy of `model`'s deploy prototxt with a height x width input (deploy), or its train
     net with Input layers for data (1x3xHxW) and label (1x1xHxW) instead of the Python layer."""
     from google.protobuf import text_format
-    import common
     if split == 'deploy':
-        param = common.read_net_param(os.path.join(REPO, NETS[model], 'deploy.prototxt'))
+        param = netinit.read_net_param(os.path.join(REPO, NETS[model], 'deploy.prototxt'))
         for layer in param.layer:
             if layer.type == 'Input' and layer.top[0] == 'data':
                 layer.input_param.shape[0].dim[2:] = [height, width]
     else:
-        param = common.read_net_param(os.path.join(REPO, NETS[model], 'train.prototxt'))
+        param = netinit.read_net_param(os.path.join(REPO, NETS[model], 'train.prototxt'))
         layers = [l for l in param.layer if l.type != 'Python']
         del param.layer[:]
         for top, channels in (('data', 3), ('label', 1)):
@@ -258,12 +262,11 @@ def _timed(fn, repeats, warmup=True):
 def _load_deploy(caffe, spec):
     """The deploy net with random weights and input; for conv = pytorch also a function
     running the same net in PyTorch (see _torch_net)."""
-    import common
     pytorch = spec.get('conv') == 'pytorch'
     with tempfile.TemporaryDirectory() as tmp:
         path = _net_file(spec['net'], 'deploy', spec['height'], spec['width'], tmp)
         net = caffe.Net(path, caffe.TEST)
-        param = common.read_net_param(path) if pytorch else None
+        param = netinit.read_net_param(path) if pytorch else None
     _fill_random(net)
     if spec['net'].startswith('pspnet'):
         _pspnet_weights(net)
@@ -275,7 +278,6 @@ def _load_deploy(caffe, spec):
 def _pspnet_weights(net):
     """Random weights made sane for a PSPNet: BatchNorm mean 0, variance 1, factor 1;
     Scale 1 and bias 0; the fixed interpolation layers as the fork's Interp."""
-    import surgery
     for name, layer in zip(net._layer_names, net.layers):
         if layer.type == 'BatchNorm':
             for blob, value in zip(net.params[name], (0, 1, 1)):
@@ -396,8 +398,7 @@ def _sgemm_net(caffe, n, k, m):
 def task_memory(spec):
     """Peak memory of one forward pass in a fresh process (and that first pass's time,
     which includes allocating every buffer)."""
-    import common
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     caffe.set_mode_cpu()
     if spec.get('conv') == 'pytorch':
         import torch  # noqa: F401  (its libraries count in the base, as Caffe's do)
@@ -417,8 +418,7 @@ def task_memory(spec):
 def task_forward(spec):
     """Forward passes timed in alternation with an sgemm of the same BLAS, so that both
     see the machine in the same state (a shared or throttled machine drifts)."""
-    import common
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     caffe.set_mode_cpu()
     net, forward = _load_deploy(caffe, spec)
     flops = conv_flops(net)
@@ -457,8 +457,7 @@ def task_forward(spec):
 
 def task_sgemm(spec):
     """The machine's sgemm through Caffe (one InnerProduct layer), and numpy's matmul."""
-    import common
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     caffe.set_mode_cpu()
     n = spec['n']
     net, flops = _sgemm_net(caffe, n, n, n)
@@ -481,12 +480,11 @@ def task_sgemm(spec):
 
 
 def task_train(spec):
-    import common
-    caffe = common.import_caffe()
+    caffe = guard.import_caffe()
     caffe.set_mode_cpu()
     with tempfile.TemporaryDirectory() as tmp:
         net_path = _net_file(spec['net'], 'train', spec['height'], spec['width'], tmp)
-        param = common.read_net_param(net_path)
+        param = netinit.read_net_param(net_path)
         solver = _sgd_solver(caffe, net_path, tmp)
     net = solver.net
     _fill_random(net)
@@ -540,14 +538,13 @@ def run_worker(spec):
 
 
 def environment():
-    import common
-    caffe = common.import_caffe()
-    info = common.build_info()
+    caffe = guard.import_caffe()
+    info = guard.build_info()
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = None
-    cpu = common.cpu_name() or platform.processor()
+    cpu = cli.cpu_name() or platform.processor()
     return {'cpu': cpu, 'nproc': os.cpu_count(), 'affinity_cpus': affinity,
             'OPENBLAS_NUM_THREADS': os.environ.get('OPENBLAS_NUM_THREADS'),
             'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),

@@ -34,7 +34,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import bench  # noqa: E402  (tools/bench.py beside this file: the CPU benchmark's net builders and weights)
-import common  # noqa: E402
+import cli  # noqa: E402
+import guard  # noqa: E402
+import project  # noqa: E402
+import safewrite  # noqa: E402
 
 MARK = 'GPU-BENCH-RESULT '
 PAPER_FCN8S_MS = 175  # FCN-8s forward, 500 x 500, NVIDIA K40c (paper Table 1)
@@ -42,7 +45,7 @@ PAPER_FCN8S_MS = 175  # FCN-8s forward, 500 x 500, NVIDIA K40c (paper Table 1)
 
 def free_mib():
     """cudaMemGetInfo's free GPU memory in MiB (None on CPU)."""
-    lib = common.cuda_runtime()
+    lib = guard.cuda_runtime()
     if lib is None:
         return None
     free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
@@ -66,8 +69,8 @@ def timed(fn, repeats):
 
 def task(spec):
     """One measurement in this process: {'times_ms': [...], 'gpu_mib': ..., ...}."""
-    caffe = common.import_caffe()
-    common.set_mode(spec['gpu'])
+    caffe = guard.import_caffe()
+    guard.set_mode(spec['gpu'])
     base = free_mib()  # set_mode made the context (Caffe's SetDevice makes cuBLAS handles)
     with tempfile.TemporaryDirectory() as tmp:
         split = 'deploy' if spec['task'] == 'forward' else 'train'
@@ -104,7 +107,7 @@ def run_task(spec):
 
 def environment(gpu):
     """The GPU's name, driver and CUDA versions (nvidia-smi and the CUDA runtime)."""
-    env = {'build': common.build_info()}
+    env = {'build': guard.build_info()}
     if gpu is None:
         return env
     q = subprocess.run(['nvidia-smi', '-i', str(gpu), '--query-gpu=name,driver_version,memory.total',
@@ -112,7 +115,7 @@ def environment(gpu):
     if q.returncode == 0 and q.stdout.strip():
         name, driver, memory = [v.strip() for v in q.stdout.strip().splitlines()[0].split(',')]
         env.update(gpu=name, driver=driver, gpu_memory=memory)
-    lib = common.cuda_runtime()
+    lib = guard.cuda_runtime()
     for key, fn in (('cuda_runtime', 'cudaRuntimeGetVersion'), ('cuda_driver', 'cudaDriverGetVersion')):
         v = ctypes.c_int(0)
         if lib is not None and getattr(lib, fn)(ctypes.byref(v)) == 0:
@@ -134,9 +137,9 @@ def main(argv=None):
         return 0
     gpu, size, repeats = (None, 64, 1) if args.dry else (args.gpu, 500, args.repeats)
     if gpu is not None:
-        problem = common.gpu_problem(gpu)
+        problem = guard.gpu_problem(gpu)
         if problem:
-            raise common.InputError(problem)
+            raise project.InputError(problem)
     specs = [dict(task='forward', net='fcn8s'), dict(task='train', net='fcn32s'),
              dict(task='train', net='fcn8s')]
     results = []
@@ -152,11 +155,11 @@ def main(argv=None):
     if args.dry:
         return 1 if any('error' in r for r in results) else 0
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with common.atomic_write(args.out, 'w') as f:
+    with safewrite.atomic_write(args.out, 'w') as f:
         json.dump(report, f, indent=1)
     print('wrote %s' % args.out)
     return 1 if any('error' in r for r in results) else 0
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    cli.run_cli(main)

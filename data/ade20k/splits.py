@@ -20,7 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import common  # noqa: E402
+import cli  # noqa: E402
+import project  # noqa: E402
 from layers import SPLIT_SIZES, ADE20KSegDataLayer, data_path, write_splits  # noqa: E402
 
 SPLITS = ('training', 'validation')
@@ -31,14 +32,14 @@ def split_ids(ade_dir, split):
     folder when it is missing or empty, or an image whose annotation PNG is missing."""
     folder = os.path.join(ade_dir, 'images', split)
     if not os.path.isdir(folder):
-        raise common.InputError('image folder not found: %s (see data/ade20k/README.md)' % folder)
+        raise project.InputError('image folder not found: %s (see data/ade20k/README.md)' % folder)
     ids = sorted(os.path.splitext(f)[0] for f in os.listdir(folder) if f.endswith('.jpg'))
     if not ids:
-        raise common.InputError('no .jpg images in %s' % folder)
+        raise project.InputError('no .jpg images in %s' % folder)
     for idx in ids:
         png = os.path.join(ade_dir, 'annotations', split, idx + '.png')
         if not os.path.isfile(png):
-            raise common.InputError('%s: annotation missing for %s.jpg' % (png, idx))
+            raise project.InputError('%s: annotation missing for %s.jpg' % (png, idx))
     return ids
 
 
@@ -58,4 +59,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    cli.run_cli(main)

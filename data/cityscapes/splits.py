@@ -21,7 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import common  # noqa: E402
+import cli  # noqa: E402
+import project  # noqa: E402
 from layers import SPLIT_SIZES, CityscapesSegDataLayer, data_path, write_splits  # noqa: E402
 
 SPLITS = ('train', 'val', 'test')
@@ -40,11 +41,11 @@ def split_ids(d, split):
             ids += ['%s/%s' % (city, f[:-len(IMAGE)])
                     for f in sorted(os.listdir(os.path.join(folder, city))) if f.endswith(IMAGE)]
     if not ids:
-        raise common.InputError('no *%s images in %s' % (IMAGE, folder))
+        raise project.InputError('no *%s images in %s' % (IMAGE, folder))
     for idx in ids:
         label = os.path.join(d, 'gtFine', split, idx + LABEL)
         if not os.path.isfile(label):
-            raise common.InputError('%s: labelIds PNG missing for %s%s' % (label, idx, IMAGE))
+            raise project.InputError('%s: labelIds PNG missing for %s%s' % (label, idx, IMAGE))
     return ids
 
 
@@ -58,7 +59,7 @@ def main(argv=None):
     lists = {split: split_ids(d, split) for split in SPLITS}
     for split in ('train', 'val'):
         if lists[split] is None:
-            raise common.InputError('image folder not found: %s (see data/cityscapes/README.md)'
+            raise project.InputError('image folder not found: %s (see data/cityscapes/README.md)'
                                     % os.path.join(d, 'leftImg8bit', split))
     lists = {s: ids for s, ids in lists.items() if ids is not None}
     summary = ', '.join('%s %d' % (s, len(ids)) for s, ids in lists.items())
@@ -69,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    cli.run_cli(main)

@@ -25,7 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import common  # noqa: E402
+import cli  # noqa: E402
+import project  # noqa: E402
 from layers import SPLIT_SIZES, data_path, load_mat, write_splits  # noqa: E402
 
 # Where nyusplits.mat lies once Gupta et al.'s data.tgz is unpacked in the NYUD folder.
@@ -37,7 +38,7 @@ CANDIDATES = ('benchmarkData/metadata/nyusplits.mat',
 def _numbers(mat, key, path):
     values = mat[key].ravel()
     if values.size == 0 or (values != values.round()).any():
-        raise common.InputError('%s: %r is not a list of image numbers' % (path, key))
+        raise project.InputError('%s: %r is not a list of image numbers' % (path, key))
     return [int(v) for v in values]
 
 
@@ -48,13 +49,13 @@ def read_splits(path):
         return {'trainval': [str(5000 + n) for n in _numbers(mat, 'trainNdxs', path)],
                 'test': [str(5000 + n) for n in _numbers(mat, 'testNdxs', path)]}
     if not all(k in mat for k in ('train', 'val', 'test')):
-        raise common.InputError('%s has neither train/val/test (Gupta et al.) nor '
+        raise project.InputError('%s has neither train/val/test (Gupta et al.) nor '
                                 'trainNdxs/testNdxs (NYU) variables' % path)
     lists = {k: [str(n) for n in _numbers(mat, k, path)] for k in ('train', 'val', 'test')}
     lists['trainval'] = ([str(n) for n in _numbers(mat, 'trainval', path)] if 'trainval' in mat
                          else lists['train'] + lists['val'])
     if set(lists['trainval']) != set(lists['train']) | set(lists['val']):
-        raise common.InputError('%s: trainval is not train + val' % path)
+        raise project.InputError('%s: trainval is not train + val' % path)
     return lists
 
 
@@ -80,12 +81,12 @@ def main(argv=None):
         found = [os.path.join(nyud_dir, c) for c in CANDIDATES
                  if os.path.isfile(os.path.join(nyud_dir, c))]
         if not found:
-            raise common.InputError('no split file (%s) in %s; give --splits-mat (see '
+            raise project.InputError('no split file (%s) in %s; give --splits-mat (see '
                                     'data/nyud/README.md)' % (', '.join(CANDIDATES), nyud_dir))
         path = found[0]
     lists = read_splits(path)
     if set(lists['trainval']) & set(lists['test']):
-        raise common.InputError('%s: trainval and test share images' % path)
+        raise project.InputError('%s: trainval and test share images' % path)
     counts = {k: len(v) for k, v in lists.items()}
     expect = None if args.no_check else {'trainval': args.expect_trainval, 'test': args.expect_test}
     write_splits(nyud_dir, lists, expect, 'from %s' % path)
@@ -95,4 +96,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    cli.run_cli(main)

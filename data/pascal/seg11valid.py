@@ -21,7 +21,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import common  # noqa: E402
+import cli  # noqa: E402
+import project  # noqa: E402
+import safewrite  # noqa: E402
 from layers import SPLIT_SIZES, data_path, read_split  # noqa: E402
 
 
@@ -57,16 +59,16 @@ def main(argv=None):
     summary = ('%d ids = VOC val %d minus %d also in SBD train'
                % (len(valid), len(val), len(val) - len(valid)))
     if not args.no_check and len(valid) != args.expect:
-        raise common.InputError('seg11valid would have %s, expected %d: are --voc-dir (%s) '
+        raise project.InputError('seg11valid would have %s, expected %d: are --voc-dir (%s) '
                                 'VOC2011 and --sbdd-dir (%s) SBD\'s dataset folder? '
                                 'nothing written' % (summary, args.expect, voc_dir, sbdd_dir))
     out = data_path(args.out) if args.out else os.path.join(
         voc_dir, 'ImageSets', 'Segmentation', 'seg11valid.txt')
-    with common.atomic_write(out, 'w', protect=inputs) as f:  # --out val.txt: refused
+    with safewrite.atomic_write(out, 'w', protect=inputs) as f:  # --out val.txt: refused
         f.write(''.join(i + '\n' for i in valid))
     print('wrote %s: %s' % (out, summary))
     return 0
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    cli.run_cli(main)

@@ -25,7 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import common  # noqa: E402
+import cli  # noqa: E402
+import project  # noqa: E402
 from layers import SPLIT_SIZES, SIFTFlowSegDataLayer, data_path, read_mat, read_split, \
     write_splits  # noqa: E402
 
@@ -43,10 +44,10 @@ def all_ids(siftflow_dir):
     """Ids of every image in Images/<SUBDIR>, sorted."""
     folder = os.path.join(siftflow_dir, 'Images', SUBDIR)
     if not os.path.isdir(folder):
-        raise common.InputError('image folder not found: %s' % folder)
+        raise project.InputError('image folder not found: %s' % folder)
     ids = sorted(os.path.splitext(f)[0] for f in os.listdir(folder) if f.lower().endswith('.jpg'))
     if not ids:
-        raise common.InputError('no .jpg images in %s' % folder)
+        raise project.InputError('no .jpg images in %s' % folder)
     return ids
 
 
@@ -83,14 +84,14 @@ def main(argv=None):
     images = all_ids(d)
     unknown = sorted(set(test) - set(images))
     if unknown:
-        raise common.InputError('%s names %d images not in %s/Images/%s, e.g. %s'
+        raise project.InputError('%s names %d images not in %s/Images/%s, e.g. %s'
                                 % (test_list, len(unknown), d, SUBDIR, unknown[0]))
     if len(set(test)) != len(test):
-        raise common.InputError('%s lists some images twice' % test_list)
+        raise project.InputError('%s lists some images twice' % test_list)
     unannotated = [i for i in images if not is_annotated(d, i)]
     bad_test = sorted(set(unannotated) & set(test))
     if bad_test:
-        raise common.InputError('%s: test images without labels: %s'
+        raise project.InputError('%s: test images without labels: %s'
                                 % (test_list, ', '.join(bad_test)))
     dropped = set(test) | set(unannotated) | set(args.exclude)
     trainval = [i for i in images if i not in dropped]
@@ -103,4 +104,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    cli.run_cli(main)

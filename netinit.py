@@ -1,110 +1,23 @@
-"""Small pieces every script of this project shares.
+"""Net prototxts checked before Caffe sees them: Caffe's Net::Init redone in Python.
 
-- `REPO`: the repository root; every default path is resolved from it, never from
-  the current directory.
-- `import_caffe()`: imports pycaffe with Caffe's INFO logging silenced (set
-  FCN_VERBOSE=1 to see it).
-- `check_prototxt(path)` / `check_net(param, path, phase)` / `check_weights(path, net)` /
-  `open_net(...)`: inputs are checked in Python before Caffe sees them, because Caffe
-  aborts the whole process (glog FATAL) on a net it cannot build (unknown layer type or
-  bottom, a kernel larger than its input, a blob over INT_MAX values, ...) and on
-  weights whose shapes do not fit. Weights must cover every layer with parameters
-  unless the caller asks for partial loading (a parent's weights into its child).
-- `set_mode(gpu)`: CPU by default; a GPU id only when this pycaffe was built with CUDA
-  and the CUDA runtime sees that GPU (set_device aborts in a CPU build and, in a CUDA
-  build, on a machine without the GPU): `gpu_problem(gpu)` says why one is unusable.
-- `atomic_write(path, protect=...)`: write to a temporary file beside `path`, every
-  write checked complete (size on disk compared) before the rename, so an interrupted
-  run or a full disk never leaves a half-written output; never over an input.
-- `run_cli(main)`: the one place a command turns an input error into a one-line
-  message and exit status 1 (FCN_DEBUG=1 shows the traceback instead).
-- `progress_bar(total, desc)`: the tqdm bar long work shows.
+Caffe's Net::Init aborts the process (glog CHECK) on a layer type it does not know, a
+bottom no layer produces, a top two layers produce, a wrong number of bottoms or tops,
+a kernel larger than its padded input, a zero num_output, a blob of more than INT_MAX
+values (the im2col buffer of a big photo), ... `check_net` walks the layers as Init
+does and infers every blob's shape, so each of these is an InputError naming the
+prototxt and the layer instead. Layers of a type it has no rule for are built once in
+a subprocess (`probe_net`), so that Caffe's abort there is an InputError here.
+
+- `read_net_param(path)`: a prototxt parsed, or an InputError naming it.
+- `check_prototxt(path, phase)`: read_net_param + check_net in one or both phases.
+- `check_net(param, path, phase, input_shapes)`: {blob: shape}, every layer checked.
+- `layer_active(layer, phase)`: whether Net::FilterNet keeps a layer in a phase.
 """
-import contextlib
-import errno
-import io
-import json
 import os
-import shutil
 import sys
-import tempfile
 
-import tqdm
-
-REPO = os.path.dirname(os.path.abspath(__file__))
-
-
-class InputError(ValueError):
-    """Bad user input (a file, a flag, a dataset): the message names it and the problem."""
-
-
-def import_caffe():
-    """Import and return pycaffe, with Caffe's INFO/WARNING log lines off unless FCN_VERBOSE=1."""
-    if 'caffe' not in sys.modules and not os.environ.get('FCN_VERBOSE'):
-        os.environ.setdefault('GLOG_minloglevel', '2')
-    import caffe
-    return caffe
-
-
-def build_info():
-    """The record the project's Caffe build left beside pycaffe ({'cuda': bool, ...}); {} if none."""
-    caffe = import_caffe()
-    path = os.path.join(os.path.dirname(caffe.__file__), 'fcn_build.json')
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def cuda_runtime():
-    """The CUDA runtime library (ctypes) that this CUDA pycaffe loaded, None in a CPU build."""
-    import ctypes
-    import_caffe()
-    with open('/proc/self/maps') as f:
-        cudart = sorted(set(line.split()[-1] for line in f if '/libcudart.so' in line))
-    if not cudart:
-        return None
-    lib = ctypes.CDLL(cudart[0])  # the loaded one: dlopen finds it by its path
-    lib.cudaGetErrorString.restype = ctypes.c_char_p
-    return lib
-
-
-def gpu_problem(gpu):
-    """Why GPU `gpu` cannot be used by this pycaffe (one line), or None when it can.
-
-    Caffe's set_device aborts the process on a GPU the CUDA runtime does not see, so the
-    runtime is asked first: cudaGetDeviceCount of the libcudart that pycaffe loaded."""
-    import ctypes
-    if not build_info().get('cuda'):
-        return ('--gpu %d: this pycaffe was built without CUDA (CPU only); rebuild on a '
-                'machine with nvcc (make caffe) or drop --gpu' % gpu)
-    lib = cuda_runtime()
-    if lib is None:
-        return '--gpu %d: pycaffe is a CUDA build but no libcudart is loaded' % gpu
-    count = ctypes.c_int(0)
-    err = lib.cudaGetDeviceCount(ctypes.byref(count))
-    if err != 0:
-        return ('--gpu %d: no usable CUDA GPU (CUDA runtime: %s); run on CPU without --gpu'
-                % (gpu, lib.cudaGetErrorString(err).decode()))
-    if not 0 <= gpu < count.value:
-        return '--gpu %d: this machine has %d CUDA GPU(s), numbered from 0' % (gpu, count.value)
-    return None
-
-
-def set_mode(gpu=None):
-    """CPU mode when `gpu` is None, else GPU `gpu`; InputError (gpu_problem) when this
-    pycaffe or this machine cannot use it."""
-    caffe = import_caffe()
-    if gpu is None:
-        caffe.set_mode_cpu()
-        return 'cpu'
-    problem = gpu_problem(gpu)
-    if problem:
-        raise InputError(problem)
-    caffe.set_device(int(gpu))
-    caffe.set_mode_gpu()
-    return 'gpu %d' % gpu
+from guard import import_caffe
+from project import REPO, InputError
 
 
 def read_net_param(path):
@@ -126,18 +39,15 @@ def read_net_param(path):
     return param
 
 
-# --- nets checked before Caffe sees them ------------------------------------------------
-#
-# Caffe's Net::Init aborts the process (glog CHECK) on a layer type it does not know, a
-# bottom no layer produces, a top two layers produce, a wrong number of bottoms or tops,
-# a kernel larger than its padded input, a zero num_output, a blob of more than INT_MAX
-# values (the im2col buffer of a big photo), ... `check_net` walks the layers as Init
-# does and infers every blob's shape, so each of these is an InputError naming the
-# prototxt and the layer instead.
-
 INT_MAX = 2 ** 31 - 1  # Caffe's limit on the values one blob holds
+
+
 LIMIT = "more than Caffe's limit 2^31 - 1"  # how the errors below say a blob passes it
+
+
 FILLERS = ('constant', 'gaussian', 'positive_unitball', 'uniform', 'xavier', 'msra', 'bilinear')
+
+
 # type -> (bottoms at least, at most, tops at least, at most), None = no limit, as the
 # layers' ExactNum/MinNum/MaxNum declarations say
 ARITY = {
@@ -150,8 +60,12 @@ ARITY = {
     'Softmax': (1, 1, 1, 1), 'SoftmaxWithLoss': (2, 3, 1, 2), 'Accuracy': (2, 3, 1, 2),
     'Silence': (1, None, 0, 0), 'LRN': (1, 1, 1, 1),
 }
+
+
 SAME_SHAPE = ('ReLU', 'Dropout', 'TanH', 'Sigmoid', 'Power', 'AbsVal', 'BNLL', 'ELU', 'Exp',
               'Log', 'Threshold', 'Clip', 'Swish', 'PReLU', 'MVN', 'Softmax', 'BatchNorm', 'LRN')
+
+
 # types whose data does not come from a bottom: their top shapes are known only at run time
 RUNTIME_SHAPES = ('Python', 'Data', 'ImageData', 'HDF5Data', 'MemoryData', 'WindowData')
 
@@ -625,302 +539,3 @@ def check_prototxt(path, phase=None, input_shapes=None):
     for p in ([phase] if phase else ['train', 'test']):
         check_net(param, str(path), p, input_shapes)
     return str(path)
-
-
-def _blob_shape(blob):
-    """Shape of a caffe_pb2.BlobProto, handling the legacy num/channels/height/width fields."""
-    if blob.HasField('shape'):
-        return tuple(blob.shape.dim)
-    return (blob.num, blob.channels, blob.height, blob.width)
-
-
-def _shapes_match(stored, wanted):
-    if stored == wanted:
-        return True
-    # Legacy 4-D blobs are padded on the left with 1s, as Caffe's ShapeEquals does.
-    if len(stored) == 4 and len(wanted) <= 4:
-        return stored == (1,) * (4 - len(wanted)) + tuple(wanted)
-    return False
-
-
-def _blob_values(blob):
-    return len(blob.data) or len(blob.double_data)
-
-
-def read_proto(path, message, error=InputError, text='%s: not a Caffe weights file (%s)'):
-    """`message` (an empty protobuf message: caffe_pb2.NetParameter(), SolverState(), ...)
-    parsed from the binary file `path`; error(text % (path, why)) when it cannot be read
-    or does not parse."""
-    try:
-        with open(path, 'rb') as f:
-            message.ParseFromString(f.read())
-    except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
-        raise error(text % (path, e))
-    return message
-
-
-def check_weights(path, net, partial=False):
-    """Raise InputError unless caffemodel `path` parses, every layer it shares with `net`
-    (by name) has the same number and shapes of parameter blobs with all their values,
-    and, unless `partial`, it covers every layer of `net` that has parameters (weights of
-    another model or a file cut short would leave layers at their random fill). partial:
-    copying by name on purpose (a parent net's weights into its child). Returns the
-    names of the layers copied."""
-    caffe = import_caffe()
-    path = str(path)
-    if not os.path.isfile(path):
-        raise InputError('%s: weights file not found' % path if not os.path.exists(path)
-                         else '%s: not a weights file (a folder?)' % path)
-    if os.path.getsize(path) == 0:
-        raise InputError('%s: weights file is empty' % path)
-    param = read_proto(path, caffe.proto.caffe_pb2.NetParameter())
-    layers = list(param.layer) or list(param.layers)  # V1 models use `layers`
-    if not layers:
-        raise InputError('%s: weights file holds no layers' % path)
-    shared = []
-    for layer in layers:
-        if layer.name not in net.params or not layer.blobs:
-            continue
-        wanted = [tuple(b.data.shape) for b in net.params[layer.name]]
-        stored = [_blob_shape(b) for b in layer.blobs]
-        if len(wanted) != len(stored) or not all(map(_shapes_match, stored, wanted)):
-            raise InputError('%s: layer %r has parameter shapes %s but the net expects %s'
-                             % (path, layer.name, stored, wanted))
-        for i, b in enumerate(layer.blobs):
-            if _blob_values(b) != _count(wanted[i]):
-                raise InputError('%s: layer %r blob %d holds %d values, its shape %s needs %d'
-                                 % (path, layer.name, i, _blob_values(b), wanted[i], _count(wanted[i])))
-        shared.append(layer.name)
-    if not shared:
-        raise InputError('%s: no layer name matches the net (%s...)'
-                         % (path, ', '.join(list(net.params)[:3])))
-    missing = [name for name in net.params if name not in shared]
-    if missing and not partial:
-        raise InputError('%s: has no weights for %d of the net\'s %d layers with parameters '
-                         '(%s%s): weights of another model, or a file cut short? (partial '
-                         'loading only when asked for)' % (path, len(missing), len(net.params),
-                         ', '.join(missing[:4]), ', ...' if len(missing) > 4 else ''))
-    return shared
-
-
-def open_net(prototxt, phase='test', weights=None, partial=False):
-    """caffe.Net for `prototxt` in phase 'train' or 'test', with `weights` copied in
-    (every parameter layer covered unless `partial`: see check_weights), every input
-    checked first so bad input is an InputError, never a Caffe abort."""
-    caffe = import_caffe()
-    check_prototxt(prototxt, phase)
-    net = caffe.Net(str(prototxt), caffe.TRAIN if phase == 'train' else caffe.TEST)
-    if weights:
-        check_weights(weights, net, partial)
-        net.copy_from(str(weights))
-    return net
-
-
-def check_free_space(directory, nbytes, what):
-    """InputError unless the file system of `directory` has `nbytes` free for `what`
-    (a snapshot, a cast net): checked before Caffe writes, since a full disk during
-    Caffe's own write aborts the process (glog CHECK on SerializeToOstream)."""
-    free = shutil.disk_usage(str(directory)).free
-    if free < nbytes:
-        raise InputError('%s: not enough free space for %s (%.1f MB needed, %.1f MB free)'
-                         % (directory, what, nbytes / 1e6, free / 1e6))
-    return free
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def check_not_input(path, protect=()):
-    """InputError (naming both paths) when writing `path` would replace one of `protect`
-    (a file: the same file, also through a symlink or a hard link) or land inside one of
-    them (a folder, e.g. a dataset's: its files are inputs too)."""
-    path = str(path)
-    real = os.path.realpath(path)
-    for keep in protect:
-        keep = str(keep)
-        if os.path.isdir(keep):
-            inside = os.path.commonpath([real, os.path.realpath(keep)]) == os.path.realpath(keep)
-            if inside:
-                raise InputError('%s: refusing to write inside %s (an input folder)' % (path, keep))
-        elif real == os.path.realpath(keep) or (
-                os.path.exists(path) and os.path.exists(keep) and os.path.samefile(path, keep)):
-            raise InputError('%s: refusing to write: it would replace the input %s' % (path, keep))
-
-
-def check_writable(path, what='output', folder=False):
-    """InputError (naming `what` and the path) unless `path` can be created or replaced:
-    a file output must not be a folder, a folder output (`folder`) not a file, and the
-    nearest existing folder above it must be a writable folder. Checked before long work
-    so its results are not lost at the end."""
-    path = os.path.abspath(str(path))
-    if os.path.isdir(path) != folder and os.path.exists(path):
-        raise InputError('%s %s: is a %s, expected a %s' % (
-            what, path, 'folder' if os.path.isdir(path) else 'file',
-            'folder' if folder else 'file'))
-    parent = path if folder and os.path.isdir(path) else os.path.dirname(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise InputError('%s %s: cannot be created, %s is a file' % (what, path, parent))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError('%s %s: cannot be written, %s is not writable' % (what, path, parent))
-    return path
-
-
-class _CheckedWriter(io.RawIOBase):
-    """A raw binary file on `fd` whose every write is complete or an OSError: a short
-    os.write is retried, one that writes nothing is ENOSPC. It has no fileno(), so
-    libraries that would write behind Python's back (Pillow's encoders) call write()."""
-
-    def __init__(self, fd, path):
-        super().__init__()
-        self.fd, self.path, self.written = fd, path, 0
-
-    def writable(self):
-        return True
-
-    def fileno(self):
-        raise io.UnsupportedOperation('fileno')
-
-    def write(self, data):
-        if self.fd is None:
-            raise ValueError('%s: write after the file was closed' % self.path)
-        view = memoryview(data).cast('B')
-        done = 0
-        while done < len(view):
-            try:
-                n = os.write(self.fd, view[done:])
-            except OSError as e:  # name the file: ENOSPC alone says not which
-                raise OSError(e.errno, e.strerror, self.path) from None
-            if not n:
-                raise OSError(errno.ENOSPC, 'write incomplete (%d of %d bytes)'
-                              % (done, len(view)), self.path)
-            done += n
-        self.written += done
-        return done
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode='wb', protect=()):
-    """Open a temporary file beside `path`; on success it replaces `path` in one rename.
-
-    mode 'wb' yields a binary file, 'w' a UTF-8 text file. Before the rename the data is
-    flushed and fsynced and the file's size is compared with the bytes written, so a
-    full disk is an OSError naming `path` and never a truncated file under its final
-    name. `protect`: inputs `path` must not replace (see check_not_input)."""
-    path = str(path)
-    check_not_input(path, protect)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.part')
-    raw = _CheckedWriter(fd, path)
-    try:
-        f = raw if 'b' in mode else io.TextIOWrapper(io.BufferedWriter(raw), encoding='utf-8')
-        yield f
-        try:
-            f.flush()
-            os.fsync(fd)  # a full disk may only show here (delayed allocation, NFS)
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, path) if e.filename is None else e
-        size = os.fstat(fd).st_size
-        if size != raw.written:
-            raise OSError(errno.EIO, 'written incompletely (%d of %d bytes on disk)'
-                          % (size, raw.written), path)
-        os.close(fd)
-        fd = raw.fd = None
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if fd is not None:
-            raw.fd = None  # a buffer flushed later must not write to a reused descriptor
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def run_cli(main, argv=None):
-    """Run `main(argv)` as a command: input errors become one line on stderr and exit 1."""
-    try:
-        code = main(argv)
-    except (InputError, OSError) as e:
-        if os.environ.get('FCN_DEBUG'):
-            raise
-        print('error: %s' % e, file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        code = 130
-    sys.exit(code or 0)
-
-
-def cpu_name():
-    """The processor's model name from /proc/cpuinfo ('' where there is none)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return ''
-
-
-def label_palette(palette=None):
-    """256 x 3 uint8: `palette` (K x 3 RGB colours of classes 0..K-1) over the VOC colour
-    map, which gives every other index (void 255 included) its colour."""
-    import numpy as np
-    out = voc_palette()
-    if palette is not None:
-        palette = np.asarray(palette, np.uint8).reshape(-1, 3)[:256]
-        out[:len(palette)] = palette
-    return out
-
-
-def voc_palette(n=256):
-    """The PASCAL VOC colour map: n x 3 uint8, class k's RGB colour in row k.
-
-    Each class index's bits are spread over the high bits of R, G and B in turn, so the
-    first classes get well separated colours; index 255 (void) is the usual cream colour."""
-    import numpy as np
-    palette = np.zeros((n, 3), np.uint8)
-    for k in range(n):
-        c, r, g, b = k, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette[k] = (r, g, b)
-    return palette
-
-
-def save_label_png(path, label, protect=(), palette=None):
-    """Write an H x W array of class indices (0-255) as a palette PNG, atomically, never
-    over one of `protect` (see check_not_input). palette: the dataset's colours, K x 3
-    RGB for classes 0..K-1 (ADE20K's, Cityscapes'); the VOC colour map for the rest and
-    by default."""
-    import numpy as np
-    from PIL import Image
-    label = np.asarray(label)
-    if label.ndim != 2:
-        raise ValueError('label must be H x W, got shape %s' % (label.shape,))
-    img = Image.fromarray(label.astype(np.uint8), mode='P')
-    img.putpalette(label_palette(palette).ravel().tolist())
-    with atomic_write(path, protect=protect) as f:
-        img.save(f, format='PNG')
-
-
-def progress_bar(total, desc, enabled=True, unit='image'):
-    """A tqdm bar on stderr for long work (count, rate, time left); none unless `enabled`.
-    Redrawn in place on a terminal; into a log file a line at most every 30 s. Print
-    beside it with bar.write(text)."""
-    tty = sys.stderr.isatty()
-    graphic = ' |{bar:20}|' if tty else ''
-    return tqdm.tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
-                     disable=not enabled or total <= 0, mininterval=0.1 if tty else 30,
-                     bar_format='{desc} {n_fmt}/{total_fmt}%s {percentage:.0f}%%, '
-                                '{rate_fmt}, {remaining} left' % graphic)

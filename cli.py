@@ -1,0 +1,120 @@
+"""What every command shares: the runner, the progress bar and the common flags.
+
+- `run_cli(main)`: the one place a command turns an input error into a one-line
+  message and exit status 1 (FCN_DEBUG=1 shows the traceback instead).
+- `progress_bar(total, desc)`: the tqdm bar long work shows.
+- `cpu_name()`: the processor's name, for the records benchmarks and reproduce.py write.
+- The flags several commands take, each defined once as an argparse parent:
+  `gpu_flag()` (--gpu ID; --gpu ID[,ID...] for training), `data_root_flag()`
+  (--data-root DIR) and `limit_flag()` (--limit N); `use_data_root(root)` is the one
+  place a --data-root is checked and handed to the data layers, and `check_limit` the
+  one check of --limit.
+"""
+import argparse
+import os
+import sys
+
+import tqdm
+
+from project import InputError
+
+
+def run_cli(main, argv=None):
+    """Run `main(argv)` as a command: input errors become one line on stderr and exit 1."""
+    try:
+        code = main(argv)
+    except (InputError, OSError) as e:
+        if os.environ.get('FCN_DEBUG'):
+            raise
+        print('error: %s' % e, file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        code = 130
+    sys.exit(code or 0)
+
+
+def progress_bar(total, desc, enabled=True, unit='image'):
+    """A tqdm bar on stderr for long work (count, rate, time left); none unless `enabled`.
+    Redrawn in place on a terminal; into a log file a line at most every 30 s. Print
+    beside it with bar.write(text)."""
+    tty = sys.stderr.isatty()
+    graphic = ' |{bar:20}|' if tty else ''
+    return tqdm.tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
+                     disable=not enabled or total <= 0, mininterval=0.1 if tty else 30,
+                     bar_format='{desc} {n_fmt}/{total_fmt}%s {percentage:.0f}%%, '
+                                '{rate_fmt}, {remaining} left' % graphic)
+
+
+def cpu_name():
+    """The processor's model name from /proc/cpuinfo ('' where there is none)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return ''
+
+
+# --- the flags several commands share ------------------------------------------------------
+
+def gpu_ids(text):
+    """argparse type of --gpu: '0' -> [0], '0,1,3' -> [0, 1, 3]; distinct ids >= 0."""
+    try:
+        ids = [int(t) for t in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r: give GPU ids as 0 or 0,1,2 (integers, commas)' % text)
+    if any(i < 0 for i in ids):
+        raise argparse.ArgumentTypeError('%r: GPU ids are 0 or more' % text)
+    if len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError('%r: a GPU id is given twice' % text)
+    return ids
+
+
+def gpu_flag(several=False):
+    """An argparse parent with --gpu: one GPU id (args.gpu, None for the CPU), or with
+    `several` a list of ids for data-parallel training (args.gpu, [] for the CPU)."""
+    p = argparse.ArgumentParser(add_help=False)
+    if several:
+        p.add_argument('--gpu', type=gpu_ids, default=[], metavar='ID[,ID...]',
+                       help='GPU id, or ids 0,1,... for data-parallel training over NCCL, one '
+                            'process per GPU (parallel.py) (default: CPU)')
+    else:
+        p.add_argument('--gpu', type=int, default=None, help='GPU id (default: CPU)')
+    return p
+
+
+def data_root_flag():
+    """An argparse parent with --data-root DIR (args.data_root; see use_data_root)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument('--data-root', default=None,
+                   help='datasets root (sets FCN_DATA_ROOT; default $FCN_DATA_ROOT, else '
+                        '<repo>/data)')
+    return p
+
+
+def limit_flag():
+    """An argparse parent with --limit N (args.limit; see check_limit)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument('--limit', type=int, metavar='N',
+                   help='score only the first N images of each split')
+    return p
+
+
+def check_limit(limit):
+    """InputError unless --limit is unset or at least 1."""
+    if limit is not None and limit < 1:
+        raise InputError('--limit must be >= 1, got %d' % limit)
+
+
+def use_data_root(root):
+    """Hand --data-root to the data layers, once checked: an InputError unless it is a
+    folder. Set in the environment (FCN_DATA_ROOT, read by layers.data_root) because the
+    layers are instantiated by Caffe from a prototxt, where no argument reaches them;
+    every other reader is passed the root. Nothing when `root` is None."""
+    if root:
+        if not os.path.isdir(root):
+            raise InputError('--data-root %s: no such directory' % root)
+        os.environ['FCN_DATA_ROOT'] = os.path.abspath(root)

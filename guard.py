@@ -1,0 +1,86 @@
+"""The Caffe guard: pycaffe imported quietly and the process put on a device it can use.
+
+- `import_caffe()`: imports pycaffe with Caffe's INFO logging silenced (set
+  FCN_VERBOSE=1 to see it).
+- `set_mode(gpu)`: CPU by default; a GPU id only when this pycaffe was built with CUDA
+  and the CUDA runtime sees that GPU (set_device aborts in a CPU build and, in a CUDA
+  build, on a machine without the GPU): `gpu_problem(gpu)` says why one is unusable.
+
+Nets and weights are checked before Caffe sees them one level up: netinit.py (a net
+prototxt, walked as Caffe's Net::Init does) and netload.py (a caffemodel against its
+net, and open_net, which does both).
+"""
+import json
+import os
+import sys
+
+from project import InputError
+
+
+def import_caffe():
+    """Import and return pycaffe, with Caffe's INFO/WARNING log lines off unless FCN_VERBOSE=1."""
+    if 'caffe' not in sys.modules and not os.environ.get('FCN_VERBOSE'):
+        os.environ.setdefault('GLOG_minloglevel', '2')
+    import caffe
+    return caffe
+
+
+def build_info():
+    """The record the project's Caffe build left beside pycaffe ({'cuda': bool, ...}); {} if none."""
+    caffe = import_caffe()
+    path = os.path.join(os.path.dirname(caffe.__file__), 'fcn_build.json')
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def cuda_runtime():
+    """The CUDA runtime library (ctypes) that this CUDA pycaffe loaded, None in a CPU build."""
+    import ctypes
+    import_caffe()
+    with open('/proc/self/maps') as f:
+        cudart = sorted(set(line.split()[-1] for line in f if '/libcudart.so' in line))
+    if not cudart:
+        return None
+    lib = ctypes.CDLL(cudart[0])  # the loaded one: dlopen finds it by its path
+    lib.cudaGetErrorString.restype = ctypes.c_char_p
+    return lib
+
+
+def gpu_problem(gpu):
+    """Why GPU `gpu` cannot be used by this pycaffe (one line), or None when it can.
+
+    Caffe's set_device aborts the process on a GPU the CUDA runtime does not see, so the
+    runtime is asked first: cudaGetDeviceCount of the libcudart that pycaffe loaded."""
+    import ctypes
+    if not build_info().get('cuda'):
+        return ('--gpu %d: this pycaffe was built without CUDA (CPU only); rebuild on a '
+                'machine with nvcc (make caffe) or drop --gpu' % gpu)
+    lib = cuda_runtime()
+    if lib is None:
+        return '--gpu %d: pycaffe is a CUDA build but no libcudart is loaded' % gpu
+    count = ctypes.c_int(0)
+    err = lib.cudaGetDeviceCount(ctypes.byref(count))
+    if err != 0:
+        return ('--gpu %d: no usable CUDA GPU (CUDA runtime: %s); run on CPU without --gpu'
+                % (gpu, lib.cudaGetErrorString(err).decode()))
+    if not 0 <= gpu < count.value:
+        return '--gpu %d: this machine has %d CUDA GPU(s), numbered from 0' % (gpu, count.value)
+    return None
+
+
+def set_mode(gpu=None):
+    """CPU mode when `gpu` is None, else GPU `gpu`; InputError (gpu_problem) when this
+    pycaffe or this machine cannot use it."""
+    caffe = import_caffe()
+    if gpu is None:
+        caffe.set_mode_cpu()
+        return 'cpu'
+    problem = gpu_problem(gpu)
+    if problem:
+        raise InputError(problem)
+    caffe.set_device(int(gpu))
+    caffe.set_mode_gpu()
+    return 'gpu %d' % gpu

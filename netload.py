@@ -1,0 +1,103 @@
+"""Caffemodels checked against their net before Caffe loads them, and nets opened.
+
+Caffe aborts the process on weights whose shapes do not fit the net. `check_weights`
+compares every parameter blob of a caffemodel with the net's in Python first, and asks
+that the file covers every layer with parameters unless the caller copies partially on
+purpose (a parent's weights into its child). `open_net` builds a net from a checked
+prototxt (netinit.check_prototxt) and copies checked weights into it: every input is an
+InputError naming the file, never a Caffe abort.
+"""
+import os
+
+from guard import import_caffe
+from netinit import _count, check_prototxt
+from project import InputError
+
+
+def _blob_shape(blob):
+    """Shape of a caffe_pb2.BlobProto, handling the legacy num/channels/height/width fields."""
+    if blob.HasField('shape'):
+        return tuple(blob.shape.dim)
+    return (blob.num, blob.channels, blob.height, blob.width)
+
+
+def _shapes_match(stored, wanted):
+    if stored == wanted:
+        return True
+    # Legacy 4-D blobs are padded on the left with 1s, as Caffe's ShapeEquals does.
+    if len(stored) == 4 and len(wanted) <= 4:
+        return stored == (1,) * (4 - len(wanted)) + tuple(wanted)
+    return False
+
+
+def _blob_values(blob):
+    return len(blob.data) or len(blob.double_data)
+
+
+def read_proto(path, message, error=InputError, text='%s: not a Caffe weights file (%s)'):
+    """`message` (an empty protobuf message: caffe_pb2.NetParameter(), SolverState(), ...)
+    parsed from the binary file `path`; error(text % (path, why)) when it cannot be read
+    or does not parse."""
+    try:
+        with open(path, 'rb') as f:
+            message.ParseFromString(f.read())
+    except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
+        raise error(text % (path, e))
+    return message
+
+
+def check_weights(path, net, partial=False):
+    """Raise InputError unless caffemodel `path` parses, every layer it shares with `net`
+    (by name) has the same number and shapes of parameter blobs with all their values,
+    and, unless `partial`, it covers every layer of `net` that has parameters (weights of
+    another model or a file cut short would leave layers at their random fill). partial:
+    copying by name on purpose (a parent net's weights into its child). Returns the
+    names of the layers copied."""
+    caffe = import_caffe()
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError('%s: weights file not found' % path if not os.path.exists(path)
+                         else '%s: not a weights file (a folder?)' % path)
+    if os.path.getsize(path) == 0:
+        raise InputError('%s: weights file is empty' % path)
+    param = read_proto(path, caffe.proto.caffe_pb2.NetParameter())
+    layers = list(param.layer) or list(param.layers)  # V1 models use `layers`
+    if not layers:
+        raise InputError('%s: weights file holds no layers' % path)
+    shared = []
+    for layer in layers:
+        if layer.name not in net.params or not layer.blobs:
+            continue
+        wanted = [tuple(b.data.shape) for b in net.params[layer.name]]
+        stored = [_blob_shape(b) for b in layer.blobs]
+        if len(wanted) != len(stored) or not all(map(_shapes_match, stored, wanted)):
+            raise InputError('%s: layer %r has parameter shapes %s but the net expects %s'
+                             % (path, layer.name, stored, wanted))
+        for i, b in enumerate(layer.blobs):
+            if _blob_values(b) != _count(wanted[i]):
+                raise InputError('%s: layer %r blob %d holds %d values, its shape %s needs %d'
+                                 % (path, layer.name, i, _blob_values(b), wanted[i], _count(wanted[i])))
+        shared.append(layer.name)
+    if not shared:
+        raise InputError('%s: no layer name matches the net (%s...)'
+                         % (path, ', '.join(list(net.params)[:3])))
+    missing = [name for name in net.params if name not in shared]
+    if missing and not partial:
+        raise InputError('%s: has no weights for %d of the net\'s %d layers with parameters '
+                         '(%s%s): weights of another model, or a file cut short? (partial '
+                         'loading only when asked for)' % (path, len(missing), len(net.params),
+                         ', '.join(missing[:4]), ', ...' if len(missing) > 4 else ''))
+    return shared
+
+
+def open_net(prototxt, phase='test', weights=None, partial=False):
+    """caffe.Net for `prototxt` in phase 'train' or 'test', with `weights` copied in
+    (every parameter layer covered unless `partial`: see check_weights), every input
+    checked first so bad input is an InputError, never a Caffe abort."""
+    caffe = import_caffe()
+    check_prototxt(prototxt, phase)
+    net = caffe.Net(str(prototxt), caffe.TRAIN if phase == 'train' else caffe.TEST)
+    if weights:
+        check_weights(weights, net, partial)
+        net.copy_from(str(weights))
+    return net

@@ -107,7 +107,6 @@ def test_fcn32s_solver_steps_on_gpu_follow_the_cpu(tmp_path):
     without Dropout), on CPU and on GPU from the same start: the same losses and weights
     within float tolerance."""
     import surgery
-    import trainsetup
     model = voc_train_model(tmp_path, '32s')
     weights = small_random_weights(model, tmp_path / 'w32.caffemodel')
     results = []

@@ -408,7 +408,7 @@ def test_label_list_not_utf8_names_the_file(root):
 
 TRAIN_SCRIPT = r'''
 import json, sys
-import guard, layers
+import guard, layers, project
 caffe = guard.import_caffe()
 L = caffe.layers
 n = caffe.NetSpec()

@@ -27,6 +27,7 @@ import guard
 import layers
 import models
 import netinit
+import netload
 import parallel
 import score
 import snapshots

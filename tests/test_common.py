@@ -1,4 +1,4 @@
-"""common.py's guards: outputs never replace inputs and are complete before they take
+"""The guards every command relies on: outputs never replace inputs and are complete before they take
 their final name (F2, F4), nets are checked before Caffe sees them (F15, F18), weights
 must cover the net (F17). Real pycaffe; Caffe is only built in a subprocess where a
 wrong check would let it abort."""

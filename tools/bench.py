@@ -72,10 +72,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+import cli  # noqa: E402
 import guard  # noqa: E402
 import netinit  # noqa: E402
 import surgery  # noqa: E402
-from cli import run_cli  # noqa: E402
 from project import REPO  # noqa: E402
 from safewrite import atomic_write  # noqa: E402
 
@@ -747,4 +747,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    cli.run_cli(main)

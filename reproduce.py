@@ -152,18 +152,18 @@ def psp_weights(model, model_dir):
                                 '--model %s' % (model, model)])
 
 
-def find_weights(model, model_dir, model_root, override=None, snapshots=False):
+def find_weights(model, model_dir, model_root, override=None, prefer_snapshot=False):
     """(path, source) of the weights to score `model` with, or (None, reason dict).
 
     source: '--weights', 'snapshot' or 'released'. The reason dict names what is missing
-    (the path expected) and the commands that get it."""
+    (the path expected) and the commands that get it. prefer_snapshot: --snapshots."""
     if override:
         return override, '--weights'
-    if models.pspnet(model) and not snapshots:
+    if models.pspnet(model) and not prefer_snapshot:
         return psp_weights(model, model_dir)
     fetch, train_cmd = _commands(model, model_dir, model_root)
     tried = []
-    if snapshots:
+    if prefer_snapshot:
         path = weights.snapshot_weights(model_dir)
         if path:
             return path, 'snapshot'

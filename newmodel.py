@@ -33,7 +33,6 @@ The data is a folder in PASCAL VOC's layout (the layout VOCSegDataLayer reads):
    data-report.txt and the start weights.
 """
 import argparse
-import collections
 import dataclasses
 import json
 import os
@@ -48,6 +47,7 @@ from PIL import Image
 
 import common
 import infer
+import layers
 import models
 import net
 import surgery
@@ -143,27 +143,25 @@ def read_class_names(path, problems):
 
 
 def read_splits(root, problems):
-    """{split: ids} of ImageSets/Segmentation/{train,val}.txt, in file order; a missing,
-    unreadable, empty or repeating list is added to `problems`."""
+    """{split: ids} of ImageSets/Segmentation/{train,val}.txt, in file order, each id once,
+    by the data layer's rules (layers.split_entries: ids are names, listed once); a
+    missing, unreadable or empty list and every id that is a path or repeats are added
+    to `problems`."""
     splits = {}
     for split in SPLITS:
         path = os.path.join(root, LISTS, split + '.txt')
-        splits[split] = ids = []
-        if not os.path.isfile(path):
+        splits[split] = []
+        try:
+            splits[split], found = layers.split_entries(path)
+        except FileNotFoundError:
             problems.append('%s: split list not found (one image id per line)' % path)
             continue
-        try:
-            with open(path) as f:
-                ids += [line.strip() for line in f if line.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            problems.append('%s: not a readable text file (%s)' % (path, e))
+        except (InputError, OSError) as e:
+            problems.append(str(e) if path in str(e) else '%s: %s' % (path, e))
             continue
-        if not ids:
+        problems += found
+        if not splits[split] and not found:
             problems.append('%s: split list has no image ids' % path)
-        repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
-        if repeated:
-            problems.append('%s: ids listed more than once: %s' % (path, _cut(repeated)))
-        splits[split] = list(dict.fromkeys(ids))
     return splits
 
 

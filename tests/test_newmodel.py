@@ -84,7 +84,7 @@ def test_check_names_every_problem_by_file(tmp_path):
     problems = '\n'.join(report.problems)
     expected = [
         (img('ghost'), 'not found'), (lab('ghost'), 'not found'),
-        ('train.txt', 'more than once: road_01'),
+        ('train.txt', "'road_01' is listed twice"),
         ('val.txt', 'no image ids'),
         (lab('orphan'), 'a label without an image'),
         (img('road_01'), 'not a readable image'),

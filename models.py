@@ -303,7 +303,9 @@ class Weights:
     URL's basename); the size in bytes and checksums where published (None: not known),
     each with where it was published (`sources`: (key, source) pairs, written as the
     comment above the value in the generated caffemodel-url record); `downloader`: None
-    (plain HTTP) or 'gdown' (Google Drive's confirmation page); `note`: comment lines."""
+    (plain HTTP) or 'gdown' (Google Drive's confirmation page); `note`: comment lines;
+    `mirrors`: other URLs of the same file, tried in order when `url` fails (written as
+    further URL lines of the record; the first line stays `url`)."""
     url: str
     size: Optional[int] = None
     sha256: Optional[str] = None
@@ -313,6 +315,7 @@ class Weights:
     downloader: Optional[str] = None
     sources: Tuple[Tuple[str, str], ...] = ()
     note: Tuple[str, ...] = ()
+    mirrors: Tuple[str, ...] = ()
 
     @property
     def file(self):

@@ -890,14 +890,15 @@ NO_CHECKSUM = ('# no size or checksum is published for this file: weights.py che
 
 def url_record(spec):
     """The caffemodel-url record of a ModelSpec or ClassifierSpec, from its Weights: the
-    URL on the first line (the release's one-line format), the notes, the saved name and
+    URL on the first line (the release's one-line format), its mirrors (more URL lines,
+    tried in order), the notes, the saved name and
     downloader where they differ from the URL's and plain HTTP, then each published size
     and checksum under a comment naming its source (weights.read_url_record reads it)."""
     w = spec.weights
     if w is None:
         return ('# no released weights: %s.\n# Train it with solve.py in this directory.\n%s\n'
                 % (spec.note or 'the release never shipped it', models.GENERATED))
-    lines = [w.url] + ['# ' + line for line in w.note]
+    lines = [w.url] + list(w.mirrors) + ['# ' + line for line in w.note]
     if w.file_name:
         lines.append('file: %s' % w.file_name)
     if w.downloader:

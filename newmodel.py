@@ -241,6 +241,15 @@ def read_pair(root, i, problems, warnings):
                         'whose pixel values are class indices'
                         % (label_path, label.shape[2], im.mode))
         label = None
+    if label is not None and label.dtype.kind not in 'biu':
+        problems.append('%s: its pixels are %s values (image mode %s); a label holds class '
+                        'indices, whole numbers 0..%d' % (label_path, label.dtype, im.mode, VOID))
+        label = None
+    if label is not None and label.size and (label.min() < 0 or label.max() > VOID):
+        bad = np.unique(label[(label < 0) | (label > VOID)])
+        problems.append('%s: label values %s outside 0..%d (class indices, %d = void)'
+                        % (label_path, ', '.join(map(str, bad[:SHOW])), VOID, VOID))
+        label = None
     if image is None or label is None:
         return None
     if image.shape[:2] != label.shape:

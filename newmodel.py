@@ -618,7 +618,9 @@ def make_model(name, source, data, classes, head=None, mean='voc', rounds=None, 
     parent, trunk, parent_classes, suffix = parent_of(source)
     head = head or ('8s-atonce' if parent.kind == 'classifier'
                     else parent.head + ('-atonce' if parent.build_kwargs().get('at_once') else ''))
-    recipe(trunk, head)  # an impossible head fails before the data is read
+    base = recipe(trunk, head)  # an impossible head fails before the data is read
+    models.check_schedule(models.Schedule(rounds or base.schedule.rounds,
+                                          iters or base.schedule.iters), '--rounds / --iters')
     folder = os.path.abspath(out or os.path.join(common.REPO, name))
     weights, parent_net = parent_start(parent, trunk, parent_weights)
     widths = weights_widths(weights)

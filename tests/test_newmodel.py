@@ -371,3 +371,14 @@ def test_check_float_or_negative_label_is_a_problem_not_a_traceback(tmp_path, ki
     r = run(os.path.join(REPO, 'net.py'), 'new', 'x', '--data', tmp_path, '--classes', classes,
             '--check-only')
     assert r.returncode == 1 and 'Traceback' not in r.stderr and label in r.stdout, r.stderr
+
+
+def test_iterations_beyond_caffes_int32_are_refused_before_anything_is_made(parent, tmp_path):
+    classes = make_own(tmp_path / 'data')
+    for flags in (['--iters', str(10 ** 20)], ['--rounds', '3', '--iters', str(2 ** 30)]):
+        r = new('big', tmp_path / 'data', classes, '--from', 'voc-fcn8s', '--parent-weights',
+                parent[0], '--out', tmp_path / 'big', *flags)
+        assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and '--iters' in lines[0] and '2147483647' in lines[0], lines
+        assert not (tmp_path / 'big').exists()

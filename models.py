@@ -756,37 +756,54 @@ def names(family=None):
 
 
 def pspnet(model):
-    """The ModelSpec of the PSPNet `model` (its id, or a path ending in it), else None."""
-    spec = MODELS.get(os.path.basename(os.path.normpath(str(model))))
-    return spec if spec is not None and spec.family == 'pspnet' else None
+    """The ModelSpec of the PSPNet `model` (its id or its folder, resolved by `get`), else
+    None: a folder of your own named like a PSPNet release is not taken for it."""
+    try:
+        spec = get(model)
+    except InputError:
+        return None
+    return spec if isinstance(spec, ModelSpec) and spec.family == 'pspnet' else None
 
 
 def _known():
     return ', '.join(names() + list(CLASSIFIERS))
 
 
+def is_path(name):
+    """Whether `name` names a folder rather than a registry id: it has a path separator,
+    or a folder of that name (from the current directory, as a command line's paths)
+    holds a model.json. A folder of your own named like a built-in model is yours."""
+    name = str(name)
+    return '/' in name or os.sep in name or os.path.isfile(os.path.join(name, SPEC_FILE))
+
+
 def _folder_spec(path):
-    """The spec of the model whose folder is `path` (its folder, or the release's flat
-    folder name under the repository, as the release's commands wrote it, or a folder
-    holding model.json), or None."""
-    full = os.path.abspath(os.path.join(REPO, path))
-    for spec in MODELS.values():
-        if full in (model_dir(spec), os.path.join(REPO, spec.name)):
-            return spec
-    if os.path.isfile(os.path.join(full, SPEC_FILE)):
-        return load(full)
+    """The spec of the model whose folder is `path`: a folder holding model.json, or a
+    built-in model's folder (its card folder, or the release's flat folder name under
+    the repository, as the release's commands wrote it); `path` is taken from the
+    current directory first (a command line's path), then from the repository. None
+    when neither is a model's folder."""
+    for full in dict.fromkeys([os.path.abspath(path), os.path.abspath(os.path.join(REPO, path))]):
+        if os.path.isfile(os.path.join(full, SPEC_FILE)):
+            return load(full)
+        for spec in MODELS.values():
+            if full in (model_dir(spec), os.path.join(REPO, spec.name)):
+                return spec
     return None
 
 
 def get(name):
     """The ModelSpec or ClassifierSpec called `name`: a model id, a classifier name, a
-    model's folder (relative to the repository or absolute), or a folder holding a
-    model.json. InputError listing the known names otherwise."""
+    model's folder (relative to the current directory or the repository, or absolute),
+    or a folder holding a model.json (the `--model mymodels/x` that net.py new prints).
+    A path (is_path) is always resolved as a folder, so a folder of your own named like
+    a built-in model is never taken for it. InputError listing the known names otherwise."""
     name = str(name)
-    if name in MODELS:
-        return MODELS[name]
-    if name in CLASSIFIERS:
-        return CLASSIFIERS[name]
+    if not is_path(name):
+        if name in MODELS:
+            return MODELS[name]
+        if name in CLASSIFIERS:
+            return CLASSIFIERS[name]
     spec = _folder_spec(name.rstrip('/') or name)
     if spec is None:
         raise InputError('unknown model %r (known: %s; or a folder holding %s)'

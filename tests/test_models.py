@@ -261,3 +261,34 @@ def test_model_json_with_values_the_code_trips_on_is_a_one_line_error(registry, 
     assert text.startswith(str(tmp_path / models.SPEC_FILE)) and message in text, text
     assert '\n' not in text
     assert 'shapes' not in models.DATASETS or what not in ('empty labels', 'no classes')
+
+
+def test_model_paths_from_the_current_directory_and_folders_named_like_built_ins(
+        registry, tmp_path, monkeypatch):
+    """The `--model mymodels/x` net.py new prints resolves from where the user is; a
+    folder of their own named like a built-in model (voc-fcn8s, pspnet50-ade20k) is
+    theirs, never the built-in one."""
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / 'mymodels' / 'x'
+    mine.mkdir(parents=True)
+    _user_json(mine, lambda d: None)
+    assert models.get('mymodels/x').name == 'shapes-fcn8s'
+    assert models.get('mymodels/x/').name == 'shapes-fcn8s'
+    for name in ('voc-fcn8s', 'pspnet50-ade20k'):
+        folder = tmp_path / name
+        folder.mkdir()
+        spec = dataclasses.replace(models.get('shapes-fcn8s'), name='mine-' + name,
+                                   folder=str(folder))
+        (folder / models.SPEC_FILE).write_text(json.dumps(models.to_dict(spec)))
+        assert models.get(name).name == 'mine-' + name
+        assert models.get('./' + name).name == 'mine-' + name
+        assert models.model_dir(models.get(name)) == str(folder)
+    assert models.pspnet('pspnet50-ade20k') is None
+    assert models.pspnet(str(tmp_path / 'pspnet50-ade20k')) is None
+    os.chdir(common.REPO)  # (monkeypatch restores the directory)
+    assert models.pspnet('pspnet50-ade20k').name == 'pspnet50-ade20k'
+    assert models.get('voc-fcn8s') is models.BUILTIN['voc-fcn8s']
+    r = subprocess.run([sys.executable, os.path.join(common.REPO, 'infer.py'), 'photo.jpg',
+                        '--model', 'mymodels/x'], cwd=str(tmp_path), capture_output=True,
+                       text=True, timeout=120)
+    assert 'unknown model' not in r.stderr and str(mine) in r.stderr, r.stderr  # its folder's

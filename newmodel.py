@@ -478,7 +478,8 @@ SOLVE_DOC = '''Train {name}: {title}.
     python {folder}/solve.py --help        # short runs, other weights, output
 
 Made by `python net.py new`: model.json says what it is; it starts from init.caffemodel
-({parent}'s weights through net surgery: init-report.txt).'''
+({parent}'s weights through net surgery: init-report.txt). It finds the repository where
+it was made; moved or cloned again elsewhere? FCN_REPO=/path/to/repo python solve.py'''
 
 
 def parent_of(source):

@@ -382,3 +382,21 @@ def test_iterations_beyond_caffes_int32_are_refused_before_anything_is_made(pare
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and '--iters' in lines[0] and '2147483647' in lines[0], lines
         assert not (tmp_path / 'big').exists()
+
+
+def test_solve_py_finds_a_moved_repository(tmp_path):
+    """A model made outside the repository records its path; after a move or a fresh
+    clone elsewhere, $FCN_REPO (or a clone above the folder) is used instead, and with
+    neither the error is one line saying what to set."""
+    folder = tmp_path / 'mine'
+    folder.mkdir()
+    (folder / 'solve.py').write_text(net.solve_py(None, 'Train mine.', str(tmp_path / 'moved-away')))
+    env = {k: v for k, v in os.environ.items() if k != 'FCN_REPO'}
+    r = subprocess.run([PY, str(folder / 'solve.py'), '--help'], capture_output=True, text=True,
+                       env=env, cwd='/', timeout=120)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'set FCN_REPO' in lines[0] and 'moved-away' in lines[0], lines
+    r = subprocess.run([PY, str(folder / 'solve.py'), '--help'], capture_output=True, text=True,
+                       env=dict(env, FCN_REPO=REPO), cwd='/', timeout=120)
+    assert r.returncode == 0 and 'usage' in r.stdout, r.stderr

@@ -372,15 +372,25 @@ def shares_line(label, names):
 
 
 def read_classes(path):
-    """Class names from a text file, one per line (blank lines skipped)."""
+    """Class names from a text file, one per line: line k names class k (UTF-8, a byte
+    order mark dropped, blank lines at the end ignored). A blank line before the last
+    name is an InputError naming the file and the line: skipping it would shift every
+    later name onto the wrong class."""
     try:
-        with open(path) as f:
-            names = [line.strip() for line in f if line.strip()]
+        with open(path, encoding='utf-8-sig') as f:
+            lines = [line.strip() for line in f.read().splitlines()]
     except UnicodeDecodeError:
         raise InputError('%s: not a text file of class names' % path)
-    if not names:
+    except OSError as e:
+        raise InputError('%s: cannot read the class names (%s)' % (path, e.strerror or e))
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
         raise InputError('%s: no class names in it (expected one per line)' % path)
-    return names
+    if '' in lines:
+        raise InputError('%s line %d: blank, but line k names class k: remove it, or name the '
+                         'class' % (path, lines.index('') + 1))
+    return lines
 
 
 def check_classes(names, net, blob, source):

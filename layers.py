@@ -150,19 +150,62 @@ def data_path(path, root=None):
     return path if os.path.isabs(path) else os.path.join(data_root(root), path)
 
 
-def read_split(path, hint=''):
-    """The image ids listed in split file `path`, one per line, blank lines skipped.
+def check_id(idx, parts=1):
+    """None when `idx` is an image id: a name of `parts` or fewer '/'-separated parts
+    (Cityscapes' <city>/<name> has 2), else why not. Ids become file names (the image,
+    the label, a saved prediction), so an absolute id, '..', '.', an empty part, a
+    backslash or a NUL would reach outside the dataset's folders (or the output folder)."""
+    pieces = idx.split('/')
+    if len(pieces) > parts:
+        return 'an id is a name, not a path (%s)' % (
+            "at most one '/': <folder>/<name>" if parts == 2 else "no '/'")
+    for piece in pieces:
+        if piece in ('', '.', '..') or '\\' in piece or '\0' in piece:
+            return "an id is a name, not a path (no leading '/', '..', '.', '\\' or empty part)"
+    return None
 
-    A missing file is a FileNotFoundError and an empty one an InputError, both naming
-    `path`; `hint` (e.g. which script derives the list) is added to the message."""
+
+def split_entries(path, parts=1):
+    """(ids, problems) of split file `path`: the ids one per line in file order, blank
+    lines skipped, a UTF-8 byte order mark (as some editors write) dropped, each id once;
+    problems: one line each naming the file and line, for an id that is not a name
+    (check_id with `parts`; parts None: any entry, for lists of file paths such as SIFT
+    Flow's TestSet1.txt) or that repeats (left out of ids). The data check
+    (newmodel.py) reports them all; read_split refuses the first. FileNotFoundError /
+    InputError when the file is missing or not UTF-8 text."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError('split list not found: %s' % path)
+    try:
+        with open(path, encoding='utf-8-sig') as f:
+            lines = [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+    except UnicodeDecodeError as e:
+        raise project.InputError('%s: split list is not UTF-8 text (%s)' % (path, e.reason))
+    first, problems = {}, []
+    for n, idx in lines:
+        why = check_id(idx, parts) if parts else None
+        if why:
+            problems.append('%s line %d: %r: %s' % (path, n, idx, why))
+        elif idx in first:
+            problems.append('%s line %d: image id %r is listed twice (first on line %d)'
+                            % (path, n, idx, first[idx]))
+        else:
+            first[idx] = n
+    return list(first), problems
+
+
+def read_split(path, hint='', parts=1):
+    """The image ids listed in split file `path` (split_entries), refused at its first
+    problem: ids become file names (the image, the label, a saved prediction), so a path
+    could read or overwrite files outside the dataset's folders, and a repeated id would
+    be trained or scored twice. A missing file is a FileNotFoundError and an empty one
+    an InputError, both naming `path`; `hint` (e.g. which script derives the list) is
+    added to the message."""
     hint = ' (%s)' % hint if hint else ''
     if not os.path.isfile(path):
         raise FileNotFoundError('split list not found: %s%s' % (path, hint))
-    try:
-        with open(path, encoding='utf-8') as f:
-            ids = [line.strip() for line in f if line.strip()]
-    except UnicodeDecodeError as e:
-        raise project.InputError('%s: split list is not UTF-8 text (%s)' % (path, e.reason))
+    ids, problems = split_entries(path, parts)
+    if problems:
+        raise project.InputError(problems[0])
     if not ids:
         raise project.InputError('split list has no image ids: %s%s' % (path, hint))
     return ids
@@ -351,6 +394,7 @@ class SegDataLayer(caffe.Layer):
     TOPS = ('data', 'label')
     LABELS = {}  # label top -> number of classes of the dataset (values 0..C-1, 255 void)
     SPLIT_HINTS = {}  # split name -> how to make its list, added to "not found" errors
+    ID_PARTS = 1  # '/'-separated parts an image id may have (read_split, check_id)
 
     # -- what a subclass provides ----------------------------------------------------
 
@@ -366,7 +410,9 @@ class SegDataLayer(caffe.Layer):
 
     def labels(self, top, values, path, first=0, void=(VOID,)):
         """`read_labels` of label top `top` against its class count: the net's (param_str
-        num_classes, or `bind_num_classes`), else the dataset's (LABELS)."""
+        num_classes, or `bind_num_classes`), else the dataset's (LABELS). The file is
+        remembered (label_files) so that a size error can name it."""
+        self.label_files[top] = path
         return read_labels(values, path, self.num_classes[top], first, void)
 
     def _class_counts(self):
@@ -432,7 +478,7 @@ class SegDataLayer(caffe.Layer):
             raise ValueError('%s: %s not a directory key; directory keys: %s'
                              % (cls.__name__, ', '.join(bad), ', '.join(cls.DIRS)))
         p = cls.parse_params(dict(dirs, split=split), check_required=False, root=root)
-        return read_split(cls.split_path(p), cls.SPLIT_HINTS.get(split, ''))
+        return read_split(cls.split_path(p), cls.SPLIT_HINTS.get(split, ''), cls.ID_PARTS)
 
     # -- Caffe's calls --------------------------------------------------------------
 
@@ -446,23 +492,28 @@ class SegDataLayer(caffe.Layer):
         if len(bottom) != 0:
             raise ValueError('%s is a data layer: it takes no bottoms' % type(self).__name__)
         split = self.params['split']
-        self.indices = read_split(self.split_path(self.params), self.SPLIT_HINTS.get(split, ''))
+        self.indices = read_split(self.split_path(self.params), self.SPLIT_HINTS.get(split, ''),
+                                  self.ID_PARTS)
         self.random = self.params['randomize']
         self.rng = random.Random(self.params['seed'])
         self.idx = self.rng.randrange(len(self.indices)) if self.random else 0
         self.share = (0, 1)  # (rank, count): which draws of the stream are this layer's
         self.loaded = None  # (position in the list, arrays) of the example in the tops
+        self.label_files = {}  # label top -> the file it was read from (load, via labels)
 
     def reshape(self, bottom, top):
         # Caffe calls reshape before every forward (and once at setup): load the example
         # at the current position, unless it is the one already loaded.
         if self.loaded is None or self.loaded[0] != self.idx:
             idx = self.indices[self.idx]
+            self.label_files = {}
             arrays = self.load(idx)
             sizes = set(a.shape[1:] for a in arrays)
             if len(sizes) != 1:
-                raise project.InputError('%s: image %s has tops of different sizes %s'
-                                        % (type(self).__name__, idx,
+                files = ', '.join(self.label_files[t] for t in self.top_names()
+                                  if t in self.label_files)
+                raise project.InputError('%s: %s: image %s has tops of different sizes %s'
+                                        % (files or idx, type(self).__name__, idx,
                                            [a.shape for a in arrays]))
             self.loaded = (self.idx, arrays)
         for i, array in enumerate(self.loaded[1]):  # (top is indexable, not iterable)
@@ -1025,6 +1076,11 @@ class PSPSegDataLayer(SegDataLayer):
     def read_example(cls, p, idx, num_classes=None):
         raise NotImplementedError
 
+    @classmethod
+    def label_path(cls, p, idx):
+        """The label file of image `idx` (read_example reads it)."""
+        raise NotImplementedError
+
     def setup(self, bottom, top):
         self.forwards = 0
         super().setup(bottom, top)
@@ -1032,6 +1088,11 @@ class PSPSegDataLayer(SegDataLayer):
     def load(self, idx):
         p = self.params
         rgb, label = self.read_example(p, idx, self.num_classes['label'])
+        self.label_files['label'] = self.label_path(p, idx)
+        if rgb.shape[:2] != label.shape:  # augmenting would resize one to the other
+            raise project.InputError('%s: label is %d x %d pixels, its image %s is %d x %d'
+                                    % (self.label_files['label'], label.shape[1],
+                                       label.shape[0], idx, rgb.shape[1], rgb.shape[0]))
         image = rgb[:, :, ::-1].astype(np.float32) - p['mean']  # H x W x 3, BGR
         if p['augment']:
             rng = np.random.default_rng([p['seed'], self.forwards])
@@ -1074,10 +1135,14 @@ class ADE20KSegDataLayer(PSPSegDataLayer):
     LABELS = {'label': len(ADE20K_CLASSES)}
 
     @classmethod
+    def label_path(cls, p, idx):
+        return os.path.join(p['ade20k_dir'], 'annotations', p['split'], idx + '.png')
+
+    @classmethod
     def read_example(cls, p, idx, num_classes=None):
         d, split = p['ade20k_dir'], p['split']
         rgb = read_image(os.path.join(d, 'images', split, idx + '.jpg'))
-        path = os.path.join(d, 'annotations', split, idx + '.png')
+        path = cls.label_path(p, idx)
         return rgb, read_labels(read_label_png(path), path,
                                 num_classes or cls.LABELS['label'], first=1, void=(0,))
 
@@ -1095,6 +1160,7 @@ class CityscapesSegDataLayer(PSPSegDataLayer):
     PARAMS = dict(PSPSegDataLayer.AUGMENT, rotate=0, blur=False, **_dirs('CityscapesSegDataLayer'))
     DIRS = ('cityscapes_dir',)
     SPLIT_HINTS = _hints('CityscapesSegDataLayer')
+    ID_PARTS = 2  # <city>/<name>
     LABELS = {'label': len(CITYSCAPES_CLASSES)}
     TRAIN_IDS = cityscapes_train_ids()
     DEFINED = np.zeros(256, bool)
@@ -1105,10 +1171,14 @@ class CityscapesSegDataLayer(PSPSegDataLayer):
         return os.path.join(p['cityscapes_dir'], p['split'] + '.txt')
 
     @classmethod
+    def label_path(cls, p, idx):
+        return os.path.join(p['cityscapes_dir'], 'gtFine', p['split'], idx + '_gtFine_labelIds.png')
+
+    @classmethod
     def read_example(cls, p, idx, num_classes=None):
         d, split = p['cityscapes_dir'], p['split']
         rgb = read_image(os.path.join(d, 'leftImg8bit', split, idx + '_leftImg8bit.png'))
-        path = os.path.join(d, 'gtFine', split, idx + '_gtFine_labelIds.png')
+        path = cls.label_path(p, idx)
         label = read_label_png(path)
         if label.dtype != np.uint8:
             raise project.InputError('%s: a labelIds PNG is 8-bit, this one is %s'
@@ -1140,10 +1210,14 @@ class VOC2012PSPSegDataLayer(PSPSegDataLayer):
         return os.path.join(p['voc_dir'], 'ImageSets', 'Segmentation', p['split'] + '.txt')
 
     @classmethod
+    def label_path(cls, p, idx):
+        return os.path.join(p['voc_dir'], p['label_dir'], idx + '.png')
+
+    @classmethod
     def read_example(cls, p, idx, num_classes=None):
         d = p['voc_dir']
         rgb = read_image(os.path.join(d, 'JPEGImages', idx + '.jpg'))
-        path = os.path.join(d, p['label_dir'], idx + '.png')
+        path = cls.label_path(p, idx)
         return rgb, read_labels(read_label_png(path), path, num_classes or cls.LABELS['label'])
 
 

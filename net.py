@@ -893,14 +893,15 @@ NO_CHECKSUM = ('# no size or checksum is published for this file: weights.py che
 
 def url_record(spec):
     """The caffemodel-url record of a ModelSpec or ClassifierSpec, from its Weights: the
-    URL on the first line (the release's one-line format), the notes, the saved name and
+    URL on the first line (the release's one-line format), its mirrors (more URL lines,
+    tried in order), the notes, the saved name and
     downloader where they differ from the URL's and plain HTTP, then each published size
     and checksum under a comment naming its source (weights.read_url_record reads it)."""
     w = spec.weights
     if w is None:
         return ('# no released weights: %s.\n# Train it with solve.py in this directory.\n%s\n'
                 % (spec.note or 'the release never shipped it', models.GENERATED))
-    lines = [w.url] + ['# ' + line for line in w.note]
+    lines = [w.url] + list(w.mirrors) + ['# ' + line for line in w.note]
     if w.file_name:
         lines.append('file: %s' % w.file_name)
     if w.downloader:
@@ -945,22 +946,36 @@ BUILTIN_DOC = '''Train {name}: models.py says what it is (net, start, solver, sc
 Snapshots, log.jsonl and log.png go to snapshot/ beside this file; a rerun resumes.'''
 # A built-in model's folder finds the repository by walking up to train.py (any depth,
 # any current directory); a folder made by `net.py new` may sit anywhere, so it records
-# the repository's path instead.
+# the repository's path (FIND_REPO), and falls back on $FCN_REPO and on walking up when
+# the repository has moved or been cloned again.
 WALK_UP = '''ROOT = os.path.dirname(os.path.abspath(__file__))
 while not os.path.isfile(os.path.join(ROOT, 'train.py')) and os.path.dirname(ROOT) != ROOT:
     ROOT = os.path.dirname(ROOT)  # up to the repository, whatever this folder's depth'''
-RECORDED = "ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), %r)"
+FIND_REPO = """HERE = os.path.dirname(os.path.abspath(__file__))
+# The repository: where it was when this folder was made, else $FCN_REPO (set it when the
+# repository moved or was cloned again), else a folder above this one holding train.py.
+CANDIDATES = [os.path.join(HERE, RECORDED), os.environ.get('FCN_REPO', '')]
+UP = HERE
+while os.path.dirname(UP) != UP:
+    UP = os.path.dirname(UP)
+    CANDIDATES.append(UP)
+ROOT = next((c for c in CANDIDATES if c and os.path.isfile(os.path.join(c, 'train.py'))
+             and os.path.isfile(os.path.join(c, 'models.py'))), None)
+if ROOT is None:
+    sys.exit('error: %s: the FCN repository is not at %s any more; set FCN_REPO to its folder'
+             % (os.path.abspath(__file__), os.path.normpath(CANDIDATES[0])))"""
 
 
 def solve_py(spec, doc=None, repo=None):
     """The text of `spec`'s solve.py. A built-in model's: BUILTIN_DOC under net.py's
     header, walking up to the repository. With `doc` and `repo` (newmodel.py): that
     docstring, no header, and the repository at `repo` (a path relative to the folder, or
-    absolute)."""
+    absolute), else at $FCN_REPO, else above the folder (FIND_REPO); a clear one-line
+    error when none holds it."""
     if repo is None:
         return _header('%s solve.py' % spec.name) + SOLVE_PY.format(
             doc=BUILTIN_DOC.format(name=spec.name), root=WALK_UP)
-    return SOLVE_PY.format(doc=doc, root=RECORDED % repo)
+    return SOLVE_PY.format(doc=doc, root=FIND_REPO.replace('RECORDED', repr(repo)))
 
 
 DOCS = os.path.join(REPO, 'docs', 'models.md')

@@ -17,7 +17,7 @@ import os
 import sys
 
 from guard import import_caffe
-from project import REPO, InputError
+from project import INT_MAX, REPO, InputError
 
 
 def read_net_param(path):
@@ -39,7 +39,6 @@ def read_net_param(path):
     return param
 
 
-INT_MAX = 2 ** 31 - 1  # Caffe's limit on the values one blob holds
 
 
 LIMIT = "more than Caffe's limit 2^31 - 1"  # how the errors below say a blob passes it

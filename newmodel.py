@@ -33,7 +33,6 @@ The data is a folder in PASCAL VOC's layout (the layout VOCSegDataLayer reads):
    data-report.txt and the start weights.
 """
 import argparse
-import collections
 import dataclasses
 import json
 import os
@@ -49,6 +48,7 @@ from PIL import Image
 import cli
 import guard
 import infer
+import layers
 import models
 import net
 import netload
@@ -147,27 +147,25 @@ def read_class_names(path, problems):
 
 
 def read_splits(root, problems):
-    """{split: ids} of ImageSets/Segmentation/{train,val}.txt, in file order; a missing,
-    unreadable, empty or repeating list is added to `problems`."""
+    """{split: ids} of ImageSets/Segmentation/{train,val}.txt, in file order, each id once,
+    by the data layer's rules (layers.split_entries: ids are names, listed once); a
+    missing, unreadable or empty list and every id that is a path or repeats are added
+    to `problems`."""
     splits = {}
     for split in SPLITS:
         path = os.path.join(root, LISTS, split + '.txt')
-        splits[split] = ids = []
-        if not os.path.isfile(path):
+        splits[split] = []
+        try:
+            splits[split], found = layers.split_entries(path)
+        except FileNotFoundError:
             problems.append('%s: split list not found (one image id per line)' % path)
             continue
-        try:
-            with open(path) as f:
-                ids += [line.strip() for line in f if line.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            problems.append('%s: not a readable text file (%s)' % (path, e))
+        except (InputError, OSError) as e:
+            problems.append(str(e) if path in str(e) else '%s: %s' % (path, e))
             continue
-        if not ids:
+        problems += found
+        if not splits[split] and not found:
             problems.append('%s: split list has no image ids' % path)
-        repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
-        if repeated:
-            problems.append('%s: ids listed more than once: %s' % (path, _cut(repeated)))
-        splits[split] = list(dict.fromkeys(ids))
     return splits
 
 
@@ -246,6 +244,15 @@ def read_pair(root, i, problems, warnings):
         problems.append('%s: has %d channels (%s); a label must be a palette or grayscale PNG '
                         'whose pixel values are class indices'
                         % (label_path, label.shape[2], im.mode))
+        label = None
+    if label is not None and label.dtype.kind not in 'biu':
+        problems.append('%s: its pixels are %s values (image mode %s); a label holds class '
+                        'indices, whole numbers 0..%d' % (label_path, label.dtype, im.mode, VOID))
+        label = None
+    if label is not None and label.size and (label.min() < 0 or label.max() > VOID):
+        bad = np.unique(label[(label < 0) | (label > VOID)])
+        problems.append('%s: label values %s outside 0..%d (class indices, %d = void)'
+                        % (label_path, ', '.join(map(str, bad[:SHOW])), VOID, VOID))
         label = None
     if image is None or label is None:
         return None
@@ -475,7 +482,8 @@ SOLVE_DOC = '''Train {name}: {title}.
     python {folder}/solve.py --help        # short runs, other weights, output
 
 Made by `python net.py new`: model.json says what it is; it starts from init.caffemodel
-({parent}'s weights through net surgery: init-report.txt).'''
+({parent}'s weights through net surgery: init-report.txt). It finds the repository where
+it was made; moved or cloned again elsewhere? FCN_REPO=/path/to/repo python solve.py'''
 
 
 def parent_of(source):
@@ -615,7 +623,9 @@ def make_model(name, source, data, classes, head=None, mean='voc', rounds=None, 
     parent, trunk, parent_classes, suffix = parent_of(source)
     head = head or ('8s-atonce' if parent.kind == 'classifier'
                     else parent.head + ('-atonce' if parent.build_kwargs().get('at_once') else ''))
-    recipe(trunk, head)  # an impossible head fails before the data is read
+    base = recipe(trunk, head)  # an impossible head fails before the data is read
+    models.check_schedule(models.Schedule(rounds or base.schedule.rounds,
+                                          iters or base.schedule.iters), '--rounds / --iters')
     folder = os.path.abspath(out or os.path.join(project.REPO, name))
     start_path, parent_net = parent_start(parent, trunk, parent_weights)
     widths = weights_widths(start_path)

@@ -9,6 +9,7 @@
 import os
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+INT_MAX = 2 ** 31 - 1  # Caffe's limit on the values one blob holds (and on its int32 counts)
 
 
 class InputError(ValueError):

@@ -351,6 +351,23 @@ def _fork_layers(path):
     return param.layer
 
 
+def _blob_array(path, layer, i, blob):
+    """Blob `i` of caffemodel layer `layer` as a float32 array of its stored shape, from
+    `data` or, where the file holds doubles, `double_data`. InputError (naming the file,
+    the layer and the blob) unless it holds exactly the values its shape needs: a short
+    blob would otherwise be repeated to fill the net's, a long one cut."""
+    shape = netload._blob_shape(blob)
+    want = netinit._count(shape)
+    if len(blob.data) and len(blob.double_data):
+        raise project.InputError('%s: layer %r blob %d holds both float and double values'
+                                % (path, layer.name, i))
+    values = blob.data if len(blob.data) else blob.double_data
+    if len(values) != want:
+        raise project.InputError('%s: layer %r blob %d holds %d values, its shape %s needs %d'
+                                % (path, layer.name, i, len(values), shape, want))
+    return np.asarray(values, np.float32).reshape(shape)
+
+
 def _plan_fork_bn(path, layer, params, types):
     """[(source array, destination array)] for one fork BN layer `<conv>/bn` (blobs slope,
     bias, mean, var, each 1 x C x 1 x 1) -> BatchNorm `<conv>/bn` [mean, var, 1] and Scale
@@ -372,7 +389,8 @@ def _plan_fork_bn(path, layer, params, types):
     if want != [(channels,), (channels,), (1,), (channels,), (channels,)]:
         raise project.InputError('%s: BN layer %r has %d channels, the net\'s %s / %s have %s'
                                 % (path, name, channels, name, scale, want))
-    slope, bias, mean, var = (np.asarray(b.data, np.float32) for b in layer.blobs)
+    slope, bias, mean, var = (_blob_array(path, layer, i, b).ravel()
+                              for i, b in enumerate(layer.blobs))
     if (var < 0).any() or not all(np.isfinite(v).all() for v in (slope, bias, mean, var)):
         raise project.InputError('%s: BN layer %r holds a negative variance or a non-finite value'
                                 % (path, name))
@@ -384,12 +402,16 @@ def _plan_fork_bn(path, layer, params, types):
 def convert_fork_bn(src, target, out, quiet=False):
     """Convert a caffemodel of the PSPNet fork into the project's layout, saved at `out`.
 
-    src: the fork's weights (layer type `BN` with blobs slope, bias, mean, var; `Interp`
-    layers without blobs). target: a NetParameter (net.build_net(model, 'deploy', aux=True)) or a
-    prototxt path. Every fork layer is accounted for: BN -> BatchNorm + Scale (the factor
-    blob 1), any other layer with blobs copied into the same-named layer (same number and
-    shapes of blobs), layers without blobs counted; the net's fixed interpolation layers
-    are set by pspnet_interp. InputError (one line naming the file and the layer) for an
+    src: the fork's weights (BN layers with blobs slope, bias, mean, var; `Interp` layers
+    without blobs). target: a NetParameter (net.build_net(model, 'deploy', aux=True)) or a
+    prototxt path. Layers are matched by name and blobs, never by their type string: the
+    released files name the types as the training fork did (`BN`, `BNData`,
+    `ConvolutionData`, `HoleConvolutionData`, ...). Every fork layer is accounted for: a
+    layer of 4 blobs named like one of the net's BatchNorm layers -> BatchNorm + Scale
+    (the factor blob 1), any other layer with blobs copied into the same-named layer
+    (same number and shapes of blobs), layers without blobs counted; every blob must hold
+    the values its shape needs (data, or double_data); the net's fixed interpolation
+    layers are set by pspnet_interp. InputError (one line naming the file and the layer) for an
     unknown layer with blobs, a shape mismatch, a net layer the file lacks, or `out` being
     `src`. Nothing is written unless all checks pass; `out` is written atomically.
     Returns the ForkReport (printed unless quiet)."""
@@ -407,7 +429,7 @@ def convert_fork_bn(src, target, out, quiet=False):
         seen.add(layer.name)
         if not layer.blobs:
             report.no_params[layer.type] = report.no_params.get(layer.type, 0) + 1
-        elif layer.type == 'BN':
+        elif types.get(layer.name) == 'BatchNorm' and len(layer.blobs) == 4:
             plan += _plan_fork_bn(src, layer, params, types)
             report.bn.append(layer.name)
             seen.add(nets.psp_scale_name(layer.name))
@@ -417,8 +439,8 @@ def convert_fork_bn(src, target, out, quiet=False):
             if len(stored) != len(wanted) or not all(map(netload._shapes_match, stored, wanted)):
                 raise project.InputError('%s: layer %r has blobs %s but the net expects %s'
                                         % (src, layer.name, stored, wanted))
-            plan += [(np.asarray(b.data, np.float32), d.data)
-                     for b, d in zip(layer.blobs, params[layer.name])]
+            plan += [(_blob_array(src, layer, i, b), d.data)
+                     for i, (b, d) in enumerate(zip(layer.blobs, params[layer.name]))]
             report.copied.append(layer.name)
         else:
             raise project.InputError('%s: layer %r (%s) carries weights but the net has no such '
@@ -429,7 +451,7 @@ def convert_fork_bn(src, target, out, quiet=False):
             raise project.InputError('%s: the net\'s layer %r (%s) is missing from the file'
                                     % (src, name, types[name]))
     for data, dst in plan:
-        dst.flat = data.flat
+        dst[...] = data.reshape(dst.shape)  # counts checked: nothing repeated or cut
     report.interp = pspnet_interp(net)
     save_net(net, out, protect=(src,))
     if not quiet:
@@ -534,11 +556,14 @@ def save_net(net, path, protect=()):
 def cast(prototxt, weights, out, trunk_param, quiet=False):
     """Load classifier `prototxt` + `weights`, transplant it into the net `trunk_param`
     (a NetParameter, or a function returning one, called once the classifier has
-    loaded), save that net's weights to `out`. Returns the report."""
+    loaded), save that net's weights to `out`. The trunk is checked as Caffe would build
+    it (netinit.check_net: e.g. a blob over INT_MAX values from --widths), an InputError
+    instead of an abort. Returns the report."""
     caffe = guard.import_caffe()
     classifier = netload.open_net(prototxt, 'test', weights)
     if callable(trunk_param):
         trunk_param = trunk_param()
+    netinit.check_net(trunk_param, 'the FCN trunk', probe=False)
     with tempfile.NamedTemporaryFile('w', suffix='.prototxt', delete=False) as f:
         f.write(str(trunk_param))
     try:
@@ -601,8 +626,12 @@ def main(argv=None):
         if not widths or min(widths) < 1:
             raise project.InputError('--widths: expected positive integers like 8,8,16,16,16,32, '
                                     'got %r' % args.widths)
-    report = cast(prototxt, weights, out, lambda: fcn_trunk_param(args.arch, widths),
-                  quiet=args.quiet)
+    trunk = fcn_trunk_param(args.arch, widths)
+    try:  # before the long load: widths Caffe cannot build (a blob over INT_MAX values)
+        netinit.check_net(trunk, 'the FCN trunk', probe=False)
+    except project.InputError as e:
+        raise project.InputError('--widths %s: %s' % (args.widths, e) if widths else str(e))
+    report = cast(prototxt, weights, out, trunk, quiet=args.quiet)
     print('%s: %d copied, %d coerced, %d dropped' % (out, len(report.copied),
                                                      len(report.coerced), len(report.dropped)))
     return 0

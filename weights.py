@@ -6,6 +6,7 @@ release's one-line files. `python net.py` writes the project's records from mode
 the checksums' sources); a record of your own, in any folder, is read the same way:
 
     http://dl.caffe.berkeleyvision.org/fcn8s-heavy-pascal.caffemodel   <- line 1: the URL
+    https://mirror.example.org/fcn/fcn8s-heavy-pascal.caffemodel       <- optional: more URLs
     # sha1: opencv/opencv_extra testdata/dnn/download_models.py        <- where each is from
     size: N                                                            <- optional, bytes
     sha256: 0123...                                                    <- optional
@@ -14,7 +15,9 @@ the checksums' sources); a record of your own, in any folder, is read the same w
     file: pspnet101_VOC2012.caffemodel                                 <- optional: the saved name
     downloader: gdown                                                  <- optional: see below
 
-Lines starting with '#' are comments; a record with no URL (nyud-fcn16s-color-hha,
+Lines starting with '#' are comments; further URL lines are other places of the same
+file, tried in order when one fails (a dead link, a server error, a file that does not
+check out); a record with no URL (nyud-fcn16s-color-hha,
 never released) makes the downloader say so. Only sizes and checksums published
 somewhere are recorded, each with a comment naming where. The release itself publishes
 none for most of its models, so a caffemodel is also checked by its content: it must
@@ -34,6 +37,12 @@ Commands (from anywhere; paths resolve from the repository):
     python weights.py --all                       # every released FCN model (several GB)
     python weights.py --list                      # what is present, where, and the URLs
     python weights.py path/to/model-dir           # any directory holding a caffemodel-url
+    python weights.py --mirror https://my.host/fcn voc-fcn8s   # your own copy, tried first
+
+Dead links: a mirror (--mirror URL, repeatable, or $FCN_WEIGHTS_MIRROR, URLs separated
+by spaces) is a folder URL holding the files under the names they are saved as
+(<mirror>/fcn8s-heavy-pascal.caffemodel); mirrors are tried first, then the record's
+URLs. Whatever the source, the file must pass the same size, checksum and content checks.
 
 PSPNet's three caffemodels (pspnet/<model>/caffemodel-url) were published on Google
 Drive, which answers large files with a confirmation page instead of the file: their
@@ -44,17 +53,21 @@ file is renamed into place only once complete. They are in the PSPNet fork's lay
 
     python weights.py pspnet101-voc2012           # -> pspnet/pspnet101-voc2012/pspnet101_VOC2012.caffemodel
 
-A download streams to `<dest>.part`, resumes an existing .part with an HTTP Range
+A download streams to `<dest>.part` (never through a symbolic link or into anything but
+a regular file: a `.part` that is a link or a device is refused, so nothing outside the
+folder is overwritten), resumes an existing .part with an HTTP Range
 request (starting over when the server ignores Range), shows bytes / % / rate on stderr,
 checks size and checksums, then renames the .part into place. An interrupted download
 keeps its .part: run the same command again to resume. Offline? The error names the URL
 and the path: fetch the file elsewhere and copy it there.
 """
 import argparse
+import errno
 import hashlib
 import http.client
 import os
 import re
+import stat
 import sys
 import time
 import urllib.error
@@ -64,6 +77,7 @@ import gdown
 
 import guard
 import models
+import netinit
 import netload
 import snapshots
 from cli import run_cli
@@ -77,6 +91,9 @@ CHUNK = 1 << 20  # bytes per read
 TIMEOUT = 60  # seconds without data before giving up on a connection
 NO_RELEASE = 'no released weights; train it with solve.py'
 DIGESTS = {'sha256': 64, 'sha1': 40, 'md5': 32}  # checksum -> hex digits
+GDRIVE_HOSTS = ('drive.google.com', 'docs.google.com')  # where `downloader: gdown` applies
+MIRROR_ENV = 'FCN_WEIGHTS_MIRROR'  # main()'s default for --mirror
+URL = re.compile(r'^(https?|ftp|file)://')
 
 
 def recorded_models():
@@ -107,40 +124,49 @@ def record_path(model):
 def read_url_record(model_dir):
     """Parse a URL record: `model_dir` is a directory holding caffemodel-url, or the record file.
 
-    Returns a dict: url (None when the model has no release), size (bytes or None),
-    sha256 / sha1 / md5 (lower-case hex or None), note (the comment lines, joined)."""
+    Returns a dict: url (the first URL; None when the model has no release), urls (every
+    URL, in order), size (bytes or None), sha256 / sha1 / md5 (lower-case hex or None),
+    note (the comment lines, joined). A file that is not UTF-8 text, or a line that is
+    none of these, is an InputError naming the file (and the line)."""
     path = os.path.join(model_dir, RECORD) if os.path.isdir(model_dir) else model_dir
     if not os.path.isfile(path):
         raise InputError('%s: no URL record' % path)
-    rec = {'url': None, 'size': None, 'note': '', 'file': None, 'downloader': None}
+    rec = {'url': None, 'urls': [], 'size': None, 'note': '', 'file': None, 'downloader': None}
     rec.update({algo: None for algo in DIGESTS})
     notes = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith(models.GENERATED):
-                continue  # net.py's mark on the records it writes: not a note
-            if line.startswith('#'):
-                notes.append(line.lstrip('#').strip())
-                continue
-            key, sep, value = line.partition(':')
-            key, value = key.strip().lower(), value.strip()
-            if rec['url'] is None and re.match(r'^(https?|ftp|file)://', line):
-                rec['url'] = line
-            elif sep and key == 'size' and value.isdigit():
-                rec['size'] = int(value)
-            elif sep and key in DIGESTS and re.fullmatch(r'[0-9a-fA-F]{%d}' % DIGESTS[key], value):
-                rec[key] = value.lower()
-            elif sep and key == 'file' and value and os.path.basename(value) == value:
-                rec['file'] = value
-            elif sep and key == 'downloader' and value in DOWNLOADERS:
-                rec['downloader'] = value
-            else:
-                raise InputError('%s:%d: cannot read %r (expected a URL, size: N, sha256: HEX, '
-                                 'sha1: HEX, md5: HEX, file: NAME or downloader: %s)'
-                                 % (path, n, line, '|'.join(DOWNLOADERS)))
+    try:
+        with open(path, encoding='utf-8-sig') as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError('%s: not UTF-8 text (%s at byte %d); a URL record is one URL a line '
+                         'and key: value lines' % (path, e.reason, e.start))
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith(models.GENERATED):
+            continue  # net.py's mark on the records it writes: not a note
+        if line.startswith('#'):
+            notes.append(line.lstrip('#').strip())
+            continue
+        key, sep, value = line.partition(':')
+        key, value = key.strip().lower(), value.strip()
+        if URL.match(line):
+            rec['urls'].append(line)
+            rec['url'] = rec['urls'][0]
+        elif sep and key == 'size' and value.isdigit():
+            rec['size'] = int(value)
+        elif sep and key in DIGESTS and re.fullmatch(r'[0-9a-fA-F]{%d}' % DIGESTS[key], value):
+            rec[key] = value.lower()
+        elif (sep and key == 'file' and value and os.path.basename(value) == value
+              and value not in ('.', '..')):
+            rec['file'] = value
+        elif sep and key == 'downloader' and value in DOWNLOADERS:
+            rec['downloader'] = value
+        else:
+            raise InputError('%s:%d: cannot read %r (expected a URL, size: N, sha256: HEX, '
+                             'sha1: HEX, md5: HEX, file: NAME or downloader: %s)'
+                             % (path, n, line, '|'.join(DOWNLOADERS)))
     rec['note'] = ' '.join(notes)
     return rec
 
@@ -195,6 +221,35 @@ def _file_digest(path, algo):
     return h.hexdigest()
 
 
+def _own_file(path, what):
+    """The size of `path` (0 when absent), a file this module creates, appends to, renames
+    or deletes: InputError unless it is absent or a regular file. Checked with lstat, so a
+    symbolic link (to a file elsewhere, a device) is refused, never followed."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError('%s: the %s is a %s, not a regular file; refusing to write through '
+                         'it (remove it and run again)'
+                         % (path, what, 'symbolic link' if stat.S_ISLNK(st.st_mode) else 'special file'))
+    return st.st_size
+
+
+def _open_part(path, append):
+    """`path` opened for writing bytes (appended to, or emptied) without following a
+    symbolic link (O_NOFOLLOW): one put there after _own_file's check is refused too."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError('%s: the partial download is a symbolic link; refusing to write '
+                             'through it (remove it and run again)' % path)
+        raise
+    return os.fdopen(fd, 'ab' if append else 'wb')
+
+
 def _unreachable(url, dest, reason):
     return InputError('cannot download %s (%s); fetch it elsewhere and put it at %s'
                       % (url, reason, dest))
@@ -211,7 +266,7 @@ def download(url, dest, size=None, sha256=None, progress=True, sha1=None, md5=No
     dest = os.path.abspath(str(dest))
     part = dest + '.part'
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    offset = os.path.getsize(part) if os.path.isfile(part) else 0
+    offset = _own_file(part, 'partial download')
     if size is not None and offset > size:
         offset = 0
     while size is None or offset < size:  # at most twice: resume, then start over
@@ -241,7 +296,7 @@ def download(url, dest, size=None, sha256=None, progress=True, sha1=None, md5=No
             expected = offset + length if length is not None else size
             meter = _Meter(offset, expected, progress)
             done = offset
-            with open(part, 'ab' if offset else 'wb') as f:
+            with _open_part(part, append=bool(offset)) as f:
                 while True:
                     try:
                         block = resp.read(CHUNK)
@@ -259,7 +314,7 @@ def download(url, dest, size=None, sha256=None, progress=True, sha1=None, md5=No
                 raise InputError('download of %s interrupted at %s (%s); run again to resume '
                                  '%s' % (url, _human(done), cut or 'connection closed', part))
         break
-    got = os.path.getsize(part) if os.path.isfile(part) else 0
+    got = _own_file(part, 'partial download')
     checks = [('size', size, lambda: got)]
     checks += [(algo, want, lambda a=algo: _file_digest(part, a))
                for algo, want in (('sha256', sha256), ('sha1', sha1), ('md5', md5))]
@@ -282,15 +337,17 @@ def download(url, dest, size=None, sha256=None, progress=True, sha1=None, md5=No
     return dest
 
 
-def download_gdown(url, dest, size=None, progress=True, fetch_file=gdown.download):
+def download_gdown(url, dest, size=None, progress=True, fetch_file=gdown.download, check=None):
     """Download a Google Drive file with gdown (it handles the confirmation page for large
     files and resumes its own partial file beside `dest`) into `dest`.gdown, check `size`
-    (bytes) when given, then rename it to `dest`. InputError naming the URL and `dest` on
+    (bytes) when given and `check(staged path)` (as download does), then rename it to
+    `dest`. InputError naming the URL and `dest` on
     any failure (offline, quota). fetch_file: gdown.download's signature (tests pass a
     local one). Returns dest."""
     dest = os.path.abspath(str(dest))
     staged = dest + '.gdown'
     os.makedirs(os.path.dirname(dest), exist_ok=True)
+    _own_file(staged, 'partial download')  # gdown would write through a link
     try:
         got = fetch_file(url=url, output=staged, quiet=not progress, resume=True)
     except Exception as e:  # gdown raises its own errors, requests' and OSError
@@ -303,6 +360,13 @@ def download_gdown(url, dest, size=None, progress=True, fetch_file=gdown.downloa
         os.unlink(staged)
         raise InputError('%s: size mismatch (got %d, expected %d); the download was deleted, '
                          'run again' % (url, have, size))
+    if check:
+        try:
+            check(staged)
+        except InputError as e:
+            os.unlink(staged)
+            raise InputError('%s: the download is not a complete model (%s); it was deleted, '
+                             'run again' % (url, e))
     os.replace(staged, dest)
     return dest
 
@@ -318,25 +382,66 @@ def deploy_path(model):
     return os.path.join(os.path.dirname(record_path(model)), 'deploy.prototxt')
 
 
+def parse_weights(path):
+    """InputError unless caffemodel `path` parses as a NetParameter holding layers, each
+    blob with as many values (data or double_data) as its shape: what can be checked
+    without a net to compare with (a file cut inside a layer does not parse; one cut at
+    a layer boundary needs the net: `complete`)."""
+    caffe = guard.import_caffe()
+    if os.path.getsize(path) == 0:
+        raise InputError('%s: weights file is empty' % path)
+    param = netload.read_proto(path, caffe.proto.caffe_pb2.NetParameter())
+    layers = list(param.layer) or list(param.layers)
+    if not layers:
+        raise InputError('%s: weights file holds no layers' % path)
+    for layer in layers:
+        for i, blob in enumerate(layer.blobs):
+            shape = netload._blob_shape(blob)
+            want, have = netinit._count(shape), max(len(blob.data), len(blob.double_data))
+            if have != want:
+                raise InputError('%s: layer %r blob %d holds %d values, its shape %s needs %d'
+                                 % (path, layer.name, i, have, shape, want))
+
+
 def complete(model, path):
     """InputError unless caffemodel `path` parses and covers every learnable layer of
     `model`'s deploy net with the shapes it expects (netload.check_weights, not partial):
-    what a file cut short fails, wherever it was cut. Passes when there is no deploy net
-    to check against."""
+    what a file cut short fails, wherever it was cut. Without a deploy net to check
+    against (PSPNet's fork-layout files, a folder of your own) it must at least parse,
+    every blob whole (parse_weights), unless the record publishes a size or checksum:
+    those (checked before this) already say the bytes are the release's."""
     deploy = deploy_path(model)
     if deploy and os.path.isfile(deploy):
         guard.set_mode(None)
         netload.check_weights(path, netload.open_net(deploy, 'test'))
+        return
+    rec = read_url_record(record_path(model))
+    if not any(rec[key] for key in ('size',) + tuple(DIGESTS)):
+        parse_weights(path)
 
 
-def fetch(model, progress=True, verify=False, content=True):
+def sources(rec, name, mirrors=()):
+    """[(url, downloader)] to try, in order, for record `rec` whose file is saved as
+    `name`: each mirror's <mirror>/<name> (plain HTTP), then the record's URLs (gdown,
+    when the record says so, for Google Drive's; plain HTTP for the others)."""
+    out = [(m.rstrip('/') + '/' + urllib.request.pathname2url(name).lstrip('/'), None)
+           for m in mirrors]
+    for url in rec['urls']:
+        host = urllib.request.urlparse(url).hostname or ''
+        out.append((url, rec['downloader'] if host in GDRIVE_HOSTS else None))
+    return out
+
+
+def fetch(model, progress=True, verify=False, content=True, mirrors=()):
     """Download `model`'s weights unless present; returns (path, 'present' | 'downloaded').
 
     A present file must have the recorded size; where none is recorded (and always with
     `verify`) its content must be `complete`; `verify` also checks the checksums.
     content=False skips that content check of a present file, for a caller that loads it
     through netload.open_net right away (the same full-coverage check, so the caffemodel
-    is not parsed and the deploy net not built twice)."""
+    is not parsed and the deploy net not built twice). Missing, it is downloaded from
+    the first of `sources` (mirrors: folder URLs, tried first) that gives a file passing
+    every check; InputError naming each URL and why it failed when none does."""
     rec = read_url_record(record_path(model))
     if not rec['url']:
         raise InputError('%s: %s' % (model, NO_RELEASE))
@@ -355,12 +460,23 @@ def fetch(model, progress=True, verify=False, content=True):
             except InputError as e:
                 raise InputError('%s; delete it and run again' % e)
         return dest, 'present'
-    if rec['downloader'] == 'gdown':
-        download_gdown(rec['url'], dest, size=rec['size'], progress=progress)
-        return dest, 'downloaded'
-    download(rec['url'], dest, size=rec['size'], progress=progress,
-             check=lambda part: complete(model, part), **{a: rec[a] for a in DIGESTS})
-    return dest, 'downloaded'
+    failed, tries = [], sources(rec, os.path.basename(dest), mirrors)
+    for url, downloader in tries:
+        try:
+            if downloader == 'gdown':
+                download_gdown(url, dest, size=rec['size'], progress=progress,
+                               check=lambda part: complete(model, part))
+            else:
+                download(url, dest, size=rec['size'], progress=progress,
+                         check=lambda part: complete(model, part), **{a: rec[a] for a in DIGESTS})
+            return dest, 'downloaded'
+        except InputError as e:
+            failed.append(str(e))
+            if progress and len(failed) < len(tries):
+                print('%s; trying the next source' % e, file=sys.stderr, flush=True)
+    if len(failed) == 1:
+        raise InputError(failed[0])
+    raise InputError('%s: no source worked (%s)' % (dest, '; '.join(failed)))
 
 
 def _rel(path):
@@ -515,7 +631,15 @@ def main(argv=None):
                         help='also check the checksums and the content of weights '
                              'already present')
     parser.add_argument('--quiet', action='store_true', help='no progress meter')
+    parser.add_argument('--mirror', action='append', metavar='URL',
+                        help='a folder URL holding the weights under their saved names, tried '
+                             'before the record\'s URLs (repeatable; default: $%s, URLs '
+                             'separated by spaces)' % MIRROR_ENV)
     args = parser.parse_args(argv)
+    mirrors = args.mirror or os.environ.get(MIRROR_ENV, '').split()
+    for mirror in mirrors:
+        if not URL.match(mirror):
+            parser.error('--mirror %s: not a URL (http://, https://, ftp:// or file://)' % mirror)
     names = list(args.models)
     if args.all:
         names += [m for m in recorded_models() if m not in names and not models.pspnet(m)]
@@ -535,7 +659,8 @@ def main(argv=None):
         try:
             if rec['url'] and not os.path.isfile(weights_path(name)):
                 print('%s: %s -> %s' % (name, rec['url'], _rel(weights_path(name))), flush=True)
-            path, state = fetch(name, progress=not args.quiet, verify=args.verify)
+            path, state = fetch(name, progress=not args.quiet, verify=args.verify,
+                                mirrors=mirrors)
             print('%s: %s %s' % (name, state, _rel(path)))
         except InputError as e:
             print('error: %s' % e, file=sys.stderr)

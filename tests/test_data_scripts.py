@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import datasets  # tests/datasets.py
@@ -124,6 +125,22 @@ def test_nyud_splits_from_nyu_mat_and_overlap(root):
         splits.main(['--splits-mat', str(path), '--no-check'])
     with pytest.raises(project.InputError, match='no split file'):
         splits.main(['--nyud-dir', str(root / 'empty')])
+
+
+@pytest.mark.parametrize('values', [np.array(['5001', '5003']),             # char rows
+                                    np.array([['5001'], ['5003']], dtype=object),  # cell
+                                    np.array([5001.0, np.inf]), np.array([0, 5003])])
+def test_nyud_splits_with_text_or_odd_numbers_is_a_one_line_error(root, values):
+    import scipy.io
+    path = root / 'splits.mat'
+    scipy.io.savemat(str(path), {'trainNdxs': values, 'testNdxs': np.array([[2]])})
+    r = subprocess.run([sys.executable, os.path.join(project.REPO, 'data/nyud/splits.py'),
+                        '--splits-mat', str(path), '--no-check'], capture_output=True, text=True,
+                       env=dict(os.environ, FCN_DATA_ROOT=str(root)))
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "'trainNdxs'" in lines[0], lines
+    assert not (root / 'nyud/trainval.txt').exists()
 
 
 # ----------------------------------------------------------------------------- SIFT Flow

@@ -448,3 +448,70 @@ def test_labels_beyond_the_nets_classes_stop_training(root, how):
         assert "bound {'label': 3}" in r.stdout
     assert 'error: ' in r.stdout and 'SegmentationClass' in r.stdout, r.stdout
     assert 'are neither a class (0..2)' in r.stdout, r.stdout
+
+
+# ----------------------------------------------------------------------------- split lists
+
+def _val_list(root, text):
+    path = root / VOC / 'ImageSets/Segmentation/val.txt'
+    path.write_text(text, encoding='utf-8')
+    return path
+
+
+@pytest.mark.parametrize('bad', ['/etc/passwd', '../SegmentationClass/a', 'x/a', 'a\\b', '.'])
+def test_split_ids_that_are_paths_are_refused_naming_the_list_and_line(root, bad):
+    """An id becomes file names (and a saved prediction's): a path would reach outside
+    the dataset's folders. Refused where the list is read, by every reader of it."""
+    datasets.make_voc(root, ids=['a'], size=(4, 4), split='val')
+    path = _val_list(root, 'a\n%s\n' % bad)
+    with pytest.raises(project.InputError, match=r'val\.txt line 2: .*not a path'):
+        layers.split_ids('voc', 'val')
+    with pytest.raises(project.InputError, match=r'val\.txt line 2'):
+        data_net(root, 'VOCSegDataLayer', {'split': 'val'}, ['data', 'label'])
+    with pytest.raises(project.InputError, match=r'line 2'):
+        layers.read_split(str(path))
+
+
+def test_cityscapes_ids_are_city_slash_name_and_no_more(root):
+    ids = datasets.make_cityscapes(root, size=(4, 4))
+    assert all(i.count('/') == 1 for i in ids)
+    assert layers.CityscapesSegDataLayer.ids('val') == ids
+    lst = root / 'cityscapes/val.txt'
+    for bad in ('../x/y', 'a/b/c', '/abs/x', 'city/..'):
+        lst.write_text(ids[0] + '\n' + bad + '\n')
+        with pytest.raises(project.InputError, match=r'val\.txt line 2'):
+            layers.CityscapesSegDataLayer.ids('val')
+
+
+def test_split_list_with_a_utf8_bom_reads_its_first_id(root):
+    datasets.make_voc(root, ids=['a', 'b'], size=(4, 4), split='val')
+    _val_list(root, '\ufeffa\r\nb\r\n')
+    assert layers.split_ids('voc', 'val') == ['a', 'b']
+    net = data_net(root, 'VOCSegDataLayer', {'split': 'val'}, ['data', 'label'])
+    net.forward()  # 'a' is found, not '\ufeffa'
+
+
+def test_duplicate_split_ids_are_refused_naming_the_list_and_the_id(root):
+    datasets.make_voc(root, ids=['a', 'b'], size=(4, 4), split='val')
+    _val_list(root, 'a\nb\n\na\n')
+    with pytest.raises(project.InputError, match=r"val\.txt line 4: image id 'a' is listed twice "
+                                                r"\(first on line 1\)"):
+        layers.split_ids('voc', 'val')
+
+
+def test_wrong_size_label_error_names_the_label_file(root):
+    datasets.make_sbdd(root, ids=['a'], size=(4, 4), split='train')
+    datasets.make_sbdd(root, ids=['a'], size=(5, 4), split=None, seed=1)
+    Image.new('RGB', (4, 4)).save(root / 'sbdd/dataset/img/a.jpg')
+    with pytest.raises(project.InputError, match=r'sbdd/dataset/cls/a\.mat.*different sizes'):
+        data_net(root, 'SBDDSegDataLayer', {'split': 'train'}, ['data', 'label'])
+    # PSPNet's layers: refused before an augmentation would resize one to the other
+    ids = datasets.make_ade20k(root, size=(6, 6))
+    Image.new('RGB', (5, 6)).save(root / 'ade20k/ADEChallengeData2016/images/validation'
+                                  / (ids[0] + '.jpg'))
+    for crop in (None, 5):
+        with pytest.raises(project.InputError, match=r'annotations/validation/%s\.png: label is 6 x 6 '
+                           r'pixels, its image' % ids[0]):
+            data_net(root, 'ADE20KSegDataLayer', {'split': 'validation', 'crop': crop,
+                                                  'augment': crop is not None},
+                     ['data', 'label'])

@@ -224,3 +224,71 @@ def test_net_list_and_docs_print_the_registry(capsys):
 def test_models_imports_no_caffe():
     code = 'import sys, models; models.markdown(); sys.exit("caffe" in sys.modules)'
     assert subprocess.run([sys.executable, '-c', code], cwd=project.REPO).returncode == 0
+
+
+def _user_json(folder, edit):
+    """model.json of _user_spec in `folder`, changed by edit(dict) (the dataset whole)."""
+    spec = _user_spec(folder)
+    d = json.loads(json.dumps(models.to_dict(spec)))
+    models.DATASETS.pop('shapes')
+    edit(d)
+    (folder / models.SPEC_FILE).write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize('what,edit,message', [
+    ('numeric name', lambda d: d.update(name=42), 'name must be a non-empty text, got 42'),
+    ('empty labels', lambda d: d['dataset_spec'].update(labels=[]), 'has no labels'),
+    ('no classes', lambda d: d['dataset_spec']['labels'][0].update(classes=[]),
+     "label 'label' needs a list of class names"),
+    ('classes as text', lambda d: d['dataset_spec']['labels'][0].update(classes='ab'),
+     'classes must be a list'),
+    ('2-value mean', lambda d: d['dataset_spec']['inputs'][0].update(mean=[1.0, 2.0]),
+     'the color mean must be 3 numbers'),
+    ('text mean', lambda d: d['dataset_spec']['inputs'][0].update(mean='104'), 'mean must be a list'),
+    ('text in mean', lambda d: d['dataset_spec']['inputs'][0].update(mean=[1.0, 'x', 3.0]),
+     'the color mean must be 3 numbers'),
+    ('huge iters', lambda d: d['schedule'].update(iters=10 ** 20), '2147483647'),
+    ('huge total', lambda d: d['schedule'].update(rounds=3, iters=2 ** 30),
+     "more than Caffe's limit"),
+    ('huge max_iter', lambda d: d['solver'].update(max_iter=2 ** 40), 'solver values out of range'),
+])
+def test_model_json_with_values_the_code_trips_on_is_a_one_line_error(registry, tmp_path, what,
+                                                                        edit, message):
+    _user_json(tmp_path, edit)
+    with pytest.raises(InputError) as e:
+        models.get(str(tmp_path))
+    text = str(e.value)
+    assert text.startswith(str(tmp_path / models.SPEC_FILE)) and message in text, text
+    assert '\n' not in text
+    assert 'shapes' not in models.DATASETS or what not in ('empty labels', 'no classes')
+
+
+def test_model_paths_from_the_current_directory_and_folders_named_like_built_ins(
+        registry, tmp_path, monkeypatch):
+    """The `--model mymodels/x` net.py new prints resolves from where the user is; a
+    folder of their own named like a built-in model (voc-fcn8s, pspnet50-ade20k) is
+    theirs, never the built-in one."""
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / 'mymodels' / 'x'
+    mine.mkdir(parents=True)
+    _user_json(mine, lambda d: None)
+    assert models.get('mymodels/x').name == 'shapes-fcn8s'
+    assert models.get('mymodels/x/').name == 'shapes-fcn8s'
+    for name in ('voc-fcn8s', 'pspnet50-ade20k'):
+        folder = tmp_path / name
+        folder.mkdir()
+        spec = dataclasses.replace(models.get('shapes-fcn8s'), name='mine-' + name,
+                                   folder=str(folder))
+        (folder / models.SPEC_FILE).write_text(json.dumps(models.to_dict(spec)))
+        assert models.get(name).name == 'mine-' + name
+        assert models.get('./' + name).name == 'mine-' + name
+        assert models.model_dir(models.get(name)) == str(folder)
+    assert models.pspnet('pspnet50-ade20k') is None
+    assert models.pspnet(str(tmp_path / 'pspnet50-ade20k')) is None
+    os.chdir(project.REPO)  # (monkeypatch restores the directory)
+    assert models.pspnet('pspnet50-ade20k').name == 'pspnet50-ade20k'
+    assert models.get('voc-fcn8s') is models.BUILTIN['voc-fcn8s']
+    r = subprocess.run([sys.executable, os.path.join(project.REPO, 'infer.py'), 'photo.jpg',
+                        '--model', 'mymodels/x'], cwd=str(tmp_path), capture_output=True,
+                       text=True, timeout=120)
+    assert 'unknown model' not in r.stderr and str(mine) in r.stderr, r.stderr  # its folder's

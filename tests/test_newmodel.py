@@ -87,7 +87,7 @@ def test_check_names_every_problem_by_file(tmp_path):
     problems = '\n'.join(report.problems)
     expected = [
         (img('ghost'), 'not found'), (lab('ghost'), 'not found'),
-        ('train.txt', 'more than once: road_01'),
+        ('train.txt', "'road_01' is listed twice"),
         ('val.txt', 'no image ids'),
         (lab('orphan'), 'a label without an image'),
         (img('road_01'), 'not a readable image'),
@@ -320,3 +320,86 @@ def test_new_refuses_without_making_anything(parent, tmp_path):
 def test_data_inside_the_repository_is_recorded_relative_to_its_data_root():
     assert newmodel.data_dir_param(os.path.join(REPO, 'data', 'roads')) == 'roads'
     assert newmodel.data_dir_param('/elsewhere/roads') == '/elsewhere/roads'
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+
+def test_blank_line_inside_the_class_list_is_refused_naming_the_line(tmp_path):
+    """Skipping it shifted every later name onto the next class: refused by the data
+    check and by infer's reader alike (a BOM and blank lines at the end are fine)."""
+    import infer
+    classes = make_own(tmp_path)
+    names = list(OWN_CLASSES)
+    with open(classes, 'w', encoding='utf-8') as f:
+        f.write('\ufeff' + '\n'.join(names[:2]) + '\n\n' + '\n'.join(names[2:]) + '\n')
+    with pytest.raises(project.InputError, match=r'classes\.txt line 3: blank'):
+        infer.read_classes(classes)
+    report = newmodel.check_dataset(tmp_path, classes, progress=False)
+    assert any(classes in p and 'line 3: blank' in p for p in report.problems), report.problems
+    with open(classes, 'w', encoding='utf-8') as f:
+        f.write('\ufeff' + '\n'.join(names) + '\n\n\n')
+    assert infer.read_classes(classes) == names
+    assert newmodel.check_dataset(tmp_path, classes, progress=False).problems == []
+
+
+def test_split_lists_with_paths_duplicates_and_a_bom(tmp_path):
+    """The data check reads the lists by the data layer's rules (layers.split_entries)."""
+    classes = make_own(tmp_path)
+    lists = tmp_path / 'ImageSets' / 'Segmentation'
+    train = (lists / 'train.txt').read_text().split()
+    (lists / 'train.txt').write_text('\ufeff' + '\n'.join(train) + '\n', encoding='utf-8')
+    assert newmodel.check_dataset(tmp_path, classes, progress=False).problems == []
+    (lists / 'train.txt').write_text('\n'.join(train + ['../../etc/x', '/abs', train[0]]) + '\n')
+    problems = newmodel.check_dataset(tmp_path, classes, progress=False).problems
+    n = len(train)
+    for line, what in ((n + 1, 'not a path'), (n + 2, 'not a path'), (n + 3, 'listed twice')):
+        assert any('train.txt line %d: ' % line in p and what in p for p in problems), problems
+    assert len(problems) == 3, problems
+
+
+@pytest.mark.parametrize('kind', ['float-tiff', 'negative', 'int32-huge'])
+def test_check_float_or_negative_label_is_a_problem_not_a_traceback(tmp_path, kind):
+    classes = make_own(tmp_path)
+    label = os.path.join(str(tmp_path), 'SegmentationClass', OWN_TRAIN[0] + '.png')
+    h, w = np.array(Image.open(label)).shape
+    if kind == 'float-tiff':  # a float TIFF under the label's name (PIL reads by content)
+        Image.fromarray(np.full((h, w), 1.5, np.float32), mode='F').save(label, format='TIFF')
+    else:
+        values = np.zeros((h, w), np.int32)
+        values[0, 0] = -3 if kind == 'negative' else 2 ** 31 - 1
+        Image.fromarray(values, mode='I').save(label, format='TIFF')
+    report = newmodel.check_dataset(tmp_path, classes, progress=False)
+    want = 'float32 values' if kind == 'float-tiff' else 'outside 0..255'
+    assert [p for p in report.problems if label in p and want in p], report.problems
+    r = run(os.path.join(REPO, 'net.py'), 'new', 'x', '--data', tmp_path, '--classes', classes,
+            '--check-only')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr and label in r.stdout, r.stderr
+
+
+def test_iterations_beyond_caffes_int32_are_refused_before_anything_is_made(parent, tmp_path):
+    classes = make_own(tmp_path / 'data')
+    for flags in (['--iters', str(10 ** 20)], ['--rounds', '3', '--iters', str(2 ** 30)]):
+        r = new('big', tmp_path / 'data', classes, '--from', 'voc-fcn8s', '--parent-weights',
+                parent[0], '--out', tmp_path / 'big', *flags)
+        assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and '--iters' in lines[0] and '2147483647' in lines[0], lines
+        assert not (tmp_path / 'big').exists()
+
+
+def test_solve_py_finds_a_moved_repository(tmp_path):
+    """A model made outside the repository records its path; after a move or a fresh
+    clone elsewhere, $FCN_REPO (or a clone above the folder) is used instead, and with
+    neither the error is one line saying what to set."""
+    folder = tmp_path / 'mine'
+    folder.mkdir()
+    (folder / 'solve.py').write_text(net.solve_py(None, 'Train mine.', str(tmp_path / 'moved-away')))
+    env = {k: v for k, v in os.environ.items() if k != 'FCN_REPO'}
+    r = subprocess.run([PY, str(folder / 'solve.py'), '--help'], capture_output=True, text=True,
+                       env=env, cwd='/', timeout=120)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'set FCN_REPO' in lines[0] and 'moved-away' in lines[0], lines
+    r = subprocess.run([PY, str(folder / 'solve.py'), '--help'], capture_output=True, text=True,
+                       env=dict(env, FCN_REPO=REPO), cwd='/', timeout=120)
+    assert r.returncode == 0 and 'usage' in r.stdout, r.stderr

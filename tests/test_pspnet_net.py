@@ -68,11 +68,13 @@ def _interp_param(**values):
     return _field(143, payload)
 
 
-def fork_caffemodel(param, shapes, path, seed=0, drop=(), extra=None):
+def fork_caffemodel(param, shapes, path, seed=0, drop=(), extra=None, type_of=None):
     """Write, for our NetParameter `param` (whose parameter shapes are `shapes`), the
     caffemodel the PSPNet fork saves: BatchNorm + Scale as one BN layer (slope, bias,
     mean, var; 1 x C x 1 x 1 each), our interpolation constructions as one Interp layer
-    each, every other layer as it is, random weights. Returns {layer: [arrays]} (float64)."""
+    each, every other layer as it is, random weights. type_of(our layer, fork type): the
+    type string written instead (the released files': BNData, ConvolutionData, ...).
+    Returns {layer: [arrays]} (float64)."""
     pb = caffe.proto.caffe_pb2
     rng = np.random.default_rng(seed)
     values, out = {}, b''
@@ -108,6 +110,8 @@ def fork_caffemodel(param, shapes, path, seed=0, drop=(), extra=None):
             blobs = []
         if name in drop:
             continue
+        if type_of:
+            fork.type = type_of(layer, fork.type)
         for a, d in zip(blobs, dims if blobs else ()):
             fork.blobs.add(data=a.ravel().astype(np.float32), shape=dict(dim=d))
         if blobs:
@@ -416,3 +420,79 @@ def test_narrow_train_net_on_generated_ade20k(tmp_path, monkeypatch):
     cn.forward()
     cn.backward()
     assert np.abs(cn.params['conv1_1_3x3_s2'][0].diff).max() > 0
+
+
+def released_types(layer, fork_type):
+    """The type strings of the released caffemodels (the training fork's names)."""
+    if fork_type == 'BN':
+        return 'BNData'
+    if fork_type == 'Convolution':
+        dilated = any(d > 1 for d in layer.convolution_param.dilation)
+        return 'HoleConvolutionData' if dilated else 'ConvolutionData'
+    return fork_type
+
+
+def test_convert_matches_layers_by_name_whatever_the_fork_type_string(tmp_path):
+    """The released files name their types BNData, ConvolutionData, HoleConvolutionData
+    (as the training fork did): matched by name and blobs, they convert to the same
+    weights as the `BN` / `Convolution` layout."""
+    target = narrow(aux=True)
+    shapes = param_shapes(tmp_path, target)
+    plain, released = tmp_path / 'plain.caffemodel', tmp_path / 'released.caffemodel'
+    fork_caffemodel(target, shapes, plain)
+    fork_caffemodel(target, shapes, released, type_of=released_types)
+    stored = {l.type for l in surgery._fork_layers(str(released))}
+    assert {'BNData', 'ConvolutionData', 'HoleConvolutionData'} <= stored and 'BN' not in stored
+    a = surgery.convert_fork_bn(plain, target, tmp_path / 'a.caffemodel', quiet=True)
+    b = surgery.convert_fork_bn(released, target, tmp_path / 'b.caffemodel', quiet=True)
+    assert a.bn == b.bn and a.copied == b.copied and b.bn
+    assert (tmp_path / 'a.caffemodel').read_bytes() == (tmp_path / 'b.caffemodel').read_bytes()
+
+
+def _edit_blob(src, dst, layer_name, index, edit):
+    """Copy caffemodel `src` to `dst` with blob `index` of layer `layer_name` changed by
+    edit(blob) (the fork's unknown fields are kept by the parser)."""
+    param = netload.read_proto(str(src), caffe.proto.caffe_pb2.NetParameter())
+    layer = next(l for l in param.layer if l.name == layer_name)
+    edit(layer.blobs[index])
+    dst.write_bytes(param.SerializeToString())
+
+
+def test_convert_checks_value_counts_and_reads_double_data(tmp_path):
+    """A blob whose values do not fill its shape was repeated cyclically (a short one), a
+    double_data blob became zeros, one BN variance was broadcast: each is refused in one
+    line naming the file, the layer and the blob; a whole double_data blob is read."""
+    target = narrow(aux=True)
+    src = tmp_path / 'fork.caffemodel'
+    values = fork_caffemodel(target, param_shapes(tmp_path, target), src, type_of=released_types)
+    out = tmp_path / 'out.caffemodel'
+
+    def short(b):
+        del b.data[len(b.data) // 2:]
+
+    def as_double(b):
+        b.double_data[:] = list(b.data)
+        del b.data[:]
+
+    def one_var(b):
+        del b.data[1:]
+
+    def double_short(b):
+        as_double(b)
+        del b.double_data[1:]
+
+    bad = tmp_path / 'bad.caffemodel'
+    for layer, index, edit, blob in (('conv6', 0, short, 0), ('conv1_1_3x3_s2/bn', 3, one_var, 3),
+                                     ('conv5_2', 0, double_short, 0)):
+        _edit_blob(src, bad, layer, index, edit)
+        with pytest.raises(project.InputError, match=r"bad\.caffemodel: layer '%s' blob %d holds \d+ "
+                           r"values, its shape" % (layer, blob)):
+            surgery.convert_fork_bn(bad, target, out, quiet=True)
+        assert not out.exists()
+    _edit_blob(src, bad, 'conv6', 0, as_double)
+    surgery.convert_fork_bn(bad, target, out, quiet=True)
+    n, _ = caffe_net(tmp_path, target, 'loaded')
+    n.copy_from(str(out))
+    np.testing.assert_allclose(n.params['conv6'][0].data, values['conv6'][0].reshape(
+        n.params['conv6'][0].data.shape), rtol=1e-6)
+    assert np.abs(n.params['conv6'][0].data).max() > 0

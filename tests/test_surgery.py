@@ -421,3 +421,15 @@ def test_cast_on_a_real_full_tmpfs_is_clean(tmp_path):
     assert 'Traceback' not in r.stderr and 'Check failed' not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and str(mnt) in r.stderr
     assert left == []
+
+
+def test_cast_widths_over_caffes_blob_limit_is_refused_before_caffe(tmp_path):
+    """--widths ...,70000 makes fc7 a 70000 x 70000 blob (over INT_MAX values): Caffe
+    aborts the process building it; the command refuses it in one line instead."""
+    proto, weights = narrow_classifier(tmp_path)
+    r = run_cmd('cast', '--prototxt', str(proto), '--weights', str(weights),
+                '--out', str(tmp_path / 'o.caffemodel'), '--widths', '2,2,2,2,2,70000', '--quiet')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, (r.returncode, r.stderr[-500:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and '--widths' in lines[0] and 'fc7' in lines[0], lines
+    assert "limit 2^31 - 1" in lines[0] and not (tmp_path / 'o.caffemodel').exists()

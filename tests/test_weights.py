@@ -3,6 +3,7 @@
 The server runs in a thread of the test process, serves a generated file, supports
 Range (or ignores it, or cuts the transfer short, on request) and is shut down by the
 fixture; nothing leaves the machine."""
+import dataclasses
 import hashlib
 import http.server
 import os
@@ -347,3 +348,111 @@ def test_release_file_names_found_in_the_card_folders(tmp_path, monkeypatch):
     (mdir / 'caffemodel-url').write_bytes(open(record, 'rb').read())
     placed = random_weights(str(mdir / 'deploy.prototxt'), mdir / 'nyud-fcn32s-color-heavy.caffemodel')
     assert weights.fetch('nyud-fcn32s-color', progress=False) == (str(placed), 'present')
+
+
+# ----------------------------------------------------------------------------- own files, sources
+
+def test_part_symlink_is_never_followed(server, tmp_path):
+    """A `<dest>.part` that is a symbolic link (to a file elsewhere) is refused: the file
+    it points to is neither overwritten nor appended to, nor renamed into place."""
+    victim = tmp_path / 'elsewhere.txt'
+    victim.write_bytes(b'keep me')
+    dest = tmp_path / 'w.caffemodel'
+    os.symlink(victim, str(dest) + '.part')
+    with pytest.raises(InputError, match=r'w\.caffemodel\.part: .*symbolic link'):
+        weights.download(server + '/file.bin', dest, size=len(PAYLOAD), progress=False)
+    os.unlink(str(dest) + '.part')
+    os.symlink(tmp_path / 'dangling', str(dest) + '.part')  # would be created through it
+    with pytest.raises(InputError, match='symbolic link'):
+        weights.download(server + '/file.bin', dest, progress=False)
+    assert victim.read_bytes() == b'keep me' and not (tmp_path / 'dangling').exists()
+    assert not dest.exists()
+    os.symlink(victim, str(dest) + '.gdown')
+    with pytest.raises(InputError, match=r'\.gdown: .*symbolic link'):
+        weights.download_gdown('https://drive.google.com/uc?id=x', dest, progress=False,
+                               fetch_file=lambda **kw: pytest.fail('gdown was called'))
+    assert victim.read_bytes() == b'keep me'
+
+
+def test_non_utf8_record_is_a_one_line_error(tmp_path):
+    (tmp_path / 'caffemodel-url').write_bytes(b'http://x/w.caffemodel\n# caf\xe9 \xff\n')
+    with pytest.raises(InputError, match=r'caffemodel-url: not UTF-8 text'):
+        weights.read_url_record(str(tmp_path))
+    r = run_cli(str(tmp_path), '--quiet')
+    assert r.returncode == 1 and 'Traceback' not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and 'not UTF-8' in r.stderr
+
+
+def test_verify_without_a_deploy_net_parses_the_file(model_dir, tmp_path):
+    """A folder with a caffemodel-url and no deploy net (a fork-layout PSPNet file, a
+    user's own folder): a file cut in the middle is not "present"."""
+    _, path = model_dir
+    own = tmp_path / 'own'
+    own.mkdir()
+    (own / 'caffemodel-url').write_text('http://127.0.0.1:9/w.caffemodel\n')
+    full = open(path, 'rb').read()
+    (own / 'w.caffemodel').write_bytes(full)
+    r = run_cli(str(own), '--verify')
+    assert r.returncode == 0 and 'present' in r.stdout, r.stderr
+    (own / 'w.caffemodel').write_bytes(full[:len(full) // 2])
+    for flags in (('--verify',), ()):
+        r = run_cli(str(own), *flags)
+        assert r.returncode == 1 and 'present' not in r.stdout, (r.stdout, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert str(own / 'w.caffemodel') in r.stderr and 'not a Caffe weights file' in r.stderr
+
+
+def test_several_urls_tried_in_order(server, tmp_path):
+    """A dead link, then a server error, then a file that fails its checksum: each is
+    passed over for the next URL; the file kept is the one that checks out."""
+    Handler.files = {'/bad/file.bin': b'not the weights'}
+    dead = dead_url()
+    try:
+        (tmp_path / 'caffemodel-url').write_text(
+            '%s\n%s/missing/file.bin\n%s/bad/file.bin\n%s/file.bin\nsha256: %s\n'
+            % (dead, server, server, server, SHA256))
+        rec = weights.read_url_record(str(tmp_path))
+        assert rec['url'] == dead and rec['urls'][1:] == [
+            server + '/missing/file.bin', server + '/bad/file.bin', server + '/file.bin']
+        path, state = weights.fetch(str(tmp_path), progress=False)
+    finally:
+        Handler.files = {}
+    assert state == 'downloaded' and open(path, 'rb').read() == PAYLOAD
+    assert os.path.basename(path) == 'file.bin'
+
+
+def test_mirror_flag_and_setting_tried_first(server, tmp_path):
+    dead = dead_url()
+    (tmp_path / 'caffemodel-url').write_text('%s\nsha256: %s\n' % (dead, SHA256))
+    r = run_cli(str(tmp_path), '--quiet')  # the release's link is dead
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli(str(tmp_path), '--quiet', '--mirror', server)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / 'file.bin').read_bytes() == PAYLOAD
+    os.unlink(tmp_path / 'file.bin')
+    env = dict(os.environ, PYTHONPATH=REPO, FCN_WEIGHTS_MIRROR=server + '/nothing-here ' + server)
+    r = subprocess.run([sys.executable, os.path.join(REPO, 'weights.py'), str(tmp_path), '--quiet'],
+                       capture_output=True, text=True, timeout=60, env=env, cwd='/')
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / 'file.bin').read_bytes() == PAYLOAD
+    # a mirror's file is checked like the release's: a wrong one is not kept
+    os.unlink(tmp_path / 'file.bin')
+    Handler.files = {'/m/file.bin': b'tampered'}
+    try:
+        r = run_cli(str(tmp_path), '--quiet', '--mirror', server + '/m/')
+    finally:
+        Handler.files = {}
+    assert r.returncode == 1 and 'sha256 mismatch' in r.stderr and dead in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / 'file.bin').exists()
+    r = run_cli(str(tmp_path), '--mirror', 'not-a-url')
+    assert r.returncode == 2 and 'not a URL' in r.stderr
+
+
+def test_record_with_mirrors_keeps_the_release_url_first():
+    net = pytest.importorskip('net')
+    spec = models.get('voc-fcn8s')
+    w = dataclasses.replace(spec.weights, mirrors=('https://mirror.example/fcn8s-heavy-pascal.caffemodel',))
+    text = net.url_record(dataclasses.replace(spec, weights=w))
+    lines = text.splitlines()
+    assert lines[0] == spec.weights.url and lines[1] == w.mirrors[0]
+    assert net.url_record(spec).splitlines()[0] == spec.weights.url

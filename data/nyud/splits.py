@@ -21,6 +21,8 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
@@ -36,8 +38,15 @@ CANDIDATES = ('benchmarkData/metadata/nyusplits.mat',
 
 
 def _numbers(mat, key, path):
+    """The image numbers of variable `key`: whole, positive, finite numbers. Text (a char
+    or cell array) and anything else are an InputError naming the file and the variable;
+    text is refused rather than parsed, since both known files store numbers."""
     values = mat[key].ravel()
-    if values.size == 0 or (values != values.round()).any():
+    if values.dtype.kind not in 'biuf':
+        raise project.InputError('%s: %r holds %s values, not image numbers'
+                                % (path, key, 'text' if values.dtype.kind in 'USO' else values.dtype))
+    if (values.size == 0 or not np.isfinite(values).all() or (values != np.round(values)).any()
+            or (values < 1).any()):
         raise project.InputError('%s: %r is not a list of image numbers' % (path, key))
     return [int(v) for v in values]
 

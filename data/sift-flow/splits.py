@@ -80,7 +80,7 @@ def main(argv=None):
     d = data_path(args.siftflow_dir)
     test_list = data_path(args.test_list) if args.test_list else os.path.join(d, 'TestSet1.txt')
     test = [list_entry_id(e) for e in read_split(test_list, 'the SIFT Flow test list; '
-                                                 'give it with --test-list')]
+                                                 'give it with --test-list', parts=None)]
     images = all_ids(d)
     unknown = sorted(set(test) - set(images))
     if unknown:

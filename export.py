@@ -465,7 +465,9 @@ class Graph:
         return y
 
     # -- the model
-    def model(self, metadata):
+    def model(self, metadata, weights=True):
+        """The onnx.ModelProto; without `weights` the parameters are graph inputs of their
+        shapes instead of initializers (a structure check of a full-size net, no values)."""
         outputs = []
         for blob in net_outputs(self.param):
             tensor = self.tensor[blob]
@@ -475,8 +477,13 @@ class Graph:
             if self.dynamic:
                 shape[2:] = [None] * (len(shape) - 2)  # known at run time
             outputs.append(helper.make_tensor_value_info(blob, TensorProto.FLOAT, shape))
-        inits = [numpy_helper.from_array(v, k) for k, v in self.inits.items()]
-        graph = helper.make_graph(self.nodes, self.param.name or 'net', self.inputs, outputs, inits)
+        inputs, inits = list(self.inputs), []
+        for k, v in self.inits.items():
+            if weights or v.dtype != np.float32:
+                inits.append(numpy_helper.from_array(v, k))
+            else:
+                inputs.append(helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape))
+        graph = helper.make_graph(self.nodes, self.param.name or 'net', inputs, outputs, inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', OPSET)],
                                   producer_name='fcn-reproduction export.py')
         helper.set_model_props(model, metadata)
@@ -561,16 +568,54 @@ def random_weights(net, seed):
             a *= np.float32(np.sqrt(2.0 / max(1, a[0].size)) if i == 0 and a.ndim > 1 else 0.1)
 
 
+def param_shapes(param, shapes):
+    """{layer: [parameter shapes]} of the layers the export reads weights of, from the
+    prototxt and the blob shapes of check_net (no caffe.Net needed)."""
+    out = {}
+    for layer in param.layer:
+        if layer.type not in ('Convolution', 'Deconvolution', 'InnerProduct', 'BatchNorm', 'Scale'):
+            continue
+        bottom = shapes[layer.bottom[0]]
+        if layer.type in ('Convolution', 'Deconvolution'):
+            p = layer.convolution_param
+            k, g = _pair(p, 'kernel', None), max(1, p.group)
+            w = ((p.num_output, bottom[1] // g) if layer.type == 'Convolution'
+                 else (bottom[1], p.num_output // g)) + tuple(k)
+            out[layer.name] = [w] + ([(p.num_output,)] if p.bias_term else [])
+        elif layer.type == 'InnerProduct':
+            p = layer.inner_product_param
+            k = int(np.prod(bottom[_canonical(p.axis, len(bottom)):]))
+            out[layer.name] = [(k, p.num_output) if p.transpose else (p.num_output, k)]
+            out[layer.name] += [(p.num_output,)] if p.bias_term else []
+        elif layer.type == 'BatchNorm':
+            out[layer.name] = [(bottom[1],), (bottom[1],), (1,)]
+        elif len(layer.bottom) == 1:
+            p = layer.scale_param
+            axis = _canonical(p.axis, len(bottom))
+            end = len(bottom) if p.num_axes == -1 else axis + p.num_axes
+            out[layer.name] = [tuple(bottom[axis:end])] * (2 if p.bias_term else 1)
+    return out
+
+
+def placeholder_params(param, shapes):
+    """{layer: [arrays]} of parameter shapes without values (zeros, one shared element;
+    BatchNorm's factor 1), for the structure check of full-size nets."""
+    return {name: [np.ones(s, np.float32) if len(blobs) == 3 and i == 2
+                   else np.broadcast_to(np.float32(0), s) for i, s in enumerate(blobs)]
+            for name, blobs in param_shapes(param, shapes).items()}
+
+
 def net_params(net):
     """{layer: [float32 arrays]} of a caffe.Net's parameters (views, not copies)."""
     return {name: [b.data for b in blobs] for name, blobs in net.params.items()}
 
 
-def to_onnx(param, path, params, shapes, dynamic, props):
+def to_onnx(param, path, params, shapes, dynamic, props, weights=True):
     """The onnx.ModelProto of NetParameter `param` (read from `path`) with `params`
     ({layer: [arrays]}), `shapes` ({blob: shape} at the prototxt's size, check_net),
-    dynamic height and width or not, metadata `props`; checked by onnx.checker."""
-    model = Graph(param, path, params, shapes, dynamic).build().model(props)
+    dynamic height and width or not, metadata `props`; checked by onnx.checker.
+    weights False: parameters as graph inputs (see Graph.model)."""
+    model = Graph(param, path, params, shapes, dynamic).build().model(props, weights)
     if model.ByteSize() > PROTO_LIMIT:
         raise InputError('%s: the ONNX model would be %.1f GB, over protobuf\'s 2 GB' % (path, model.ByteSize() / 1e9))
     try:

@@ -293,3 +293,14 @@ def test_command_errors_are_one_line(user_model, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
     assert "layer 'sig' (Sigmoid): not supported by the ONNX export" in r.stderr
     assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_openvino_computes_the_same(tmp_path):
+    """export.py --check-openvino's comparison (optional: only where OpenVINO is installed)."""
+    pytest.importorskip('openvino')
+    for param, size in ((variants_net(), (30, 31)), (narrow('pspnet50-ade20k'), None)):
+        model, caffe_net, inputs, _ = exported(tmp_path, param, seed=6)
+        if size:
+            inputs = {k: tuple(s[:2]) + size for k, s in inputs.items()}
+        rel = export.check(model, caffe_net, export.random_inputs(inputs), 'openvino')
+        assert max(rel.values()) < export.TOLERANCE, rel

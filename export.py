@@ -30,7 +30,6 @@ import argparse
 import io
 import json
 import os
-import sys
 
 import numpy as np
 import onnx

@@ -147,8 +147,8 @@ def test_pspnet_options_refused_for_fcn_models(tmp_path):
 def test_reproduce_pspnet_rows_are_score_py_numbers(root, tmp_path, monkeypatch):
     import reproduce
     datasets.make_ade20k(root)
-    models = tmp_path / 'models'
-    folder = models / 'pspnet' / 'pspnet50-ade20k'
+    model_root = tmp_path / 'models'
+    folder = model_root / 'pspnet' / 'pspnet50-ade20k'
     folder.mkdir(parents=True)
     deploy, weights = narrow_pspnet(folder)
     with open(os.path.join(common.REPO, 'pspnet/pspnet50-ade20k/val.prototxt')) as f:
@@ -159,7 +159,7 @@ def test_reproduce_pspnet_rows_are_score_py_numbers(root, tmp_path, monkeypatch)
     monkeypatch.setitem(models.MODELS, spec.name, dataclasses.replace(
         spec, evaluation=dataclasses.replace(spec.evaluation, base_size=60)))
     out = tmp_path / 'out'
-    base = ['--model-root', str(models), '--models', 'pspnet50-ade20k', '--out', str(out),
+    base = ['--model-root', str(model_root), '--models', 'pspnet50-ade20k', '--out', str(out),
             '--quiet']
     assert reproduce.main(base) == 0
     rows = {r['name']: r for r in json.loads((out / 'results.json').read_text())['rows']

@@ -75,7 +75,6 @@ from PIL import Image, ImageOps
 import layers
 import models
 import predict
-import train
 import weights
 from common import LIMIT, REPO, InputError, atomic_write, check_net, label_palette, open_net, \
     progress_bar, read_net_param, run_cli, save_label_png, set_mode
@@ -392,7 +391,7 @@ class OpenModel:
 def converted_weights(spec):
     """The released weights of `spec` converted for this Caffe (Weights.convert names the
     surgery.py command), beside its prototxts; InputError saying how to make them."""
-    path = train.pspnet_stock_path(models.model_dir(spec), spec.name)
+    path = models.stock_file(spec)
     if not os.path.isfile(path):
         raise InputError('%s: weights not found; get and convert the released ones with '
                          '`python weights.py %s && python surgery.py %s --model %s` '

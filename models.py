@@ -898,6 +898,13 @@ def weights_file(spec):
     return os.path.join(os.path.dirname(record_file(spec)), spec.weights.file)
 
 
+def stock_file(spec):
+    """Where `spec`'s released weights converted for this Caffe are saved (its folder +
+    Weights.stock_file; made by the surgery.py command Weights.convert names)."""
+    spec = get(spec) if isinstance(spec, str) else spec
+    return os.path.join(os.path.dirname(record_file(spec)), spec.weights.stock_file)
+
+
 def register(spec):
     """Add a user's ModelSpec; a name already taken by a different spec is an InputError."""
     if not isinstance(spec, ModelSpec):

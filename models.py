@@ -2,8 +2,9 @@
 
 A `DatasetSpec` says what a dataset is (classes, means, input tops, splits and their
 sizes, its data layers and their default parameters); a `ModelSpec` says what a model is
-(folder, dataset, trunk, head, builder, how it starts, solver, schedule, what is scored,
-released weights, the paper rows it reproduces); a `ClassifierSpec` is one of the
+(folder, dataset, trunk, head, builder, how it starts and the surgery that finishes its
+start, solver, schedule, how it is evaluated and what is scored, released weights, the
+paper rows it reproduces); a `ClassifierSpec` is one of the
 ImageNet nets the FCNs start from (VGG16, CaffeNet). net.py builds every prototxt from
 these; docs/models.md is generated from them (`python net.py --docs`).
 

@@ -418,11 +418,12 @@ class Protocol:
             raise InputError('evaluation: sliding windows need a base_size')
 
     def text(self):
-        """The protocol in a few words, e.g. 'whole image' or 'sliding, long side 513, flip'."""
+        """The protocol in a few words (docs/models.md), e.g. 'whole image (<= 500 px)'."""
         if self.windows == 'whole':
             return 'whole image' + (' (<= %d px)' % self.side if self.side else '')
-        return 'sliding crops, long side %d x s + 1, %s%s' % (
-            self.base_size, 'flip, ' if self.flip else '', self.combine)
+        multi = self.multi_scales and '; --multi-scale: %s' % ' '.join('%g' % x for x in self.multi_scales)
+        return 'sliding windows, long side %d s + 1, %s%s averaged%s' % (
+            self.base_size, 'mirrored, ' if self.flip else '', self.combine, multi or '')
 
 
 @dataclass(frozen=True)
@@ -1041,9 +1042,11 @@ def markdown():
         weights = '`%s`' % spec.weights.file if spec.weights else 'never released'
         rows.append(('`%s`' % spec.name, '`%s/`' % spec.folder, spec.dataset, spec.title,
                      spec.trunk, spec.parent_text(), solver,
-                     '%d x %d' % (spec.schedule.rounds, spec.schedule.iters), scored, weights))
+                     '%d x %d' % (spec.schedule.rounds, spec.schedule.iters), scored,
+                     spec.evaluation.text(), weights))
     out += _table(('model', 'folder', 'dataset', 'net', 'trunk', 'starts from', 'solver',
-                   'schedule', 'scored', 'released weights'), rows)
+                   'schedule', 'scored', 'evaluated (docs/evaluation.md)', 'released weights'),
+                  rows)
     out += ['', '## Datasets', '']
     rows = []
     for d in DATASETS.values():

@@ -27,16 +27,18 @@ another image of the run (two folders' a.jpg, a real input a-2.png) or is one of
 inputs (`--out` the input folder), IMG-2, IMG-3, ... is used instead: no result
 replaces another, and nothing replaces an input.
 
-Scale: by default an image whose longer side exceeds 500 pixels is shrunk to 500 (aspect
-kept, Lanczos) before the net and the labels are scaled back to its own size (nearest
-neighbour): the nets were trained on PASCAL images, at most 500 px a side, so that is
-the scale their receptive fields fit (NYUDv2 models: 640, SIFT Flow: 256; TRAINED_SIDE),
-and it keeps one pass at about 1.7 s and 1.3 GB on CPU where a 1920 x 1080 pass takes
-31 s and 4.6 GB and a photo over about 3.7 Mpx cannot run at all (FCN-8s's conv1_2
-buffer would pass Caffe's 2^31 - 1 values per blob). `--max-side N` picks another scale; one too large for the net is a one-line
-error naming the largest that fits. `--full-res` keeps the photo's size and runs the
-net on overlapping `--tile` x `--tile` windows (default 500, stride ceil(2/3 tile),
-logits averaged where they overlap: sliding_logits, which PSPNet's evaluation uses too).
+Scale: each model is run the way its registry entry says (spec.evaluation, run by
+predict.py; docs/evaluation.md). The FCNs see the whole image in one pass: by default an
+image whose longer side exceeds the side the model was trained at (500 pixels for
+PASCAL VOC and PASCAL-Context, 640 NYUDv2, 256 SIFT Flow) is shrunk to it (aspect kept,
+Lanczos) and the labels are scaled back to its own size (nearest neighbour): that is the
+scale their receptive fields fit, and it keeps one pass at about 1.7 s and 1.3 GB on
+CPU where a 1920 x 1080 pass takes 31 s and 4.6 GB and a photo over about 3.7 Mpx cannot
+run at all (FCN-8s's conv1_2 buffer would pass Caffe's 2^31 - 1 values per blob).
+`--max-side N` picks another scale; one too large for the net is a one-line error naming
+the largest that fits. `--full-res` keeps the photo's size and runs the net on
+overlapping `--tile` x `--tile` windows (default 500, stride ceil(2/3 tile), logits
+averaged where they overlap: predict.sliding_logits).
 
 Preprocessing is exactly the data layers': RGB -> BGR, float32, minus the dataset's
 mean, C x H x W; the net's input is reshaped to each image's size (any size works: the
@@ -45,14 +47,14 @@ palette, CMYK and 16-bit images become 8-bit RGB (16-bit values are divided by 2
 images with transparency are composited on white first (transparent areas read as
 empty paper rather than as black objects).
 
-PSPNet models (pspnet50-ade20k, pspnet101-voc2012, pspnet101-cityscapes) segment each
-image with the release's evaluation instead (release_logits: resized so the longer side
-is 512, or 2048 for Cityscapes, crop x crop windows at stride ceil(2/3 crop), flipped
-windows added; --multi-scale sums the six scales 0.5 .. 1.75), PSPNet's mean, and write
-in the dataset's palette with its class names (ADE20K's 150, Cityscapes' 19, VOC's 21).
-Their default weights are the release's converted for this Caffe (python weights.py
-MODEL && python surgery.py pspnet-convert --model MODEL); --max-side, --full-res and
---tile do not apply.
+PSPNet models (pspnet50-ade20k, pspnet101-voc2012, pspnet101-cityscapes) are evaluated
+in sliding windows, exactly as the release's MATLAB evaluation does (predict.py: longer
+side 513, or 2049 for Cityscapes, crop x crop windows with their mirror images,
+probabilities averaged; --multi-scale averages the six scales 0.5 .. 1.75), with
+PSPNet's mean, and written in the dataset's palette with its class names (ADE20K's 150,
+Cityscapes' 19, VOC's 21). Their default weights are the release's converted for this
+Caffe (python weights.py MODEL && python surgery.py pspnet-convert --model MODEL);
+--max-side, --full-res and --tile do not apply.
 
 Only models that take one RGB image are supported: VOC, PASCAL-Context, SIFT Flow (its
 semantic head, `score_sem`) and NYUDv2 color. A bad image (missing, not an image,
@@ -62,6 +64,7 @@ done and the exit status is 1 at the end. A --classes file must name as many cla
 the net has.
 """
 import argparse
+import dataclasses
 import itertools
 import os
 import sys
@@ -71,20 +74,17 @@ from PIL import Image, ImageOps
 
 import layers
 import models
+import predict
 import weights
 from cli import gpu_flag, progress_bar, run_cli
 from guard import set_mode
 from layers import label_palette, save_label_png
 from netinit import LIMIT, check_net, read_net_param
 from netload import open_net
-from project import REPO, InputError
+from project import InputError
 from safewrite import atomic_write
 
-# The longer side of the images each dataset's nets were trained on, the default scale:
-# PASCAL VOC and PASCAL-Context images are at most 500 px a side, NYUDv2's 640 x 480,
-# SIFT Flow's 256 x 256.
-TRAINED_SIDE = {'voc': 500, 'pascalcontext': 500, 'nyud': 640, 'siftflow': 256}
-TILE = 500  # --full-res window side
+TILE = 500  # --full-res window side, and --max-side where the spec gives no side
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
               '.pgm', '.pnm', '.jpe')
@@ -99,14 +99,6 @@ def model_info(model):
                          '(voc-*, pascalcontext-*, siftflow-*, nyud-fcn32s-color)'
                          % (model, ' + '.join(inputs) or 'a classifier\'s'))
     return spec.dataset, spec.outputs[0].score
-
-
-def dataset_info(dataset):
-    """(mean, class names) of a dataset of the registry: mean a float32 array of 3,
-    (B, G, R), subtracted after the switch to BGR (NYUD: the color images' mean); names
-    in output order (SIFT Flow: the semantic classes)."""
-    d = models.dataset(dataset)
-    return np.asarray(d.mean, np.float32).reshape(3), list(d.classes)
 
 
 def load_image(path):
@@ -163,133 +155,6 @@ def _to_rgb(im):
         im = Image.alpha_composite(white, rgba)
     rgb = np.asarray(im.convert('RGB'), dtype=np.uint8)
     return np.ascontiguousarray(rgb)
-
-
-def preprocess(image, mean):
-    """H x W x 3 uint8 RGB -> 3 x H x W float32, BGR, minus `mean` (B, G, R): the data
-    layers' preprocessing."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError('image must be H x W x 3 RGB, got shape %s' % (image.shape,))
-    in_ = image.astype(np.float32)[:, :, ::-1] - np.asarray(mean, np.float32).reshape(1, 1, 3)
-    return np.ascontiguousarray(in_.transpose((2, 0, 1)))
-
-
-def forward_logits(net, image, blob=None):
-    """K x H x W float32 class scores of one C x H x W float32 input (already
-    preprocessed): the net's input is reshaped to 1 x C x H x W, blob `blob` (default
-    score_blob) must come out at the input's size (FCN crops it there)."""
-    name = net.inputs[0]
-    net.blobs[name].reshape(1, *image.shape)
-    net.blobs[name].data[...] = image
-    net.forward()
-    blob = blob or score_blob(net)
-    score = net.blobs[blob].data[0]
-    if score.shape[1:] != image.shape[1:]:
-        raise ValueError('%s is %s but the input is %s: the net does not crop its output '
-                         'to the input' % (blob, score.shape[1:], image.shape[1:]))
-    return score.copy()
-
-
-def _pair(value):
-    return (int(value), int(value)) if np.isscalar(value) else tuple(int(v) for v in value)
-
-
-def _window_starts(size, crop, stride):
-    """Window offsets along one axis: every `stride`, the last flush with the end."""
-    n = -(-max(size - crop, 0) // stride) + 1
-    return [min(i * stride, size - crop) for i in range(n)]
-
-
-def sliding_logits(net, image, crop, stride=None, flip=False, blob=None):
-    """K x H x W float32 class scores of `image` (C x H x W float32, already mean
-    subtracted) from overlapping crop x crop windows, so any image size runs in the
-    memory of one window.
-
-    The image is padded bottom/right with zeros (the mean) to at least `crop`; windows
-    start every `stride` pixels (default ceil(2/3 crop)), the last one flush with the
-    padded edge; the net's input is reshaped to 1 x C x crop_h x crop_w; every pixel gets
-    the mean of the logits of the windows covering it. flip: each window's logits plus
-    those of its horizontal mirror (mirrored back), summed before that mean, as PSPNet's
-    evaluation does. crop, stride: int or (h, w); blob: the score blob (see
-    score_blob)."""
-    c, h, w = image.shape
-    ch, cw = _pair(crop)
-    sh, sw = _pair(stride) if stride is not None else (-(-2 * ch // 3), -(-2 * cw // 3))
-    if min(ch, cw, sh, sw) < 1:
-        raise ValueError('crop %s and stride %s must be positive' % ((ch, cw), (sh, sw)))
-    ph, pw = max(h, ch), max(w, cw)
-    padded = np.zeros((c, ph, pw), np.float32)
-    padded[:, :h, :w] = image
-    total, count = None, np.zeros((ph, pw), np.float32)
-    for y in _window_starts(ph, ch, sh):
-        for x in _window_starts(pw, cw, sw):
-            window = padded[:, y:y + ch, x:x + cw]
-            logits = forward_logits(net, window, blob)
-            if flip:
-                logits += forward_logits(net, np.ascontiguousarray(window[:, :, ::-1]), blob)[:, :, ::-1]
-            if total is None:
-                total = np.zeros((logits.shape[0], ph, pw), np.float32)
-            total[:, y:y + ch, x:x + cw] += logits
-            count[y:y + ch, x:x + cw] += 1
-    return total[:, :h, :w] / count[:h, :w]
-
-
-def segment(net, image, mean, blob=None, tile=None):
-    """Labels of one image: H x W uint8 class indices (argmax of the score blob).
-
-    net: a caffe.Net with one input (1 x 3 x h x w, reshaped here); image: H x W x 3
-    uint8, RGB; mean: 3 floats, (B, G, R) order, subtracted after the RGB -> BGR swap;
-    blob: the score blob, default 'score' (or 'score_sem' for SIFT Flow); tile: None for
-    one forward pass at the image's size, else images larger than tile x tile go through
-    sliding_logits in tile x tile windows."""
-    in_ = preprocess(image, mean)
-    if tile and max(in_.shape[1:]) > tile:
-        score = sliding_logits(net, in_, tile, blob=blob)
-    else:
-        score = forward_logits(net, in_, blob)
-    return score.argmax(axis=0).astype(np.uint8)
-
-
-# --- PSPNet's evaluation, as its release scores an image ----------------------------------
-#
-# The PSPNet release (Zhao et al., CVPR 2017; its evaluation is a MATLAB script) scores
-# one image thus: for each scale s, resize it (bilinear) so its longer side is
-# base_size * s; slide crop x crop windows over it (mean padding bottom/right, stride
-# ceil(2/3 crop), overlapping logits averaged, each window's horizontally flipped logits
-# added: sliding_logits); resize those logits back to the label's size and sum them over
-# the scales; the prediction is their argmax. Single scale is s = 1; multi-scale the six
-# PSP_SCALES. Base sizes: 512 for ADE20K and VOC 2012, 2048 for Cityscapes.
-PSP_BASE_SIZE = {'ade20k': 512, 'voc2012': 512, 'cityscapes': 2048}
-PSP_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-
-
-def release_logits(net, image, mean, base_size, crop, scales=(1.0,), flip=True, size=None,
-                   blob=None):
-    """K x H x W float32: the class scores of PSPNet's evaluation of one image, summed
-    over `scales` (see above).
-
-    net: a deploy net whose input takes crop x crop (reshaped per window); image: H x W
-    x 3 RGB (uint8 or float); mean: (B, G, R), subtracted after the switch to BGR;
-    base_size: the longer side at scale 1; size: (H, W) of the result, default the
-    image's (the label's); blob: the score blob (default score_blob)."""
-    out = tuple(size or image.shape[:2])
-    image = np.asarray(image, np.float32)
-    total = None
-    for s in scales:
-        scaled = layers.resize_bilinear(image, layers.scaled_size(image.shape, base_size * s))
-        logits = sliding_logits(net, preprocess(scaled, mean), crop, flip=flip, blob=blob)
-        back = layers.resize_bilinear(logits.transpose((1, 2, 0)), out)
-        total = back if total is None else total + back
-    return np.ascontiguousarray(total.transpose((2, 0, 1)))
-
-
-def score_blob(net):
-    """The class-score blob: 'score', else 'score_sem' (SIFT Flow), else the first output."""
-    for name in ('score', 'score_sem'):
-        if name in net.blobs:
-            return name
-    return net.outputs[0]
 
 
 def check_rgb_net(net, prototxt):
@@ -478,63 +343,53 @@ def parse_args(argv):
     parser.add_argument('--tile', type=int, default=TILE, metavar='N',
                         help='window side for --full-res (default %d)' % TILE)
     parser.add_argument('--multi-scale', action='store_true',
-                        help='PSPNet models: sum the release\'s six scales (%s) instead of '
-                             'scale 1 only' % ' '.join('%g' % x for x in PSP_SCALES))
+                        help='models evaluated at several scales (PSPNet): average the '
+                             'scales of their evaluation (PSPNet: %s) instead of scale 1 only'
+                             % ' '.join('%g' % x for x in models.PSP_SCALES))
     args = parser.parse_args(argv)
     if (args.max_side is not None and args.max_side < 1) or args.tile < 1:
         parser.error('--max-side and --tile must be positive numbers of pixels')
     return args
 
 
-def open_pspnet(args, model):
-    """open_model for PSPNet `model` (net.PSPNET): its deploy net in pspnet/<model>/, the
-    converted release weights beside it (surgery.py pspnet-convert) unless --weights,
-    PSPNet's mean, the dataset's class names; the last item is the release's protocol
-    (base size, crop = the net's input, scales, the dataset's palette)."""
-    dataset = models.get(model).dataset
-    folder = models.model_dir(model)
-    deploy = args.deploy or os.path.join(folder, 'deploy.prototxt')
-    if not os.path.isfile(deploy):
-        raise InputError('%s: net prototxt not found; write it with `python net.py`' % deploy)
-    path = args.weights or weights.pspnet_stock_path(folder, model)
-    if not os.path.isfile(path):
-        raise InputError('%s: weights not found; get and convert the released ones with '
-                         '`python weights.py %s && python surgery.py pspnet-convert --model %s` '
-                         '(or pass --weights FILE)' % (path, model, model))
-    info = layers.DATASETS[dataset]
-    names = read_classes(args.classes) if args.classes else list(info['classes'])
-    set_mode(args.gpu)
-    net = open_net(deploy, 'test', path, partial=args.allow_partial)
-    check_rgb_net(net, deploy)
-    blob = score_blob(net)
-    check_classes(names, net, blob, args.classes or '%s (the %s classes; pass --classes FILE)'
-                  % (deploy, dataset))
-    background = names.index('background') if 'background' in names else None
-    protocol = dict(base_size=PSP_BASE_SIZE[dataset], crop=tuple(net.blobs[net.inputs[0]].shape[2:]),
-                    scales=PSP_SCALES if args.multi_scale else (1.0,),
-                    palette=info.get('palette'))
-    return (net, read_net_param(deploy), deploy, blob,
-            np.asarray(layers.PSP_MEAN, np.float32), names, background, protocol)
+@dataclasses.dataclass
+class OpenModel:
+    """A model opened for the command line: the net, its NetParameter and prototxt, the
+    score blob, the input preprocessing and evaluation (the spec's, scales chosen by
+    --multi-scale), class names, the background class (None: none), the palette
+    (K x 3 RGB colours, None: the VOC colours)."""
+    net: object
+    param: object
+    deploy: str
+    blob: str
+    preprocess: models.Preprocess
+    evaluation: models.Protocol
+    names: list
+    background: object
+    palette: object
 
 
 def open_model(args):
-    """(net, its NetParameter, deploy path, score blob, mean, class names, background
-    index or None, PSPNet's protocol or None) for the command line, every input checked."""
-    if models.pspnet(args.model):
-        return open_pspnet(args, models.pspnet(args.model).name)
+    """The OpenModel of the command line, every input checked: the model's deploy net,
+    weights (--weights, else the released ones, converted where the release needs it,
+    else the latest good snapshot), its spec's preprocessing, evaluation and palette."""
+    spec = models.get(args.model)  # an id, or a model's folder ('voc-fcn8s/')
+    dataset, blob = model_info(spec.name)
+    protocol = spec.evaluation
     if args.multi_scale:
-        raise InputError('--multi-scale is for PSPNet models (%s)' % ', '.join(models.names('pspnet')))
-    model = models.get(args.model).name  # an id, or a model's folder ('voc-fcn8s/')
-    dataset, blob = model_info(model)
-    mean, names = dataset_info(dataset)
+        if not protocol.multi_scales:
+            raise InputError('--multi-scale is for models evaluated at several scales (%s)'
+                             % ', '.join(n for n in models.names()
+                                         if models.get(n).evaluation.multi_scales))
+        protocol = predict.with_options(protocol, scales=protocol.multi_scales)
     if args.max_side is None:
-        args.max_side = TRAINED_SIDE.get(dataset, TILE)
-    deploy = args.deploy or os.path.join(models.model_dir(model), 'deploy.prototxt')
+        args.max_side = protocol.side or TILE
+    deploy = args.deploy or os.path.join(models.model_dir(spec), 'deploy.prototxt')
     if not os.path.isfile(deploy):
         raise InputError('%s: net prototxt not found; write it with `python net.py %s`'
-                         % (deploy, model))
-    names = read_classes(args.classes) if args.classes else names
-    path = args.weights or weights.default_weights(models.get(model), not args.no_download, args.allow_partial)
+                         % (deploy, spec.name))
+    names = read_classes(args.classes) if args.classes else list(spec.data.classes)
+    path = args.weights or weights.default_weights(spec, not args.no_download, args.allow_partial)
     set_mode(args.gpu)
     net = open_net(deploy, 'test', path, partial=args.allow_partial)
     check_rgb_net(net, deploy)
@@ -543,19 +398,23 @@ def open_model(args):
     check_classes(names, net, blob, args.classes or '%s (the %s classes; pass --classes FILE)'
                   % (deploy, dataset))
     background = names.index('background') if 'background' in names else None
-    return net, read_net_param(deploy), deploy, blob, mean, names, background, None
+    return OpenModel(net, read_net_param(deploy), deploy, blob, spec.preprocess, protocol,
+                     names, background, layers.PALETTES.get(spec.palette))
 
 
 def segment_file(path, names, model, args, paths):
     """Segment image `path` and write its label PNG and overlay JPEG (`names`), neither
-    replacing an input; returns (image, label). InputError / OSError name the file."""
-    net, param, deploy, blob, mean, _, background, protocol = model
+    replacing an input; returns (image, label). InputError / OSError name the file.
+
+    Whole-image models: shrunk to --max-side (Lanczos) unless --full-res (tiled), one
+    pass, the labels scaled back (nearest); sliding-window models: the protocol on the
+    image as it is (predict.py), the labels at its size."""
+    net, param, deploy = model.net, model.param, model.deploy
     image = load_image(path)
-    if protocol:
-        return segment_pspnet(path, image, names, model, paths)
-    small = image if args.full_res else resize_for_net(image, args.max_side)
+    whole = model.evaluation.windows == 'whole'
+    small = image if args.full_res or not whole else resize_for_net(image, args.max_side)
     tiled = args.full_res and max(image.shape[:2]) > args.tile  # windows checked in main
-    reason = None if tiled else fit_error(param, deploy, net.inputs[0], small.shape[:2])
+    reason = None if tiled or not whole else fit_error(param, deploy, net.inputs[0], small.shape[:2])
     if reason:
         hint = ''
         if LIMIT in reason:  # too large: say which scale fits
@@ -564,7 +423,8 @@ def segment_file(path, names, model, args, paths):
         raise InputError('%s: %dx%d cannot go through this net in one pass (%s)%s'
                          % (path, small.shape[1], small.shape[0], reason, hint))
     try:
-        label = segment(net, small, mean, blob, args.tile if args.full_res else None)
+        label = predict.labels(net, small, model.evaluation, model.preprocess, model.blob,
+                               tile=args.tile if args.full_res else None)
     except ValueError as e:
         raise InputError('%s: %s' % (path, e))
     except MemoryError:
@@ -572,27 +432,9 @@ def segment_file(path, names, model, args, paths):
                          % (path, small.shape[1], small.shape[0]))
     label = resize_label(label, image.shape[:2])
     png, jpg = names
-    save_label_png(png, label, protect=paths)
+    save_label_png(png, label, protect=paths, palette=model.palette)
     with atomic_write(jpg, protect=paths) as f:
-        Image.fromarray(overlay(image, label, background)).save(f, format='JPEG', quality=90)
-    return image, label
-
-
-def segment_pspnet(path, image, names, model, paths):
-    """segment_file for a PSPNet: the release's evaluation of the whole image
-    (release_logits: resized to the base size, sliding crops, flipped windows added),
-    written in the dataset's palette."""
-    net, _, _, blob, mean, _, background, protocol = model
-    try:
-        logits = release_logits(net, image, mean, protocol['base_size'], protocol['crop'],
-                                protocol['scales'], blob=blob)
-    except MemoryError:
-        raise InputError('%s: out of memory at %dx%d' % (path, image.shape[1], image.shape[0]))
-    label = logits.argmax(0).astype(np.uint8)
-    png, jpg = names
-    save_label_png(png, label, protect=paths, palette=protocol['palette'])
-    with atomic_write(jpg, protect=paths) as f:
-        Image.fromarray(overlay(image, label, background, palette=protocol['palette'])).save(
+        Image.fromarray(overlay(image, label, model.background, palette=model.palette)).save(
             f, format='JPEG', quality=90)
     return image, label
 
@@ -600,7 +442,7 @@ def segment_pspnet(path, image, names, model, paths):
 def main(argv=None):
     args = parse_args(argv)
     model = open_model(args)
-    net, param, deploy = model[:3]
+    net, param, deploy = model.net, model.param, model.deploy
     if args.full_res:
         reason = fit_error(param, deploy, net.inputs[0], (args.tile, args.tile))
         if reason:
@@ -626,7 +468,7 @@ def main(argv=None):
             failed += 1
         else:
             bar.write('%s (%dx%d) -> %s: %s' % (path, image.shape[1], image.shape[0], names[0],
-                                                shares_line(label, model[5])), file=sys.stdout)
+                                                shares_line(label, model.names)), file=sys.stdout)
         bar.update(1)
     bar.close()
     if len(paths) > 1 or failed or errors:

@@ -1009,7 +1009,7 @@ def psp_augment(image, label, rng, crop, scale=(0.5, 2.0), rotate=10.0, blur=Tru
 def fit_crop(image, label, crop):
     """The fixed-size view a PSPNet val net scores during training: resized so the longer
     side is `crop` (image bilinear, label nearest), padded bottom/right with the mean and
-    255 to crop x crop. (The release's evaluation, infer.release_logits, slides full-size
+    255 to crop x crop. (The release's evaluation, predict.py, slides full-size
     crops instead; this is only the training loop's quick look.)"""
     size = scaled_size(label.shape, crop)
     return pad_to(resize_bilinear(image, size), resize_nearest(label, size), (crop, crop))
@@ -1051,7 +1051,7 @@ class PSPSegDataLayer(SegDataLayer):
     The augmentation of the k-th forward draws from numpy's default_rng([seed, k]), so
     a run is the same for a seed, and `seek` (resume) restores it exactly. A subclass
     provides `read_example(p, idx)` -> (H x W x 3 uint8 RGB, H x W uint8 label), which
-    the evaluation (infer.release_logits) reads too; its labels pass `read_labels`
+    the evaluation (predict.py, via score.py) reads too; its labels pass `read_labels`
     against `num_classes` (default: the dataset's, LABELS; the layer gives the net's).
     """
     AUGMENT = {'crop': None, 'augment': None, 'scale': [0.5, 2.0], 'rotate': 10,

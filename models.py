@@ -2,8 +2,9 @@
 
 A `DatasetSpec` says what a dataset is (classes, means, input tops, splits and their
 sizes, its data layers and their default parameters); a `ModelSpec` says what a model is
-(folder, dataset, trunk, head, builder, how it starts, solver, schedule, what is scored,
-released weights, the paper rows it reproduces); a `ClassifierSpec` is one of the
+(folder, dataset, trunk, head, builder, how it starts and the surgery that finishes its
+start, solver, schedule, how it is evaluated and what is scored, released weights, the
+paper rows it reproduces); a `ClassifierSpec` is one of the
 ImageNet nets the FCNs start from (VGG16, CaffeNet). net.py builds every prototxt from
 these; docs/models.md is generated from them (`python net.py --docs`).
 
@@ -125,6 +126,7 @@ class DatasetSpec:
     readmes: Tuple[str, ...]
     mean_param: bool = False
     paper: str = ''  # where the papers describe it
+    palette: str = 'voc'  # the colour table of its predictions (layers.PALETTES)
 
     @property
     def classes(self):
@@ -275,7 +277,7 @@ DATASETS = {d.name: d for d in (
                            made_by='data/ade20k/splits.py')
                      for name, size in (('training', 20210), ('validation', 2000))),
         train_split='training', score_split='validation', readmes=('data/ade20k/README.md',),
-        paper='PSPNet (CVPR 2017) section 4 (ADE20K), Table 3'),
+        paper='PSPNet (CVPR 2017) section 4 (ADE20K), Table 3', palette='ade20k'),
     DatasetSpec(
         'cityscapes', 'Cityscapes, fine annotations, 19 classes',
         labels=(Labels('label', CITYSCAPES_CLASSES),),
@@ -284,7 +286,7 @@ DATASETS = {d.name: d for d in (
                            made_by='data/cityscapes/splits.py')
                      for name, size in (('train', 2975), ('val', 500), ('test', 1525))),
         train_split='train', score_split='val', readmes=('data/cityscapes/README.md',),
-        paper='PSPNet (CVPR 2017) section 4 (Cityscapes)'),
+        paper='PSPNet (CVPR 2017) section 4 (Cityscapes)', palette='cityscapes'),
     DatasetSpec(
         'voc2012', 'PASCAL VOC 2012 segmentation (PSPNet)',
         labels=(Labels('label', VOC_CLASSES),),
@@ -327,7 +329,9 @@ class Weights:
     comment above the value in the generated caffemodel-url record); `downloader`: None
     (plain HTTP) or 'gdown' (Google Drive's confirmation page); `note`: comment lines;
     `mirrors`: other URLs of the same file, tried in order when `url` fails (written as
-    further URL lines of the record; the first line stays `url`)."""
+    further URL lines of the record; the first line stays `url`).
+    `convert`: the surgery.py command that turns the published file into `stock_file`,
+    the weights this Caffe loads (None: the published file loads as it is)."""
     url: str
     size: Optional[int] = None
     sha256: Optional[str] = None
@@ -338,6 +342,7 @@ class Weights:
     sources: Tuple[Tuple[str, str], ...] = ()
     note: Tuple[str, ...] = ()
     mirrors: Tuple[str, ...] = ()
+    convert: Optional[str] = None
 
     @property
     def file(self):
@@ -400,6 +405,69 @@ class Output:
     label: str = 'label'
 
 
+WINDOWS = ('whole', 'sliding')
+COMBINE = ('logits', 'probabilities')
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a model is evaluated on one image (predict.py runs it; docs/evaluation.md).
+
+    windows: 'whole' (one pass at the image's own size; the FCNs, whose nets crop their
+      output to the input) or 'sliding' (crop x crop windows of the deploy net's input
+      size, every ceil(2/3 crop) pixels, the last flush with the edge: PSPNet's release).
+    side: 'whole' only: the longer side infer.py shrinks images to by default, the
+      largest side of the images the model was trained on (PASCAL 500, NYUDv2 640, SIFT
+      Flow 256); None: infer.py's default, 500.
+    base_size: 'sliding' only: the longer side at scale s is base_size * s + 1 (the
+      release's eval_sub.m: 513 for base 512, 2049 for base 2048).
+    scales: the scales of a plain run; multi_scales: those of --multi-scale (() none).
+    flip: each window's logits plus its mirror image's, mirrored back.
+    combine: the space windows and scales are combined in: 'logits' (averaged) or
+      'probabilities' (softmax per window, averaged where windows overlap, resized with
+      MATLAB's bilinear imresize to the label's size, renormalised, averaged over scales)."""
+    windows: str = 'whole'
+    side: Optional[int] = None
+    base_size: Optional[int] = None
+    scales: Tuple[float, ...] = (1.0,)
+    multi_scales: Tuple[float, ...] = ()
+    flip: bool = False
+    combine: str = 'logits'
+
+    def __post_init__(self):
+        if self.windows not in WINDOWS or self.combine not in COMBINE:
+            raise InputError('evaluation: windows must be one of %s and combine one of %s, got '
+                             '%r, %r' % (', '.join(WINDOWS), ', '.join(COMBINE), self.windows,
+                                         self.combine))
+        if self.windows == 'sliding' and not self.base_size:
+            raise InputError('evaluation: sliding windows need a base_size')
+
+    def text(self):
+        """The protocol in a few words (docs/models.md), e.g. 'whole image (<= 500 px)'."""
+        if self.windows == 'whole':
+            return 'whole image' + (' (<= %d px)' % self.side if self.side else '')
+        multi = self.multi_scales and '; --multi-scale: %s' % ' '.join('%g' % x for x in self.multi_scales)
+        return 'sliding windows, long side %d s + 1, %s%s averaged%s' % (
+            self.base_size, 'mirrored, ' if self.flip else '', self.combine, multi or '')
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an H x W x 3 uint8 RGB image becomes the net's input: times `scale`, channels
+    in `order`, minus `mean` (given in that order), C x H x W float32."""
+    mean: Tuple[float, ...]
+    order: str = 'BGR'
+    scale: float = 1.0
+
+
+# The steps run on a net once its start weights are in (train.py; surgery.finish runs
+# them): the FCNs' fixed bilinear Deconvolutions (surgery.interp), PSPNet's
+# align-corners interpolation weights (surgery.pspnet_interp) and its BatchNorm layers
+# without statistics made the identity (surgery.pspnet_init_bn).
+FINISH_STEPS = ('bilinear', 'align-corners', 'bn-identity')
+DEFAULT_FINISH = ('bilinear',)  # an FCN's, and a model.json's that names none
+
+
 @dataclass(frozen=True)
 class PaperRow:
     """One row of a paper table or of the release's notes, in %. model: the model id it
@@ -449,9 +517,13 @@ class ModelSpec:
       weights already fitted by net surgery).
     parents: the weights it starts from (Parent), in order.
     solver, schedule: solver.prototxt settings; the training length (the one source).
-    outputs: what is scored each round (SIFT Flow: both heads).
+    outputs: what is scored each round (SIFT Flow: both heads); the first is the one
+      infer.py draws, in the dataset's palette.
     weights: the released weights (None: never released).
-    title: one line for tables; note: what is beyond the release, if anything."""
+    title: one line for tables; note: what is beyond the release, if anything.
+    evaluation: how it is evaluated on one image (Protocol: whole image or the PSPNet
+      release's sliding windows; predict.py runs it for infer.py, score.py, reproduce.py).
+    finish: what runs once its start weights are in (FINISH_STEPS, in order)."""
     name: str
     folder: str
     family: str
@@ -469,6 +541,8 @@ class ModelSpec:
     outputs: Tuple[Output, ...] = (Output(),)
     weights: Optional[Weights] = None
     note: str = ''
+    evaluation: Protocol = Protocol()
+    finish: Tuple[str, ...] = DEFAULT_FINISH
     kind: str = field(default='fcn', init=False)
 
     def __post_init__(self):
@@ -482,6 +556,10 @@ class ModelSpec:
         check_schedule(self.schedule, self.name)  # Caffe's int32 iteration counts
         if not self.parents and self.init not in ('copy', 'release', 'file'):
             raise InputError('%s: init %r needs parents' % (self.name, self.init))
+        for step in self.finish:
+            if step not in FINISH_STEPS:
+                raise InputError('%s: finish step %r is not one of %s'
+                                 % (self.name, step, ', '.join(FINISH_STEPS)))
 
     @property
     def data(self):
@@ -491,6 +569,18 @@ class ModelSpec:
     def classes(self):
         """Number of outputs of the first scored blob (SIFT Flow: the semantic head's)."""
         return len(self.data.label(self.outputs[0].label).classes)
+
+    @property
+    def preprocess(self):
+        """The input preprocessing of its first input (the RGB models: BGR minus the
+        dataset's mean, pixel values 0-255)."""
+        i = self.data.input(self.inputs[0])
+        return Preprocess(mean=i.mean, order=i.order)
+
+    @property
+    def palette(self):
+        """The name of the colour table its predictions are drawn in (DatasetSpec.palette)."""
+        return self.data.palette
 
     @property
     def paper(self):
@@ -564,14 +654,20 @@ RELEASE = 'http://dl.caffe.berkeleyvision.org/'
 VGG = (Parent('vgg16'),)
 
 
+# The longer side of the images each FCN dataset's nets were trained on: PASCAL VOC and
+# PASCAL-Context images are at most 500 px a side, NYUDv2's 640 x 480, SIFT Flow's 256 x 256.
+TRAINED_SIDE = {'voc': 500, 'pascalcontext': 500, 'nyud': 640, 'siftflow': 256}
+
+
 def _fcn(name, folder, dataset, head, builder, args, parents, solver, schedule, title,
          init='copy', trunk='vgg16', release=None, published=None, **kwargs):
-    """A ModelSpec of the FCN release; `published`: Weights' checksums and their sources."""
+    """A ModelSpec of the FCN release; `published`: Weights' checksums and their sources.
+    Evaluated on the whole image (CVPR 2015 section 4), scored on the net's logits."""
     weights = Weights(RELEASE + release + '.caffemodel', **(published or {})) if release else None
     return ModelSpec(name=name, folder=folder, family=dataset + '-fcn', dataset=dataset, trunk=trunk,
                      head=head, builder=builder, builder_args=tuple(args), init=init,
                      parents=tuple(parents), solver=solver, schedule=schedule, title=title,
-                     weights=weights, **kwargs)
+                     weights=weights, evaluation=Protocol(side=TRAINED_SIDE[dataset]), **kwargs)
 
 
 def _builtin():
@@ -642,6 +738,13 @@ def _builtin():
     return {s.name: s for s in specs}
 
 
+# PSPNet's evaluation, as the release's MATLAB script (evaluation/eval_sub.m) runs it:
+# the longer side base_size * s + 1 (base 512 for ADE20K and VOC 2012, 2048 for
+# Cityscapes), sliding windows with their mirror images, probabilities averaged over the
+# windows and the scales; multi-scale is the six scales below (docs/evaluation.md).
+PSP_BASE_SIZE = {'ade20k': 512, 'voc2012': 512, 'cityscapes': 2048}
+PSP_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
 # PSPNet (Zhao et al., CVPR 2017): the three nets its authors released, with the layer
 # names of the release (net.pspnet). Training (section 4.1): poly lr (power 0.9), base
 # 0.01, momentum 0.9, weight decay 1e-4, batch 16 = iter_size 16 of the data layers' one
@@ -655,7 +758,8 @@ GDRIVE = 'https://drive.google.com/uc?id='
 
 
 def _psp_weights(file_name, drive_id, mb, model):
-    return Weights(GDRIVE + drive_id, file_name=file_name, downloader='gdown', note=(
+    return Weights(GDRIVE + drive_id, file_name=file_name, downloader='gdown',
+                   convert='pspnet-convert', note=(
         'PSPNet release (Zhao et al., CVPR 2017): %s on Google Drive, as the' % file_name,
         "release's README links it. Size UNCONFIRMED (about %d MB); no checksum was published." % mb,
         "In the PSPNet fork's layout: python surgery.py pspnet-convert --model %s" % model))
@@ -682,6 +786,9 @@ def _pspnets():
             schedule=Schedule(max_iter // PSP_ROUND, PSP_ROUND), title=title,
             outputs=(Output('conv6_interp', 'label'),),
             weights=_psp_weights(release + '.caffemodel', drive, mb, name),
+            evaluation=Protocol(windows='sliding', base_size=PSP_BASE_SIZE[data],
+                                multi_scales=PSP_SCALES, flip=True, combine='probabilities'),
+            finish=('bilinear', 'align-corners', 'bn-identity'),
             note="the release's Caffe fork layout, converted by surgery.py pspnet-convert"))
     return specs
 
@@ -728,7 +835,8 @@ PAPER = (
     PaperRow('CVPR Table 5', 'FCN-16s geometric', 'siftflow-fcn16s', 'SIFT Flow test',
              overall_acc=94.3, task='score_geo'),
     # PSPNet's published numbers (CVPR 2017 and its release's notes). "single-scale":
-    # scale 1 with the flipped windows added; "multi-scale": the six scales summed, flip too.
+    # scale 1 with the mirrored windows added; "multi-scale": the six scales averaged,
+    # mirrored windows too (docs/evaluation.md).
     PaperRow('PSPNet release', 'PSPNet50, single scale', 'pspnet50-ade20k', 'ADE20K val',
              overall_acc=80.04, mean_iu=41.68, task='single-scale'),
     PaperRow('PSPNet release', 'PSPNet50, multi-scale', 'pspnet50-ade20k', 'ADE20K val',
@@ -755,14 +863,17 @@ def names(family=None):
     return [n for n, s in MODELS.items() if family is None or s.family == family]
 
 
-def pspnet(model):
-    """The ModelSpec of the PSPNet `model` (its id or its folder, resolved by `get`), else
-    None: a folder of your own named like a PSPNet release is not taken for it."""
+def converted(model):
+    """The ModelSpec of `model` (its id or its folder, resolved by `get`) when its released
+    weights must be converted before this Caffe loads them (Weights.convert: the PSPNet
+    releases), else None: a folder of your own named like such a release is not taken for it."""
     try:
         spec = get(model)
     except InputError:
         return None
-    return spec if isinstance(spec, ModelSpec) and spec.family == 'pspnet' else None
+    if isinstance(spec, ModelSpec) and spec.weights is not None and spec.weights.convert:
+        return spec
+    return None
 
 
 def _known():
@@ -833,6 +944,13 @@ def weights_file(spec):
     if spec.weights is None:
         return None
     return os.path.join(os.path.dirname(record_file(spec)), spec.weights.file)
+
+
+def stock_file(spec):
+    """Where `spec`'s released weights converted for this Caffe are saved (its folder +
+    Weights.stock_file; made by the surgery.py command Weights.convert names)."""
+    spec = get(spec) if isinstance(spec, str) else spec
+    return os.path.join(os.path.dirname(record_file(spec)), spec.weights.stock_file)
 
 
 def register(spec):
@@ -927,7 +1045,8 @@ def check_spec(spec):
 def from_dict(d, folder=None):
     """A ModelSpec from a model.json dict; `folder` (the file's folder) replaces d's folder.
     Missing: family (the folder's name), trunk vgg16, init copy, parents [trunk],
-    inputs [color], outputs [score vs label], no weights."""
+    inputs [color], outputs [score vs label], no weights, whole-image evaluation,
+    finish [bilinear]."""
     d = dict(d)
     try:
         if 'dataset_spec' in d:
@@ -948,6 +1067,8 @@ def from_dict(d, folder=None):
         d['outputs'] = tuple(Output(**o) for o in d.get('outputs', [{}]))
         d['weights'] = (Weights(**{k: _tuples(v) for k, v in d['weights'].items()})
                         if d.get('weights') else None)
+        d['evaluation'] = Protocol(**{k: _tuples(v) for k, v in d.get('evaluation', {}).items()})
+        d['finish'] = tuple(d.get('finish', DEFAULT_FINISH))
         spec = ModelSpec(**d)
         check_spec(spec)
         return spec
@@ -1015,9 +1136,11 @@ def markdown():
         weights = '`%s`' % spec.weights.file if spec.weights else 'never released'
         rows.append(('`%s`' % spec.name, '`%s/`' % spec.folder, spec.dataset, spec.title,
                      spec.trunk, spec.parent_text(), solver,
-                     '%d x %d' % (spec.schedule.rounds, spec.schedule.iters), scored, weights))
+                     '%d x %d' % (spec.schedule.rounds, spec.schedule.iters), scored,
+                     spec.evaluation.text(), weights))
     out += _table(('model', 'folder', 'dataset', 'net', 'trunk', 'starts from', 'solver',
-                   'schedule', 'scored', 'released weights'), rows)
+                   'schedule', 'scored', 'evaluated (docs/evaluation.md)', 'released weights'),
+                  rows)
     out += ['', '## Datasets', '']
     rows = []
     for d in DATASETS.values():

@@ -40,11 +40,12 @@ the model directory each is compared with:
 Models with no number in the paper (siftflow-fcn32s/8s, pascalcontext-*) get rows of
 their own with only the measured values.
 
-PSPNet (the registry's family pspnet: pspnet50-ade20k, pspnet101-cityscapes,
-pspnet101-voc2012; folders pspnet/<model>) is scored the release's way, by score.py's own evaluate_release (the
-numbers `score.py --model M --weights W` prints): single scale always, the release's
-multi-scale (0.5 .. 1.75 summed) with --multi-scale (about 9 times the work). Its
-weights are the converted caffemodel pspnet/<model>/<release>-stock.caffemodel
+Models evaluated in sliding windows (their registry entry's evaluation: PSPNet's
+pspnet50-ade20k, pspnet101-cityscapes, pspnet101-voc2012; folders pspnet/<model>) are
+scored by score.py's own evaluate_protocol (predict.py: the release's MATLAB evaluation;
+the numbers `score.py --model M --weights W` prints): single scale always, the
+release's multi-scale (0.5 .. 1.75 averaged) with --multi-scale (about 9 times the
+work). Their weights are the converted caffemodel pspnet/<model>/<release>-stock.caffemodel
 (`python weights.py M` then `python surgery.py pspnet-convert --model M`). Its
 published numbers are PAPER rows too (the numbers: docs/models.md):
 
@@ -78,12 +79,12 @@ import time
 
 import cli
 import guard
-import infer
 import layers
 import metrics
 import models
 import netinit
 import netload
+import predict
 import safewrite
 import score
 import snapshots
@@ -142,14 +143,15 @@ def scored_split(model):
                 paper_images=data.split(data.score_split).size)
 
 
-def psp_weights(model, model_dir):
-    """(path, 'released') of a PSPNet's converted caffemodel, or (None, reason dict)."""
-    path = weights.pspnet_stock_path(model_dir, model)
+def converted_weights(spec, model_dir):
+    """(path, 'released') of a release converted for this Caffe (Weights.convert), or
+    (None, reason dict)."""
+    path = os.path.join(model_dir, spec.weights.stock_file)
     if os.path.isfile(path):
         return path, 'released'
     return None, dict(what='weights', message='converted weights not found: %s' % path,
-                      commands=['python weights.py %s && python surgery.py pspnet-convert '
-                                '--model %s' % (model, model)])
+                      commands=['python weights.py %s && python surgery.py %s --model %s'
+                                % (spec.name, spec.weights.convert, spec.name)])
 
 
 def find_weights(model, model_dir, model_root, override=None, prefer_snapshot=False):
@@ -159,8 +161,9 @@ def find_weights(model, model_dir, model_root, override=None, prefer_snapshot=Fa
     (the path expected) and the commands that get it. prefer_snapshot: --snapshots."""
     if override:
         return override, '--weights'
-    if models.pspnet(model) and not prefer_snapshot:
-        return psp_weights(model, model_dir)
+    spec = models.get(model)
+    if spec.weights is not None and spec.weights.convert and not prefer_snapshot:
+        return converted_weights(spec, model_dir)
     fetch, train_cmd = _commands(model, model_dir, model_root)
     tried = []
     if prefer_snapshot:
@@ -242,25 +245,31 @@ def _mean_ms(seconds):
     return 1000.0 * sum(kept) / len(kept) if kept else None
 
 
-def evaluate_pspnet(model_dir, weights, split, ids, dataset, multi_scale=False, progress=True,
-                    root=None):
-    """Score a PSPNet's `weights` the release's way (score.evaluate_release: deploy net,
-    whole images read by model_dir/val.prototxt's data layer class): the entry's tasks
-    'single-scale' and, with `multi_scale`, 'multi-scale'; ms_per_image is the whole
-    single-scale protocol's time per image (every window, flipped ones included)."""
+def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, progress=True,
+                      root=None):
+    """Score `weights` of a model evaluated in sliding windows (spec.evaluation: PSPNet)
+    with score.evaluate_protocol (deploy net, whole images read by model_dir/val.prototxt's
+    data layer class): the entry's tasks 'single-scale' and, with `multi_scale`,
+    'multi-scale' (the spec's multi_scales); ms_per_image is the whole single-scale
+    protocol's time per image (every window, mirrored ones included)."""
     val = os.path.join(model_dir, 'val.prototxt')
     param = netinit.read_net_param(val)
     cls, split, _ = score.net_split_ids(param, val, split, root)
     p = cls.parse_params(score.data_layer(param, layers)[0].python_param.param_str, root=root)
     net = netload.open_net(os.path.join(model_dir, 'deploy.prototxt'), 'test', weights)
-    classes, _ = score.class_info(dataset, 'label', split, net.blobs[infer.score_blob(net)].channels)
-    runs = [('single-scale', (1.0,))] + ([('multi-scale', infer.PSP_SCALES)] if multi_scale else [])
+    blob = spec.outputs[0].score
+    classes, _ = score.class_info(spec.dataset, 'label', split, net.blobs[blob].channels)
+    protocol = spec.evaluation
+    runs = [('single-scale', protocol.scales)]
+    if multi_scale and protocol.multi_scales:
+        runs.append(('multi-scale', protocol.multi_scales))
     tasks, ms = {}, {}
     for task, scales in runs:
         t0 = time.perf_counter()
         try:
-            ev = score.evaluate_release(net, cls, p, ids, len(classes), infer.PSP_BASE_SIZE[dataset],
-                                        scales, progress=progress)
+            ev = score.evaluate_protocol(net, cls, p, ids, len(classes),
+                                         predict.with_options(protocol, scales=scales),
+                                         spec.preprocess, blob, progress=progress)
         except ValueError as e:  # e.g. a malformed dataset file met during the walk
             raise InputError(str(e))
         ms[task] = 1000.0 * (time.perf_counter() - t0) / max(len(ids), 1)
@@ -634,9 +643,10 @@ def score_model(model, model_dir, model_root, entry, override, args):
         ids = ids[:args.limit]
     print('%s: scoring %s (%s) on %s %s, %d images'
           % (model, weights, source, entry['dataset'], split, len(ids)), file=sys.stderr, flush=True)
-    if models.pspnet(model):
-        entry.update(evaluate_pspnet(model_dir, weights, split, ids, entry['dataset'],
-                                     args.multi_scale, not args.quiet, args.data_root))
+    spec = models.get(model)
+    if spec.evaluation.windows == 'sliding':
+        entry.update(evaluate_protocol(model_dir, weights, split, ids, spec, args.multi_scale,
+                                       not args.quiet, args.data_root))
     else:
         entry.update(evaluate_model(model_dir, weights, split, ids, entry['dataset'],
                                     not args.quiet, args.data_root))

@@ -26,19 +26,24 @@ undefined) and excluded classes, and every task's under "tasks" (SIFT Flow: scor
 score_geo). SIFT Flow's cow, desert and moon (absent from its test split) are left out
 of the semantic class averages when scoring that split.
 
-PSPNet (pspnet50-ade20k, pspnet101-voc2012, pspnet101-cityscapes; folder pspnet/<model>)
-is scored the release's way instead (infer.release_logits): its deploy net slides over
-each whole image of the split (read by val.prototxt's data layer class, without Caffe)
-resized so the long side is the base size (512 ADE20K / VOC, 2048 Cityscapes), flipped
-windows added; --multi-scale sums the scales 0.5 .. 1.75; the prediction is resized to
-the label's size. No loss is computed.
+How a model is scored is its registry entry's evaluation (models.Protocol). Whole-image
+models (the FCNs) are scored by their val.prototxt, whose data layer feeds each image at
+its own size with the preprocessing predict.py applies (RGB -> BGR, minus the mean).
+Sliding-window models (PSPNet: pspnet50-ade20k, pspnet101-voc2012, pspnet101-cityscapes;
+folder pspnet/<model>) are scored by predict.py instead, exactly as the release's MATLAB
+evaluation does it: its deploy net slides over each whole image of the split (read by
+val.prototxt's data layer class, without Caffe) resized so the long side is base size
++ 1 (513 ADE20K / VOC, 2049 Cityscapes), each window's logits plus its mirror's through
+a softmax, probabilities averaged over the windows, resized to the label's size and
+averaged over the scales (--multi-scale: 0.5 .. 1.75). No loss is computed.
+docs/evaluation.md gives the details.
 
     .venv/bin/python score.py --model pspnet50-ade20k --weights pspnet/pspnet50-ade20k/pspnet50_ADE20K-stock.caffemodel
     .venv/bin/python score.py --model pspnet101-cityscapes --weights W --multi-scale --out ms.json
 
 --deploy replaces the deploy net (its input gives the crop), --base-size the base size
-(both for nets of your own, e.g. narrow test nets); --no-flip leaves out the flipped
-windows (not the release's protocol).
+(both for nets of your own, e.g. narrow test nets); --scales the scales; --no-flip leaves
+out the mirrored windows (not the release's protocol).
 
 --out and --save-pred are checked before anything is scored: they must be writable and
 may not lie inside the dataset or be the weights or the prototxt (a prediction saved
@@ -56,7 +61,6 @@ import numpy as np
 
 import cli
 import guard
-import infer
 import layers
 import metrics
 import models
@@ -64,7 +68,7 @@ import netinit
 import netload
 import project
 import safewrite
-import net as nets
+import predict
 
 
 # ----------------------------------------------------------------------------- nets
@@ -174,27 +178,26 @@ def evaluate(net, ids, layer='score', gt='label', num_classes=None, save_dir=Non
     return evaluate_tasks(net, ids, [task], progress)[0]
 
 
-# ----------------------------------------------------------------------------- PSPNet
+# ----------------------------------------------------------------------------- sliding windows
 
-def evaluate_release(net, cls, params, ids, num_classes, base_size, scales=(1.0,), flip=True,
-                     save_dir=None, palette=None, progress=True):
-    """PSPNet's evaluation (infer.release_logits) of deploy net `net` over image ids `ids`,
-    each read by data layer class `cls` with its parsed `params` (read_example: whole
-    image and labels as the dataset stores them, mapped to 0..num_classes-1 / 255); the
-    crop is the net's input size. save_dir: predictions as palette PNGs
-    <save_dir>/<id>.png (`palette`: the dataset's colours). Returns an `Evaluation` of
-    the net's output against the labels (no loss)."""
-    crop = tuple(net.blobs[net.inputs[0]].data.shape[2:])
-    blob = infer.score_blob(net)
+def evaluate_protocol(net, cls, params, ids, num_classes, protocol, prep, blob, save_dir=None,
+                      palette=None, progress=True):
+    """The evaluation `protocol` (models.Protocol, run by predict.scores: PSPNet's
+    sliding windows) of deploy net `net` over image ids `ids`, each read by data layer
+    class `cls` with its parsed `params` (read_example: whole image and labels as the
+    dataset stores them, mapped to 0..num_classes-1 / 255), preprocessed by `prep`
+    (models.Preprocess); the crop is the net's input size, the scores are those of blob
+    `blob` at the label's size. save_dir: predictions as palette PNGs <save_dir>/<id>.png
+    (`palette`: the dataset's colours). Returns an `Evaluation` of the predictions
+    against the labels (no loss)."""
     cm = metrics.ConfusionMatrix(num_classes)
-    bar = cli.progress_bar(len(ids), 'scoring %s, %d scale%s' % (blob, len(scales), 's' * (len(scales) > 1)),
+    n = len(protocol.scales)
+    bar = cli.progress_bar(len(ids), 'scoring %s, %d scale%s' % (blob, n, 's' * (n > 1)),
                               enabled=progress)
     try:
-        for done, idx in enumerate(ids, 1):
+        for idx in ids:
             rgb, label = cls.read_example(params, idx, num_classes)
-            logits = infer.release_logits(net, rgb, params['mean'], base_size, crop, scales,
-                                          flip, label.shape, blob)
-            pred = logits.argmax(0).astype(np.uint8)
+            pred = predict.labels(net, rgb, protocol, prep, blob, size=label.shape)
             try:
                 cm.update(label, pred)
             except ValueError as e:
@@ -211,10 +214,17 @@ def evaluate_release(net, cls, params, ids, num_classes, base_size, scales=(1.0,
     return Evaluation(blob, 'label', cm.hist, None, len(ids), s)
 
 
-def score_pspnet(args):
-    """score.py --model <PSPNet model>: the release's evaluation (see the module's doc)."""
-    spec = models.pspnet(args.model)
-    model, folder = spec.name, models.model_dir(spec)
+def protocol_record(protocol, net):
+    """The protocol as the --out JSON and reproduce.py's results record it."""
+    return dict(windows=protocol.windows, base_size=protocol.base_size,
+                crop=list(predict.net_crop(net)), scales=list(protocol.scales),
+                flip=protocol.flip, combine=protocol.combine)
+
+
+def score_protocol(args, spec):
+    """score.py for a model evaluated in sliding windows (spec.evaluation; PSPNet): its
+    deploy net over each whole image of the split (see the module's doc)."""
+    folder = models.model_dir(spec)
     val = os.path.join(folder, 'val.prototxt')
     deploy = args.deploy or os.path.join(folder, 'deploy.prototxt')
     for path in (val, deploy):
@@ -227,27 +237,35 @@ def score_pspnet(args):
                          root=args.data_root)
     if args.limit:
         ids = ids[:args.limit]
-    dataset = spec.dataset
+    dataset, blob = spec.dataset, spec.outputs[0].score
     guard.set_mode(args.gpu)
     net = netload.open_net(deploy, 'test', args.weights)
-    classes, exclude = class_info(dataset, 'label', split, net.blobs[infer.score_blob(net)].channels)
-    base = args.base_size or infer.PSP_BASE_SIZE[spec.dataset]
-    scales = infer.PSP_SCALES if args.multi_scale else tuple(args.scales or (1.0,))
+    if blob not in net.blobs:
+        raise project.InputError('%s: the net has no blob %r' % (deploy, blob))
+    classes, exclude = class_info(dataset, 'label', split, net.blobs[blob].channels)
+    protocol = predict.with_options(
+        spec.evaluation, base_size=args.base_size, flip=False if args.no_flip else None,
+        scales=spec.evaluation.multi_scales if args.multi_scale else args.scales)
     print('%s: scoring %s on %s %s (%d images; base size %d, scales %s, flip %s)'
-          % (model, args.weights, dataset, split, len(ids), base,
-             ' '.join('%g' % x for x in scales), 'no' if args.no_flip else 'yes'), flush=True)
+          % (spec.name, args.weights, dataset, split, len(ids), protocol.base_size,
+             ' '.join('%g' % x for x in protocol.scales), 'yes' if protocol.flip else 'no'),
+          flush=True)
     try:
-        ev = evaluate_release(net, cls, p, ids, len(classes), base, scales, not args.no_flip,
-                              args.save_pred, layers.PALETTES.get(dataset),
-                              not args.quiet)
+        ev = evaluate_protocol(net, cls, p, ids, len(classes), protocol, spec.preprocess, blob,
+                               args.save_pred, layers.PALETTES.get(spec.palette),
+                               not args.quiet)
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise project.InputError(str(e))
-    protocol = dict(base_size=base, crop=list(net.blobs[net.inputs[0]].data.shape[2:]),
-                    scales=list(scales), flip=not args.no_flip)
-    return report(args, deploy, dataset, split, ids, [ev], [classes], protocol=protocol)
+    return report(args, deploy, dataset, split, ids, [ev], [classes],
+                  protocol=protocol_record(protocol, net))
 
 
 # ----------------------------------------------------------------------------- command
+
+def sliding_models():
+    """The registry's models evaluated in sliding windows (PSPNet's)."""
+    return [n for n in models.names() if models.get(n).evaluation.windows == 'sliding']
+
 
 def registered(model):
     """The registry's ModelSpec of `model` (an id, a model's folder, a folder holding a
@@ -435,23 +453,28 @@ def main(argv=None):
     parser.add_argument('--save-pred', metavar='DIR',
                         help='save predictions as palette PNGs DIR/<id>.png (multi-task: DIR/<label>/)')
     parser.add_argument('--quiet', action='store_true', help='no progress line')
-    psp = parser.add_argument_group('PSPNet models (the release\'s sliding-window evaluation)')
+    psp = parser.add_argument_group('models evaluated in sliding windows (PSPNet: the '
+                                    'release\'s evaluation)')
     psp.add_argument('--multi-scale', action='store_true',
-                     help='sum the scales %s (default: 1 only)' % ' '.join('%g' % s for s in infer.PSP_SCALES))
-    psp.add_argument('--scales', type=float, nargs='+', metavar='S', help='scales to sum')
+                     help='average the scales of the model\'s evaluation (PSPNet: %s; '
+                          'default: 1 only)' % ' '.join('%g' % s for s in models.PSP_SCALES))
+    psp.add_argument('--scales', type=float, nargs='+', metavar='S', help='scales to average')
     psp.add_argument('--no-flip', action='store_true', help='leave out the flipped windows')
     psp.add_argument('--base-size', type=int, metavar='N',
-                     help='long side at scale 1 (default: 512 ADE20K / VOC, 2048 Cityscapes)')
+                     help='base size: the long side at scale s is N x s + 1 (default the '
+                          'model\'s: 512 ADE20K / VOC, 2048 Cityscapes)')
     psp.add_argument('--deploy', help="deploy prototxt (default: the model's)")
     args = parser.parse_args(argv)
     check_args(args)
-    if models.pspnet(args.model):
-        return score_pspnet(args)
+    spec = registered(args.model)
+    if spec is not None and spec.evaluation.windows == 'sliding':
+        return score_protocol(args, spec)
     if args.multi_scale or args.scales or args.no_flip or args.base_size or args.deploy:
         raise project.InputError('--multi-scale, --scales, --no-flip, --base-size and --deploy '
-                                'are for PSPNet models (%s is not one)' % args.model)
+                                'are for models evaluated in sliding windows (%s); %s is '
+                                'scored on whole images by its val net'
+                                % (', '.join(sliding_models()), args.model))
 
-    spec = registered(args.model)
     mdir = model_dir(args.model)
     val = os.path.join(mdir, 'val.prototxt')
     if not os.path.isfile(val):

@@ -325,6 +325,25 @@ def pspnet_init_bn(net):
     return done
 
 
+# A model's finish steps (models.FINISH_STEPS; spec.finish says which, in order), run once
+# its start weights are in: no start weights hold these fixed layers' values.
+FINISH = {
+    'bilinear': lambda net: interp(net, deconv_layers(net)),  # the FCNs' fixed upsampling
+    'align-corners': pspnet_interp,  # PSPNet's interpolation layers, from the fork's formula
+    'bn-identity': pspnet_init_bn,   # BatchNorm without statistics: the identity
+}
+
+
+def finish(net, steps):
+    """Run `steps` (names of FINISH, e.g. spec.finish) on `net` in order. PSPNet's BN
+    statistics then stay frozen while training (use_global_stats in its train net): stock
+    Caffe has no synchronised BN, and 1-2 images per GPU are too few to estimate them."""
+    for step in steps:
+        if step not in FINISH:
+            raise ValueError('finish: unknown step %r (known: %s)' % (step, ', '.join(FINISH)))
+        FINISH[step](net)
+
+
 @dataclasses.dataclass
 class ForkReport:
     """What convert_fork_bn did with each layer of the fork's caffemodel (layer names)."""

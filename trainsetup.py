@@ -36,16 +36,6 @@ import weights
 from project import InputError
 
 
-def finish_pspnet(solver):
-    """A PSPNet's start, once its weights are in: the fixed interpolation layers set from
-    the fork's formula (surgery.pspnet_interp: an ImageNet trunk's weights have none) and
-    BatchNorm layers without statistics made the identity (surgery.pspnet_init_bn). BN
-    statistics stay frozen while training (use_global_stats in the train net): stock
-    Caffe has no synchronised BN, and 1-2 images per GPU are too few to estimate them."""
-    surgery.pspnet_interp(solver.net)
-    surgery.pspnet_init_bn(solver.net)
-
-
 def _deploy_with_weights(model_name, path):
     return netload.open_net(os.path.join(models.model_dir(model_name), 'deploy.prototxt'),
                            'test', path, partial=True)
@@ -59,7 +49,7 @@ def init_weights(spec, solver):
     own released weights, converted (PSPNet fine-tunes); file: models.INIT_FILE in the
     model's folder (a model made by net.py new)."""
     if spec.init == 'release':
-        path = weights.pspnet_weights(spec.name)
+        path = weights.converted_weights(spec)
     elif spec.init == 'file':
         path = weights.init_file_weights(spec)
     if spec.init in ('release', 'file'):
@@ -367,12 +357,12 @@ def open_run(model, config, rank=0):
 
 def start_fresh(run):
     """Delete OUT's snapshots and log (a run starting over), copy the start weights (the
-    registry's start, or --weights), set the Deconvolution layers to bilinear, then a
-    PSPNet's finish. A rank other than 0 does nothing: parallel.join gives it rank 0's."""
+    registry's start, or --weights), then run the model's finish steps (spec.finish: the
+    Deconvolution layers set to bilinear; PSPNet's interpolation and BN too). A rank other
+    than 0 does nothing: parallel.join gives it rank 0's."""
     if not run.lead:
         return
     spec, path, net_ = run.model.spec, run.config.weights, run.solver.net
-    deconvs = surgery.deconv_layers(net_)
     if path:
         print('starting from %s' % path, flush=True)
         load_weights(net_, path)
@@ -380,9 +370,7 @@ def start_fresh(run):
         init_weights(spec, run.solver)
     else:
         print('starting from the net\'s fillers (a folder outside the registry)', flush=True)
-    surgery.interp(net_, deconvs)  # bilinear upsampling, fixed (lr_mult 0)
-    if spec is not None and spec.builder == 'pspnet':
-        finish_pspnet(run.solver)
+    surgery.finish(net_, spec.finish if spec is not None else models.DEFAULT_FINISH)
     old = snapshots.snapshot_iters(run.out)
     for it in old:  # after the weights are read: --weights may be one of them
         snapshots.remove_snapshot(run.out, it)

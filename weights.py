@@ -373,11 +373,11 @@ def download_gdown(url, dest, size=None, progress=True, fetch_file=gdown.downloa
 
 def deploy_path(model):
     """The net `model`'s weights load into: the model directory's deploy.prototxt, or the
-    classifier's ilsvrc-nets/<name>-deploy.prototxt for vgg16 / caffenet; None for the
-    PSPNet releases (the fork's layout, converted by surgery.py before they load)."""
+    classifier's ilsvrc-nets/<name>-deploy.prototxt for vgg16 / caffenet; None for a
+    release in a fork's layout (PSPNet's: Weights.convert, surgery.py converts it first)."""
     if model in ILSVRC:
         return os.path.join(REPO, models.CLASSIFIERS[model].deploy)
-    if models.pspnet(model):
+    if models.converted(model):
         return None
     return os.path.join(os.path.dirname(record_path(model)), 'deploy.prototxt')
 
@@ -511,9 +511,10 @@ def list_models(names):
 #   trained_weights(model)     a trained model's: its latest snapshot, else its release
 #   ilsvrc_weights(arch)       the ImageNet classifier cast to convolutions (surgery.py cast)
 #   parent_weights(source)     a Parent's: the cast classifier's, or a trained model's
-#   pspnet_stock_path / pspnet_weights   a release converted for this Caffe (pspnet-convert)
+#   converted_weights(spec)   a release converted for this Caffe (Weights.convert names how)
 #   init_file_weights(spec)    a net.py-new model's own init.caffemodel
-#   default_weights(spec)      a model's when no --weights is given: released, else snapshot
+#   default_weights(spec)      a model's when no --weights is given: released (converted
+#                              where the release needs it), else the latest snapshot
 
 def trained_weights(model_name):
     """Weights of a trained model for a child to start from: the latest good snapshot in
@@ -540,20 +541,16 @@ def parent_weights(source):
     return ilsvrc_weights(source) if source in models.CLASSIFIERS else trained_weights(source)
 
 
-def pspnet_stock_path(model_dir, model_name):
-    """Where surgery.py pspnet-convert puts a PSPNet's released weights converted for
-    this Caffe: <model_dir>/<release name>-stock.caffemodel."""
-    return os.path.join(model_dir, models.get(model_name).weights.stock_file)
-
-
-def pspnet_weights(model_name):
-    """The released weights of PSPNet `model_name`, converted, to fine-tune from."""
-    path = pspnet_stock_path(models.model_dir(model_name), model_name)
+def converted_weights(spec):
+    """The released weights of `spec` converted for this Caffe, where models.stock_file
+    says (made by the surgery.py command spec.weights.convert names); an InputError saying
+    how to make them, or to pass --weights."""
+    path = models.stock_file(spec)
     if not os.path.isfile(path):
-        raise InputError('%s: not found; get and convert the released weights (python '
-                         'weights.py %s && python surgery.py pspnet-convert --model %s), or '
-                         'start from a deep-stem ResNet converted to this Caffe with --weights '
-                         'FILE' % (path, model_name, model_name))
+        raise InputError('%s: not found; get and convert the released weights with '
+                         '`python weights.py %s && python surgery.py %s --model %s` '
+                         '(or pass --weights FILE)'
+                         % (path, spec.name, spec.weights.convert, spec.name))
     return path
 
 
@@ -572,6 +569,8 @@ def default_weights(spec, download=True, partial=False):
     never had (a user's model.json, nyud-fcn16s-color-hha) the latest good snapshot its
     solve.py wrote (snapshot_weights), else the released ones (released_weights).
     partial: the net will be opened with partial loading (--allow-partial)."""
+    if spec.weights is not None and spec.weights.convert:
+        return converted_weights(spec)
     if spec.weights is not None:
         return released_weights(spec.name, download, partial)
     folder = models.model_dir(spec)
@@ -642,7 +641,7 @@ def main(argv=None):
             parser.error('--mirror %s: not a URL (http://, https://, ftp:// or file://)' % mirror)
     names = list(args.models)
     if args.all:
-        names += [m for m in recorded_models() if m not in names and not models.pspnet(m)]
+        names += [m for m in recorded_models() if m not in names and not models.converted(m)]
     if args.list:
         list_models(names or recorded_models() + sorted(ILSVRC))
         return 0

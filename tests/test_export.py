@@ -23,7 +23,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import onnx
 import pytest
 

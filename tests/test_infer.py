@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 import infer
+import models
+import predict
 from datasets import random_weights  # tests/datasets.py
 from guard import import_caffe
 from project import REPO, InputError
@@ -413,53 +415,9 @@ def test_full_res_is_tiled(model, tmp_path):
     caffe = import_caffe()
     deploy, good, _ = model
     net = caffe.Net(deploy, good, caffe.TEST)
-    mean, _ = infer.dataset_info('voc')
-    want = infer.sliding_logits(net, infer.preprocess(rgb, mean), 40).argmax(0)
+    prep = models.get('voc-fcn8s').preprocess
+    want = predict.sliding_logits(net, predict.preprocess(rgb, prep), 40).argmax(0)
     np.testing.assert_array_equal(label, want)
-
-
-def _conv_net(tmp_path, kernel=1):
-    """A 1 x 1 (or k x k, padded) convolution: its output at a pixel depends only on
-    that pixel (or a small neighbourhood), so windows can be checked exactly."""
-    deploy = tmp_path / ('conv%d.prototxt' % kernel)
-    deploy.write_text("""layer { name: "input" type: "Input" top: "data"
-        input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
-layer { name: "score" type: "Convolution" bottom: "data" top: "score"
-        convolution_param { num_output: 4 kernel_size: %d pad: %d } }
-""" % (kernel, kernel // 2))
-    caffe = import_caffe()
-    return caffe.Net(str(deploy), str(random_weights(deploy, tmp_path / 'c.caffemodel')), caffe.TEST)
-
-
-def test_sliding_logits(tmp_path):
-    net = _conv_net(tmp_path)
-    image = np.random.RandomState(8).randn(3, 23, 31).astype(np.float32)
-    whole = infer.forward_logits(net, image)
-    # pointwise net: every window gives the pixel the same logits, so the mean is exact
-    for crop, stride in ((10, None), ((7, 12), 5), (40, None)):
-        got = infer.sliding_logits(net, image, crop, stride)
-        assert got.shape == (4, 23, 31) and got.dtype == np.float32
-        np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5)
-    # flip adds the mirrored window's logits (the same, mirrored back, for this net)
-    np.testing.assert_allclose(infer.sliding_logits(net, image, 10, flip=True), 2 * whole,
-                               rtol=1e-5, atol=1e-5)
-    # a 3 x 3 net near window edges sees the padding: the overlap average is a real mean
-    net3 = _conv_net(tmp_path, 3)
-    small = image[:, :9, :9]
-    got = infer.sliding_logits(net3, small, 6, 3)  # windows at 0 and 3 on each axis
-    w = [infer.forward_logits(net3, np.ascontiguousarray(small[:, y:y + 6, x:x + 6]))
-         for y in (0, 3) for x in (0, 3)]
-    np.testing.assert_allclose(got[:, 0, 0], w[0][:, 0, 0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(got[:, 4, 4], np.mean([w[0][:, 4, 4], w[1][:, 4, 1], w[2][:, 1, 4],
-                                                      w[3][:, 1, 1]], axis=0), rtol=1e-5, atol=1e-5)
-    # smaller than the crop: zero padding (the mean) bottom / right, cut back after
-    padded = np.zeros((3, 12, 12), np.float32)
-    padded[:, :9, :9] = small
-    np.testing.assert_allclose(infer.sliding_logits(net3, small, 12),
-                               infer.forward_logits(net3, padded)[:, :9, :9], rtol=1e-5, atol=1e-5)
-    # windows every ceil(2/3 crop), the last flush with the edge
-    assert infer._window_starts(31, 10, 7) == [0, 7, 14, 21]
-    assert infer._window_starts(10, 10, 7) == [0]
 
 
 def test_unsupported_models(tmp_path):
@@ -502,10 +460,11 @@ def test_model_info():
     assert infer.model_info('siftflow-fcn8s') == ('siftflow', 'score_sem')
     assert infer.model_info('pascalcontext-fcn32s') == ('pascalcontext', 'score')
     assert infer.model_info('nyud-fcn32s-color') == ('nyud', 'score')
-    mean, names = infer.dataset_info('pascalcontext')
+    names = models.get('pascalcontext-fcn8s').data.classes
     assert len(names) == 60 and names[0] == 'background'
-    mean, names = infer.dataset_info('nyud')
-    assert len(names) == 40 and np.allclose(mean, [116.190, 97.203, 92.318])
+    spec = models.get('nyud-fcn32s-color')
+    assert len(spec.data.classes) == 40
+    assert spec.preprocess == models.Preprocess((116.190, 97.203, 92.318), 'BGR', 1.0)
 
 
 def test_segment_matches_manual_preprocessing(model):
@@ -514,8 +473,8 @@ def test_segment_matches_manual_preprocessing(model):
     net = caffe.Net(deploy, good, caffe.TEST)
     rng = np.random.RandomState(3)
     image = rng.randint(0, 256, (H, W, 3)).astype(np.uint8)
-    mean, _ = infer.dataset_info('voc')
-    label = infer.segment(net, image, mean)
+    mean = models.get('voc-fcn8s').preprocess.mean
+    label = predict.segment(net, image, mean)
     assert label.shape == (H, W) and label.dtype == np.uint8
     # the data layers' preprocessing, written out once more
     in_ = image.astype(np.float32)[:, :, ::-1] - np.array(mean, np.float32)

@@ -283,10 +283,10 @@ def test_model_paths_from_the_current_directory_and_folders_named_like_built_ins
         assert models.get(name).name == 'mine-' + name
         assert models.get('./' + name).name == 'mine-' + name
         assert models.model_dir(models.get(name)) == str(folder)
-    assert models.pspnet('pspnet50-ade20k') is None
-    assert models.pspnet(str(tmp_path / 'pspnet50-ade20k')) is None
+    assert models.converted('pspnet50-ade20k') is None
+    assert models.converted(str(tmp_path / 'pspnet50-ade20k')) is None
     os.chdir(project.REPO)  # (monkeypatch restores the directory)
-    assert models.pspnet('pspnet50-ade20k').name == 'pspnet50-ade20k'
+    assert models.converted('pspnet50-ade20k').name == 'pspnet50-ade20k'
     assert models.get('voc-fcn8s') is models.BUILTIN['voc-fcn8s']
     r = subprocess.run([sys.executable, os.path.join(project.REPO, 'infer.py'), 'photo.jpg',
                         '--model', 'mymodels/x'], cwd=str(tmp_path), capture_output=True,

@@ -1,5 +1,7 @@
-"""PSPNet's evaluation as its release does it (infer.release_logits, score.py --model
-pspnet...), and infer.py on PSPNet models, with narrow nets on tiny generated datasets."""
+"""PSPNet's evaluation as its release does it (predict.py, score.py --model pspnet...,
+reproduce.py), and infer.py on PSPNet models, with narrow nets on tiny generated datasets.
+The protocol itself is checked against a re-derivation in test_predict.py."""
+import dataclasses
 import json
 import os
 
@@ -11,7 +13,9 @@ import datasets  # tests/datasets.py
 import guard
 import infer
 import layers
+import models
 import net
+import predict
 import project
 import score
 import surgery
@@ -46,44 +50,12 @@ def conv_net(tmp_path, weights):
     return n
 
 
-def pil_resize(a, h, w):
-    """H x W x C float -> h x w x C, Pillow's bilinear per channel (the release's resize)."""
-    return np.stack([np.asarray(Image.fromarray(a[:, :, c].astype(np.float32), 'F')
-                                .resize((w, h), Image.BILINEAR)) for c in range(a.shape[2])], 2)
-
-
 def conv_x(x, w):
     """K x H x W: the 1 x 3 convolution (zero padded along x) of 3 x H x W `x`, float64."""
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1))).astype(np.float64)
     width = x.shape[2]
     return sum(np.einsum('kc,chw->khw', w[:, :, 0, j], padded[:, :, j:j + width])
                for j in range(3))
-
-
-def test_release_logits_resizes_flips_and_sums_the_scales(tmp_path):
-    rng = np.random.RandomState(0)
-    w = rng.normal(size=(4, 3, 1, 3)).astype(np.float32)
-    image = rng.randint(0, 256, (20, 30, 3)).astype(np.uint8)
-    mean = (100.0, 110.0, 120.0)  # B, G, R
-    scales = (0.5, 1.0, 1.25)     # long sides 12, 24, 30: each fits one 33 x 33 window
-    got = infer.release_logits(conv_net(tmp_path, w), image, mean, 24, 33, scales)
-    want = np.zeros((4, 20, 30))
-    for s in scales:
-        h, wd = int(round(20 * 24 * s / 30)), int(round(24 * s))
-        bgr = pil_resize(image.astype(np.float32), h, wd)[:, :, ::-1] - np.array(mean)
-        x = bgr.transpose(2, 0, 1)
-        # the window's logits plus those of its mirror image, mirrored back
-        logits = conv_x(x, w) + conv_x(x[:, :, ::-1], w)[:, :, ::-1]
-        want += pil_resize(logits.transpose(1, 2, 0), 20, 30).transpose(2, 0, 1)
-    assert got.shape == (4, 20, 30) and got.dtype == np.float32
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3 * np.abs(want).max())
-
-
-def test_release_logits_output_at_the_label_size(tmp_path):
-    w = np.ones((2, 3, 1, 3), np.float32)
-    got = infer.release_logits(conv_net(tmp_path, w), np.zeros((10, 16, 3), np.uint8),
-                               (0, 0, 0), 16, 9, size=(5, 8))
-    assert got.shape == (2, 5, 8)
 
 
 # ----------------------------------------------------------------------------- score.py
@@ -109,6 +81,14 @@ def narrow_pspnet(tmp_path, classes=150, seed=0):
     return str(deploy), str(weights)
 
 
+def release_labels(deploy, weights, rgb, base_size, size=None, model='pspnet50-ade20k'):
+    """The prediction of the registry's protocol for `model` at `base_size`."""
+    spec = models.get(model)
+    protocol = dataclasses.replace(spec.evaluation, base_size=base_size)
+    return predict.labels(caffe.Net(deploy, weights, caffe.TEST), rgb, protocol, spec.preprocess,
+                          spec.outputs[0].score, size=size)
+
+
 def test_score_pspnet_release_protocol_on_ade20k(root, tmp_path, capsys):
     ids = datasets.make_ade20k(root)
     deploy, weights = narrow_pspnet(tmp_path)
@@ -118,7 +98,8 @@ def test_score_pspnet_release_protocol_on_ade20k(root, tmp_path, capsys):
     assert score.main(args + ['--out', str(out), '--save-pred', str(pred_dir)]) == 0
     record = json.loads(out.read_text())
     assert record['images'] == 3 and record['split'] == 'validation'
-    assert record['protocol'] == dict(base_size=60, crop=[CROP, CROP], scales=[1.0], flip=True)
+    assert record['protocol'] == dict(windows='sliding', base_size=60, crop=[CROP, CROP],
+                                      scales=[1.0], flip=True, combine='probabilities')
     # every pixel of the annotations but ADE20K's 0 ("other") is scored
     counted = 0
     for idx in ids:
@@ -127,11 +108,10 @@ def test_score_pspnet_release_protocol_on_ade20k(root, tmp_path, capsys):
         saved = Image.open(pred_dir / (idx + '.png'))
         assert saved.size == png.shape[::-1]
         assert saved.getpalette()[3:6] == list(layers.ADE20K_PALETTE[1])
-        # the prediction is the argmax of the release's logits at the label's size
+        # the prediction is the argmax of the release's probabilities at the label's size
         rgb = np.array(Image.open(root / ADE / 'images/validation' / (idx + '.jpg')))
-        logits = infer.release_logits(caffe.Net(deploy, weights, caffe.TEST), rgb,
-                                      layers.PSP_MEAN, 60, CROP, size=png.shape)
-        np.testing.assert_array_equal(np.array(saved), logits.argmax(0))
+        np.testing.assert_array_equal(np.array(saved),
+                                      release_labels(deploy, weights, rgb, 60, png.shape))
     assert record['pixels'] == counted
     assert 0 <= record['mean_iu'] <= 1 and len(record['per_class_iu']) == 150
     multi = tmp_path / 'multi.json'
@@ -156,7 +136,8 @@ def test_score_pspnet_cityscapes_ids_with_folders(root, tmp_path):
 def test_pspnet_options_refused_for_fcn_models(tmp_path):
     w = tmp_path / 'w.caffemodel'
     w.write_bytes(b'x')
-    with pytest.raises(project.InputError, match='are for PSPNet models'):
+    with pytest.raises(project.InputError, match='are for models evaluated in sliding windows '
+                       r'\(pspnet50-ade20k, .*voc-fcn8s is scored on whole images'):
         score.main(['--model', 'voc-fcn8s', '--weights', str(w), '--multi-scale'])
     with pytest.raises(project.InputError, match='--scales must be positive'):
         score.main(['--model', 'pspnet50-ade20k', '--weights', str(w), '--scales', '0'])
@@ -167,17 +148,19 @@ def test_pspnet_options_refused_for_fcn_models(tmp_path):
 def test_reproduce_pspnet_rows_are_score_py_numbers(root, tmp_path, monkeypatch):
     import reproduce
     datasets.make_ade20k(root)
-    models = tmp_path / 'models'
-    folder = models / 'pspnet' / 'pspnet50-ade20k'
+    model_root = tmp_path / 'models'
+    folder = model_root / 'pspnet' / 'pspnet50-ade20k'
     folder.mkdir(parents=True)
     deploy, weights = narrow_pspnet(folder)
     with open(os.path.join(project.REPO, 'pspnet/pspnet50-ade20k/val.prototxt')) as f:
         (folder / 'val.prototxt').write_text(f.read())  # the release's data layer
     stock = folder / 'pspnet50_ADE20K-stock.caffemodel'  # where surgery.py pspnet-convert puts it
     stock.write_bytes(open(weights, 'rb').read())
-    monkeypatch.setitem(infer.PSP_BASE_SIZE, 'ade20k', 60)  # narrow net, tiny images
+    spec = models.get('pspnet50-ade20k')  # narrow net, tiny images: base size 60
+    monkeypatch.setitem(models.MODELS, spec.name, dataclasses.replace(
+        spec, evaluation=dataclasses.replace(spec.evaluation, base_size=60)))
     out = tmp_path / 'out'
-    base = ['--model-root', str(models), '--models', 'pspnet50-ade20k', '--out', str(out),
+    base = ['--model-root', str(model_root), '--models', 'pspnet50-ade20k', '--out', str(out),
             '--quiet']
     assert reproduce.main(base) == 0
     rows = {r['name']: r for r in json.loads((out / 'results.json').read_text())['rows']
@@ -221,15 +204,14 @@ def test_infer_pspnet_release_protocol_palette_and_names(tmp_path, capsys):
                        '--weights', weights, '--out', str(out)]) == 0
     saved = Image.open(out / 'street.png')
     assert saved.getpalette()[:6] == [120, 120, 120, 180, 120, 120]  # wall, building
-    logits = infer.release_logits(caffe.Net(deploy, weights, caffe.TEST), rgb, layers.PSP_MEAN,
-                                  512, CROP)
-    np.testing.assert_array_equal(np.array(saved), logits.argmax(0))
-    top = layers.ADE20K_CLASSES[int(np.bincount(logits.argmax(0).ravel()).argmax())]
+    pred = release_labels(deploy, weights, rgb, 512)
+    np.testing.assert_array_equal(np.array(saved), pred)
+    top = layers.ADE20K_CLASSES[int(np.bincount(pred.ravel()).argmax())]
     assert 'street.jpg (50x30) -> %s: %s ' % (out / 'street.png', top) in capsys.readouterr().out
     # the overlay blends the dataset's colours half and half (JPEG: compare class means)
     over = np.array(Image.open(out / 'street-overlay.jpg')).astype(float)
-    k = int(np.bincount(logits.argmax(0).ravel()).argmax())
-    mask = logits.argmax(0) == k
+    k = int(np.bincount(pred.ravel()).argmax())
+    mask = pred == k
     want = 0.5 * rgb[mask].mean(0) + 0.5 * np.array(layers.ADE20K_PALETTE[k])
     assert np.abs(over[mask].mean(0) - want).max() < 12
 
@@ -237,8 +219,9 @@ def test_infer_pspnet_release_protocol_palette_and_names(tmp_path, capsys):
 def test_infer_pspnet_missing_weights_and_multi_scale_for_fcn(tmp_path):
     photo = tmp_path / 'a.jpg'
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
-    with pytest.raises(project.InputError, match='pspnet101_VOC2012-stock.caffemodel: weights '
+    with pytest.raises(project.InputError, match='pspnet101_VOC2012-stock.caffemodel: '
                        'not found.*surgery.py pspnet-convert --model pspnet101-voc2012'):
         infer.main([str(photo), '--model', 'pspnet101-voc2012', '--out', str(tmp_path / 'o')])
-    with pytest.raises(project.InputError, match='--multi-scale is for PSPNet models'):
+    with pytest.raises(project.InputError, match='--multi-scale is for models evaluated at '
+                       'several scales'):
         infer.main([str(photo), '--model', 'voc-fcn8s', '--multi-scale', '--no-download'])

@@ -14,8 +14,8 @@ import guard
 import models
 import net
 import project
+import surgery
 import train
-import trainsetup
 import weights
 
 NARROW = (4, 4, 8, 4, 4, 8, 8, 4, 8, 4)
@@ -72,18 +72,18 @@ def test_narrow_pspnet_learns_through_the_solving_loop(root, tmp_path):
     assert [r['iter'] for r in records] == [20, 40, 60]
 
 
-def test_finish_pspnet_sets_interpolation_and_identity_bn(tmp_path, monkeypatch):
+def test_pspnet_finish_sets_interpolation_and_identity_bn(tmp_path, monkeypatch):
     caffe = guard.import_caffe()
     folder = narrow_model(tmp_path / 'm', 1e-5, 10)
     datasets.make_ade20k(tmp_path / 'd', ids=['ADE_train_00000001'], split='training',
                          size=(45, 60), paint=PAINT)
     monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path / 'd'))
     solver = type('Solver', (), {'net': caffe.Net(os.path.join(folder, 'train.prototxt'),
-                                                  caffe.TRAIN)})
+                                                  caffe.TRAIN)})  # as train.py holds it
     ip = solver.net.params['conv5_1_pool2_interp_flat'][0].data  # 2 x 2 bins -> 6 x 6
     bn = solver.net.params['conv1_1_3x3_s2/bn']
     assert not ip.any() and bn[2].data[0] == 0  # nothing set yet: zero weights, no statistics
-    trainsetup.finish_pspnet(solver)
+    surgery.finish(solver.net, models.get('pspnet50-ade20k').finish)
     assert np.allclose(ip.sum(axis=1), 1)  # each output a convex mix of the 2 x 2 bins
     assert (bn[0].data == 0).all() and (bn[1].data == 1).all() and bn[2].data[0] == 1
 
@@ -101,4 +101,4 @@ def test_solve_py_starts_from_the_converted_release(tmp_path):
     assert r.returncode == 0 and '6 rounds x 5000 iterations' in r.stdout
     with pytest.raises(project.InputError, match='pspnet101_VOC2012-stock.caffemodel: not found.*'
                        'surgery.py pspnet-convert --model pspnet101-voc2012'):
-        weights.pspnet_weights('pspnet101-voc2012')
+        weights.converted_weights(models.get('pspnet101-voc2012'))

@@ -1,8 +1,10 @@
 """What every command shares: the runner, the progress bar and the common flags.
 
 - `run_cli(main)`: the one place a command turns an input error into a one-line
-  message and exit status 1 (FCN_DEBUG=1 shows the traceback instead).
-- `progress_bar(total, desc)`: the tqdm bar long work shows.
+  message and exit status 1 (FCN_DEBUG=1 shows the traceback instead); SIGTERM is
+  handled as Ctrl-C is (KeyboardInterrupt, so every checked write removes its
+  temporary file), and printing never fails on a name the terminal cannot encode.
+- `progress_bar(total, desc)`: the tqdm bar long work shows (plain lines in a log).
 - `cpu_name()`: the processor's name, for the records benchmarks and reproduce.py write.
 - The flags several commands take, each defined once as an argparse parent:
   `gpu_flag()` (--gpu ID; --gpu ID[,ID...] for training), `data_root_flag()`
@@ -12,6 +14,7 @@
 """
 import argparse
 import os
+import signal
 import sys
 
 import tqdm
@@ -19,8 +22,29 @@ import tqdm
 from project import InputError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a `kill`, a scheduler's stop) raised in the main thread as Ctrl-C is, so the
+    same cleanup runs (safewrite.atomic_write removes its temporary file)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def tolerant_streams():
+    """Make stdout and stderr print any text: characters the terminal's encoding cannot
+    show (a non-ASCII file name under a latin-1 or C locale) become backslash escapes
+    instead of a UnicodeEncodeError in the middle of a batch."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, 'reconfigure'):
+            stream.reconfigure(errors='backslashreplace')
+
+
 def run_cli(main, argv=None):
-    """Run `main(argv)` as a command: input errors become one line on stderr and exit 1."""
+    """Run `main(argv)` as a command: input errors become one line on stderr and exit 1;
+    Ctrl-C exits 130 and SIGTERM 143, both after the cleanup a KeyboardInterrupt runs."""
+    tolerant_streams()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = main(argv)
     except (InputError, OSError) as e:
@@ -28,19 +52,38 @@ def run_cli(main, argv=None):
             raise
         print('error: %s' % e, file=sys.stderr)
         code = 1
+    except Terminated:
+        print('terminated', file=sys.stderr)
+        code = 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         code = 130
     sys.exit(code or 0)
 
 
+class _LogLines:
+    """tqdm's output file when stderr is not a terminal (a log, a pipe): every redraw
+    ('\\r' + status) becomes one line of its own, never a line of '\\r'-joined statuses."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        line = text.replace('\r', '').rstrip()
+        if line:
+            self.stream.write(line + '\n')
+
+    def flush(self):
+        self.stream.flush()
+
+
 def progress_bar(total, desc, enabled=True, unit='image'):
     """A tqdm bar on stderr for long work (count, rate, time left); none unless `enabled`.
-    Redrawn in place on a terminal; into a log file a line at most every 30 s. Print
-    beside it with bar.write(text)."""
+    Redrawn in place on a terminal; into a log file (not a terminal) a plain line at
+    most every 30 s and one at the end. Print beside it with bar.write(text)."""
     tty = sys.stderr.isatty()
     graphic = ' |{bar:20}|' if tty else ''
-    return tqdm.tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
+    return tqdm.tqdm(total=total, desc=desc, unit=unit, file=sys.stderr if tty else _LogLines(sys.stderr),
                      disable=not enabled or total <= 0, mininterval=0.1 if tty else 30,
                      bar_format='{desc} {n_fmt}/{total_fmt}%s {percentage:.0f}%%, '
                                 '{rate_fmt}, {remaining} left' % graphic)

@@ -18,7 +18,9 @@ For every image IMG.ext this writes, atomically, into --out (default: `fcn-out/`
 current directory, the place a user running the command looks for its results):
 
 - `IMG.png`: the predicted class index of every pixel (0 .. C-1) as a palette PNG in the
-  PASCAL VOC colours, at the image's displayed size (EXIF orientation applied);
+  PASCAL VOC colours, at the image's displayed size (EXIF orientation applied); a net
+  of more than 256 classes (more than a palette holds) gets a 16-bit grayscale PNG of
+  the indices instead, never indices cut to 8 bits;
 - `IMG-overlay.jpg`: the class colours blended half-and-half onto the image; pixels of
   class `background` (VOC, PASCAL-Context) are left as they are;
 
@@ -171,10 +173,11 @@ def check_rgb_net(net, prototxt):
 def overlay(image, label, background=None, alpha=0.5, palette=None):
     """H x W x 3 uint8: the class colours (the dataset's `palette`, K x 3 RGB, over the VOC
     palette; see layers.label_palette) blended onto `image` with weight `alpha`; pixels
-    of class `background` (and void, 255) keep the image's colours."""
-    colours = label_palette(palette)[label].astype(np.float32)
-    out = image.astype(np.float32) * (1 - alpha) + colours * alpha
-    keep = label == 255
+    of class `background` (and void, 255, in a uint8 label of up to 256 classes) keep the
+    image's colours."""
+    colours = label_palette(palette, int(label.max()) + 1 if label.size else 0)[label]
+    out = image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
+    keep = label == 255 if label.dtype == np.uint8 else np.zeros(label.shape, bool)
     if background is not None:
         keep |= label == background
     out[keep] = image[keep]
@@ -195,7 +198,8 @@ def resize_for_net(image, max_side):
 
 
 def resize_label(label, size):
-    """H x W uint8 label map resized to size=(height, width) with nearest neighbour."""
+    """H x W label map (uint8, or uint16 for more than 256 classes) resized to
+    size=(height, width) with nearest neighbour."""
     if label.shape == tuple(size):
         return label
     return np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
@@ -432,7 +436,7 @@ def segment_file(path, names, model, args, paths):
                          % (path, small.shape[1], small.shape[0]))
     label = resize_label(label, image.shape[:2])
     png, jpg = names
-    save_label_png(png, label, protect=paths, palette=model.palette)
+    save_label_png(png, label, protect=paths, palette=model.palette, num_classes=len(model.names))
     with atomic_write(jpg, protect=paths) as f:
         Image.fromarray(overlay(image, label, model.background, palette=model.palette)).save(
             f, format='JPEG', quality=90)

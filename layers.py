@@ -290,8 +290,13 @@ def read_labels(values, path, num_classes, first=0, void=(VOID,)):
                                 % (path, bad_values(values[~(is_void | is_class)]), first,
                                    first + num_classes - 1,
                                    ' (%s)' % ', '.join(map(str, void)) if void else ''))
+    classes = values[is_class] - first
+    if classes.size and classes.max() >= VOID:  # uint8 would wrap it (or make it void)
+        raise project.InputError('%s: label values up to %d name class %d, but labels are 8-bit '
+                                 'here: classes 0..%d, %d is void' % (path, classes.max() + first,
+                                                                     classes.max(), VOID - 1, VOID))
     out = np.full(values.shape, VOID, np.uint8)
-    out[is_class] = (values[is_class] - first).astype(np.uint8)
+    out[is_class] = classes.astype(np.uint8)
     return out
 
 
@@ -1224,14 +1229,17 @@ class VOC2012PSPSegDataLayer(PSPSegDataLayer):
 # --------------------------------------------------------------------------------------
 # Label images: palettes and palette PNGs (every dataset's colours over the VOC colour map)
 
-def label_palette(palette=None):
-    """256 x 3 uint8: `palette` (K x 3 RGB colours of classes 0..K-1) over the VOC colour
-    map, which gives every other index (void 255 included) its colour."""
-    out = voc_palette()
+def label_palette(palette=None, n=256):
+    """n x 3 uint8 (n >= 256): `palette` (K x 3 RGB colours of classes 0..K-1) over the VOC
+    colour map, which gives every other index (void 255 included) its colour."""
+    out = voc_palette(max(256, int(n)))
     if palette is not None:
-        palette = np.asarray(palette, np.uint8).reshape(-1, 3)[:256]
+        palette = np.asarray(palette, np.uint8).reshape(-1, 3)[:len(out)]
         out[:len(palette)] = palette
     return out
+
+
+PALETTE_CLASSES = 256  # what one palette PNG can hold: indices 0..255
 
 
 def voc_palette(n=256):
@@ -1251,16 +1259,28 @@ def voc_palette(n=256):
     return palette
 
 
-def save_label_png(path, label, protect=(), palette=None):
-    """Write an H x W array of class indices (0-255) as a palette PNG, atomically, never
-    over one of `protect` (see check_not_input). palette: the dataset's colours, K x 3
-    RGB for classes 0..K-1 (ADE20K's, Cityscapes'); the VOC colour map for the rest and
-    by default."""
+def save_label_png(path, label, protect=(), palette=None, num_classes=None):
+    """Write an H x W array of class indices as a PNG, atomically, never over one of
+    `protect` (see check_not_input).
+
+    Up to 256 classes (`num_classes`, default: the largest index + 1): a palette PNG of
+    the indices; palette: the dataset's colours, K x 3 RGB for classes 0..K-1 (ADE20K's,
+    Cityscapes'), the VOC colour map for the rest and by default. More classes than a
+    palette holds: a 16-bit grayscale PNG of the indices (0..65535), so class 299 stays
+    299 (cast to 8 bits it would read as class 43); readers get the index either way
+    (np.asarray(Image.open(path)))."""
     label = np.asarray(label)
     if label.ndim != 2:
         raise ValueError('label must be H x W, got shape %s' % (label.shape,))
-    img = Image.fromarray(label.astype(np.uint8), mode='P')
-    img.putpalette(label_palette(palette).ravel().tolist())
+    top = int(label.max()) if label.size else 0
+    if label.size and (int(label.min()) < 0 or top > 65535):
+        raise ValueError('%s: class indices must be 0..65535, got %d..%d'
+                         % (path, int(label.min()), top))
+    if max(num_classes or 0, top + 1) > PALETTE_CLASSES:
+        img = Image.fromarray(label.astype(np.uint16))  # mode I;16
+    else:
+        img = Image.fromarray(label.astype(np.uint8), mode='P')
+        img.putpalette(label_palette(palette).ravel().tolist())
     with safewrite.atomic_write(path, protect=protect) as f:
         img.save(f, format='PNG')
 

@@ -7,7 +7,7 @@ their scores here, driven by the registry's `models.Protocol` (spec.evaluation) 
     import models, predict
     spec = models.get('pspnet50-ade20k')
     probs = predict.scores(net, rgb, spec.evaluation, spec.preprocess)   # K x H x W
-    label = predict.labels(net, rgb, spec.evaluation, spec.preprocess)   # H x W uint8
+    label = predict.labels(net, rgb, spec.evaluation, spec.preprocess)   # H x W class ids
 
 - 'whole' (the FCNs, CVPR 2015 section 4): one forward pass at the image's size, the
   net's logits (its crop layers align the output to the input); optionally tiled
@@ -317,9 +317,17 @@ def scores(net, image, protocol, prep, blob=None, scales=None, size=None, tile=N
     return sliding_scores(net, image, protocol, prep, scales, size, blob)
 
 
+def label_dtype(num_classes):
+    """The smallest unsigned dtype holding class indices 0..num_classes-1: uint8 up to 256
+    classes, uint16 up to 65536 (never a cast that wraps class 299 to 43), else uint32."""
+    return np.uint8 if num_classes <= 256 else np.uint16 if num_classes <= 65536 else np.uint32
+
+
 def labels(net, image, protocol, prep, blob=None, scales=None, size=None, tile=None):
-    """H x W uint8 class indices: the argmax over the classes of `scores`."""
-    return scores(net, image, protocol, prep, blob, scales, size, tile).argmax(axis=0).astype(np.uint8)
+    """H x W class indices (label_dtype of the class count: uint8 up to 256 classes): the
+    argmax over the classes of `scores`."""
+    s = scores(net, image, protocol, prep, blob, scales, size, tile)
+    return s.argmax(axis=0).astype(label_dtype(s.shape[0]))
 
 
 def with_options(protocol, base_size=None, flip=None, scales=None):
@@ -331,5 +339,5 @@ def with_options(protocol, base_size=None, flip=None, scales=None):
 
 def segment(net, image, mean, blob=None, tile=None):
     """Labels of one image through the whole-image protocol with the data layers'
-    preprocessing (RGB -> BGR, minus `mean` given (B, G, R)): H x W uint8."""
+    preprocessing (RGB -> BGR, minus `mean` given (B, G, R)): H x W (see labels)."""
     return labels(net, image, models.Protocol(), models.Preprocess(tuple(mean)), blob, tile=tile)

@@ -145,7 +145,8 @@ def evaluate_tasks(net, ids, tasks, progress=True):
                 except ValueError as e:
                     raise ValueError('image %s, %s: %s' % (idx, t.gt, e))
                 if t.save_dir:
-                    layers.save_label_png(os.path.join(t.save_dir, idx + '.png'), pred)
+                    layers.save_label_png(os.path.join(t.save_dir, idx + '.png'), pred,
+                                          num_classes=cm.num_classes)
                 if loss:
                     total[0] += float(net.blobs[loss].data.flat[0])
             bar.update(1)
@@ -205,7 +206,7 @@ def evaluate_protocol(net, cls, params, ids, num_classes, protocol, prep, blob, 
             if save_dir:
                 path = os.path.join(save_dir, idx + '.png')
                 os.makedirs(os.path.dirname(path), exist_ok=True)  # Cityscapes ids are city/name
-                layers.save_label_png(path, pred, palette=palette)
+                layers.save_label_png(path, pred, palette=palette, num_classes=num_classes)
             bar.update(1)
     finally:
         bar.close()

@@ -557,6 +557,22 @@ class SegDataLayer(caffe.Layer):
         together, the images one process would draw. Call seek() after it."""
         self.share = (rank, count)
 
+def walk_in_order(net):
+    """Make every layers.py data layer of caffe.Net `net` walk its list in order, one
+    image per forward, without augmentation: what scoring needs whatever the layer's
+    split or param_str (a training split draws at random with replacement). A layer that
+    was drawing starts again from its first id. Returns how many layers were changed."""
+    changed = 0
+    for layer in net.layers:
+        if isinstance(layer, SegDataLayer) and (layer.random or layer.params.get('augment')):
+            layer.random = layer.params['randomize'] = False
+            if 'augment' in layer.params:
+                layer.params['augment'] = False
+            layer.idx, layer.loaded = 0, None
+            changed += 1
+    return changed
+
+
 def bind_num_classes(net):
     """Give the layers.py data layers of caffe.Net `net` the net's class count for each
     label top: the channels of the score blob a loss (or accuracy) layer compares it with
@@ -1086,18 +1102,26 @@ class PSPSegDataLayer(SegDataLayer):
         """The label file of image `idx` (read_example reads it)."""
         raise NotImplementedError
 
+    @classmethod
+    def example(cls, p, idx, num_classes=None):
+        """read_example, checked: an InputError naming the label file when the label is not
+        the size of its image (scoring would compare pixels that do not correspond;
+        augmenting would resize one to the other)."""
+        rgb, label = cls.read_example(p, idx, num_classes)
+        if rgb.shape[:2] != label.shape:
+            raise project.InputError('%s: label is %d x %d pixels, its image %s is %d x %d'
+                                     % (cls.label_path(p, idx), label.shape[1], label.shape[0],
+                                        idx, rgb.shape[1], rgb.shape[0]))
+        return rgb, label
+
     def setup(self, bottom, top):
         self.forwards = 0
         super().setup(bottom, top)
 
     def load(self, idx):
         p = self.params
-        rgb, label = self.read_example(p, idx, self.num_classes['label'])
         self.label_files['label'] = self.label_path(p, idx)
-        if rgb.shape[:2] != label.shape:  # augmenting would resize one to the other
-            raise project.InputError('%s: label is %d x %d pixels, its image %s is %d x %d'
-                                    % (self.label_files['label'], label.shape[1],
-                                       label.shape[0], idx, rgb.shape[1], rgb.shape[0]))
+        rgb, label = self.example(p, idx, self.num_classes['label'])
         image = rgb[:, :, ::-1].astype(np.float32) - p['mean']  # H x W x 3, BGR
         if p['augment']:
             rng = np.random.default_rng([p['seed'], self.forwards])

@@ -132,6 +132,7 @@ def evaluate_tasks(net, ids, tasks, progress=True):
     score_sem/sem and score_geo/geo). Returns a list of `Evaluation`s, one per task.
     A label outside a task's classes is a ValueError naming the image id and values."""
     ids = [str(i) for i in ids]
+    layers.walk_in_order(net)
     state = [_task_state(net, t) for t in tasks]
     bar = cli.progress_bar(len(ids), 'scoring ' + ', '.join(t.layer for t in tasks),
                               enabled=progress)
@@ -186,7 +187,8 @@ def evaluate_protocol(net, cls, params, ids, num_classes, protocol, prep, blob, 
     """The evaluation `protocol` (models.Protocol, run by predict.scores: PSPNet's
     sliding windows) of deploy net `net` over image ids `ids`, each read by data layer
     class `cls` with its parsed `params` (read_example: whole image and labels as the
-    dataset stores them, mapped to 0..num_classes-1 / 255), preprocessed by `prep`
+    dataset stores them, mapped to 0..num_classes-1 / 255; a label of another size than
+    its image is an InputError naming the label file), preprocessed by `prep`
     (models.Preprocess); the crop is the net's input size, the scores are those of blob
     `blob` at the label's size. save_dir: predictions as palette PNGs <save_dir>/<id>.png
     (`palette`: the dataset's colours). Returns an `Evaluation` of the predictions
@@ -197,7 +199,7 @@ def evaluate_protocol(net, cls, params, ids, num_classes, protocol, prep, blob, 
                               enabled=progress)
     try:
         for idx in ids:
-            rgb, label = cls.read_example(params, idx, num_classes)
+            rgb, label = cls.example(params, idx, num_classes)
             pred = predict.labels(net, rgb, protocol, prep, blob, size=label.shape)
             try:
                 cm.update(label, pred)
@@ -231,7 +233,7 @@ def score_protocol(args, spec):
     for path in (val, deploy):
         if not os.path.isfile(path):
             raise project.InputError('%s: not found (generate the nets with python net.py)' % path)
-    output_checks(args, val, args.weights)
+    output_checks(args, val, args.weights, deploy)
     param = netinit.read_net_param(val)
     cls, split, ids = net_split_ids(param, val, args.split, args.data_root)
     p = cls.parse_params(data_layer(param, layers)[0].python_param.param_str,
@@ -314,16 +316,36 @@ def data_layer(param, layers):
 def net_split_ids(param, path, split=None, root=None):
     """(data layer class, split, image ids in walking order) of the layers.py data layer in
     NetParameter `param` (read from `path`); `split` replaces the net's split in `param`;
-    directories relative to layers.data_root(root)."""
+    directories relative to layers.data_root(root).
+
+    The layer in `param` is set to walk its list in order, once per image, without
+    augmentation (randomize and augment false), whatever the split's name or the net's
+    param_str say: a training split's default is random draws with replacement, which
+    would score some images twice, others never, and save predictions under the wrong
+    ids."""
     layer, cls = data_layer(param, layers)
     try:
         p = layers.parse_param_str(layer.python_param.param_str)
         if split:
             p['split'] = split
-            layer.python_param.param_str = json.dumps(p)
+        p['randomize'] = False
+        if 'augment' in cls.allowed_keys():
+            p['augment'] = False
+        layer.python_param.param_str = json.dumps(p)
         return cls, p.get('split'), cls.ids(p.get('split'), root,
                                             **{k: p[k] for k in cls.DIRS if k in p})
     except ValueError as e:
+        raise project.InputError('%s: %s' % (path, e))
+
+
+def split_list(param, path, root=None):
+    """The split list file the layers.py data layer of `param` (as net_split_ids left it)
+    reads: an input no output may replace."""
+    layer, cls = data_layer(param, layers)
+    try:
+        return cls.split_path(cls.parse_params(layer.python_param.param_str,
+                                               check_required=False, root=root))
+    except (ValueError, KeyError) as e:
         raise project.InputError('%s: %s' % (path, e))
 
 
@@ -422,10 +444,26 @@ def class_info(dataset, gt='label', split=None, num_classes=None):
     return classes, exclude
 
 
-def output_checks(args, val, weights):
+def model_inputs(folder):
+    """The files of a model's folder a scoring run reads or that make the model (its
+    prototxts, model.json): no output may replace them."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    return [os.path.join(folder, n) for n in names
+            if n.endswith('.prototxt') or n == 'model.json']
+
+
+def output_checks(args, val, weights, deploy=None):
     """Refuse, before anything is scored, a --out or --save-pred that cannot be written or
-    would replace an input: the weights, the prototxt, or anything in the dataset's folders."""
-    inputs = [weights, val] + data_dirs(netinit.read_net_param(val), val, args.data_root)
+    would replace an input: the weights, the val and deploy prototxts (and every other
+    file that makes the model), the split list, or anything in the dataset's folders."""
+    param = netinit.read_net_param(val)
+    net_split_ids(param, val, args.split, args.data_root)
+    inputs = ([weights, val] + ([deploy] if deploy else []) +
+              model_inputs(os.path.dirname(os.path.abspath(val))) +
+              [split_list(param, val, args.data_root)] + data_dirs(param, val, args.data_root))
     for flag, path in (('--out', args.out), ('--save-pred', args.save_pred)):
         if path:
             safewrite.check_writable(path, flag, folder=flag == '--save-pred')

@@ -12,9 +12,13 @@ a subprocess (`probe_net`), so that Caffe's abort there is an InputError here.
 - `check_prototxt(path, phase)`: read_net_param + check_net in one or both phases.
 - `check_net(param, path, phase, input_shapes)`: {blob: shape}, every layer checked.
 - `layer_active(layer, phase)`: whether Net::FilterNet keeps a layer in a phase.
+- `check_resize(param, path, input_shapes)` / `check_input(net, input_shapes)`: before a
+  built net is reshaped to another input size (an image's): the blobs, the layers
+  without a rule (probed at that size), parameters whose shape follows the input.
 """
 import os
 import sys
+import weakref
 
 from guard import import_caffe
 from project import INT_MAX, REPO, InputError
@@ -509,16 +513,30 @@ def check_net(param, path, phase='test', input_shapes=None, probe=True):
                                  % (where, name, ' x '.join(map(str, shape)), _count(shape), LIMIT))
             shapes[name] = shape
     if unruled and probe:
-        probe_net(path, phase)
+        probe_net(path, phase, given)
     return shapes
 
 
-def probe_net(path, phase='test'):
+_PROBED = set()  # (path, mtime, phase, input shapes) that built and reshaped fine
+
+
+def probe_net(path, phase='test', input_shapes=None):
     """Build net `path` once in a subprocess, so that a Caffe abort there is an InputError
-    here (with Caffe's own reason), for nets with layers check_net has no rule for."""
+    here (with Caffe's own reason), for nets with layers check_net has no rule for. With
+    `input_shapes` ({input: shape}) the net built at its declared shapes is then reshaped
+    to them, as a command running it at an image's size does (a layer such as SPP may
+    take the declared size and abort at another). Successes are remembered."""
     import subprocess
+    shapes = tuple(sorted((k, tuple(int(d) for d in v)) for k, v in (input_shapes or {}).items()))
+    key = (os.path.abspath(str(path)), os.path.getmtime(str(path)), phase, shapes)
+    if key in _PROBED:
+        return
     code = ('import sys, caffe; caffe.set_mode_cpu(); '
-            'caffe.Net(sys.argv[1], caffe.TRAIN if sys.argv[2] == "train" else caffe.TEST)')
+            'net = caffe.Net(sys.argv[1], caffe.TRAIN if sys.argv[2] == "train" else caffe.TEST)\n'
+            'for name, shape in %r:\n'
+            '    net.blobs[name].reshape(*shape)\n'
+            'if %r:\n'
+            '    net.reshape()' % (shapes, bool(shapes)))
     env = dict(os.environ, GLOG_minloglevel='2', PYTHONPATH=os.pathsep.join(
         [REPO] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
     r = subprocess.run([sys.executable, '-c', code, str(path), phase], capture_output=True,
@@ -527,7 +545,74 @@ def probe_net(path, phase='test'):
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         reason = next((l for l in lines if 'Check failed' in l or l[:1] == 'F'), lines[-1] if lines
                       else 'exit status %d' % r.returncode)
-        raise InputError('%s: Caffe cannot build this net: %s' % (path, reason.strip()))
+        at = ' at input %s' % ', '.join('%s %s' % (k, 'x'.join(map(str, v))) for k, v in shapes) \
+            if shapes else ''
+        raise InputError('%s: Caffe cannot build this net%s: %s' % (path, at, reason.strip()))
+    _PROBED.add(key)
+
+
+def param_shapes(param, path, phase='test', input_shapes=None):
+    """{layer: [parameter blob shapes]} of the layers whose parameter shapes follow their
+    bottom's size (InnerProduct: num_output x the values per item; Scale over the spatial
+    axes), for a net of NetParameter `param` at `input_shapes` (default the declared)."""
+    shapes = check_net(param, path, phase, input_shapes, probe=False)
+    out = {}
+    for layer in param.layer:
+        if not layer_active(layer, phase, param.state if param.HasField('state') else None):
+            continue
+        b = shapes.get(layer.bottom[0]) if layer.bottom else None
+        if b is None:
+            continue
+        if layer.type == 'InnerProduct':
+            p = layer.inner_product_param
+            weight = (p.num_output, _count(b[_axis(p.axis, len(b)):]))
+            out[layer.name] = [weight[::-1] if p.transpose else weight]
+        elif layer.type == 'Scale' and len(layer.bottom) == 1:
+            p = layer.scale_param
+            axis = _axis(p.axis, len(b))
+            out[layer.name] = [tuple(b[axis:] if p.num_axes == -1 else b[axis:axis + p.num_axes])]
+    return out
+
+
+def check_resize(param, path, input_shapes, phase='test'):
+    """InputError unless a net built from `param` (read from `path`) at its declared input
+    shapes can be reshaped to `input_shapes` ({input: shape}, e.g. an image's 1 x 3 x H x
+    W) and run: every blob checked at the new size (check_net), layers without a shape
+    rule probed at it (probe_net), and no parameter whose shape follows the input size
+    (an InnerProduct's weights): Caffe aborts reshaping those ("Input size incompatible
+    with inner product parameters")."""
+    check_net(param, path, phase, input_shapes)
+    built, wanted = param_shapes(param, path, phase), param_shapes(param, path, phase, input_shapes)
+    for name, shapes in built.items():
+        if wanted.get(name) != shapes:
+            layer = next(l for l in param.layer if l.name == name)
+            raise InputError('%s: layer %r (%s): its parameters are %s for the declared input, '
+                             'an input of %s needs %s: this net takes only its declared size'
+                             % (path, name, layer.type, ' x '.join(map(str, shapes[0])),
+                                ', '.join('x'.join(map(str, v)) for v in input_shapes.values()),
+                                ' x '.join(map(str, wanted[name][0]))))
+
+
+_OPENED = weakref.WeakKeyDictionary()  # caffe.Net -> [NetParameter, path, phase, sizes checked]
+
+
+def remember(net, param, path, phase='test'):
+    """Note which prototxt caffe.Net `net` was built from, so that check_input can check
+    a new input size before the net is reshaped to it (netload.open_net calls this)."""
+    _OPENED[net] = [param, str(path), phase, set()]
+
+
+def check_input(net, input_shapes):
+    """check_resize for caffe.Net `net` at {input: shape}, when it was opened through
+    netload.open_net (others are not known here: nothing is checked); each size once."""
+    record = _OPENED.get(net)
+    if record is None:
+        return
+    param, path, phase, done = record
+    key = tuple(sorted((k, tuple(v)) for k, v in input_shapes.items()))
+    if key not in done:
+        check_resize(param, path, dict(input_shapes), phase)
+        done.add(key)
 
 
 def check_prototxt(path, phase=None, input_shapes=None):

@@ -10,7 +10,7 @@ InputError naming the file, never a Caffe abort.
 import os
 
 from guard import import_caffe
-from netinit import _count, check_prototxt
+from netinit import _count, check_prototxt, read_net_param, remember
 from project import InputError
 
 
@@ -93,10 +93,12 @@ def check_weights(path, net, partial=False):
 def open_net(prototxt, phase='test', weights=None, partial=False):
     """caffe.Net for `prototxt` in phase 'train' or 'test', with `weights` copied in
     (every parameter layer covered unless `partial`: see check_weights), every input
-    checked first so bad input is an InputError, never a Caffe abort."""
+    checked first so bad input is an InputError, never a Caffe abort. The net is
+    remembered, so a reshape to an image's size is checked first (netinit.check_input)."""
     caffe = import_caffe()
     check_prototxt(prototxt, phase)
     net = caffe.Net(str(prototxt), caffe.TRAIN if phase == 'train' else caffe.TEST)
+    remember(net, read_net_param(prototxt), prototxt, phase)  # for netinit.check_input
     if weights:
         check_weights(weights, net, partial)
         net.copy_from(str(weights))

@@ -26,15 +26,16 @@ their scores here, driven by the registry's `models.Protocol` (spec.evaluation) 
   uint8 image with the mean rounded to uint8 (scale_process.m), so padded pixels are
   e.g. (0.32, 0.221, 0.061) after subtraction for PSPNet's mean.
 
-Imports no application module: apps -> predict -> common (the Caffe guard) -> models.
-Nothing here imports Caffe; the nets passed in are caffe.Net objects (or anything with
-their `inputs`, `blobs`, `forward`).
+Imports no application module: apps -> predict -> netinit (a new input size checked
+before the net is reshaped to it) -> models. Nothing here imports Caffe; the nets passed
+in are caffe.Net objects (or anything with their `inputs`, `blobs`, `forward`).
 """
 import dataclasses
 
 import numpy as np
 
 import models
+import netinit
 
 
 # ----------------------------------------------------------------------------- MATLAB's imresize
@@ -168,10 +169,14 @@ def score_blob(net):
 
 def forward_logits(net, image, blob=None):
     """K x H x W float32 class scores of one C x H x W float32 input (already
-    preprocessed): the net's input is reshaped to 1 x C x H x W, blob `blob` (default
+    preprocessed): the net's input is reshaped to 1 x C x H x W (a new size checked first
+    by netinit.check_input: an InputError, never a Caffe abort), blob `blob` (default
     score_blob) must come out at the input's size (FCN crops it there)."""
     name = net.inputs[0]
-    net.blobs[name].reshape(1, *image.shape)
+    shape = (1,) + tuple(image.shape)
+    if tuple(net.blobs[name].data.shape) != shape:  # Caffe aborts on a size the net cannot take
+        netinit.check_input(net, {name: shape})
+    net.blobs[name].reshape(*shape)
     net.blobs[name].data[...] = image
     net.forward()
     blob = blob or score_blob(net)

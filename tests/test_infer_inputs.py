@@ -90,3 +90,37 @@ def test_labels_of_up_to_256_classes_stay_palette_pngs(tmp_path):
     assert Image.open(path).mode == 'P'
     layers.save_label_png(path, np.array([[0, 3]], np.int64), num_classes=257)
     assert Image.open(path).mode == 'I;16' and np.asarray(Image.open(path)).tolist() == [[0, 3]]
+
+
+# ----------------------------------------------------------------------------- nets at a new size
+
+FC = """layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+        inner_product_param { num_output: 2 } }
+"""
+SPP = """layer { name: "spp" type: "SPP" bottom: "data" top: "spp" spp_param { pyramid_height: 3 } }
+"""
+
+
+def test_inner_product_net_at_another_size_is_an_error_not_an_abort(tmp_path):
+    """A --deploy net with an InnerProduct layer takes only its declared size: an image of
+    another size is a one-line error naming the layer, never Caffe's abort; an image of
+    the declared size is segmented."""
+    deploy, weights = tiny_net(tmp_path / 'net', extra=FC)
+    photo(tmp_path / 'other.png')
+    photo(tmp_path / 'declared.png', size=(16, 16))
+    r = run_infer(tmp_path / 'other.png', tmp_path / 'declared.png', '--deploy', deploy,
+                  '--weights', weights, '--out', tmp_path / 'o')
+    one_error_line(r, 'other.png', "'fc'", 'InnerProduct', 'declared')
+    assert (tmp_path / 'o' / 'declared.png').is_file() and '1 of 2' in r.stdout
+
+
+def test_layer_without_a_shape_rule_is_probed_at_the_size_used(tmp_path):
+    """SPP (no shape rule here) builds at the declared size but aborts Caffe at 2 x 2: it
+    is probed at each image's size, so that image is a one-line error, the others done."""
+    deploy, weights = tiny_net(tmp_path / 'net', extra=SPP)
+    photo(tmp_path / 'tiny.png', size=(2, 2))
+    photo(tmp_path / 'ok.png')
+    r = run_infer(tmp_path / 'tiny.png', tmp_path / 'ok.png', '--deploy', deploy,
+                  '--weights', weights, '--out', tmp_path / 'o')
+    one_error_line(r, 'tiny.png', 'Caffe cannot build this net at input data 1x3x2x2')
+    assert (tmp_path / 'o' / 'ok.png').is_file() and '1 of 2' in r.stdout

@@ -623,3 +623,26 @@ def check_prototxt(path, phase=None, input_shapes=None):
     for p in ([phase] if phase else ['train', 'test']):
         check_net(param, str(path), p, input_shapes)
     return str(path)
+
+
+def coarsest_stride(param, phase='test'):
+    """The largest step, in input pixels, between neighbouring values of any blob of the
+    net (the product of the convolution and pooling strides on the way to it, divided by
+    the deconvolutions'): 32 for FCN's pool5. A window smaller than
+    this holds less than one cell of the net's coarsest layer."""
+    state = param.state if param.HasField('state') else None
+    strides = {name: 1.0 for name in param.input}
+    for layer in param.layer:
+        if not layer_active(layer, phase, state):
+            continue
+        s = max([strides.get(b, 1.0) for b in layer.bottom] or [1.0])
+        if layer.type in ('Convolution', 'Deconvolution'):
+            p = layer.convolution_param
+            step = p.stride_h if p.HasField('stride_h') else (p.stride[0] if len(p.stride) else 1)
+            s = s / step if layer.type == 'Deconvolution' else s * step
+        elif layer.type == 'Pooling' and not layer.pooling_param.global_pooling:
+            p = layer.pooling_param
+            s *= p.stride_h if p.HasField('stride_h') else p.stride
+        for top in layer.top:
+            strides[top] = s
+    return max(1, int(round(max(strides.values() or [1.0]))))

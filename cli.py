@@ -6,6 +6,7 @@
   temporary file), and printing never fails on a name the terminal cannot encode.
 - `progress_bar(total, desc)`: the tqdm bar long work shows (plain lines in a log).
 - `cpu_name()`: the processor's name, for the records benchmarks and reproduce.py write.
+- `available_memory()`: the bytes a command may plan to use (up-front memory checks).
 - The flags several commands take, each defined once as an argparse parent:
   `gpu_flag()` (--gpu ID; --gpu ID[,ID...] for training), `data_root_flag()`
   (--data-root DIR) and `limit_flag()` (--limit N); `use_data_root(root)` is the one
@@ -99,6 +100,22 @@ def cpu_name():
     except OSError:
         pass
     return ''
+
+
+def available_memory():
+    """Bytes of memory this machine can give a process now without swapping: Linux's
+    MemAvailable, else the free physical pages (None where neither is known)."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # --- the flags several commands share ------------------------------------------------------

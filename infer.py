@@ -40,7 +40,18 @@ run at all (FCN-8s's conv1_2 buffer would pass Caffe's 2^31 - 1 values per blob)
 `--max-side N` picks another scale; one too large for the net is a one-line error naming
 the largest that fits. `--full-res` keeps the photo's size and runs the net on
 overlapping `--tile` x `--tile` windows (default 500, stride ceil(2/3 tile), logits
-averaged where they overlap: predict.sliding_logits).
+averaged where they overlap: predict.sliding_logits), kept a band of rows at a time
+(predict.tiled_labels: memory classes x tile x width, not classes x height x width); a
+tile below the net's coarsest stride (32 for FCN) or one giving an image more than 10,000
+windows is refused, and a tiling of many windows shows their progress.
+
+Size. Any size the machine's memory holds: before an image is decoded, the size its
+header claims is checked against the memory available (about 40 bytes a pixel besides
+the net, plus the --full-res band or, for PSPNet, its class scores at full size:
+memory_need); a larger one is a one-line error naming the need and what is available.
+This is the project's bound in place of Pillow's "decompression bomb" limit (a warning
+from 89 Mpx, a refusal from 179 Mpx on any machine), which infer.py turns off. An
+image wider or taller than JPEG's 65,500 pixels gets its overlay as IMG-overlay.png.
 
 Preprocessing is exactly the data layers': RGB -> BGR, float32, minus the dataset's
 mean, C x H x W; the net's input is reshaped to each image's size (any size works: the
@@ -56,16 +67,19 @@ probabilities averaged; --multi-scale averages the six scales 0.5 .. 1.75), with
 PSPNet's mean, and written in the dataset's palette with its class names (ADE20K's 150,
 Cityscapes' 19, VOC's 21). Their default weights are the release's converted for this
 Caffe (python weights.py MODEL && python surgery.py pspnet-convert --model MODEL);
---max-side, --full-res and --tile do not apply.
+--max-side, --full-res and --tile do not apply and are refused.
 
 Only models that take one RGB image are supported: VOC, PASCAL-Context, SIFT Flow (its
 semantic head, `score_sem`) and NYUDv2 color. A bad image (missing, not an image,
 truncated, empty, too large for the chosen scale) or an output that cannot be written
 completely (a full disk) gets a one-line error naming it; the other images are still
-done and the exit status is 1 at the end. A --classes file must name as many classes as
-the net has.
+done and the exit status is 1 at the end. --out is checked writable before the model is
+opened. A --classes file must name as many classes as the net has. A net whose
+parameters fix its input size (an InnerProduct layer) takes only that size: another is
+a one-line error for that image (netinit.check_input), never Caffe's abort.
 """
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -78,15 +92,22 @@ import layers
 import models
 import predict
 import weights
-from cli import gpu_flag, progress_bar, run_cli
+from cli import available_memory, gpu_flag, progress_bar, run_cli
 from guard import set_mode
 from layers import label_palette, save_label_png
-from netinit import LIMIT, check_net, read_net_param
+from netinit import LIMIT, check_net, coarsest_stride, read_net_param
 from netload import open_net
 from project import InputError
-from safewrite import atomic_write
+from safewrite import atomic_write, check_writable
 
 TILE = 500  # --full-res window side, and --max-side where the spec gives no side
+MAX_WINDOWS = 10000  # --full-res windows per image beyond which the tile is refused as absurd
+JPEG_MAX_SIDE = 65500  # libjpeg's largest side: a larger image's overlay is written as PNG
+# Peak bytes per image pixel segment_file needs besides the net (see memory_need): the
+# decoded image and PIL's copies of it while loading (a 16-bit image is scaled in float64),
+# the label at full size, the overlay (blended a band of rows at a time) and its encoder's
+# copy. Measured peaks on 25 Mpx photos: 18 (JPEG), 28 (16-bit PNG), 32 (--full-res); with margin:
+PIXEL_BYTES = 40
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm',
               '.pgm', '.pnm', '.jpe')
@@ -103,12 +124,31 @@ def model_info(model):
     return spec.dataset, spec.outputs[0].score
 
 
-def load_image(path):
+@contextlib.contextmanager
+def _project_pixel_bound():
+    """PIL's decompression-bomb bound off while an image is opened: it warns from 89 Mpx
+    and refuses from 179 Mpx whatever the machine. The project's own bound applies instead
+    (load_image's `check_size`, from the header, before anything is decoded: infer.py
+    refuses an image whose segmentation would not fit the memory available)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def load_image(path, check_size=None):
     """Open `path` as H x W x 3 uint8 RGB at its displayed size (EXIF orientation applied).
 
     Grayscale / palette / CMYK convert to RGB; 16-bit and 32-bit integer or float
     images are scaled to 8 bits (16-bit: value / 257); transparency is composited on
-    white. Raises InputError naming `path` for anything that is not a readable image."""
+    white. check_size(height, width): called with the size the file's header claims
+    before any pixel is decoded (PIL opens lazily); it raises InputError (a message
+    without the path) for a size the command cannot take. Raises InputError naming
+    `path` for anything that is not a readable image: whatever Pillow raises on a broken
+    file (OSError, SyntaxError, struct.error from an EXIF tag of the wrong type,
+    ValueError, ...) becomes one line, so a batch goes on."""
     path = str(path)
     if not os.path.exists(path):
         raise InputError('%s: no such file' % path)
@@ -117,16 +157,19 @@ def load_image(path):
     if os.path.getsize(path) == 0:
         raise InputError('%s: empty file' % path)
     try:
-        with Image.open(path) as im:
+        with _project_pixel_bound(), Image.open(path) as im:
+            if check_size:
+                check_size(im.size[1], im.size[0])
             im.load()
             im = ImageOps.exif_transpose(im) or im
             return _to_rgb(im)
+    except InputError as e:
+        raise InputError('%s: %s' % (path, e))
     except Image.UnidentifiedImageError:
         raise InputError('%s: not an image (or a format Pillow cannot read)' % path)
-    except Image.DecompressionBombError as e:
-        raise InputError('%s: image too large (%s)' % (path, e))
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
-            TypeError, MemoryError) as e:
+    except MemoryError:
+        raise InputError('%s: out of memory decoding it' % path)
+    except Exception as e:  # Pillow raises many types on broken files; see the docstring
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if 'truncated' in reason.lower() or isinstance(e, EOFError):
             reason = 'truncated or corrupt image (%s)' % reason
@@ -170,18 +213,23 @@ def check_rgb_net(net, prototxt):
                          % (prototxt, net.inputs[0], shape))
 
 
-def overlay(image, label, background=None, alpha=0.5, palette=None):
+def overlay(image, label, background=None, alpha=0.5, palette=None, rows=512):
     """H x W x 3 uint8: the class colours (the dataset's `palette`, K x 3 RGB, over the VOC
     palette; see layers.label_palette) blended onto `image` with weight `alpha`; pixels
     of class `background` (and void, 255, in a uint8 label of up to 256 classes) keep the
-    image's colours."""
-    colours = label_palette(palette, int(label.max()) + 1 if label.size else 0)[label]
-    out = image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
-    keep = label == 255 if label.dtype == np.uint8 else np.zeros(label.shape, bool)
-    if background is not None:
-        keep |= label == background
-    out[keep] = image[keep]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    image's colours. Blended `rows` rows at a time, so the float temporaries stay small
+    whatever the image's size."""
+    colours = label_palette(palette, int(label.max()) + 1 if label.size else 0)
+    out = np.empty_like(image, dtype=np.uint8)
+    for y in range(0, image.shape[0], rows):
+        im, lab = image[y:y + rows], label[y:y + rows]
+        blend = im.astype(np.float32) * (1 - alpha) + colours[lab].astype(np.float32) * alpha
+        keep = lab == 255 if label.dtype == np.uint8 else np.zeros(lab.shape, bool)
+        if background is not None:
+            keep |= lab == background
+        blend[keep] = im[keep]
+        out[y:y + rows] = np.clip(np.rint(blend), 0, 255)
+    return out
 
 
 def resize_for_net(image, max_side):
@@ -295,7 +343,8 @@ def output_names(paths, out):
     """(label PNG, overlay JPEG) paths in `out` for each of `paths`: IMG.png and
     IMG-overlay.jpg, or IMG-2, IMG-3, ... where a name is an input of the run or already
     an output of it (two folders' a.png, or a real input called a-2.png), so one result
-    never replaces another or an input."""
+    never replaces another or an input. IMG-overlay.png, the overlay of an image too
+    large for JPEG (overlay_path), is kept free too."""
     # compared without case: A.png and a.png are one file on macOS and Windows
     inputs = {os.path.realpath(p).lower() for p in paths}
     taken, names = set(), []
@@ -304,12 +353,58 @@ def output_names(paths, out):
         for k in itertools.count(1):
             name = stem if k == 1 else '%s-%d' % (stem, k)
             pair = (os.path.join(out, name + '.png'), os.path.join(out, name + '-overlay.jpg'))
-            real = {os.path.realpath(p).lower() for p in pair}
+            real = {os.path.realpath(p).lower() for p in pair + (overlay_path(pair[1], JPEG_MAX_SIDE + 1),)}
             if not real & (inputs | taken):
                 break
         taken |= real
         names.append(pair)
     return names
+
+
+def overlay_path(jpg, side):
+    """Where the overlay of an image whose longer side is `side` goes: the JPEG name, or
+    the same name as PNG beyond JPEG's largest side (libjpeg: 65500 pixels)."""
+    return jpg if side <= JPEG_MAX_SIDE else os.path.splitext(jpg)[0] + '.png'
+
+
+def memory_need(height, width, model, args):
+    """Bytes segment_file needs for a height x width image besides the net: PIXEL_BYTES a
+    pixel, plus for --full-res the band of summed logits and counts (K + 1) x tile x W
+    float32 (predict.tiled_labels) and for sliding-window models (PSPNet) the class
+    scores at the image's size, K x H x W float32, three at once (resized, normalised,
+    summed over the scales) plus the float64 image resize (24 bytes a pixel)."""
+    k, pixels = len(model.names), height * width
+    need = pixels * PIXEL_BYTES
+    if model.evaluation.windows != 'whole':
+        need += pixels * (3 * 4 * k + 24)
+    elif args.full_res:
+        need += (k + 1) * 4 * min(args.tile, max(height, args.tile)) * max(width, args.tile)
+    return need
+
+
+def image_size_check(model, args):
+    """check_size for load_image: refuse, from the header and before any work, an image
+    whose segmentation would not fit the memory available now (memory_need) or, with
+    --full-res, would take more than MAX_WINDOWS windows."""
+    def check(height, width):
+        if args.full_res and model.evaluation.windows == 'whole':
+            n = windows(height, args.tile) * windows(width, args.tile)
+            if n > MAX_WINDOWS:
+                raise InputError('%d x %d pixels in --tile %d windows is %d windows (at most %d): '
+                                 'use a larger --tile' % (width, height, args.tile, n, MAX_WINDOWS))
+        need, free = memory_need(height, width, model, args), available_memory()
+        if free is not None and need > free:
+            raise InputError('%d x %d pixels (%.0f Mpx) need about %.1f GB to segment with %s%s, '
+                             'this machine has %.1f GB available'
+                             % (width, height, height * width / 1e6, need / 1e9,
+                                '%d classes' % len(model.names),
+                                ' in windows' if args.full_res else '', free / 1e9))
+    return check
+
+
+def windows(side, tile):
+    """Windows along one side of --full-res tiling (predict.tiled_labels)."""
+    return len(predict.window_starts(max(side, tile), tile, predict.release_stride(tile)))
 
 
 def parse_args(argv):
@@ -344,16 +439,36 @@ def parse_args(argv):
     parser.add_argument('--full-res', action='store_true',
                         help='segment at the photo\'s own size, in overlapping --tile '
                              'windows (averaged logits) instead of shrinking it')
-    parser.add_argument('--tile', type=int, default=TILE, metavar='N',
-                        help='window side for --full-res (default %d)' % TILE)
+    parser.add_argument('--tile', type=int, default=None, metavar='N',
+                        help='window side for --full-res (default %d; at least the net\'s '
+                             'coarsest stride, 32 for FCN)' % TILE)
     parser.add_argument('--multi-scale', action='store_true',
                         help='models evaluated at several scales (PSPNet): average the '
                              'scales of their evaluation (PSPNet: %s) instead of scale 1 only'
                              % ' '.join('%g' % x for x in models.PSP_SCALES))
     args = parser.parse_args(argv)
-    if (args.max_side is not None and args.max_side < 1) or args.tile < 1:
+    if (args.max_side is not None and args.max_side < 1) or (args.tile is not None and args.tile < 1):
         parser.error('--max-side and --tile must be positive numbers of pixels')
     return args
+
+
+def check_options(args):
+    """Refuse, before any work, options that do not apply to the model and an --out that
+    cannot be written: a sliding-window model (PSPNet) runs its own protocol at the
+    image's size, so --full-res, --tile and --max-side do not apply to it."""
+    spec = models.get(args.model)
+    if spec.evaluation.windows != 'whole':
+        given = [f for f, v in (('--full-res', args.full_res), ('--tile', args.tile),
+                                ('--max-side', args.max_side)) if v]
+        if given:
+            raise InputError('%s: %s %s not apply: %s is evaluated in sliding windows, its '
+                             'release\'s protocol (long side %d, windows of its input size), '
+                             'at any image size' % (args.model, ' and '.join(given),
+                                                    'does' if len(given) == 1 else 'do',
+                                                    spec.name, spec.evaluation.base_size + 1))
+    if args.tile is None:
+        args.tile = TILE
+    check_writable(args.out, '--out', folder=True)
 
 
 @dataclasses.dataclass
@@ -414,7 +529,7 @@ def segment_file(path, names, model, args, paths):
     pass, the labels scaled back (nearest); sliding-window models: the protocol on the
     image as it is (predict.py), the labels at its size."""
     net, param, deploy = model.net, model.param, model.deploy
-    image = load_image(path)
+    image = load_image(path, image_size_check(model, args))
     whole = model.evaluation.windows == 'whole'
     small = image if args.full_res or not whole else resize_for_net(image, args.max_side)
     tiled = args.full_res and max(image.shape[:2]) > args.tile  # windows checked in main
@@ -428,26 +543,34 @@ def segment_file(path, names, model, args, paths):
                          % (path, small.shape[1], small.shape[0], reason, hint))
     try:
         label = predict.labels(net, small, model.evaluation, model.preprocess, model.blob,
-                               tile=args.tile if args.full_res else None)
+                               tile=args.tile if args.full_res else None, progress=True)
     except ValueError as e:
         raise InputError('%s: %s' % (path, e))
     except MemoryError:
-        raise InputError('%s: out of memory at %dx%d; use a smaller --max-side or --tile'
-                         % (path, small.shape[1], small.shape[0]))
+        raise InputError('%s: out of memory segmenting %dx%d (about %.1f GB needed besides '
+                         'the net)' % (path, small.shape[1], small.shape[0],
+                                       memory_need(image.shape[0], image.shape[1], model, args) / 1e9))
     label = resize_label(label, image.shape[:2])
     png, jpg = names
     save_label_png(png, label, protect=paths, palette=model.palette, num_classes=len(model.names))
-    with atomic_write(jpg, protect=paths) as f:
+    view = overlay_path(jpg, max(image.shape[:2]))
+    with atomic_write(view, protect=paths) as f:
         Image.fromarray(overlay(image, label, model.background, palette=model.palette)).save(
-            f, format='JPEG', quality=90)
+            f, format='JPEG' if view == jpg else 'PNG', **({'quality': 90} if view == jpg else {}))
     return image, label
 
 
 def main(argv=None):
     args = parse_args(argv)
+    check_options(args)
     model = open_model(args)
     net, param, deploy = model.net, model.param, model.deploy
     if args.full_res:
+        stride = coarsest_stride(param)
+        if args.tile < stride:
+            raise InputError('--tile %d: smaller than the net\'s coarsest stride %d (a window '
+                             'would hold less than one cell of its coarsest layer); use --tile '
+                             '%d or more' % (args.tile, stride, stride))
         reason = fit_error(param, deploy, net.inputs[0], (args.tile, args.tile))
         if reason:
             raise InputError('--tile %d: too large for this net (%s); the largest that fits is '

@@ -242,8 +242,12 @@ def read_image(path, what='image', rgb=True):
             if rgb and im.mode != 'RGB':
                 im = im.convert('RGB')
             return np.array(im)
-    except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        raise project.InputError('%s is not a readable %s: %s' % (path, what, e))
+    except project.InputError:
+        raise
+    except Exception as e:  # Pillow raises many types on a broken file (OSError, SyntaxError,
+        # ValueError, struct.error, DecompressionBombError, ...): one line naming it
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise project.InputError('%s is not a readable %s: %s' % (path, what, reason))
 
 
 def load_mat(path, what='label'):

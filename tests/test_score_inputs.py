@@ -142,3 +142,13 @@ def test_evaluate_walks_a_drawing_layer_in_order(tmp_path, voc):
         gt = np.asarray(Image.open(voc / 'SegmentationClass' / (idx + '.png')))
         np.testing.assert_array_equal(np.asarray(Image.open(pred / (idx + '.png'))),
                                       known_prediction(gt))
+
+
+def test_a_broken_dataset_image_is_one_line_naming_it(tmp_path, voc):
+    """Whatever Pillow raises on a broken file (here ValueError from a PPM header) is an
+    InputError naming the file where dataset images are read."""
+    import layers
+    bad = voc / 'JPEGImages' / (IDS[0] + '.jpg')
+    bad.write_bytes(b'P6\n3 x\n255\nabc')
+    with pytest.raises(project.InputError, match='%s is not a readable image' % bad):
+        layers.read_image(str(bad))

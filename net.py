@@ -896,7 +896,8 @@ def deeplab_v2(split='deploy', depth=101, num_classes=None, crop=513, train_crop
     split: 'deploy' (Input `data` 1 x 3 x crop x crop; output fc1_interp, N x classes x
       crop x crop logits), 'val' (the data layer's `data` / `label` at crop x crop, the
       image padded with the mean and the label with 255; `loss` on fc1_interp) or
-      'train' (at train_crop; losses on every branch and the fusion, see above).
+      'train' (at train_crop; losses on every branch and the fusion, see above; no
+      fc1_interp).
     num_classes: default the dataset's.  crop: the test input (513: every VOC image
       padded to it); train_crop: the training crop (321).
     widths, blocks, depth: see dilated_resnet (widths[1:3] unused: the 7x7 stem).
@@ -937,12 +938,13 @@ def deeplab_v2(split='deploy', depth=101, num_classes=None, crop=513, train_crop
         fused.append(resized[scale])
     if share:
         n.fc_fusion = L.Eltwise(*fused, operation=P.Eltwise.MAX)
-    out = align_corners_resize(n, 'fc1_interp', n.fc_fusion if share else fused[0],
-                               num_classes, feature, size)
-    if (feature - 1) * DEEPLAB_ZOOM + 1 != size:
-        raise ValueError('crop %d: the x%d zoom of its %d x %d logits gives %d, not the crop '
-                         '(use 8 k + 1)' % (size, DEEPLAB_ZOOM, feature, feature,
-                                            (feature - 1) * DEEPLAB_ZOOM + 1))
+    if not train:  # the release's test output (training scores the logits' grid)
+        if (feature - 1) * DEEPLAB_ZOOM + 1 != size:
+            raise ValueError('crop %d: the x%d zoom of its %d x %d logits gives %d, not the '
+                             'crop (use 8 k + 1)' % (size, DEEPLAB_ZOOM, feature, feature,
+                                                     (feature - 1) * DEEPLAB_ZOOM + 1))
+        out = align_corners_resize(n, 'fc1_interp', n.fc_fusion if share else fused[0],
+                                   num_classes, feature, size)
     loss_param = dict(ignore_label=IGNORE_LABEL)
     if split == 'val':
         n.loss = L.SoftmaxWithLoss(out, n.label, loss_param=loss_param)

@@ -516,7 +516,9 @@ def narrow_folder(folder, base_lr=None, max_iter=60):
 def test_narrow_deeplab_learns_through_the_solving_loop(root, tmp_path):
     make_painted(root, ['2008_%06d' % i for i in range(1, 9)], 'train_aug', seed=1)
     make_painted(root, ['2009_000001', '2009_000002', '2009_000003'], 'val', seed=2)
-    folder = narrow_folder(tmp_path / 'deeplabv2-voc12', base_lr=2e-4)
+    # From fresh weights the identity BN leaves the features at the pixels' scale (~100),
+    # so the rate is far below the release's 2.5e-4, which fine-tunes normalised features.
+    folder = narrow_folder(tmp_path / 'deeplabv2-voc12', base_lr=1e-5)
     # the registry's model from the net's fillers (no release weights here): the loop
     # still runs its finish steps (interpolation weights, identity BN)
     spec = dataclasses.replace(SPEC, init='copy')

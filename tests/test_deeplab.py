@@ -582,3 +582,22 @@ def test_score_reproduce_and_infer_run_the_release_evaluation(root, tmp_path, de
     saved = Image.open(tmp_path / 'seg' / 'photo.png')
     np.testing.assert_array_equal(np.array(saved), preds[ids[0]])
     assert saved.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
+
+
+def test_train_aug_list_is_voc_train_and_sbd_less_voc_val(root, capsys):
+    import importlib.util
+    voc = root / VOC12 / 'ImageSets/Segmentation'
+    datasets._write_list(str(voc / 'train.txt'), ['2007_000032', '2008_000001'])
+    datasets._write_list(str(voc / 'val.txt'), ['2007_000033', '2008_000002'])
+    datasets._write_list(str(root / 'sbdd/dataset/train.txt'), ['2008_000001', '2008_000002'])
+    datasets._write_list(str(root / 'sbdd/dataset/val.txt'), ['2007_000033', '2008_000003'])
+    spec = importlib.util.spec_from_file_location(
+        'train_aug', os.path.join(project.REPO, 'data/pascal/train_aug.py'))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(project.InputError, match='train_aug would have 3 ids .* expected 10582'):
+        script.main([])
+    assert not (voc / 'train_aug.txt').exists()
+    assert script.main(['--expect', '3']) == 0
+    assert (voc / 'train_aug.txt').read_text().split() == ['2007_000032', '2008_000001',
+                                                           '2008_000003']

@@ -536,7 +536,8 @@ class ModelSpec:
       conv1_1_bgrd made from conv1_1: NYUD early fusion), 'release' (its own released
       weights, converted by surgery.py pspnet-convert: PSPNet fine-tunes from them),
       'file' (INIT_FILE in its own folder: a model made by net.py new, its parent's
-      weights already fitted by net surgery).
+      weights already fitted by net surgery; DeepLab v2's release ships its start,
+      trained on COCO, under that very name).
     parents: the weights it starts from (Parent), in order.
     solver, schedule: solver.prototxt settings; the training length (the one source).
     outputs: what is scored each round (SIFT Flow: both heads); the first is the one

@@ -928,6 +928,7 @@ def deeplab_v2(split='deploy', depth=101, num_classes=None, crop=513, train_crop
         _, stage5 = dilated_resnet(n, bottom, depth, widths, blocks, stride_on='1x1_reduce',
                                    filler=train, style='msra', suffix=s, share=share, bn_lr=0)
         top = aspp(n, n[stage5 + s], num_classes, rates, suffix=s, share=share, filler=train)
+        # conv1 (7x7, stride 2, pad 3) gives the size PSPNet's 3x3 stride-2 stem does
         logits.append((scale, top, psp_feature_size(side)))
     feature = logits[0][2]
     fused = [logits[0][1]]

@@ -601,3 +601,18 @@ def test_train_aug_list_is_voc_train_and_sbd_less_voc_val(root, capsys):
     assert script.main(['--expect', '3']) == 0
     assert (voc / 'train_aug.txt').read_text().split() == ['2007_000032', '2008_000001',
                                                            '2008_000003']
+
+
+def test_registry_record_and_missing_weights_say_how(tmp_path):
+    import weights
+    rec = weights.read_url_record(models.model_dir(SPEC))
+    assert rec['url'].endswith('deeplab_aspp_resnet101/prototxt_and_model.zip')
+    assert 'UNCONFIRMED' in rec['note'] and 'deeplab-convert' in rec['note']
+    assert weights.weights_path(SPEC.name).endswith('deeplab/deeplabv2-voc12/train_iter_20000.caffemodel')
+    assert models.stock_file(SPEC).endswith('train_iter_20000-stock.caffemodel')
+    assert SPEC.classes == 21 and dict(SPEC.builder_args)['num_classes'] == 21
+    photo = tmp_path / 'a.jpg'
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    with pytest.raises(project.InputError, match='train_iter_20000-stock.caffemodel: not found'
+                       '.*surgery.py deeplab-convert --model deeplabv2-voc12'):
+        infer.main([str(photo), '--model', SPEC.name, '--out', str(tmp_path / 'o')])

@@ -10,6 +10,7 @@ Net files name this module as `module: "layers"` with one of these `layer:` clas
     ADE20KSegDataLayer          ADE20K SceneParsing (150 classes), for PSPNet
     CityscapesSegDataLayer      Cityscapes fine, the 19 trainIds, for PSPNet
     VOC2012PSPSegDataLayer      PASCAL VOC 2012, for PSPNet
+    VOC12AugSegDataLayer        PASCAL VOC 2012 + SBD (train_aug), for DeepLab v2
 
 The three PSPNet layers (on `PSPSegDataLayer`) subtract PSPNet's mean and, for training,
 augment and crop the paper's way (`psp_augment`): their tops are crop x crop.
@@ -654,12 +655,17 @@ class SBDDSegDataLayer(SegDataLayer):
         image = to_caffe_image(read_image(os.path.join(d, 'img', idx + '.jpg')),
                                self.params['mean'])
         path = os.path.join(d, 'cls', idx + '.mat')
-        gt = read_mat(path, 'GTcls')
-        try:
-            label = gt[0]['Segmentation'][0]
-        except (IndexError, KeyError, ValueError) as e:
-            raise project.InputError('%s: GTcls has no Segmentation field (%s)' % (path, e))
-        return [image, self.labels('label', label, path)[np.newaxis]]
+        return [image, self.labels('label', read_sbd_label(path), path)[np.newaxis]]
+
+
+def read_sbd_label(path):
+    """The class map of an SBD cls/<id>.mat file (struct GTcls, field Segmentation), as
+    stored; InputError naming `path` when the field is missing."""
+    gt = read_mat(path, 'GTcls')
+    try:
+        return gt[0]['Segmentation'][0]
+    except (IndexError, KeyError, ValueError) as e:
+        raise project.InputError('%s: GTcls has no Segmentation field (%s)' % (path, e))
 
 
 # --------------------------------------------------------------------------------------
@@ -1129,12 +1135,22 @@ class PSPSegDataLayer(SegDataLayer):
         image = rgb[:, :, ::-1].astype(np.float32) - p['mean']  # H x W x 3, BGR
         if p['augment']:
             rng = np.random.default_rng([p['seed'], self.forwards])
-            image, label = psp_augment(image, label, rng, p['crop'], p['scale'],
-                                       p['rotate'], p['blur'], p['mirror'])
+            image, label = self.augment(image, label, rng)
         elif p['crop']:
-            image, label = fit_crop(image, label, p['crop'])
+            image, label = self.fit(image, label, idx)
         return [np.ascontiguousarray(image.transpose((2, 0, 1)), np.float32),
                 np.ascontiguousarray(label)[np.newaxis]]
+
+    def augment(self, image, label, rng):
+        """One training example from `image` (H x W x 3 float32, mean subtracted) and
+        `label`, all randomness from `rng`: psp_augment with this layer's ranges."""
+        p = self.params
+        return psp_augment(image, label, rng, p['crop'], p['scale'], p['rotate'], p['blur'],
+                           p['mirror'])
+
+    def fit(self, image, label, idx):
+        """The crop x crop view of a scored image `idx`: fit_crop."""
+        return fit_crop(image, label, self.params['crop'])
 
     def forward(self, bottom, top):
         super().forward(bottom, top)
@@ -1252,6 +1268,99 @@ class VOC2012PSPSegDataLayer(PSPSegDataLayer):
         rgb = read_image(os.path.join(d, 'JPEGImages', idx + '.jpg'))
         path = cls.label_path(p, idx)
         return rgb, read_labels(read_label_png(path), path, num_classes or cls.LABELS['label'])
+
+
+# --------------------------------------------------------------------------------------
+# DeepLab v2's VOC 2012 + SBD (train_aug), on the same base
+
+DEEPLAB_MEAN = _D['voc12aug'].mean
+DEEPLAB_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # the release's training scales
+
+
+def _check_scales(key, value):
+    if (not isinstance(value, (list, tuple)) or not value
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                       for v in value)):
+        raise ValueError('%s must be a non-empty list of positive factors, got %r' % (key, value))
+    return tuple(float(v) for v in value)
+
+
+def deeplab_augment(image, label, rng, crop, scales=DEEPLAB_SCALES, mirror=True):
+    """One training example DeepLab v2's way (TPAMI 2017 section 4.1 and its release's
+    data layer; the exact rounding UNCONFIRMED): resize by a factor drawn from `scales`
+    (each side rounded; image bilinear, label nearest), mirror half the time, pad
+    bottom/right with the mean (0 here) and 255 to at least crop x crop, then a random
+    crop x crop window. image: H x W x 3 float32, mean subtracted; label: H x W uint8;
+    rng: a numpy Generator (all randomness comes from it). Returns (crop x crop x 3
+    float32, crop x crop uint8)."""
+    s = scales[int(rng.integers(len(scales)))]
+    h, w = label.shape
+    size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
+    image, label = resize_bilinear(image, size), resize_nearest(label, size)
+    if mirror and rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    image, label = pad_to(image, label, (crop, crop))
+    y = rng.integers(0, label.shape[0] - crop + 1)
+    x = rng.integers(0, label.shape[1] - crop + 1)
+    return (np.ascontiguousarray(image[y:y + crop, x:x + crop], np.float32),
+            np.ascontiguousarray(label[y:y + crop, x:x + crop]))
+
+
+class VOC12AugSegDataLayer(PSPSegDataLayer):
+    """PASCAL VOC 2012 with SBD's extra labels, DeepLab v2's way: tops `data` (3 x H x W
+    float32, BGR minus DEEPLAB_MEAN) and `label` (1 x H x W uint8, 0-20, 255 = void).
+
+    Keys: voc_dir (default "pascal/VOC2012"), sbdd_dir (default "sbdd/dataset"),
+    label_dir (default "SegmentationClass"), split (train_aug, val, or a list of your
+    own), crop (train 321, test 513: the nets set it), augment (default: randomize),
+    scales [0.5, 0.75, 1, 1.25, 1.5], mirror true, mean, seed, randomize.
+    Files: {voc_dir}/JPEGImages/{id}.jpg; the label {voc_dir}/{label_dir}/{id}.png where
+    it exists, else SBD's {sbdd_dir}/cls/{id}.mat (which of the two the release's
+    SegmentationClassAug took where both exist is UNCONFIRMED; label_dir
+    "SegmentationClassAug" reads that folder instead); list
+    {voc_dir}/ImageSets/Segmentation/{split}.txt (train_aug: data/pascal/train_aug.py).
+
+    Training (augment): deeplab_augment. Scoring (crop, no augment): the image padded
+    bottom/right with the mean and the label with 255 to crop x crop, never resized
+    (the release's test: every VOC image is at most 500 a side, the nets take 513); a
+    larger image is an InputError, not a net that fails to fit.
+    """
+    PARAMS = dict(crop=None, augment=None, scales=list(DEEPLAB_SCALES), mirror=True,
+                  mean=DEEPLAB_MEAN, label_dir='SegmentationClass',
+                  **_dirs('VOC12AugSegDataLayer'))
+    DIRS = ('voc_dir', 'sbdd_dir')
+    CHECKS = dict(PSPSegDataLayer.CHECKS, scales=_check_scales, label_dir=_check_split)
+    LABELS = {'label': len(VOC_CLASSES)}
+    SPLIT_HINTS = _hints('VOC12AugSegDataLayer')
+
+    @classmethod
+    def split_path(cls, p):
+        return os.path.join(p['voc_dir'], 'ImageSets', 'Segmentation', p['split'] + '.txt')
+
+    @classmethod
+    def label_path(cls, p, idx):
+        png = os.path.join(p['voc_dir'], p['label_dir'], idx + '.png')
+        return png if os.path.isfile(png) else os.path.join(p['sbdd_dir'], 'cls', idx + '.mat')
+
+    @classmethod
+    def read_example(cls, p, idx, num_classes=None):
+        rgb = read_image(os.path.join(p['voc_dir'], 'JPEGImages', idx + '.jpg'))
+        path = cls.label_path(p, idx)
+        values = read_sbd_label(path) if path.endswith('.mat') else read_label_png(path)
+        return rgb, read_labels(values, path, num_classes or cls.LABELS['label'])
+
+    def augment(self, image, label, rng):
+        p = self.params
+        return deeplab_augment(image, label, rng, p['crop'], p['scales'], p['mirror'])
+
+    def fit(self, image, label, idx):
+        crop = self.params['crop']
+        if max(label.shape) > crop:
+            raise project.InputError('%s: image %s is %d x %d, larger than the net\'s %d x %d '
+                                    'input (the release pads, never shrinks)'
+                                    % (self.label_files.get('label', idx), idx, label.shape[1],
+                                       label.shape[0], crop, crop))
+        return pad_to(image, label, (crop, crop))
 
 
 # --------------------------------------------------------------------------------------

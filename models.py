@@ -37,7 +37,7 @@ from typing import Optional, Tuple
 from project import INT_MAX, REPO, InputError
 
 FCN_HEADS = ('32s', '16s', '8s')  # the FCNs' skip architectures (CVPR 2015 section 4.2)
-HEADS = FCN_HEADS + ('pyramid',)  # and PSPNet's pyramid pooling head
+HEADS = FCN_HEADS + ('pyramid', 'aspp')  # and PSPNet's pyramid pooling, DeepLab v2's ASPP-L
 INITS = ('copy', 'transplant', 'bgrd', 'release', 'file')
 INIT_FILE = 'init.caffemodel'  # init 'file': the start weights in the model's own folder
 SPEC_FILE = 'model.json'  # a user's model folder describes its model in this file
@@ -295,6 +295,21 @@ DATASETS = {d.name: d for d in (
                      for name, size in (('train', 1464), ('val', 1449))),
         train_split='train', score_split='val', readmes=('data/pascal/README.md',),
         paper='PSPNet (CVPR 2017) section 4 (PASCAL VOC 2012)'),
+    # DeepLab v2's VOC 2012 (Chen et al., TPAMI 2017, section 4.1): train_aug = VOC 2012
+    # train + SBD's train and val, less VOC 2012 val (10582 images), labels from VOC's
+    # PNGs, else SBD's .mat files; the release's mean (B, G, R).
+    DatasetSpec(
+        'voc12aug', 'PASCAL VOC 2012 + SBD (train_aug), DeepLab v2',
+        labels=(Labels('label', VOC_CLASSES),),
+        inputs=(Input('color', 3, (104.008, 116.669, 122.675), 'BGR'),),
+        splits=tuple(Split(name, size, 'VOC12AugSegDataLayer',
+                           (('voc_dir', 'pascal/VOC2012'), ('sbdd_dir', 'sbdd/dataset')),
+                           made_by=made_by)
+                     for name, size, made_by in (('train_aug', 10582, 'data/pascal/train_aug.py'),
+                                                 ('val', 1449, ''))),
+        train_split='train_aug', score_split='val',
+        readmes=('data/pascal/README.md', 'data/sbdd/README.md'),
+        paper='DeepLab v2 (TPAMI 2017) section 4.1 (PASCAL VOC 2012)'),
 )}
 
 
@@ -405,7 +420,7 @@ class Output:
     label: str = 'label'
 
 
-WINDOWS = ('whole', 'sliding')
+WINDOWS = ('whole', 'sliding', 'padded')
 COMBINE = ('logits', 'probabilities')
 
 
@@ -415,7 +430,12 @@ class Protocol:
 
     windows: 'whole' (one pass at the image's own size; the FCNs, whose nets crop their
       output to the input) or 'sliding' (crop x crop windows of the deploy net's input
-      size, every ceil(2/3 crop) pixels, the last flush with the edge: PSPNet's release).
+      size, every ceil(2/3 crop) pixels, the last flush with the edge: PSPNet's release)
+      or 'padded' (one pass of the deploy net at its fixed input size, the image padded
+      bottom/right with the mean and the logits cropped back to it: DeepLab v2's
+      release, whose nets take 513 x 513; a larger image goes through windows of that
+      size, logits averaged; score.py scores it with the val net, whose data layer pads
+      the image with the mean and the label with void the same way).
     side: 'whole' only: the longer side infer.py shrinks images to by default, the
       largest side of the images the model was trained on (PASCAL 500, NYUDv2 640, SIFT
       Flow 256); None: infer.py's default, 500.
@@ -446,6 +466,8 @@ class Protocol:
         """The protocol in a few words (docs/models.md), e.g. 'whole image (<= 500 px)'."""
         if self.windows == 'whole':
             return 'whole image' + (' (<= %d px)' % self.side if self.side else '')
+        if self.windows == 'padded':
+            return 'whole image padded with the mean to the net\'s input'
         multi = self.multi_scales and '; --multi-scale: %s' % ' '.join('%g' % x for x in self.multi_scales)
         return 'sliding windows, long side %d s + 1, %s%s averaged%s' % (
             self.base_size, 'mirrored, ' if self.flip else '', self.combine, multi or '')
@@ -514,7 +536,8 @@ class ModelSpec:
       conv1_1_bgrd made from conv1_1: NYUD early fusion), 'release' (its own released
       weights, converted by surgery.py pspnet-convert: PSPNet fine-tunes from them),
       'file' (INIT_FILE in its own folder: a model made by net.py new, its parent's
-      weights already fitted by net surgery).
+      weights already fitted by net surgery; DeepLab v2's release ships its start,
+      trained on COCO, under that very name).
     parents: the weights it starts from (Parent), in order.
     solver, schedule: solver.prototxt settings; the training length (the one source).
     outputs: what is scored each round (SIFT Flow: both heads); the first is the one
@@ -735,6 +758,7 @@ def _builtin():
             'FCN-%s, 59 classes + background' % head,
             release='pascalcontext-fcn%s-heavy' % head))
     specs += _pspnets()
+    specs += _deeplabs()
     return {s.name: s for s in specs}
 
 
@@ -793,6 +817,43 @@ def _pspnets():
     return specs
 
 
+# DeepLab v2 (Chen, Papandreou, Kokkinos, Murphy, Yuille, TPAMI 2017, arXiv 1606.00915):
+# its released VOC 2012 model deeplab_aspp_resnet101 (net.deeplab_v2; docs/deeplab.md).
+# The release ships one zip of prototxts and caffemodels: init.caffemodel (trained on
+# MS-COCO, where VOC training starts), train_iter_20000.caffemodel (train_aug, scored
+# here on val) and train2_iter_20000.caffemodel (train_aug + val, for the test server).
+# Training (section 4.1 and the release; partly UNCONFIRMED): poly lr 2.5e-4, power 0.9,
+# momentum 0.9, weight decay 5e-4, 20000 iterations of batch 10 (iter_size 10 of the
+# layer's one image), scored every DEEPLAB_ROUND iterations (this project's choice).
+DEEPLAB_URL = ('http://liangchiehchen.com/projects/released/deeplab_aspp_resnet101/'
+               'prototxt_and_model.zip')
+DEEPLAB_ROUND = 2000
+
+
+def _deeplabs():
+    data = 'voc12aug'
+    weights = Weights(DEEPLAB_URL, file_name='train_iter_20000.caffemodel',
+                      convert='deeplab-convert', note=(
+        'DeepLab v2 release (Chen et al., TPAMI 2017): the URL is its zip archive (address',
+        'UNCONFIRMED; no size or checksum published). weights.py does not unpack archives:',
+        'unzip train_iter_20000.caffemodel (and init.caffemodel, the COCO start of training)',
+        'into this folder, then: python surgery.py deeplab-convert --model deeplabv2-voc12'))
+    return [ModelSpec(
+        name='deeplabv2-voc12', folder='deeplab/deeplabv2-voc12', family='deeplab',
+        dataset=data, trunk='resnet101', head='aspp', builder='deeplab_v2',
+        builder_args=(('depth', 101), ('num_classes', len(DATASETS[data].classes)),
+                      ('crop', 513), ('train_crop', 321), ('dataset', data)),
+        init='file', parents=(),
+        solver=Solver(2.5e-4, momentum=0.9, iter_size=10, max_iter=20000,
+                      snapshot=DEEPLAB_ROUND, weight_decay=5e-4, lr_policy='poly', power=0.9),
+        schedule=Schedule(20000 // DEEPLAB_ROUND, DEEPLAB_ROUND),
+        title='DeepLab v2 ResNet-101, ASPP-L, multi-scale inputs',
+        outputs=(Output('fc1_interp', 'label'),), weights=weights,
+        evaluation=Protocol(windows='padded'), finish=('align-corners', 'bn-identity'),
+        note="the release's caffemodels load by name; surgery.py deeplab-convert adds the "
+             "interpolation weights; starts from the release's init.caffemodel (COCO)")]
+
+
 BUILTIN = _builtin()
 MODELS = dict(BUILTIN)  # + the models registered at run time (register / load)
 
@@ -847,6 +908,13 @@ PAPER = (
              'Cityscapes val', overall_acc=96.59, mean_iu=80.91, task='multi-scale', note=PSP_MS),
     PaperRow('PSPNet release', 'PSPNet101 (COCO pre-trained)', 'pspnet101-voc2012',
              'VOC2012 test', mean_iu=85.41, local=False, task='single-scale', note=TEST_SERVER),
+    # DeepLab v2 (TPAMI 2017, Table 4 and its release): MSC + ASPP-L on COCO-pretrained
+    # ResNet-101; the test row adds the fork's DenseCRF layer, not in stock Caffe.
+    PaperRow('DeepLab v2 (TPAMI 2017)', 'DeepLab-v2 ResNet-101 ASPP-L MSC, no CRF',
+             'deeplabv2-voc12', 'VOC2012 val', mean_iu=76.35, task='fc1_interp'),
+    PaperRow('DeepLab v2 (TPAMI 2017)', 'DeepLab-v2 ResNet-101 + DenseCRF', None,
+             'VOC2012 test', mean_iu=79.7, local=False,
+             note=TEST_SERVER + '; needs the fork\'s DenseCRF layer: not reproducible here'),
     PaperRow('PSPNet Table 3', 'PSPNet101, single scale', None, 'ADE20K val', overall_acc=80.64,
              mean_iu=41.96, note='ResNet-101 ADE20K weights never released'),
     PaperRow('PSPNet Table 3', 'PSPNet101, multi-scale', None, 'ADE20K val', overall_acc=81.39,

@@ -37,6 +37,7 @@ Conventions, as in the FCN release:
 """
 import argparse
 import dataclasses
+import fractions
 import json
 import os
 import sys
@@ -535,44 +536,100 @@ def psp_scale_name(bn_name):
     return bn_name[:-len('/bn')] + '/scale'
 
 
-def conv_bn(n, name, bottom, nout, ks=1, stride=1, dilation=1, relu=True, lr=1, filler=False):
-    """Convolution `name` (no bias; pad keeps the size) + BatchNorm `name/bn` + Scale
-    `name/scale` (+ ReLU `name/relu`), all in place on the top `name`. lr: the weights'
-    rate multiplier (1 trunk, 10 head); filler: MSRA initial weights (train nets)."""
+# How a ResNet release names its layers: 'psp' (PSPNet's: convS_B_1x1_reduce, <conv>/bn,
+# <conv>/scale, <conv>/relu) or 'msra' (Kaiming He's, which DeepLab v2 keeps: resSB_branch2a,
+# bnSB_branch2a, scaleSB_branch2a, resSB_branch2a_relu; bn_conv1, scale_conv1, conv1_relu).
+RESNET_STYLES = ('psp', 'msra')
+
+
+def bn_names(conv, style='psp'):
+    """(BatchNorm, Scale, ReLU) layer names of convolution `conv` in `style`."""
+    _check_choice('style', style, RESNET_STYLES)
+    if style == 'psp':
+        return conv + '/bn', psp_scale_name(conv + '/bn'), conv + '/relu'
+    stem = conv[len('res'):] if conv.startswith('res') else '_' + conv  # res2a_x -> 2a_x
+    return 'bn' + stem, 'scale' + stem, conv + '_relu'
+
+
+def _param(lr, decay, share, names):
+    """ParamSpecs of one layer: `lr` / `decay` multipliers each, named `names` when the
+    layer shares them with its copies (share: the multi-scale branches)."""
+    specs = [dict(lr_mult=lr, decay_mult=decay) for _ in names]
+    return [dict(s, name=name) for s, name in zip(specs, names)] if share else specs
+
+
+def conv_bn(n, name, bottom, nout, ks=1, stride=1, dilation=1, relu=True, lr=1, filler=False,
+            style='psp', suffix='', share=False, bn_lr=None):
+    """Convolution `name` (no bias; pad keeps the size) + BatchNorm + Scale (+ ReLU), all in
+    place on the top `name`, their names as `style` names them (bn_names). lr: the
+    weights' rate multiplier (1 trunk, 10 head); filler: MSRA initial weights (train nets).
+    suffix: appended to every layer name (DeepLab's scale branches: conv1_res075);
+    share: name the parameters after the unsuffixed layer (<layer>_0, _1, ...) so the
+    branches share them; bn_lr: the Scale's rate (None: lr; 0: frozen, as DeepLab's)
+    -- 'msra' also lists the BatchNorm's three frozen statistics."""
+    bn, scale, relu_name = bn_names(name, style)
     kwargs = dict(num_output=nout, kernel_size=ks, stride=stride, pad=dilation * (ks - 1) // 2,
-                  bias_term=False, param=[dict(lr_mult=lr, decay_mult=1)])
+                  bias_term=False, param=_param(lr, 1, share, [name + '_0']))
     if dilation != 1:
         kwargs['dilation'] = dilation
     if filler:
         kwargs['weight_filler'] = dict(type='msra')
-    n[name] = top = L.Convolution(bottom, **kwargs)
-    n[name + '/bn'] = L.BatchNorm(top, in_place=True, use_global_stats=True, eps=1e-5)
-    n[psp_scale_name(name + '/bn')] = L.Scale(top, in_place=True, bias_term=True,
-                                 param=[dict(lr_mult=lr, decay_mult=0)] * 2)
+    s = suffix
+    n[name + s] = top = L.Convolution(bottom, **kwargs)
+    stats = {} if style == 'psp' else dict(param=_param(0, 0, share, ['%s_%d' % (bn, i) for i in range(3)]))
+    n[bn + s] = L.BatchNorm(top, in_place=True, use_global_stats=True, eps=1e-5, **stats)
+    n[scale + s] = L.Scale(top, in_place=True, bias_term=True,
+                           param=_param(lr if bn_lr is None else bn_lr, 0, share,
+                                        [scale + '_0', scale + '_1']))
     if relu:
-        n[name + '/relu'] = L.ReLU(top, in_place=True)
+        n[relu_name + s] = L.ReLU(top, in_place=True)
     return top
 
 
+def block_names(stage, count, style='psp', depth=101):
+    """The names of a stage's `count` bottleneck blocks: conv3_1, conv3_2, ... ('psp');
+    res3a, res3b, ... or, in a deep net's long stages, res3a, res3b1, res3b2, ... ('msra':
+    the MSRA release letters ResNet-50's blocks and numbers the b's of ResNet-101's and
+    -152's stages of more than three blocks)."""
+    if style == 'psp':
+        return ['conv%d_%d' % (stage, b) for b in range(1, count + 1)]
+    if depth == 50 or count <= 3:
+        return ['res%d%s' % (stage, 'abcdefghijklmnopqrstuvwxyz'[b]) for b in range(count)]
+    return ['res%da' % stage] + ['res%db%d' % (stage, b) for b in range(1, count)]
+
+
+# A bottleneck's convolutions (reduce, 3x3, increase, projection shortcut) in each style.
+BLOCK_PARTS = {'psp': ('_1x1_reduce', '_3x3', '_1x1_increase', '_1x1_proj'),
+               'msra': ('_branch2a', '_branch2b', '_branch2c', '_branch1')}
+
+
 def bottleneck(n, bottom, name, width, stride=1, stride_on='3x3', dilation=1, proj=False,
-               filler=False):
-    """One ResNet bottleneck block `name` (conv3_1 ...): name_1x1_reduce (width),
-    name_3x3 (width, dilated), name_1x1_increase (4 width, no ReLU), on the first block
-    of a stage name_1x1_proj (4 width) as the shortcut; the sum `name`, `name/relu`.
-    stride: on the reduce or the 3x3 (stride_on) and on the projection."""
+               filler=False, style='psp', suffix='', share=False, bn_lr=None):
+    """One ResNet bottleneck block `name` (conv3_1, res3a ...): reduce (1x1, width), 3x3
+    (width, dilated), increase (1x1, 4 width, no ReLU), on the first block of a stage a
+    1x1 projection (4 width) as the shortcut; the sum `name` and its ReLU. Names as
+    `style` gives them (BLOCK_PARTS: name_1x1_reduce ... or name_branch2a ...; the
+    'msra' release lists the projection first). stride: on the reduce or the 3x3
+    (stride_on) and on the projection. suffix, share, bn_lr: see conv_bn."""
     _check_choice('stride_on', stride_on, PSP_STRIDE_ON)
-    top = conv_bn(n, name + '_1x1_reduce', bottom, width,
-                  stride=stride if stride_on == '1x1_reduce' else 1, filler=filler)
-    top = conv_bn(n, name + '_3x3', top, width, ks=3, dilation=dilation,
-                  stride=stride if stride_on == '3x3' else 1, filler=filler)
-    top = conv_bn(n, name + '_1x1_increase', top, EXPANSION * width, relu=False, filler=filler)
+    reduce_, conv3, increase, projection = BLOCK_PARTS[style]
+    kw = dict(filler=filler, style=style, suffix=suffix, share=share, bn_lr=bn_lr)
     short = bottom
-    if proj:
-        short = conv_bn(n, name + '_1x1_proj', bottom, EXPANSION * width, stride=stride,
-                        relu=False, filler=filler)
-    n[name] = L.Eltwise(short, top, operation=P.Eltwise.SUM)
-    n[name + '/relu'] = L.ReLU(n[name], in_place=True)
-    return n[name]
+    if proj and style == 'msra':
+        short = conv_bn(n, name + projection, bottom, EXPANSION * width, stride=stride,
+                        relu=False, **kw)
+    top = conv_bn(n, name + reduce_, bottom, width,
+                  stride=stride if stride_on == '1x1_reduce' else 1, **kw)
+    top = conv_bn(n, name + conv3, top, width, ks=3, dilation=dilation,
+                  stride=stride if stride_on == '3x3' else 1, **kw)
+    top = conv_bn(n, name + increase, top, EXPANSION * width, relu=False, **kw)
+    if proj and style == 'psp':
+        short = conv_bn(n, name + projection, bottom, EXPANSION * width, stride=stride,
+                        relu=False, **kw)
+    n[name + suffix] = L.Eltwise(short, top, operation=P.Eltwise.SUM)
+    n[name + ('/relu' if style == 'psp' else '_relu') + suffix] = L.ReLU(n[name + suffix],
+                                                                        in_place=True)
+    return n[name + suffix]
 
 
 def _check_blocks(blocks):
@@ -584,26 +641,41 @@ def _check_blocks(blocks):
     return blocks
 
 
+# The stem of each style: 'psp' three 3x3 convolutions (widths[0:3]), 'msra' one 7x7
+# (widths[0]); both stride 2 then a 3x3 stride-2 max pooling with pad 1 (Caffe's ceil).
+STEMS = {'psp': (('conv1_1_3x3_s2', 3, 2), ('conv1_2_3x3', 3, 1), ('conv1_3_3x3', 3, 1)),
+         'msra': (('conv1', 7, 2),)}
+POOL1 = {'psp': 'pool1_3x3_s2', 'msra': 'pool1'}
+
+
 def dilated_resnet(n, bottom, depth=101, widths=PSP_WIDTHS, blocks=None, stride_on='3x3',
-                   filler=False):
-    """The deep-stem dilated ResNet trunk into NetSpec `n`, from `bottom` (N x 3 x H x W,
-    BGR, mean subtracted) to stage 5 (N x 4 widths[6] x F x F, F = psp_feature_size(H)).
+                   filler=False, style='psp', suffix='', share=False, bn_lr=None):
+    """The dilated ResNet trunk into NetSpec `n`, from `bottom` (N x 3 x H x W, BGR, mean
+    subtracted) to stage 5 (N x 4 widths[6] x F x F, F = psp_feature_size(H)): output
+    stride 8, stages 4 and 5 dilated 2 and 4.
     depth: 50 or 101 (blocks per stage RESNET_BLOCKS[depth]); blocks: other counts
     (narrow test nets); stride_on: where stage 3 strides ('1x1_reduce' or '3x3').
-    Returns the names of stage 4's and stage 5's last blocks (conv4_23, conv5_3)."""
+    style: 'psp' (PSPNet's deep stem and names) or 'msra' (Kaiming He's 7x7 stem and
+    names, DeepLab v2's; widths[1:3] unused); suffix, share, bn_lr: see conv_bn (the
+    scale branches of DeepLab's multi-scale input share one trunk's parameters).
+    Returns the names of stage 4's and stage 5's last blocks (conv4_23, conv5_3; res4b22,
+    res5c), without the suffix."""
     _check_choice('depth', depth, sorted(RESNET_BLOCKS))
+    _check_choice('style', style, RESNET_STYLES)
     widths = _check_widths(widths, PSP_WIDTHS)
     blocks = _check_blocks(blocks or RESNET_BLOCKS[depth])
-    top = conv_bn(n, 'conv1_1_3x3_s2', bottom, widths[0], ks=3, stride=2, filler=filler)
-    top = conv_bn(n, 'conv1_2_3x3', top, widths[1], ks=3, filler=filler)
-    top = conv_bn(n, 'conv1_3_3x3', top, widths[2], ks=3, filler=filler)
-    n.pool1_3x3_s2 = top = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2, pad=1)
+    kw = dict(filler=filler, style=style, suffix=suffix, share=share, bn_lr=bn_lr)
+    top = bottom
+    for (name, ks, stride), width in zip(STEMS[style], widths):
+        top = conv_bn(n, name, top, width, ks=ks, stride=stride, **kw)
+    n[POOL1[style] + suffix] = top = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2,
+                                               pad=1)
     # stage: (stride of its first block, dilation of its 3x3 convolutions)
     for stage, (stride, dilation) in zip((2, 3, 4, 5), ((1, 1), (2, 1), (1, 2), (1, 4))):
-        for block in range(1, blocks[stage - 2] + 1):
-            name = 'conv%d_%d' % (stage, block)
-            top = bottleneck(n, top, name, widths[stage + 1], stride if block == 1 else 1,
-                             stride_on, dilation, proj=block == 1, filler=filler)
+        names = block_names(stage, blocks[stage - 2], style, depth)
+        for block, name in enumerate(names):
+            top = bottleneck(n, top, name, widths[stage + 1], stride if block == 0 else 1,
+                             stride_on, dilation, proj=block == 0, **kw)
         if stage == 4:
             stage4 = name
     return stage4, name
@@ -710,6 +782,197 @@ def pspnet(split='deploy', depth=101, num_classes=21, crop=473, stride_on='3x3',
     return n.to_proto()
 
 
+# ---------------------------------------------------------------------------
+# DeepLab v2 (Chen, Papandreou, Kokkinos, Murphy, Yuille, "DeepLab: Semantic Image
+# Segmentation with Deep Convolutional Nets, Atrous Convolution, and Fully Connected
+# CRFs", TPAMI 2017, arXiv 1606.00915), its released VOC 2012 model
+# deeplab_aspp_resnet101 (docs/deeplab.md), with the release's layer names so its
+# caffemodels load by name, on stock layers only:
+#
+# - Trunk: Kaiming He's ResNet-101 as the MSRA release names it (dilated_resnet, style
+#   'msra'): conv1 (7x7, stride 2) + bn_conv1 + scale_conv1, pool1 (3x3, stride 2, pad
+#   1), res2a .. res5c with branch1 / branch2a-c and their bn* / scale*; stage 3 strides
+#   on res3a_branch1 and res3a_branch2a; stages 4 and 5 dilated 2 and 4 (output stride
+#   8). BatchNorm and Scale frozen (global statistics, rate 0).
+# - ASPP-L head (section 3.3): fc1_voc12_c0 .. c3, 3x3 convolutions straight to the
+#   classes (with bias) at dilation 6, 12, 18, 24, summed into fc1_voc12.
+# - Multi-scale inputs (MSC, section 4.1): the input and its 0.75 and 0.5 copies
+#   (data_res075, data_res05) through three copies of trunk + head whose layer names end
+#   in _res075 / _res05 and which share every parameter by name; the smaller logits are
+#   interpolated to the 1x logits (fc1_voc12_res075_interp, fc1_voc12_res05_interp),
+#   fused by an element-wise max (fc_fusion) and zoomed x8 to the input (fc1_interp).
+# - The release's Interp (align-corners bilinear, output size: shrink first, then zoom)
+#   as exact stock constructions (align_corners_resize): a zoom by q is a grouped
+#   Deconvolution (kernel 2q - 1, stride q, pad q - 1; weights set by
+#   surgery.pspnet_interp), then taking every p-th pixel is a Pooling of kernel 1,
+#   stride p: 513 -> 385 = x3 then every 4th, 49 -> 65 = x4 then every 3rd.
+# - Training (train net, partly UNCONFIRMED: the release's train prototxt was not
+#   retrieved): one softmax loss per branch and one on the fusion, each against the
+#   label sampled at its logits' grid (label_shrink: Pooling kernel 1 stride 8, exact);
+#   a branch whose logits the label cannot be sampled to exactly (0.75: 321 -> 31) is
+#   scored after its interpolation to the 1x logits, as the paper describes.
+#   Classifier rate x10 (bias x20).
+
+DEEPLAB_SCALES = (1.0, 0.75, 0.5)   # the MSC branches, 1x first
+DEEPLAB_RATES = (6, 12, 18, 24)     # ASPP-L's dilations
+DEEPLAB_ZOOM = 8                    # fc1_interp: logits -> input
+DEEPLAB_HEAD = 'fc1_voc12'          # the release's classifier prefix
+MAX_INTERP_ZOOM = 16                # a larger zoom would mean an unintended size
+
+
+def align_corners_steps(size_in, size_out):
+    """(zoom q, stride p) with (size_in - 1) / (size_out - 1) = p / q in lowest terms: the
+    align-corners resize size_in -> size_out is a zoom by q ((size_in - 1) q + 1 pixels)
+    then every p-th pixel. ValueError when q exceeds MAX_INTERP_ZOOM."""
+    _check_positive('size_in', size_in)
+    _check_positive('size_out', size_out)
+    if size_out == 1 or size_in == size_out:
+        return 1, max(size_in - 1, 1) if size_out == 1 else 1
+    ratio = fractions.Fraction(size_in - 1, size_out - 1)
+    if ratio.denominator > MAX_INTERP_ZOOM:
+        raise ValueError('align-corners resize %d -> %d needs a zoom by %d (at most %d): pick '
+                         'sizes of the form k m + 1' % (size_in, size_out, ratio.denominator,
+                                                        MAX_INTERP_ZOOM))
+    return ratio.denominator, ratio.numerator
+
+
+def align_corners_resize(n, name, bottom, channels, size_in, size_out):
+    """The release's Interp of a N x `channels` x size_in x size_in top to size_out, as
+    stock layers (align_corners_steps): `name`_zoom (Deconvolution, grouped per channel,
+    fixed: surgery.pspnet_interp fills it) and `name` (Pooling, kernel 1); one of them
+    alone, named `name`, when the other would be the identity. Returns the top."""
+    zoom, stride = align_corners_steps(size_in, size_out)
+    top = bottom
+    if zoom > 1:
+        n[name + '_zoom' if stride > 1 else name] = top = L.Deconvolution(
+            top, param=[dict(lr_mult=0, decay_mult=0)], convolution_param=dict(
+                num_output=channels, group=channels, kernel_size=2 * zoom - 1, stride=zoom,
+                pad=zoom - 1, bias_term=False))
+    if stride > 1:
+        n[name] = top = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=1, stride=stride)
+    return top
+
+
+def msc_size(size, scale):
+    """The side of the 'scale' branch's input, by the release's Interp size rule: shrink by
+    the scale's denominator first, then zoom by its numerator (513 at 0.75 -> 385)."""
+    s = fractions.Fraction(scale).limit_denominator(MAX_INTERP_ZOOM)
+    return (size - 1) // s.denominator * s.numerator + 1
+
+
+def msc_suffix(scale):
+    """The layer-name suffix of a scale branch: '' (1x), '_res075', '_res05'."""
+    return '' if scale == 1 else '_res' + ('%g' % scale).replace('.', '')
+
+
+def aspp(n, bottom, num_classes, rates=DEEPLAB_RATES, name=DEEPLAB_HEAD, suffix='',
+         share=False, filler=False):
+    """ASPP-L: <name>_c0 .. c<k> (3x3 to the classes, bias, dilation = pad = each rate,
+    rate x10 / bias x20; parameters <name>_cI_w / _b when shared), summed into <name>
+    (+ suffix). filler: the train net's start (Gaussian 0.01, bias 0). Returns the sum."""
+    branches = []
+    for i, rate in enumerate(rates):
+        layer = '%s_c%d' % (name, i)
+        kwargs = dict(num_output=num_classes, kernel_size=3, pad=rate, dilation=rate,
+                      param=[dict(lr_mult=10, decay_mult=1), dict(lr_mult=20, decay_mult=0)])
+        if share:
+            kwargs['param'] = [dict(p, name=layer + e) for p, e in zip(kwargs['param'], ('_w', '_b'))]
+        if filler:
+            kwargs.update(weight_filler=dict(type='gaussian', std=0.01),
+                          bias_filler=dict(type='constant', value=0))
+        n[layer + suffix] = L.Convolution(bottom, **kwargs)
+        branches.append(n[layer + suffix])
+    n[name + suffix] = L.Eltwise(*branches, operation=P.Eltwise.SUM)
+    return n[name + suffix]
+
+
+def deeplab_v2(split='deploy', depth=101, num_classes=None, crop=513, train_crop=321,
+               dataset='voc12aug', widths=PSP_WIDTHS, blocks=None, data_layer=None,
+               data_params=None, scales=DEEPLAB_SCALES, rates=DEEPLAB_RATES):
+    """DeepLab v2 with multi-scale inputs: MSRA ResNet trunk (dilated, output stride 8),
+    ASPP-L head, three scale branches sharing their parameters, max fusion, x8 zoom.
+    Returns a caffe_pb2.NetParameter.
+
+    split: 'deploy' (Input `data` 1 x 3 x crop x crop; output fc1_interp, N x classes x
+      crop x crop logits), 'val' (the data layer's `data` / `label` at crop x crop, the
+      image padded with the mean and the label with 255; `loss` on fc1_interp) or
+      'train' (at train_crop; losses on every branch and the fusion, see above; no
+      fc1_interp).
+    num_classes: default the dataset's.  crop: the test input (513: every VOC image
+      padded to it); train_crop: the training crop (321).
+    widths, blocks, depth: see dilated_resnet (widths[1:3] unused: the 7x7 stem).
+    scales: the MSC branches, 1 first (another 1-tuple: a single-scale net);
+    rates: ASPP's dilations. dataset, data_layer, data_params: the data layer (default:
+      default_data(dataset), its `crop` set to this net's input)."""
+    _check_choice('split', split, SPLITS)
+    num_classes = num_classes or len(models.dataset(dataset).classes)
+    _check_positive('num_classes', num_classes)
+    if not scales or scales[0] != 1 or not all(0 < s < 1 for s in scales[1:]):
+        raise ValueError('scales must start with 1, the others in (0, 1), got %r' % (scales,))
+    train = split == 'train'
+    size = train_crop if train else crop
+    _check_positive('crop', size)
+    n = caffe.NetSpec()
+    if split == 'deploy':
+        n.data = L.Input(shape=dict(dim=[1, 3, size, size]))
+    else:
+        layer, params = data_layer_params(dataset, split, data_layer, data_params)
+        if data_params is None:  # the default layer crops (pads) to this net's input
+            params['crop'] = size
+        data_tops(n, dataset, split, [('data', 3)], ['label'], layer, params)
+    share = len(scales) > 1
+    logits = []  # (scale, blob, side)
+    for scale in scales:
+        s, side = msc_suffix(scale), msc_size(size, scale)
+        bottom = n.data if scale == 1 else align_corners_resize(n, 'data' + s, n.data, 3, size, side)
+        _, stage5 = dilated_resnet(n, bottom, depth, widths, blocks, stride_on='1x1_reduce',
+                                   filler=train, style='msra', suffix=s, share=share, bn_lr=0)
+        top = aspp(n, n[stage5 + s], num_classes, rates, suffix=s, share=share, filler=train)
+        # conv1 (7x7, stride 2, pad 3) gives the size PSPNet's 3x3 stride-2 stem does
+        logits.append((scale, top, psp_feature_size(side)))
+    feature = logits[0][2]
+    fused = [logits[0][1]]
+    resized = {}
+    for scale, top, side in logits[1:]:
+        name = DEEPLAB_HEAD + msc_suffix(scale) + '_interp'
+        resized[scale] = align_corners_resize(n, name, top, num_classes, side, feature)
+        fused.append(resized[scale])
+    if share:
+        n.fc_fusion = L.Eltwise(*fused, operation=P.Eltwise.MAX)
+    if not train:  # the release's test output (training scores the logits' grid)
+        if (feature - 1) * DEEPLAB_ZOOM + 1 != size:
+            raise ValueError('crop %d: the x%d zoom of its %d x %d logits gives %d, not the '
+                             'crop (use 8 k + 1)' % (size, DEEPLAB_ZOOM, feature, feature,
+                                                     (feature - 1) * DEEPLAB_ZOOM + 1))
+        out = align_corners_resize(n, 'fc1_interp', n.fc_fusion if share else fused[0],
+                                   num_classes, feature, size)
+    loss_param = dict(ignore_label=IGNORE_LABEL)
+    if split == 'val':
+        n.loss = L.SoftmaxWithLoss(out, n.label, loss_param=loss_param)
+    elif train:
+        shrunk = {}
+
+        def label_at(side):  # the label sampled at a logits grid, or None if not exactly
+            zoom, stride = align_corners_steps(size, side)
+            if zoom != 1:
+                return None
+            if side not in shrunk:
+                name = 'label_shrink' + ('' if side == feature else '_%d' % side)
+                n[name] = shrunk[side] = L.Pooling(n.label, pool=P.Pooling.MAX, kernel_size=1,
+                                                   stride=stride)
+            return shrunk[side]
+        if label_at(feature) is None:
+            raise ValueError('train crop %d: the label cannot be sampled to the %d x %d logits'
+                             % (size, feature, feature))
+        for scale, top, side in logits:
+            own = label_at(side)
+            score, label = (top, own) if own is not None else (resized[scale], shrunk[feature])
+            n['loss' + msc_suffix(scale)] = L.SoftmaxWithLoss(score, label, loss_param=loss_param)
+        if share:
+            n.loss_fusion = L.SoftmaxWithLoss(n.fc_fusion, shrunk[feature], loss_param=loss_param)
+    return n.to_proto()
+
+
 def vgg16_classifier(widths=VGG16_WIDTHS, num_classes=1000):
     """VGG16 as in the Model Zoo's VGG_ILSVRC_16_layers deploy net (fc6/fc7/fc8
     InnerProduct, 224 x 224 input, prob), to load its weights and cast them to conv."""
@@ -733,7 +996,7 @@ def caffenet_classifier(widths=CAFFENET_WIDTHS, num_classes=1000):
 
 # The functions a spec's `builder` may name (models.ModelSpec / ClassifierSpec).
 BUILDERS = {f.__name__: f for f in (fcn, voc_fcn, pascalcontext_fcn, voc_fcn_alexnet, nyud_fcn,
-                                    siftflow_fcn, pspnet, vgg16_classifier, caffenet_classifier)}
+                                    siftflow_fcn, pspnet, deeplab_v2, vgg16_classifier, caffenet_classifier)}
 # name -> builder of each ImageNet classifier of models.CLASSIFIERS.
 CLASSIFIERS = {name: BUILDERS[c.builder] for name, c in models.CLASSIFIERS.items()}
 

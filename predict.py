@@ -25,6 +25,9 @@ their scores here, driven by the registry's `models.Protocol` (spec.evaluation) 
   subtracted (pre_img.m); otherwise only a side shorter than the crop is padded, on the
   uint8 image with the mean rounded to uint8 (scale_process.m), so padded pixels are
   e.g. (0.32, 0.221, 0.061) after subtraction for PSPNet's mean.
+- 'padded' (DeepLab v2, Chen et al. TPAMI 2017, as its release tests): the image padded
+  bottom/right with the mean to the deploy net's fixed input (513), one pass, the logits
+  cropped back to the image (padded_logits).
 
 Imports no application module: apps -> predict -> netinit (a new input size checked
 before the net is reshaped to it) -> models. Nothing here imports Caffe; the nets passed
@@ -314,12 +317,23 @@ def whole_logits(net, image, prep, blob=None, tile=None):
     return forward_logits(net, in_, blob)
 
 
+def padded_logits(net, image, prep, blob=None):
+    """K x H x W float32 logits of `image` (H x W x 3 RGB) through a net of fixed input
+    size (net_crop): the preprocessed image padded bottom/right with 0 (the mean) to that
+    size, one pass, the logits cropped back to the image (DeepLab v2's test); an image
+    larger than the input goes through windows of it (sliding_logits, logits averaged)."""
+    return sliding_logits(net, preprocess(image, prep), net_crop(net), blob=blob)
+
+
 def scores(net, image, protocol, prep, blob=None, scales=None, size=None, tile=None):
     """K x H x W float32 class scores of `image` (H x W x 3 uint8 RGB) under `protocol`
-    (models.Protocol): logits of the whole image (tile: see whole_logits), or the
-    sliding protocol's scores at `size` (default the image's), averaged over `scales`."""
+    (models.Protocol): logits of the whole image (tile: see whole_logits), of the image
+    padded to the net's input ('padded': padded_logits), or the sliding protocol's
+    scores at `size` (default the image's), averaged over `scales`."""
     if protocol.windows == 'whole':
         return whole_logits(net, image, prep, blob, tile)
+    if protocol.windows == 'padded':
+        return padded_logits(net, image, prep, blob)
     return sliding_scores(net, image, protocol, prep, scales, size, blob)
 
 

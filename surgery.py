@@ -28,6 +28,14 @@ their zero start):
         --out ilsvrc-nets/vgg16-fcn.caffemodel
     .venv/bin/python surgery.py cast --arch caffenet      # -> ilsvrc-nets/caffenet-fcn.caffemodel
 
+DeepLab v2 (net.deeplab_v2): its release's caffemodels hold stock BatchNorm + Scale
+blobs and load by name; `convert_by_name` copies one into the deploy net (every layer
+accounted for, the multi-scale copies included) and adds the interpolation weights:
+
+    .venv/bin/python surgery.py deeplab-convert --model deeplabv2-voc12
+    .venv/bin/python surgery.py deeplab-convert --model deeplabv2-voc12 \\
+        --weights train2_iter_20000.caffemodel --out train2_iter_20000-stock.caffemodel
+
 PSPNet (net.pspnet): `pspnet_interp(net)` sets the fixed weights of the stock layers
 that compute the fork's align-corners Interp; `convert_fork_bn` turns a caffemodel of the
 PSPNet fork (its BN layers) into BatchNorm + Scale weights that load by name:
@@ -505,6 +513,98 @@ def pspnet_convert_main(args):
     return 0
 
 
+# ----------------------------------------------------------------------------- DeepLab v2
+
+def _shared_with(net, names):
+    """{layer: the first layer of `names` whose blobs it shares} for the net's layers
+    whose every parameter blob is the memory of another's (Caffe's sharing by param name:
+    DeepLab's _res075 / _res05 branches use the 1x branch's parameters)."""
+    params = net.params
+    owner, shared = {}, {}
+    for name in names:
+        for blob in params[name]:
+            owner.setdefault(blob.data.ctypes.data, name)
+    for name, blobs in params.items():
+        owners = {owner.get(b.data.ctypes.data) for b in blobs}
+        if len(owners) == 1 and None not in owners and owners != {name}:
+            shared[name] = owners.pop()
+    return shared
+
+
+def convert_by_name(src, target, out, quiet=False):
+    """Copy a caffemodel written by a stock-layout Caffe (DeepLab v2's release: BatchNorm
+    with blobs mean, var, factor and Scale with slope, bias, as stock Caffe writes them)
+    into net `target` (a NetParameter or a prototxt path) by layer name, fill the net's
+    fixed interpolation layers from the formula (pspnet_interp) and save it at `out`.
+
+    Every layer of the file is accounted for: one with blobs must be a layer of the net
+    with the same number and shapes of blobs, each blob whole; one without blobs (data,
+    Interp, ReLU, loss ...) is counted. Every parameter layer of the net must come from
+    the file, share its blobs with one that does (the multi-scale copies of a file that
+    lacks them), or be an interpolation layer. InputError (one line, naming the file and
+    the layer) otherwise; nothing is written unless every check passes; `out` may not be
+    `src`. Returns the ForkReport (printed unless quiet)."""
+    src, out = os.path.abspath(str(src)), os.path.abspath(str(out))
+    layers = _fork_layers(src)
+    if src == out or os.path.exists(out) and os.path.samefile(src, out):
+        raise project.InputError('%s: the converted weights would replace the release\'s '
+                                 'file; give another --out' % out)
+    net = _target_net(target)
+    params, types = net.params, _layer_types(net)
+    report, plan, seen = ForkReport(), [], set()
+    for layer in layers:
+        if layer.name in seen:
+            raise project.InputError('%s: layer %r appears twice' % (src, layer.name))
+        seen.add(layer.name)
+        if not layer.blobs:
+            report.no_params[layer.type] = report.no_params.get(layer.type, 0) + 1
+            continue
+        if layer.name not in params:
+            raise project.InputError('%s: layer %r (%s) carries weights but the net has no such '
+                                     'layer' % (src, layer.name, layer.type))
+        stored = [netload._blob_shape(b) for b in layer.blobs]
+        wanted = [tuple(b.data.shape) for b in params[layer.name]]
+        if len(stored) != len(wanted) or not all(map(netload._shapes_match, stored, wanted)):
+            raise project.InputError('%s: layer %r has blobs %s but the net expects %s'
+                                     % (src, layer.name, stored, wanted))
+        plan += [(_blob_array(src, layer, i, b), d.data)
+                 for i, (b, d) in enumerate(zip(layer.blobs, params[layer.name]))]
+        report.copied.append(layer.name)
+    fixed = interp_layers(net)
+    shared = _shared_with(net, report.copied)
+    for name in params:
+        if name not in seen and name not in fixed and name not in shared:
+            raise project.InputError('%s: the net\'s layer %r (%s) is missing from the file'
+                                     % (src, name, types[name]))
+    for data, dst in plan:
+        dst[...] = data.reshape(dst.shape)  # counts checked: nothing repeated or cut
+    report.interp = pspnet_interp(net)
+    save_net(net, out, protect=(src,))
+    if not quiet:
+        print(report)
+    return report
+
+
+def convert_main(args):
+    """surgery.py deeplab-convert: the released caffemodel of args.model (its Weights
+    record) -> <its folder>/<release name>-stock.caffemodel, with the interpolation
+    weights, loadable by name into the deploy net with every layer covered."""
+    src = args.weights or weights.weights_path(args.model)
+    if not os.path.isfile(src):
+        raise project.InputError('%s: not found; unzip it from the release (python weights.py '
+                                 '%s says where), or pass --weights' % (src, args.model))
+    out = args.out or models.stock_file(args.model)
+    convert_by_name(src, nets.build_net(args.model, 'deploy'), out)
+    print('%s: converted into %s' % (src, out))
+    return 0
+
+
+def _converted_by(command):
+    """The registry's models whose released weights surgery.py `command` converts."""
+    return [n for n in models.names()
+            if models.get(n).weights is not None and models.get(n).weights.convert == command]
+
+
 # ----------------------------------------------------------------------------- cast command
 
 # The classifiers (models.CLASSIFIERS: deploy net, weights, cast file, the FCN whose
@@ -622,9 +722,18 @@ def main(argv=None):
                    'beside it in pspnet/<model>/)')
     p.add_argument('--no-aux', action='store_true', help='the file has no auxiliary branch '
                    '(conv4_24 / conv4_7, conv6_1: their names are inferred)')
+    d = sub.add_parser('deeplab-convert', help='a released DeepLab v2 caffemodel (stock '
+                       'BatchNorm + Scale) -> the same weights with the interpolation layers')
+    d.add_argument('--model', required=True, choices=_converted_by('deeplab-convert'))
+    d.add_argument('--weights', help='the release\'s caffemodel (default: where its record '
+                   'puts it, e.g. deeplab/deeplabv2-voc12/train_iter_20000.caffemodel)')
+    d.add_argument('--out', help='converted caffemodel (default: <release>-stock.caffemodel '
+                   'beside it)')
     args = parser.parse_args(argv)
     if args.command == 'pspnet-convert':
         return pspnet_convert_main(args)
+    if args.command == 'deeplab-convert':
+        return convert_main(args)
 
     clf = models.CLASSIFIERS[args.arch]
     prototxt = args.prototxt or os.path.join(project.REPO, clf.deploy)

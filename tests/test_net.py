@@ -31,8 +31,9 @@ import netload
 caffe = guard.import_caffe()
 
 H, W = 37, 53  # odd, and not multiples of any stride
-# The FCNs of the registry (PSPNet's nets: tests/test_pspnet_net.py).
-FCNS = [name for name, spec in models.BUILTIN.items() if spec.family != 'pspnet']
+# The FCNs of the registry: the nets evaluated on whole images of any size (PSPNet's and
+# DeepLab's fixed-size nets: tests/test_pspnet_net.py, tests/test_deeplab.py).
+FCNS = [name for name, spec in models.BUILTIN.items() if spec.evaluation.windows == 'whole']
 NARROW = (4, 4, 8, 8, 8, 16)
 NARROW_CAFFENET = (4, 4, 8, 8, 8, 16)
 CHANNELS = {'data': 3, 'color': 3, 'hha': 3, 'depth': 1}

@@ -247,6 +247,9 @@ def test_the_registry_says_how_each_model_is_evaluated():
             assert (e.windows, e.flip, e.combine) == ('sliding', True, 'probabilities')
             assert e.scales == (1.0,) and e.multi_scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
             assert spec.finish == ('bilinear', 'align-corners', 'bn-identity')
+        elif spec.builder == 'deeplab_v2':  # the release's test: padded to 513, one pass
+            assert spec.evaluation == models.Protocol(windows='padded')
+            assert spec.finish == ('align-corners', 'bn-identity')
         else:
             assert spec.evaluation.windows == 'whole' and spec.finish == ('bilinear',)
     bases = {n: models.get(n).evaluation.base_size for n in models.names('pspnet')}

@@ -11,7 +11,6 @@ from PIL import Image
 
 import datasets  # tests/datasets.py
 import guard
-import net as nets
 import project
 import score
 from test_pspnet_eval import narrow_pspnet

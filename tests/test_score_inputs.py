@@ -3,7 +3,6 @@ draws), more classes than a palette holds, PSPNet annotations of another size th
 image, an --out naming one of the run's inputs. Real Caffe nets on tiny generated
 datasets (tests/datasets.py)."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -3,9 +3,12 @@ their final name (F2, F4), nets are checked before Caffe sees them (F15, F18), w
 must cover the net (F17). Real pycaffe; Caffe is only built in a subprocess where a
 wrong check would let it abort."""
 import errno
+import json
 import os
+import stat
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from PIL import Image
 import cli
 import guard
 import layers
+import metrics
 import netinit
 import netload
 import project
@@ -58,6 +62,141 @@ def test_atomic_write_refuses_a_protected_folder(tmp_path):
     for value in (1, 2):
         layers.save_label_png(out, np.full((2, 3), value, np.uint8), protect=[labels])
     assert np.asarray(Image.open(out)).tolist() == [[2, 2, 2], [2, 2, 2]]
+
+
+# --- outputs on special files and symbolic links: written through or refused, never replaced --
+
+def _device(path, minor):
+    """A character device node at `path` (1, minor: 3 is /dev/null's, 7 /dev/full's):
+    tests write to their own node, so a writer that replaced it could never take the
+    machine's /dev/null with it. None where device nodes cannot be made (not root)."""
+    try:
+        os.mknod(str(path), stat.S_IFCHR | 0o666, os.makedev(1, minor))
+    except (PermissionError, OSError):
+        return None
+    return path
+
+
+def _read_fifo(path, got):
+    with open(path, 'rb') as f:
+        got.append(f.read())
+
+
+def test_writers_write_through_devices_and_fifos_and_never_replace_them(tmp_path):
+    """A rename over --out /dev/null, /dev/stdout or a FIFO replaced the device or pipe
+    by a regular file; now each is written through, each write checked."""
+    null = _device(tmp_path / 'null', 3)
+    if null is None:
+        pytest.skip('cannot make a device node here (needs root)')
+    metrics.write_json(null, {'mean_iu': 0.5})  # score.py / reproduce.py --out
+    layers.save_label_png(null, np.zeros((2, 2), np.uint8))  # infer.py, --save-pred
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    full = _device(tmp_path / 'full', 7)
+    with pytest.raises(OSError) as e:
+        metrics.write_json(full, {'mean_iu': 0.5})
+    assert e.value.errno == errno.ENOSPC and str(full) in str(e.value)
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
+    stdout = tmp_path / 'stdout'  # /dev/stdout: a link to the process's terminal or pipe
+    stdout.symlink_to(null)
+    metrics.write_json(stdout, {})
+    assert os.path.islink(stdout) and stat.S_ISCHR(os.stat(stdout).st_mode)
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(str(fifo))
+    got = []
+    reader = threading.Thread(target=_read_fifo, args=(fifo, got))
+    reader.start()
+    metrics.write_json(fifo, {'mean_iu': 0.5})
+    reader.join(30)
+    assert json.loads(got[0]) == {'mean_iu': 0.5}
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and sorted(os.listdir(tmp_path)) == [
+        'fifo', 'full', 'null', 'stdout']  # no temporary file left
+
+
+def test_a_symlinked_output_is_refused_and_the_link_kept(tmp_path):
+    """A symbolic link at the output's name was replaced by a regular file; it is refused
+    (naming its target) before anything is written, the link and its target untouched."""
+    target = tmp_path / 'elsewhere.json'
+    target.write_text('theirs')
+    link = tmp_path / 'scores.json'
+    link.symlink_to(target)
+    dangling = tmp_path / 'dangling.png'
+    dangling.symlink_to(tmp_path / 'nowhere.png')
+    for write in (lambda p: metrics.write_json(p, {}),
+                  lambda p: layers.save_label_png(p, np.zeros((2, 2), np.uint8)),
+                  lambda p: safewrite.check_writable(p, '--out')):
+        for path in (link, dangling):
+            with pytest.raises(InputError) as e:
+                write(path)
+            assert str(path) in str(e.value) and 'symbolic link' in str(e.value)
+    assert os.path.islink(link) and target.read_text() == 'theirs'
+    assert os.path.islink(dangling) and not (tmp_path / 'nowhere.png').exists()
+    assert sorted(os.listdir(tmp_path)) == ['dangling.png', 'elsewhere.json', 'scores.json']
+
+
+def test_save_net_goes_through_the_checked_writer(fcn, tmp_path):
+    """surgery.save_net (Caffe's net.save) renamed over a link too; now Caffe writes a
+    staged file that takes the name by the one writer's rules."""
+    import surgery
+    deploy, weights = fcn['32s']
+    net = caffe.Net(deploy, weights, caffe.TEST)
+    link = tmp_path / 'out.caffemodel'
+    link.symlink_to(tmp_path / 'target.caffemodel')
+    with pytest.raises(InputError, match='symbolic link'):
+        surgery.save_net(net, link)
+    assert os.path.islink(link) and os.listdir(tmp_path) == ['out.caffemodel']
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(str(fifo))
+    got = []
+    reader = threading.Thread(target=_read_fifo, args=(fifo, got))
+    reader.start()
+    surgery.save_net(net, fifo)
+    reader.join(30)
+    assert got[0] == open(weights, 'rb').read() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def _calls(tree):
+    """(enclosing function, line, dotted name, call node) of every call in `tree`."""
+    import ast
+    found = []
+
+    def walk(node, func):
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, ast.FunctionDef) else func
+            if isinstance(child, ast.Call):
+                f = child.func
+                name = (f.value.id + '.' + f.attr if isinstance(f, ast.Attribute) and
+                        isinstance(f.value, ast.Name) else getattr(f, 'id', None))
+                found.append((func, child.lineno, name, child))
+            walk(child, inner)
+    walk(tree, None)
+    return found
+
+
+def test_no_module_writes_outside_the_checked_writer():
+    """Every output goes through safewrite (atomic_write, staged, place): no project
+    module renames files or opens one for writing itself, except the writer and the
+    functions named here, each for its reason."""
+    import ast
+    allowed = {
+        ('newmodel.py', 'write_folder'),  # a fresh private folder (mkdtemp), renamed whole
+        ('newmodel.py', 'tiny_net'),  # a temporary prototxt in a TemporaryDirectory
+        ('score.py', 'open_val_net'),  # the same
+        ('trainsetup.py', 'make_solver'),  # the same (a rank other than 0)
+    }
+    found = []
+    for name in sorted(os.listdir(REPO)):
+        if not name.endswith('.py') or name == 'safewrite.py':
+            continue
+        for func, line, called, node in _calls(ast.parse(open(os.path.join(REPO, name)).read())):
+            mode = node.args[1] if len(node.args) > 1 else None
+            writes = called == 'open' and isinstance(mode, ast.Constant) and \
+                any(c in str(mode.value) for c in 'wax+')
+            temporary = any(isinstance(a, ast.Attribute) and a.attr == 'name'
+                            for a in node.args[:1])  # a NamedTemporaryFile's own name
+            if (called in ('os.replace', 'os.rename', 'np.save', 'shutil.move') or writes) \
+                    and not temporary and (name, func) not in allowed:
+                found.append('%s:%d %s (in %s)' % (name, line, called, func))
+    assert not found, found
 
 
 # --- every write complete before the rename (F4) ------------------------------------------------

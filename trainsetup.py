@@ -29,6 +29,7 @@ import models
 import netinit
 import netload
 import parallel
+import safewrite
 import score
 import snapshots
 import surgery
@@ -112,9 +113,16 @@ def read_solver(model_dir):
     return param
 
 
-def make_solver(param, out_dir=None):
+# The solver settings a run used (absolute paths, snapshots off), saved in OUT under a
+# name no model folder uses: OUT may be the model's own folder (--out MODEL_DIR), whose
+# solver.prototxt, with its relative paths, must stay as it is.
+RUN_SOLVER = 'run_solver.prototxt'
+
+
+def make_solver(param, out_dir=None, model_files=()):
     """A Caffe solver for `param`, its own snapshots off (write_snapshot writes them, in
-    binary proto format into OUT/.staging); its settings saved as OUT/solver.prototxt.
+    binary proto format into OUT/.staging); its settings saved as OUT/run_solver.prototxt
+    (RUN_SOLVER), never over one of `model_files` (the model's solver and nets).
     out_dir None (a rank other than 0 of a multi-GPU run): nothing is written in OUT, the
     settings go through a temporary folder."""
     caffe = guard.import_caffe()
@@ -127,12 +135,17 @@ def make_solver(param, out_dir=None):
             with open(path, 'w') as f:
                 f.write(str(param))
             return caffe.get_solver(path)
-    param.snapshot_prefix = os.path.join(out_dir, '.staging', 'train')
-    os.makedirs(os.path.join(out_dir, '.staging'), exist_ok=True)
-    path = os.path.join(out_dir, 'solver.prototxt')
-    with snapshots.writing(path) as f:
+    param.snapshot_prefix = os.path.join(snapshots.staging_dir(out_dir), 'train')
+    path = os.path.join(out_dir, RUN_SOLVER)
+    with snapshots.writing(path, protect=model_files) as f:
         f.write(str(param).encode())
     return caffe.get_solver(path)
+
+
+def model_files(model_dir, param):
+    """The files of a model folder a run reads (its solver.prototxt and the nets it
+    names): inputs no output of the run may replace."""
+    return [os.path.join(model_dir, 'solver.prototxt'), param.train_net] + list(param.test_net)
 
 
 def new_round(start):
@@ -151,19 +164,17 @@ def restore(run, it, manifest):
         run.solver.restore(state)
     finally:
         os.chdir(cwd)
-    if manifest is not None:
-        run.round = dict(manifest['round'])
-        if manifest.get('seed') != run.config.seed and run.lead:
-            print('note: the run was seeded %s, now %d: the resumed run will not repeat an '
-                  'uninterrupted one exactly' % (manifest.get('seed'), run.config.seed), flush=True)
-    else:  # a snapshot from before manifests: the round's loss starts here
-        run.round = new_round(it)
+    run.round = {k: manifest['round'][k] for k in snapshots.ROUND_KEYS}
+    if manifest.get('seed') != run.config.seed and run.lead:
+        print('note: the run was seeded %s, now %d: the resumed run will not repeat an '
+              'uninterrupted one exactly' % (manifest.get('seed'), run.config.seed), flush=True)
     run.last_snapshot = it
     seek_data(run.solver.net, it * max(1, run.param.iter_size))  # same image stream
     if not run.lead:  # the log is rank 0's
         return
+    snapshots.repair_log(run.out, run.say)
     snapshots.rewrite_log(run.out, snapshots.read_log(run.out, upto=it))
-    if manifest is not None and manifest.get('end_of_round'):
+    if manifest.get('end_of_round'):
         if not any(r['iter'] == it for r in snapshots.read_log(run.out)):
             print('scoring round %d, which the last run did not finish' % it, flush=True)
             log_round(run, manifest['round'], os.path.basename(state))
@@ -284,7 +295,7 @@ def run_lock(out_dir):
     """Hold OUT/train.lock (flock, released when the process ends however it ends); it
     holds the pid, so a second run names the first; a stale pid is taken over."""
     path = os.path.join(out_dir, 'train.lock')
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = safewrite.open_own(path)  # never through a link: the target would be truncated
     try:
         holder = os.read(fd, 32).decode(errors='replace').strip()
         try:
@@ -352,7 +363,8 @@ def open_run(model, config, rank=0):
     with run_lock(run.out) if run.lead else contextlib.nullcontext():
         run.mode = use_devices(config.gpus, rank)
         run.param = read_solver(os.path.abspath(model.dir))
-        run.solver = make_solver(run.param, run.out if run.lead else None)
+        run.solver = make_solver(run.param, run.out if run.lead else None,
+                                 model_files(model.dir, run.param))
         for n in [run.solver.net] + list(run.solver.test_nets):
             layers.bind_num_classes(n)
         run.dataset, run.split, run.score_ids = score_split(run)

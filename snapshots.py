@@ -236,7 +236,7 @@ def check_state(run, it):
     shapes = shapes * HISTORY_PER_PARAM.get(solver_type(run.param), 1)
     stored = [list(b.shape.dim) for b in state.history]
     if state.iter != it or stored != shapes or any(
-            len(b.data) != math.prod(s) for b, s in zip(state.history, shapes)):
+            netload.blob_value_problem(b, math.prod(s)) for b, s in zip(state.history, shapes)):
         raise Untrusted('%s is incomplete or not of this net and solver (iteration %d, %d '
                         'history blobs, %d expected)' % (path, state.iter, len(stored), len(shapes)))
     own = os.path.basename(snapshot_path(run.out, it, 'caffemodel'))

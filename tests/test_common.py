@@ -318,6 +318,42 @@ def test_bad_net_is_an_input_error_naming_the_prototxt_and_layer(tmp_path, what,
     assert str(path) in message and repr(layer) in message and '\n' not in message, message
 
 
+# Convolution and Pooling settings Caffe's LayerSetUp CHECKs (base_conv_layer.cpp,
+# pooling_layer.cpp): each aborted Caffe (exit 134) past the check.
+SETUP_CHECKS = [
+    ('conv pad and pad_w', 'kernel_size: 3 pad: 1', 'kernel_size: 3 pad: 1 pad_w: 1', 'conv1'),
+    ('conv kernel_size and kernel_h/w', 'kernel_size: 3 pad: 1', 'kernel_size: 3 kernel_h: 3 kernel_w: 3 pad: 1', 'conv1'),
+    ('conv stride and stride_h/w', 'kernel_size: 3 pad: 1', 'kernel_size: 3 pad: 1 stride: 1 stride_h: 1 stride_w: 1', 'conv1'),
+    ('pool pad_h alone', 'kernel_size: 2 stride: 2', 'kernel_size: 2 stride: 2 pad_h: 1', 'pool1'),
+    ('pool pad and pad_h/w', 'kernel_size: 2 stride: 2', 'kernel_size: 2 stride: 2 pad: 1 pad_h: 1 pad_w: 1', 'pool1'),
+    ('pool stride_w alone', 'kernel_size: 2 stride: 2', 'kernel_size: 2 stride_w: 2', 'pool1'),
+    ('pool kernel_size and kernel_h/w', 'kernel_size: 2 stride: 2', 'kernel_size: 2 kernel_h: 2 kernel_w: 2 stride: 2', 'pool1'),
+    ('pool global with stride', 'kernel_size: 2 stride: 2', 'global_pooling: true stride: 2', 'pool1'),
+    ('pool stochastic with pad', 'pool: MAX kernel_size: 2 stride: 2', 'pool: STOCHASTIC kernel_size: 2 stride: 2 pad: 1', 'pool1'),
+]
+
+
+@pytest.mark.parametrize('what,old,new,layer', SETUP_CHECKS, ids=[b[0] for b in SETUP_CHECKS])
+def test_conv_and_pool_settings_caffe_checks_are_refused_without_an_abort(tmp_path, what, old, new, layer):
+    path = _bad_net(tmp_path, old, new)
+    with pytest.raises(InputError) as e:
+        netinit.check_prototxt(path)
+    assert str(path) in str(e.value) and repr(layer) in str(e.value), str(e.value)
+    r = _open_in_subprocess(path)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize('old,new', [
+    ('kernel_size: 3 pad: 1', 'kernel_h: 3 kernel_w: 1 pad_h: 1'),  # pad_w 0: Caffe accepts it
+    ('kernel_size: 2 stride: 2', 'kernel_size: 2 kernel_h: 3 stride: 2'),  # kernel_size wins
+    ('kernel_size: 2 stride: 2', 'kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0'),
+], ids=['conv pad_h alone', 'pool kernel_size and kernel_h', 'pool h/w pairs'])
+def test_conv_and_pool_settings_caffe_accepts_pass_with_its_shapes(tmp_path, old, new):
+    path = _bad_net(tmp_path, old, new)
+    shapes = netinit.check_net(netinit.read_net_param(path), str(path), 'test')
+    assert shapes == caffe_shapes(caffe.Net(str(path), caffe.TEST))
+
+
 def _open_in_subprocess(path, phase='test'):
     code = ('import sys, cli, netload\n'
             'def main(argv): netload.open_net(sys.argv[1], sys.argv[2])\n'
@@ -449,6 +485,49 @@ def test_weights_cut_short_are_refused(fcn, tmp_path):
         netload.open_net(deploy, 'test', str(tmp_path / 'short.caffemodel'))
     # the complete file loads
     assert 'score_pool4' in netload.check_weights(weights, caffe.Net(deploy, caffe.TEST))
+
+
+def _edit_weights(weights, how):
+    """The caffemodel `weights` changed as `how` says, serialized (bytes)."""
+    param = caffe.proto.caffe_pb2.NetParameter()
+    param.ParseFromString(open(weights, 'rb').read())
+    fc6 = next(l for l in param.layer if l.name == 'fc6')
+    if how == 'blob-less fc6':  # a second, empty layer named like the parameter layer
+        param.layer.add(name='fc6', type='Convolution')
+    elif how == 'blobs for relu1_1':  # a layer of the net that has no parameters
+        param.layer.add(name='relu1_1', type='ReLU').blobs.add().CopyFrom(fc6.blobs[1])
+    elif how == 'extra double_data':
+        blob = fc6.blobs[1]
+        blob.double_data.extend(list(blob.data) + [0.5])
+    elif how == 'extra diff':
+        fc6.blobs[1].diff.extend([0.0] * (len(fc6.blobs[1].data) + 1))
+    elif how == 'short double_diff':
+        fc6.blobs[1].double_diff.extend([0.0] * (len(fc6.blobs[1].data) - 1))
+    return param.SerializeToString()
+
+
+WEIGHT_EDITS = ['blob-less fc6', 'blobs for relu1_1', 'extra double_data', 'extra diff',
+                'short double_diff']
+
+
+@pytest.mark.parametrize('how', WEIGHT_EDITS)
+def test_caffemodel_layers_and_value_counts_caffe_aborts_on_are_refused(fcn, tmp_path, how):
+    """Caffe copies every layer of a caffemodel whose name is a layer of the net (its
+    blob count must match, zero too) and checks the count of each value field; such a
+    file aborted infer, score, --weights and resume (exit 134). A one-line error now."""
+    deploy, weights = fcn['32s']
+    bad = tmp_path / 'bad.caffemodel'
+    bad.write_bytes(_edit_weights(weights, how))
+    layer = 'relu1_1' if 'relu' in how else 'fc6'
+    with pytest.raises(InputError, match=r"bad\.caffemodel: layer %r" % layer):
+        netload.check_weights(str(bad), caffe.Net(deploy, caffe.TEST), partial=True)
+    code = ('import sys, cli, netload\n'
+            'cli.run_cli(lambda argv: netload.open_net(sys.argv[1], "test", sys.argv[2]))\n')
+    env = dict(os.environ, PYTHONPATH=REPO, GLOG_minloglevel='2')
+    r = subprocess.run([sys.executable, '-c', code, deploy, str(bad)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, (r.returncode, r.stderr)
+    assert str(bad) in r.stderr and repr(layer) in r.stderr
 
 
 def test_progress_bar_is_tqdm(capsys):

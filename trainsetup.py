@@ -89,6 +89,60 @@ def load_weights(net_, path):
     net_.copy_from(path)
 
 
+# What Caffe's solvers know: the SolverRegistry's types, SGDSolver::GetLearningRate's
+# policies (those needing stepsize > 0, those needing gamma >= 0), Regularize's types,
+# and the old solver_type enum's values (UpgradeSolverAsNeeded turns it into `type`).
+SOLVER_TYPES = ('SGD', 'Nesterov', 'AdaGrad', 'RMSProp', 'AdaDelta', 'Adam')
+LR_POLICIES = ('fixed', 'step', 'exp', 'inv', 'multistep', 'poly', 'sigmoid')
+NEEDS_STEPSIZE = ('step', 'sigmoid')
+NEEDS_GAMMA = ('step', 'exp', 'inv', 'multistep', 'sigmoid')
+REGULARIZATION = ('L1', 'L2')
+
+
+def solver_problem(param):
+    """What in a SolverParameter Caffe would abort on (a glog CHECK or LOG(FATAL) in
+    Solver::Init, the solver's constructor, GetLearningRate or Regularize), naming the
+    field, or None. An old `solver_type` enum is turned into `type` as Caffe does."""
+    if param.HasField('solver_type'):
+        if param.HasField('type'):
+            return 'solver_type (old) and type are both set: keep type'
+        param.type = SOLVER_TYPES[param.solver_type]
+        param.ClearField('solver_type')
+    if param.type not in SOLVER_TYPES:
+        return 'type %r is not a solver type (known: %s)' % (param.type, ', '.join(SOLVER_TYPES))
+    train_nets = sum(param.HasField(f) for f in ('net', 'net_param', 'train_net', 'train_net_param'))
+    if train_nets > 1:
+        return 'more than one of net, net_param, train_net and train_net_param is set'
+    if param.weights:
+        return 'weights is set: give start weights with --weights (checked against the net)'
+    tests = len(param.test_net) + len(param.test_net_param)
+    generic = param.HasField('net') or param.HasField('net_param')
+    if len(param.test_iter) < tests or (len(param.test_iter) != tests and not generic):
+        return 'test_iter is given %d times for %d test nets: once for each' % (len(param.test_iter), tests)
+    instances = max(tests, len(param.test_iter))
+    if param.test_state and len(param.test_state) != instances:
+        return 'test_state is given %d times for %d test nets' % (len(param.test_state), instances)
+    if instances and param.test_interval <= 0:
+        return 'test_interval must be positive with a test net (got %d)' % param.test_interval
+    if param.average_loss < 1:
+        return 'average_loss must be at least 1 (got %d)' % param.average_loss
+    policy = param.lr_policy
+    if policy not in LR_POLICIES:
+        return ('lr_policy %r is unknown (known: %s)' % (policy, ', '.join(LR_POLICIES)) if policy
+                else 'lr_policy is not set (one of %s)' % ', '.join(LR_POLICIES))
+    if policy in NEEDS_STEPSIZE and param.stepsize <= 0:
+        return 'lr_policy "%s" needs a positive stepsize (got %d)' % (policy, param.stepsize)
+    if policy in NEEDS_GAMMA and param.gamma < 0:
+        return 'lr_policy "%s" needs gamma >= 0 (got %g)' % (policy, param.gamma)
+    if param.regularization_type not in REGULARIZATION:
+        return 'regularization_type %r is unknown (L1 or L2)' % param.regularization_type
+    if param.type in ('AdaGrad', 'RMSProp') and param.momentum:
+        return 'momentum must be 0 for the %s solver (got %g)' % (param.type, param.momentum)
+    if param.type == 'RMSProp' and not 0 <= param.rms_decay < 1:
+        return 'rms_decay must lie in [0, 1) (got %g)' % param.rms_decay
+    return None
+
+
 def read_solver(model_dir):
     """MODEL_DIR/solver.prototxt as a SolverParameter with absolute net paths (checked)."""
     caffe = guard.import_caffe()
@@ -101,6 +155,9 @@ def read_solver(model_dir):
             text_format.Merge(f.read(), param)
     except (UnicodeDecodeError, text_format.ParseError) as e:
         raise InputError('%s: not a valid solver prototxt: %s' % (path, e))
+    problem = solver_problem(param)
+    if problem:
+        raise InputError('%s: %s' % (path, problem))
     if not param.train_net:
         raise InputError('%s: no train_net' % path)
     param.train_net = os.path.join(model_dir, param.train_net)

@@ -479,3 +479,36 @@ def test_no_free_inodes_is_a_clean_error_before_caffe_writes(model, few_inodes):
     clean_error(proc, str(out), 'free inodes', 'train_iter_2')
     assert snapshots.snapshot_iters(str(out)) == []
 
+
+# --- solver.prototxt values Caffe aborts on: one line naming the file and the field ---
+
+SOLVER_EDITS = [  # (what, (old line start, new line) or an added line, the field named)
+    ('unknown type', 'type: "Adamm"', 'type'),
+    ('unknown lr_policy', ('lr_policy:', 'lr_policy: "fixd"'), 'lr_policy'),
+    ('step without stepsize', ('lr_policy:', 'lr_policy: "step"'), 'stepsize'),
+    ('sigmoid without stepsize', ('lr_policy:', 'lr_policy: "sigmoid"'), 'stepsize'),
+    ('negative gamma', ('lr_policy:', 'lr_policy: "exp" gamma: -0.5'), 'gamma'),
+    ('wrong test_iter count', 'test_iter: 3', 'test_iter'),
+    ('average_loss 0', ('average_loss:', 'average_loss: 0'), 'average_loss'),
+    ('unknown regularization', 'regularization_type: "L3"', 'regularization_type'),
+    ('RMSProp with momentum', 'type: "RMSProp"', 'momentum'),
+    ('AdaGrad with momentum', 'type: "AdaGrad"', 'momentum'),
+    ('RMSProp rms_decay 1', ('momentum:', 'type: "RMSProp" momentum: 0 rms_decay: 1'), 'rms_decay'),
+    ('solver_type and type', 'solver_type: ADAM type: "Adam"', 'solver_type'),
+]
+
+
+@pytest.mark.parametrize('what,edit,field', SOLVER_EDITS, ids=[e[0] for e in SOLVER_EDITS])
+def test_solver_values_caffe_aborts_on_are_one_line_errors(model, tmp_path, what, edit, field):
+    path = os.path.join(model, 'solver.prototxt')
+    lines = open(path).read().splitlines()
+    if isinstance(edit, tuple):
+        start, new = edit
+        assert any(l.startswith(start) for l in lines), start
+        lines = [new if l.startswith(start) else l for l in lines]
+    else:
+        lines.append(edit)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    proc = cli(model, '--rounds', 1, '--iters', 2, '--out', tmp_path / 'out')
+    clean_error(proc, path, field)

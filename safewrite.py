@@ -80,8 +80,8 @@ def output_kind(path):
     path = str(path)
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
-        return 'file'
+    except (FileNotFoundError, NotADirectoryError):  # not there yet (or cannot be: a
+        return 'file'  # file above it, which check_writable and the write report)
     if stat.S_ISREG(st.st_mode):
         return 'file'
     if stat.S_ISLNK(st.st_mode):
@@ -270,6 +270,7 @@ def own_folder(path):
     own output folder (a run's .staging, whose files it deletes): InputError when `path`
     is a symbolic link or not a folder, so that nothing outside is ever emptied."""
     path = str(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path)
     st = os.lstat(path)

@@ -10,10 +10,10 @@ Nets and weights are checked before Caffe sees them one level up: netinit.py (a 
 prototxt, walked as Caffe's Net::Init does) and netload.py (a caffemodel against its
 net, and open_net, which does both).
 """
-import json
 import os
 import sys
 
+import jsonfile
 from project import InputError
 
 
@@ -30,9 +30,8 @@ def build_info():
     caffe = import_caffe()
     path = os.path.join(os.path.dirname(caffe.__file__), 'fcn_build.json')
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        return jsonfile.read_json(path)
+    except InputError:
         return {}
 
 

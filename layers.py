@@ -68,7 +68,6 @@ Scoring code that only needs the class names or the image ids of a split uses
 `DATASETS` and `split_ids(dataset, split, **dirs)`; nothing is instantiated.
 """
 import ast
-import json
 import os
 import random
 
@@ -78,6 +77,7 @@ import scipy.ndimage
 from PIL import Image
 
 import guard
+import jsonfile
 import models
 import project
 import safewrite
@@ -326,8 +326,8 @@ def parse_param_str(text):
     if not text:
         return {}
     try:
-        value = json.loads(text)
-    except ValueError:
+        value = jsonfile.parse_json(text, 'param_str', kind=None)
+    except project.InputError:
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):

@@ -28,12 +28,12 @@ the new folder (`nyud-fcn/fcn32s-color/nyud-fcn32s-color-heavy.caffemodel`). Sou
 docs/ says which fact comes from where.
 """
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
+import jsonfile
 from project import INT_MAX, REPO, InputError
 
 FCN_HEADS = ('32s', '16s', '8s')  # the FCNs' skip architectures (CVPR 2015 section 4.2)
@@ -1150,15 +1150,7 @@ def from_dict(d, folder=None):
 def load(folder):
     """Read `folder`/model.json, register the model it describes and return its spec."""
     path = os.path.join(os.path.abspath(folder), SPEC_FILE)
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except OSError as e:
-        raise InputError('%s: cannot read (%s)' % (path, e.strerror or e))
-    except ValueError as e:
-        raise InputError('%s: not valid JSON (%s)' % (path, e))
-    if not isinstance(d, dict):
-        raise InputError('%s: expected a JSON object' % path)
+    d = jsonfile.read_json(path)  # an object, or an InputError naming the file
     try:
         spec = from_dict(d, folder)
     except InputError as e:

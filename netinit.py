@@ -89,10 +89,15 @@ def _axis(axis, ndim):
 
 def _dims(values, h, w, has_hw, n, default, what):
     """Per-spatial-axis values of a repeated field (one value for all axes, or one each)
-    or of its _h/_w pair; `default` when unset (None: required)."""
+    or of its _h/_w pair (then not the field too: BaseConvolutionLayer::LayerSetUp
+    CHECKs either, not both); `default` when unset (None: required)."""
     if has_hw:
         if n != 2:
             raise ValueError('%s_h/%s_w need 2 spatial axes, the bottom has %d' % (what, what, n))
+        if len(values):
+            stem = what.replace('_size', '')
+            raise ValueError('%s and %s_h/%s_w are both set: give one or the other'
+                             % (what, stem, stem))
         vals = [h, w]
     elif not len(values):
         if default is None:
@@ -166,32 +171,55 @@ def _conv_shapes(layer, bottoms, reverse):
     return [top] * len(layer.top)
 
 
+def _pool_settings(p):
+    """(kernel or None for global pooling, stride, pad), each [h, w], as PoolingLayer's
+    LayerSetUp reads them, refusing what it CHECKs: kernel_size or both kernel_h and
+    kernel_w (none with global_pooling); pad or both pad_h and pad_w, likewise stride
+    (`pad: 1 pad_h: 1`, or `pad_h` alone, aborts); global pooling without pad and
+    stride; padding only for MAX and AVE, smaller than the kernel."""
+    has = p.HasField
+    if p.global_pooling:
+        if has('kernel_size') or has('kernel_h') or has('kernel_w'):
+            raise ValueError('global_pooling takes no kernel size')
+    elif has('kernel_size') == (has('kernel_h') and has('kernel_w')):
+        raise ValueError('give kernel_size or both kernel_h and kernel_w, not both' if has('kernel_size')
+                         else 'kernel_size (or kernel_h and kernel_w) is not set')
+    for stem in ('pad', 'stride'):
+        if not ((not has(stem) and has(stem + '_h') and has(stem + '_w')) or
+                (not has(stem + '_h') and not has(stem + '_w'))):
+            raise ValueError('give %s or both %s_h and %s_w (not %s)' % (
+                stem, stem, stem, ' and '.join(f for f in (stem, stem + '_h', stem + '_w') if has(f))))
+    k = None if p.global_pooling else ([p.kernel_size] * 2 if has('kernel_size') else [p.kernel_h, p.kernel_w])
+    s = [p.stride_h, p.stride_w] if has('stride_h') else [p.stride] * 2
+    pad = [p.pad_h, p.pad_w] if has('pad_h') else [p.pad] * 2
+    if k is not None and min(k) < 1:
+        raise ValueError('kernel %s must be positive' % k)
+    if p.global_pooling and (max(pad) or s != [1, 1]):
+        raise ValueError('global_pooling takes pad 0 and stride 1, got pad %s stride %s' % (pad, s))
+    if max(pad):
+        if p.pool not in (p.MAX, p.AVE):
+            raise ValueError('padding works only with pool: MAX or AVE')
+        for i in range(2):
+            if k is not None and pad[i] >= k[i]:
+                raise ValueError('pad %d must be smaller than the kernel %d' % (pad[i], k[i]))
+    return k, s, pad
+
+
 def _pool_shapes(layer, bottoms):
     p = layer.pooling_param
     b = bottoms[0]
     if len(layer.top) == 2 and p.pool != p.MAX:
         raise ValueError('a second top (the argmax mask) needs pool: MAX')
-    if p.global_pooling and (p.HasField('kernel_size') or p.HasField('kernel_h')):
-        raise ValueError('global_pooling takes no kernel size')
-    if not p.global_pooling and not (p.HasField('kernel_size') or
-                                     (p.HasField('kernel_h') and p.HasField('kernel_w'))):
-        raise ValueError('kernel_size (or kernel_h and kernel_w) is not set')
+    k, s, pad = _pool_settings(p)
     if b is None:
         return [None] * len(layer.top)
     if len(b) != 4:
         raise ValueError('needs a 4-axis bottom, got %s' % (b,))
-    def hw(stem, name, default):  # e.g. kernel_size, or kernel_h and kernel_w
-        if p.HasField(stem + '_h') or p.HasField(stem + '_w'):
-            return [getattr(p, stem + '_h'), getattr(p, stem + '_w')]
-        return [getattr(p, name) if p.HasField(name) else default] * 2
-    k = list(b[2:]) if p.global_pooling else hw('kernel', 'kernel_size', 0)
-    s, pad = hw('stride', 'stride', 1), hw('pad', 'pad', 0)
-    if min(k) < 1 or min(s) < 1:
-        raise ValueError('kernel %s and stride %s must be positive' % (k, s))
+    k = list(b[2:]) if k is None else k
+    if min(s) < 1:
+        raise ValueError('stride %s must be positive' % s)
     out = []
     for i in range(2):
-        if pad[i] >= k[i]:
-            raise ValueError('pad %d must be smaller than the kernel %d' % (pad[i], k[i]))
         if b[2 + i] + 2 * pad[i] < k[i]:
             raise ValueError('kernel %d is larger than its padded input %d (pad %d) on spatial '
                              'axis %d' % (k[i], b[2 + i], pad[i], i))

@@ -30,8 +30,17 @@ def _shapes_match(stored, wanted):
     return False
 
 
-def _blob_values(blob):
-    return len(blob.data) or len(blob.double_data)
+def blob_value_problem(blob, count):
+    """Why Caffe's Blob::FromProto would abort on `blob` (a BlobProto) for a blob of
+    `count` values, or None. It reads double_data when that holds any value (data then
+    ignored), else data, and each must hold exactly `count`; the same for double_diff,
+    else diff, when either holds any (a saved gradient)."""
+    for main, alt in (('double_data', 'data'), ('double_diff', 'diff')):
+        field = main if len(getattr(blob, main)) else alt
+        n = len(getattr(blob, field))
+        if n != count and (n or field == 'data'):
+            return 'holds %d %s values, its shape needs %d' % (n, field, count)
+    return None
 
 
 def read_proto(path, message, error=InputError, text='%s: not a Caffe weights file (%s)'):
@@ -52,7 +61,13 @@ def check_weights(path, net, partial=False):
     and, unless `partial`, it covers every layer of `net` that has parameters (weights of
     another model or a file cut short would leave layers at their random fill). partial:
     copying by name on purpose (a parent net's weights into its child). Returns the
-    names of the layers copied."""
+    names of the layers copied.
+
+    As Caffe's Net::CopyTrainedLayersFrom: every layer of the file whose name is a layer
+    of the net is copied, so its blob count must be that layer's (also zero: a blob-less
+    layer named like a parameter layer, or blobs for a ReLU, abort Caffe), and each
+    blob's value counts must fit (blob_value_problem: data, double_data, diff,
+    double_diff)."""
     caffe = import_caffe()
     path = str(path)
     if not os.path.isfile(path):
@@ -64,20 +79,26 @@ def check_weights(path, net, partial=False):
     layers = list(param.layer) or list(param.layers)  # V1 models use `layers`
     if not layers:
         raise InputError('%s: weights file holds no layers' % path)
+    net_blobs = {}
+    for name, layer in zip(net._layer_names, net.layers):  # Caffe copies into the first
+        net_blobs.setdefault(name, [tuple(b.data.shape) for b in layer.blobs])
     shared = []
     for layer in layers:
-        if layer.name not in net.params or not layer.blobs:
-            continue
-        wanted = [tuple(b.data.shape) for b in net.params[layer.name]]
+        if layer.name not in net_blobs:
+            continue  # Caffe ignores it
+        wanted = net_blobs[layer.name]
         stored = [_blob_shape(b) for b in layer.blobs]
         if len(wanted) != len(stored) or not all(map(_shapes_match, stored, wanted)):
-            raise InputError('%s: layer %r has parameter shapes %s but the net expects %s'
-                             % (path, layer.name, stored, wanted))
+            raise InputError('%s: layer %r has %d parameter blobs of shapes %s but the net '
+                             'expects %d of %s' % (path, layer.name, len(stored), stored,
+                                                   len(wanted), wanted))
         for i, b in enumerate(layer.blobs):
-            if _blob_values(b) != _count(wanted[i]):
-                raise InputError('%s: layer %r blob %d holds %d values, its shape %s needs %d'
-                                 % (path, layer.name, i, _blob_values(b), wanted[i], _count(wanted[i])))
-        shared.append(layer.name)
+            problem = blob_value_problem(b, _count(wanted[i]))
+            if problem:
+                raise InputError('%s: layer %r blob %d (shape %s) %s'
+                                 % (path, layer.name, i, wanted[i], problem))
+        if wanted:
+            shared.append(layer.name)
     if not shared:
         raise InputError('%s: no layer name matches the net (%s...)'
                          % (path, ', '.join(list(net.params)[:3])))

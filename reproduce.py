@@ -71,7 +71,6 @@ are still done and written) or on a bad argument (argparse's own usage errors: 2
 """
 import argparse
 import datetime
-import json
 import os
 import shlex
 import sys
@@ -79,6 +78,7 @@ import time
 
 import cli
 import guard
+import jsonfile
 import layers
 import metrics
 import models
@@ -591,10 +591,9 @@ def _load_previous(out):
     if not os.path.isfile(path):
         return {}
     try:
-        with open(path) as f:
-            models = json.load(f).get('models', {})
-    except (OSError, ValueError, AttributeError) as e:
-        raise InputError('%s: cannot merge with it (%s)' % (path, e))
+        models = jsonfile.read_json(path).get('models', {})
+    except InputError as e:  # not JSON, binary, nested too deep, not an object
+        raise InputError('%s; --merge cannot merge with it' % e)
     if not isinstance(models, dict):
         raise InputError('%s: cannot merge with it ("models" is not an object)' % path)
     for model, entry in models.items():

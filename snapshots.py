@@ -11,20 +11,31 @@ A snapshot is three files: the weights and the solver state as Caffe writes them
 OUT/.staging, renamed into place when complete) and a manifest train_iter_N.json written
 last (sizes, iteration, solver type, parameter shapes, the round's partial sums). A
 snapshot whose files are missing, cut short or do not parse is Untrusted: skipped on
-resume and deleted; one of another net or solver type is an InputError (Caffe would
-abort on it). The state names its weights relative to OUT, so a moved folder resumes
+resume and deleted. No manifest means not complete (a kill or a full disk between the
+weights' rename and the manifest): Untrusted too; a damaged manifest (not JSON, binary,
+another shape) likewise. One of another net or solver type is an InputError (Caffe
+would abort on it). A damaged line of log.jsonl (cut short, binary, not a record) is
+dropped when a run resumes, with a note naming the file and line, the damaged file
+kept as log.jsonl.damaged: the other records and the run go on.
+
+Files in OUT are never followed through symbolic links: the staging folder and the
+lock are checked (safewrite.own_folder, open_own), every write goes through
+safewrite.atomic_write or place (a link is refused, never replaced or written through),
+and deleting a snapshot unlinks names in OUT, never a link's target. The state names its weights relative to OUT, so a moved folder resumes
 from its own files. `run` is trainsetup.Run: out, solver, param, config, round, lead, say.
 """
 import contextlib
 import glob
 import json
 import math
+import numbers
 import os
 import re
 
 from matplotlib.figure import Figure
 
 import guard
+import jsonfile
 import metrics
 import netload
 import safewrite
@@ -47,8 +58,8 @@ def snapshot_dir(model_dir):
 
 
 def latest_weights(out_dir):
-    """The .caffemodel of OUT's latest snapshot whose weights are complete (the size its
-    manifest records; non-empty for one without a manifest), or None."""
+    """The .caffemodel of OUT's latest complete snapshot (a manifest that reads, the size
+    it records), or None."""
     for it in reversed(snapshot_iters(out_dir)):
         path = snapshot_path(out_dir, it, 'caffemodel')
         try:
@@ -56,7 +67,7 @@ def latest_weights(out_dir):
         except Untrusted:
             continue
         size = os.path.getsize(path) if os.path.isfile(path) else 0
-        if size and (manifest is None or manifest.get('caffemodel_bytes') == size):
+        if size and manifest['caffemodel_bytes'] == size:
             return path
     return None
 
@@ -75,10 +86,10 @@ def param_bytes(net_):
 
 
 @contextlib.contextmanager
-def writing(path):
+def writing(path, protect=()):
     """atomic_write(path) with any OS error (a full disk: ENOSPC) naming `path`."""
     try:
-        with safewrite.atomic_write(path) as f:
+        with safewrite.atomic_write(path, protect=protect) as f:
             yield f
     except OSError as e:
         raise InputError('%s: cannot write: %s' % (path, e.strerror or e))
@@ -105,9 +116,17 @@ def remove_snapshot(out_dir, it):
             os.unlink(snapshot_path(out_dir, it, ext))
 
 
+def staging_dir(out_dir):
+    """OUT/.staging, where Caffe writes a snapshot before it is checked: created if
+    missing, never a symbolic link (safewrite.own_folder: its files are deleted)."""
+    return safewrite.own_folder(os.path.join(out_dir, '.staging'))
+
+
 def clean_staging(out_dir):
-    stage = os.path.join(out_dir, '.staging')
-    for name in os.listdir(stage) if os.path.isdir(stage) else ():
+    """Delete what OUT/.staging holds (never through a link: the folder is checked, and
+    unlink removes a link, not its target)."""
+    stage = staging_dir(out_dir)
+    for name in os.listdir(stage):
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(stage, name))
 
@@ -128,8 +147,8 @@ def write_snapshot(run, end_of_round=False):
     out, it = run.out, run.solver.iter
     safewrite.check_free_space(out, snapshot_bytes(run), 'snapshot train_iter_%d' % it)
     caffe = guard.import_caffe()
-    stage = os.path.join(out, '.staging')
-    staged = os.path.join(stage, 'train_iter_%d' % it)
+    clean_staging(out)  # nothing (a link planted there) for Caffe to write through
+    staged = os.path.join(out, '.staging', 'train_iter_%d' % it)
     try:
         run.solver.snapshot()
         state = caffe.proto.caffe_pb2.SolverState()
@@ -140,7 +159,7 @@ def write_snapshot(run, end_of_round=False):
             os.unlink(snapshot_path(out, it, 'json'))
         with writing(snapshot_path(out, it, 'solverstate')) as f:
             f.write(state.SerializeToString())
-        os.replace(staged + '.caffemodel', snapshot_path(out, it, 'caffemodel'))
+        safewrite.place(staged + '.caffemodel', snapshot_path(out, it, 'caffemodel'))
         manifest = {'iter': it, 'solver_type': solver_type(run.param), 'seed': run.config.seed,
                     'caffemodel_bytes': os.path.getsize(snapshot_path(out, it, 'caffemodel')),
                     'solverstate_bytes': os.path.getsize(snapshot_path(out, it, 'solverstate')),
@@ -158,20 +177,32 @@ class Untrusted(Exception):
     """A snapshot whose files are missing, incomplete or do not parse: skipped."""
 
 
+ROUND_KEYS = ('start', 'loss_sum', 'count', 'seconds')
+
+
 def read_manifest(out_dir, it):
-    """Snapshot `it`'s manifest (None when it has none: written before manifests, or cut
-    off before its last file); Untrusted when it does not parse."""
+    """Snapshot `it`'s manifest; Untrusted when there is none (the snapshot was cut off
+    before its last file: not complete) or it does not parse or has another shape."""
     path = snapshot_path(out_dir, it, 'json')
     if not os.path.isfile(path):
-        return None
+        raise Untrusted('it has no manifest %s: cut off before it was complete' % path)
     try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (ValueError, OSError) as e:
-        raise Untrusted('manifest %s unreadable (%s)' % (path, e))
-    if not isinstance(manifest, dict) or manifest.get('iter') != it or 'round' not in manifest:
+        manifest = jsonfile.read_json(path)
+    except InputError as e:
+        raise Untrusted('manifest %s' % e)
+    if manifest.get('iter') != it:
         raise Untrusted('manifest %s is not of iteration %d' % (path, it))
+    rnd = manifest.get('round')
+    if not (isinstance(rnd, dict) and all(_number(rnd.get(k)) for k in ROUND_KEYS)
+            and all(_number(manifest.get(k + '_bytes')) for k in ('caffemodel', 'solverstate'))
+            and isinstance(manifest.get('params'), dict)):
+        raise Untrusted('manifest %s has not the fields of a manifest (round %s, sizes, params)'
+                        % (path, ', '.join(ROUND_KEYS)))
     return manifest
+
+
+def _number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_manifest(run, it, manifest):
@@ -205,7 +236,7 @@ def check_state(run, it):
     shapes = shapes * HISTORY_PER_PARAM.get(solver_type(run.param), 1)
     stored = [list(b.shape.dim) for b in state.history]
     if state.iter != it or stored != shapes or any(
-            len(b.data) != math.prod(s) for b, s in zip(state.history, shapes)):
+            netload.blob_value_problem(b, math.prod(s)) for b, s in zip(state.history, shapes)):
         raise Untrusted('%s is incomplete or not of this net and solver (iteration %d, %d '
                         'history blobs, %d expected)' % (path, state.iter, len(stored), len(shapes)))
     own = os.path.basename(snapshot_path(run.out, it, 'caffemodel'))
@@ -217,14 +248,13 @@ def check_state(run, it):
 
 
 def trusted_snapshot(run):
-    """(iteration, manifest or None) of the latest snapshot that is complete and fits, or
+    """(iteration, manifest) of the latest snapshot that is complete and fits, or
     None when OUT has none. Damaged later ones are reported and deleted."""
     iters, skipped = snapshot_iters(run.out), []
     for it in reversed(iters):
         try:
             manifest = read_manifest(run.out, it)
-            if manifest is not None:
-                check_manifest(run, it, manifest)
+            check_manifest(run, it, manifest)
             try:
                 netload.check_weights(snapshot_path(run.out, it, 'caffemodel'), run.solver.net)
             except InputError as e:
@@ -269,20 +299,67 @@ def mean_iu(record):
     return -1
 
 
-def read_log(out_dir, upto=None):
-    """Records of OUT/log.jsonl (only iterations <= upto when given)."""
+def read_log(out_dir, upto=None, damaged=None):
+    """Records of OUT/log.jsonl (only iterations <= upto when given). A damaged line (cut
+    short by a crash, binary, not JSON, nested too deep, not a record) is skipped; with
+    a list `damaged`, its problem (naming the file and line) is appended there."""
     path = os.path.join(out_dir, 'log.jsonl')
     records = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if upto is None or rec['iter'] <= upto:
-                    records.append(rec)
+    if not os.path.isfile(path):
+        return records
+    with open(path, 'rb') as f:
+        lines = f.read().splitlines()
+    for n, line in enumerate(lines, 1):
+        where = '%s line %d' % (path, n)
+        try:
+            rec = jsonfile.parse_json(line, where)
+            problem = _record_problem(rec)
+            if problem:
+                raise InputError('%s: %s' % (where, problem))
+        except InputError as e:
+            if damaged is not None:
+                damaged.append(str(e))
+            continue
+        if upto is None or rec['iter'] <= upto:
+            records.append(rec)
     return records
+
+
+def _record_problem(rec):
+    """Why `rec` is not a log record (iter, train_loss, seconds, snapshot, scores {task:
+    {metric: value}}), or None."""
+    if not (isinstance(rec.get('iter'), int) and not isinstance(rec['iter'], bool)):
+        return 'not a log record (no integer "iter")'
+    if not (rec.get('train_loss') is None or _number(rec['train_loss'])):
+        return '"train_loss" is not a number'
+    scores = rec.get('scores')
+    if not isinstance(scores, dict) or not all(isinstance(v, dict) for v in scores.values()):
+        return '"scores" is not an object of objects'
+    for task in scores.values():
+        for key in ('mean_iu', 'overall_acc'):
+            if not (task.get(key) is None or _number(task[key])):
+                return '"scores" holds a %s that is not a number' % key
+    return None
+
+
+def repair_log(out_dir, say):
+    """Drop the damaged lines of OUT/log.jsonl (read_log), keeping the file as it was in
+    OUT/log.jsonl.damaged and saying which lines went; the other records stay. So a
+    damaged log never stops every rerun; the dropped rounds stay unlogged."""
+    damaged = []
+    records = read_log(out_dir, damaged=damaged)
+    if not damaged:
+        return
+    path = os.path.join(out_dir, 'log.jsonl')
+    with open(path, 'rb') as f:
+        data = f.read()
+    with writing(path + '.damaged') as f:
+        f.write(data)
+    for problem in damaged[:5]:
+        say('note: %s: dropped' % problem)
+    say('note: %d damaged line(s) dropped from %s (the file as it was: %s.damaged)'
+        % (len(damaged), path, path))
+    rewrite_log(out_dir, records)
 
 
 def rewrite_log(out_dir, records):
@@ -300,7 +377,7 @@ def plot_log(out_dir):
     its = [r['iter'] for r in records]
     fig = Figure(figsize=(10, 4))
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(its, [r['train_loss'] for r in records], 'o-')
+    ax1.plot(its, [float('nan') if r['train_loss'] is None else r['train_loss'] for r in records], 'o-')
     ax1.set_xlabel('iteration')
     ax1.set_ylabel('mean training loss (sum over pixels)')
     ax1.set_title('training loss')

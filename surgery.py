@@ -643,33 +643,27 @@ def fcn_trunk_param(arch, widths=None):
 
 
 def save_net(net, path, protect=()):
-    """net.save(path) through a temporary file beside it, renamed on success.
+    """net.save(path) through safewrite.staged: Caffe writes a temporary file beside
+    `path`, which takes its name when complete (a device or FIFO at `path` is written
+    through, a symbolic link refused: safewrite.output_kind).
 
     Caffe's own write aborts the whole process on a full disk (glog CHECK on
-    SerializeToOstream) and leaves its temporary file, so the free space the parameters
-    need is checked first (float32 values plus a margin for the layer definitions), and
-    temporary files of an earlier save of `path` that was killed are removed. `protect`:
-    inputs `path` must not replace (e.g. the weights it was cast from)."""
+    SerializeToOstream) and leaves its temporary file, so the free space (bytes and
+    inodes) the parameters need is checked first (float32 values plus a margin for the
+    layer definitions), and temporary files of an earlier save of `path` that was killed
+    are removed. `protect`: inputs `path` must not replace (e.g. the weights it was cast
+    from)."""
     path = os.path.abspath(str(path))
     safewrite.check_not_input(path, protect)
+    safewrite.output_kind(path)
     directory, prefix = os.path.dirname(path), '.' + os.path.basename(path) + '.'
     os.makedirs(directory, exist_ok=True)
     for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + '*.part')):
         os.unlink(stale)
     nbytes = sum(b.data.size * 4 for blobs in net.params.values() for b in blobs)
     safewrite.check_free_space(directory, nbytes + nbytes // 100 + (1 << 20), 'the weights ' + path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix='.part')
-    os.close(fd)
-    try:
+    with safewrite.staged(path, protect) as tmp:
         net.save(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model is a normal file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def cast(prototxt, weights, out, trunk_param, quiet=False):

@@ -20,11 +20,18 @@ replacement by the data layer (seed 1337); scoring walks the split in order.
 
 What this loop adds around Caffe:
 - one run per output folder OUT (default MODEL_DIR/snapshot): OUT/train.lock names the
-  process holding it; a lock left by a process that is gone is taken over;
+  process holding it; a lock left by a process that is gone is taken over; the run's
+  solver settings go to OUT/run_solver.prototxt, so OUT may be the model folder itself
+  (its own solver.prototxt is never rewritten); no file in OUT is followed through a
+  symbolic link (the lock, .staging, snapshots, log, plot: refused, never written
+  through);
 - snapshots OUT/train_iter_N.{caffemodel,solverstate} at the end of each round, on
   Ctrl-C / SIGTERM and before stopping on a bad training file, each completed by a
   manifest train_iter_N.json written last (sizes, iteration, solver type, parameter
-  shapes, the round's partial loss). Free space is checked before Caffe writes. A run
+  shapes, the round's partial loss): one without it is incomplete, never trusted. A
+  signal in a round's last iteration marks its snapshot as the round's end, so the
+  rerun scores and logs that round. Free space (bytes and inodes) is checked before
+  Caffe writes. A run
   resumes from the latest snapshot whose files are complete and parse and that fits the
   net and the solver; a damaged one is skipped (and said so); one of another net or
   solver type is an error. The state names its weights relative to OUT, so a moved or
@@ -178,12 +185,15 @@ def train_round(run):
             run.say('iter %d  loss %.4g  (%.3f s/iter)' % (solver.iter, sum(recent) / len(recent),
                                                           (time.time() - t_print) / display))
             t_print = time.time()
+        round_done = solver.iter % run.config.iters == 0 or solver.iter >= run.total
         if run.stop.signum is not None:  # only rank 0 has the handlers
-            path = snapshots.write_snapshot(run)
+            # In a round's last iteration the snapshot is the round's end: the rerun
+            # scores and logs that round (trainsetup.restore) before the next begins.
+            path = snapshots.write_snapshot(run, end_of_round=round_done)
             print('stopped at iteration %d; snapshot %s; run again to resume'
                   % (solver.iter, path), file=sys.stderr, flush=True)
             run.stop.exit(run.stop.signum)
-        if solver.iter % run.config.iters == 0:
+        if round_done:
             return
 
 

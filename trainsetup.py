@@ -29,6 +29,7 @@ import models
 import netinit
 import netload
 import parallel
+import safewrite
 import score
 import snapshots
 import surgery
@@ -78,6 +79,60 @@ def load_weights(net_, path):
     net_.copy_from(path)
 
 
+# What Caffe's solvers know: the SolverRegistry's types, SGDSolver::GetLearningRate's
+# policies (those needing stepsize > 0, those needing gamma >= 0), Regularize's types,
+# and the old solver_type enum's values (UpgradeSolverAsNeeded turns it into `type`).
+SOLVER_TYPES = ('SGD', 'Nesterov', 'AdaGrad', 'RMSProp', 'AdaDelta', 'Adam')
+LR_POLICIES = ('fixed', 'step', 'exp', 'inv', 'multistep', 'poly', 'sigmoid')
+NEEDS_STEPSIZE = ('step', 'sigmoid')
+NEEDS_GAMMA = ('step', 'exp', 'inv', 'multistep', 'sigmoid')
+REGULARIZATION = ('L1', 'L2')
+
+
+def solver_problem(param):
+    """What in a SolverParameter Caffe would abort on (a glog CHECK or LOG(FATAL) in
+    Solver::Init, the solver's constructor, GetLearningRate or Regularize), naming the
+    field, or None. An old `solver_type` enum is turned into `type` as Caffe does."""
+    if param.HasField('solver_type'):
+        if param.HasField('type'):
+            return 'solver_type (old) and type are both set: keep type'
+        param.type = SOLVER_TYPES[param.solver_type]
+        param.ClearField('solver_type')
+    if param.type not in SOLVER_TYPES:
+        return 'type %r is not a solver type (known: %s)' % (param.type, ', '.join(SOLVER_TYPES))
+    train_nets = sum(param.HasField(f) for f in ('net', 'net_param', 'train_net', 'train_net_param'))
+    if train_nets > 1:
+        return 'more than one of net, net_param, train_net and train_net_param is set'
+    if param.weights:
+        return 'weights is set: give start weights with --weights (checked against the net)'
+    tests = len(param.test_net) + len(param.test_net_param)
+    generic = param.HasField('net') or param.HasField('net_param')
+    if len(param.test_iter) < tests or (len(param.test_iter) != tests and not generic):
+        return 'test_iter is given %d times for %d test nets: once for each' % (len(param.test_iter), tests)
+    instances = max(tests, len(param.test_iter))
+    if param.test_state and len(param.test_state) != instances:
+        return 'test_state is given %d times for %d test nets' % (len(param.test_state), instances)
+    if instances and param.test_interval <= 0:
+        return 'test_interval must be positive with a test net (got %d)' % param.test_interval
+    if param.average_loss < 1:
+        return 'average_loss must be at least 1 (got %d)' % param.average_loss
+    policy = param.lr_policy
+    if policy not in LR_POLICIES:
+        return ('lr_policy %r is unknown (known: %s)' % (policy, ', '.join(LR_POLICIES)) if policy
+                else 'lr_policy is not set (one of %s)' % ', '.join(LR_POLICIES))
+    if policy in NEEDS_STEPSIZE and param.stepsize <= 0:
+        return 'lr_policy "%s" needs a positive stepsize (got %d)' % (policy, param.stepsize)
+    if policy in NEEDS_GAMMA and param.gamma < 0:
+        return 'lr_policy "%s" needs gamma >= 0 (got %g)' % (policy, param.gamma)
+    if param.regularization_type not in REGULARIZATION:
+        return 'regularization_type %r is unknown (L1 or L2)' % param.regularization_type
+    if param.type in ('AdaGrad', 'RMSProp') and param.momentum:
+        return 'momentum must be 0 for the %s solver (got %g)' % (param.type, param.momentum)
+    if param.type == 'RMSProp' and not 0 <= param.rms_decay < 1:
+        return 'rms_decay must lie in [0, 1) (got %g)' % param.rms_decay
+    return None
+
+
 def read_solver(model_dir):
     """MODEL_DIR/solver.prototxt as a SolverParameter with absolute net paths (checked)."""
     caffe = guard.import_caffe()
@@ -90,6 +145,9 @@ def read_solver(model_dir):
             text_format.Merge(f.read(), param)
     except (UnicodeDecodeError, text_format.ParseError) as e:
         raise InputError('%s: not a valid solver prototxt: %s' % (path, e))
+    problem = solver_problem(param)
+    if problem:
+        raise InputError('%s: %s' % (path, problem))
     if not param.train_net:
         raise InputError('%s: no train_net' % path)
     param.train_net = os.path.join(model_dir, param.train_net)
@@ -102,9 +160,16 @@ def read_solver(model_dir):
     return param
 
 
-def make_solver(param, out_dir=None):
+# The solver settings a run used (absolute paths, snapshots off), saved in OUT under a
+# name no model folder uses: OUT may be the model's own folder (--out MODEL_DIR), whose
+# solver.prototxt, with its relative paths, must stay as it is.
+RUN_SOLVER = 'run_solver.prototxt'
+
+
+def make_solver(param, out_dir=None, model_files=()):
     """A Caffe solver for `param`, its own snapshots off (write_snapshot writes them, in
-    binary proto format into OUT/.staging); its settings saved as OUT/solver.prototxt.
+    binary proto format into OUT/.staging); its settings saved as OUT/run_solver.prototxt
+    (RUN_SOLVER), never over one of `model_files` (the model's solver and nets).
     out_dir None (a rank other than 0 of a multi-GPU run): nothing is written in OUT, the
     settings go through a temporary folder."""
     caffe = guard.import_caffe()
@@ -117,12 +182,17 @@ def make_solver(param, out_dir=None):
             with open(path, 'w') as f:
                 f.write(str(param))
             return caffe.get_solver(path)
-    param.snapshot_prefix = os.path.join(out_dir, '.staging', 'train')
-    os.makedirs(os.path.join(out_dir, '.staging'), exist_ok=True)
-    path = os.path.join(out_dir, 'solver.prototxt')
-    with snapshots.writing(path) as f:
+    param.snapshot_prefix = os.path.join(snapshots.staging_dir(out_dir), 'train')
+    path = os.path.join(out_dir, RUN_SOLVER)
+    with snapshots.writing(path, protect=model_files) as f:
         f.write(str(param).encode())
     return caffe.get_solver(path)
+
+
+def model_files(model_dir, param):
+    """The files of a model folder a run reads (its solver.prototxt and the nets it
+    names): inputs no output of the run may replace."""
+    return [os.path.join(model_dir, 'solver.prototxt'), param.train_net] + list(param.test_net)
 
 
 def new_round(start):
@@ -141,19 +211,17 @@ def restore(run, it, manifest):
         run.solver.restore(state)
     finally:
         os.chdir(cwd)
-    if manifest is not None:
-        run.round = dict(manifest['round'])
-        if manifest.get('seed') != run.config.seed and run.lead:
-            print('note: the run was seeded %s, now %d: the resumed run will not repeat an '
-                  'uninterrupted one exactly' % (manifest.get('seed'), run.config.seed), flush=True)
-    else:  # a snapshot from before manifests: the round's loss starts here
-        run.round = new_round(it)
+    run.round = {k: manifest['round'][k] for k in snapshots.ROUND_KEYS}
+    if manifest.get('seed') != run.config.seed and run.lead:
+        print('note: the run was seeded %s, now %d: the resumed run will not repeat an '
+              'uninterrupted one exactly' % (manifest.get('seed'), run.config.seed), flush=True)
     run.last_snapshot = it
     seek_data(run.solver.net, it * max(1, run.param.iter_size))  # same image stream
     if not run.lead:  # the log is rank 0's
         return
+    snapshots.repair_log(run.out, run.say)
     snapshots.rewrite_log(run.out, snapshots.read_log(run.out, upto=it))
-    if manifest is not None and manifest.get('end_of_round'):
+    if manifest.get('end_of_round'):
         if not any(r['iter'] == it for r in snapshots.read_log(run.out)):
             print('scoring round %d, which the last run did not finish' % it, flush=True)
             log_round(run, manifest['round'], os.path.basename(state))
@@ -274,7 +342,7 @@ def run_lock(out_dir):
     """Hold OUT/train.lock (flock, released when the process ends however it ends); it
     holds the pid, so a second run names the first; a stale pid is taken over."""
     path = os.path.join(out_dir, 'train.lock')
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = safewrite.open_own(path)  # never through a link: the target would be truncated
     try:
         holder = os.read(fd, 32).decode(errors='replace').strip()
         try:
@@ -342,7 +410,8 @@ def open_run(model, config, rank=0):
     with run_lock(run.out) if run.lead else contextlib.nullcontext():
         run.mode = use_devices(config.gpus, rank)
         run.param = read_solver(os.path.abspath(model.dir))
-        run.solver = make_solver(run.param, run.out if run.lead else None)
+        run.solver = make_solver(run.param, run.out if run.lead else None,
+                                 model_files(model.dir, run.param))
         for n in [run.solver.net] + list(run.solver.test_nets):
             layers.bind_num_classes(n)
         run.dataset, run.split, run.score_ids = score_split(run)

@@ -79,6 +79,7 @@ import guard
 import models
 import netinit
 import netload
+import safewrite
 import snapshots
 from cli import run_cli
 from project import REPO, InputError
@@ -333,7 +334,7 @@ def download(url, dest, size=None, sha256=None, progress=True, sha1=None, md5=No
             os.unlink(part)
             raise InputError('%s: the download is not a complete model (%s); it was deleted, '
                              'run again' % (url, e))
-    os.replace(part, dest)
+    safewrite.place(part, dest)  # a link at dest refused, a device written through
     return dest
 
 
@@ -367,7 +368,7 @@ def download_gdown(url, dest, size=None, progress=True, fetch_file=gdown.downloa
             os.unlink(staged)
             raise InputError('%s: the download is not a complete model (%s); it was deleted, '
                              'run again' % (url, e))
-    os.replace(staged, dest)
+    safewrite.place(staged, dest)
     return dest
 
 

@@ -3,9 +3,12 @@ their final name (F2, F4), nets are checked before Caffe sees them (F15, F18), w
 must cover the net (F17). Real pycaffe; Caffe is only built in a subprocess where a
 wrong check would let it abort."""
 import errno
+import json
 import os
+import stat
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from PIL import Image
 import cli
 import guard
 import layers
+import metrics
 import netinit
 import netload
 import project
@@ -58,6 +62,141 @@ def test_atomic_write_refuses_a_protected_folder(tmp_path):
     for value in (1, 2):
         layers.save_label_png(out, np.full((2, 3), value, np.uint8), protect=[labels])
     assert np.asarray(Image.open(out)).tolist() == [[2, 2, 2], [2, 2, 2]]
+
+
+# --- outputs on special files and symbolic links: written through or refused, never replaced --
+
+def _device(path, minor):
+    """A character device node at `path` (1, minor: 3 is /dev/null's, 7 /dev/full's):
+    tests write to their own node, so a writer that replaced it could never take the
+    machine's /dev/null with it. None where device nodes cannot be made (not root)."""
+    try:
+        os.mknod(str(path), stat.S_IFCHR | 0o666, os.makedev(1, minor))
+    except (PermissionError, OSError):
+        return None
+    return path
+
+
+def _read_fifo(path, got):
+    with open(path, 'rb') as f:
+        got.append(f.read())
+
+
+def test_writers_write_through_devices_and_fifos_and_never_replace_them(tmp_path):
+    """A rename over --out /dev/null, /dev/stdout or a FIFO replaced the device or pipe
+    by a regular file; now each is written through, each write checked."""
+    null = _device(tmp_path / 'null', 3)
+    if null is None:
+        pytest.skip('cannot make a device node here (needs root)')
+    metrics.write_json(null, {'mean_iu': 0.5})  # score.py / reproduce.py --out
+    layers.save_label_png(null, np.zeros((2, 2), np.uint8))  # infer.py, --save-pred
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    full = _device(tmp_path / 'full', 7)
+    with pytest.raises(OSError) as e:
+        metrics.write_json(full, {'mean_iu': 0.5})
+    assert e.value.errno == errno.ENOSPC and str(full) in str(e.value)
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
+    stdout = tmp_path / 'stdout'  # /dev/stdout: a link to the process's terminal or pipe
+    stdout.symlink_to(null)
+    metrics.write_json(stdout, {})
+    assert os.path.islink(stdout) and stat.S_ISCHR(os.stat(stdout).st_mode)
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(str(fifo))
+    got = []
+    reader = threading.Thread(target=_read_fifo, args=(fifo, got))
+    reader.start()
+    metrics.write_json(fifo, {'mean_iu': 0.5})
+    reader.join(30)
+    assert json.loads(got[0]) == {'mean_iu': 0.5}
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and sorted(os.listdir(tmp_path)) == [
+        'fifo', 'full', 'null', 'stdout']  # no temporary file left
+
+
+def test_a_symlinked_output_is_refused_and_the_link_kept(tmp_path):
+    """A symbolic link at the output's name was replaced by a regular file; it is refused
+    (naming its target) before anything is written, the link and its target untouched."""
+    target = tmp_path / 'elsewhere.json'
+    target.write_text('theirs')
+    link = tmp_path / 'scores.json'
+    link.symlink_to(target)
+    dangling = tmp_path / 'dangling.png'
+    dangling.symlink_to(tmp_path / 'nowhere.png')
+    for write in (lambda p: metrics.write_json(p, {}),
+                  lambda p: layers.save_label_png(p, np.zeros((2, 2), np.uint8)),
+                  lambda p: safewrite.check_writable(p, '--out')):
+        for path in (link, dangling):
+            with pytest.raises(InputError) as e:
+                write(path)
+            assert str(path) in str(e.value) and 'symbolic link' in str(e.value)
+    assert os.path.islink(link) and target.read_text() == 'theirs'
+    assert os.path.islink(dangling) and not (tmp_path / 'nowhere.png').exists()
+    assert sorted(os.listdir(tmp_path)) == ['dangling.png', 'elsewhere.json', 'scores.json']
+
+
+def test_save_net_goes_through_the_checked_writer(fcn, tmp_path):
+    """surgery.save_net (Caffe's net.save) renamed over a link too; now Caffe writes a
+    staged file that takes the name by the one writer's rules."""
+    import surgery
+    deploy, weights = fcn['32s']
+    net = caffe.Net(deploy, weights, caffe.TEST)
+    link = tmp_path / 'out.caffemodel'
+    link.symlink_to(tmp_path / 'target.caffemodel')
+    with pytest.raises(InputError, match='symbolic link'):
+        surgery.save_net(net, link)
+    assert os.path.islink(link) and os.listdir(tmp_path) == ['out.caffemodel']
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(str(fifo))
+    got = []
+    reader = threading.Thread(target=_read_fifo, args=(fifo, got))
+    reader.start()
+    surgery.save_net(net, fifo)
+    reader.join(30)
+    assert got[0] == open(weights, 'rb').read() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def _calls(tree):
+    """(enclosing function, line, dotted name, call node) of every call in `tree`."""
+    import ast
+    found = []
+
+    def walk(node, func):
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, ast.FunctionDef) else func
+            if isinstance(child, ast.Call):
+                f = child.func
+                name = (f.value.id + '.' + f.attr if isinstance(f, ast.Attribute) and
+                        isinstance(f.value, ast.Name) else getattr(f, 'id', None))
+                found.append((func, child.lineno, name, child))
+            walk(child, inner)
+    walk(tree, None)
+    return found
+
+
+def test_no_module_writes_outside_the_checked_writer():
+    """Every output goes through safewrite (atomic_write, staged, place): no project
+    module renames files or opens one for writing itself, except the writer and the
+    functions named here, each for its reason."""
+    import ast
+    allowed = {
+        ('newmodel.py', 'write_folder'),  # a fresh private folder (mkdtemp), renamed whole
+        ('newmodel.py', 'tiny_net'),  # a temporary prototxt in a TemporaryDirectory
+        ('score.py', 'open_val_net'),  # the same
+        ('trainsetup.py', 'make_solver'),  # the same (a rank other than 0)
+    }
+    found = []
+    for name in sorted(os.listdir(REPO)):
+        if not name.endswith('.py') or name == 'safewrite.py':
+            continue
+        for func, line, called, node in _calls(ast.parse(open(os.path.join(REPO, name)).read())):
+            mode = node.args[1] if len(node.args) > 1 else None
+            writes = called == 'open' and isinstance(mode, ast.Constant) and \
+                any(c in str(mode.value) for c in 'wax+')
+            temporary = any(isinstance(a, ast.Attribute) and a.attr == 'name'
+                            for a in node.args[:1])  # a NamedTemporaryFile's own name
+            if (called in ('os.replace', 'os.rename', 'np.save', 'shutil.move') or writes) \
+                    and not temporary and (name, func) not in allowed:
+                found.append('%s:%d %s (in %s)' % (name, line, called, func))
+    assert not found, found
 
 
 # --- every write complete before the rename (F4) ------------------------------------------------
@@ -177,6 +316,42 @@ def test_bad_net_is_an_input_error_naming_the_prototxt_and_layer(tmp_path, what,
         netinit.check_prototxt(path)
     message = str(e.value)
     assert str(path) in message and repr(layer) in message and '\n' not in message, message
+
+
+# Convolution and Pooling settings Caffe's LayerSetUp CHECKs (base_conv_layer.cpp,
+# pooling_layer.cpp): each aborted Caffe (exit 134) past the check.
+SETUP_CHECKS = [
+    ('conv pad and pad_w', 'kernel_size: 3 pad: 1', 'kernel_size: 3 pad: 1 pad_w: 1', 'conv1'),
+    ('conv kernel_size and kernel_h/w', 'kernel_size: 3 pad: 1', 'kernel_size: 3 kernel_h: 3 kernel_w: 3 pad: 1', 'conv1'),
+    ('conv stride and stride_h/w', 'kernel_size: 3 pad: 1', 'kernel_size: 3 pad: 1 stride: 1 stride_h: 1 stride_w: 1', 'conv1'),
+    ('pool pad_h alone', 'kernel_size: 2 stride: 2', 'kernel_size: 2 stride: 2 pad_h: 1', 'pool1'),
+    ('pool pad and pad_h/w', 'kernel_size: 2 stride: 2', 'kernel_size: 2 stride: 2 pad: 1 pad_h: 1 pad_w: 1', 'pool1'),
+    ('pool stride_w alone', 'kernel_size: 2 stride: 2', 'kernel_size: 2 stride_w: 2', 'pool1'),
+    ('pool kernel_size and kernel_h/w', 'kernel_size: 2 stride: 2', 'kernel_size: 2 kernel_h: 2 kernel_w: 2 stride: 2', 'pool1'),
+    ('pool global with stride', 'kernel_size: 2 stride: 2', 'global_pooling: true stride: 2', 'pool1'),
+    ('pool stochastic with pad', 'pool: MAX kernel_size: 2 stride: 2', 'pool: STOCHASTIC kernel_size: 2 stride: 2 pad: 1', 'pool1'),
+]
+
+
+@pytest.mark.parametrize('what,old,new,layer', SETUP_CHECKS, ids=[b[0] for b in SETUP_CHECKS])
+def test_conv_and_pool_settings_caffe_checks_are_refused_without_an_abort(tmp_path, what, old, new, layer):
+    path = _bad_net(tmp_path, old, new)
+    with pytest.raises(InputError) as e:
+        netinit.check_prototxt(path)
+    assert str(path) in str(e.value) and repr(layer) in str(e.value), str(e.value)
+    r = _open_in_subprocess(path)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize('old,new', [
+    ('kernel_size: 3 pad: 1', 'kernel_h: 3 kernel_w: 1 pad_h: 1'),  # pad_w 0: Caffe accepts it
+    ('kernel_size: 2 stride: 2', 'kernel_size: 2 kernel_h: 3 stride: 2'),  # kernel_size wins
+    ('kernel_size: 2 stride: 2', 'kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0'),
+], ids=['conv pad_h alone', 'pool kernel_size and kernel_h', 'pool h/w pairs'])
+def test_conv_and_pool_settings_caffe_accepts_pass_with_its_shapes(tmp_path, old, new):
+    path = _bad_net(tmp_path, old, new)
+    shapes = netinit.check_net(netinit.read_net_param(path), str(path), 'test')
+    assert shapes == caffe_shapes(caffe.Net(str(path), caffe.TEST))
 
 
 def _open_in_subprocess(path, phase='test'):
@@ -310,6 +485,49 @@ def test_weights_cut_short_are_refused(fcn, tmp_path):
         netload.open_net(deploy, 'test', str(tmp_path / 'short.caffemodel'))
     # the complete file loads
     assert 'score_pool4' in netload.check_weights(weights, caffe.Net(deploy, caffe.TEST))
+
+
+def _edit_weights(weights, how):
+    """The caffemodel `weights` changed as `how` says, serialized (bytes)."""
+    param = caffe.proto.caffe_pb2.NetParameter()
+    param.ParseFromString(open(weights, 'rb').read())
+    fc6 = next(l for l in param.layer if l.name == 'fc6')
+    if how == 'blob-less fc6':  # a second, empty layer named like the parameter layer
+        param.layer.add(name='fc6', type='Convolution')
+    elif how == 'blobs for relu1_1':  # a layer of the net that has no parameters
+        param.layer.add(name='relu1_1', type='ReLU').blobs.add().CopyFrom(fc6.blobs[1])
+    elif how == 'extra double_data':
+        blob = fc6.blobs[1]
+        blob.double_data.extend(list(blob.data) + [0.5])
+    elif how == 'extra diff':
+        fc6.blobs[1].diff.extend([0.0] * (len(fc6.blobs[1].data) + 1))
+    elif how == 'short double_diff':
+        fc6.blobs[1].double_diff.extend([0.0] * (len(fc6.blobs[1].data) - 1))
+    return param.SerializeToString()
+
+
+WEIGHT_EDITS = ['blob-less fc6', 'blobs for relu1_1', 'extra double_data', 'extra diff',
+                'short double_diff']
+
+
+@pytest.mark.parametrize('how', WEIGHT_EDITS)
+def test_caffemodel_layers_and_value_counts_caffe_aborts_on_are_refused(fcn, tmp_path, how):
+    """Caffe copies every layer of a caffemodel whose name is a layer of the net (its
+    blob count must match, zero too) and checks the count of each value field; such a
+    file aborted infer, score, --weights and resume (exit 134). A one-line error now."""
+    deploy, weights = fcn['32s']
+    bad = tmp_path / 'bad.caffemodel'
+    bad.write_bytes(_edit_weights(weights, how))
+    layer = 'relu1_1' if 'relu' in how else 'fc6'
+    with pytest.raises(InputError, match=r"bad\.caffemodel: layer %r" % layer):
+        netload.check_weights(str(bad), caffe.Net(deploy, caffe.TEST), partial=True)
+    code = ('import sys, cli, netload\n'
+            'cli.run_cli(lambda argv: netload.open_net(sys.argv[1], "test", sys.argv[2]))\n')
+    env = dict(os.environ, PYTHONPATH=REPO, GLOG_minloglevel='2')
+    r = subprocess.run([sys.executable, '-c', code, deploy, str(bad)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, (r.returncode, r.stderr)
+    assert str(bad) in r.stderr and repr(layer) in r.stderr
 
 
 def test_progress_bar_is_tqdm(capsys):

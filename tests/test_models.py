@@ -182,6 +182,22 @@ def test_user_model_json_is_found_by_path_and_name(registry, tmp_path):
     assert 'test_iter: 4\n' in solver and 'base_lr: 1e-14\n' in solver
 
 
+@pytest.mark.parametrize('content, words', [
+    (b'{"name": ' + b'[' * 100000, 'nested too deeply'),
+    (b'{"name": "x", "labels": ' + b'[' * 80 + b']' * 80 + b'}', 'nested too deeply'),
+    (b'\x89PNG\r\n\x1a\n\x00\x00', 'not valid JSON'),
+    (b'["voc-fcn8s"]', 'expected a JSON object, found array'),
+], ids=['nested too deep to parse', 'nested too deep to walk', 'binary', 'a list'])
+def test_model_json_nested_binary_or_of_another_shape_is_a_one_line_error(registry, tmp_path,
+                                                                          content, words):
+    """A deeply nested model.json was a RecursionError traceback."""
+    (tmp_path / models.SPEC_FILE).write_bytes(content)
+    with pytest.raises(InputError) as e:
+        models.load(tmp_path)
+    message = str(e.value)
+    assert str(tmp_path / models.SPEC_FILE) in message and words in message and '\n' not in message
+
+
 def test_bad_model_json_is_a_one_line_error(registry, tmp_path):
     path = tmp_path / models.SPEC_FILE
     path.write_text('{"name": ')

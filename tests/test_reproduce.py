@@ -39,6 +39,11 @@ def world(tmp_path_factory):
     random_weights(voc / 'deploy.prototxt', voc / 'snapshot' / 'train_iter_8.caffemodel',
                    seed=1)
     (voc / 'snapshot' / 'train_iter_8.solverstate').write_bytes(b'')
+    # the manifest a run writes last: without it the snapshot is incomplete, not trusted
+    (voc / 'snapshot' / 'train_iter_8.json').write_text(json.dumps(
+        {'iter': 8, 'round': {'start': 0, 'loss_sum': 0.0, 'count': 8, 'seconds': 1.0},
+         'caffemodel_bytes': (voc / 'snapshot' / 'train_iter_8.caffemodel').stat().st_size,
+         'solverstate_bytes': 0, 'params': {}, 'end_of_round': True}))
     sift = models / 'siftflow-fcn' / 'fcn16s'
     net.write_model_dir(str(sift), 'siftflow-fcn16s', widths=NARROW)
     sift_weights = random_weights(sift / 'deploy.prototxt', root / 'siftflow.caffemodel', seed=2)
@@ -359,6 +364,20 @@ def test_merge_with_a_malformed_entry_is_one_line(world, tmp_path, monkeypatch, 
                        % re.escape(words)):
         run_main(monkeypatch, '--model-root', world['models'], '--data-root', world['data'],
                  '--out', out, '--quiet', '--models', 'voc-fcn8s', '--merge')
+
+
+@pytest.mark.parametrize('content', [b'[' * 100000, b'\x89PNG\r\n\x1a\n\x00', b'[{"models": 1}]'],
+                         ids=['nested too deep', 'binary', 'a list'])
+def test_merge_with_a_damaged_results_json_is_one_line(world, tmp_path, monkeypatch, content):
+    """Deeply nested JSON in OUT/results.json was a RecursionError traceback on --merge."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'results.json').write_bytes(content)
+    with pytest.raises(project.InputError) as e:
+        run_main(monkeypatch, '--model-root', world['models'], '--data-root', world['data'],
+                 '--out', out, '--quiet', '--models', 'voc-fcn8s', '--merge')
+    message = str(e.value)
+    assert str(out / 'results.json') in message and '--merge' in message and '\n' not in message
 
 
 def test_merge_names_a_malformed_task_value(world, tmp_path, monkeypatch):

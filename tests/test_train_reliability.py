@@ -34,6 +34,26 @@ elif fault == 'enospc':  # every fsync: the disk is full
     def fsync(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     os.fsync = fsync
+elif fault.startswith(('signal-at-', 'fill-inodes-at-')):
+    # just before iteration N: SIGINT to this process, or every free inode of OUT's
+    # file system taken by empty files (bytes stay free)
+    import signal, train
+    kind, n = fault.rsplit('-at-', 1)
+    real_step = train.step
+    def step(run):
+        if run.solver.iter == int(n) - 1:
+            if kind == 'signal':
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                filler = os.path.join(os.path.dirname(run.out), 'filler')
+                os.makedirs(filler, exist_ok=True)
+                try:
+                    for i in range(10 ** 6):
+                        open(os.path.join(filler, str(i)), 'w').close()
+                except OSError:
+                    pass
+        return real_step(run)
+    train.step = step
 sys.argv = [solve_py] + sys.argv[3:]
 runpy.run_path(solve_py, run_name='__main__')
 ''' % project.REPO
@@ -305,3 +325,190 @@ def test_train_py_says_what_it_is():
     helped = subprocess.run([sys.executable, os.path.join(project.REPO, 'train.py'), '--help'],
                             env=ENV, capture_output=True, text=True, cwd='/')
     assert helped.returncode == 0 and '--keep-snapshots' in helped.stdout
+
+
+# --- the run's files in OUT: never over the model's, never through a link -----------
+
+def test_out_in_the_models_own_folder_leaves_its_solver_as_it_was(model, tmp_path):
+    """--out MODEL_DIR rewrote the model's solver.prototxt with absolute paths: moved,
+    the folder no longer trained. The run's solver is OUT/run_solver.prototxt."""
+    solver = os.path.join(model, 'solver.prototxt')
+    before = open(solver, 'rb').read()
+    ok(cli(model, '--rounds', 1, '--iters', 1, '--out', model))
+    assert open(solver, 'rb').read() == before
+    assert os.path.isfile(os.path.join(model, 'run_solver.prototxt'))
+    moved = str(tmp_path / 'moved')
+    shutil.move(model, moved)
+    ok(cli(moved, '--rounds', 1, '--iters', 1, '--out', tmp_path / 'again'))
+
+
+def test_a_symlinked_train_lock_is_refused_and_its_target_kept(model, tmp_path):
+    """OUT/train.lock a symbolic link: the file it pointed to was truncated."""
+    out, victim = tmp_path / 'out', tmp_path / 'precious.txt'
+    out.mkdir()
+    victim.write_text('keep me')
+    (out / 'train.lock').symlink_to(victim)
+    proc = cli(model, '--rounds', 1, '--iters', 1, '--out', out)
+    clean_error(proc, str(out / 'train.lock'), 'symbolic link')
+    assert victim.read_text() == 'keep me' and os.path.islink(out / 'train.lock')
+
+
+def test_a_symlinked_staging_folder_is_refused_and_its_files_kept(model, tmp_path):
+    """OUT/.staging a symbolic link to a folder: every file in it was deleted after the
+    first snapshot."""
+    out, theirs = tmp_path / 'out', tmp_path / 'theirs'
+    out.mkdir()
+    theirs.mkdir()
+    (theirs / 'thesis.tex').write_text('years of work')
+    (out / '.staging').symlink_to(theirs)
+    proc = cli(model, '--rounds', 1, '--iters', 1, '--out', out)
+    clean_error(proc, str(out / '.staging'), 'symbolic link')
+    assert os.listdir(theirs) == ['thesis.tex']
+
+
+def test_symlinked_snapshot_log_and_plot_files_are_never_written_through(model, tmp_path):
+    """A link planted at the log's or the plot's name is refused, its target untouched
+    (atomic_write never follows or replaces one); one at a snapshot's name is deleted
+    by --no-resume as a name in OUT, never its target."""
+    victim = tmp_path / 'precious.txt'
+    victim.write_text('keep me')
+    for name in ('log.jsonl', 'log.png', 'train_iter_1.caffemodel'):
+        out = tmp_path / ('out-' + name)
+        out.mkdir()
+        (out / name).symlink_to(victim)
+        proc = cli(model, '--rounds', 1, '--iters', 1, '--out', out, '--no-resume')
+        if name.startswith('log'):
+            clean_error(proc, str(out / name), 'symbolic link')
+            assert os.path.islink(out / name)
+        else:
+            ok(proc)
+            assert not os.path.islink(out / name)
+        assert victim.read_text() == 'keep me'
+
+
+# --- a signal in a round's last iteration: the round is scored and logged -----------
+
+def test_signal_in_a_rounds_last_iteration_still_scores_and_logs_that_round(model, tmp_path):
+    """The snapshot taken on the signal was not marked as the round's end: the rerun
+    never scored that round and the next record averaged two rounds' losses."""
+    split, straight = tmp_path / 'split', tmp_path / 'straight'
+    proc = cli(model, '--rounds', 2, '--iters', 2, '--out', split, fault='signal-at-2')
+    assert proc.returncode == 130, proc.stderr
+    assert snapshots.snapshot_iters(str(split)) == [2]
+    resumed = ok(cli(model, '--rounds', 2, '--iters', 2, '--out', split))
+    assert 'scoring round 2' in resumed.stdout
+    ok(cli(model, '--rounds', 2, '--iters', 2, '--out', straight))
+    a, b = snapshots.read_log(str(straight)), snapshots.read_log(str(split))
+    assert [r['iter'] for r in b] == [2, 4]
+    for x, y in zip(a, b):
+        assert x['train_loss'] == y['train_loss'] and x['scores'] == y['scores']
+
+
+# --- a snapshot without its manifest is not complete --------------------------------
+
+def test_a_snapshot_without_its_manifest_is_not_trusted(model, tmp_path):
+    """Killed between the weights' rename and the manifest: the snapshot was trusted as
+    one from before manifests and its round was never logged."""
+    out = tmp_path / 'out'
+    ok(cli(model, '--rounds', 2, '--iters', 2, '--out', out))
+    os.unlink(out / 'train_iter_4.json')
+    snapshots.rewrite_log(str(out), snapshots.read_log(str(out), upto=2))  # as the kill left it
+    proc = ok(cli(model, '--rounds', 3, '--iters', 2, '--out', out))
+    assert 'snapshot train_iter_4 is not usable' in proc.stdout and 'no manifest' in proc.stdout
+    assert 'resuming from %s' % (out / 'train_iter_2.solverstate') in proc.stdout
+    assert [r['iter'] for r in snapshots.read_log(str(out))] == [2, 4, 6]
+    assert snapshots.latest_weights(str(out)) == str(out / 'train_iter_6.caffemodel')
+
+
+# --- damaged JSON in OUT never makes every rerun fail -------------------------------
+
+@pytest.mark.parametrize('content', [
+    b'[' * 100000, b'\x89PNG\r\n\x1a\n\x00\xff', b'{"iter": 4, "round": [1, 2]}', b'[4]'],
+    ids=['nested too deep', 'binary', 'round a list', 'a list'])
+def test_a_damaged_manifest_makes_its_snapshot_untrusted(model, tmp_path, content):
+    out = tmp_path / 'out'
+    ok(cli(model, '--rounds', 2, '--iters', 2, '--out', out))
+    (out / 'train_iter_4.json').write_bytes(content)
+    proc = ok(cli(model, '--rounds', 3, '--iters', 2, '--out', out))
+    assert 'snapshot train_iter_4 is not usable' in proc.stdout
+    assert str(out / 'train_iter_4.json') in proc.stdout
+    assert [r['iter'] for r in snapshots.read_log(str(out))] == [2, 4, 6]
+
+
+def test_damaged_log_lines_are_dropped_with_a_note_and_the_run_goes_on(model, tmp_path):
+    """A log.jsonl line of valid JSON of another shape, binary bytes or deep nesting was
+    a traceback on every rerun. Such lines are dropped, each named with its line, the
+    damaged file kept as log.jsonl.damaged."""
+    out = tmp_path / 'out'
+    ok(cli(model, '--rounds', 2, '--iters', 2, '--out', out))
+    log = out / 'log.jsonl'
+    good = log.read_bytes().splitlines()
+    damaged = b'\n'.join([good[0], b'[1, 2]', b'\x89PNG\x00\xff', b'[' * 100000,
+                          b'{"iter": 3, "scores": 7}', good[1]]) + b'\n'
+    log.write_bytes(damaged)
+    proc = ok(cli(model, '--rounds', 3, '--iters', 2, '--out', out))
+    for line in (2, 3, 4, 5):
+        assert '%s line %d' % (log, line) in proc.stdout, proc.stdout
+    assert '4 damaged line(s) dropped' in proc.stdout
+    assert [r['iter'] for r in snapshots.read_log(str(out))] == [2, 4, 6]
+    assert (out / 'log.jsonl.damaged').read_bytes() == damaged
+
+
+# --- a file system out of inodes (bytes free) ---------------------------------------
+
+@pytest.fixture
+def few_inodes(tmp_path):
+    """A 64 MB tmpfs with 64 inodes (mounting needs root; skipped where it cannot)."""
+    mnt = tmp_path / 'mnt'
+    mnt.mkdir()
+    r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64m,nr_inodes=64', 'tmpfs', str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip('cannot mount a tmpfs here: %s' % r.stderr.strip())
+    try:
+        yield mnt
+    finally:
+        subprocess.run(['umount', str(mnt)], check=True)
+
+
+def test_no_free_inodes_is_a_clean_error_before_caffe_writes(model, few_inodes):
+    """Free bytes but no free inodes: Caffe could not create the snapshot file and
+    aborted (SerializeToOstream CHECK)."""
+    out = few_inodes / 'out'
+    proc = cli(model, '--rounds', 1, '--iters', 2, '--out', out, fault='fill-inodes-at-2')
+    clean_error(proc, str(out), 'free inodes', 'train_iter_2')
+    assert snapshots.snapshot_iters(str(out)) == []
+
+
+# --- solver.prototxt values Caffe aborts on: one line naming the file and the field ---
+
+SOLVER_EDITS = [  # (what, (old line start, new line) or an added line, the field named)
+    ('unknown type', 'type: "Adamm"', 'type'),
+    ('unknown lr_policy', ('lr_policy:', 'lr_policy: "fixd"'), 'lr_policy'),
+    ('step without stepsize', ('lr_policy:', 'lr_policy: "step"'), 'stepsize'),
+    ('sigmoid without stepsize', ('lr_policy:', 'lr_policy: "sigmoid"'), 'stepsize'),
+    ('negative gamma', ('lr_policy:', 'lr_policy: "exp" gamma: -0.5'), 'gamma'),
+    ('wrong test_iter count', 'test_iter: 3', 'test_iter'),
+    ('average_loss 0', ('average_loss:', 'average_loss: 0'), 'average_loss'),
+    ('unknown regularization', 'regularization_type: "L3"', 'regularization_type'),
+    ('RMSProp with momentum', 'type: "RMSProp"', 'momentum'),
+    ('AdaGrad with momentum', 'type: "AdaGrad"', 'momentum'),
+    ('RMSProp rms_decay 1', ('momentum:', 'type: "RMSProp" momentum: 0 rms_decay: 1'), 'rms_decay'),
+    ('solver_type and type', 'solver_type: ADAM type: "Adam"', 'solver_type'),
+]
+
+
+@pytest.mark.parametrize('what,edit,field', SOLVER_EDITS, ids=[e[0] for e in SOLVER_EDITS])
+def test_solver_values_caffe_aborts_on_are_one_line_errors(model, tmp_path, what, edit, field):
+    path = os.path.join(model, 'solver.prototxt')
+    lines = open(path).read().splitlines()
+    if isinstance(edit, tuple):
+        start, new = edit
+        assert any(l.startswith(start) for l in lines), start
+        lines = [new if l.startswith(start) else l for l in lines]
+    else:
+        lines.append(edit)
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    proc = cli(model, '--rounds', 1, '--iters', 2, '--out', tmp_path / 'out')
+    clean_error(proc, path, field)

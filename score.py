@@ -127,27 +127,49 @@ def _task_state(net, t):
     return t, metrics.ConfusionMatrix(n_cl, t.exclude), loss, [0.0]
 
 
-def evaluate_tasks(net, ids, tasks, progress=True):
+def image_scores(net, idx, state):
+    """One forward pass of `net` (its data layer at image `idx`) scored for each task of
+    `state` (_task_state's): a list of (the image's ConfusionMatrix, its loss or None,
+    its prediction H x W). A label outside a task's classes is a ValueError naming the
+    image id and the values."""
+    net.forward()
+    out = []
+    for t, cm, loss, total in state:
+        pred = net.blobs[t.layer].data[0].argmax(0)
+        one = metrics.ConfusionMatrix(cm.num_classes, cm.exclude)
+        try:
+            one.update(net.blobs[t.gt].data[0, 0], pred)
+        except ValueError as e:
+            raise ValueError('image %s, %s: %s' % (idx, t.gt, e))
+        out.append((one, float(net.blobs[loss].data.flat[0]) if loss else None, pred))
+    return out
+
+
+def add_image(state, idx, scores):
+    """Add image `idx`'s image_scores to the split's in `state`: matrices summed
+    (integers), losses added (in the order of the calls), predictions saved."""
+    for (t, cm, loss, total), (one, value, pred) in zip(state, scores):
+        cm.merge(one)
+        if t.save_dir:
+            layers.save_label_png(os.path.join(t.save_dir, idx + '.png'), pred)
+        if loss:
+            total[0] += value
+
+
+def evaluate_tasks(net, ids, tasks, progress=True, scored=None):
     """Like `evaluate`, for several `Task`s in one pass over the images (SIFT Flow's
     score_sem/sem and score_geo/geo). Returns a list of `Evaluation`s, one per task.
-    A label outside a task's classes is a ValueError naming the image id and values."""
+    A label outside a task's classes is a ValueError naming the image id and values.
+    scored: image_scores' results of `ids`, in that order, computed elsewhere (cluster.py's
+    workers) instead of by `net` here."""
     ids = [str(i) for i in ids]
     state = [_task_state(net, t) for t in tasks]
+    scored = scored or (image_scores(net, idx, state) for idx in ids)
     bar = cli.progress_bar(len(ids), 'scoring ' + ', '.join(t.layer for t in tasks),
                               enabled=progress)
     try:
-        for done, idx in enumerate(ids, 1):
-            net.forward()
-            for t, cm, loss, total in state:
-                pred = net.blobs[t.layer].data[0].argmax(0)
-                try:
-                    cm.update(net.blobs[t.gt].data[0, 0], pred)
-                except ValueError as e:
-                    raise ValueError('image %s, %s: %s' % (idx, t.gt, e))
-                if t.save_dir:
-                    layers.save_label_png(os.path.join(t.save_dir, idx + '.png'), pred)
-                if loss:
-                    total[0] += float(net.blobs[loss].data.flat[0])
+        for idx, scores in zip(ids, scored):
+            add_image(state, idx, scores)
             bar.update(1)
     finally:
         bar.close()
@@ -180,28 +202,39 @@ def evaluate(net, ids, layer='score', gt='label', num_classes=None, save_dir=Non
 
 # ----------------------------------------------------------------------------- sliding windows
 
+def protocol_image(net, idx, cls, params, num_classes, protocol, prep, blob):
+    """(ConfusionMatrix, prediction H x W) of image `idx` under the sliding `protocol`
+    (see evaluate_protocol); a label outside the classes is a ValueError naming it."""
+    rgb, label = cls.read_example(params, idx, num_classes)
+    pred = predict.labels(net, rgb, protocol, prep, blob, size=label.shape)
+    one = metrics.ConfusionMatrix(num_classes)
+    try:
+        one.update(label, pred)
+    except ValueError as e:
+        raise ValueError('image %s: %s' % (idx, e))
+    return one, pred
+
+
 def evaluate_protocol(net, cls, params, ids, num_classes, protocol, prep, blob, save_dir=None,
-                      palette=None, progress=True):
+                      palette=None, progress=True, scored=None):
     """The evaluation `protocol` (models.Protocol, run by predict.scores: PSPNet's
     sliding windows) of deploy net `net` over image ids `ids`, each read by data layer
     class `cls` with its parsed `params` (read_example: whole image and labels as the
     dataset stores them, mapped to 0..num_classes-1 / 255), preprocessed by `prep`
     (models.Preprocess); the crop is the net's input size, the scores are those of blob
     `blob` at the label's size. save_dir: predictions as palette PNGs <save_dir>/<id>.png
-    (`palette`: the dataset's colours). Returns an `Evaluation` of the predictions
-    against the labels (no loss)."""
+    (`palette`: the dataset's colours). scored: protocol_image's results of `ids`, in
+    that order, computed elsewhere (cluster.py's workers). Returns an `Evaluation` of the
+    predictions against the labels (no loss)."""
     cm = metrics.ConfusionMatrix(num_classes)
     n = len(protocol.scales)
+    scored = scored or (protocol_image(net, idx, cls, params, num_classes, protocol, prep, blob)
+                        for idx in ids)
     bar = cli.progress_bar(len(ids), 'scoring %s, %d scale%s' % (blob, n, 's' * (n > 1)),
                               enabled=progress)
     try:
-        for idx in ids:
-            rgb, label = cls.read_example(params, idx, num_classes)
-            pred = predict.labels(net, rgb, protocol, prep, blob, size=label.shape)
-            try:
-                cm.update(label, pred)
-            except ValueError as e:
-                raise ValueError('image %s: %s' % (idx, e))
+        for idx, (one, pred) in zip(ids, scored):
+            cm.merge(one)
             if save_dir:
                 path = os.path.join(save_dir, idx + '.png')
                 os.makedirs(os.path.dirname(path), exist_ok=True)  # Cityscapes ids are city/name

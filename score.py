@@ -60,6 +60,7 @@ import tempfile
 import numpy as np
 
 import cli
+import cluster
 import guard
 import layers
 import metrics
@@ -200,6 +201,48 @@ def evaluate(net, ids, layer='score', gt='label', num_classes=None, save_dir=Non
     return evaluate_tasks(net, ids, [task], progress)[0]
 
 
+# ----------------------------------------------------------------------------- on a Ray cluster
+
+def scores_at(opened, item, tasks):
+    """A cluster worker's image (cluster.py): image_scores of `item` = (position in the
+    split, id) through the val net of `opened` (open_val_net's), its data layer moved to
+    that position first; predictions kept (as uint8) only for tasks that save them."""
+    net = opened[0]
+    position, idx = item
+    layer = next(x for x in net.layers if isinstance(x, layers.SegDataLayer))
+    if layer.indices[position] != idx:
+        raise project.InputError('%s: image %d of the split list is %s there, %s here'
+                                 % (cluster.node_name(), position, layer.indices[position], idx))
+    layer.seek(position)
+    state = [_task_state(net, dataclasses.replace(t, save_dir=None)) for t in tasks]
+    return [(one, loss, pred.astype(np.uint8) if t.save_dir else None)
+            for t, (one, loss, pred) in zip(tasks, image_scores(net, idx, state))]
+
+
+def on_cluster(opts, val, weights, split, ids, tasks):
+    """image_scores of `ids` (in order) computed by the --ray cluster's workers for
+    evaluate_tasks(scored=...), or None without --ray (opts: cli.ray_flags, data_root)."""
+    if getattr(opts, 'ray', None) is None:
+        return None
+    root, weights = layers.data_root(opts.data_root), os.path.abspath(weights)
+    job = cluster.Job(open_val_net, (val, weights, split, root), scores_at, (tasks,),
+                      {'data root': root, 'weights': weights, 'val net': val}, root)
+    return cluster.in_order(opts, job, list(enumerate(ids)))
+
+
+def protocol_on_cluster(opts, deploy, weights, ids, *image_args):
+    """protocol_image's results of `ids` (in order; image_args: its arguments after the
+    id) computed by the --ray cluster's workers for evaluate_protocol(scored=...), or None
+    without --ray."""
+    if getattr(opts, 'ray', None) is None:
+        return None
+    root, weights, deploy = (layers.data_root(opts.data_root), os.path.abspath(weights),
+                             os.path.abspath(deploy))
+    job = cluster.Job(netload.open_net, (deploy, 'test', weights), protocol_image, image_args,
+                      {'data root': root, 'weights': weights, 'net': deploy}, root)
+    return cluster.in_order(opts, job, ids)
+
+
 # ----------------------------------------------------------------------------- sliding windows
 
 def protocol_image(net, idx, cls, params, num_classes, protocol, prep, blob):
@@ -284,9 +327,11 @@ def score_protocol(args, spec):
              ' '.join('%g' % x for x in protocol.scales), 'yes' if protocol.flip else 'no'),
           flush=True)
     try:
+        scored = protocol_on_cluster(args, deploy, args.weights, ids, cls, p, len(classes),
+                                     protocol, spec.preprocess, blob)
         ev = evaluate_protocol(net, cls, p, ids, len(classes), protocol, spec.preprocess, blob,
                                args.save_pred, layers.PALETTES.get(spec.palette),
-                               not args.quiet)
+                               not args.quiet, scored)
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise project.InputError(str(e))
     return report(args, deploy, dataset, split, ids, [ev], [classes],
@@ -476,7 +521,7 @@ def print_task(ev, classes):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        parents=[cli.data_root_flag(), cli.limit_flag(), cli.gpu_flag()],
+        parents=[cli.data_root_flag(), cli.limit_flag(), cli.gpu_flag(), cli.ray_flags()],
         description='Score a caffemodel on a split with its model directory\'s val.prototxt.',
         epilog=__doc__[__doc__.index('Command:'):], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', required=True, help='model directory, e.g. voc-fcn8s')
@@ -525,7 +570,8 @@ def main(argv=None):
     print('%s: scoring %s on %s %s (%d images)' % (args.model, args.weights, dataset or cls.__name__,
                                                     split, len(ids)), flush=True)
     try:
-        results = evaluate_tasks(net, ids, tasks, progress=not args.quiet)
+        results = evaluate_tasks(net, ids, tasks, not args.quiet,
+                                 on_cluster(args, val, args.weights, split, ids, tasks))
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise project.InputError(str(e))
     return report(args, val, dataset, split, ids, results, names)

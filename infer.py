@@ -449,8 +449,8 @@ def segment_file(path, names, model, args, paths, label=None):
     """Segment image `path` (segment_image) and write its label PNG and overlay JPEG
     (`names`; write_segmentation); returns (image, label). label: the classes computed
     elsewhere (a cluster.py worker's segment_image), or the error raised there."""
-    if isinstance(label, Exception):
-        raise label
+    if isinstance(label, Exception):  # named by the absolute path the worker was given
+        raise InputError(str(label).replace(os.path.abspath(path), path))
     if label is None:
         image, label = segment_image(model, path, args)
     else:

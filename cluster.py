@@ -35,6 +35,7 @@ import copy
 import dataclasses
 import logging
 import os
+import socket
 import sys
 
 import tqdm
@@ -46,6 +47,7 @@ import project
 IN_FLIGHT = 2  # images handed to a worker at once: the next one is queued while one runs
 WORKER_DEATHS = 3  # workers that may die on one image before it is an error
 POLL_S = 1.0  # how often the driver wakes up while waiting (Ctrl-C is seen then)
+CONNECT_S = 10  # seconds to wait for the head node's port to answer
 
 
 def _ray():
@@ -164,11 +166,19 @@ class Pool:
             ray.init(address='local', include_dashboard=False, **quiet)
             self.started = True
             return
+        hint = 'start a cluster with `ray start --head`'
+        host, _, port = self.opts.ray.rpartition(':')
+        if port.isdigit():  # Ray itself retries an address where nothing listens for minutes
+            try:
+                socket.create_connection((host.split('://')[-1], int(port)), CONNECT_S).close()
+            except OSError as e:
+                raise project.InputError('--ray %s: nothing answers there (%s); %s'
+                                         % (self.opts.ray, e.strerror or e, hint))
         try:
             ray.init(address=self.opts.ray, **quiet)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            raise project.InputError('--ray %s: cannot connect (%s); start a cluster with `ray '
-                                     'start --head`' % (self.opts.ray, str(e).splitlines()[0]))
+            raise project.InputError('--ray %s: cannot connect (%s); %s'
+                                     % (self.opts.ray, _first_line(e), hint))
 
     def worker_count(self):
         """--workers, else as many as the cluster's CPUs (GPUs) allow; InputError when the

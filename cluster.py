@@ -31,10 +31,12 @@ is given, not at the top: importing it takes 0.4 to 0.9 s here, which every scor
 infer.py run would pay otherwise.
 """
 import collections
+import contextlib
 import copy
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import sys
 
@@ -147,7 +149,11 @@ class Pool:
         self.starting, self.next_id, self.redone, self.pids = {}, 0, 0, {}
 
     def __enter__(self):
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # an error or Ctrl-C while starting: nothing left running
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -163,7 +169,8 @@ class Pool:
             return
         quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
         if self.opts.ray == 'local':
-            ray.init(address='local', include_dashboard=False, **quiet)
+            with _interrupt_after():
+                ray.init(address='local', include_dashboard=False, **quiet)
             self.started = True
             return
         hint = 'start a cluster with `ray start --head`'
@@ -175,7 +182,8 @@ class Pool:
                 raise project.InputError('--ray %s: nothing answers there (%s); %s'
                                          % (self.opts.ray, e.strerror or e, hint))
         try:
-            ray.init(address=self.opts.ray, **quiet)
+            with _interrupt_after():
+                ray.init(address=self.opts.ray, **quiet)
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise project.InputError('--ray %s: cannot connect (%s); %s'
                                      % (self.opts.ray, _first_line(e), hint))
@@ -315,6 +323,24 @@ class Pool:
                                                            's' * (len(back) != 1)),
                         file=sys.stderr)
         self.spawn()
+
+
+@contextlib.contextmanager
+def _interrupt_after():
+    """Ctrl-C held back until the block is done (then raised): Ray interrupted half-way
+    through its start leaves its processes running, or crashes."""
+    caught = []
+    try:
+        before = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    except ValueError:  # not the main thread: signals are not ours to take
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _first_line(error):

@@ -7,6 +7,7 @@
     python infer.py photo.jpg --model voc-fcn32s --weights voc-fcn32s/snapshot/train_iter_100000.caffemodel
     python infer.py photo.jpg --model pspnet101-voc2012        # PSPNet, the release's protocol
     python infer.py street.png --model pspnet101-cityscapes --multi-scale
+    python infer.py photos/ --out seg/ --ray HEAD:6379    # on a Ray cluster (docs/cluster.md)
 
 The model's released weights are fetched on first use, as torch.hub does, into the
 place `python weights.py MODEL` puts them (size and checksum checked when the record

@@ -7,6 +7,7 @@
     python reproduce.py --snapshots                  # latest training snapshot first, else released
     python reproduce.py --merge --models nyud-fcn32s-color   # add to the results already in OUT
     python reproduce.py --readme                     # also refresh README.md's results block
+    python reproduce.py --ray HEAD:6379              # images scored by a Ray cluster's workers (docs/cluster.md)
 
 Every model of the registry (models.py; or those named with --models, which may also be
 the folder of a model of your own, registered by its model.json) is scored on its

@@ -45,6 +45,12 @@ docs/evaluation.md gives the details.
 (both for nets of your own, e.g. narrow test nets); --scales the scales; --no-flip leaves
 out the mirrored windows (not the release's protocol).
 
+--ray [ADDRESS] spreads the images over a pool of Ray workers (cluster.py; --workers,
+--threads-per-worker, --gpus-per-worker; docs/cluster.md): the same JSON as a local run.
+
+    .venv/bin/python score.py --model voc-fcn8s --weights W --ray                # a local cluster
+    .venv/bin/python score.py --model voc-fcn8s --weights W --ray HEAD:6379 --workers 16
+
 --out and --save-pred are checked before anything is scored: they must be writable and
 may not lie inside the dataset or be the weights or the prototxt (a prediction saved
 into the label folder would replace the ground truth). A label outside the net's classes

@@ -22,7 +22,9 @@ import metrics
 import net
 import project
 import score
-from datasets import make_voc, random_weights  # tests/datasets.py
+import datasets  # tests/datasets.py
+from datasets import make_voc, random_weights
+from test_pspnet_eval import narrow_pspnet  # a narrow PSPNet-50 with random weights
 
 ray = pytest.importorskip('ray')
 cluster_utils = pytest.importorskip('ray.cluster_utils')
@@ -194,3 +196,41 @@ def test_a_worker_that_cannot_see_the_data_root_names_its_node_and_the_path(two_
     message = str(e.value)
     assert '\n' not in message and gone in message and 'data root' in message
     assert '(node ' in message and 'same paths' in message
+
+
+# ----------------------------------------------------------------------------- the other paths
+
+def test_reproduce_two_tasks_and_sliding_windows_equal_the_local_run(two_nodes, world, tmp_path,
+                                                                    monkeypatch):
+    """reproduce.py --ray on SIFT Flow (two tasks, two losses) and score.py --ray on a
+    sliding-window model (a narrow PSPNet, the release's protocol) give the local numbers."""
+    tmp = world[0]
+    sift = tmp / 'models' / 'siftflow-fcn' / 'fcn16s'
+    if not sift.exists():
+        net.write_model_dir(str(sift), 'siftflow-fcn16s', widths=NARROW)
+        datasets.make_siftflow(tmp / 'data')
+    weights = random_weights(sift / 'deploy.prototxt', tmp_path / 'sift.caffemodel', seed=2)
+    base = ['--model-root', tmp / 'models', '--data-root', tmp / 'data', '--models',
+            'siftflow-fcn16s', '--weights', 'siftflow-fcn16s=%s' % weights, '--quiet']
+    assert run('reproduce.py', *base, '--out', tmp_path / 'local').returncode == 0
+    r = run('reproduce.py', *base, '--out', tmp_path / 'ray', '--ray', two_nodes)
+    assert r.returncode == 0, r.stderr
+    a, b = (json.loads((tmp_path / d / 'results.json').read_text())['models']['siftflow-fcn16s']
+            for d in ('local', 'ray'))
+    assert a['tasks'] == b['tasks'] and sorted(a['tasks']) == ['score_geo', 'score_sem']
+    assert a['tasks']['score_geo']['loss'] is not None and b['ms_per_image'] is None
+
+    root = tmp_path / 'psp'
+    datasets.make_ade20k(root)
+    deploy, psp_weights = narrow_pspnet(tmp_path)
+    args = ['--model', 'pspnet50-ade20k', '--weights', psp_weights, '--deploy', deploy,
+            '--base-size', '60', '--data-root', root, '--quiet']
+    assert run('score.py', *args, '--out', tmp_path / 'pl.json', '--save-pred',
+               tmp_path / 'ppl').returncode == 0
+    r = run('score.py', *args, '--out', tmp_path / 'pr.json', '--save-pred', tmp_path / 'ppr',
+            '--ray', two_nodes)
+    assert r.returncode == 0, r.stderr
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ('pl.json', 'pr.json'))
+    a.pop('date'), b.pop('date')
+    assert a == b and a['images'] == 3
+    assert files(tmp_path / 'ppl') == files(tmp_path / 'ppr')

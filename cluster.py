@@ -350,9 +350,18 @@ def _first_line(error):
 
 def imap(opts, job, items):
     """(position, result) of every item on the --ray cluster (Pool.imap), the pool started
-    first and stopped at the end (also on an error or Ctrl-C)."""
+    first and stopped at the end (also on an error or Ctrl-C): before the last result is
+    handed over, as a consumer that knows how many to expect (zip) asks for no more."""
+    items, last = list(items), None
+    if not items:
+        return
     with Pool(opts, job) as pool:
-        yield from pool.imap(list(items))
+        for pair in pool.imap(items):
+            if last is not None:
+                yield last
+            last = pair
+    if last is not None:
+        yield last
 
 
 def in_order(opts, job, items):

@@ -106,7 +106,7 @@ def node_name():
 
 
 class Worker:
-    """A Ray actor (made remote in Pool.start): checks the job's paths, opens its net once,
+    """A Ray actor (made remote in Pool.spawn): checks the job's paths, opens its net once,
     then runs images. A problem at the start is kept and told by `ready`, so that the
     driver can name the node and the path in one line."""
 

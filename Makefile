@@ -19,7 +19,7 @@ $(PY):
 
 # Python dependencies are declared once, in pyproject.toml.
 $(DEPS): pyproject.toml | $(PY)
-	$(PY) -m pip install -q --disable-pip-version-check ".[test,export]"
+	$(PY) -m pip install -q --disable-pip-version-check ".[test,export,cluster]"
 	touch $@
 
 caffe: $(DEPS)

@@ -9,9 +9,10 @@
 - `available_memory()`: the bytes a command may plan to use (up-front memory checks).
 - The flags several commands take, each defined once as an argparse parent:
   `gpu_flag()` (--gpu ID; --gpu ID[,ID...] for training), `data_root_flag()`
-  (--data-root DIR) and `limit_flag()` (--limit N); `use_data_root(root)` is the one
-  place a --data-root is checked and handed to the data layers, and `check_limit` the
-  one check of --limit.
+  (--data-root DIR), `limit_flag()` (--limit N) and `ray_flags()` (--ray [ADDRESS],
+  --workers, --threads-per-worker, --gpus-per-worker: cluster.py); `use_data_root(root)`
+  is the one place a --data-root is checked and handed to the data layers, and
+  `check_limit` the one check of --limit.
 """
 import argparse
 import os
@@ -160,6 +161,39 @@ def limit_flag():
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument('--limit', type=int, metavar='N',
                    help='score only the first N images of each split')
+    return p
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('%r is not an integer' % text)
+    if value < 1:
+        raise argparse.ArgumentTypeError('%r: must be 1 or more' % text)
+    return value
+
+
+def ray_flags():
+    """An argparse parent with the Ray cluster flags (cluster.py): --ray [ADDRESS]
+    (args.ray: None without the flag, 'local' for a cluster started for the run),
+    --workers N (args.workers, None: as many as the cluster's resources allow),
+    --threads-per-worker N (CPU threads of each worker) and --gpus-per-worker G."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group('Ray cluster (optional extra: pip install \'.[cluster]\'; '
+                             'docs/cluster.md)')
+    g.add_argument('--ray', nargs='?', const='local', default=None, metavar='ADDRESS',
+                   help='spread the images over a pool of Ray workers: on the cluster at '
+                        'ADDRESS (host:port of `ray start --head`, or auto), else on a '
+                        'local cluster started for the run')
+    g.add_argument('--workers', type=positive_int, metavar='N',
+                   help='Ray workers, each holding one net (default: as many as the '
+                        'cluster\'s CPUs, or GPUs with --gpus-per-worker, allow)')
+    g.add_argument('--threads-per-worker', type=positive_int, default=1, metavar='N',
+                   help='CPU threads (and Ray CPUs) of each worker (default 1)')
+    g.add_argument('--gpus-per-worker', type=float, default=0, metavar='G',
+                   help='GPUs of each worker (default 0: the CPU; a fraction shares one)')
     return p
 
 

@@ -7,6 +7,7 @@
     python infer.py photo.jpg --model voc-fcn32s --weights voc-fcn32s/snapshot/train_iter_100000.caffemodel
     python infer.py photo.jpg --model pspnet101-voc2012        # PSPNet, the release's protocol
     python infer.py street.png --model pspnet101-cityscapes --multi-scale
+    python infer.py photos/ --out seg/ --ray HEAD:6379    # on a Ray cluster (docs/cluster.md)
 
 The model's released weights are fetched on first use, as torch.hub does, into the
 place `python weights.py MODEL` puts them (size and checksum checked when the record
@@ -88,11 +89,12 @@ import sys
 import numpy as np
 from PIL import Image, ImageOps
 
+import cluster
 import layers
 import models
 import predict
 import weights
-from cli import available_memory, gpu_flag, progress_bar, run_cli
+from cli import available_memory, gpu_flag, progress_bar, ray_flags, run_cli
 from guard import set_mode
 from layers import label_palette, save_label_png
 from netinit import LIMIT, check_net, coarsest_stride, read_net_param
@@ -409,7 +411,7 @@ def windows(side, tile):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        parents=[gpu_flag()],
+        parents=[gpu_flag(), ray_flags()],
         description='Segment images with an FCN: writes OUT/<name>.png (class indices, '
                     'palette PNG) and OUT/<name>-overlay.jpg.')
     parser.add_argument('images', nargs='+', metavar='IMAGE_OR_DIR',
@@ -476,7 +478,7 @@ class OpenModel:
     """A model opened for the command line: the net, its NetParameter and prototxt, the
     score blob, the input preprocessing and evaluation (the spec's, scales chosen by
     --multi-scale), class names, the background class (None: none), the palette
-    (K x 3 RGB colours, None: the VOC colours)."""
+    (K x 3 RGB colours, None: the VOC colours), the weights file."""
     net: object
     param: object
     deploy: str
@@ -486,6 +488,7 @@ class OpenModel:
     names: list
     background: object
     palette: object
+    weights: str = None
 
 
 def open_model(args):
@@ -518,12 +521,12 @@ def open_model(args):
                   % (deploy, dataset))
     background = names.index('background') if 'background' in names else None
     return OpenModel(net, read_net_param(deploy), deploy, blob, spec.preprocess, protocol,
-                     names, background, layers.PALETTES.get(spec.palette))
+                     names, background, layers.PALETTES.get(spec.palette), path)
 
 
-def segment_file(path, names, model, args, paths):
-    """Segment image `path` and write its label PNG and overlay JPEG (`names`), neither
-    replacing an input; returns (image, label). InputError / OSError name the file.
+def segment_image(model, path, args):
+    """(image, label) of image file `path` through OpenModel `model`: its H x W x 3 RGB
+    pixels and H x W classes (uint8; uint16 past 256 classes). InputError names the file.
 
     Whole-image models: shrunk to --max-side (Lanczos) unless --full-res (tiled), one
     pass, the labels scaled back (nearest); sliding-window models: the protocol on the
@@ -550,13 +553,32 @@ def segment_file(path, names, model, args, paths):
         raise InputError('%s: out of memory segmenting %dx%d (about %.1f GB needed besides '
                          'the net)' % (path, small.shape[1], small.shape[0],
                                        memory_need(image.shape[0], image.shape[1], model, args) / 1e9))
-    label = resize_label(label, image.shape[:2])
+    return image, resize_label(label, image.shape[:2])
+
+
+def write_segmentation(image, label, names, model, paths):
+    """Write `label` as its PNG and the overlay on `image` (`names`: a JPEG, or a PNG
+    beside it past JPEG's size limit: overlay_path), neither replacing one of the inputs
+    `paths`. OSError names the file."""
     png, jpg = names
     save_label_png(png, label, protect=paths, palette=model.palette, num_classes=len(model.names))
     view = overlay_path(jpg, max(image.shape[:2]))
     with atomic_write(view, protect=paths) as f:
         Image.fromarray(overlay(image, label, model.background, palette=model.palette)).save(
             f, format='JPEG' if view == jpg else 'PNG', **({'quality': 90} if view == jpg else {}))
+
+
+def segment_file(path, names, model, args, paths, label=None):
+    """Segment image `path` (segment_image) and write its label PNG and overlay JPEG
+    (`names`; write_segmentation); returns (image, label). label: the classes computed
+    elsewhere (a cluster.py worker's segment_image), or the error raised there."""
+    if isinstance(label, Exception):  # named by the absolute path the worker was given
+        raise InputError(str(label).replace(os.path.abspath(path), path))
+    if label is None:
+        image, label = segment_image(model, path, args)
+    else:
+        image = load_image(path)
+    write_segmentation(image, label, names, model, paths)
     return image, label
 
 
@@ -586,9 +608,17 @@ def main(argv=None):
                          % (args.out, e.strerror or e))
     failed = 0
     bar = progress_bar(len(paths), 'segmenting', enabled=sys.stderr.isatty() and len(paths) > 1)
-    for path, names in zip(paths, output_names(paths, args.out)):
+    outputs = output_names(paths, args.out)
+    done = ((i, None) for i in range(len(paths)))  # segmented here, one by one
+    if args.ray is not None:  # on the workers: segment_image there, the files written here
+        files = dict(weights=model.weights, deploy=deploy, classes=args.classes)
+        job = cluster.Job(open_model, (cluster.worker_args(args, files, no_download=True),),
+                          segment_image, (args,), files, pick=1, errors=(InputError, OSError))
+        done = cluster.imap(args, job, [os.path.abspath(p) for p in paths])
+    for i, label in done:  # with --ray, in the order the workers finish
+        path, names = paths[i], outputs[i]
         try:
-            image, label = segment_file(path, names, model, args, paths)
+            image, label = segment_file(path, names, model, args, paths, label)
         except (InputError, OSError) as e:
             message = str(e) if path in str(e) else '%s: %s' % (path, e)
             bar.write('error: %s' % message, file=sys.stderr)

@@ -149,6 +149,15 @@ class ConfusionMatrix:
         self.void += int(void.sum())
         self.images += 1
 
+    def merge(self, other):
+        """Add the images counted by ConfusionMatrix `other` (same classes): integer sums,
+        so merging per-image matrices in any order gives the same matrix."""
+        if other.num_classes != self.num_classes:
+            raise ValueError('merge: %d classes into %d' % (other.num_classes, self.num_classes))
+        self.hist += other.hist
+        self.void += other.void
+        self.images += other.images
+
     def compute(self):
         """scores(self.hist, self.exclude) plus 'images' (how many updates) and
         'void_pixels'."""

@@ -7,6 +7,7 @@
     python reproduce.py --snapshots                  # latest training snapshot first, else released
     python reproduce.py --merge --models nyud-fcn32s-color   # add to the results already in OUT
     python reproduce.py --readme                     # also refresh README.md's results block
+    python reproduce.py --ray HEAD:6379              # images scored by a Ray cluster's workers (docs/cluster.md)
 
 Every model of the registry (models.py; or those named with --models, which may also be
 the folder of a model of your own, registered by its model.json) is scored on its
@@ -246,17 +247,19 @@ def _mean_ms(seconds):
 
 
 def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, progress=True,
-                      root=None):
+                      root=None, opts=None):
     """Score `weights` of a model evaluated in sliding windows (spec.evaluation: PSPNet)
     with score.evaluate_protocol (deploy net, whole images read by model_dir/val.prototxt's
     data layer class): the entry's tasks 'single-scale' and, with `multi_scale`,
     'multi-scale' (the spec's multi_scales); ms_per_image is the whole single-scale
-    protocol's time per image (every window, mirrored ones included)."""
+    protocol's time per image (every window, mirrored ones included). opts: the Ray flags
+    (cli.ray_flags; --ray: the images scored by the cluster's workers)."""
     val = os.path.join(model_dir, 'val.prototxt')
     param = netinit.read_net_param(val)
     cls, split, _ = score.net_split_ids(param, val, split, root)
     p = cls.parse_params(score.data_layer(param, layers)[0].python_param.param_str, root=root)
-    net = netload.open_net(os.path.join(model_dir, 'deploy.prototxt'), 'test', weights)
+    deploy = os.path.join(model_dir, 'deploy.prototxt')
+    net = netload.open_net(deploy, 'test', weights)
     blob = spec.outputs[0].score
     classes, _ = score.class_info(spec.dataset, 'label', split, net.blobs[blob].channels)
     protocol = spec.evaluation
@@ -266,10 +269,12 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
     tasks, ms = {}, {}
     for task, scales in runs:
         t0 = time.perf_counter()
+        run = predict.with_options(protocol, scales=scales)
         try:
-            ev = score.evaluate_protocol(net, cls, p, ids, len(classes),
-                                         predict.with_options(protocol, scales=scales),
-                                         spec.preprocess, blob, progress=progress)
+            ev = score.evaluate_protocol(net, cls, p, ids, len(classes), run, spec.preprocess,
+                                         blob, progress=progress, scored=score.protocol_on_cluster(
+                                             opts, deploy, weights, ids, cls, p, len(classes),
+                                             run, spec.preprocess, blob))
         except ValueError as e:  # e.g. a malformed dataset file met during the walk
             raise InputError(str(e))
         ms[task] = 1000.0 * (time.perf_counter() - t0) / max(len(ids), 1)
@@ -279,16 +284,18 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
                 load_ms_per_image=None)
 
 
-def evaluate_model(model_dir, weights, split, ids, dataset, progress=True, root=None):
+def evaluate_model(model_dir, weights, split, ids, dataset, progress=True, root=None, opts=None):
     """Score `weights` on the images `ids` of `split` with model_dir/val.prototxt, as
     score.py's command does (its data layer set to `split`); returns the model's entry:
-    tasks {score blob: score.task_json}, images, ms_per_image, load_ms_per_image."""
+    tasks {score blob: score.task_json}, images, ms_per_image, load_ms_per_image (None
+    with --ray in `opts`: the images are scored by the cluster's workers)."""
     val = os.path.join(model_dir, 'val.prototxt')
     net, _, _, _ = score.open_val_net(val, weights, split, root)
     tasks, names = score.model_tasks(net, dataset, split, val)
     timed = TimedNet(net)
     try:
-        results = score.evaluate_tasks(timed, ids, tasks, progress=progress)
+        results = score.evaluate_tasks(timed, ids, tasks, progress, score.on_cluster(
+            opts, val, weights, split, ids, tasks))
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise InputError(str(e))
     return dict(tasks={ev.layer: score.task_json(ev, classes)
@@ -645,10 +652,10 @@ def score_model(model, model_dir, model_root, entry, override, args):
     spec = models.get(model)
     if spec.evaluation.windows == 'sliding':
         entry.update(evaluate_protocol(model_dir, weights, split, ids, spec, args.multi_scale,
-                                       not args.quiet, args.data_root))
+                                       not args.quiet, args.data_root, args))
     else:
         entry.update(evaluate_model(model_dir, weights, split, ids, entry['dataset'],
-                                    not args.quiet, args.data_root))
+                                    not args.quiet, args.data_root, args))
     entry.update(status='evaluated', date=datetime.datetime.now().isoformat(timespec='seconds'))
     return True
 
@@ -672,7 +679,7 @@ def select_models(names):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        parents=[cli.data_root_flag(), cli.limit_flag(), cli.gpu_flag()],
+        parents=[cli.data_root_flag(), cli.limit_flag(), cli.gpu_flag(), cli.ray_flags()],
         description=__doc__.split('\n\n')[0],
         epilog=__doc__[__doc__.index('\n\n') + 2:], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', nargs='+', metavar='MODEL',

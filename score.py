@@ -45,6 +45,12 @@ docs/evaluation.md gives the details.
 (both for nets of your own, e.g. narrow test nets); --scales the scales; --no-flip leaves
 out the mirrored windows (not the release's protocol).
 
+--ray [ADDRESS] spreads the images over a pool of Ray workers (cluster.py; --workers,
+--threads-per-worker, --gpus-per-worker; docs/cluster.md): the same JSON as a local run.
+
+    .venv/bin/python score.py --model voc-fcn8s --weights W --ray                # a local cluster
+    .venv/bin/python score.py --model voc-fcn8s --weights W --ray HEAD:6379 --workers 16
+
 --out and --save-pred are checked before anything is scored: they must be writable and
 may not lie inside the dataset or be the weights or the prototxt (a prediction saved
 into the label folder would replace the ground truth). A label outside the net's classes
@@ -60,6 +66,7 @@ import tempfile
 import numpy as np
 
 import cli
+import cluster
 import guard
 import layers
 import metrics
@@ -127,29 +134,51 @@ def _task_state(net, t):
     return t, metrics.ConfusionMatrix(n_cl, t.exclude), loss, [0.0]
 
 
-def evaluate_tasks(net, ids, tasks, progress=True):
+def image_scores(net, idx, state):
+    """One forward pass of `net` (its data layer at image `idx`) scored for each task of
+    `state` (_task_state's): a list of (the image's ConfusionMatrix, its loss or None,
+    its prediction H x W). A label outside a task's classes is a ValueError naming the
+    image id and the values."""
+    net.forward()
+    out = []
+    for t, cm, loss, total in state:
+        pred = net.blobs[t.layer].data[0].argmax(0)
+        one = metrics.ConfusionMatrix(cm.num_classes, cm.exclude)
+        try:
+            one.update(net.blobs[t.gt].data[0, 0], pred)
+        except ValueError as e:
+            raise ValueError('image %s, %s: %s' % (idx, t.gt, e))
+        out.append((one, float(net.blobs[loss].data.flat[0]) if loss else None, pred))
+    return out
+
+
+def add_image(state, idx, scores):
+    """Add image `idx`'s image_scores to the split's in `state`: matrices summed
+    (integers), losses added (in the order of the calls), predictions saved."""
+    for (t, cm, loss, total), (one, value, pred) in zip(state, scores):
+        cm.merge(one)
+        if t.save_dir:
+            layers.save_label_png(os.path.join(t.save_dir, idx + '.png'), pred,
+                                  num_classes=cm.num_classes)
+        if loss:
+            total[0] += value
+
+
+def evaluate_tasks(net, ids, tasks, progress=True, scored=None):
     """Like `evaluate`, for several `Task`s in one pass over the images (SIFT Flow's
     score_sem/sem and score_geo/geo). Returns a list of `Evaluation`s, one per task.
-    A label outside a task's classes is a ValueError naming the image id and values."""
+    A label outside a task's classes is a ValueError naming the image id and values.
+    scored: image_scores' results of `ids`, in that order, computed elsewhere (cluster.py's
+    workers) instead of by `net` here."""
     ids = [str(i) for i in ids]
     layers.walk_in_order(net)
     state = [_task_state(net, t) for t in tasks]
+    scored = scored or (image_scores(net, idx, state) for idx in ids)
     bar = cli.progress_bar(len(ids), 'scoring ' + ', '.join(t.layer for t in tasks),
                               enabled=progress)
     try:
-        for done, idx in enumerate(ids, 1):
-            net.forward()
-            for t, cm, loss, total in state:
-                pred = net.blobs[t.layer].data[0].argmax(0)
-                try:
-                    cm.update(net.blobs[t.gt].data[0, 0], pred)
-                except ValueError as e:
-                    raise ValueError('image %s, %s: %s' % (idx, t.gt, e))
-                if t.save_dir:
-                    layers.save_label_png(os.path.join(t.save_dir, idx + '.png'), pred,
-                                          num_classes=cm.num_classes)
-                if loss:
-                    total[0] += float(net.blobs[loss].data.flat[0])
+        for idx, scores in zip(ids, scored):
+            add_image(state, idx, scores)
             bar.update(1)
     finally:
         bar.close()
@@ -180,10 +209,66 @@ def evaluate(net, ids, layer='score', gt='label', num_classes=None, save_dir=Non
     return evaluate_tasks(net, ids, [task], progress)[0]
 
 
+# ----------------------------------------------------------------------------- on a Ray cluster
+
+def scores_at(opened, item, tasks):
+    """A cluster worker's image (cluster.py): image_scores of `item` = (position in the
+    split, id) through the val net of `opened` (open_val_net's), its data layer moved to
+    that position first; predictions kept (as predict.label_dtype: uint8, uint16 past 256
+    classes) only for tasks that save them."""
+    net = opened[0]
+    position, idx = item
+    layer = next(x for x in net.layers if isinstance(x, layers.SegDataLayer))
+    if layer.indices[position] != idx:
+        raise project.InputError('%s: image %d of the split list is %s there, %s here'
+                                 % (cluster.node_name(), position, layer.indices[position], idx))
+    layer.seek(position)
+    state = [_task_state(net, dataclasses.replace(t, save_dir=None)) for t in tasks]
+    return [(one, loss, pred.astype(predict.label_dtype(one.num_classes)) if t.save_dir else None)
+            for t, (one, loss, pred) in zip(tasks, image_scores(net, idx, state))]
+
+
+def on_cluster(opts, val, weights, split, ids, tasks):
+    """image_scores of `ids` (in order) computed by the --ray cluster's workers for
+    evaluate_tasks(scored=...), or None without --ray (opts: cli.ray_flags, data_root)."""
+    if getattr(opts, 'ray', None) is None:
+        return None
+    root, weights = layers.data_root(opts.data_root), os.path.abspath(weights)
+    job = cluster.Job(open_val_net, (val, weights, split, root), scores_at, (tasks,),
+                      {'data root': root, 'weights': weights, 'val net': val}, root)
+    return cluster.in_order(opts, job, list(enumerate(ids)))
+
+
+def protocol_on_cluster(opts, deploy, weights, ids, *image_args):
+    """protocol_image's results of `ids` (in order; image_args: its arguments after the
+    id) computed by the --ray cluster's workers for evaluate_protocol(scored=...), or None
+    without --ray."""
+    if getattr(opts, 'ray', None) is None:
+        return None
+    root, weights, deploy = (layers.data_root(opts.data_root), os.path.abspath(weights),
+                             os.path.abspath(deploy))
+    job = cluster.Job(netload.open_net, (deploy, 'test', weights), protocol_image, image_args,
+                      {'data root': root, 'weights': weights, 'net': deploy}, root)
+    return cluster.in_order(opts, job, ids)
+
+
 # ----------------------------------------------------------------------------- sliding windows
 
+def protocol_image(net, idx, cls, params, num_classes, protocol, prep, blob):
+    """(ConfusionMatrix, prediction H x W) of image `idx` under the sliding `protocol`
+    (see evaluate_protocol); a label outside the classes is a ValueError naming it."""
+    rgb, label = cls.example(params, idx, num_classes)
+    pred = predict.labels(net, rgb, protocol, prep, blob, size=label.shape)
+    one = metrics.ConfusionMatrix(num_classes)
+    try:
+        one.update(label, pred)
+    except ValueError as e:
+        raise ValueError('image %s: %s' % (idx, e))
+    return one, pred
+
+
 def evaluate_protocol(net, cls, params, ids, num_classes, protocol, prep, blob, save_dir=None,
-                      palette=None, progress=True):
+                      palette=None, progress=True, scored=None):
     """The evaluation `protocol` (models.Protocol, run by predict.scores: PSPNet's
     sliding windows) of deploy net `net` over image ids `ids`, each read by data layer
     class `cls` with its parsed `params` (read_example: whole image and labels as the
@@ -191,20 +276,18 @@ def evaluate_protocol(net, cls, params, ids, num_classes, protocol, prep, blob, 
     its image is an InputError naming the label file), preprocessed by `prep`
     (models.Preprocess); the crop is the net's input size, the scores are those of blob
     `blob` at the label's size. save_dir: predictions as palette PNGs <save_dir>/<id>.png
-    (`palette`: the dataset's colours). Returns an `Evaluation` of the predictions
-    against the labels (no loss)."""
+    (`palette`: the dataset's colours). scored: protocol_image's results of `ids`, in
+    that order, computed elsewhere (cluster.py's workers). Returns an `Evaluation` of the
+    predictions against the labels (no loss)."""
     cm = metrics.ConfusionMatrix(num_classes)
     n = len(protocol.scales)
+    scored = scored or (protocol_image(net, idx, cls, params, num_classes, protocol, prep, blob)
+                        for idx in ids)
     bar = cli.progress_bar(len(ids), 'scoring %s, %d scale%s' % (blob, n, 's' * (n > 1)),
                               enabled=progress)
     try:
-        for idx in ids:
-            rgb, label = cls.example(params, idx, num_classes)
-            pred = predict.labels(net, rgb, protocol, prep, blob, size=label.shape)
-            try:
-                cm.update(label, pred)
-            except ValueError as e:
-                raise ValueError('image %s: %s' % (idx, e))
+        for idx, (one, pred) in zip(ids, scored):
+            cm.merge(one)
             if save_dir:
                 path = os.path.join(save_dir, idx + '.png')
                 os.makedirs(os.path.dirname(path), exist_ok=True)  # Cityscapes ids are city/name
@@ -254,9 +337,11 @@ def score_protocol(args, spec):
              ' '.join('%g' % x for x in protocol.scales), 'yes' if protocol.flip else 'no'),
           flush=True)
     try:
+        scored = protocol_on_cluster(args, deploy, args.weights, ids, cls, p, len(classes),
+                                     protocol, spec.preprocess, blob)
         ev = evaluate_protocol(net, cls, p, ids, len(classes), protocol, spec.preprocess, blob,
                                args.save_pred, layers.PALETTES.get(spec.palette),
-                               not args.quiet)
+                               not args.quiet, scored)
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise project.InputError(str(e))
     return report(args, deploy, dataset, split, ids, [ev], [classes],
@@ -482,7 +567,7 @@ def print_task(ev, classes):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        parents=[cli.data_root_flag(), cli.limit_flag(), cli.gpu_flag()],
+        parents=[cli.data_root_flag(), cli.limit_flag(), cli.gpu_flag(), cli.ray_flags()],
         description='Score a caffemodel on a split with its model directory\'s val.prototxt.',
         epilog=__doc__[__doc__.index('Command:'):], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', required=True, help='model directory, e.g. voc-fcn8s')
@@ -531,7 +616,8 @@ def main(argv=None):
     print('%s: scoring %s on %s %s (%d images)' % (args.model, args.weights, dataset or cls.__name__,
                                                     split, len(ids)), flush=True)
     try:
-        results = evaluate_tasks(net, ids, tasks, progress=not args.quiet)
+        results = evaluate_tasks(net, ids, tasks, not args.quiet,
+                                 on_cluster(args, val, args.weights, split, ids, tasks))
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise project.InputError(str(e))
     return report(args, val, dataset, split, ids, results, names)

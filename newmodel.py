@@ -536,7 +536,7 @@ def make_spec(name, folder, report, trunk, head, widths, mean, rounds, iters, pa
                      for s in SPLITS),
         train_split='train', score_split='val', readmes=(), mean_param=True,
         paper='checked by net.py new (data-report.txt)')
-    args = dict(base.build_kwargs(), dataset=name, widths=list(widths))
+    args = dict(base.build_kwargs(), widths=list(widths))
     schedule = models.Schedule(rounds or base.schedule.rounds, iters or base.schedule.iters)
     d = dict(name=name, folder=folder, family=name, dataset=name, trunk=trunk, head=base.head,
              builder='fcn', builder_args=args, init='file', parents=[],

@@ -22,7 +22,7 @@ training snapshot (MODEL/snapshot/train_iter_N.caffemodel, see weights.snapshot_
 the released caffemodel in the model directory (weights.weights_path). A model whose
 weights or data are missing is listed with the reason and what to run or read.
 
-Paper rows (PAPER: models.PAPER, the one table of the papers' numbers, docs/models.md), and
+Paper rows (models.PAPER, the one table of the papers' numbers, docs/models.md), and
 the model directory each is compared with:
 
     release seg11valid mean IU   FCN-32s/16s/8s/8s at-once/AlexNet -> voc-fcn32s, voc-fcn16s,
@@ -47,7 +47,7 @@ the numbers `score.py --model M --weights W` prints): single scale always, the
 release's multi-scale (0.5 .. 1.75 averaged) with --multi-scale (about 9 times the
 work). Their weights are the converted caffemodel pspnet/<model>/<release>-stock.caffemodel
 (`python weights.py M` then `python surgery.py pspnet-convert --model M`). Its
-published numbers are PAPER rows too (the numbers: docs/models.md):
+published numbers are models.PAPER rows too (the numbers: docs/models.md):
 
     PSPNet release   ADE20K val single / multi-scale -> pspnet50-ade20k; Cityscapes val
                      -> pspnet101-cityscapes; VOC2012 test (server only) -> pspnet101-voc2012
@@ -95,10 +95,6 @@ METRICS = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')
 METRIC_NAMES = {'overall_acc': 'pixel acc', 'mean_acc': 'mean acc', 'mean_iu': 'mean IU',
                 'fwavacc': 'f.w. IU'}
 MARK_START, MARK_END = '<!-- results:start -->', '<!-- results:end -->'
-
-# The papers' numbers (%), each row a dict (source, name, model, task, data, local,
-# paper={metric: value}, ms, note): models.PAPER, the one table (docs/models.md).
-PAPER = tuple(row.to_dict() for row in models.PAPER)
 
 
 # ----------------------------------------------------------------------------- weights and data
@@ -304,20 +300,20 @@ def _pct(fraction):
 
 
 def comparison_rows(entries, selected):
-    """The comparison: PAPER's rows with the measured values (%) of their model, then a
-    row per output of each evaluated model the paper has no row for."""
+    """The comparison: models.PAPER's rows (PaperRow.to_dict) with the measured values (%)
+    of their model, then a row per output of each evaluated model the paper has no row for."""
     rows = []
-    for r in PAPER:
-        entry = entries.get(r['model']) if r['model'] else None
-        row = dict(r, paper=dict(r['paper']), measured=None, diff=None, images=None,
+    for r in models.PAPER:
+        entry = entries.get(r.model) if r.model else None
+        row = dict(r.to_dict(), measured=None, diff=None, images=None,
                    ms_measured=None, status='')
-        if not r['model']:
+        if not r.model:
             row['status'] = 'no model'
         elif entry and entry.get('status') == 'evaluated':
-            if r['local'] or r['ms'] is not None:  # the paper's time is for any VOC image
+            if r.local or r.ms is not None:  # the paper's time is for any VOC image
                 row['ms_measured'] = entry.get('ms_per_image')
-            if r['local']:
-                task = entry['tasks'].get(r['task'])
+            if r.local:
+                task = entry['tasks'].get(r.task)
                 if task:
                     row['measured'] = {k: _pct(task[k]) for k in METRICS}
                     row['diff'] = {k: (row['measured'][k] - row['paper'][k])
@@ -328,18 +324,18 @@ def comparison_rows(entries, selected):
                     row['excluded'] = task['excluded']
                     row['status'] = 'measured'
                 else:
-                    row['status'] = ('multi-scale not run' if r['task'] == 'multi-scale'
-                                     else 'the net has no %s output' % r['task'])
+                    row['status'] = ('multi-scale not run' if r.task == 'multi-scale'
+                                     else 'the net has no %s output' % r.task)
             else:
                 row['status'] = 'not measurable locally'
-        elif not r['local']:
+        elif not r.local:
             row['status'] = 'not measurable locally'
-        elif r['model'] not in selected and r['model'] not in entries:
+        elif r.model not in selected and r.model not in entries:
             row['status'] = 'not selected'
         else:
             row['status'] = 'not evaluated'
         rows.append(row)
-    in_paper = {(r['model'], r['task']) for r in PAPER}
+    in_paper = {(r.model, r.task) for r in models.PAPER}
     for model, entry in entries.items():
         if entry.get('status') != 'evaluated':
             continue
@@ -356,7 +352,7 @@ def comparison_rows(entries, selected):
                              split_images=entry['split_images'], excluded=task['excluded'],
                              ms_measured=entry.get('ms_per_image'), status='measured'))
     order = {m: i for i, m in enumerate(all_models())}
-    n = len(PAPER)
+    n = len(models.PAPER)
     head, extra = rows[:n], rows[n:]
     extra.sort(key=lambda r: (order.get(r['model'], len(order)), r['task']))
     return head + extra

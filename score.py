@@ -362,7 +362,7 @@ def data_dirs(param, path, root=None):
 def dataset_of(cls):
     """The built-in dataset whose scored split data layer `cls` reads (None for others):
     only for a folder the registry does not know, whose dataset its val net's layer tells."""
-    return {d['layer']: name for name, d in layers.DATASETS.items()}.get(cls)
+    return {layers.score_layer(name): name for name in models.BUILTIN_DATASETS}.get(cls)
 
 
 def model_tasks(net, dataset, split, val, save_pred=None, pairs=None):

@@ -10,6 +10,7 @@ from PIL import Image
 import datasets  # tests/datasets.py
 import guard
 import layers
+import models
 import project
 
 caffe = guard.import_caffe()
@@ -315,8 +316,8 @@ def test_split_ids_and_class_constants(root):
     assert len(layers.CONTEXT_CLASSES) == 60 and layers.CONTEXT_CLASSES[0] == 'background'
     assert layers.CONTEXT_CLASSES[:21] == layers.VOC_CLASSES
     assert set(layers.SIFTFLOW_SEM_ABSENT_IN_TEST) <= set(layers.SIFTFLOW_SEM_CLASSES)
-    for name, d in layers.DATASETS.items():
-        assert d['layer'].__name__.endswith('SegDataLayer') and d['classes']
+    for name in models.BUILTIN_DATASETS:
+        assert layers.score_layer(name).__name__.endswith('SegDataLayer')
     voc = datasets.make_voc(root, split='seg11valid')
     assert layers.split_ids('voc') == voc
     nyud = datasets.make_nyud(root, ids=['5001', '5002'], size=(3, 3), split='test')

@@ -347,7 +347,7 @@ def test_cli_user_model_scores_with_its_own_class_names(tmp_path):
     folder = tmp_path / 'my-roads'
     spec = dataclasses.replace(
         models.get('voc-fcn32s'), name='my-roads-score-test', folder=str(folder), family='mine',
-        dataset=dspec.name, builder='fcn', builder_args=(('head', '32s'), ('dataset', dspec.name)),
+        dataset=dspec.name, builder='fcn', builder_args=(),
         weights=None)
     models.DATASETS[dspec.name] = dspec  # net.py builds from it; forgotten below
     try:

@@ -476,7 +476,9 @@ DEFAULT_FINISH = ('bilinear',)  # an FCN's, and a model.json's that names none
 @dataclass(frozen=True)
 class PaperRow:
     """One row of a paper table or of the release's notes, in %. model: the model id it
-    is compared with (None: no model here reproduces it); task: the score blob; local:
+    is compared with (None: no model here reproduces it); task: the key of the result it
+    is compared with in reproduce.py's results.json "tasks" (the score blob, or PSPNet's
+    'single-scale' / 'multi-scale' evaluation); local:
     False where only the PASCAL evaluation server scores the data; ms: the paper's time
     per image."""
     source: str

@@ -459,12 +459,12 @@ def siftflow_fcn(head='16s', split='train', widths=VGG16_WIDTHS, data_layer=None
     n = caffe.NetSpec()
     data_tops(n, 'siftflow', split, [('data', 3)], ['sem', 'geo'], data_layer, data_params)
     fc7 = vgg16(n, n.data, widths, train=split == 'train')
-    for task, classes, loss in (('sem', num_classes[0], 'loss'), ('geo', num_classes[1], 'loss_geo')):
+    for top, classes, loss in (('sem', num_classes[0], 'loss'), ('geo', num_classes[1], 'loss_geo')):
         _check_positive('num_classes', classes)
-        scores = class_scores(n, head, classes, fc7, n.pool4, n.pool3, suffix='_' + task)
-        score = fcn_head(n, scores, 'data', classes, suffix='_' + task)
+        scores = class_scores(n, head, classes, fc7, n.pool4, n.pool3, suffix='_' + top)
+        score = fcn_head(n, scores, 'data', classes, suffix='_' + top)
         if split != 'deploy':
-            n[loss] = softmax_loss(n[score], n[task])
+            n[loss] = softmax_loss(n[score], n[top])
     return n.to_proto()
 
 

@@ -12,7 +12,7 @@ Every model of the registry (models.py; or those named with --models, which may 
 the folder of a model of your own, registered by its model.json) is scored on its
 dataset's scored split (seg11valid for VOC, test for NYUDv2 and SIFT Flow, val for
 PASCAL-Context) with its model directory's val.prototxt, through score.py's own pieces
-(score.data_layer, class_info, Task, evaluate_tasks, task_json): the numbers are those
+(score.data_layer, class_info, ScoredOutput, evaluate_outputs, output_json): the numbers are those
 `score.py --model M --weights W --split S` prints. SIFT Flow is scored on both heads;
 its semantic scores leave cow, desert and moon (absent from the test split) out of the
 class averages, and the table says so.
@@ -89,7 +89,7 @@ import safewrite
 import score
 import snapshots
 import weights
-from project import REPO, InputError
+from project import REPO, InputError, NotReleasedError
 
 METRICS = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')
 METRIC_NAMES = {'overall_acc': 'pixel acc', 'mean_acc': 'mean acc', 'mean_iu': 'mean IU',
@@ -170,7 +170,7 @@ def find_weights(model, model_dir, model_root, override=None, prefer_snapshot=Fa
     try:
         path = weights.weights_path(model_dir)
     except InputError as e:  # no URL record, or a model the release never shipped
-        message = 'never released' if weights.NO_RELEASE in str(e) else str(e)
+        message = 'never released' if isinstance(e, NotReleasedError) else str(e)
         return None, dict(what='weights', message='; '.join(tried + [message]), commands=[train_cmd])
     if os.path.isfile(path):
         return path, 'released'
@@ -187,7 +187,7 @@ def data_check(model, model_dir, split, root=None):
     if not os.path.isfile(val):
         return None, dict(what='model', message='%s not found' % val,
                           commands=['python net.py %s' % model])
-    layer, cls = score.data_layer(netinit.read_net_param(val), layers)
+    layer, cls = score.data_layer(netinit.read_net_param(val))
     try:
         p = layers.parse_param_str(layer.python_param.param_str)
         return cls.ids(split, root, **{k: p[k] for k in cls.DIRS if k in p}), None
@@ -206,7 +206,7 @@ def data_check(model, model_dir, split, root=None):
 class TimedNet:
     """A caffe.Net whose forward() is timed: the data layer(s) first, then the rest.
 
-    score.evaluate_tasks calls forward() and reads blobs as usual (everything else is
+    score.evaluate_outputs calls forward() and reads blobs as usual (everything else is
     the net's); `forward_s` collects the seconds of the layers after the data layer
     (the net's compute), `load_s` those of the data layer. The two partial forwards run
     exactly the layers one forward() runs, in the same order. The returned outputs are
@@ -251,7 +251,7 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
     val = os.path.join(model_dir, 'val.prototxt')
     param = netinit.read_net_param(val)
     cls, split, _ = score.net_split_ids(param, val, split, root)
-    p = cls.parse_params(score.data_layer(param, layers)[0].python_param.param_str, root=root)
+    p = cls.parse_params(score.data_layer(param)[0].python_param.param_str, root=root)
     net = netload.open_net(os.path.join(model_dir, 'deploy.prototxt'), 'test', weights)
     blob = spec.outputs[0].score
     classes, _ = score.class_info(spec.dataset, 'label', split, net.blobs[blob].channels)
@@ -270,7 +270,7 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
             raise InputError(str(e))
         ms[task] = 1000.0 * (time.perf_counter() - t0) / max(len(ids), 1)
         ev.layer = task
-        tasks[task] = score.task_json(ev, classes)
+        tasks[task] = score.output_json(ev, classes)
     return dict(tasks=tasks, images=len(ids), ms_per_image=ms['single-scale'],
                 load_ms_per_image=None)
 
@@ -278,16 +278,16 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
 def evaluate_model(model_dir, weights, split, ids, dataset, progress=True, root=None):
     """Score `weights` on the images `ids` of `split` with model_dir/val.prototxt, as
     score.py's command does (its data layer set to `split`); returns the model's entry:
-    tasks {score blob: score.task_json}, images, ms_per_image, load_ms_per_image."""
+    tasks {score blob: score.output_json}, images, ms_per_image, load_ms_per_image."""
     val = os.path.join(model_dir, 'val.prototxt')
     net, _, _, _ = score.open_val_net(val, weights, split, root)
-    tasks, names = score.model_tasks(net, dataset, split, val)
+    outputs, names = score.scored_outputs(net, dataset, split, val)
     timed = TimedNet(net)
     try:
-        results = score.evaluate_tasks(timed, ids, tasks, progress=progress)
+        results = score.evaluate_outputs(timed, ids, outputs, progress=progress)
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise InputError(str(e))
-    return dict(tasks={ev.layer: score.task_json(ev, classes)
+    return dict(tasks={ev.layer: score.output_json(ev, classes)
                        for ev, classes in zip(results, names)},
                 images=len(ids), ms_per_image=_mean_ms(timed.forward_s),
                 load_ms_per_image=_mean_ms(timed.load_s))
@@ -535,16 +535,16 @@ def _device_text(mode):
     return 'CPU%s, %d cores' % (' ' + name if name else '', os.cpu_count() or 1)
 
 
-def parse_weights(items, models):
+def parse_weights(items, known):
     """{model: absolute path} from MODEL=FILE arguments (checked)."""
     out = {}
     for item in items or ():
         model, sep, path = item.partition('=')
         if not sep or not model or not path:
             raise InputError('--weights %s: expected MODEL=FILE' % item)
-        if model not in models:
+        if model not in known:
             raise InputError('--weights %s: unknown model %r (models: %s)'
-                             % (item, model, ', '.join(models)))
+                             % (item, model, ', '.join(known)))
         path = os.path.abspath(os.path.expanduser(path))
         if not os.path.isfile(path):
             raise InputError('--weights %s: weights file not found: %s' % (item, path))
@@ -588,17 +588,17 @@ def _load_previous(out):
         return {}
     try:
         with open(path) as f:
-            models = json.load(f).get('models', {})
+            entries = json.load(f).get('models', {})
     except (OSError, ValueError, AttributeError) as e:
         raise InputError('%s: cannot merge with it (%s)' % (path, e))
-    if not isinstance(models, dict):
+    if not isinstance(entries, dict):
         raise InputError('%s: cannot merge with it ("models" is not an object)' % path)
-    for model, entry in models.items():
+    for model, entry in entries.items():
         problem = _entry_problem(entry)
         if problem:
             raise InputError('%s: cannot merge with it: model %r %s (delete the entry or run '
                              'without --merge)' % (path, model, problem))
-    return models
+    return entries
 
 
 def check_outputs(out, readme, overrides, val_nets):

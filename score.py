@@ -3,10 +3,10 @@
 The metrics themselves (confusion matrix, the four scores, JSON) are metrics.py's and
 need no Caffe; this module walks a net over a split and feeds them:
 
-- `evaluate(net, ids, ...)` / `evaluate_tasks(net, ids, tasks)`: forward a test net once
-  per image id, accumulate each task's matrix and mean loss, optionally save the
-  predictions as palette PNGs; each task's result is an `Evaluation`;
-- `open_val_net`, `model_tasks`, `net_split_ids`, `class_info`, `task_json`: the
+- `evaluate(net, ids, ...)` / `evaluate_outputs(net, ids, outputs)`: forward a test net once
+  per image id, accumulate each output's matrix and mean loss, optionally save the
+  predictions as palette PNGs; each output's result is an `Evaluation`;
+- `open_val_net`, `scored_outputs`, `net_split_ids`, `class_info`, `output_json`: the
   prototxt plumbing the command, train.py and reproduce.py share.
 
 Command: score a caffemodel on a split with the model directory's val.prototxt:
@@ -20,9 +20,9 @@ Command: score a caffemodel on a split with the model directory's val.prototxt:
 --data-root is the folder holding the datasets' folders (pascal/VOC2011, sift-flow, ...;
 default $FCN_DATA_ROOT, else <repo>/data). --model is a model directory of the repository
 (or a path to one); other relative paths are taken from the current directory. The JSON
-(--out) holds model, weights, split, images, the first task's overall_acc, mean_acc,
+(--out) holds model, weights, split, images, the first output's overall_acc, mean_acc,
 mean_iu, fwavacc, loss, per_class_iu / per_class_acc ({class: value}, null where
-undefined) and excluded classes, and every task's under "tasks" (SIFT Flow: score_sem,
+undefined) and excluded classes, and every output's under "tasks" (SIFT Flow: score_sem,
 score_geo). SIFT Flow's cow, desert and moon (absent from its test split) are left out
 of the semantic class averages when scoring that split.
 
@@ -89,7 +89,7 @@ def loss_blob(net, layer='score', gt='label'):
 
 @dataclasses.dataclass
 class Evaluation:
-    """What `evaluate` gives for one task: score blob `layer` against label blob `gt`
+    """What `evaluate` gives for one output: score blob `layer` against label blob `gt`
     over `images` images; `hist` the C x C int64 confusion matrix (rows ground truth),
     `loss` the mean loss (None without a loss blob), `scores` metrics.scores' dict with
     'images', 'void_pixels' and 'loss' added."""
@@ -102,7 +102,7 @@ class Evaluation:
 
 
 @dataclasses.dataclass
-class Task:
+class ScoredOutput:
     """One score blob to evaluate against one label blob (see `evaluate`)."""
     layer: str = 'score'
     gt: str = 'label'
@@ -112,8 +112,8 @@ class Task:
     loss: object = 'auto'
 
 
-def _task_state(net, t):
-    """(task, ConfusionMatrix, loss blob or None, [loss total]) after checking the blobs."""
+def _output_state(net, t):
+    """(output, ConfusionMatrix, loss blob or None, [loss total]) after checking the blobs."""
     for blob in (t.layer, t.gt):
         if blob not in net.blobs:
             raise ValueError('evaluate: the net has no blob %r (blobs: %s)'
@@ -127,13 +127,13 @@ def _task_state(net, t):
     return t, metrics.ConfusionMatrix(n_cl, t.exclude), loss, [0.0]
 
 
-def evaluate_tasks(net, ids, tasks, progress=True):
-    """Like `evaluate`, for several `Task`s in one pass over the images (SIFT Flow's
-    score_sem/sem and score_geo/geo). Returns a list of `Evaluation`s, one per task.
-    A label outside a task's classes is a ValueError naming the image id and values."""
+def evaluate_outputs(net, ids, outputs, progress=True):
+    """Like `evaluate`, for several `ScoredOutput`s in one pass over the images (SIFT Flow's
+    score_sem/sem and score_geo/geo). Returns a list of `Evaluation`s, one per output.
+    A label outside an output's classes is a ValueError naming the image id and values."""
     ids = [str(i) for i in ids]
-    state = [_task_state(net, t) for t in tasks]
-    bar = cli.progress_bar(len(ids), 'scoring ' + ', '.join(t.layer for t in tasks),
+    state = [_output_state(net, t) for t in outputs]
+    bar = cli.progress_bar(len(ids), 'scoring ' + ', '.join(t.layer for t in outputs),
                               enabled=progress)
     try:
         for done, idx in enumerate(ids, 1):
@@ -174,8 +174,8 @@ def evaluate(net, ids, layer='score', gt='label', num_classes=None, save_dir=Non
 
     Returns an `Evaluation` (.hist C x C int64, .loss, .scores the metrics dict).
     """
-    task = Task(layer, gt, num_classes, exclude, save_dir, loss)
-    return evaluate_tasks(net, ids, [task], progress)[0]
+    output = ScoredOutput(layer, gt, num_classes, exclude, save_dir, loss)
+    return evaluate_outputs(net, ids, [output], progress)[0]
 
 
 # ----------------------------------------------------------------------------- sliding windows
@@ -233,7 +233,7 @@ def score_protocol(args, spec):
     output_checks(args, val, args.weights)
     param = netinit.read_net_param(val)
     cls, split, ids = net_split_ids(param, val, args.split, args.data_root)
-    p = cls.parse_params(data_layer(param, layers)[0].python_param.param_str,
+    p = cls.parse_params(data_layer(param)[0].python_param.param_str,
                          root=args.data_root)
     if args.limit:
         ids = ids[:args.limit]
@@ -290,7 +290,7 @@ def model_dir(model):
     return path
 
 
-def tasks_of(spec):
+def output_pairs(spec):
     """(score blob, label blob) pairs to score: the model's outputs; for a folder the
     registry does not know, every output any registered model has (the net's decide)."""
     specs = [spec] if spec else models.MODELS.values()
@@ -298,7 +298,7 @@ def tasks_of(spec):
     return tuple(dict.fromkeys(pairs))
 
 
-def data_layer(param, layers):
+def data_layer(param):
     """(LayerParameter, data layer class) of the net's layers.py Python layer."""
     for layer in param.layer:
         if layer.type == 'Python' and layer.python_param.module == 'layers':
@@ -314,7 +314,7 @@ def net_split_ids(param, path, split=None, root=None):
     """(data layer class, split, image ids in walking order) of the layers.py data layer in
     NetParameter `param` (read from `path`); `split` replaces the net's split in `param`;
     directories relative to layers.data_root(root)."""
-    layer, cls = data_layer(param, layers)
+    layer, cls = data_layer(param)
     try:
         p = layers.parse_param_str(layer.python_param.param_str)
         if split:
@@ -351,7 +351,7 @@ def data_dirs(param, path, root=None):
     """The absolute dataset folders the layers.py data layer of NetParameter `param`
     (read from `path`) reads under data root `root`: what no output of a run may be
     written into."""
-    layer, cls = data_layer(param, layers)
+    layer, cls = data_layer(param)
     try:
         p = cls.parse_params(layer.python_param.param_str, check_required=False, root=root)
     except ValueError as e:
@@ -365,11 +365,11 @@ def dataset_of(cls):
     return {layers.score_layer(name): name for name in models.BUILTIN_DATASETS}.get(cls)
 
 
-def model_tasks(net, dataset, split, val, save_pred=None, pairs=None):
-    """([Task], [class names]) of every score/label pair of `pairs` (default tasks_of(None))
+def scored_outputs(net, dataset, split, val, save_pred=None, pairs=None):
+    """([ScoredOutput], [class names]) of every score/label pair of `pairs` (default output_pairs(None))
     the net has; predictions go to save_pred (save_pred/<label>/ when there are several)."""
-    pairs = pairs or tasks_of(None)
-    tasks, names = [], []
+    pairs = pairs or output_pairs(None)
+    outputs, names = [], []
     multi = sum(1 for s, g in pairs if s in net.blobs and g in net.blobs) > 1
     for score_blob, gt in pairs:
         if score_blob not in net.blobs or gt not in net.blobs:
@@ -379,19 +379,19 @@ def model_tasks(net, dataset, split, val, save_pred=None, pairs=None):
         save = None
         if save_pred:
             save = os.path.join(save_pred, gt) if multi else save_pred
-        tasks.append(Task(score_blob, gt, n_cl, exclude, save))
+        outputs.append(ScoredOutput(score_blob, gt, n_cl, exclude, save))
         names.append(classes)
-    if not tasks:
+    if not outputs:
         raise project.InputError('%s: no score/label blob pair among %s'
                                 % (val, ', '.join('%s/%s' % t for t in pairs)))
-    return tasks, names
+    return outputs, names
 
 
 def per_class(values, names):
     return {name: v for name, v in zip(names, values)}
 
 
-def task_json(ev, names):
+def output_json(ev, names):
     s = ev.scores
     out = {k: s[k] for k in ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')}
     out.update(layer=ev.layer, label=ev.gt, loss=s['loss'], images=s['images'],
@@ -431,7 +431,7 @@ def output_checks(args, val, weights):
             safewrite.check_not_input(path, inputs)
 
 
-def print_task(ev, classes):
+def print_output(ev, classes):
     cm = metrics.ConfusionMatrix(len(classes), ev.scores['excluded'])
     cm.hist, cm.images = ev.hist, ev.images
     print('\n%s vs %s' % (ev.layer, ev.gt))
@@ -487,12 +487,12 @@ def main(argv=None):
     if args.limit:
         ids = ids[:args.limit]
     dataset = spec.dataset if spec else dataset_of(cls)
-    tasks, names = model_tasks(net, dataset, split, val, args.save_pred, tasks_of(spec))
+    outputs, names = scored_outputs(net, dataset, split, val, args.save_pred, output_pairs(spec))
 
     print('%s: scoring %s on %s %s (%d images)' % (args.model, args.weights, dataset or cls.__name__,
                                                     split, len(ids)), flush=True)
     try:
-        results = evaluate_tasks(net, ids, tasks, progress=not args.quiet)
+        results = evaluate_outputs(net, ids, outputs, progress=not args.quiet)
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise project.InputError(str(e))
     return report(args, val, dataset, split, ids, results, names)
@@ -511,18 +511,18 @@ def check_args(args):
 
 
 def report(args, prototxt, dataset, split, ids, results, names, **extra):
-    """Print each task's table and write the --out JSON: the first task's metrics at the
-    top level, every task's under 'tasks', `extra` (e.g. PSPNet's protocol) beside."""
-    per_task = {}
+    """Print each output's table and write the --out JSON: the first output's metrics at
+    the top level, every output's under 'tasks', `extra` (e.g. PSPNet's protocol) beside."""
+    per_output = {}
     for ev, classes in zip(results, names):
-        print_task(ev, classes)
-        per_task[ev.layer] = task_json(ev, classes)
-    # the first task's metrics at the top level, every task's under 'tasks'
+        print_output(ev, classes)
+        per_output[ev.layer] = output_json(ev, classes)
+    # the first output's metrics at the top level, every output's under 'tasks'
     record = dict(model=args.model, weights=os.path.abspath(args.weights), prototxt=prototxt,
                   dataset=dataset, split=split, images=len(ids), data_root=layers.data_root(args.data_root),
                   date=datetime.datetime.now().isoformat(timespec='seconds'), **extra)
-    record.update(per_task[results[0].layer])
-    record.update(images=len(ids), tasks=per_task)
+    record.update(per_output[results[0].layer])
+    record.update(images=len(ids), tasks=per_output)
     if args.out:
         metrics.write_json(args.out, record)
         print('wrote %s' % args.out)

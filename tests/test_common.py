@@ -14,6 +14,7 @@ from PIL import Image
 import cli
 import guard
 import layers
+import net
 import netinit
 import netload
 import project
@@ -204,14 +205,13 @@ def test_every_generated_net_passes_and_matches_caffe(tmp_path):
     """No false alarms on the project's nets, and the inferred shapes are Caffe's: the
     narrow FCN-8s, FCN-AlexNet (LRN, grouped convolutions, no pad on pool) and the
     NYUD late fusion net (Eltwise of two towers)."""
-    import net as nets
     for model in ('voc-fcn8s', 'voc-fcn-alexnet', 'nyud-fcn32s-color-hha', 'siftflow-fcn8s'):
         folder = tmp_path / model
-        nets.write_model_dir(str(folder), model, widths=(4, 4, 4, 4, 4, 8))
+        net.write_model_dir(str(folder), model, widths=(4, 4, 4, 4, 4, 8))
         deploy = folder / 'deploy.prototxt'
         shapes = netinit.check_net(netinit.read_net_param(deploy), str(deploy), 'test')
-        net = caffe.Net(str(deploy), caffe.TEST)
-        assert shapes == caffe_shapes(net), model
+        caffe_net = caffe.Net(str(deploy), caffe.TEST)
+        assert shapes == caffe_shapes(caffe_net), model
         for name in ('train.prototxt', 'val.prototxt'):
             if (folder / name).exists():
                 netinit.check_prototxt(folder / name)  # the Python data layers check too
@@ -220,8 +220,7 @@ def test_every_generated_net_passes_and_matches_caffe(tmp_path):
 def test_blob_limit_at_a_given_input_size(tmp_path):
     """The check answers for an input size other than the declared one: FCN's conv1_2
     im2col buffer passes INT_MAX at about 3.7 Mpx (the F8 abort)."""
-    import net as nets
-    nets.write_model_dir(str(tmp_path), 'voc-fcn8s', widths=(64, 4, 4, 4, 4, 8))
+    net.write_model_dir(str(tmp_path), 'voc-fcn8s', widths=(64, 4, 4, 4, 4, 8))
     deploy = str(tmp_path / 'deploy.prototxt')
     param = netinit.read_net_param(deploy)
     netinit.check_net(param, deploy, 'test', {'data': (1, 3, 1080, 1920)})
@@ -264,12 +263,11 @@ def test_bad_python_layer_names_the_prototxt(tmp_path, what, old, new, needle):
 @pytest.fixture(scope='module')
 def fcn(tmp_path_factory):
     """Narrow FCN-32s and FCN-8s deploy nets and random weights for each."""
-    import net as nets
     root = tmp_path_factory.mktemp('fcn')
     out = {}
     for head in ('32s', '8s'):
         folder = root / head
-        nets.write_model_dir(str(folder), 'voc-fcn' + head, widths=(4, 4, 4, 4, 4, 8))
+        net.write_model_dir(str(folder), 'voc-fcn' + head, widths=(4, 4, 4, 4, 4, 8))
         deploy = folder / 'deploy.prototxt'
         out[head] = (str(deploy), str(random_weights(deploy, folder / 'w.caffemodel')))
     return out

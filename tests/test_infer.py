@@ -12,6 +12,7 @@ from PIL import Image
 import infer
 import models
 import predict
+import project
 from datasets import random_weights  # tests/datasets.py
 from guard import import_caffe
 from project import REPO, InputError
@@ -380,7 +381,7 @@ def test_big_photo_segmented_at_the_trained_scale(wide_conv1, tmp_path):
     assert (out / 'small.png').is_file() and '1 of 2' in r.stdout
     param = infer.read_net_param(deploy)
     assert infer.fit_error(param, deploy, 'data', (side, side)) is None
-    assert infer.fit_error(param, deploy, 'data', (side + 1, side + 1)) is not None
+    assert isinstance(infer.fit_error(param, deploy, 'data', (side + 1, side + 1)), project.TooLargeError)
 
 
 def test_image_too_small_for_the_net(tmp_path):

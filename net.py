@@ -57,7 +57,6 @@ VGG16_WIDTHS = (64, 128, 256, 512, 512, 4096)
 # conv1-conv5 then fc6/fc7.
 CAFFENET_WIDTHS = (96, 256, 384, 384, 256, 4096)
 
-HEADS = models.FCN_HEADS
 SPLITS = ('train', 'val', 'deploy')
 IGNORE_LABEL = models.VOID
 # Deploy nets take one 500 x 500 image (the largest PASCAL image side).
@@ -232,7 +231,7 @@ def class_scores(n, head, num_classes, fc7, pool4=None, pool3=None, suffix='', a
     at_once: the all-at-once FCN-8s scales the pool features first (scale_pool4 x 0.01,
     scale_pool3 x 0.0001, fixed), because pool3/pool4 activations are much larger than
     fc7's and would otherwise swamp the coarse scores at the start of training."""
-    _check_choice('head', head, HEADS)
+    _check_choice('head', head, models.FCN_HEADS)
     s = suffix
     n['score_fr' + s] = score_conv(fc7, num_classes)
     for pool, name, scale in ((pool4, 'pool4', 0.01), (pool3, 'pool3', 0.0001)):
@@ -332,7 +331,7 @@ def fcn(head='8s', split='train', dataset='voc', num_classes=None, widths=VGG16_
     num_classes: default the dataset's (models.py: 21 for VOC, 60 for PASCAL-Context).
     data_layer/data_params: the Python data layer (default: default_data(dataset)[split]).
     at_once: the all-at-once FCN-8s (scaled pool skips)."""
-    _check_choice('head', head, HEADS)
+    _check_choice('head', head, models.FCN_HEADS)
     labels = [lab.top for lab in models.dataset(dataset).labels]
     if labels != ['label']:
         raise ValueError('fcn() nets have one label top `label`; dataset %s has %s (use its '
@@ -404,7 +403,7 @@ def nyud_fcn(modality='color', split='train', head='32s', num_classes=None, widt
       The new score_pool4* layers start at zero, so the net starts as the 32s one.
     """
     _check_choice('modality', modality, NYUD_MODALITIES)
-    _check_choice('head', head, HEADS)
+    _check_choice('head', head, models.FCN_HEADS)
     num_classes = num_classes or dataset_classes('nyud')
     _check_positive('num_classes', num_classes)
     train = split == 'train'
@@ -451,7 +450,7 @@ def siftflow_fcn(head='16s', split='train', widths=VGG16_WIDTHS, data_layer=None
     suffixed _sem: score_fr_sem ... score_sem) and geometric (3 classes, _geo).
     Data tops data, sem, geo; losses `loss` (score_sem vs sem) and `loss_geo`.
     num_classes: (semantic, geometric), default the dataset's label tops' (models.py)."""
-    _check_choice('head', head, HEADS)
+    _check_choice('head', head, models.FCN_HEADS)
     if num_classes is None:
         num_classes = tuple(len(models.dataset('siftflow').label(top).classes) for top in ('sem', 'geo'))
     if len(num_classes) != 2:
@@ -750,12 +749,12 @@ def caffenet_classifier(widths=CAFFENET_WIDTHS, num_classes=1000):
 BUILDERS = {f.__name__: f for f in (fcn, voc_fcn, pascalcontext_fcn, voc_fcn_alexnet, nyud_fcn,
                                     siftflow_fcn, pspnet, vgg16_classifier, caffenet_classifier)}
 # name -> builder of each ImageNet classifier of models.CLASSIFIERS.
-CLASSIFIERS = {name: BUILDERS[c.builder] for name, c in models.CLASSIFIERS.items()}
+CLASSIFIER_BUILDERS = {name: BUILDERS[c.builder] for name, c in models.CLASSIFIERS.items()}
 
 
 def classifier_path(name):
     """The deploy prototxt of an ImageNet classifier ('vgg16' or 'caffenet')."""
-    _check_choice('classifier', name, sorted(CLASSIFIERS))
+    _check_choice('classifier', name, sorted(CLASSIFIER_BUILDERS))
     return os.path.join(REPO, models.CLASSIFIERS[name].deploy)
 
 
@@ -882,7 +881,7 @@ def model_files(model, widths=None, data=None, solver=None):
 def classifier_files():
     """{path: text} of the ImageNet classifier deploy nets under ilsvrc-nets/."""
     return {classifier_path(name): _header('%s ImageNet classifier' % name) + str(build())
-            for name, build in sorted(CLASSIFIERS.items())}
+            for name, build in sorted(CLASSIFIER_BUILDERS.items())}
 
 
 def _read(path):

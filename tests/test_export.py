@@ -94,7 +94,7 @@ def narrow(name):
 def test_every_builtin_model_narrow_equals_caffe(name, tmp_path):
     spec = models.get(name)
     param = (narrow(name) if isinstance(spec, models.ModelSpec)
-             else net.CLASSIFIERS[name](widths=ALEXNET_WIDTHS if name == 'caffenet' else FCN_WIDTHS,
+             else net.CLASSIFIER_BUILDERS[name](widths=ALEXNET_WIDTHS if name == 'caffenet' else FCN_WIDTHS,
                                         num_classes=10))
     model, caffe_net, inputs, dynamic = exported(tmp_path, param)
     # the FCNs run at any size; PSPNet's pyramid and the classifiers at the one they are built for

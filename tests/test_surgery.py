@@ -320,7 +320,7 @@ def test_cast_cli_with_net_py(tmp_path, arch, widths):
     become the FCN trunk's convolutions, fc8 is dropped, the head is not saved."""
     net = pytest.importorskip('net')
     proto = tmp_path / 'clf.prototxt'
-    proto.write_text(str(net.CLASSIFIERS[arch](widths=widths)))
+    proto.write_text(str(net.CLASSIFIER_BUILDERS[arch](widths=widths)))
     clf = caffe.Net(str(proto), caffe.TEST)
     fill_random(clf, 7)
     clf.save(str(tmp_path / 'clf.caffemodel'))
@@ -350,7 +350,7 @@ def narrow_classifier(tmp_path, arch='vgg16', widths=(2, 2, 2, 2, 2, 4)):
     """(prototxt, caffemodel) of net.py's ImageNet classifier `arch` at `widths`, random."""
     net = pytest.importorskip('net')
     proto = tmp_path / 'clf.prototxt'
-    proto.write_text(str(net.CLASSIFIERS[arch](widths=widths)))
+    proto.write_text(str(net.CLASSIFIER_BUILDERS[arch](widths=widths)))
     clf = caffe.Net(str(proto), caffe.TEST)
     fill_random(clf, 3)
     clf.save(str(tmp_path / 'clf.caffemodel'))

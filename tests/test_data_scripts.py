@@ -84,7 +84,7 @@ def test_seg11valid_out_never_replaces_an_input(root):
 
 
 def test_seg11valid_list_not_utf8_names_it(root):
-    """F25 class: a split list that does not decode is named, not a UnicodeDecodeError."""
+    """A split list that does not decode is named, not a UnicodeDecodeError."""
     voc_and_sbd(root)
     train = root / 'sbdd/dataset/train.txt'
     train.write_bytes(b'2008_000001\n\xff\xfe\n')

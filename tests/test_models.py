@@ -1,5 +1,5 @@
-"""models.py, the registry: lookups, a user's model.json, and the facts still written
-elsewhere kept equal to it until they are read from it (issue 13, phase 2).
+"""models.py, the registry: lookups, a user's model.json, and the modules that read
+their facts from it agree with it.
 
     .venv/bin/python -m pytest tests/test_models.py -q      # a few seconds
 """
@@ -70,7 +70,6 @@ def test_schedule_is_the_training_length():
 
 def test_default_data_layers_come_from_the_registry():
     import net
-    assert not hasattr(net, 'DATA')  # the one registry (net.MODELS goes with train.py's use)
     assert net.default_data('voc')['val'] == ('VOCSegDataLayer', {
         'voc_dir': 'pascal/VOC2011', 'split': 'seg11valid', 'seed': 1337,
         'mean': [104.00699, 116.66877, 122.67892]})

@@ -349,7 +349,7 @@ def test_broken_model_directory_fails_alone(world, tmp_path, monkeypatch):
     ({'status': 'evaluated', 'tasks': {'score': {'mean_iu': 'high'}}}, "has no 'dataset'"),
 ])
 def test_merge_with_a_malformed_entry_is_one_line(world, tmp_path, monkeypatch, entry, words):
-    """F20: a malformed model entry in OUT/results.json gave a traceback on --merge."""
+    """A malformed model entry in OUT/results.json is a one-line error on --merge."""
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'results.json').write_text(json.dumps({'models': {'voc-fcn8s': entry}}))
@@ -372,7 +372,7 @@ def test_merge_names_a_malformed_task_value(world, tmp_path, monkeypatch):
 
 
 def test_out_checked_before_scoring(world, tmp_path, monkeypatch, capsys):
-    """F24: an OUT that cannot be written was found after the first model was scored."""
+    """An OUT that cannot be written is refused before the first model is scored."""
     (tmp_path / 'afile').write_text('x')
     base = ['--model-root', world['models'], '--data-root', world['data'], '--quiet',
             '--models', 'voc-fcn8s']

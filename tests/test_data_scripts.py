@@ -22,12 +22,6 @@ def load_script(relpath):
     return module
 
 
-@pytest.fixture
-def root(tmp_path, monkeypatch):
-    monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path))
-    return tmp_path
-
-
 # ----------------------------------------------------------------------------- seg11valid
 
 def voc_and_sbd(root):

@@ -43,13 +43,8 @@ PSP = dict(widths=(4, 4, 8, 4, 4, 8, 8, 4, 8, 4), blocks=(1, 1, 2, 1), crop=89)
 SIZE = (61, 45)  # odd sides: every FCN pool rounds up
 
 
-@pytest.fixture(autouse=True)
-def registry():
-    """Models a test registers (a user's model.json) are forgotten after it."""
-    saved = dict(models.MODELS)
-    yield
-    models.MODELS.clear()
-    models.MODELS.update(saved)
+# models a test registers (a user's model.json) are forgotten after it
+pytestmark = pytest.mark.usefixtures('registry')
 
 
 def prototxt(tmp_path, param, name='deploy'):

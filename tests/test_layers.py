@@ -18,13 +18,6 @@ caffe = guard.import_caffe()
 VOC = 'pascal/VOC2011'
 
 
-@pytest.fixture
-def root(tmp_path, monkeypatch):
-    """A fresh data root, found by the layers through FCN_DATA_ROOT."""
-    monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path))
-    return tmp_path
-
-
 def data_net(tmp_path, layer, params, tops, phase='test'):
     """A net whose only layer is `layer` of layers.py with `params` (dict -> JSON, or a
     param_str as is) and top blobs `tops`."""

@@ -16,16 +16,6 @@ import project
 from project import InputError
 
 
-@pytest.fixture
-def registry():
-    """Leaves models.MODELS and models.DATASETS as they were after the test."""
-    saved = dict(models.MODELS), dict(models.DATASETS)
-    yield models
-    for table, old in zip((models.MODELS, models.DATASETS), saved):
-        table.clear()
-        table.update(old)
-
-
 def test_get_by_id_folder_and_classifier():
     spec = models.get('nyud-fcn32s-color-hha')
     assert (spec.folder, spec.family, spec.dataset, spec.head) == (

@@ -1,6 +1,8 @@
 # Fully Convolutional Networks on real Caffe.
 #   make demo            train a small FCN-8s on generated data, score it, segment images
 #   make test            set up everything that is missing, then run the tests
+#   make test-fast       the edit loop (after one make caffe): the tests not marked slow
+#                        or gpu (tests/conftest.py), under a minute
 #   make caffe           only build pycaffe (cached under ~/.cache/fcn-caffe) and link it
 #   make caffe-selftest  Caffe's own Python test suite against the built pycaffe
 #   make bench           CPU speed and memory benchmark
@@ -12,7 +14,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
 
-.PHONY: test caffe caffe-selftest demo bench clean
+.PHONY: test test-fast caffe caffe-selftest demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,9 @@ caffe-selftest: $(DEPS)
 
 test: caffe
 	$(PY) -m pytest -q tests
+
+test-fast: $(DEPS)
+	$(PY) -m pytest -q -m "not slow and not gpu" tests
 
 demo: caffe
 	$(PY) demo.py

@@ -97,9 +97,9 @@ import weights
 from cli import available_memory, gpu_flag, progress_bar, ray_flags, run_cli
 from guard import set_mode
 from layers import label_palette, save_label_png
-from netinit import LIMIT, check_net, coarsest_stride, read_net_param
+from netinit import check_net, coarsest_stride, read_net_param
 from netload import open_net
-from project import InputError
+from project import InputError, TooLargeError
 from safewrite import atomic_write, check_writable
 
 TILE = 500  # --full-res window side, and --max-side where the spec gives no side
@@ -322,11 +322,11 @@ def check_classes(names, net, blob, source):
 
 def fit_error(param, deploy, input_name, size):
     """None when a 1 x 3 x H x W input (size = (H, W)) keeps every blob of the net under
-    Caffe's limit, else the reason (one line)."""
+    Caffe's limit, else the InputError saying why (TooLargeError: over the limit)."""
     try:
         check_net(param, deploy, 'test', {input_name: (1, 3) + tuple(size)}, probe=False)
     except InputError as e:
-        return str(e)
+        return e
     return None
 
 
@@ -539,7 +539,7 @@ def segment_image(model, path, args):
     reason = None if tiled or not whole else fit_error(param, deploy, net.inputs[0], small.shape[:2])
     if reason:
         hint = ''
-        if LIMIT in reason:  # too large: say which scale fits
+        if isinstance(reason, TooLargeError):  # say which scale fits
             hint = ('; the largest that fits is --max-side %d, or use --full-res (tiled)'
                     % largest_side(param, deploy, net.inputs[0], image.shape[:2]))
         raise InputError('%s: %dx%d cannot go through this net in one pass (%s)%s'

@@ -64,8 +64,8 @@ computed from other memory) and scoring would leave the pixels out.
 
 Without Caffe
 -------------
-Scoring code that only needs the class names or the image ids of a split uses
-`DATASETS` and `split_ids(dataset, split, **dirs)`; nothing is instantiated.
+Scoring code that only needs the image ids of a split uses `split_ids(dataset, split,
+**dirs)` (the class names: models.py); nothing is instantiated.
 """
 import ast
 import os
@@ -1423,38 +1423,33 @@ def save_label_png(path, label, protect=(), palette=None, num_classes=None):
 
 
 # --------------------------------------------------------------------------------------
-# Registry for scoring code
+# Palettes and the scored splits' layers, by dataset name
 
 # The colours (R, G, B) per class of PSPNet's datasets (the others: the VOC palette, voc_palette).
 PALETTES = {'ade20k': ADE20K_PALETTE, 'cityscapes': CITYSCAPES_PALETTE}
 
-# name: the layer that reads the scored split, the class names of its output, that split
-# (and SIFT Flow's geometric classes and the classes absent from its test split): the
-# registry's facts, in the form the scoring code reads.
-DATASETS = {}
-for _name in models.BUILTIN_DATASETS:
-    _spec = _D[_name]
-    DATASETS[_name] = dict({'layer': globals()[_spec.split(_spec.score_split).layer],
-                            'classes': _spec.classes, 'split': _spec.score_split},
-                           **({'palette': PALETTES[_name]} if _name in PALETTES else {}))
-DATASETS['siftflow'].update(geo_classes=SIFTFLOW_GEO_CLASSES,
-                            absent_in_test=SIFTFLOW_SEM_ABSENT_IN_TEST)
 
-# split_ids also knows the VOC models' training set.
-_SPLIT_LAYERS = dict({name: d['layer'] for name, d in DATASETS.items()},
+def score_layer(dataset):
+    """The data layer class reading the scored split of built-in `dataset` (models.py)."""
+    d = models.dataset(dataset)
+    return globals()[d.split(d.score_split).layer]
+
+
+# split_ids knows each built-in dataset's scored split and the VOC models' training set.
+_SPLIT_LAYERS = dict({name: score_layer(name) for name in models.BUILTIN_DATASETS},
                      sbdd=SBDDSegDataLayer)
 
 
 def split_ids(dataset, split=None, **dirs):
     """Image ids of `split` of `dataset` ('voc', 'sbdd', 'nyud', 'siftflow',
     'pascalcontext'), in the order the layer walks them; `split` defaults to the scored
-    split of DATASETS and `dirs` are the layer's directory keys (e.g. voc_dir=...)."""
+    split of its DatasetSpec and `dirs` are the layer's directory keys (e.g. voc_dir=...)."""
     if dataset not in _SPLIT_LAYERS:
         raise ValueError('unknown dataset %r; known: %s' % (dataset, ', '.join(sorted(_SPLIT_LAYERS))))
     if split is None:
-        if dataset not in DATASETS:
+        if dataset not in models.BUILTIN_DATASETS:
             raise ValueError('dataset %r has no default split; give one' % dataset)
-        split = DATASETS[dataset]['split']
+        split = models.dataset(dataset).score_split
     return _SPLIT_LAYERS[dataset].ids(split, **dirs)
 
 

@@ -39,6 +39,11 @@ from project import INT_MAX, REPO, InputError
 FCN_HEADS = ('32s', '16s', '8s')  # the FCNs' skip architectures (CVPR 2015 section 4.2)
 HEADS = FCN_HEADS + ('pyramid', 'aspp')  # and PSPNet's pyramid pooling, DeepLab v2's ASPP-L
 INITS = ('copy', 'transplant', 'bgrd', 'release', 'file')
+# The builder arguments a ModelSpec's own fields give (ModelSpec.builder_facts; net.build_net
+# passes each builder those it has a parameter for): never written again in builder_args.
+SPEC_ARGS = ('head', 'dataset', 'num_classes', 'depth')
+# The depth of each ResNet trunk a spec may name (the dilated ResNets of net.py).
+RESNET_DEPTHS = {'resnet50': 50, 'resnet101': 101}
 INIT_FILE = 'init.caffemodel'  # init 'file': the start weights in the model's own folder
 SPEC_FILE = 'model.json'  # a user's model folder describes its model in this file
 RECORD = 'caffemodel-url'  # a model folder's record of where its weights come from
@@ -493,7 +498,9 @@ DEFAULT_FINISH = ('bilinear',)  # an FCN's, and a model.json's that names none
 @dataclass(frozen=True)
 class PaperRow:
     """One row of a paper table or of the release's notes, in %. model: the model id it
-    is compared with (None: no model here reproduces it); task: the score blob; local:
+    is compared with (None: no model here reproduces it); task: the key of the result it
+    is compared with in reproduce.py's results.json "tasks" (the score blob, or PSPNet's
+    'single-scale' / 'multi-scale' evaluation); local:
     False where only the PASCAL evaluation server scores the data; ms: the paper's time
     per image."""
     source: str
@@ -528,8 +535,10 @@ class ModelSpec:
       user's model); see model_dir for where the files are now.
     family: the family folder (voc-fcn, nyud-fcn, siftflow-fcn, pascalcontext-fcn).
     dataset: a DatasetSpec name.  trunk: a ClassifierSpec name.  head: 32s, 16s or 8s.
-    builder, builder_args: the net.py function that builds its nets, and its arguments
-      besides split / widths / data_layer / data_params (pairs, as a tuple).
+    builder, builder_args: the net.py function that builds its nets, and the arguments
+      only it takes (pairs, as a tuple: at_once, modality, stride_on, crop); the ones the
+      spec's fields give (SPEC_ARGS: builder_facts) and split / widths / data_layer /
+      data_params are never written here.
     inputs: the dataset inputs it reads, in order (color; hha; color + depth; color + hha).
     init: how it starts: 'copy' (each parent's weights by name), 'transplant' (each
       parent into the layers carrying its suffix), 'bgrd' (the cast VGG16 by name, then
@@ -577,6 +586,10 @@ class ModelSpec:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise InputError('%s: schedule %s must be a positive integer, got %r' % (self.name, what, n))
         check_schedule(self.schedule, self.name)  # Caffe's int32 iteration counts
+        twice = sorted(set(dict(self.builder_args)) & set(SPEC_ARGS))
+        if twice:
+            raise InputError('%s: builder_args %s: the spec\'s own fields give %s'
+                             % (self.name, ', '.join(twice), 'it' if len(twice) == 1 else 'them'))
         if not self.parents and self.init not in ('copy', 'release', 'file'):
             raise InputError('%s: init %r needs parents' % (self.name, self.init))
         for step in self.finish:
@@ -611,7 +624,19 @@ class ModelSpec:
         return tuple(r for r in PAPER if r.model == self.name)
 
     def build_kwargs(self):
+        """builder_args as a dict: the arguments only the builder takes."""
         return dict(self.builder_args)
+
+    def builder_facts(self):
+        """The builder arguments the spec's fields give (SPEC_ARGS): head, dataset, the
+        class count of each scored output (num_classes: SIFT Flow's a (semantic,
+        geometric) pair, else one number) and a ResNet trunk's depth."""
+        counts = tuple(len(self.data.label(o.label).classes) for o in self.outputs)
+        facts = dict(head=self.head, dataset=self.dataset,
+                     num_classes=counts if len(counts) > 1 else counts[0])
+        if self.trunk in RESNET_DEPTHS:
+            facts['depth'] = RESNET_DEPTHS[self.trunk]
+        return facts
 
     def parent_text(self):
         """The parents in words, e.g. 'VGG16 cast to conv' or 'trained voc-fcn16s'."""
@@ -696,14 +721,14 @@ def _fcn(name, folder, dataset, head, builder, args, parents, solver, schedule, 
 def _builtin():
     voc, fifty = Schedule(25, 4000), Schedule(50, 2000)
     specs = [
-        _fcn('voc-fcn32s', 'voc-fcn32s', 'voc', '32s', 'voc_fcn', [('head', '32s')], VGG,
+        _fcn('voc-fcn32s', 'voc-fcn32s', 'voc', '32s', 'voc_fcn', [], VGG,
              Solver(1e-10, snapshot=4000), voc, 'FCN-32s', release='fcn32s-heavy-pascal',
              published=dict(sha1='05eb922d7829c39448f57e5ab9d8cd75d6c0be6d',
                             sources=(('sha1', OPENCV + ' (model "voc-fcn32s")'),))),
-        _fcn('voc-fcn16s', 'voc-fcn16s', 'voc', '16s', 'voc_fcn', [('head', '16s')],
+        _fcn('voc-fcn16s', 'voc-fcn16s', 'voc', '16s', 'voc_fcn', [],
              [Parent('voc-fcn32s')], Solver(1e-12, snapshot=4000), voc, 'FCN-16s',
              release='fcn16s-heavy-pascal'),
-        _fcn('voc-fcn8s', 'voc-fcn8s', 'voc', '8s', 'voc_fcn', [('head', '8s')],
+        _fcn('voc-fcn8s', 'voc-fcn8s', 'voc', '8s', 'voc_fcn', [],
              [Parent('voc-fcn16s')], Solver(1e-14, snapshot=4000), voc, 'FCN-8s',
              release='fcn8s-heavy-pascal', published=dict(
                  sha1='c449ea74dd7d83751d1357d6a8c323fcf4038962',
@@ -712,7 +737,7 @@ def _builtin():
                                    'sample)'),
                           ('md5', 'wkentaro/fcn, the Chainer port\'s download_fcn8s_caffemodel')))),
         _fcn('voc-fcn8s-atonce', 'voc-fcn8s-atonce', 'voc', '8s', 'voc_fcn',
-             [('head', '8s'), ('at_once', True)], VGG,
+             [('at_once', True)], VGG,
              Solver(1e-10, max_iter=300000, snapshot=4000), Schedule(75, 4000),
              'FCN-8s, all at once', release='fcn8s-atonce-pascal'),
         _fcn('voc-fcn-alexnet', 'voc-fcn-alexnet', 'voc', '32s', 'voc_fcn_alexnet', [],
@@ -733,7 +758,7 @@ def _builtin():
             fifty, title, init=init, inputs=inputs, release='nyud-fcn32s-%s-heavy' % modality))
     specs.append(_fcn(
         'nyud-fcn16s-color-hha', 'nyud-fcn/fcn16s-color-hha', 'nyud', '16s', 'nyud_fcn',
-        [('modality', 'color-hha'), ('head', '16s')], [Parent('nyud-fcn32s-color-hha')],
+        [('modality', 'color-hha')], [Parent('nyud-fcn32s-color-hha')],
         Solver(1e-12, max_iter=300000, snapshot=2000), fifty, 'FCN-16s RGB-HHA',
         inputs=('color', 'hha'),
         note='beyond the release: CVPR 2015 Table 4 reports it, the release never shipped it'))
@@ -742,7 +767,7 @@ def _builtin():
                               ('8s', 1e-12, [Parent('siftflow-fcn16s')])):
         specs.append(_fcn(
             'siftflow-fcn' + head, 'siftflow-fcn/fcn' + head, 'siftflow', head, 'siftflow_fcn',
-            [('head', head)], parents, Solver(lr, max_iter=300000), fifty,
+            [], parents, Solver(lr, max_iter=300000), fifty,
             'FCN-%s, semantic + geometric' % head,
             outputs=(Output('score_sem', 'sem'), Output('score_geo', 'geo')),
             release='siftflow-fcn%s-heavy' % head))
@@ -753,7 +778,7 @@ def _builtin():
                               ('8s', 1e-14, [Parent('pascalcontext-fcn16s')])):
         specs.append(_fcn(
             'pascalcontext-fcn' + head, 'pascalcontext-fcn/fcn' + head, 'pascalcontext', head,
-            'pascalcontext_fcn', [('head', head)], parents,
+            'pascalcontext_fcn', [], parents,
             Solver(lr, max_iter=300000, snapshot=4000), Schedule(50, 8000),
             'FCN-%s, 59 classes + background' % head,
             release='pascalcontext-fcn%s-heavy' % head))
@@ -803,9 +828,7 @@ def _pspnets():
         specs.append(ModelSpec(
             name=name, folder='pspnet/' + name, family='pspnet', dataset=data,
             trunk='resnet%d' % depth, head='pyramid', builder='pspnet',
-            builder_args=(('depth', depth), ('stride_on', stride_on),
-                          ('num_classes', len(DATASETS[data].classes)), ('crop', crop),
-                          ('dataset', data)),
+            builder_args=(('stride_on', stride_on), ('crop', crop)),
             init='release', parents=(), solver=Solver(0.01, max_iter=max_iter, **solver),
             schedule=Schedule(max_iter // PSP_ROUND, PSP_ROUND), title=title,
             outputs=(Output('conv6_interp', 'label'),),
@@ -841,8 +864,7 @@ def _deeplabs():
     return [ModelSpec(
         name='deeplabv2-voc12', folder='deeplab/deeplabv2-voc12', family='deeplab',
         dataset=data, trunk='resnet101', head='aspp', builder='deeplab_v2',
-        builder_args=(('depth', 101), ('num_classes', len(DATASETS[data].classes)),
-                      ('crop', 513), ('train_crop', 321), ('dataset', data)),
+        builder_args=(('crop', 513), ('train_crop', 321)),
         init='file', parents=(),
         solver=Solver(2.5e-4, momentum=0.9, iter_size=10, max_iter=20000,
                       snapshot=DEEPLAB_ROUND, weight_decay=5e-4, lr_policy='poly', power=0.9),
@@ -1110,6 +1132,20 @@ def check_spec(spec):
                          % (spec.name, INT_MAX, s))
 
 
+def _own_builder_args(d):
+    """model.json dict `d`'s builder_args less the head and dataset that `net.py new`
+    wrote there too before the spec's fields alone gave them: dropped when they agree with
+    the spec's, an InputError when they do not."""
+    args = dict(d.get('builder_args', {}))
+    for key in ('head', 'dataset'):
+        if key in args:
+            if args[key] != d.get(key):
+                raise InputError('%s: builder_args %s %r disagrees with the model\'s %s %r'
+                                 % (d.get('name', 'model'), key, args[key], key, d.get(key)))
+            del args[key]
+    return args
+
+
 def from_dict(d, folder=None):
     """A ModelSpec from a model.json dict; `folder` (the file's folder) replaces d's folder.
     Missing: family (the folder's name), trunk vgg16, init copy, parents [trunk],
@@ -1128,7 +1164,7 @@ def from_dict(d, folder=None):
         d.setdefault('init', 'copy')
         d.setdefault('title', d.get('name', ''))
         d['parents'] = tuple(Parent(**p) for p in d.get('parents', [{'source': d['trunk']}]))
-        d['builder_args'] = tuple(dict(d.get('builder_args', {})).items())
+        d['builder_args'] = tuple(_own_builder_args(d).items())
         d['solver'] = Solver(**d['solver'])
         d['schedule'] = Schedule(**d['schedule'])
         d['inputs'] = tuple(d.get('inputs', ('color',)))

@@ -38,6 +38,7 @@ Conventions, as in the FCN release:
 import argparse
 import dataclasses
 import fractions
+import inspect
 import json
 import os
 import sys
@@ -57,12 +58,17 @@ VGG16_WIDTHS = (64, 128, 256, 512, 512, 4096)
 # conv1-conv5 then fc6/fc7.
 CAFFENET_WIDTHS = (96, 256, 384, 384, 256, 4096)
 
-HEADS = models.FCN_HEADS
 SPLITS = ('train', 'val', 'deploy')
 IGNORE_LABEL = models.VOID
 # Deploy nets take one 500 x 500 image (the largest PASCAL image side).
 DEPLOY_SIZE = 500
 
+
+
+def dataset_classes(dataset):
+    """The class count of `dataset`'s first label top (models.py): the builders' default
+    num_classes, so a count written in the registry is the only one."""
+    return len(models.dataset(dataset).classes)
 
 
 def default_data(dataset):
@@ -226,7 +232,7 @@ def class_scores(n, head, num_classes, fc7, pool4=None, pool3=None, suffix='', a
     at_once: the all-at-once FCN-8s scales the pool features first (scale_pool4 x 0.01,
     scale_pool3 x 0.0001, fixed), because pool3/pool4 activations are much larger than
     fc7's and would otherwise swamp the coarse scores at the start of training."""
-    _check_choice('head', head, HEADS)
+    _check_choice('head', head, models.FCN_HEADS)
     s = suffix
     n['score_fr' + s] = score_conv(fc7, num_classes)
     for pool, name, scale in ((pool4, 'pool4', 0.01), (pool3, 'pool3', 0.0001)):
@@ -323,15 +329,15 @@ def fcn(head='8s', split='train', dataset='voc', num_classes=None, widths=VGG16_
     top). Returns a caffe_pb2.NetParameter.
 
     split: 'train' (with dropout), 'val' (scoring) or 'deploy' (Input, no loss).
-    num_classes: default 21 for VOC, 60 for PASCAL-Context (background + 59).
+    num_classes: default the dataset's (models.py: 21 for VOC, 60 for PASCAL-Context).
     data_layer/data_params: the Python data layer (default: default_data(dataset)[split]).
     at_once: the all-at-once FCN-8s (scaled pool skips)."""
-    _check_choice('head', head, HEADS)
+    _check_choice('head', head, models.FCN_HEADS)
     labels = [lab.top for lab in models.dataset(dataset).labels]
     if labels != ['label']:
         raise ValueError('fcn() nets have one label top `label`; dataset %s has %s (use its '
                          'own builder)' % (dataset, ', '.join(labels)))
-    num_classes = num_classes or len(models.dataset(dataset).classes)
+    num_classes = num_classes or dataset_classes(dataset)
     _check_positive('num_classes', num_classes)
     if at_once and head != '8s':
         raise ValueError('at_once is the all-at-once FCN-8s: head must be 8s, got %r' % head)
@@ -345,22 +351,24 @@ def fcn(head='8s', split='train', dataset='voc', num_classes=None, widths=VGG16_
     return n.to_proto()
 
 
-def voc_fcn(head='8s', split='train', num_classes=21, widths=VGG16_WIDTHS,
+def voc_fcn(head='8s', split='train', num_classes=None, widths=VGG16_WIDTHS,
             data_layer=None, data_params=None, at_once=False):
     """The PASCAL VOC FCN-32s/16s/8s (and at-once 8s); see fcn()."""
     return fcn(head, split, 'voc', num_classes, widths, data_layer, data_params, at_once)
 
 
-def pascalcontext_fcn(head='8s', split='train', num_classes=60, widths=VGG16_WIDTHS,
+def pascalcontext_fcn(head='8s', split='train', num_classes=None, widths=VGG16_WIDTHS,
                       data_layer=None, data_params=None):
-    """The PASCAL-Context FCN-32s/16s/8s (60 outputs); see fcn()."""
+    """The PASCAL-Context FCN-32s/16s/8s (background + 59 classes); see fcn()."""
     return fcn(head, split, 'pascalcontext', num_classes, widths, data_layer, data_params)
 
 
-def voc_fcn_alexnet(split='train', num_classes=21, widths=CAFFENET_WIDTHS,
+def voc_fcn_alexnet(split='train', num_classes=None, widths=CAFFENET_WIDTHS,
                     data_layer=None, data_params=None):
     """FCN-AlexNet: the CaffeNet trunk, one 32x upsampling with kernel 63 (the release's;
-    coord_map then gives crop offset 18), and a loss normalized over the valid pixels."""
+    coord_map then gives crop offset 18), and a loss normalized over the valid pixels.
+    num_classes: default VOC's (models.py)."""
+    num_classes = num_classes or dataset_classes('voc')
     _check_positive('num_classes', num_classes)
     n = caffe.NetSpec()
     data_tops(n, 'voc', split, [('data', 3)], ['label'], data_layer, data_params)
@@ -375,9 +383,9 @@ def voc_fcn_alexnet(split='train', num_classes=21, widths=CAFFENET_WIDTHS,
 NYUD_MODALITIES = ('color', 'hha', 'color-d', 'color-hha')
 
 
-def nyud_fcn(modality='color', split='train', head='32s', num_classes=40, widths=VGG16_WIDTHS,
+def nyud_fcn(modality='color', split='train', head='32s', num_classes=None, widths=VGG16_WIDTHS,
              data_layer=None, data_params=None):
-    """The NYUDv2 nets (40 classes) of the paper's Table 4.
+    """The NYUDv2 nets (40 classes; num_classes: default the dataset's) of the paper's Table 4.
 
     color / hha: one input, named `data` in the net (the layer's top 'color' or 'hha').
     color-d: early fusion: `data` = Concat(color, depth) on channels, 4 channels into
@@ -396,7 +404,8 @@ def nyud_fcn(modality='color', split='train', head='32s', num_classes=40, widths
       The new score_pool4* layers start at zero, so the net starts as the 32s one.
     """
     _check_choice('modality', modality, NYUD_MODALITIES)
-    _check_choice('head', head, HEADS)
+    _check_choice('head', head, models.FCN_HEADS)
+    num_classes = num_classes or dataset_classes('nyud')
     _check_positive('num_classes', num_classes)
     train = split == 'train'
     n = caffe.NetSpec()
@@ -437,22 +446,25 @@ def nyud_fcn(modality='color', split='train', head='32s', num_classes=40, widths
 
 
 def siftflow_fcn(head='16s', split='train', widths=VGG16_WIDTHS, data_layer=None, data_params=None,
-                 num_classes=(33, 3)):
+                 num_classes=None):
     """SIFT Flow: one VGG16 trunk, two heads: semantic (33 classes, every head layer
     suffixed _sem: score_fr_sem ... score_sem) and geometric (3 classes, _geo).
-    Data tops data, sem, geo; losses `loss` (score_sem vs sem) and `loss_geo`."""
-    _check_choice('head', head, HEADS)
+    Data tops data, sem, geo; losses `loss` (score_sem vs sem) and `loss_geo`.
+    num_classes: (semantic, geometric), default the dataset's label tops' (models.py)."""
+    _check_choice('head', head, models.FCN_HEADS)
+    if num_classes is None:
+        num_classes = tuple(len(models.dataset('siftflow').label(top).classes) for top in ('sem', 'geo'))
     if len(num_classes) != 2:
         raise ValueError('num_classes must be (semantic, geometric), got %r' % (num_classes,))
     n = caffe.NetSpec()
     data_tops(n, 'siftflow', split, [('data', 3)], ['sem', 'geo'], data_layer, data_params)
     fc7 = vgg16(n, n.data, widths, train=split == 'train')
-    for task, classes, loss in (('sem', num_classes[0], 'loss'), ('geo', num_classes[1], 'loss_geo')):
+    for top, classes, loss in (('sem', num_classes[0], 'loss'), ('geo', num_classes[1], 'loss_geo')):
         _check_positive('num_classes', classes)
-        scores = class_scores(n, head, classes, fc7, n.pool4, n.pool3, suffix='_' + task)
-        score = fcn_head(n, scores, 'data', classes, suffix='_' + task)
+        scores = class_scores(n, head, classes, fc7, n.pool4, n.pool3, suffix='_' + top)
+        score = fcn_head(n, scores, 'data', classes, suffix='_' + top)
         if split != 'deploy':
-            n[loss] = softmax_loss(n[score], n[task])
+            n[loss] = softmax_loss(n[score], n[top])
     return n.to_proto()
 
 
@@ -722,7 +734,7 @@ def _block_name(name, offset):
     return '%s_%d' % (stage, int(block) + offset)
 
 
-def pspnet(split='deploy', depth=101, num_classes=21, crop=473, stride_on='3x3',
+def pspnet(split='deploy', depth=101, num_classes=None, crop=473, stride_on='3x3',
            dataset='voc2012', widths=PSP_WIDTHS, blocks=None, data_layer=None,
            data_params=None, aux=None):
     """A PSPNet: dilated ResNet trunk, pyramid pooling head, x8 zoom to the crop.
@@ -737,8 +749,10 @@ def pspnet(split='deploy', depth=101, num_classes=21, crop=473, stride_on='3x3',
       released caffemodels' auxiliary weights.
     depth, stride_on, widths, blocks: see dilated_resnet; crop: the input side, whose
       feature map F = psp_feature_size(crop) must be divisible by every bin.
-    dataset, data_layer, data_params: the train/val data layer (default: default_data(dataset))."""
+    dataset, data_layer, data_params: the train/val data layer (default: default_data(dataset));
+    num_classes: default the dataset's (models.py)."""
     _check_choice('split', split, SPLITS)
+    num_classes = num_classes or dataset_classes(dataset)
     _check_positive('num_classes', num_classes)
     train = split == 'train'
     aux = train if aux is None else aux
@@ -998,12 +1012,12 @@ def caffenet_classifier(widths=CAFFENET_WIDTHS, num_classes=1000):
 BUILDERS = {f.__name__: f for f in (fcn, voc_fcn, pascalcontext_fcn, voc_fcn_alexnet, nyud_fcn,
                                     siftflow_fcn, pspnet, deeplab_v2, vgg16_classifier, caffenet_classifier)}
 # name -> builder of each ImageNet classifier of models.CLASSIFIERS.
-CLASSIFIERS = {name: BUILDERS[c.builder] for name, c in models.CLASSIFIERS.items()}
+CLASSIFIER_BUILDERS = {name: BUILDERS[c.builder] for name, c in models.CLASSIFIERS.items()}
 
 
 def classifier_path(name):
     """The deploy prototxt of an ImageNet classifier ('vgg16' or 'caffenet')."""
-    _check_choice('classifier', name, sorted(CLASSIFIERS))
+    _check_choice('classifier', name, sorted(CLASSIFIER_BUILDERS))
     return os.path.join(REPO, models.CLASSIFIERS[name].deploy)
 
 
@@ -1071,11 +1085,21 @@ def _spec(model):
     return spec
 
 
+def build_args(spec):
+    """The arguments `spec`'s builder gets: the facts of the spec's own fields that the
+    builder has a parameter for (models.ModelSpec.builder_facts: head, dataset, class
+    counts, ResNet depth), then builder_args, what only the builder takes."""
+    takes = inspect.signature(BUILDERS[spec.builder]).parameters
+    args = {k: v for k, v in spec.builder_facts().items() if k in takes}
+    args.update(spec.build_kwargs())
+    return args
+
+
 def build_net(model, split, **kwargs):
     """The NetParameter of `model`'s train/val/deploy net (kwargs: widths, data_layer, data_params)."""
     spec = _spec(model)
     _check_choice('split', split, SPLITS)
-    return BUILDERS[spec.builder](split=split, **dict(spec.build_kwargs(), **kwargs))
+    return BUILDERS[spec.builder](split=split, **dict(build_args(spec), **kwargs))
 
 
 def model_solver(model, **overrides):
@@ -1095,7 +1119,9 @@ def model_solver(model, **overrides):
 # Files.
 
 def _header(what):
-    return '# %s: generated by net.py; edit net.py, then run `python net.py`.\n' % what
+    """The first line of a generated file: where its facts and its layers are written."""
+    return ('# %s: generated by `python net.py` from its spec (models.py, or a model.json) '
+            'and net.py\'s builders; edit those, then rerun it.\n' % what)
 
 
 def model_files(model, widths=None, data=None, solver=None):
@@ -1120,7 +1146,7 @@ def model_files(model, widths=None, data=None, solver=None):
 def classifier_files():
     """{path: text} of the ImageNet classifier deploy nets under ilsvrc-nets/."""
     return {classifier_path(name): _header('%s ImageNet classifier' % name) + str(build())
-            for name, build in sorted(CLASSIFIERS.items())}
+            for name, build in sorted(CLASSIFIER_BUILDERS.items())}
 
 
 def _read(path):

@@ -21,7 +21,7 @@ import sys
 import weakref
 
 from guard import import_caffe
-from project import INT_MAX, REPO, InputError
+from project import INT_MAX, REPO, InputError, TooLargeError
 
 
 def read_net_param(path):
@@ -165,8 +165,8 @@ def _conv_shapes(layer, bottoms, reverse):
     col = (_count(weight[1:]) * p.group,) + tuple(spatial_in if reverse else out)
     for what, shape in (('weights', weight), ('im2col buffer', col)):
         if _count(shape) > INT_MAX:
-            raise ValueError('its %s would hold %d values (%s), %s'
-                             % (what, _count(shape), ' x '.join(map(str, shape)), LIMIT))
+            raise TooLargeError('its %s would hold %d values (%s), %s'
+                                % (what, _count(shape), ' x '.join(map(str, shape)), LIMIT))
     top = b[:axis] + (p.num_output,) + tuple(out)
     return [top] * len(layer.top)
 
@@ -288,8 +288,8 @@ def _inner_product_shapes(layer, bottoms):
         return [None]
     axis = _axis(p.axis, len(b))
     if p.num_output * _count(b[axis:]) > INT_MAX:
-        raise ValueError('its weights would hold %d values, %s'
-                         % (p.num_output * _count(b[axis:]), LIMIT))
+        raise TooLargeError('its weights would hold %d values, %s'
+                            % (p.num_output * _count(b[axis:]), LIMIT))
     return [b[:axis] + (p.num_output,)]
 
 
@@ -530,14 +530,14 @@ def check_net(param, path, phase='test', input_shapes=None, probe=True):
                 raise InputError('%s: top %r is already produced by a layer above it' % (where, name))
         try:
             tops = _top_shapes(layer, [shapes[b] for b in layer.bottom], given)
-        except (ValueError, InputError) as e:
-            raise InputError('%s: %s' % (where, e))
+        except (ValueError, InputError) as e:  # TooLargeError stays one (infer.py's hint)
+            raise (TooLargeError if isinstance(e, TooLargeError) else InputError)('%s: %s' % (where, e))
         if tops is None:
             unruled.append(layer.type)
             tops = [None] * len(layer.top)
         for name, shape in zip(layer.top, tops):
             if shape is not None and _count(shape) > INT_MAX:
-                raise InputError('%s: top %r would be %s = %d values, %s'
+                raise TooLargeError('%s: top %r would be %s = %d values, %s'
                                  % (where, name, ' x '.join(map(str, shape)), _count(shape), LIMIT))
             shapes[name] = shape
     if unruled and probe:

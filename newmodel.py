@@ -471,7 +471,7 @@ def start_weights(new_param, parent_param, parent_weights, classes, parent_class
 # 3. The model folder: model.json (the registry reads it), the generated prototxts, a
 # solve.py like every model's, the start weights and the reports; then the command.
 
-HEADS = ('32s', '16s', '8s', '8s-atonce')
+HEAD_CHOICES = ('32s', '16s', '8s', '8s-atonce')
 MEANS = ('voc', 'computed')
 NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
 # The docstring of the new model's solve.py (the rest is every model's: net.SOLVE_PY).
@@ -513,7 +513,7 @@ def recipe(trunk, head):
         if (spec.dataset == 'voc' and spec.builder == 'voc_fcn' and spec.head == head.split('-')[0]
                 and bool(spec.build_kwargs().get('at_once')) == at_once):
             return spec
-    raise InputError('--head %s: not one of %s' % (head, ', '.join(HEADS)))
+    raise InputError('--head %s: not one of %s' % (head, ', '.join(HEAD_CHOICES)))
 
 
 def data_dir_param(root):
@@ -536,7 +536,7 @@ def make_spec(name, folder, report, trunk, head, widths, mean, rounds, iters, pa
                      for s in SPLITS),
         train_split='train', score_split='val', readmes=(), mean_param=True,
         paper='checked by net.py new (data-report.txt)')
-    args = dict(base.build_kwargs(), dataset=name, widths=list(widths))
+    args = dict(base.build_kwargs(), widths=list(widths))
     schedule = models.Schedule(rounds or base.schedule.rounds, iters or base.schedule.iters)
     d = dict(name=name, folder=folder, family=name, dataset=name, trunk=trunk, head=base.head,
              builder='fcn', builder_args=args, init='file', parents=[],
@@ -655,7 +655,7 @@ def main(argv=None):
     p.add_argument('--data', required=True, metavar='DIR', help='the dataset folder (VOC layout, above)')
     p.add_argument('--classes', required=True, metavar='FILE',
                    help='class names, one per line; line k names label value k')
-    p.add_argument('--head', choices=HEADS,
+    p.add_argument('--head', choices=HEAD_CHOICES,
                    help='the FCN head (default: the parent\'s; from vgg16 8s-atonce)')
     p.add_argument('--mean', choices=MEANS, default='voc',
                    help='the mean pixel subtracted: VOC\'s (default, what the released nets '

@@ -13,7 +13,7 @@ Every model of the registry (models.py; or those named with --models, which may 
 the folder of a model of your own, registered by its model.json) is scored on its
 dataset's scored split (seg11valid for VOC, test for NYUDv2 and SIFT Flow, val for
 PASCAL-Context) with its model directory's val.prototxt, through score.py's own pieces
-(score.data_layer, class_info, Task, evaluate_tasks, task_json): the numbers are those
+(score.data_layer, class_info, ScoredOutput, evaluate_outputs, output_json): the numbers are those
 `score.py --model M --weights W --split S` prints. SIFT Flow is scored on both heads;
 its semantic scores leave cow, desert and moon (absent from the test split) out of the
 class averages, and the table says so.
@@ -23,7 +23,7 @@ training snapshot (MODEL/snapshot/train_iter_N.caffemodel, see weights.snapshot_
 the released caffemodel in the model directory (weights.weights_path). A model whose
 weights or data are missing is listed with the reason and what to run or read.
 
-Paper rows (PAPER: models.PAPER, the one table of the papers' numbers, docs/models.md), and
+Paper rows (models.PAPER, the one table of the papers' numbers, docs/models.md), and
 the model directory each is compared with:
 
     release seg11valid mean IU   FCN-32s/16s/8s/8s at-once/AlexNet -> voc-fcn32s, voc-fcn16s,
@@ -48,7 +48,7 @@ the numbers `score.py --model M --weights W` prints): single scale always, the
 release's multi-scale (0.5 .. 1.75 averaged) with --multi-scale (about 9 times the
 work). Their weights are the converted caffemodel pspnet/<model>/<release>-stock.caffemodel
 (`python weights.py M` then `python surgery.py pspnet-convert --model M`). Its
-published numbers are PAPER rows too (the numbers: docs/models.md):
+published numbers are models.PAPER rows too (the numbers: docs/models.md):
 
     PSPNet release   ADE20K val single / multi-scale -> pspnet50-ade20k; Cityscapes val
                      -> pspnet101-cityscapes; VOC2012 test (server only) -> pspnet101-voc2012
@@ -90,16 +90,12 @@ import safewrite
 import score
 import snapshots
 import weights
-from project import REPO, InputError
+from project import REPO, InputError, NotReleasedError
 
 METRICS = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')
 METRIC_NAMES = {'overall_acc': 'pixel acc', 'mean_acc': 'mean acc', 'mean_iu': 'mean IU',
                 'fwavacc': 'f.w. IU'}
 MARK_START, MARK_END = '<!-- results:start -->', '<!-- results:end -->'
-
-# The papers' numbers (%), each row a dict (source, name, model, task, data, local,
-# paper={metric: value}, ms, note): models.PAPER, the one table (docs/models.md).
-PAPER = tuple(row.to_dict() for row in models.PAPER)
 
 
 # ----------------------------------------------------------------------------- weights and data
@@ -175,7 +171,7 @@ def find_weights(model, model_dir, model_root, override=None, prefer_snapshot=Fa
     try:
         path = weights.weights_path(model_dir)
     except InputError as e:  # no URL record, or a model the release never shipped
-        message = 'never released' if weights.NO_RELEASE in str(e) else str(e)
+        message = 'never released' if isinstance(e, NotReleasedError) else str(e)
         return None, dict(what='weights', message='; '.join(tried + [message]), commands=[train_cmd])
     if os.path.isfile(path):
         return path, 'released'
@@ -192,7 +188,7 @@ def data_check(model, model_dir, split, root=None):
     if not os.path.isfile(val):
         return None, dict(what='model', message='%s not found' % val,
                           commands=['python net.py %s' % model])
-    layer, cls = score.data_layer(netinit.read_net_param(val), layers)
+    layer, cls = score.data_layer(netinit.read_net_param(val))
     try:
         p = layers.parse_param_str(layer.python_param.param_str)
         return cls.ids(split, root, **{k: p[k] for k in cls.DIRS if k in p}), None
@@ -211,7 +207,7 @@ def data_check(model, model_dir, split, root=None):
 class TimedNet:
     """A caffe.Net whose forward() is timed: the data layer(s) first, then the rest.
 
-    score.evaluate_tasks calls forward() and reads blobs as usual (everything else is
+    score.evaluate_outputs calls forward() and reads blobs as usual (everything else is
     the net's); `forward_s` collects the seconds of the layers after the data layer
     (the net's compute), `load_s` those of the data layer. The two partial forwards run
     exactly the layers one forward() runs, in the same order. The returned outputs are
@@ -257,7 +253,7 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
     val = os.path.join(model_dir, 'val.prototxt')
     param = netinit.read_net_param(val)
     cls, split, _ = score.net_split_ids(param, val, split, root)
-    p = cls.parse_params(score.data_layer(param, layers)[0].python_param.param_str, root=root)
+    p = cls.parse_params(score.data_layer(param)[0].python_param.param_str, root=root)
     deploy = os.path.join(model_dir, 'deploy.prototxt')
     net = netload.open_net(deploy, 'test', weights)
     blob = spec.outputs[0].score
@@ -279,7 +275,7 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
             raise InputError(str(e))
         ms[task] = 1000.0 * (time.perf_counter() - t0) / max(len(ids), 1)
         ev.layer = task
-        tasks[task] = score.task_json(ev, classes)
+        tasks[task] = score.output_json(ev, classes)
     return dict(tasks=tasks, images=len(ids), ms_per_image=ms['single-scale'],
                 load_ms_per_image=None)
 
@@ -287,18 +283,18 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
 def evaluate_model(model_dir, weights, split, ids, dataset, progress=True, root=None, opts=None):
     """Score `weights` on the images `ids` of `split` with model_dir/val.prototxt, as
     score.py's command does (its data layer set to `split`); returns the model's entry:
-    tasks {score blob: score.task_json}, images, ms_per_image, load_ms_per_image (None
+    tasks {score blob: score.output_json}, images, ms_per_image, load_ms_per_image (None
     with --ray in `opts`: the images are scored by the cluster's workers)."""
     val = os.path.join(model_dir, 'val.prototxt')
     net, _, _, _ = score.open_val_net(val, weights, split, root)
-    tasks, names = score.model_tasks(net, dataset, split, val)
+    outputs, names = score.scored_outputs(net, dataset, split, val)
     timed = TimedNet(net)
     try:
-        results = score.evaluate_tasks(timed, ids, tasks, progress, score.on_cluster(
-            opts, val, weights, split, ids, tasks))
+        results = score.evaluate_outputs(timed, ids, outputs, progress, score.on_cluster(
+            opts, val, weights, split, ids, outputs))
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise InputError(str(e))
-    return dict(tasks={ev.layer: score.task_json(ev, classes)
+    return dict(tasks={ev.layer: score.output_json(ev, classes)
                        for ev, classes in zip(results, names)},
                 images=len(ids), ms_per_image=_mean_ms(timed.forward_s),
                 load_ms_per_image=_mean_ms(timed.load_s))
@@ -311,20 +307,20 @@ def _pct(fraction):
 
 
 def comparison_rows(entries, selected):
-    """The comparison: PAPER's rows with the measured values (%) of their model, then a
-    row per output of each evaluated model the paper has no row for."""
+    """The comparison: models.PAPER's rows (PaperRow.to_dict) with the measured values (%)
+    of their model, then a row per output of each evaluated model the paper has no row for."""
     rows = []
-    for r in PAPER:
-        entry = entries.get(r['model']) if r['model'] else None
-        row = dict(r, paper=dict(r['paper']), measured=None, diff=None, images=None,
+    for r in models.PAPER:
+        entry = entries.get(r.model) if r.model else None
+        row = dict(r.to_dict(), measured=None, diff=None, images=None,
                    ms_measured=None, status='')
-        if not r['model']:
+        if not r.model:
             row['status'] = 'no model'
         elif entry and entry.get('status') == 'evaluated':
-            if r['local'] or r['ms'] is not None:  # the paper's time is for any VOC image
+            if r.local or r.ms is not None:  # the paper's time is for any VOC image
                 row['ms_measured'] = entry.get('ms_per_image')
-            if r['local']:
-                task = entry['tasks'].get(r['task'])
+            if r.local:
+                task = entry['tasks'].get(r.task)
                 if task:
                     row['measured'] = {k: _pct(task[k]) for k in METRICS}
                     row['diff'] = {k: (row['measured'][k] - row['paper'][k])
@@ -335,18 +331,18 @@ def comparison_rows(entries, selected):
                     row['excluded'] = task['excluded']
                     row['status'] = 'measured'
                 else:
-                    row['status'] = ('multi-scale not run' if r['task'] == 'multi-scale'
-                                     else 'the net has no %s output' % r['task'])
+                    row['status'] = ('multi-scale not run' if r.task == 'multi-scale'
+                                     else 'the net has no %s output' % r.task)
             else:
                 row['status'] = 'not measurable locally'
-        elif not r['local']:
+        elif not r.local:
             row['status'] = 'not measurable locally'
-        elif r['model'] not in selected and r['model'] not in entries:
+        elif r.model not in selected and r.model not in entries:
             row['status'] = 'not selected'
         else:
             row['status'] = 'not evaluated'
         rows.append(row)
-    in_paper = {(r['model'], r['task']) for r in PAPER}
+    in_paper = {(r.model, r.task) for r in models.PAPER}
     for model, entry in entries.items():
         if entry.get('status') != 'evaluated':
             continue
@@ -363,7 +359,7 @@ def comparison_rows(entries, selected):
                              split_images=entry['split_images'], excluded=task['excluded'],
                              ms_measured=entry.get('ms_per_image'), status='measured'))
     order = {m: i for i, m in enumerate(all_models())}
-    n = len(PAPER)
+    n = len(models.PAPER)
     head, extra = rows[:n], rows[n:]
     extra.sort(key=lambda r: (order.get(r['model'], len(order)), r['task']))
     return head + extra
@@ -546,16 +542,16 @@ def _device_text(mode):
     return 'CPU%s, %d cores' % (' ' + name if name else '', os.cpu_count() or 1)
 
 
-def parse_weights(items, models):
+def parse_weights(items, known):
     """{model: absolute path} from MODEL=FILE arguments (checked)."""
     out = {}
     for item in items or ():
         model, sep, path = item.partition('=')
         if not sep or not model or not path:
             raise InputError('--weights %s: expected MODEL=FILE' % item)
-        if model not in models:
+        if model not in known:
             raise InputError('--weights %s: unknown model %r (models: %s)'
-                             % (item, model, ', '.join(models)))
+                             % (item, model, ', '.join(known)))
         path = os.path.abspath(os.path.expanduser(path))
         if not os.path.isfile(path):
             raise InputError('--weights %s: weights file not found: %s' % (item, path))
@@ -598,17 +594,17 @@ def _load_previous(out):
     if not os.path.isfile(path):
         return {}
     try:
-        models = jsonfile.read_json(path).get('models', {})
+        entries = jsonfile.read_json(path).get('models', {})
     except InputError as e:  # not JSON, binary, nested too deep, not an object
         raise InputError('%s; --merge cannot merge with it' % e)
-    if not isinstance(models, dict):
+    if not isinstance(entries, dict):
         raise InputError('%s: cannot merge with it ("models" is not an object)' % path)
-    for model, entry in models.items():
+    for model, entry in entries.items():
         problem = _entry_problem(entry)
         if problem:
             raise InputError('%s: cannot merge with it: model %r %s (delete the entry or run '
                              'without --merge)' % (path, model, problem))
-    return models
+    return entries
 
 
 def check_outputs(out, readme, overrides, val_nets):

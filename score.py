@@ -3,10 +3,10 @@
 The metrics themselves (confusion matrix, the four scores, JSON) are metrics.py's and
 need no Caffe; this module walks a net over a split and feeds them:
 
-- `evaluate(net, ids, ...)` / `evaluate_tasks(net, ids, tasks)`: forward a test net once
-  per image id, accumulate each task's matrix and mean loss, optionally save the
-  predictions as palette PNGs; each task's result is an `Evaluation`;
-- `open_val_net`, `model_tasks`, `net_split_ids`, `class_info`, `task_json`: the
+- `evaluate(net, ids, ...)` / `evaluate_outputs(net, ids, outputs)`: forward a test net once
+  per image id, accumulate each output's matrix and mean loss, optionally save the
+  predictions as palette PNGs; each output's result is an `Evaluation`;
+- `open_val_net`, `scored_outputs`, `net_split_ids`, `class_info`, `output_json`: the
   prototxt plumbing the command, train.py and reproduce.py share.
 
 Command: score a caffemodel on a split with the model directory's val.prototxt:
@@ -20,9 +20,9 @@ Command: score a caffemodel on a split with the model directory's val.prototxt:
 --data-root is the folder holding the datasets' folders (pascal/VOC2011, sift-flow, ...;
 default $FCN_DATA_ROOT, else <repo>/data). --model is a model directory of the repository
 (or a path to one); other relative paths are taken from the current directory. The JSON
-(--out) holds model, weights, split, images, the first task's overall_acc, mean_acc,
+(--out) holds model, weights, split, images, the first output's overall_acc, mean_acc,
 mean_iu, fwavacc, loss, per_class_iu / per_class_acc ({class: value}, null where
-undefined) and excluded classes, and every task's under "tasks" (SIFT Flow: score_sem,
+undefined) and excluded classes, and every output's under "tasks" (SIFT Flow: score_sem,
 score_geo). SIFT Flow's cow, desert and moon (absent from its test split) are left out
 of the semantic class averages when scoring that split.
 
@@ -96,7 +96,7 @@ def loss_blob(net, layer='score', gt='label'):
 
 @dataclasses.dataclass
 class Evaluation:
-    """What `evaluate` gives for one task: score blob `layer` against label blob `gt`
+    """What `evaluate` gives for one output: score blob `layer` against label blob `gt`
     over `images` images; `hist` the C x C int64 confusion matrix (rows ground truth),
     `loss` the mean loss (None without a loss blob), `scores` metrics.scores' dict with
     'images', 'void_pixels' and 'loss' added."""
@@ -109,7 +109,7 @@ class Evaluation:
 
 
 @dataclasses.dataclass
-class Task:
+class ScoredOutput:
     """One score blob to evaluate against one label blob (see `evaluate`)."""
     layer: str = 'score'
     gt: str = 'label'
@@ -119,8 +119,8 @@ class Task:
     loss: object = 'auto'
 
 
-def _task_state(net, t):
-    """(task, ConfusionMatrix, loss blob or None, [loss total]) after checking the blobs."""
+def _output_state(net, t):
+    """(output, ConfusionMatrix, loss blob or None, [loss total]) after checking the blobs."""
     for blob in (t.layer, t.gt):
         if blob not in net.blobs:
             raise ValueError('evaluate: the net has no blob %r (blobs: %s)'
@@ -135,10 +135,10 @@ def _task_state(net, t):
 
 
 def image_scores(net, idx, state):
-    """One forward pass of `net` (its data layer at image `idx`) scored for each task of
-    `state` (_task_state's): a list of (the image's ConfusionMatrix, its loss or None,
-    its prediction H x W). A label outside a task's classes is a ValueError naming the
-    image id and the values."""
+    """One forward pass of `net` (its data layer at image `idx`) scored for each output of
+    `state` (_output_state's): a list of (the image's ConfusionMatrix, its loss or None,
+    its prediction H x W). A label outside an output's classes is a ValueError naming
+    the image id and the values."""
     net.forward()
     out = []
     for t, cm, loss, total in state:
@@ -164,17 +164,17 @@ def add_image(state, idx, scores):
             total[0] += value
 
 
-def evaluate_tasks(net, ids, tasks, progress=True, scored=None):
-    """Like `evaluate`, for several `Task`s in one pass over the images (SIFT Flow's
-    score_sem/sem and score_geo/geo). Returns a list of `Evaluation`s, one per task.
-    A label outside a task's classes is a ValueError naming the image id and values.
+def evaluate_outputs(net, ids, outputs, progress=True, scored=None):
+    """Like `evaluate`, for several `ScoredOutput`s in one pass over the images (SIFT Flow's
+    score_sem/sem and score_geo/geo). Returns a list of `Evaluation`s, one per output.
+    A label outside an output's classes is a ValueError naming the image id and values.
     scored: image_scores' results of `ids`, in that order, computed elsewhere (cluster.py's
     workers) instead of by `net` here."""
     ids = [str(i) for i in ids]
     layers.walk_in_order(net)
-    state = [_task_state(net, t) for t in tasks]
+    state = [_output_state(net, t) for t in outputs]
     scored = scored or (image_scores(net, idx, state) for idx in ids)
-    bar = cli.progress_bar(len(ids), 'scoring ' + ', '.join(t.layer for t in tasks),
+    bar = cli.progress_bar(len(ids), 'scoring ' + ', '.join(t.layer for t in outputs),
                               enabled=progress)
     try:
         for idx, scores in zip(ids, scored):
@@ -205,17 +205,17 @@ def evaluate(net, ids, layer='score', gt='label', num_classes=None, save_dir=Non
 
     Returns an `Evaluation` (.hist C x C int64, .loss, .scores the metrics dict).
     """
-    task = Task(layer, gt, num_classes, exclude, save_dir, loss)
-    return evaluate_tasks(net, ids, [task], progress)[0]
+    output = ScoredOutput(layer, gt, num_classes, exclude, save_dir, loss)
+    return evaluate_outputs(net, ids, [output], progress)[0]
 
 
 # ----------------------------------------------------------------------------- on a Ray cluster
 
-def scores_at(opened, item, tasks):
+def scores_at(opened, item, outputs):
     """A cluster worker's image (cluster.py): image_scores of `item` = (position in the
     split, id) through the val net of `opened` (open_val_net's), its data layer moved to
     that position first; predictions kept (as predict.label_dtype: uint8, uint16 past 256
-    classes) only for tasks that save them."""
+    classes) only for outputs that save them."""
     net = opened[0]
     position, idx = item
     layer = next(x for x in net.layers if isinstance(x, layers.SegDataLayer))
@@ -223,18 +223,18 @@ def scores_at(opened, item, tasks):
         raise project.InputError('%s: image %d of the split list is %s there, %s here'
                                  % (cluster.node_name(), position, layer.indices[position], idx))
     layer.seek(position)
-    state = [_task_state(net, dataclasses.replace(t, save_dir=None)) for t in tasks]
+    state = [_output_state(net, dataclasses.replace(t, save_dir=None)) for t in outputs]
     return [(one, loss, pred.astype(predict.label_dtype(one.num_classes)) if t.save_dir else None)
-            for t, (one, loss, pred) in zip(tasks, image_scores(net, idx, state))]
+            for t, (one, loss, pred) in zip(outputs, image_scores(net, idx, state))]
 
 
-def on_cluster(opts, val, weights, split, ids, tasks):
+def on_cluster(opts, val, weights, split, ids, outputs):
     """image_scores of `ids` (in order) computed by the --ray cluster's workers for
-    evaluate_tasks(scored=...), or None without --ray (opts: cli.ray_flags, data_root)."""
+    evaluate_outputs(scored=...), or None without --ray (opts: cli.ray_flags, data_root)."""
     if getattr(opts, 'ray', None) is None:
         return None
     root, weights = layers.data_root(opts.data_root), os.path.abspath(weights)
-    job = cluster.Job(open_val_net, (val, weights, split, root), scores_at, (tasks,),
+    job = cluster.Job(open_val_net, (val, weights, split, root), scores_at, (outputs,),
                       {'data root': root, 'weights': weights, 'val net': val}, root)
     return cluster.in_order(opts, job, list(enumerate(ids)))
 
@@ -319,7 +319,7 @@ def score_protocol(args, spec):
     output_checks(args, val, args.weights, deploy)
     param = netinit.read_net_param(val)
     cls, split, ids = net_split_ids(param, val, args.split, args.data_root)
-    p = cls.parse_params(data_layer(param, layers)[0].python_param.param_str,
+    p = cls.parse_params(data_layer(param)[0].python_param.param_str,
                          root=args.data_root)
     if args.limit:
         ids = ids[:args.limit]
@@ -378,7 +378,7 @@ def model_dir(model):
     return path
 
 
-def tasks_of(spec):
+def output_pairs(spec):
     """(score blob, label blob) pairs to score: the model's outputs; for a folder the
     registry does not know, every output any registered model has (the net's decide)."""
     specs = [spec] if spec else models.MODELS.values()
@@ -386,7 +386,7 @@ def tasks_of(spec):
     return tuple(dict.fromkeys(pairs))
 
 
-def data_layer(param, layers):
+def data_layer(param):
     """(LayerParameter, data layer class) of the net's layers.py Python layer."""
     for layer in param.layer:
         if layer.type == 'Python' and layer.python_param.module == 'layers':
@@ -408,7 +408,7 @@ def net_split_ids(param, path, split=None, root=None):
     param_str say: a training split's default is random draws with replacement, which
     would score some images twice, others never, and save predictions under the wrong
     ids."""
-    layer, cls = data_layer(param, layers)
+    layer, cls = data_layer(param)
     try:
         p = layers.parse_param_str(layer.python_param.param_str)
         if split:
@@ -459,7 +459,7 @@ def data_dirs(param, path, root=None):
     """The absolute dataset folders the layers.py data layer of NetParameter `param`
     (read from `path`) reads under data root `root`: what no output of a run may be
     written into."""
-    layer, cls = data_layer(param, layers)
+    layer, cls = data_layer(param)
     try:
         p = cls.parse_params(layer.python_param.param_str, check_required=False, root=root)
     except ValueError as e:
@@ -470,14 +470,14 @@ def data_dirs(param, path, root=None):
 def dataset_of(cls):
     """The built-in dataset whose scored split data layer `cls` reads (None for others):
     only for a folder the registry does not know, whose dataset its val net's layer tells."""
-    return {d['layer']: name for name, d in layers.DATASETS.items()}.get(cls)
+    return {layers.score_layer(name): name for name in models.BUILTIN_DATASETS}.get(cls)
 
 
-def model_tasks(net, dataset, split, val, save_pred=None, pairs=None):
-    """([Task], [class names]) of every score/label pair of `pairs` (default tasks_of(None))
+def scored_outputs(net, dataset, split, val, save_pred=None, pairs=None):
+    """([ScoredOutput], [class names]) of every score/label pair of `pairs` (default output_pairs(None))
     the net has; predictions go to save_pred (save_pred/<label>/ when there are several)."""
-    pairs = pairs or tasks_of(None)
-    tasks, names = [], []
+    pairs = pairs or output_pairs(None)
+    outputs, names = [], []
     multi = sum(1 for s, g in pairs if s in net.blobs and g in net.blobs) > 1
     for score_blob, gt in pairs:
         if score_blob not in net.blobs or gt not in net.blobs:
@@ -487,19 +487,19 @@ def model_tasks(net, dataset, split, val, save_pred=None, pairs=None):
         save = None
         if save_pred:
             save = os.path.join(save_pred, gt) if multi else save_pred
-        tasks.append(Task(score_blob, gt, n_cl, exclude, save))
+        outputs.append(ScoredOutput(score_blob, gt, n_cl, exclude, save))
         names.append(classes)
-    if not tasks:
+    if not outputs:
         raise project.InputError('%s: no score/label blob pair among %s'
                                 % (val, ', '.join('%s/%s' % t for t in pairs)))
-    return tasks, names
+    return outputs, names
 
 
 def per_class(values, names):
     return {name: v for name, v in zip(names, values)}
 
 
-def task_json(ev, names):
+def output_json(ev, names):
     s = ev.scores
     out = {k: s[k] for k in ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')}
     out.update(layer=ev.layer, label=ev.gt, loss=s['loss'], images=s['images'],
@@ -555,7 +555,7 @@ def output_checks(args, val, weights, deploy=None):
             safewrite.check_not_input(path, inputs)
 
 
-def print_task(ev, classes):
+def print_output(ev, classes):
     cm = metrics.ConfusionMatrix(len(classes), ev.scores['excluded'])
     cm.hist, cm.images = ev.hist, ev.images
     print('\n%s vs %s' % (ev.layer, ev.gt))
@@ -611,13 +611,13 @@ def main(argv=None):
     if args.limit:
         ids = ids[:args.limit]
     dataset = spec.dataset if spec else dataset_of(cls)
-    tasks, names = model_tasks(net, dataset, split, val, args.save_pred, tasks_of(spec))
+    outputs, names = scored_outputs(net, dataset, split, val, args.save_pred, output_pairs(spec))
 
     print('%s: scoring %s on %s %s (%d images)' % (args.model, args.weights, dataset or cls.__name__,
                                                     split, len(ids)), flush=True)
     try:
-        results = evaluate_tasks(net, ids, tasks, not args.quiet,
-                                 on_cluster(args, val, args.weights, split, ids, tasks))
+        results = evaluate_outputs(net, ids, outputs, not args.quiet,
+                                   on_cluster(args, val, args.weights, split, ids, outputs))
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise project.InputError(str(e))
     return report(args, val, dataset, split, ids, results, names)
@@ -636,18 +636,18 @@ def check_args(args):
 
 
 def report(args, prototxt, dataset, split, ids, results, names, **extra):
-    """Print each task's table and write the --out JSON: the first task's metrics at the
-    top level, every task's under 'tasks', `extra` (e.g. PSPNet's protocol) beside."""
-    per_task = {}
+    """Print each output's table and write the --out JSON: the first output's metrics at
+    the top level, every output's under 'tasks', `extra` (e.g. PSPNet's protocol) beside."""
+    per_output = {}
     for ev, classes in zip(results, names):
-        print_task(ev, classes)
-        per_task[ev.layer] = task_json(ev, classes)
-    # the first task's metrics at the top level, every task's under 'tasks'
+        print_output(ev, classes)
+        per_output[ev.layer] = output_json(ev, classes)
+    # the first output's metrics at the top level, every output's under 'tasks'
     record = dict(model=args.model, weights=os.path.abspath(args.weights), prototxt=prototxt,
                   dataset=dataset, split=split, images=len(ids), data_root=layers.data_root(args.data_root),
                   date=datetime.datetime.now().isoformat(timespec='seconds'), **extra)
-    record.update(per_task[results[0].layer])
-    record.update(images=len(ids), tasks=per_task)
+    record.update(per_output[results[0].layer])
+    record.update(images=len(ids), tasks=per_output)
     if args.out:
         metrics.write_json(args.out, record)
         print('wrote %s' % args.out)

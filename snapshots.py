@@ -76,13 +76,13 @@ def solver_type(param):
     return param.type or 'SGD'
 
 
-def param_shapes(net_):
+def param_shapes(caffe_net):
     """{layer: [blob shape, ...]} of the net's parameters: what a snapshot must fit."""
-    return {name: [list(b.data.shape) for b in blobs] for name, blobs in net_.params.items()}
+    return {name: [list(b.data.shape) for b in blobs] for name, blobs in caffe_net.params.items()}
 
 
-def param_bytes(net_):
-    return sum(b.data.nbytes for blobs in net_.params.values() for b in blobs)
+def param_bytes(caffe_net):
+    return sum(b.data.nbytes for blobs in caffe_net.params.values() for b in blobs)
 
 
 @contextlib.contextmanager

@@ -62,7 +62,7 @@ import netinit
 import netload
 import project
 import safewrite
-import net as nets
+import net
 import weights
 
 
@@ -408,7 +408,7 @@ def _plan_fork_bn(path, layer, params, types):
     if len(shapes) != 4 or any(s != (1, channels, 1, 1) for s in shapes):
         raise project.InputError('%s: BN layer %r has blobs %s, expected 4 of shape (1, C, 1, 1)'
                                 % (path, name, shapes))
-    scale = nets.psp_scale_name(name)
+    scale = net.psp_scale_name(name)
     if types.get(name) != 'BatchNorm' or types.get(scale) != 'Scale':
         raise project.InputError('%s: BN layer %r has no BatchNorm %r + Scale %r in the net'
                                 % (path, name, name, scale))
@@ -447,8 +447,8 @@ def convert_fork_bn(src, target, out, quiet=False):
     if src == out or os.path.exists(out) and os.path.samefile(src, out):
         raise project.InputError('%s: the converted weights would replace the fork\'s file; '
                                 'give another --out' % out)
-    net = _target_net(target)
-    params, types = net.params, _layer_types(net)
+    target_net = _target_net(target)
+    params, types = target_net.params, _layer_types(target_net)
     report, plan, seen = ForkReport(), [], set()
     for layer in layers:
         if layer.name in seen:
@@ -459,7 +459,7 @@ def convert_fork_bn(src, target, out, quiet=False):
         elif types.get(layer.name) == 'BatchNorm' and len(layer.blobs) == 4:
             plan += _plan_fork_bn(src, layer, params, types)
             report.bn.append(layer.name)
-            seen.add(nets.psp_scale_name(layer.name))
+            seen.add(net.psp_scale_name(layer.name))
         elif layer.name in params:
             stored = [netload._blob_shape(b) for b in layer.blobs]
             wanted = [tuple(b.data.shape) for b in params[layer.name]]
@@ -472,15 +472,15 @@ def convert_fork_bn(src, target, out, quiet=False):
         else:
             raise project.InputError('%s: layer %r (%s) carries weights but the net has no such '
                                     'layer' % (src, layer.name, layer.type))
-    fixed = interp_layers(net)
+    fixed = interp_layers(target_net)
     for name in params:
         if name not in seen and name not in fixed:
             raise project.InputError('%s: the net\'s layer %r (%s) is missing from the file'
                                     % (src, name, types[name]))
     for data, dst in plan:
         dst[...] = data.reshape(dst.shape)  # counts checked: nothing repeated or cut
-    report.interp = pspnet_interp(net)
-    save_net(net, out, protect=(src,))
+    report.interp = pspnet_interp(target_net)
+    save_net(target_net, out, protect=(src,))
     if not quiet:
         print(report)
     return report
@@ -508,7 +508,7 @@ def pspnet_convert_main(args):
                                 % (src, args.model))
     out = args.out or os.path.join(os.path.dirname(weights.record_path(args.model)),
                                    models.get(args.model).weights.stock_file)
-    convert_fork_bn(src, nets.build_net(args.model, 'deploy', aux=not args.no_aux), out)
+    convert_fork_bn(src, net.build_net(args.model, 'deploy', aux=not args.no_aux), out)
     print('%s: converted into %s' % (src, out))
     return 0
 
@@ -594,7 +594,7 @@ def convert_main(args):
         raise project.InputError('%s: not found; unzip it from the release (python weights.py '
                                  '%s says where), or pass --weights' % (src, args.model))
     out = args.out or models.stock_file(args.model)
-    convert_by_name(src, nets.build_net(args.model, 'deploy'), out)
+    convert_by_name(src, net.build_net(args.model, 'deploy'), out)
     print('%s: converted into %s' % (src, out))
     return 0
 
@@ -621,7 +621,7 @@ def fcn_trunk_param(arch, widths=None):
     caffe = guard.import_caffe()
     kwargs = {'widths': tuple(widths)} if widths else {}
     try:
-        param = nets.build_net(models.CLASSIFIERS[arch].trunk_model, 'deploy', **kwargs)
+        param = net.build_net(models.CLASSIFIERS[arch].trunk_model, 'deploy', **kwargs)
     except ValueError as e:
         raise project.InputError('--widths: %s' % e)
     trunk = caffe.proto.caffe_pb2.NetParameter()

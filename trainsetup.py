@@ -72,11 +72,11 @@ def init_weights(spec, solver):
         surgery.init_bgrd(solver.net, _deploy_with_weights(trunk, path))
 
 
-def load_weights(net_, path):
-    """Copy `path` into `net_` by layer name (a parent's layers into its child: partial on
+def load_weights(caffe_net, path):
+    """Copy `path` into `caffe_net` by layer name (a parent's layers into its child: partial on
     purpose), after checking the shapes (no Caffe abort)."""
-    netload.check_weights(path, net_, partial=True)
-    net_.copy_from(path)
+    netload.check_weights(path, caffe_net, partial=True)
+    caffe_net.copy_from(path)
 
 
 # What Caffe's solvers know: the SolverRegistry's types, SGDSolver::GetLearningRate's
@@ -228,9 +228,9 @@ def restore(run, it, manifest):
         run.round = new_round(it)
 
 
-def seek_data(net_, forwards):
+def seek_data(caffe_net, forwards):
     """Put the net's layers.py data layers where `forwards` forward passes leave them."""
-    for layer in net_.layers:
+    for layer in caffe_net.layers:
         if hasattr(layer, 'seek'):
             layer.seek(forwards)
 
@@ -261,16 +261,16 @@ def score_split(run):
 def score_round(run, save_dir=None):
     """Score the test net (sharing the training weights) on the run's score ids, the
     start of its split, walking it in order, every output of the net in one pass
-    (score.model_tasks: SIFT Flow's two heads, its absent classes excluded); {task:
-    scores dict (with 'loss')}, task 'seg' for `label`, else the label blob's name."""
+    (score.scored_outputs: SIFT Flow's two heads, its absent classes excluded); {log key:
+    scores dict (with 'loss')}, the key 'seg' for `label`, else the label blob's name."""
     if not run.score_ids:
         return {}
-    net_ = run.solver.test_nets[0]
-    net_.share_with(run.solver.net)
-    seek_data(net_, 0)  # every round scores the same images, from the split's start
-    tasks, _ = score.model_tasks(net_, run.dataset, run.split, run.param.test_net[0], save_dir)
+    test_net = run.solver.test_nets[0]
+    test_net.share_with(run.solver.net)
+    seek_data(test_net, 0)  # every round scores the same images, from the split's start
+    outputs, _ = score.scored_outputs(test_net, run.dataset, run.split, run.param.test_net[0], save_dir)
     return {('seg' if ev.gt == 'label' else ev.gt): ev.scores
-            for ev in score.evaluate_tasks(net_, run.score_ids, tasks, progress=True)}
+            for ev in score.evaluate_outputs(test_net, run.score_ids, outputs, progress=True)}
 
 
 def log_round(run, rnd, snapshot_name):
@@ -284,9 +284,9 @@ def log_round(run, rnd, snapshot_name):
               'seconds': round(rnd['seconds'], 2), 'snapshot': snapshot_name, 'scores': results}
     snapshots.rewrite_log(run.out, snapshots.read_log(run.out) + [record])
     snapshots.plot_log(run.out)
-    for task, m in results.items():
+    for key, m in results.items():
         print('>>> iter %d %s: loss %.4g  overall acc %.4f  mean acc %.4f  mean IU %.4f  '
-              'fwavacc %.4f' % (run.solver.iter, task, m['loss'], m['overall_acc'],
+              'fwavacc %.4f' % (run.solver.iter, key, m['loss'], m['overall_acc'],
                                 m['mean_acc'], m['mean_iu'], m['fwavacc']), flush=True)
     return record
 
@@ -431,15 +431,15 @@ def start_fresh(run):
     than 0 does nothing: parallel.join gives it rank 0's."""
     if not run.lead:
         return
-    spec, path, net_ = run.model.spec, run.config.weights, run.solver.net
+    spec, path, train_net = run.model.spec, run.config.weights, run.solver.net
     if path:
         print('starting from %s' % path, flush=True)
-        load_weights(net_, path)
+        load_weights(train_net, path)
     elif spec is not None:
         init_weights(spec, run.solver)
     else:
         print('starting from the net\'s fillers (a folder outside the registry)', flush=True)
-    surgery.finish(net_, spec.finish if spec is not None else models.DEFAULT_FINISH)
+    surgery.finish(train_net, spec.finish if spec is not None else models.DEFAULT_FINISH)
     old = snapshots.snapshot_iters(run.out)
     for it in old:  # after the weights are read: --weights may be one of them
         snapshots.remove_snapshot(run.out, it)

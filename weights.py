@@ -82,7 +82,7 @@ import netload
 import safewrite
 import snapshots
 from cli import run_cli
-from project import REPO, InputError
+from project import REPO, InputError, NotReleasedError
 
 RECORD = models.RECORD
 # name on the command line -> URL record of an ILSVRC classification net (models.CLASSIFIERS)
@@ -180,7 +180,7 @@ def weights_path(model):
     record = record_path(model)
     rec = read_url_record(record)
     if not rec['url']:
-        raise InputError('%s: %s' % (model, NO_RELEASE))
+        raise NotReleasedError('%s: %s' % (model, NO_RELEASE))
     name = rec['file'] or os.path.basename(
         urllib.request.url2pathname(rec['url'].split('?')[0].rstrip('/')))
     return os.path.join(os.path.dirname(record), name)
@@ -445,7 +445,7 @@ def fetch(model, progress=True, verify=False, content=True, mirrors=()):
     every check; InputError naming each URL and why it failed when none does."""
     rec = read_url_record(record_path(model))
     if not rec['url']:
-        raise InputError('%s: %s' % (model, NO_RELEASE))
+        raise NotReleasedError('%s: %s' % (model, NO_RELEASE))
     dest = weights_path(model)
     if os.path.isfile(dest):
         if rec['size'] is not None and os.path.getsize(dest) != rec['size']:

@@ -146,10 +146,10 @@ class Opts:
         self.data_root = None
 
 
-def val_job(mdir, weights, root, tasks):
+def val_job(mdir, weights, root, outputs):
     val = os.path.join(mdir, 'val.prototxt')
     return cluster.Job(score.open_val_net, (val, weights, None, root), score.scores_at,
-                       (tasks,), {'data root': root, 'weights': weights, 'val net': val}, root)
+                       (outputs,), {'data root': root, 'weights': weights, 'val net': val}, root)
 
 
 def test_a_killed_worker_has_its_images_redone(two_nodes, world, monkeypatch):
@@ -160,13 +160,13 @@ def test_a_killed_worker_has_its_images_redone(two_nodes, world, monkeypatch):
     root = str(tmp / 'data')
     monkeypatch.setenv('FCN_DATA_ROOT', root)
     val = os.path.join(mdir, 'val.prototxt')
-    net_, _, split, _ = score.open_val_net(val, weights, None, root)
-    tasks, _ = score.model_tasks(net_, 'voc', split, val)
-    want = score.evaluate_tasks(net_, ids, tasks, progress=False)
+    caffe_net, _, split, _ = score.open_val_net(val, weights, None, root)
+    outputs, _ = score.scored_outputs(caffe_net, 'voc', split, val)
+    want = score.evaluate_outputs(caffe_net, ids, outputs, progress=False)
 
     ray.init(address=two_nodes, log_to_driver=False)
     positions, results = [], {}
-    with cluster.Pool(Opts(two_nodes), val_job(mdir, weights, root, tasks)) as pool:
+    with cluster.Pool(Opts(two_nodes), val_job(mdir, weights, root, outputs)) as pool:
         assert len({where for where, _ in pool.pids.values()}) == 2  # one worker per node
         victim = sorted(pool.pids)[1]
         os.kill(pool.pids[victim][1], signal.SIGKILL)
@@ -175,7 +175,7 @@ def test_a_killed_worker_has_its_images_redone(two_nodes, world, monkeypatch):
             results[position] = result
         assert pool.redone >= 1 and victim not in pool.actors
     assert sorted(positions) == list(range(len(ids)))  # each image once
-    got = score.evaluate_tasks(net_, ids, tasks, False, (results[i] for i in range(len(ids))))
+    got = score.evaluate_outputs(caffe_net, ids, outputs, False, (results[i] for i in range(len(ids))))
     for w, g in zip(want, got):
         np.testing.assert_array_equal(w.hist, g.hist)
         assert w.loss == g.loss and metrics.jsonable(w.scores) == metrics.jsonable(g.scores)
@@ -189,7 +189,7 @@ def test_a_worker_that_cannot_see_the_data_root_names_its_node_and_the_path(two_
     if not ray.is_initialized():
         ray.init(address=two_nodes, log_to_driver=False)
     gone = str(tmp / 'not-on-this-node')
-    job = val_job(mdir, weights, gone, [score.Task()])
+    job = val_job(mdir, weights, gone, [score.ScoredOutput()])
     with pytest.raises(project.InputError) as e:
         with cluster.Pool(Opts(two_nodes), job):
             pass
@@ -200,9 +200,9 @@ def test_a_worker_that_cannot_see_the_data_root_names_its_node_and_the_path(two_
 
 # ----------------------------------------------------------------------------- the other paths
 
-def test_reproduce_two_tasks_and_sliding_windows_equal_the_local_run(two_nodes, world, tmp_path,
+def test_reproduce_two_outputs_and_sliding_windows_equal_the_local_run(two_nodes, world, tmp_path,
                                                                     monkeypatch):
-    """reproduce.py --ray on SIFT Flow (two tasks, two losses) and score.py --ray on a
+    """reproduce.py --ray on SIFT Flow (two outputs, two losses) and score.py --ray on a
     sliding-window model (a narrow PSPNet, the release's protocol) give the local numbers."""
     tmp = world[0]
     sift = tmp / 'models' / 'siftflow-fcn' / 'fcn16s'

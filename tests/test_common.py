@@ -1,6 +1,6 @@
 """The guards every command relies on: outputs never replace inputs and are complete before they take
-their final name (F2, F4), nets are checked before Caffe sees them (F15, F18), weights
-must cover the net (F17). Real pycaffe; Caffe is only built in a subprocess where a
+their final name, nets are checked before Caffe sees them, weights
+must cover the net. Real pycaffe; Caffe is only built in a subprocess where a
 wrong check would let it abort."""
 import errno
 import json
@@ -18,6 +18,7 @@ import cli
 import guard
 import layers
 import metrics
+import net
 import netinit
 import netload
 import project
@@ -29,7 +30,7 @@ caffe = guard.import_caffe()
 REPO = project.REPO
 
 
-# --- outputs never replace inputs (F2) --------------------------------------------------------
+# --- outputs never replace inputs --------------------------------------------------------
 
 def test_atomic_write_refuses_to_replace_an_input(tmp_path):
     photo = tmp_path / 'photo.png'
@@ -199,7 +200,7 @@ def test_no_module_writes_outside_the_checked_writer():
     assert not found, found
 
 
-# --- every write complete before the rename (F4) ------------------------------------------------
+# --- every write complete before the rename ------------------------------------------------
 
 def _short_writer(real_write, budget):
     """An os.write that, like a disk filling up, writes at most `budget` bytes in all:
@@ -252,7 +253,7 @@ def test_a_full_disk_never_leaves_a_truncated_jpeg(tmp_path, monkeypatch, fault)
     assert (tmp_path / 'a.txt').read_text() == 'x' * 1000 + '\n'
 
 
-# --- nets checked before Caffe sees them (F15, F18) ---------------------------------------------
+# --- nets checked before Caffe sees them ---------------------------------------------
 
 NET = """name: "t"
 layer { name: "data" type: "Input" top: "data"
@@ -379,14 +380,13 @@ def test_every_generated_net_passes_and_matches_caffe(tmp_path):
     """No false alarms on the project's nets, and the inferred shapes are Caffe's: the
     narrow FCN-8s, FCN-AlexNet (LRN, grouped convolutions, no pad on pool) and the
     NYUD late fusion net (Eltwise of two towers)."""
-    import net as nets
     for model in ('voc-fcn8s', 'voc-fcn-alexnet', 'nyud-fcn32s-color-hha', 'siftflow-fcn8s'):
         folder = tmp_path / model
-        nets.write_model_dir(str(folder), model, widths=(4, 4, 4, 4, 4, 8))
+        net.write_model_dir(str(folder), model, widths=(4, 4, 4, 4, 4, 8))
         deploy = folder / 'deploy.prototxt'
         shapes = netinit.check_net(netinit.read_net_param(deploy), str(deploy), 'test')
-        net = caffe.Net(str(deploy), caffe.TEST)
-        assert shapes == caffe_shapes(net), model
+        caffe_net = caffe.Net(str(deploy), caffe.TEST)
+        assert shapes == caffe_shapes(caffe_net), model
         for name in ('train.prototxt', 'val.prototxt'):
             if (folder / name).exists():
                 netinit.check_prototxt(folder / name)  # the Python data layers check too
@@ -394,9 +394,8 @@ def test_every_generated_net_passes_and_matches_caffe(tmp_path):
 
 def test_blob_limit_at_a_given_input_size(tmp_path):
     """The check answers for an input size other than the declared one: FCN's conv1_2
-    im2col buffer passes INT_MAX at about 3.7 Mpx (the F8 abort)."""
-    import net as nets
-    nets.write_model_dir(str(tmp_path), 'voc-fcn8s', widths=(64, 4, 4, 4, 4, 8))
+    im2col buffer passes INT_MAX at about 3.7 Mpx (where Caffe aborts)."""
+    net.write_model_dir(str(tmp_path), 'voc-fcn8s', widths=(64, 4, 4, 4, 4, 8))
     deploy = str(tmp_path / 'deploy.prototxt')
     param = netinit.read_net_param(deploy)
     netinit.check_net(param, deploy, 'test', {'data': (1, 3, 1080, 1920)})
@@ -434,17 +433,16 @@ def test_bad_python_layer_names_the_prototxt(tmp_path, what, old, new, needle):
     assert str(path) in lines[0] and "'data'" in lines[0] and needle in lines[0], lines[0]
 
 
-# --- weights must cover the net (F17) -------------------------------------------------------
+# --- weights must cover the net -------------------------------------------------------
 
 @pytest.fixture(scope='module')
 def fcn(tmp_path_factory):
     """Narrow FCN-32s and FCN-8s deploy nets and random weights for each."""
-    import net as nets
     root = tmp_path_factory.mktemp('fcn')
     out = {}
     for head in ('32s', '8s'):
         folder = root / head
-        nets.write_model_dir(str(folder), 'voc-fcn' + head, widths=(4, 4, 4, 4, 4, 8))
+        net.write_model_dir(str(folder), 'voc-fcn' + head, widths=(4, 4, 4, 4, 4, 8))
         deploy = folder / 'deploy.prototxt'
         out[head] = (str(deploy), str(random_weights(deploy, folder / 'w.caffemodel')))
     return out
@@ -544,8 +542,8 @@ def test_progress_bar_is_tqdm(capsys):
 
 
 def test_fsync_failure_names_the_file(tmp_path, monkeypatch):
-    """F25: a full disk reported only at fsync gave '[Errno 28] No space left on device'
-    naming no file."""
+    """A full disk reported only at fsync is an error naming the file, not a bare
+    '[Errno 28] No space left on device'."""
     def no_space(fd):
         raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(os, 'fsync', no_space)

@@ -22,12 +22,6 @@ def load_script(relpath):
     return module
 
 
-@pytest.fixture
-def root(tmp_path, monkeypatch):
-    monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path))
-    return tmp_path
-
-
 # ----------------------------------------------------------------------------- seg11valid
 
 def voc_and_sbd(root):
@@ -84,7 +78,7 @@ def test_seg11valid_out_never_replaces_an_input(root):
 
 
 def test_seg11valid_list_not_utf8_names_it(root):
-    """F25 class: a split list that does not decode is named, not a UnicodeDecodeError."""
+    """A split list that does not decode is named, not a UnicodeDecodeError."""
     voc_and_sbd(root)
     train = root / 'sbdd/dataset/train.txt'
     train.write_bytes(b'2008_000001\n\xff\xfe\n')

@@ -1,4 +1,4 @@
-"""demo.py's arguments are checked before anything is generated (issue 12 F20)."""
+"""demo.py's arguments are checked before anything is generated."""
 import os
 import subprocess
 import sys

@@ -43,13 +43,8 @@ PSP = dict(widths=(4, 4, 8, 4, 4, 8, 8, 4, 8, 4), blocks=(1, 1, 2, 1), crop=89)
 SIZE = (61, 45)  # odd sides: every FCN pool rounds up
 
 
-@pytest.fixture(autouse=True)
-def registry():
-    """Models a test registers (a user's model.json) are forgotten after it."""
-    saved = dict(models.MODELS)
-    yield
-    models.MODELS.clear()
-    models.MODELS.update(saved)
+# models a test registers (a user's model.json) are forgotten after it
+pytestmark = pytest.mark.usefixtures('registry')
 
 
 def prototxt(tmp_path, param, name='deploy'):
@@ -94,7 +89,7 @@ def narrow(name):
 def test_every_builtin_model_narrow_equals_caffe(name, tmp_path):
     spec = models.get(name)
     param = (narrow(name) if isinstance(spec, models.ModelSpec)
-             else net.CLASSIFIERS[name](widths=ALEXNET_WIDTHS if name == 'caffenet' else FCN_WIDTHS,
+             else net.CLASSIFIER_BUILDERS[name](widths=ALEXNET_WIDTHS if name == 'caffenet' else FCN_WIDTHS,
                                         num_classes=10))
     model, caffe_net, inputs, dynamic = exported(tmp_path, param)
     # the FCNs run at any size; PSPNet's pyramid and the classifiers at the one they are built for

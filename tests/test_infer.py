@@ -12,6 +12,7 @@ from PIL import Image
 import infer
 import models
 import predict
+import project
 from datasets import random_weights  # tests/datasets.py
 from guard import import_caffe
 from project import REPO, InputError
@@ -202,7 +203,7 @@ def released(monkeypatch, tmp_path, url, size=None):
 
 
 def test_released_weights_fetched_on_first_use(model, tmp_path, monkeypatch, capsys):
-    """Issue 13 item 7: as torch.hub does, the first run fetches the weights (size
+    """As torch.hub does, the first run fetches the weights (size
     checked) where weights.py keeps them; later runs use them; --no-download never fetches."""
     deploy, good, _ = model
     dest = released(monkeypatch, tmp_path, 'file://' + str(good), os.path.getsize(good))
@@ -250,7 +251,7 @@ def test_offline_names_the_url_and_the_path(model, tmp_path, monkeypatch, capsys
 
 
 def test_out_folder_is_the_input_folder(model, tmp_path):
-    """F2: `infer.py DIR --out DIR` wrote its label maps over the input PNGs."""
+    """`infer.py DIR --out DIR` never writes its label maps over the input PNGs."""
     src = tmp_path / 'photos'
     src.mkdir()
     rng = np.random.RandomState(5)
@@ -268,8 +269,8 @@ def test_out_folder_is_the_input_folder(model, tmp_path):
 
 
 def test_output_names_unique_against_inputs_and_outputs(model, tmp_path):
-    """F5: x/a.png, y/a.png and z/a-2.png: the second a got a-2 and the real a-2.png's
-    result overwrote it, while the summary said 3 of 3."""
+    """x/a.png, y/a.png and z/a-2.png: three results, none replacing another (the
+    second a and the real a-2.png never share a name), and the summary says 3 of 3."""
     sizes = {'x': (H, W), 'y': (20, 30), 'z': (25, 17)}
     paths = []
     for folder, size in sizes.items():
@@ -289,8 +290,8 @@ def test_output_names_unique_against_inputs_and_outputs(model, tmp_path):
 
 
 def test_full_disk_overlay_is_an_error_not_done(model, tmp_path, monkeypatch, capsys):
-    """F4: on a full disk the overlay JPEG was truncated under its final name and the
-    image reported done. Here the disk fills while the overlay is written."""
+    """The disk fills while the overlay JPEG is written: no truncated file under its
+    final name, and the image is not reported done."""
     real = os.write
 
     def full_at_overlay(fd, data):
@@ -309,7 +310,7 @@ def test_full_disk_overlay_is_an_error_not_done(model, tmp_path, monkeypatch, ca
 
 
 def test_classes_count_must_match_the_net(model, tmp_path):
-    """F28: a --classes file with another number of names than the net's classes."""
+    """a --classes file with another number of names than the net's classes."""
     img = tmp_path / 'a.png'
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
     classes = tmp_path / 'classes.txt'
@@ -327,7 +328,7 @@ def test_classes_count_must_match_the_net(model, tmp_path):
 
 
 def test_partial_weights_need_allow_partial(tmp_path):
-    """F17: FCN-32s weights into FCN-8s gave 'background 100%' and exit 0."""
+    """FCN-32s weights into FCN-8s are refused (not 'background 100%' and exit 0)."""
     import net
     net.write_model_dir(str(tmp_path / '32s'), 'voc-fcn32s', widths=(4, 4, 4, 4, 4, 8))
     weights32 = random_weights(tmp_path / '32s' / 'deploy.prototxt', tmp_path / 'w32.caffemodel')
@@ -355,8 +356,8 @@ def wide_conv1(tmp_path_factory):
 
 
 def test_big_photo_segmented_at_the_trained_scale(wide_conv1, tmp_path):
-    """F8: a photo over ~3.7 Mpx aborted Caffe ('blob size exceeds INT_MAX') and a
-    folder run died there. By default it is segmented with its long side at 500 and the
+    """A photo over ~3.7 Mpx would make Caffe abort ('blob size exceeds INT_MAX') and
+    end a folder run. By default it is segmented with its long side at 500 and the
     labels come back at its own size; a --max-side too large for the net is a one-line
     error naming the side that fits, and the other images are still done."""
     deploy, weights = wide_conv1
@@ -380,7 +381,7 @@ def test_big_photo_segmented_at_the_trained_scale(wide_conv1, tmp_path):
     assert (out / 'small.png').is_file() and '1 of 2' in r.stdout
     param = infer.read_net_param(deploy)
     assert infer.fit_error(param, deploy, 'data', (side, side)) is None
-    assert infer.fit_error(param, deploy, 'data', (side + 1, side + 1)) is not None
+    assert isinstance(infer.fit_error(param, deploy, 'data', (side + 1, side + 1)), project.TooLargeError)
 
 
 def test_image_too_small_for_the_net(tmp_path):

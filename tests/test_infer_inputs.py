@@ -14,6 +14,8 @@ from PIL import Image
 
 import infer
 import layers
+import models
+import net
 import predict
 from datasets import random_weights  # tests/datasets.py
 from guard import import_caffe
@@ -242,9 +244,8 @@ def test_out_checked_before_the_model_is_opened(tmp_path, monkeypatch):
 
 @pytest.fixture(scope='module')
 def fcn8s(tmp_path_factory):
-    import net as nets
     folder = tmp_path_factory.mktemp('fcn8s')
-    nets.write_model_dir(str(folder), 'voc-fcn8s', widths=(4, 4, 4, 4, 4, 8))
+    net.write_model_dir(str(folder), 'voc-fcn8s', widths=(4, 4, 4, 4, 4, 8))
     deploy = os.path.join(str(folder), 'deploy.prototxt')
     return ['--deploy', deploy, '--weights', random_weights(deploy, folder / 'w.caffemodel')]
 
@@ -277,7 +278,6 @@ def test_tiled_labels_keep_a_band_not_the_whole_images_logits(tmp_path):
     predict.labels tiled stays far below the whole image's logits, and the labels are
     exactly those of the averaged logits (sliding_logits)."""
     import tracemalloc
-    import models
     deploy, weights = tiny_net(tmp_path / 'net', classes=40)
     caffe = import_caffe()
     n = caffe.Net(deploy, weights, caffe.TEST)

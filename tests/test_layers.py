@@ -10,18 +10,12 @@ from PIL import Image
 import datasets  # tests/datasets.py
 import guard
 import layers
+import models
 import project
 
 caffe = guard.import_caffe()
 
 VOC = 'pascal/VOC2011'
-
-
-@pytest.fixture
-def root(tmp_path, monkeypatch):
-    """A fresh data root, found by the layers through FCN_DATA_ROOT."""
-    monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path))
-    return tmp_path
 
 
 def data_net(tmp_path, layer, params, tops, phase='test'):
@@ -296,7 +290,7 @@ def test_label_size_mismatch_is_an_error(root):
 
 
 def test_data_root_passed_as_an_argument(tmp_path, monkeypatch):
-    """Python callers pass the data root (issue 13 item 5); $FCN_DATA_ROOT is only how a
+    """Python callers pass the data root; $FCN_DATA_ROOT is only how a
     command reaches the layers Caffe instantiates from a prototxt."""
     monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path / 'elsewhere'))
     voc = datasets.make_voc(tmp_path / 'data', split='seg11valid')
@@ -315,8 +309,8 @@ def test_split_ids_and_class_constants(root):
     assert len(layers.CONTEXT_CLASSES) == 60 and layers.CONTEXT_CLASSES[0] == 'background'
     assert layers.CONTEXT_CLASSES[:21] == layers.VOC_CLASSES
     assert set(layers.SIFTFLOW_SEM_ABSENT_IN_TEST) <= set(layers.SIFTFLOW_SEM_CLASSES)
-    for name, d in layers.DATASETS.items():
-        assert d['layer'].__name__.endswith('SegDataLayer') and d['classes']
+    for name in models.BUILTIN_DATASETS:
+        assert layers.score_layer(name).__name__.endswith('SegDataLayer')
     voc = datasets.make_voc(root, split='seg11valid')
     assert layers.split_ids('voc') == voc
     nyud = datasets.make_nyud(root, ids=['5001', '5002'], size=(3, 3), split='test')
@@ -345,7 +339,7 @@ def assert_refused(root, layer, params, tops, path, *words):
 
 
 def test_labels_outside_the_classes_name_the_file_and_values(root):
-    """F10: a class beyond the dataset's (VOC 21) or any stray value is refused where it is
+    """A class beyond the dataset's (VOC 21) or any stray value is refused where it is
     read, naming the file and the values; 255 (void) is kept."""
     datasets.make_voc(root, ids=['a'], size=(5, 6), split='val')
     png = root / VOC / 'SegmentationClass' / 'a.png'
@@ -367,7 +361,7 @@ def test_labels_outside_the_classes_name_the_file_and_values(root):
 @pytest.mark.parametrize('value, words', [(np.nan, ('NaN',)), (2.5, ('fractional', '2.5')),
                                           (-3, ('-3',))])
 def test_mat_labels_nan_fractional_negative_refused(root, value, words):
-    """F10: .mat labels are not coerced (NaN -> 0, 2.5 -> 2, -3 -> wrapped) but refused."""
+    """.mat labels are not coerced (NaN -> 0, 2.5 -> 2, -3 -> wrapped) but refused."""
     datasets.make_siftflow(root, ids=['coast_a'], size=(4, 5), split='test')
     mat = root / 'sift-flow' / 'SemanticLabels' / datasets.SIFTFLOW_SUBDIR / 'coast_a.mat'
     s = scipy.io.loadmat(str(mat))['S'].astype(np.float64)
@@ -378,7 +372,7 @@ def test_mat_labels_nan_fractional_negative_refused(root, value, words):
 
 
 def test_siftflow_label_stored_as_a_string(root):
-    """F20: a .mat variable holding text is a one-line error, not a numpy traceback."""
+    """A .mat variable holding text is a one-line error, not a numpy traceback."""
     datasets.make_siftflow(root, ids=['coast_a'], size=(4, 5), split='test')
     mat = root / 'sift-flow' / 'GeoLabels' / datasets.SIFTFLOW_SUBDIR / 'coast_a.mat'
     scipy.io.savemat(str(mat), {'S': 'sky'})
@@ -397,8 +391,7 @@ def test_context_ids_outside_labels_txt_refused(root):
 
 
 def test_label_list_not_utf8_names_the_file(root):
-    """F25: a 59_labels.txt that does not decode is named (it was reported as the net's
-    prototxt)."""
+    """A 59_labels.txt that does not decode is named (not the net's prototxt)."""
     datasets.make_pascalcontext(root, ids=['x'], size=(3, 4), split='val')
     bad = root / 'pascal-context' / '59_labels.txt'
     bad.write_bytes(b'1: aeroplane\n2: \xff\xfe bicycle\n')
@@ -432,7 +425,7 @@ except project.InputError as e:
 
 @pytest.mark.parametrize('how', ['bind', 'param_str'])
 def test_labels_beyond_the_nets_classes_stop_training(root, how):
-    """F10: a 3-class net on VOC labels up to 20: Caffe's SoftmaxWithLoss would read outside
+    """A 3-class net on VOC labels up to 20: Caffe's SoftmaxWithLoss would read outside
     its arrays (segfault, or a loss computed from other memory). The net's class count is
     bound to the data layer (or given as param_str num_classes): an error naming the file.
     Run in a subprocess because without the check Caffe may crash."""

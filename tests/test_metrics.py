@@ -119,8 +119,8 @@ def test_confusion_matrix_update_compute_format():
 
 
 def test_confusion_matrix_refuses_labels_outside_the_classes():
-    """F10: the matrix used to drop labels outside [0, C) silently (fewer pixels scored, a
-    higher score); 255 is void and counted as such, anything else is an error."""
+    """Labels outside [0, C) are never dropped silently (fewer pixels scored, a higher
+    score): 255 is void and counted as such, anything else is an error."""
     cm = metrics.ConfusionMatrix(3)
     cm.update(GT, PRED)
     assert cm.compute()['void_pixels'] == 2

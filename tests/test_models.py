@@ -1,5 +1,5 @@
-"""models.py, the registry: lookups, a user's model.json, and the facts still written
-elsewhere kept equal to it until they are read from it (issue 13, phase 2).
+"""models.py, the registry: lookups, a user's model.json, and the modules that read
+their facts from it agree with it.
 
     .venv/bin/python -m pytest tests/test_models.py -q      # a few seconds
 """
@@ -14,16 +14,6 @@ import pytest
 import models
 import project
 from project import InputError
-
-
-@pytest.fixture
-def registry():
-    """Leaves models.MODELS and models.DATASETS as they were after the test."""
-    saved = dict(models.MODELS), dict(models.DATASETS)
-    yield models
-    for table, old in zip((models.MODELS, models.DATASETS), saved):
-        table.clear()
-        table.update(old)
 
 
 def test_get_by_id_folder_and_classifier():
@@ -70,7 +60,6 @@ def test_schedule_is_the_training_length():
 
 def test_default_data_layers_come_from_the_registry():
     import net
-    assert not hasattr(net, 'DATA')  # the one registry (net.MODELS goes with train.py's use)
     assert net.default_data('voc')['val'] == ('VOCSegDataLayer', {
         'voc_dir': 'pascal/VOC2011', 'split': 'seg11valid', 'seed': 1337,
         'mean': [104.00699, 116.66877, 122.67892]})
@@ -88,9 +77,8 @@ def test_data_layers_hold_the_registry_facts():
     assert layers.ADE20K_CLASSES == d['ade20k'].classes and len(d['ade20k'].classes) == 150
     assert len(layers.ADE20K_PALETTE) == 150 and len(layers.CITYSCAPES_PALETTE) == 19
     assert layers.PSP_MEAN == d['ade20k'].mean == d['cityscapes'].mean == d['voc2012'].mean
-    for name, spec in d.items():
-        assert layers.DATASETS[name]['classes'] == spec.classes
-        assert layers.DATASETS[name]['split'] == spec.score_split
+    for name in models.BUILTIN_DATASETS:
+        assert layers.score_layer(name).__name__ == d[name].split(d[name].score_split).layer
     assert tuple(layers.VOC_CLASSES) == d['voc'].classes
     assert tuple(layers.NYUD_CLASSES) == d['nyud'].classes
     assert tuple(layers.SIFTFLOW_SEM_CLASSES) == d['siftflow'].label('sem').classes
@@ -141,10 +129,8 @@ def test_release_records_are_generated_from_the_registry():
         net.url_record(unsourced)
 
 
-def test_paper_rows_are_reproduce_py_ones():
-    """reproduce.py's PAPER is models.PAPER (PSPNet's rows too), in the dict form it writes."""
-    import reproduce
-    assert [r.to_dict() for r in models.PAPER] == list(reproduce.PAPER)
+def test_paper_rows_name_known_models():
+    """Every paper row names a registered model (or none); a model's rows are its `paper`."""
     assert {r.model for r in models.PAPER} - {None} <= set(models.names())
     assert [r.name for r in models.get('siftflow-fcn16s').paper] == [
         'FCN-16s semantic', 'FCN-16s geometric']
@@ -160,7 +146,7 @@ def _user_spec(folder):
     models.register_dataset(shapes)
     return dataclasses.replace(
         models.get('voc-fcn8s'), name='shapes-fcn8s', folder=str(folder), family='shapes-fcn',
-        dataset='shapes', builder='fcn', builder_args=(('head', '8s'), ('dataset', 'shapes')),
+        dataset='shapes', builder='fcn', builder_args=(),
         parents=(models.Parent('vgg16'),), weights=None, title='FCN-8s on shapes')
 
 
@@ -308,3 +294,21 @@ def test_model_paths_from_the_current_directory_and_folders_named_like_built_ins
                         '--model', 'mymodels/x'], cwd=str(tmp_path), capture_output=True,
                        text=True, timeout=120)
     assert 'unknown model' not in r.stderr and str(mine) in r.stderr, r.stderr  # its folder's
+
+
+def test_builder_arguments_come_from_the_spec_fields_once(tmp_path):
+    """head, dataset, class counts and a ResNet's depth are the spec's fields, never also
+    builder_args; a model.json whose builder_args repeat its head and dataset (as older
+    `net.py new` folders hold) loads when they agree, and is refused when they do not."""
+    assert models.get('siftflow-fcn16s').builder_facts() == dict(
+        head='16s', dataset='siftflow', num_classes=(33, 3))
+    assert models.get('pspnet50-ade20k').builder_facts() == dict(
+        head='pyramid', dataset='ade20k', num_classes=150, depth=50)
+    with pytest.raises(InputError, match='builder_args head: the spec'):
+        dataclasses.replace(models.get('voc-fcn8s'), builder_args=(('head', '8s'),))
+    d = models.to_dict(models.get('voc-fcn8s-atonce'))
+    d.update(name='old-atonce', builder_args=dict(d['builder_args'], head='8s', dataset='voc'))
+    assert models.from_dict(d, str(tmp_path)).build_kwargs() == {'at_once': True}
+    d['builder_args']['head'] = '16s'
+    with pytest.raises(InputError, match="builder_args head '16s' disagrees"):
+        models.from_dict(d, str(tmp_path))

@@ -470,9 +470,9 @@ def test_models_table():
         models.Parent('nyud-fcn32s-color', 'color'), models.Parent('nyud-fcn32s-hha', 'hha'))
     for model in FCNS:
         m = models.get(model)
-        assert m.trunk in net.CLASSIFIERS
+        assert m.trunk in net.CLASSIFIER_BUILDERS
         for p in m.parents:
-            assert p.source in models.BUILTIN or p.source in net.CLASSIFIERS, (model, p.source)
+            assert p.source in models.BUILTIN or p.source in net.CLASSIFIER_BUILDERS, (model, p.source)
     assert {models.get(k).classes for k in FCNS if k.startswith('pascalcontext')} == {60}
 
 

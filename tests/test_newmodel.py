@@ -24,15 +24,8 @@ REPO = project.REPO
 PY = sys.executable
 
 
-@pytest.fixture(autouse=True)
-def registry():
-    """The models and datasets a test registers (models.get of a new folder) are
-    forgotten after it, so other tests see only the built-in ones."""
-    saved = dict(models.MODELS), dict(models.DATASETS)
-    yield
-    for table, before in zip((models.MODELS, models.DATASETS), saved):
-        table.clear()
-        table.update(before)
+# the models and datasets a test registers (models.get of a new folder) are forgotten after it
+pytestmark = pytest.mark.usefixtures('registry')
 
 
 def label_values(root, ids):

@@ -34,8 +34,8 @@ import numpy as np
 import pytest
 
 import guard
+import net
 import project
-import net as nets
 
 caffe = guard.import_caffe()
 from caffe import layers as L, params as P  # noqa: E402
@@ -323,8 +323,8 @@ def fill(net, rng):
 
 def fcn8s_param(split, h, w, widths=(16, 16, 32, 32, 32, 64), classes=21):
     """The project's FCN-8s (net.py), narrow, with Input layers and no Dropout."""
-    src = nets.voc_fcn('8s', 'deploy' if split == 'deploy' else 'train', num_classes=classes,
-                       widths=widths, data_layer='X', data_params={})
+    src = net.voc_fcn('8s', 'deploy' if split == 'deploy' else 'train', num_classes=classes,
+                      widths=widths, data_layer='X', data_params={})
     param = caffe.proto.caffe_pb2.NetParameter()
     inputs = [('data', [1, 3, h, w])] + ([('label', [1, 1, h, w])] if split != 'deploy' else [])
     for name, dims in inputs:

@@ -17,12 +17,6 @@ ADE = 'ade20k/ADEChallengeData2016'
 MEAN_RGB = (123.68, 116.779, 103.939)
 
 
-@pytest.fixture
-def root(tmp_path, monkeypatch):
-    monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path))
-    return tmp_path
-
-
 def test_psp_mean_is_the_release_rgb_mean_in_bgr_order():
     assert layers.PSP_MEAN == MEAN_RGB[::-1]
 

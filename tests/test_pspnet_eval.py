@@ -28,12 +28,6 @@ BLOCKS = (1, 1, 1, 1)
 CROP = 41  # F = 6: bins 1, 2, 3, 6
 
 
-@pytest.fixture
-def root(tmp_path, monkeypatch):
-    monkeypatch.setenv('FCN_DATA_ROOT', str(tmp_path))
-    return tmp_path
-
-
 # ----------------------------------------------------------------------------- the protocol
 
 def conv_net(tmp_path, weights):

@@ -329,7 +329,7 @@ def test_release_deploy_nets_build(tmp_path, model, crop, feature, classes, stri
         assert tuple(cn.blobs['conv5_3_pool%d' % b].data.shape) == (1, 2048, b, b)
         assert tuple(cn.blobs['conv5_3_pool%d_interp' % b].data.shape) == (1, 512, feature, feature)
     assert tuple(cn.blobs['conv6_interp'].data.shape) == (1, classes, crop, crop)
-    last4 = 'conv4_%d' % net.RESNET_BLOCKS[models.get(model).build_kwargs()['depth']][2]
+    last4 = 'conv4_%d' % net.RESNET_BLOCKS[models.get(model).builder_facts()['depth']][2]
     assert last4 in cn.blobs and 'conv4_24' not in cn.params and 'conv4_7' not in cn.params
 
 

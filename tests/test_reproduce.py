@@ -233,7 +233,7 @@ def test_no_data_at_all_prints_the_paper_tables(tmp_path):
                  str(empty / 'pascal' / 'VOC2011' / 'ImageSets' / 'Segmentation' / 'seg11valid.txt')):
         assert text in r.stdout, text
     res = read_results(tmp_path / 'out')
-    assert len(res['rows']) == len(reproduce.PAPER) == len(models.PAPER)
+    assert len(res['rows']) == len(models.PAPER)
     assert all(r['measured'] is None for r in res['rows'])
     assert sorted(res['models']) == sorted(models.BUILTIN)
     assert all(e['status'] == 'missing' for e in res['models'].values())
@@ -313,19 +313,17 @@ def test_bad_arguments(tmp_path, monkeypatch, args, words):
 
 def test_paper_table_covers_the_spec():
     """Every model a paper row names exists; the numbers are the papers' (docs/results.md)."""
-    for r in reproduce.PAPER:
-        assert r['model'] is None or r['model'] in models.BUILTIN
-    release = {r['model']: r['paper']['mean_iu'] for r in reproduce.PAPER
-               if r['source'] == 'release' and r['local']}
+    for r in models.PAPER:
+        assert r.model is None or r.model in models.BUILTIN
+    release = {r.model: r.mean_iu for r in models.PAPER if r.source == 'release' and r.local}
     assert release == {'voc-fcn32s': 63.6, 'voc-fcn16s': 65.0, 'voc-fcn8s': 65.5,
                        'voc-fcn8s-atonce': 65.4, 'voc-fcn-alexnet': 48.0}
-    nyud = [(r['model'], r['paper']['mean_iu']) for r in reproduce.PAPER
-            if r['source'] == 'CVPR Table 4']
+    nyud = [(r.model, r.mean_iu) for r in models.PAPER if r.source == 'CVPR Table 4']
     assert nyud == [('nyud-fcn32s-color', 29.2), ('nyud-fcn32s-color-d', 30.5),
                     ('nyud-fcn32s-hha', 24.2), ('nyud-fcn32s-color-hha', 32.8),
                     ('nyud-fcn16s-color-hha', 34.0)]
-    assert not any(r['local'] for r in reproduce.PAPER if 'test' in r['data']
-                   and r['source'] != 'CVPR Table 4' and r['source'] != 'CVPR Table 5')
+    assert not any(r.local for r in models.PAPER if 'test' in r.data
+                   and r.source != 'CVPR Table 4' and r.source != 'CVPR Table 5')
 
 
 def test_broken_model_directory_fails_alone(world, tmp_path, monkeypatch):
@@ -356,7 +354,7 @@ def test_broken_model_directory_fails_alone(world, tmp_path, monkeypatch):
     ({'status': 'evaluated', 'tasks': {'score': {'mean_iu': 'high'}}}, "has no 'dataset'"),
 ])
 def test_merge_with_a_malformed_entry_is_one_line(world, tmp_path, monkeypatch, entry, words):
-    """F20: a malformed model entry in OUT/results.json gave a traceback on --merge."""
+    """A malformed model entry in OUT/results.json is a one-line error on --merge."""
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'results.json').write_text(json.dumps({'models': {'voc-fcn8s': entry}}))
@@ -393,7 +391,7 @@ def test_merge_names_a_malformed_task_value(world, tmp_path, monkeypatch):
 
 
 def test_out_checked_before_scoring(world, tmp_path, monkeypatch, capsys):
-    """F24: an OUT that cannot be written was found after the first model was scored."""
+    """An OUT that cannot be written is refused before the first model is scored."""
     (tmp_path / 'afile').write_text('x')
     base = ['--model-root', world['models'], '--data-root', world['data'], '--quiet',
             '--models', 'voc-fcn8s']

@@ -232,8 +232,8 @@ def test_class_info():
 # ----------------------------------------------------------------------------- nothing lost
 
 def test_labels_outside_the_classes_are_refused_not_dropped(tmp_path):
-    """F10: a 3-class net on labels up to 20 (and 255 void): the old matrix dropped the
-    pixels of classes 3..20 silently; now the image and the values are named."""
+    """A 3-class net on labels up to 20 (and 255 void): an error naming the image and
+    the values, not the pixels of classes 3..20 dropped silently."""
     datasets = pytest.importorskip('datasets')
     ids = datasets.make_voc(tmp_path / 'data', n_classes=21)
     voc_dir = tmp_path / 'data' / 'pascal' / 'VOC2011'
@@ -245,7 +245,7 @@ def test_labels_outside_the_classes_are_refused_not_dropped(tmp_path):
 
 
 def test_cli_label_beyond_the_net_names_the_file(tmp_path, voc_model):
-    """F10: a label PNG holding 30 (VOC has 21 classes) is an error naming the file."""
+    """A label PNG holding 30 (VOC has 21 classes) is an error naming the file."""
     mdir, weights, ids = voc_model
     png = tmp_path / 'data' / 'pascal' / 'VOC2011' / 'SegmentationClass' / (ids[1] + '.png')
     label = np.array(Image.open(png))
@@ -257,8 +257,8 @@ def test_cli_label_beyond_the_net_names_the_file(tmp_path, voc_model):
 
 
 def test_save_pred_into_the_dataset_is_refused(tmp_path, voc_model):
-    """F3: predictions saved into the label folder replaced the ground truth (a rescore
-    then read mean IU 100). Refused before scoring, naming both; nothing changes."""
+    """Predictions saved into the label folder would replace the ground truth (a
+    rescore would then read mean IU 100): refused before scoring, naming both; nothing changes."""
     mdir, weights, ids = voc_model
     gt_dir = tmp_path / 'data' / 'pascal' / 'VOC2011' / 'SegmentationClass'
     before = {p: p.read_bytes() for p in gt_dir.iterdir()}
@@ -270,8 +270,8 @@ def test_save_pred_into_the_dataset_is_refused(tmp_path, voc_model):
 
 
 def test_out_checked_before_scoring(tmp_path, voc_model):
-    """F24: an --out that cannot be written was found only after scoring (the results
-    lost); it is refused first. So is an --out that is the weights file."""
+    """An --out that cannot be written is refused before scoring (the results would be
+    lost). So is an --out that is the weights file."""
     mdir, weights, ids = voc_model
     (tmp_path / 'afile').write_text('x')
     base = ['--model', mdir, '--weights', weights, '--data-root', tmp_path / 'data', '--quiet']
@@ -288,7 +288,7 @@ def test_out_checked_before_scoring(tmp_path, voc_model):
 
 
 def test_out_on_a_full_disk_names_the_file(tmp_path, voc_model, monkeypatch, capsys):
-    """F25: ENOSPC while writing --out (an injected writer fault) names the file and
+    """ENOSPC while writing --out (an injected writer fault) names the file and
     leaves neither a partial file nor a .part."""
     import errno
     mdir, weights, ids = voc_model
@@ -313,7 +313,7 @@ def test_out_on_a_full_disk_names_the_file(tmp_path, voc_model, monkeypatch, cap
 
 
 def test_cli_context_label_list_not_utf8_names_it(tmp_path):
-    """F25: a 59_labels.txt that does not decode was reported as val.prototxt's fault."""
+    """A 59_labels.txt that does not decode is named, not val.prototxt."""
     net = pytest.importorskip('net')
     datasets = pytest.importorskip('datasets')
     mdir = tmp_path / 'pascalcontext-fcn32s'
@@ -347,7 +347,7 @@ def test_cli_user_model_scores_with_its_own_class_names(tmp_path):
     folder = tmp_path / 'my-roads'
     spec = dataclasses.replace(
         models.get('voc-fcn32s'), name='my-roads-score-test', folder=str(folder), family='mine',
-        dataset=dspec.name, builder='fcn', builder_args=(('head', '32s'), ('dataset', dspec.name)),
+        dataset=dspec.name, builder='fcn', builder_args=(),
         weights=None)
     models.DATASETS[dspec.name] = dspec  # net.py builds from it; forgotten below
     try:

@@ -320,7 +320,7 @@ def test_cast_cli_with_net_py(tmp_path, arch, widths):
     become the FCN trunk's convolutions, fc8 is dropped, the head is not saved."""
     net = pytest.importorskip('net')
     proto = tmp_path / 'clf.prototxt'
-    proto.write_text(str(net.CLASSIFIERS[arch](widths=widths)))
+    proto.write_text(str(net.CLASSIFIER_BUILDERS[arch](widths=widths)))
     clf = caffe.Net(str(proto), caffe.TEST)
     fill_random(clf, 7)
     clf.save(str(tmp_path / 'clf.caffemodel'))
@@ -350,7 +350,7 @@ def narrow_classifier(tmp_path, arch='vgg16', widths=(2, 2, 2, 2, 2, 4)):
     """(prototxt, caffemodel) of net.py's ImageNet classifier `arch` at `widths`, random."""
     net = pytest.importorskip('net')
     proto = tmp_path / 'clf.prototxt'
-    proto.write_text(str(net.CLASSIFIERS[arch](widths=widths)))
+    proto.write_text(str(net.CLASSIFIER_BUILDERS[arch](widths=widths)))
     clf = caffe.Net(str(proto), caffe.TEST)
     fill_random(clf, 3)
     clf.save(str(tmp_path / 'clf.caffemodel'))
@@ -358,7 +358,7 @@ def narrow_classifier(tmp_path, arch='vgg16', widths=(2, 2, 2, 2, 2, 4)):
 
 
 def test_cast_cli_mismatched_widths_is_one_line(tmp_path):
-    """F19: a classifier of other widths than --widths gave a ValueError traceback."""
+    """A classifier of other widths than --widths is a one-line error, no traceback."""
     proto, weights = narrow_classifier(tmp_path)
     r = run_cmd('cast', '--prototxt', str(proto), '--weights', str(weights),
                 '--out', str(tmp_path / 'o.caffemodel'), '--widths', '2,2,2,2,2,8', '--quiet')
@@ -381,7 +381,7 @@ def test_cast_cli_out_is_not_an_input(tmp_path):
 
 
 def test_cast_full_disk_is_checked_before_caffe_writes(tmp_path, monkeypatch, capsys):
-    """F11: a full disk during Caffe's own write aborts the process and leaves a .part.
+    """A full disk during Caffe's own write aborts the process and leaves a .part.
     An injected full disk (shutil.disk_usage reports 1 KB free) is a one-line error naming
     the folder, before Caffe writes; a .part an aborted earlier save left is removed."""
     import shutil
@@ -403,7 +403,7 @@ def test_cast_full_disk_is_checked_before_caffe_writes(tmp_path, monkeypatch, ca
 
 
 def test_cast_on_a_real_full_tmpfs_is_clean(tmp_path):
-    """F11 on a real 4 KB tmpfs (needs root to mount; skipped otherwise): Caffe would abort
+    """A real 4 KB tmpfs (needs root to mount; skipped otherwise): Caffe would abort
     with `Check failed: SerializeToOstream` (exit 134) and leave a .part."""
     proto, weights = narrow_classifier(tmp_path, widths=(2, 2, 2, 2, 2, 32))
     mnt = tmp_path / 'small'

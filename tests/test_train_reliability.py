@@ -1,4 +1,4 @@
-"""The solving loop keeps its promises under hostile use (issue 12): snapshots are trusted
+"""The solving loop keeps its promises under hostile use: snapshots are trusted
 only when complete and of this net and solver, one run per folder, exact resume with
 Dropout, nothing lost on a signal, a bad file, a full disk or a NaN, and never a Caffe
 abort. Runs go through a model folder's solve.py in a subprocess wherever Caffe could
@@ -108,7 +108,7 @@ def model(tmp_path):
     return voc_model(tmp_path)
 
 
-# --- F1, F12: only complete snapshots that parse are trusted -------------------------
+# --- only complete snapshots that parse are trusted -------------------------
 
 @pytest.mark.parametrize('ext,keep', [('caffemodel', 0), ('caffemodel', 0.5), ('solverstate', 0.5)])
 def test_damaged_latest_snapshot_falls_back_to_the_previous_good_one(model, tmp_path, ext, keep):
@@ -123,7 +123,7 @@ def test_damaged_latest_snapshot_falls_back_to_the_previous_good_one(model, tmp_
     assert [r['iter'] for r in snapshots.read_log(str(out))] == [2, 4, 6]
 
 
-# --- F6: --no-resume starts over for good --------------------------------------------
+# --- --no-resume starts over for good --------------------------------------------
 
 def test_no_resume_removes_the_old_runs_snapshots(model, tmp_path):
     out = tmp_path / 'out'
@@ -134,7 +134,7 @@ def test_no_resume_removes_the_old_runs_snapshots(model, tmp_path):
     assert 'resuming from %s' % (out / 'train_iter_2.solverstate') in proc.stdout
 
 
-# --- F7: signals while scoring lose nothing ------------------------------------------
+# --- signals while scoring lose nothing ------------------------------------------
 
 def test_two_interrupts_while_scoring_keep_the_rounds_log_record(tmp_path):
     root = tmp_path / 'data'
@@ -164,7 +164,7 @@ def test_two_interrupts_while_scoring_keep_the_rounds_log_record(tmp_path):
     assert [r['iter'] for r in records] == [2] and records[0]['scores']['seg']['images'] == 60
 
 
-# --- F9: a NaN loss stops cleanly, never `double free` --------------------------------
+# --- a NaN loss stops cleanly, never `double free` --------------------------------
 
 def test_diverging_run_stops_with_the_message_and_no_abort(tmp_path):
     voc_dir = str(tmp_path / 'VOCdemo')
@@ -175,7 +175,7 @@ def test_diverging_run_stops_with_the_message_and_no_abort(tmp_path):
     clean_error(proc, 'loss became nan', 'training diverged')
 
 
-# --- F11, F25: a full disk is a clean error naming the folder, the last snapshot kept --
+# --- a full disk is a clean error naming the folder, the last snapshot kept --
 
 def test_too_little_space_for_a_snapshot_keeps_the_previous_one(model, tmp_path):
     out = tmp_path / 'out'
@@ -194,7 +194,7 @@ def test_enospc_while_writing_names_the_file(model, tmp_path):
     clean_error(proc, str(out), 'No space left on device')
 
 
-# --- F13: a moved or copied folder resumes from its own files ------------------------
+# --- a moved or copied folder resumes from its own files ------------------------
 
 def test_moved_and_copied_snapshot_folders_resume_from_their_own_files(model, tmp_path):
     a, moved, copied, straight = (tmp_path / n for n in ('a', 'moved', 'copied', 'straight'))
@@ -215,7 +215,7 @@ def test_moved_and_copied_snapshot_folders_resume_from_their_own_files(model, tm
                 np.testing.assert_array_equal(x, y)
 
 
-# --- F14: a snapshot of another solver type or net is an error, not an abort ----------
+# --- a snapshot of another solver type or net is an error, not an abort ----------
 
 @pytest.mark.parametrize('change', ['solver', 'net'])
 def test_resume_after_the_solver_or_net_changed_is_a_clean_error(model, tmp_path, change):
@@ -230,7 +230,7 @@ def test_resume_after_the_solver_or_net_changed_is_a_clean_error(model, tmp_path
     clean_error(proc, 'train_iter_2', '--no-resume')
 
 
-# --- F16, F22: an interrupted and resumed run equals an uninterrupted one ------------
+# --- an interrupted and resumed run equals an uninterrupted one ------------
 
 def test_interrupted_run_with_dropout_resumes_bit_for_bit(model, tmp_path):
     with open(os.path.join(model, 'train.prototxt')) as f:
@@ -264,7 +264,7 @@ def test_interrupted_run_with_dropout_resumes_bit_for_bit(model, tmp_path):
     assert ra[0]['train_loss'] == rb[0]['train_loss']
 
 
-# --- F21: a bad training file met mid-round: the round so far is snapshotted ---------
+# --- a bad training file met mid-round: the round so far is snapshotted ---------
 
 def test_bad_training_file_mid_round_snapshots_before_stopping(tmp_path):
     model = voc_model(tmp_path)
@@ -280,7 +280,7 @@ def test_bad_training_file_mid_round_snapshots_before_stopping(tmp_path):
     assert snapshots.snapshot_iters(str(out)) == [k]
 
 
-# --- F23: one run per folder --------------------------------------------------------
+# --- one run per folder --------------------------------------------------------
 
 def test_second_run_on_the_same_folder_names_the_first_and_a_stale_lock_is_taken(model, tmp_path):
     out = tmp_path / 'out'
@@ -310,7 +310,7 @@ def test_old_snapshots_are_pruned_but_the_best_is_kept(model, tmp_path):
     assert snapshots.snapshot_iters(str(everything)) == [1, 2, 3, 4, 5, 6]
 
 
-# --- F26, F27: flags checked, train.py says what it is -------------------------------
+# --- flags checked, train.py says what it is -------------------------------
 
 def test_negative_score_limit_is_refused(model, tmp_path):
     proc = cli(model, '--rounds', 1, '--iters', 1, '--score-limit', -1, '--out', tmp_path / 'o')

@@ -276,7 +276,7 @@ def cut_at_layer(path, keep):
 
 
 def test_verify_finds_a_truncated_caffemodel(model_dir, server):
-    """F17: no FCN record has a size, so a truncated download was "present". A file cut at
+    """No FCN record has a size, so the content decides whether a download is present. A file cut at
     a layer boundary or mid-blob is refused, naming it; a complete one is present; a
     checksum that does not match is found by --verify."""
     mdir, path = model_dir

@@ -79,12 +79,12 @@ def main(argv=None):
         ids = make_data(root, args.images, size)
         cli.use_data_root(root)
         val = os.path.join(mdir, 'val.prototxt')
-        net_, _, split, _ = score.open_val_net(val, weights, None, root)
-        tasks, _ = score.model_tasks(net_, 'voc', split, val)
+        caffe_net, _, split, _ = score.open_val_net(val, weights, None, root)
+        outputs, _ = score.scored_outputs(caffe_net, 'voc', split, val)
         print('%d images of %dx%d, voc-fcn32s widths %s, %s'
               % (len(ids), size[0], size[1], ' '.join(map(str, args.widths)), cli.cpu_name()))
         t0 = time.perf_counter()
-        want = score.evaluate_tasks(net_, ids, tasks, progress=False)
+        want = score.evaluate_outputs(caffe_net, ids, outputs, progress=False)
         local = len(ids) / (time.perf_counter() - t0)
         print('local (one process):     %6.2f images/s' % local)
         for n in args.workers:
@@ -93,11 +93,11 @@ def main(argv=None):
             t0 = time.perf_counter()
             with cluster.Pool(opts, cluster.Job(
                     score.open_val_net, (val, weights, split, root), score.scores_at,
-                    (tasks,), {'data root': root}, root)) as pool:
+                    (outputs,), {'data root': root}, root)) as pool:
                 t1 = time.perf_counter()
                 got = dict(pool.imap(list(enumerate(ids))))
                 rate = len(ids) / (time.perf_counter() - t1)
-            ev = score.evaluate_tasks(net_, ids, tasks, False, (got[i] for i in range(len(ids))))
+            ev = score.evaluate_outputs(caffe_net, ids, outputs, False, (got[i] for i in range(len(ids))))
             same = all(np.array_equal(a.hist, b.hist) and a.loss == b.loss
                        for a, b in zip(want, ev))
             print('ray, %d worker%s:          %6.2f images/s  (start %.1f s; %s the local '

@@ -426,7 +426,7 @@ def net_split_ids(param, path, split=None, root=None):
 def split_list(param, path, root=None):
     """The split list file the layers.py data layer of `param` (as net_split_ids left it)
     reads: an input no output may replace."""
-    layer, cls = data_layer(param, layers)
+    layer, cls = data_layer(param)
     try:
         return cls.split_path(cls.parse_params(layer.python_param.param_str,
                                                check_required=False, root=root))

@@ -610,7 +610,7 @@ def test_registry_record_and_missing_weights_say_how(tmp_path):
     assert 'UNCONFIRMED' in rec['note'] and 'deeplab-convert' in rec['note']
     assert weights.weights_path(SPEC.name).endswith('deeplab/deeplabv2-voc12/train_iter_20000.caffemodel')
     assert models.stock_file(SPEC).endswith('train_iter_20000-stock.caffemodel')
-    assert SPEC.classes == 21 and dict(SPEC.builder_args)['num_classes'] == 21
+    assert SPEC.classes == 21 and SPEC.builder_facts()['num_classes'] == 21
     photo = tmp_path / 'a.jpg'
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
     with pytest.raises(project.InputError, match='train_iter_20000-stock.caffemodel: not found'

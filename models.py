@@ -609,10 +609,9 @@ class ModelSpec:
         check_schedule(self.schedule, self.name)  # Caffe's int32 iteration counts
         if not self.parents and self.init not in ('copy', 'release', 'file'):
             raise InputError('%s: init %r needs parents' % (self.name, self.init))
-        if self.start is not None and (self.init != 'file' or self.start.file != INIT_FILE):
-            raise InputError('%s: start weights are for init \'file\' and saved as %s, got '
-                             'init %r saving %r' % (self.name, INIT_FILE, self.init,
-                                                    self.start.file))
+        if self.start is not None and self.start.file != INIT_FILE:
+            raise InputError('%s: start weights are saved as %s (init \'file\'), got %r'
+                             % (self.name, INIT_FILE, self.start.file))
         for step in self.finish:
             if step not in FINISH_STEPS:
                 raise InputError('%s: finish step %r is not one of %s'

@@ -10,13 +10,16 @@ import http.server
 import os
 import shutil
 import threading
+import types
 import zipfile
 
 import pytest
 
+import guard
 import models
 import net
 import surgery
+import trainsetup
 import weights
 from datasets import random_weights  # tests/datasets.py
 from project import InputError
@@ -115,6 +118,21 @@ def test_release_zip_gives_the_weights_then_the_start_without_a_second_download(
     assert not [p for p in os.listdir(folder) if p.endswith('.part')]
 
 
+def test_training_starts_from_the_zips_init(deeplab_files, tmp_path, capsys):
+    """The solving loop's start (trainsetup.init_weights, init 'file') finds init.caffemodel
+    missing, takes it out of the release's zip kept in the model's folder and loads it."""
+    deploy, files = deeplab_files
+    make_zip(tmp_path / 'prototxt_and_model.zip', files)
+    spec = dataclasses.replace(DEEPLAB, folder=str(tmp_path))
+    solver = types.SimpleNamespace(net=guard.import_caffe().Net(deploy, 0))  # what it reads
+    trainsetup.init_weights(spec, solver)
+    assert 'starting from %s' % (tmp_path / 'init.caffemodel') in capsys.readouterr().out
+    assert (tmp_path / 'init.caffemodel').read_bytes() == files['init.caffemodel']
+    want = guard.import_caffe().Net(deploy, str(tmp_path / 'init.caffemodel'), 0)
+    for name in ('conv1', 'fc1_voc12_c2'):
+        assert (solver.net.params[name][0].data == want.params[name][0].data).all()
+
+
 def test_start_message_without_a_published_start(tmp_path):
     """init 'file' without a published start (a net.py new model moved, or its file
     deleted): the message says where the file goes and who writes it."""
@@ -131,7 +149,6 @@ def own_model(tmp_path):
     mdir = tmp_path / 'mine'
     net.write_model_dir(str(mdir), 'voc-fcn32s', widths=FCN_NARROW)
     full = random_weights(mdir / 'deploy.prototxt', tmp_path / 'full.caffemodel')
-    import guard
     param = guard.import_caffe().proto.caffe_pb2.NetParameter()
     param.ParseFromString(open(full, 'rb').read())
     del param.layer[[i for i, l in enumerate(param.layer) if l.blobs][3]:]

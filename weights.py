@@ -852,7 +852,10 @@ def main(argv=None):
             continue
         try:
             if rec['url'] and not os.path.isfile(weights_path(name)):
-                print('%s: %s -> %s' % (name, rec['url'], _rel(weights_path(name))), flush=True)
+                kept = archive_path(name)
+                source = ('%s: %s' % (_rel(kept), rec['member']) if kept and os.path.isfile(kept)
+                          else rec['url'])
+                print('%s: %s -> %s' % (name, source, _rel(weights_path(name))), flush=True)
             path, state = fetch(name, progress=not args.quiet, verify=args.verify,
                                 mirrors=mirrors)
             print('%s: %s %s' % (name, state, _rel(path)))

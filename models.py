@@ -341,6 +341,15 @@ def register_dataset(spec):
 # ---------------------------------------------------------------------------
 # Models
 
+def member_ok(name):
+    """Whether `name` can be a member of an archive to extract: a non-empty relative path
+    with '/' separators, no '..', '.' or empty part and no drive or backslash (nothing that
+    could name a file outside the folder it is extracted into)."""
+    parts = name.split('/') if isinstance(name, str) else ['']
+    return (bool(name) and not name.startswith('/') and '\\' not in name and ':' not in name
+            and all(p not in ('', '.', '..') for p in parts))
+
+
 @dataclass(frozen=True)
 class Weights:
     """Released weights: the URL, saved in the model's folder as `file_name` (default the
@@ -351,7 +360,12 @@ class Weights:
     `mirrors`: other URLs of the same file, tried in order when `url` fails (written as
     further URL lines of the record; the first line stays `url`).
     `convert`: the surgery.py command that turns the published file into `stock_file`,
-    the weights this Caffe loads (None: the published file loads as it is)."""
+    the weights this Caffe loads (None: the published file loads as it is).
+    `member`: the published file is an archive (a zip) and the weights are this member of
+    it (its path inside, or its name where that is unique in the archive); the archive is
+    saved under `file_name` (default the URL's basename) and kept, the member extracted
+    beside it under its own basename, the name `file` gives; size and checksums are the
+    archive's."""
     url: str
     size: Optional[int] = None
     sha256: Optional[str] = None
@@ -363,10 +377,22 @@ class Weights:
     note: Tuple[str, ...] = ()
     mirrors: Tuple[str, ...] = ()
     convert: Optional[str] = None
+    member: Optional[str] = None
+
+    def __post_init__(self):
+        if self.member is not None and not member_ok(self.member):
+            raise InputError('weights member %r: not a relative path inside an archive'
+                             % (self.member,))
+
+    @property
+    def download(self):
+        """The name the downloaded file is saved under (the archive, for a member)."""
+        return self.file_name or self.url.rstrip('/').rsplit('/', 1)[-1]
 
     @property
     def file(self):
-        return self.file_name or self.url.rstrip('/').rsplit('/', 1)[-1]
+        """The name the weights are saved under: the download's, or the member's basename."""
+        return self.member.rsplit('/', 1)[-1] if self.member else self.download
 
     @property
     def stem(self):
@@ -555,7 +581,10 @@ class ModelSpec:
     title: one line for tables; note: what is beyond the release, if anything.
     evaluation: how it is evaluated on one image (Protocol: whole image or the PSPNet
       release's sliding windows; predict.py runs it for infer.py, score.py, reproduce.py).
-    finish: what runs once its start weights are in (FINISH_STEPS, in order)."""
+    finish: what runs once its start weights are in (FINISH_STEPS, in order).
+    start: where the start weights of init 'file' are published (Weights saved as
+      INIT_FILE; DeepLab v2: the member init.caffemodel of the release's archive), fetched
+      by weights.init_file_weights when missing; None: made by net.py new."""
     name: str
     folder: str
     family: str
@@ -575,6 +604,7 @@ class ModelSpec:
     note: str = ''
     evaluation: Protocol = Protocol()
     finish: Tuple[str, ...] = DEFAULT_FINISH
+    start: Optional[Weights] = None
     kind: str = field(default='fcn', init=False)
 
     def __post_init__(self):
@@ -592,6 +622,9 @@ class ModelSpec:
                              % (self.name, ', '.join(twice), 'it' if len(twice) == 1 else 'them'))
         if not self.parents and self.init not in ('copy', 'release', 'file'):
             raise InputError('%s: init %r needs parents' % (self.name, self.init))
+        if self.start is not None and self.start.file != INIT_FILE:
+            raise InputError('%s: start weights are saved as %s (init \'file\'), got %r'
+                             % (self.name, INIT_FILE, self.start.file))
         for step in self.finish:
             if step not in FINISH_STEPS:
                 raise InputError('%s: finish step %r is not one of %s'
@@ -855,12 +888,16 @@ DEEPLAB_ROUND = 2000
 
 def _deeplabs():
     data = 'voc12aug'
-    weights = Weights(DEEPLAB_URL, file_name='train_iter_20000.caffemodel',
+    # One zip holds the three caffemodels: weights.py keeps it in the model's folder and
+    # extracts the member each entry names (the folder inside the zip, if any, UNCONFIRMED:
+    # a member is also found by its name alone where that is unique).
+    weights = Weights(DEEPLAB_URL, member='train_iter_20000.caffemodel',
                       convert='deeplab-convert', note=(
         'DeepLab v2 release (Chen et al., TPAMI 2017): the URL is its zip archive (address',
-        'UNCONFIRMED; no size or checksum published). weights.py does not unpack archives:',
-        'unzip train_iter_20000.caffemodel (and init.caffemodel, the COCO start of training)',
-        'into this folder, then: python surgery.py deeplab-convert --model deeplabv2-voc12'))
+        'UNCONFIRMED; no size or checksum published), kept here; weights.py extracts',
+        'train_iter_20000.caffemodel from it (solve.py extracts init.caffemodel, the COCO',
+        'start of training), then: python surgery.py deeplab-convert --model deeplabv2-voc12'))
+    start = dataclasses.replace(weights, member=INIT_FILE, convert=None, note=())
     return [ModelSpec(
         name='deeplabv2-voc12', folder='deeplab/deeplabv2-voc12', family='deeplab',
         dataset=data, trunk='resnet101', head='aspp', builder='deeplab_v2',
@@ -872,7 +909,7 @@ def _deeplabs():
         title='DeepLab v2 ResNet-101, ASPP-L, multi-scale inputs',
         outputs=(Output('fc1_interp', 'label'),), weights=weights,
         evaluation=Protocol(windows='padded'), finish=('align-corners', 'bn-identity'),
-        note="the release's caffemodels load by name; surgery.py deeplab-convert adds the "
+        start=start, note="the release's caffemodels load by name; surgery.py deeplab-convert adds the "
              "interpolation weights; starts from the release's init.caffemodel (COCO)")]
 
 
@@ -1169,8 +1206,9 @@ def from_dict(d, folder=None):
         d['schedule'] = Schedule(**d['schedule'])
         d['inputs'] = tuple(d.get('inputs', ('color',)))
         d['outputs'] = tuple(Output(**o) for o in d.get('outputs', [{}]))
-        d['weights'] = (Weights(**{k: _tuples(v) for k, v in d['weights'].items()})
-                        if d.get('weights') else None)
+        for key in ('weights', 'start'):
+            d[key] = (Weights(**{k: _tuples(v) for k, v in d[key].items()})
+                      if d.get(key) else None)
         d['evaluation'] = Protocol(**{k: _tuples(v) for k, v in d.get('evaluation', {}).items()})
         d['finish'] = tuple(d.get('finish', DEFAULT_FINISH))
         spec = ModelSpec(**d)

@@ -1184,7 +1184,8 @@ def url_record(spec):
     """The caffemodel-url record of a ModelSpec or ClassifierSpec, from its Weights: the
     URL on the first line (the release's one-line format), its mirrors (more URL lines,
     tried in order), the notes, the saved name and
-    downloader where they differ from the URL's and plain HTTP, then each published size
+    downloader where they differ from the URL's and plain HTTP, the archive member that
+    holds the weights (when the URL is an archive), then each published size
     and checksum under a comment naming its source (weights.read_url_record reads it)."""
     w = spec.weights
     if w is None:
@@ -1195,6 +1196,8 @@ def url_record(spec):
         lines.append('file: %s' % w.file_name)
     if w.downloader:
         lines.append('downloader: %s' % w.downloader)
+    if w.member:
+        lines.append('member: %s' % w.member)
     sources = dict(w.sources)
     published = [(key, getattr(w, key)) for key in ('size', 'sha256', 'sha1', 'md5')
                  if getattr(w, key) is not None]

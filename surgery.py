@@ -591,8 +591,9 @@ def convert_main(args):
     weights, loadable by name into the deploy net with every layer covered."""
     src = args.weights or weights.weights_path(args.model)
     if not os.path.isfile(src):
-        raise project.InputError('%s: not found; unzip it from the release (python weights.py '
-                                 '%s says where), or pass --weights' % (src, args.model))
+        raise project.InputError('%s: not found; get it with `python weights.py %s` (it '
+                                 'extracts it from the release\'s archive), or pass --weights'
+                                 % (src, args.model))
     out = args.out or models.stock_file(args.model)
     convert_by_name(src, net.build_net(args.model, 'deploy'), out)
     print('%s: converted into %s' % (src, out))

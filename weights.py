@@ -14,6 +14,7 @@ the checksums' sources); a record of your own, in any folder, is read the same w
     md5: 0123...                                                       <- optional
     file: pspnet101_VOC2012.caffemodel                                 <- optional: the saved name
     downloader: gdown                                                  <- optional: see below
+    member: train_iter_20000.caffemodel                                <- optional: see below
 
 Lines starting with '#' are comments; further URL lines are other places of the same
 file, tried in order when one fails (a dead link, a server error, a file that does not
@@ -53,6 +54,20 @@ file is renamed into place only once complete. They are in the PSPNet fork's lay
 
     python weights.py pspnet101-voc2012           # -> pspnet/pspnet101-voc2012/pspnet101_VOC2012.caffemodel
 
+Archives: a record with `member: NAME` (DeepLab v2's) points at a zip holding the weights:
+the zip is downloaded like any file (under its saved name, resumed from its .part, size
+and checksums, which are the zip's, checked), must open as a zip, and is KEPT beside the
+weights, so another member (init.caffemodel, which deeplab/deeplabv2-voc12/solve.py
+extracts as its start) needs no second download; delete it once you have what you need.
+NAME is the member's path in the zip, or its name alone where that is unique there. The
+member is streamed out with Python's zipfile (its CRC checked), after a check of the
+free space, into `<weights>.part`, content-checked like a download, then renamed into
+place under NAME's basename. A member path with '..' or an absolute one is refused, a
+missing one named with what the zip holds; a damaged zip just downloaded is deleted (run
+again), one that was already there is kept and named (delete it and run again).
+
+    python weights.py deeplabv2-voc12             # -> deeplab/deeplabv2-voc12/train_iter_20000.caffemodel
+
 A download streams to `<dest>.part` (never through a symbolic link or into anything but
 a regular file: a `.part` that is a link or a device is refused, so nothing outside the
 folder is overwritten), resumes an existing .part with an HTTP Range
@@ -72,6 +87,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 
 import gdown
 
@@ -127,12 +144,14 @@ def read_url_record(model_dir):
 
     Returns a dict: url (the first URL; None when the model has no release), urls (every
     URL, in order), size (bytes or None), sha256 / sha1 / md5 (lower-case hex or None),
-    note (the comment lines, joined). A file that is not UTF-8 text, or a line that is
+    note (the comment lines, joined), file (the saved name or None), downloader, member
+    (the weights' path in the archive the URL gives, or None). A file that is not UTF-8 text, or a line that is
     none of these, is an InputError naming the file (and the line)."""
     path = os.path.join(model_dir, RECORD) if os.path.isdir(model_dir) else model_dir
     if not os.path.isfile(path):
         raise InputError('%s: no URL record' % path)
-    rec = {'url': None, 'urls': [], 'size': None, 'note': '', 'file': None, 'downloader': None}
+    rec = {'url': None, 'urls': [], 'size': None, 'note': '', 'file': None, 'downloader': None,
+           'member': None}
     rec.update({algo: None for algo in DIGESTS})
     notes = []
     try:
@@ -164,26 +183,59 @@ def read_url_record(model_dir):
             rec['file'] = value
         elif sep and key == 'downloader' and value in DOWNLOADERS:
             rec['downloader'] = value
+        elif sep and key == 'member' and models.member_ok(value):
+            rec['member'] = value
         else:
             raise InputError('%s:%d: cannot read %r (expected a URL, size: N, sha256: HEX, '
-                             'sha1: HEX, md5: HEX, file: NAME or downloader: %s)'
+                             'sha1: HEX, md5: HEX, file: NAME, downloader: %s or member: '
+                             'PATH in the archive, no \'..\')'
                              % (path, n, line, '|'.join(DOWNLOADERS)))
     rec['note'] = ' '.join(notes)
     return rec
 
 
+def weights_record(w):
+    """The record (read_url_record's dict) of a models.Weights: for published weights
+    that have no caffemodel-url of their own (ModelSpec.start)."""
+    rec = {'url': w.url, 'urls': [w.url] + list(w.mirrors), 'size': w.size,
+           'note': ' '.join(w.note), 'file': w.file_name, 'downloader': w.downloader,
+           'member': w.member}
+    rec.update({algo: getattr(w, algo) for algo in DIGESTS})
+    return rec
+
+
+def saved_name(rec):
+    """The name record `rec`'s download is saved under: its `file:` or the URL's basename
+    (the archive's, when the record names a member)."""
+    return rec['file'] or os.path.basename(
+        urllib.request.url2pathname(rec['url'].split('?')[0].rstrip('/')))
+
+
+def weights_name(rec):
+    """The name the weights of record `rec` are saved under: the download's, or the
+    basename of the archive member holding them."""
+    return rec['member'].rsplit('/', 1)[-1] if rec['member'] else saved_name(rec)
+
+
 def weights_path(model):
     """Where `model`'s released weights live: its record's folder + the record's `file:`
-    or the URL's basename (ilsvrc-nets/ for vgg16 / caffenet). The registry's records are
-    generated from models.py, so this is models.weights_file(spec) for them; a user's own
-    record is read the same way. InputError when the model has no release."""
+    or the URL's basename, or the basename of its `member:` (ilsvrc-nets/ for vgg16 /
+    caffenet). The registry's records are generated from models.py, so this is
+    models.weights_file(spec) for them; a user's own record is read the same way.
+    InputError when the model has no release."""
     record = record_path(model)
     rec = read_url_record(record)
     if not rec['url']:
         raise NotReleasedError('%s: %s' % (model, NO_RELEASE))
-    name = rec['file'] or os.path.basename(
-        urllib.request.url2pathname(rec['url'].split('?')[0].rstrip('/')))
-    return os.path.join(os.path.dirname(record), name)
+    return os.path.join(os.path.dirname(record), weights_name(rec))
+
+
+def archive_path(model):
+    """Where the archive holding `model`'s weights is kept (its record names a member),
+    else None."""
+    record = record_path(model)
+    rec = read_url_record(record)
+    return os.path.join(os.path.dirname(record), saved_name(rec)) if rec['member'] else None
 
 
 def _human(n):
@@ -434,7 +486,8 @@ def sources(rec, name, mirrors=()):
 
 
 def fetch(model, progress=True, verify=False, content=True, mirrors=()):
-    """Download `model`'s weights unless present; returns (path, 'present' | 'downloaded').
+    """Download `model`'s weights unless present; returns (path, 'present' | 'downloaded'
+    | 'extracted': taken from the archive already there).
 
     A present file must have the recorded size; where none is recorded (and always with
     `verify`) its content must be `complete`; `verify` also checks the checksums.
@@ -442,11 +495,20 @@ def fetch(model, progress=True, verify=False, content=True, mirrors=()):
     through netload.open_net right away (the same full-coverage check, so the caffemodel
     is not parsed and the deploy net not built twice). Missing, it is downloaded from
     the first of `sources` (mirrors: folder URLs, tried first) that gives a file passing
-    every check; InputError naming each URL and why it failed when none does."""
+    every check; InputError naming each URL and why it failed when none does. A record
+    naming a `member` gets its archive that way, then the member (fetch_member)."""
     rec = read_url_record(record_path(model))
     if not rec['url']:
         raise NotReleasedError('%s: %s' % (model, NO_RELEASE))
-    dest = weights_path(model)
+    return fetch_record(rec, weights_path(model), lambda part: complete(model, part),
+                        progress, verify, content, mirrors)
+
+
+def fetch_record(rec, dest, check, progress=True, verify=False, content=True, mirrors=()):
+    """fetch() of record `rec` (read_url_record's dict) into `dest`, each file content-
+    checked by `check(path)` (raising InputError): see fetch."""
+    if rec['member']:
+        return fetch_member(rec, dest, check, progress, verify, content, mirrors)
     if os.path.isfile(dest):
         if rec['size'] is not None and os.path.getsize(dest) != rec['size']:
             raise InputError('%s: has %d bytes, the release has %d; delete it and run again'
@@ -457,7 +519,7 @@ def fetch(model, progress=True, verify=False, content=True, mirrors=()):
                                  % (dest, algo))
         if verify or (content and rec['size'] is None):
             try:
-                complete(model, dest)
+                check(dest)
             except InputError as e:
                 raise InputError('%s; delete it and run again' % e)
         return dest, 'present'
@@ -465,11 +527,10 @@ def fetch(model, progress=True, verify=False, content=True, mirrors=()):
     for url, downloader in tries:
         try:
             if downloader == 'gdown':
-                download_gdown(url, dest, size=rec['size'], progress=progress,
-                               check=lambda part: complete(model, part))
+                download_gdown(url, dest, size=rec['size'], progress=progress, check=check)
             else:
-                download(url, dest, size=rec['size'], progress=progress,
-                         check=lambda part: complete(model, part), **{a: rec[a] for a in DIGESTS})
+                download(url, dest, size=rec['size'], progress=progress, check=check,
+                         **{a: rec[a] for a in DIGESTS})
             return dest, 'downloaded'
         except InputError as e:
             failed.append(str(e))
@@ -480,13 +541,136 @@ def fetch(model, progress=True, verify=False, content=True, mirrors=()):
     raise InputError('%s: no source worked (%s)' % (dest, '; '.join(failed)))
 
 
+# --- archives: weights published as a member of a zip -------------------------------------
+
+class DamagedArchive(InputError):
+    """A zip whose member does not read back whole (CRC, compressed data, headers)."""
+
+
+def fetch_member(rec, dest, check, progress=True, verify=False, content=True, mirrors=()):
+    """fetch_record() of a record naming a `member`: `dest` present is content-checked
+    (`check`; the record's size and checksums are the archive's, checked with `verify`
+    when the archive is still there); missing, the archive beside it (saved_name) is
+    fetched unless there (the same sources, resume, size and checksums; it must open as
+    a zip) and kept, then the member is extracted into `dest` (extract_member). A
+    damaged archive is deleted when this call downloaded it, else kept and named."""
+    archive = os.path.join(os.path.dirname(dest), saved_name(rec))
+    whole = dict(rec, member=None)
+    if os.path.isfile(dest):
+        if verify and os.path.isfile(archive):
+            fetch_record(whole, archive, check_zip, progress, verify=True)
+        if verify or content:
+            try:
+                check(dest)
+            except InputError as e:
+                raise InputError('%s; delete it and run again' % e)
+        return dest, 'present'
+    _, state = fetch_record(whole, archive, check_zip, progress, verify, content, mirrors)
+    try:
+        extract_member(archive, rec['member'], dest, check, progress)
+    except DamagedArchive as e:
+        if state != 'downloaded':
+            raise InputError('%s; delete it and run again' % e)
+        os.unlink(archive)
+        raise InputError('%s; the download was deleted, run again' % e)
+    return dest, 'downloaded' if state == 'downloaded' else 'extracted'
+
+
+def check_zip(path):
+    """InputError unless `path` opens as a zip archive (its central directory, at the
+    end of the file, reads: a download cut short does not)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise InputError('%s: not a zip archive (%s)' % (path, e))
+
+
+def find_member(zf, archive, member):
+    """The ZipInfo of `member` in open zip `zf`: its exact path, else (a bare name) the one
+    file of that name in any folder. InputError naming `archive` when it is missing (with
+    what the archive holds), ambiguous, or at a path that is absolute or holds '..'."""
+    files = [i for i in zf.infolist() if not i.is_dir()]
+    hits = [i for i in files if i.filename == member]
+    if not hits and '/' not in member:
+        hits = [i for i in files if i.filename.replace('\\', '/').rsplit('/', 1)[-1] == member]
+    if not hits:
+        held = [i.filename for i in files]
+        more = ' and %d more' % (len(held) - 20) if len(held) > 20 else ''
+        raise InputError('%s: holds no member %s (it holds: %s%s)'
+                         % (archive, member, ', '.join(held[:20]) or 'nothing', more))
+    if len(hits) > 1:
+        raise InputError('%s: holds %d files named %s (%s); name one by its path in the '
+                         'record\'s member:' % (archive, len(hits), member,
+                                                 ', '.join(i.filename for i in hits)))
+    if not models.member_ok(hits[0].filename):
+        raise InputError('%s: member %r has an unsafe path (absolute or with \'..\'); '
+                         'refusing to extract it' % (archive, hits[0].filename))
+    return hits[0]
+
+
+def extract_member(archive, member, dest, check=None, progress=True):
+    """Stream `member` (find_member) of zip `archive` into `dest`: refused when the disk
+    has not its size free; written to `dest`.part (never through a link: _open_part),
+    zipfile checking its CRC as it reads, its size compared with the archive's, then
+    `check(part)` (InputError), then renamed into place (safewrite.place). Any failure
+    removes the .part (the archive is there to extract from again). A damaged member is
+    a DamagedArchive; InputError for the rest. Returns dest."""
+    dest = os.path.abspath(str(dest))
+    part = dest + '.part'
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise InputError('%s: not a zip archive (%s)' % (archive, e))
+    with zf:
+        info = find_member(zf, archive, member)
+        safewrite.check_free_space(os.path.dirname(dest), info.file_size,
+                                   '%s (%s)' % (os.path.basename(dest), _human(info.file_size)))
+        _own_file(part, 'partial extraction')
+        meter, done = _Meter(0, info.file_size, progress), 0
+        try:
+            with zf.open(info) as src, _open_part(part, append=False) as f:
+                for block in iter(lambda: src.read(CHUNK), b''):
+                    f.write(block)
+                    done += len(block)
+                    meter.show(done)
+            meter.show(done, final=True)
+            if _own_file(part, 'partial extraction') != info.file_size:
+                raise InputError('%s: extracted %d of the %d bytes of %s'
+                                 % (part, os.path.getsize(part), info.file_size, info.filename))
+            if check:
+                check(part)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            _drop(part)
+            raise DamagedArchive('%s: member %s is damaged (%s)' % (archive, info.filename, e))
+        except (NotImplementedError, RuntimeError) as e:  # a compression method, a password
+            _drop(part)
+            raise InputError('%s: cannot extract %s (%s)' % (archive, info.filename, e))
+        except InputError as e:
+            _drop(part)
+            raise InputError('%s: member %s is not usable weights (%s)'
+                             % (archive, info.filename, e))
+        except BaseException:
+            _drop(part)
+            raise
+    safewrite.place(part, dest)  # a link at dest refused, a device written through
+    return dest
+
+
+def _drop(part):
+    """Remove our own partial file `part` (a regular file; never a link put there)."""
+    if os.path.isfile(part) and not os.path.islink(part):
+        os.unlink(part)
+
+
 def _rel(path):
     rel = os.path.relpath(path, REPO)
     return path if rel.startswith('..') else rel
 
 
 def list_models(names):
-    """One line per model: name, present / missing / no release, path, URL."""
+    """One line per model: name, present / in archive (kept, member not extracted) /
+    partial / missing / no release, path, URL."""
     rows = []
     for name in names:
         rec = read_url_record(record_path(name))
@@ -494,8 +678,10 @@ def list_models(names):
             rows.append((name, 'no release', rec['note'] or NO_RELEASE, ''))
             continue
         dest = weights_path(name)
-        state = 'present' if os.path.isfile(dest) else ('partial' if os.path.isfile(dest + '.part')
-                                                       else 'missing')
+        download = archive_path(name) or dest
+        state = ('present' if os.path.isfile(dest) else 'in archive' if download != dest
+                 and os.path.isfile(download) else 'partial' if os.path.isfile(download + '.part')
+                 else 'missing')
         rows.append((name, state, _rel(dest), rec['url']))
     wide = [max((len(r[i]) for r in rows if r[3] or i < 2), default=0) for i in range(3)]
     for row in rows:
@@ -513,7 +699,8 @@ def list_models(names):
 #   ilsvrc_weights(arch)       the ImageNet classifier cast to convolutions (surgery.py cast)
 #   parent_weights(source)     a Parent's: the cast classifier's, or a trained model's
 #   converted_weights(spec)   a release converted for this Caffe (Weights.convert names how)
-#   init_file_weights(spec)    a net.py-new model's own init.caffemodel
+#   init_file_weights(spec)    init.caffemodel in a model's folder (net.py new wrote it, or
+#                              fetched from where spec.start says it is published)
 #   default_weights(spec)      a model's when no --weights is given: released (converted
 #                              where the release needs it), else the latest snapshot
 
@@ -607,13 +794,20 @@ def snapshot_weights(model_dir):
 
 
 def init_file_weights(spec):
-    """models.INIT_FILE in the folder of `spec` (init 'file': a model made by `net.py new`
-    starts from the weights it wrote there)."""
+    """models.INIT_FILE in the folder of `spec` (init 'file'): a model made by `net.py new`
+    starts from the weights it wrote there; a model whose start is published
+    (spec.start, e.g. a member of its release's archive) gets it fetched there on first
+    use, parsed whole (no net to check it against: its classifier may differ)."""
     path = os.path.join(models.model_dir(spec), models.INIT_FILE)
-    if not os.path.isfile(path):
-        raise InputError('%s: not found; make the model again with `python net.py new`'
-                         % path)
-    return path
+    if os.path.isfile(path):
+        return path
+    if spec.start is None:
+        raise InputError('%s: not found; the weights %s starts from go there (`python net.py '
+                         'new` writes them for the models it makes: make it again)'
+                         % (path, spec.name))
+    print('%s: fetching its start weights into %s' % (spec.name, path), file=sys.stderr, flush=True)
+    return fetch_record(weights_record(spec.start), path, parse_weights,
+                        progress=sys.stderr.isatty())[0]
 
 
 def main(argv=None):
@@ -658,7 +852,10 @@ def main(argv=None):
             continue
         try:
             if rec['url'] and not os.path.isfile(weights_path(name)):
-                print('%s: %s -> %s' % (name, rec['url'], _rel(weights_path(name))), flush=True)
+                kept = archive_path(name)
+                source = ('%s: %s' % (_rel(kept), rec['member']) if kept and os.path.isfile(kept)
+                          else rec['url'])
+                print('%s: %s -> %s' % (name, source, _rel(weights_path(name))), flush=True)
             path, state = fetch(name, progress=not args.quiet, verify=args.verify,
                                 mirrors=mirrors)
             print('%s: %s %s' % (name, state, _rel(path)))

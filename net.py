@@ -1172,7 +1172,11 @@ def deeplab_v3(split='deploy', depth=101, num_classes=None, crop=513, train_crop
         out = align_corners_resize(n, 'logits_interp', n.logits, num_classes, feature, size)
     if split != 'deploy':
         n.loss = L.SoftmaxWithLoss(out, n.label, loss_param=dict(ignore_label=IGNORE_LABEL))
-    return n.to_proto()
+    proto = n.to_proto()
+    for layer in proto.layer:  # the zoom's kernel depends on the stride: one name per stride,
+        if layer.name == 'logits_interp' and not torch:  # so Caffe never shares the two
+            layer.name = 'logits_interp_x%d' % stride
+    return proto
 
 
 def vgg16_classifier(widths=VGG16_WIDTHS, num_classes=1000):

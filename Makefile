@@ -22,6 +22,7 @@ $(PY):
 # Python dependencies are declared once, in pyproject.toml.
 $(DEPS): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check ".[test,export,cluster]"
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"  # the tests' CPU build (extra [torch])
 	touch $@
 
 caffe: $(DEPS)

@@ -37,7 +37,7 @@ import jsonfile
 from project import INT_MAX, REPO, InputError
 
 FCN_HEADS = ('32s', '16s', '8s')  # the FCNs' skip architectures (CVPR 2015 section 4.2)
-HEADS = FCN_HEADS + ('pyramid', 'aspp')  # and PSPNet's pyramid pooling, DeepLab v2's ASPP-L
+HEADS = FCN_HEADS + ('pyramid', 'aspp', 'aspp-v3')  # PSPNet's pyramid pooling, DeepLab v2's ASPP-L, v3's ASPP
 INITS = ('copy', 'transplant', 'bgrd', 'release', 'file')
 # The builder arguments a ModelSpec's own fields give (ModelSpec.builder_facts; net.build_net
 # passes each builder those it has a parameter for): never written again in builder_args.
@@ -507,10 +507,13 @@ class Protocol:
 @dataclass(frozen=True)
 class Preprocess:
     """How an H x W x 3 uint8 RGB image becomes the net's input: times `scale`, channels
-    in `order`, minus `mean` (given in that order), C x H x W float32."""
+    in `order`, minus `mean`, divided by `std` (None: 1; both given in that order),
+    C x H x W float32. torchvision's ImageNet normalisation: scale 1 / 255, order RGB,
+    mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)."""
     mean: Tuple[float, ...]
     order: str = 'BGR'
     scale: float = 1.0
+    std: Optional[Tuple[float, ...]] = None
 
 
 # The steps run on a net once its start weights are in (train.py; surgery.finish runs
@@ -584,7 +587,9 @@ class ModelSpec:
     finish: what runs once its start weights are in (FINISH_STEPS, in order).
     start: where the start weights of init 'file' are published (Weights saved as
       INIT_FILE; DeepLab v2: the member init.caffemodel of the release's archive), fetched
-      by weights.init_file_weights when missing; None: made by net.py new."""
+      by weights.init_file_weights when missing; None: made by net.py new.
+    preprocessing: its input preprocessing when not the dataset's (a converted PyTorch
+      model's normalisation); None: the dataset's (see `preprocess`)."""
     name: str
     folder: str
     family: str
@@ -605,6 +610,7 @@ class ModelSpec:
     evaluation: Protocol = Protocol()
     finish: Tuple[str, ...] = DEFAULT_FINISH
     start: Optional[Weights] = None
+    preprocessing: Optional[Preprocess] = None
     kind: str = field(default='fcn', init=False)
 
     def __post_init__(self):
@@ -642,7 +648,9 @@ class ModelSpec:
     @property
     def preprocess(self):
         """The input preprocessing of its first input (the RGB models: BGR minus the
-        dataset's mean, pixel values 0-255)."""
+        dataset's mean, pixel values 0-255), unless `preprocessing` says otherwise."""
+        if self.preprocessing is not None:
+            return self.preprocessing
         i = self.data.input(self.inputs[0])
         return Preprocess(mean=i.mean, order=i.order)
 
@@ -817,6 +825,7 @@ def _builtin():
             release='pascalcontext-fcn%s-heavy' % head))
     specs += _pspnets()
     specs += _deeplabs()
+    specs += _deeplabv3s()
     return {s.name: s for s in specs}
 
 
@@ -913,6 +922,50 @@ def _deeplabs():
              "interpolation weights; starts from the release's init.caffemodel (COCO)")]
 
 
+# DeepLabv3 (Chen, Papandreou, Schroff, Adam, arXiv 1706.05587; net.deeplab_v3,
+# docs/deeplabv3.md): no Caffe release, no ResNet-101 VOC checkpoint released. Two
+# registry models, because the solving loop trains one net per run and the paper's two
+# stages differ in net (output stride 16 with BN trained, then 8 with BN frozen):
+# deeplabv3-voc12 (stage 1: train_aug, starting from Kaiming He's ImageNet ResNet-101
+# cast by surgery.py resnet-cast into init.caffemodel; scored at output stride 8 on val:
+# the paper's val numbers) and deeplabv3-voc12-trainval (stage 2, from stage 1's
+# weights). Recipe (section 4): poly lr (power 0.9) from 0.007, then 0.001; momentum 0.9;
+# weight decay 1e-4 (UNCONFIRMED); 30k iterations each; crop 513; batch 16 (iter_size 16
+# of the layer's one image: see the docs on BN); scored every DEEPLABV3_ROUND iterations
+# (this project's choice).
+DEEPLABV3_ROUND = 2000
+DEEPLABV3_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def _deeplabv3s():
+    data = 'voc12aug'
+    args = (('crop', 513), ('train_crop', 513), ('test_stride', 8),
+            ('multi_grid', (1, 2, 4)), ('rates', (6, 12, 18)))
+    solver = dict(momentum=0.9, iter_size=16, max_iter=30000, snapshot=DEEPLABV3_ROUND,
+                  weight_decay=1e-4, lr_policy='poly', power=0.9)
+    common = dict(family='deeplab', dataset=data, trunk='resnet101', head='aspp-v3',
+                  builder='deeplab_v3', schedule=Schedule(30000 // DEEPLABV3_ROUND, DEEPLABV3_ROUND),
+                  outputs=(Output('logits_interp', 'label'),),
+                  evaluation=Protocol(windows='padded', multi_scales=DEEPLABV3_SCALES),
+                  finish=('align-corners', 'bn-identity'))
+    return [
+        ModelSpec(name='deeplabv3-voc12', folder='deeplab/deeplabv3-voc12',
+                  builder_args=args + (('train_stride', 16), ('train_bn', True)),
+                  init='file', parents=(), solver=Solver(0.007, **solver),
+                  title='DeepLabv3 ResNet-101, ASPP + image pooling, OS 16 / 8',
+                  note='stage 1: BN trained at output stride 16 on train_aug, from the ImageNet '
+                       'ResNet-101 cast by surgery.py resnet-cast; scored at output stride 8',
+                  **common),
+        ModelSpec(name='deeplabv3-voc12-trainval', folder='deeplab/deeplabv3-voc12-trainval',
+                  builder_args=args + (('train_stride', 8), ('train_bn', False),
+                                       ('train_split', 'trainval_aug')),
+                  init='copy', parents=(Parent('deeplabv3-voc12'),),
+                  solver=Solver(0.001, **solver),
+                  title='DeepLabv3 ResNet-101, stage 2 (BN frozen, OS 8, trainval)',
+                  note='stage 2: from trained deeplabv3-voc12, BN frozen, output stride 8, '
+                       'train_aug + val (for the test server)', **common)]
+
+
 BUILTIN = _builtin()
 MODELS = dict(BUILTIN)  # + the models registered at run time (register / load)
 
@@ -974,6 +1027,27 @@ PAPER = (
     PaperRow('DeepLab v2 (TPAMI 2017)', 'DeepLab-v2 ResNet-101 + DenseCRF', None,
              'VOC2012 test', mean_iu=79.7, local=False,
              note=TEST_SERVER + '; needs the fork\'s DenseCRF layer: not reproducible here'),
+    # DeepLabv3 (arXiv 1706.05587, Tables 4-7 and section 4.3): ResNet-101, multi-grid
+    # (1, 2, 4), ASPP + image pooling, trained at output stride 16 on train_aug.
+    PaperRow('DeepLabv3 (arXiv 1706.05587)', 'DeepLabv3, eval at output stride 16', None,
+             'VOC2012 val', mean_iu=77.21,
+             note='the val net at output stride 16: net.deeplab_v3(test_stride=16)'),
+    PaperRow('DeepLabv3 (arXiv 1706.05587)', 'DeepLabv3, eval at output stride 8',
+             'deeplabv3-voc12', 'VOC2012 val', mean_iu=78.51, task='logits_interp'),
+    PaperRow('DeepLabv3 (arXiv 1706.05587)', 'DeepLabv3, + scales 0.5 .. 1.75',
+             'deeplabv3-voc12', 'VOC2012 val', mean_iu=79.45, task='multi-scale',
+             note='scales averaged in logits: predict.padded_logits'),
+    PaperRow('DeepLabv3 (arXiv 1706.05587)', 'DeepLabv3, + scales + flip',
+             'deeplabv3-voc12', 'VOC2012 val', mean_iu=79.77, task='multi-scale-flip',
+             note='scales and mirror images averaged in logits: predict.padded_logits'),
+    PaperRow('DeepLabv3 (arXiv 1706.05587)', 'DeepLabv3, + COCO pre-training', None,
+             'VOC2012 val', mean_iu=82.70, note='MS-COCO pre-training: not in this project'),
+    PaperRow('DeepLabv3 (arXiv 1706.05587)', 'DeepLabv3 (COCO, trainval)',
+             'deeplabv3-voc12-trainval', 'VOC2012 test', mean_iu=85.7, local=False,
+             note=TEST_SERVER + '; the paper also pre-trains on MS-COCO'),
+    PaperRow('torchvision', 'deeplabv3_resnet101 (COCO val2017, VOC classes)', None,
+             'COCO val2017 subset', overall_acc=92.4, mean_iu=67.4,
+             note='surgery.py deeplabv3-from-torchvision converts its weights; COCO not here'),
     PaperRow('PSPNet Table 3', 'PSPNet101, single scale', None, 'ADE20K val', overall_acc=80.64,
              mean_iu=41.96, note='ResNet-101 ADE20K weights never released'),
     PaperRow('PSPNet Table 3', 'PSPNet101, multi-scale', None, 'ADE20K val', overall_acc=81.39,
@@ -1211,6 +1285,8 @@ def from_dict(d, folder=None):
                       if d.get(key) else None)
         d['evaluation'] = Protocol(**{k: _tuples(v) for k, v in d.get('evaluation', {}).items()})
         d['finish'] = tuple(d.get('finish', DEFAULT_FINISH))
+        if d.get('preprocessing') is not None:
+            d['preprocessing'] = Preprocess(**{k: _tuples(v) for k, v in d['preprocessing'].items()})
         spec = ModelSpec(**d)
         check_spec(spec)
         return spec

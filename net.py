@@ -571,14 +571,16 @@ def _param(lr, decay, share, names):
 
 
 def conv_bn(n, name, bottom, nout, ks=1, stride=1, dilation=1, relu=True, lr=1, filler=False,
-            style='psp', suffix='', share=False, bn_lr=None):
+            style='psp', suffix='', share=False, bn_lr=None, bn_decay=None):
     """Convolution `name` (no bias; pad keeps the size) + BatchNorm + Scale (+ ReLU), all in
     place on the top `name`, their names as `style` names them (bn_names). lr: the
     weights' rate multiplier (1 trunk, 10 head); filler: MSRA initial weights (train nets).
     suffix: appended to every layer name (DeepLab's scale branches: conv1_res075);
     share: name the parameters after the unsuffixed layer (<layer>_0, _1, ...) so the
     branches share them; bn_lr: the Scale's rate (None: lr; 0: frozen, as DeepLab's)
-    -- 'msra' also lists the BatchNorm's three frozen statistics."""
+    -- 'msra' also lists the BatchNorm's three frozen statistics. bn_decay: None keeps the
+    statistics frozen (use_global_stats); a number trains them (batch statistics in the
+    TRAIN phase, moving averages with this decay: DeepLabv3's first stage)."""
     bn, scale, relu_name = bn_names(name, style)
     kwargs = dict(num_output=nout, kernel_size=ks, stride=stride, pad=dilation * (ks - 1) // 2,
                   bias_term=False, param=_param(lr, 1, share, [name + '_0']))
@@ -589,7 +591,11 @@ def conv_bn(n, name, bottom, nout, ks=1, stride=1, dilation=1, relu=True, lr=1, 
     s = suffix
     n[name + s] = top = L.Convolution(bottom, **kwargs)
     stats = {} if style == 'psp' else dict(param=_param(0, 0, share, ['%s_%d' % (bn, i) for i in range(3)]))
-    n[bn + s] = L.BatchNorm(top, in_place=True, use_global_stats=True, eps=1e-5, **stats)
+    if bn_decay is None:
+        n[bn + s] = L.BatchNorm(top, in_place=True, use_global_stats=True, eps=1e-5, **stats)
+    else:
+        n[bn + s] = L.BatchNorm(top, in_place=True, moving_average_fraction=bn_decay, eps=1e-5,
+                                **stats)
     n[scale + s] = L.Scale(top, in_place=True, bias_term=True,
                            param=_param(lr if bn_lr is None else bn_lr, 0, share,
                                         [scale + '_0', scale + '_1']))
@@ -616,7 +622,7 @@ BLOCK_PARTS = {'psp': ('_1x1_reduce', '_3x3', '_1x1_increase', '_1x1_proj'),
 
 
 def bottleneck(n, bottom, name, width, stride=1, stride_on='3x3', dilation=1, proj=False,
-               filler=False, style='psp', suffix='', share=False, bn_lr=None):
+               filler=False, style='psp', suffix='', share=False, bn_lr=None, bn_decay=None):
     """One ResNet bottleneck block `name` (conv3_1, res3a ...): reduce (1x1, width), 3x3
     (width, dilated), increase (1x1, 4 width, no ReLU), on the first block of a stage a
     1x1 projection (4 width) as the shortcut; the sum `name` and its ReLU. Names as
@@ -625,7 +631,8 @@ def bottleneck(n, bottom, name, width, stride=1, stride_on='3x3', dilation=1, pr
     (stride_on) and on the projection. suffix, share, bn_lr: see conv_bn."""
     _check_choice('stride_on', stride_on, PSP_STRIDE_ON)
     reduce_, conv3, increase, projection = BLOCK_PARTS[style]
-    kw = dict(filler=filler, style=style, suffix=suffix, share=share, bn_lr=bn_lr)
+    kw = dict(filler=filler, style=style, suffix=suffix, share=share, bn_lr=bn_lr,
+              bn_decay=bn_decay)
     short = bottom
     if proj and style == 'msra':
         short = conv_bn(n, name + projection, bottom, EXPANSION * width, stride=stride,
@@ -660,32 +667,74 @@ STEMS = {'psp': (('conv1_1_3x3_s2', 3, 2), ('conv1_2_3x3', 3, 1), ('conv1_3_3x3'
 POOL1 = {'psp': 'pool1_3x3_s2', 'msra': 'pool1'}
 
 
+def stage_plan(blocks, output_stride=8, multi_grid=None, dilate_first=True):
+    """(stride, dilation of each block) of stages 2-5 of a trunk of output stride 8, 16 or
+    32: stride 4 after pool1, stage 3 halves it; stages 4 and 5 halve it too while the
+    output stride allows, else dilate by 2 each (8: dilations 2 and 4; 16: 1 and 2).
+    multi_grid: stage 5's unit multipliers (DeepLabv3's (1, 2, 4): 2/4/8 at 16, 4/8/16 at
+    8); dilate_first False: a dilated stage's first block keeps the previous stage's
+    dilation (torchvision's ResNet)."""
+    _check_choice('output_stride', output_stride, (8, 16, 32))
+    if multi_grid is not None and len(multi_grid) != blocks[3]:
+        raise ValueError('multi_grid %r needs one multiplier per stage-5 block (%d)'
+                         % (tuple(multi_grid), blocks[3]))
+    plan, current, rate = [], 4, 1
+    for stage, count in zip((2, 3, 4, 5), blocks):
+        stride, previous = (1 if stage == 2 else 2), rate
+        if stride == 2 and current * 2 > output_stride:
+            stride, rate = 1, rate * 2
+        current *= stride
+        grid = multi_grid if stage == 5 and multi_grid else (1,) * count
+        plan.append((stride, tuple((previous if b == 0 and not dilate_first else rate) * grid[b]
+                                   for b in range(count))))
+    return plan
+
+
 def dilated_resnet(n, bottom, depth=101, widths=PSP_WIDTHS, blocks=None, stride_on='3x3',
-                   filler=False, style='psp', suffix='', share=False, bn_lr=None):
+                   filler=False, style='psp', suffix='', share=False, bn_lr=None,
+                   output_stride=8, multi_grid=None, dilate_first=True, pool1_pad=1,
+                   pool1_floor=False, bn_decay=None):
     """The dilated ResNet trunk into NetSpec `n`, from `bottom` (N x 3 x H x W, BGR, mean
     subtracted) to stage 5 (N x 4 widths[6] x F x F, F = psp_feature_size(H)): output
     stride 8, stages 4 and 5 dilated 2 and 4.
     depth: 50 or 101 (blocks per stage RESNET_BLOCKS[depth]); blocks: other counts
     (narrow test nets); stride_on: where stage 3 strides ('1x1_reduce' or '3x3').
     style: 'psp' (PSPNet's deep stem and names) or 'msra' (Kaiming He's 7x7 stem and
-    names, DeepLab v2's; widths[1:3] unused); suffix, share, bn_lr: see conv_bn (the
-    scale branches of DeepLab's multi-scale input share one trunk's parameters).
+    names, DeepLab v2's; widths[1:3] unused); suffix, share, bn_lr, bn_decay: see conv_bn
+    (the scale branches of DeepLab's multi-scale input share one trunk's parameters).
+    output_stride, multi_grid, dilate_first: stage_plan (stages 4 and 5 stride as stage
+    3 does, on `stride_on`). pool1_pad: pool1's pad (1; Kaiming He's ImageNet net 0);
+    pool1_floor: pool1's size rounded down as PyTorch does (Caffe rounds up): `pool1` is
+    then the Crop of `pool1_ceil` to `pool1_size` (a 1-channel Convolution, kernel 1,
+    stride 4, on `bottom`: floor((H - 1) / 4) + 1, the stem's floor size; its weights
+    are never read).
     Returns the names of stage 4's and stage 5's last blocks (conv4_23, conv5_3; res4b22,
     res5c), without the suffix."""
     _check_choice('depth', depth, sorted(RESNET_BLOCKS))
     _check_choice('style', style, RESNET_STYLES)
     widths = _check_widths(widths, PSP_WIDTHS)
     blocks = _check_blocks(blocks or RESNET_BLOCKS[depth])
+    plan = stage_plan(blocks, output_stride, multi_grid, dilate_first)
     kw = dict(filler=filler, style=style, suffix=suffix, share=share, bn_lr=bn_lr)
+    if bn_decay is not None:
+        kw['bn_decay'] = bn_decay
     top = bottom
     for (name, ks, stride), width in zip(STEMS[style], widths):
         top = conv_bn(n, name, top, width, ks=ks, stride=stride, **kw)
-    n[POOL1[style] + suffix] = top = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2,
-                                               pad=1)
-    # stage: (stride of its first block, dilation of its 3x3 convolutions)
-    for stage, (stride, dilation) in zip((2, 3, 4, 5), ((1, 1), (2, 1), (1, 2), (1, 4))):
+    pool1 = POOL1[style] + suffix
+    pool = dict(pool=P.Pooling.MAX, kernel_size=3, stride=2)
+    if pool1_pad:
+        pool['pad'] = pool1_pad
+    if pool1_floor:
+        n[pool1 + '_ceil'] = L.Pooling(top, **pool)
+        n[pool1 + '_size'] = L.Convolution(bottom, num_output=1, kernel_size=1, stride=4,
+                                           bias_term=False, param=[dict(lr_mult=0, decay_mult=0)])
+        n[pool1] = top = L.Crop(n[pool1 + '_ceil'], n[pool1 + '_size'], axis=2, offset=0)
+    else:
+        n[pool1] = top = L.Pooling(top, **pool)
+    for stage, (stride, dilations) in zip((2, 3, 4, 5), plan):
         names = block_names(stage, blocks[stage - 2], style, depth)
-        for block, name in enumerate(names):
+        for block, (name, dilation) in enumerate(zip(names, dilations)):
             top = bottleneck(n, top, name, widths[stage + 1], stride if block == 0 else 1,
                              stride_on, dilation, proj=block == 0, **kw)
         if stage == 4:
@@ -987,6 +1036,163 @@ def deeplab_v2(split='deploy', depth=101, num_classes=None, crop=513, train_crop
     return n.to_proto()
 
 
+# ---------------------------------------------------------------------------
+# DeepLabv3 (Chen, Papandreou, Schroff, Adam, "Rethinking Atrous Convolution for Semantic
+# Image Segmentation", arXiv 1706.05587; docs/deeplabv3.md). No Caffe release exists: the
+# layer names of the head are this project's (after the TF reference's scopes), the
+# trunk's Kaiming He's, so his ImageNet caffemodel loads by name.
+#
+# - Trunk: the MSRA ResNet (dilated_resnet, style 'msra', stride on the 1x1), output
+#   stride 16 in the train net and 8 in the val / deploy nets, multi-grid (1, 2, 4) on
+#   res5; the same parameters in both, so one caffemodel loads into every net.
+# - ASPP with image pooling (section 3.3): aspp0 (1x1) and aspp1..3 (3x3 at rates 6, 12,
+#   18 at output stride 16, doubled at 8), image_pool (global average) + image_pool_conv
+#   (1x1), each conv + BN + ReLU; image_pool_tile broadcasts the pooled vector over the
+#   map with stock layers of any size (Power scale 0 gives zeros of the map's shape, Bias
+#   adds the vector); aspp_concat in the TF reference's order (image pool first);
+#   concat_projection (1x1 + BN + ReLU); logits (1x1 to the classes, bias); logits_interp
+#   the align-corners zoom by the output stride (fixed Deconvolution, 65 -> 513 at 8).
+# - Training: the loss on the zoomed logits against the full-size label (the paper keeps
+#   the ground truth intact); BatchNorm trained (decay 0.9997) in the first stage.
+# - variant 'torchvision': torchvision's deeplabv3_resnet101 (surgery.py
+#   deeplabv3-from-torchvision): stride on the 3x3, pool1 rounded down, a dilated stage's
+#   first block keeps the previous dilation, no multi-grid, rates 12/24/36 at stride 8,
+#   image pool concatenated last, dropout 0.5 after the projection, head_conv (3x3 + BN +
+#   ReLU) before the logits, and a half-pixel (align_corners=False) zoom: Caffe's
+#   bilinear Deconvolution (kernel 2f, stride f, pad f / 2) divided by the same
+#   Deconvolution of ones, which at the border is exactly the clamped edge of PyTorch.
+
+DEEPLABV3_WIDTHS = (64, 64, 128, 64, 128, 256, 512, 256, 256, 256)  # [7] ASPP, [8] projection, [9] head_conv
+DEEPLABV3_RATES = (6, 12, 18)   # ASPP's 3x3 rates at output stride 16 (x 16 / stride)
+DEEPLABV3_GRID = (1, 2, 4)      # multi-grid of res5's three units
+DEEPLABV3_BN_DECAY = 0.9997     # moving-average decay of the BN statistics when trained
+DEEPLABV3_VARIANTS = ('paper', 'torchvision')
+
+
+def image_pooling(n, bottom, like, width, **kw):
+    """image_pool (global AVE of `bottom`) -> image_pool_conv (1x1 `width`, BN, ReLU) ->
+    image_pool_tile: the N x width vector over every pixel of `like` (N x width x F x F):
+    Power (scale 0) of `like` is zeros of its shape, Bias (axis 0) adds the vector;
+    any F. Returns image_pool_tile."""
+    n.image_pool = L.Pooling(bottom, pool=P.Pooling.AVE, global_pooling=True)
+    top = conv_bn(n, 'image_pool_conv', n.image_pool, width, **kw)
+    n.image_pool_flat = L.Reshape(top, shape=dict(dim=[0, -1]))
+    n.image_pool_zero = L.Power(like, power=1, scale=0, shift=0)
+    n.image_pool_tile = L.Bias(n.image_pool_zero, n.image_pool_flat, axis=0)
+    return n.image_pool_tile
+
+
+def aspp_v3(n, bottom, width, rates, pool_first=True, **kw):
+    """DeepLabv3's ASPP with image pooling on `bottom`: aspp0 (1x1), aspp1.. (3x3 at
+    `rates`), image pooling, concatenated (image pool first or last) into aspp_concat
+    (N x (len(rates) + 2) width x F x F). kw: conv_bn's. Returns aspp_concat."""
+    branches = [conv_bn(n, 'aspp0', bottom, width, **kw)]
+    for i, rate in enumerate(rates, 1):
+        branches.append(conv_bn(n, 'aspp%d' % i, bottom, width, ks=3, dilation=rate, **kw))
+    pool = image_pooling(n, bottom, branches[0], width, **kw)
+    n.aspp_concat = L.Concat(*([pool] + branches if pool_first else branches + [pool]))
+    return n.aspp_concat
+
+
+def half_pixel_zoom(n, name, bottom, channels, factor):
+    """PyTorch's bilinear upsampling by `factor` with align_corners=False, exactly, for any
+    input size: `name`_zoom (Caffe's bilinear kernel: Deconvolution, grouped, kernel 2f,
+    stride f, pad f / 2; output f H) divided by `name`_norm, the same Deconvolution of
+    ones (1 inside, < 1 within f / 2 of the border, where the kernel misses the edge's
+    outer neighbour; the ratio is then the edge value PyTorch clamps to). Fixed weights
+    ('bilinear' finish step). Returns `name`."""
+    deconv = lambda b: L.Deconvolution(b, param=[dict(lr_mult=0, decay_mult=0)],  # noqa: E731
+                                       convolution_param=dict(
+        num_output=channels, group=channels, kernel_size=2 * factor, stride=factor,
+        pad=factor // 2, bias_term=False))
+    n[name + '_zoom'] = deconv(bottom)
+    n[name + '_ones'] = L.Power(bottom, power=1, scale=0, shift=1)
+    n[name + '_ones_zoom'] = deconv(n[name + '_ones'])
+    n[name + '_norm'] = L.Power(n[name + '_ones_zoom'], power=-1)
+    n[name] = L.Eltwise(n[name + '_zoom'], n[name + '_norm'], operation=P.Eltwise.PROD)
+    return n[name]
+
+
+def stem_size(size, pool1_pad=1, floor=False):
+    """The side after conv1 (7x7, stride 2, pad 3) and pool1 (3x3, stride 2)."""
+    return _out_size(_out_size(size, 7, 2, 3), 3, 2, pool1_pad, ceil=not floor)
+
+
+def deeplab_v3(split='deploy', depth=101, num_classes=None, crop=513, train_crop=513,
+               dataset='voc12aug', widths=DEEPLABV3_WIDTHS, blocks=None, data_layer=None,
+               data_params=None, train_stride=16, test_stride=8, multi_grid=DEEPLABV3_GRID,
+               rates=DEEPLABV3_RATES, train_bn=True, variant='paper', train_split=None):
+    """DeepLabv3: MSRA ResNet trunk at output stride `train_stride` (train net) or
+    `test_stride` (val, deploy), ASPP + image pooling, logits zoomed to the input.
+    Returns a caffe_pb2.NetParameter.
+
+    split: 'deploy' (Input `data` 1 x 3 x crop x crop; output logits_interp, N x classes
+      x crop x crop), 'val' (data / label padded to crop; `loss`), 'train' (at
+      train_crop; `loss` on logits_interp against the label).
+    widths: [0] conv1, [3:7] the stages' bottleneck widths, [7] ASPP, [8] projection,
+      [9] torchvision's head_conv. rates: ASPP's 3x3 rates at output stride 16 (scaled
+      by 16 / stride). train_bn: the train net's BatchNorm learns (statistics and Scale,
+      DEEPLABV3_BN_DECAY) -- else frozen, as the val / deploy nets' always are.
+    variant: 'paper' or 'torchvision' (see above; deploy only, at input multiples of 8).
+    train_split: the train net's list when not the dataset's (stage 2: trainval_aug).
+    dataset, data_layer, data_params: the data layer (default: default_data(dataset),
+      its crop set to this net's input)."""
+    _check_choice('split', split, SPLITS)
+    _check_choice('variant', variant, DEEPLABV3_VARIANTS)
+    num_classes = num_classes or len(models.dataset(dataset).classes)
+    _check_positive('num_classes', num_classes)
+    widths = _check_widths(widths, PSP_WIDTHS)
+    train = split == 'train'
+    size, stride = (train_crop, train_stride) if train else (crop, test_stride)
+    _check_positive('crop', size)
+    torch = variant == 'torchvision'
+    n = caffe.NetSpec()
+    if split == 'deploy':
+        n.data = L.Input(shape=dict(dim=[1, 3, size, size]))
+    else:
+        layer, params = data_layer_params(dataset, split, data_layer, data_params)
+        if data_params is None:  # the default layer crops (pads) to this net's input
+            params['crop'] = size
+            if train and train_split:
+                params['split'] = train_split
+        data_tops(n, dataset, split, [('data', 3)], ['label'], layer, params)
+    bn_decay = DEEPLABV3_BN_DECAY if train and train_bn else None
+    kw = dict(filler=train, style='msra', bn_lr=None if bn_decay else 0)
+    if bn_decay:
+        kw['bn_decay'] = bn_decay
+    _, stage5 = dilated_resnet(n, n.data, depth, widths, blocks,
+                               stride_on='3x3' if torch else '1x1_reduce',
+                               output_stride=stride, multi_grid=None if torch else multi_grid,
+                               dilate_first=not torch, pool1_floor=torch, **kw)
+    top = aspp_v3(n, n[stage5], widths[7], [r * 16 // stride for r in rates],
+                  pool_first=not torch, **kw)
+    top = conv_bn(n, 'concat_projection', top, widths[8], **kw)
+    if torch:
+        n.concat_projection_drop = L.Dropout(top, dropout_ratio=0.5, in_place=True)
+        top = conv_bn(n, 'head_conv', top, widths[9], ks=3, **kw)
+    logits = dict(num_output=num_classes, kernel_size=1, param=LEARN)
+    if train:
+        logits.update(weight_filler=dict(type='gaussian', std=0.01),
+                      bias_filler=dict(type='constant', value=0))
+    n.logits = L.Convolution(top, **logits)
+    if torch:
+        out = half_pixel_zoom(n, 'logits_interp', n.logits, num_classes, stride)
+    else:
+        feature = -(-stem_size(size) // (stride // 4))  # stride-2 1x1 convs: ceil
+        if (feature - 1) * stride + 1 != size:
+            raise ValueError('crop %d: the x%d zoom of its %d x %d logits gives %d, not the '
+                             'crop (use %d k + 1)' % (size, stride, feature, feature,
+                                                      (feature - 1) * stride + 1, stride))
+        out = align_corners_resize(n, 'logits_interp', n.logits, num_classes, feature, size)
+    if split != 'deploy':
+        n.loss = L.SoftmaxWithLoss(out, n.label, loss_param=dict(ignore_label=IGNORE_LABEL))
+    proto = n.to_proto()
+    for layer in proto.layer:  # the zoom's kernel depends on the stride: one name per stride,
+        if layer.name == 'logits_interp' and not torch:  # so Caffe never shares the two
+            layer.name = 'logits_interp_x%d' % stride
+    return proto
+
+
 def vgg16_classifier(widths=VGG16_WIDTHS, num_classes=1000):
     """VGG16 as in the Model Zoo's VGG_ILSVRC_16_layers deploy net (fc6/fc7/fc8
     InnerProduct, 224 x 224 input, prob), to load its weights and cast them to conv."""
@@ -1010,7 +1216,7 @@ def caffenet_classifier(widths=CAFFENET_WIDTHS, num_classes=1000):
 
 # The functions a spec's `builder` may name (models.ModelSpec / ClassifierSpec).
 BUILDERS = {f.__name__: f for f in (fcn, voc_fcn, pascalcontext_fcn, voc_fcn_alexnet, nyud_fcn,
-                                    siftflow_fcn, pspnet, deeplab_v2, vgg16_classifier, caffenet_classifier)}
+                                    siftflow_fcn, pspnet, deeplab_v2, deeplab_v3, vgg16_classifier, caffenet_classifier)}
 # name -> builder of each ImageNet classifier of models.CLASSIFIERS.
 CLASSIFIER_BUILDERS = {name: BUILDERS[c.builder] for name, c in models.CLASSIFIERS.items()}
 

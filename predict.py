@@ -137,8 +137,8 @@ def release_size(shape, long_side):
 
 def preprocess(image, prep):
     """H x W x 3 uint8 (or float) RGB -> 3 x H x W float32: times prep.scale, channels in
-    prep.order ('BGR' or 'RGB'), minus prep.mean (given in that order): the data
-    layers' preprocessing."""
+    prep.order ('BGR' or 'RGB'), minus prep.mean, divided by prep.std when given (both
+    in that order): the data layers' preprocessing, or a PyTorch model's normalisation."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError('image must be H x W x 3 RGB, got shape %s' % (image.shape,))
@@ -150,6 +150,8 @@ def preprocess(image, prep):
     if prep.order == 'BGR':
         in_ = in_[:, :, ::-1]
     in_ = in_ - np.asarray(prep.mean, np.float32).reshape(1, 1, 3)
+    if prep.std is not None:
+        in_ = in_ / np.asarray(prep.std, np.float32).reshape(1, 1, 3)
     return np.ascontiguousarray(in_.transpose((2, 0, 1)))
 
 

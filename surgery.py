@@ -50,6 +50,7 @@ Relative paths are taken from the current directory; the defaults live under
 import argparse
 import dataclasses
 import glob
+import json
 import os
 import tempfile
 
@@ -606,6 +607,196 @@ def _converted_by(command):
             if models.get(n).weights is not None and models.get(n).weights.convert == command]
 
 
+# ----------------------------------------------------------------------------- DeepLabv3
+
+# torchvision's deeplabv3_resnet101 (and _resnet50) state_dict: torchvision module paths
+# -> this project's layer names (net.deeplab_v3, variant 'torchvision', MSRA names).
+TORCHVISION_HEAD = {'classifier.0.convs.0.0': 'aspp0', 'classifier.0.convs.1.0': 'aspp1',
+                    'classifier.0.convs.2.0': 'aspp2', 'classifier.0.convs.3.0': 'aspp3',
+                    'classifier.0.convs.4.1': 'image_pool_conv',
+                    'classifier.0.project.0': 'concat_projection', 'classifier.1': 'head_conv',
+                    'classifier.4': 'logits'}
+TORCHVISION_SIZE = 520  # the deploy net's input: torchvision's evaluation resize, 8 x 65
+TORCH_HINT = 'pip install "torch>=2.0" (or pip install ".[torch]")'
+
+
+def _torch_blocks(state):
+    """Blocks of layer1..4 counted from the keys backbone.layerL.B.conv1.weight."""
+    counts = []
+    for stage in range(1, 5):
+        b = 0
+        while 'backbone.layer%d.%d.conv1.weight' % (stage, b) in state:
+            b += 1
+        counts.append(b)
+    return tuple(counts)
+
+
+def torchvision_map(state, blocks, depth):
+    """{torchvision conv or BN prefix: (kind, this net's layer)} for the state_dict's
+    trunk and head; kind 'conv' (weight[, bias]) or 'bn' (-> BatchNorm + Scale)."""
+    names = {'backbone.conv1': ('conv', 'conv1'), 'backbone.bn1': ('bn', 'conv1')}
+    for stage, count in zip(range(1, 5), blocks):
+        for b, block in enumerate(net.block_names(stage + 1, count, 'msra', depth)):
+            pre = 'backbone.layer%d.%d.' % (stage, b)
+            for i, part in enumerate('abc', 1):
+                names[pre + 'conv%d' % i] = ('conv', block + '_branch2' + part)
+                names[pre + 'bn%d' % i] = ('bn', block + '_branch2' + part)
+            if b == 0:
+                names[pre + 'downsample.0'] = ('conv', block + '_branch1')
+                names[pre + 'downsample.1'] = ('bn', block + '_branch1')
+    for key, layer in TORCHVISION_HEAD.items():
+        names[key] = ('conv', layer)
+        if layer != 'logits':  # each conv's BN is the next module of its Sequential
+            head, index = key.rsplit('.', 1)
+            names['%s.%d' % (head, int(index) + 1)] = ('bn', layer)
+    return names
+
+
+def read_torch_state(path):
+    """The {key: float64 numpy array} state_dict of a PyTorch checkpoint (torch.save of a
+    state_dict, or of a dict holding one under 'model' / 'state_dict'); InputError when
+    torch is missing or the file is not such a checkpoint."""
+    try:
+        import torch  # third-party, optional: this command only
+    except ImportError:
+        raise project.InputError('surgery.py deeplabv3-from-torchvision needs PyTorch: %s'
+                                 % TORCH_HINT)
+    try:
+        state = torch.load(str(path), map_location='cpu', weights_only=True)
+    except Exception as e:  # torch raises many types for a file that is not its format
+        raise project.InputError('%s: not a PyTorch checkpoint (%s)' % (path, str(e).splitlines()[0]
+                                                                         if str(e) else type(e).__name__))
+    for key in ('model', 'state_dict'):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(hasattr(v, 'numpy') for v in state.values()):
+        raise project.InputError('%s: not a state_dict of tensors' % path)
+    return {k: v.detach().double().numpy() for k, v in state.items()}
+
+
+def torchvision_spec(name, folder, checkpoint, classes, widths, blocks, depth, size):
+    """The model.json ModelSpec of a converted torchvision DeepLabv3: VOC's classes, the
+    deploy net at `size`, padded evaluation, ImageNet normalisation on RGB in 0-1."""
+    data = 'voc12aug'
+    return models.ModelSpec(
+        name=name, folder=os.path.abspath(folder), family='deeplab', dataset=data,
+        trunk='resnet%d' % depth, head='aspp-v3', builder='deeplab_v3',
+        builder_args=(('depth', depth), ('num_classes', classes), ('crop', size),
+                      ('train_crop', size), ('dataset', data), ('widths', tuple(widths)),
+                      ('blocks', tuple(blocks)), ('variant', 'torchvision'),
+                      ('test_stride', 8), ('train_stride', 8), ('train_bn', False)),
+        init='file', parents=(),
+        solver=models.Solver(0.001, momentum=0.9, weight_decay=1e-4, lr_policy='poly',
+                             power=0.9, max_iter=30000),
+        schedule=models.Schedule(15, 2000),
+        title="torchvision's deeplabv3_resnet%d, converted" % depth,
+        outputs=(models.Output('logits_interp', 'label'),),
+        weights=models.Weights('file://' + os.path.abspath(str(checkpoint)),
+                               file_name=os.path.basename(str(checkpoint)),
+                               convert='deeplabv3-from-torchvision'),
+        evaluation=models.Protocol(windows='padded'), finish=('bilinear',),
+        preprocessing=models.Preprocess(mean=(0.485, 0.456, 0.406), order='RGB',
+                                        scale=1 / 255.0, std=(0.229, 0.224, 0.225)),
+        note='converted by surgery.py deeplabv3-from-torchvision from %s'
+             % os.path.basename(str(checkpoint)))
+
+
+def from_torchvision(checkpoint, out_dir, size=TORCHVISION_SIZE, quiet=False):
+    """Convert torchvision's DeepLabv3 checkpoint into `out_dir`: deploy.prototxt (the
+    net at size x size, a multiple of 8), model.json (a user's model: infer.py --model
+    DIR) and <checkpoint>-stock.caffemodel. Every key of the state_dict is used or
+    reported (aux_classifier: training only; num_batches_tracked: a counter); a key of
+    another architecture, a shape that differs or a net layer left unfilled is an
+    InputError naming the file. Returns the ModelSpec."""
+    if size % 8:
+        raise project.InputError('--size %d: the converted net is exact for inputs that are '
+                                 'multiples of 8' % size)
+    out_dir = os.path.abspath(str(out_dir))
+    if os.path.exists(os.path.join(out_dir, models.SPEC_FILE)):
+        raise project.InputError('%s: already holds a model; give another --out'
+                                 % os.path.join(out_dir, models.SPEC_FILE))
+    state = read_torch_state(checkpoint)
+    blocks = _torch_blocks(state)
+    try:
+        layer_w = [state['backbone.layer%d.0.conv1.weight' % i].shape[0] for i in range(1, 5)]
+        head_w = [state[k + '.weight'].shape[0] for k in
+                  ('classifier.0.convs.0.0', 'classifier.0.project.0', 'classifier.1')]
+        widths = (state['backbone.conv1.weight'].shape[0], 64, 128) + tuple(layer_w) + tuple(head_w)
+        classes = state['classifier.4.weight'].shape[0]
+    except KeyError as e:
+        raise project.InputError('%s: no key %s: not a torchvision deeplabv3_resnet checkpoint'
+                                 % (checkpoint, e))
+    depth = 50 if blocks == net.RESNET_BLOCKS[50] else 101
+    wanted = len(models.dataset('voc12aug').classes)
+    if classes != wanted:
+        raise project.InputError('%s: %d classes; the converted model scores VOC\'s %d'
+                                 % (checkpoint, classes, wanted))
+    param = net.deeplab_v3('deploy', depth, classes, crop=size, widths=widths, blocks=blocks,
+                            variant='torchvision', test_stride=8)
+    netinit.check_net(param, 'the converted DeepLabv3', probe=False)
+    converted = _target_net(param)
+    params = converted.params
+    mapping = torchvision_map(state, blocks, depth)
+    report = TransplantReport()
+    filled = set()
+
+    def put(key, layer, i, value):
+        dst = params[layer][i].data
+        if dst.shape != value.shape:
+            raise project.InputError('%s: %s has shape %s but %s[%d] expects %s'
+                                     % (checkpoint, key, value.shape, layer, i, dst.shape))
+        dst[...] = value
+        report.copied.append((key, layer, i, value.shape))
+        filled.add((layer, i))
+
+    for key, value in state.items():
+        prefix, field = key.rsplit('.', 1)
+        if key.startswith('aux_classifier.') or field == 'num_batches_tracked':
+            report.dropped.append((key, None, 'training only' if field != 'num_batches_tracked'
+                                   else 'a counter'))
+            continue
+        if prefix not in mapping:
+            raise project.InputError('%s: key %r is not part of torchvision\'s DeepLabv3'
+                                     % (checkpoint, key))
+        kind, layer = mapping[prefix]
+        if kind == 'conv':
+            put(key, layer, {'weight': 0, 'bias': 1}[field], value)
+            continue
+        bn, scale, _ = net.bn_names(layer, 'msra')
+        target = {'running_mean': (bn, 0), 'running_var': (bn, 1), 'weight': (scale, 0),
+                  'bias': (scale, 1)}[field]
+        put(key, target[0], target[1], value)
+        if field == 'running_mean':
+            params[bn][2].data[...] = 1  # BatchNorm's scale factor
+            filled.add((bn, 2))
+    fixed = {name for name in deconv_layers(converted)} | {'pool1_size'}
+    for name, blobs in params.items():
+        missing = [i for i in range(len(blobs)) if (name, i) not in filled]
+        if missing and name not in fixed:
+            raise project.InputError('%s: nothing in the checkpoint for %s[%s]'
+                                     % (checkpoint, name, ', '.join(map(str, missing))))
+    params['pool1_size'][0].data[...] = 0  # only its size is used
+    interp(converted, deconv_layers(converted))  # Caffe's bilinear kernel: half-pixel inside
+    name = os.path.basename(out_dir)
+    spec = torchvision_spec(name, out_dir, checkpoint, classes, widths, blocks, depth, size)
+    os.makedirs(out_dir, exist_ok=True)
+    with safewrite.atomic_write(os.path.join(out_dir, 'deploy.prototxt'), 'w') as f:
+        f.write(str(param))
+    save_net(converted, os.path.join(out_dir, spec.weights.stock_file), protect=(str(checkpoint),))
+    with safewrite.atomic_write(os.path.join(out_dir, models.SPEC_FILE), 'w') as f:
+        f.write(json.dumps(models.to_dict(spec), indent=1) + '\n')
+    if not quiet:
+        print(report)
+    return spec
+
+
+def from_torchvision_main(args):
+    spec = from_torchvision(args.checkpoint, args.out, args.size, quiet=not args.verbose)
+    print('%s: converted into %s (python infer.py photo.jpg --model %s)'
+          % (args.checkpoint, spec.folder, spec.folder))
+    return 0
+
+
 # ----------------------------------------------------------------------------- cast command
 
 # The classifiers (models.CLASSIFIERS: deploy net, weights, cast file, the FCN whose
@@ -724,7 +915,17 @@ def main(argv=None):
                    'puts it, e.g. deeplab/deeplabv2-voc12/train_iter_20000.caffemodel)')
     d.add_argument('--out', help='converted caffemodel (default: <release>-stock.caffemodel '
                    'beside it)')
+    t = sub.add_parser('deeplabv3-from-torchvision', help="torchvision's deeplabv3_resnet101 "
+                       'checkpoint (.pth) -> a stock-Caffe model folder (needs torch)')
+    t.add_argument('checkpoint', help='the state_dict file, e.g. deeplabv3_resnet101_coco-586e9e4e.pth')
+    t.add_argument('--out', required=True, help='the model folder to write (model.json, '
+                   'deploy.prototxt, the caffemodel)')
+    t.add_argument('--size', type=int, default=TORCHVISION_SIZE,
+                   help='the deploy net\'s input side, a multiple of 8 (default %(default)s)')
+    t.add_argument('--verbose', action='store_true', help='list every tensor copied')
     args = parser.parse_args(argv)
+    if args.command == 'deeplabv3-from-torchvision':
+        return from_torchvision_main(args)
     if args.command == 'pspnet-convert':
         return pspnet_convert_main(args)
     if args.command == 'deeplab-convert':

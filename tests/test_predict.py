@@ -250,6 +250,10 @@ def test_the_registry_says_how_each_model_is_evaluated():
         elif spec.builder == 'deeplab_v2':  # the release's test: padded to 513, one pass
             assert spec.evaluation == models.Protocol(windows='padded')
             assert spec.finish == ('align-corners', 'bn-identity')
+        elif spec.builder == 'deeplab_v3':  # padded to the deploy net's input
+            assert spec.evaluation.windows == 'padded'
+            assert spec.finish == (('bilinear',) if dict(spec.builder_args).get('variant') == 'torchvision'
+                                   else ('align-corners', 'bn-identity'))
         else:
             assert spec.evaluation.windows == 'whole' and spec.finish == ('bilinear',)
     bases = {n: models.get(n).evaluation.base_size for n in models.names('pspnet')}

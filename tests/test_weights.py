@@ -207,7 +207,7 @@ def test_records_of_every_model():
                 'siftflow-fcn16s', 'siftflow-fcn8s', 'pascalcontext-fcn32s',
                 'pascalcontext-fcn16s', 'pascalcontext-fcn8s']
     psp = ['pspnet50-ade20k', 'pspnet101-voc2012', 'pspnet101-cityscapes']  # test_pspnet_net
-    deeplab = ['deeplabv2-voc12']  # tests/test_deeplab.py
+    deeplab = ['deeplabv2-voc12', 'deeplabv3-voc12', 'deeplabv3-voc12-trainval']  # test_deeplab*.py
     assert sorted(expected + psp + deeplab) == weights.recorded_models()
     for model in expected:
         rec = weights.read_url_record(models.model_dir(model))

@@ -1,0 +1,365 @@
+"""DeepLabv3 (net.deeplab_v3, registry entries deeplabv3-voc12 / -trainval): narrow nets at
+output stride 16 and 8 with multi-grid against an independent float64 implementation of the
+paper's net (torch.nn.functional in float64), the same weights in both strides, BN trained
+in stage 1 and frozen in stage 2, a narrow net's loss falling through the solving loop, and
+surgery.py deeplabv3-from-torchvision on a checkpoint in torch's file format compared with
+a float64 implementation of torchvision's forward (not torchvision itself)."""
+import dataclasses
+import math
+import os
+
+import numpy as np
+import pytest
+
+import guard
+import models
+import net
+import netinit
+import netload
+import predict
+import project
+import surgery
+import train
+from test_deeplab import make_painted, root, write  # noqa: F401  (root: the fixture)
+
+torch = pytest.importorskip('torch')  # installed by the Makefile (extra [torch])
+F = torch.nn.functional
+caffe = guard.import_caffe()
+SPEC = models.get('deeplabv3-voc12')
+NARROW = (4, 4, 4, 2, 2, 3, 3, 4, 4, 4)  # conv1, (unused x2), stages 2-5, ASPP, projection, head
+BLOCKS = (1, 1, 2, 3)  # res5: three units, for multi-grid
+CROP = 65  # logits 9 at output stride 8, 5 at 16 (513: 65 / 33)
+
+
+def narrow(split, **kw):
+    args = dict(crop=CROP, train_crop=CROP, widths=NARROW, blocks=BLOCKS)
+    args.update(kw)
+    return net.deeplab_v3(split, **args)
+
+
+def t64(a):
+    return torch.from_numpy(np.asarray(a, np.float64))
+
+
+# ----------------------------------------------------------------------------- full size
+
+def test_full_size_nets_shapes_and_one_set_of_weights(tmp_path):
+    shapes = {}
+    for split in ('train', 'val', 'deploy'):
+        param = net.build_net('deeplabv3-voc12', split)
+        shapes[split] = netinit.check_net(param, split, probe=False)
+    # OS 8 at 513: 65 x 65 logits, OS 16: 33; multi-grid dilations 4/8/16 and 2/4/8
+    dil = lambda p: {l.name: tuple(l.convolution_param.dilation) for l in p.layer  # noqa: E731
+                     if l.name.startswith('res5') and l.name.endswith('branch2b')}
+    assert dil(net.build_net('deeplabv3-voc12', 'deploy')) == {
+        'res5a_branch2b': (4,), 'res5b_branch2b': (8,), 'res5c_branch2b': (16,)}
+    assert dil(net.build_net('deeplabv3-voc12', 'train')) == {
+        'res5a_branch2b': (2,), 'res5b_branch2b': (4,), 'res5c_branch2b': (8,)}
+    rates = lambda p: [l.convolution_param.dilation[:] for l in p.layer  # noqa: E731
+                       if l.name in ('aspp1', 'aspp2', 'aspp3')]
+    assert rates(net.build_net('deeplabv3-voc12', 'deploy')) == [[12], [24], [36]]
+    assert rates(net.build_net('deeplabv3-voc12', 'train')) == [[6], [12], [18]]
+    # the same parameter shapes in every net: one caffemodel loads into all
+    params = {}
+    for split in ('train', 'deploy'):
+        n_ = caffe.Net(write(tmp_path / (split + '.prototxt'), with_inputs(narrow(
+            split, data_layer='VOC12AugSegDataLayer', data_params={'split': 'x'}, train_stride=8)
+            if split == 'train' else narrow(split))), caffe.TRAIN)
+        params[split] = {k: [b.data.shape for b in v] for k, v in n_.params.items()}
+    # all but the fixed zoom, whose layer is named by its factor (never shared)
+    assert params['train'].pop('logits_interp_x8') == [(21, 1, 15, 15)]
+    assert params['deploy'].pop('logits_interp_x8') == [(21, 1, 15, 15)]
+    assert params['train'] == params['deploy']
+
+
+def with_inputs(param):
+    """`param` with its Python data layer replaced by Input tops of the same shapes."""
+    if param.layer[0].type != 'Python':
+        return param
+    data = param.layer[0]
+    data.type = 'Input'
+    data.ClearField('python_param')
+    data.input_param.shape.add().dim.extend([1, 3, CROP, CROP])
+    data.input_param.shape.add().dim.extend([1, 1, CROP, CROP])
+    return param
+
+
+def test_stage_one_trains_bn_stage_two_freezes_it():
+    one, two = (net.build_net(m, 'train') for m in ('deeplabv3-voc12', 'deeplabv3-voc12-trainval'))
+    bn1 = [l for l in one.layer if l.type == 'BatchNorm']
+    bn2 = [l for l in two.layer if l.type == 'BatchNorm']
+    assert bn1 and all(not l.batch_norm_param.HasField('use_global_stats')
+                       and abs(l.batch_norm_param.moving_average_fraction - 0.9997) < 1e-6 for l in bn1)
+    assert all(l.batch_norm_param.use_global_stats for l in bn2)
+    sc1 = [l for l in one.layer if l.type == 'Scale']
+    sc2 = [l for l in two.layer if l.type == 'Scale']
+    assert all(p.lr_mult == 1 for l in sc1 for p in l.param)
+    assert all(p.lr_mult == 0 for l in sc2 for p in l.param)
+    assert SPEC.parents == () and models.get('deeplabv3-voc12-trainval').parents[0].source == SPEC.name
+    assert '"split": "trainval_aug"' in two.layer[0].python_param.param_str
+
+
+# ----------------------------------------------------------------------------- the paper's net
+
+def fill_random(n_, seed=0):
+    rng = np.random.RandomState(seed)
+    for name, blobs in n_.params.items():
+        kind = n_.layer_dict[name].type
+        if kind == 'BatchNorm':
+            c = blobs[0].data.shape[0]
+            blobs[0].data[...] = rng.normal(0, 0.1, c)
+            blobs[1].data[...] = rng.uniform(0.5, 1.5, c)
+            blobs[2].data[...] = 1
+        elif kind == 'Scale':
+            blobs[0].data[...] = rng.uniform(0.5, 1.5, blobs[0].data.shape)
+            blobs[1].data[...] = rng.normal(0, 0.1, blobs[1].data.shape)
+        elif kind == 'Convolution':
+            for b in blobs:
+                fan = max(1, b.data[0].size)
+                b.data[...] = rng.normal(0, math.sqrt(2.0 / fan), b.data.shape)
+    surgery.pspnet_interp(n_)  # the fixed align-corners zoom
+
+
+def params64(n_):
+    return {k: [t64(b.data) for b in v] for k, v in n_.params.items()}
+
+
+def conv_bn_ref(p, x, name, stride=1, dilation=1, relu=True):
+    w = p[name][0]
+    ks = w.shape[-1]
+    x = F.conv2d(x, w, stride=stride, padding=dilation * (ks - 1) // 2, dilation=dilation)
+    bn, scale, _ = net.bn_names(name, 'msra')
+    mean, var, factor = p[bn]
+    x = (x - (mean / factor).view(1, -1, 1, 1)) / torch.sqrt((var / factor).view(1, -1, 1, 1) + 1e-5)
+    x = x * p[scale][0].view(1, -1, 1, 1) + p[scale][1].view(1, -1, 1, 1)
+    return F.relu(x) if relu else x
+
+
+def paper_ref(p, x, stride, grid=(1, 2, 4), rates=(6, 12, 18)):
+    """The paper's DeepLabv3 (MSRA trunk: stride on the 1x1, pool1 pad 1 with Caffe's
+    ceil), written from the paper's description, not from net.py's plan."""
+    x = conv_bn_ref(p, x, 'conv1', stride=2)
+    x = F.max_pool2d(x, 3, 2, padding=1, ceil_mode=True)
+    current, rate = 4, 1
+    for stage, count in zip((2, 3, 4, 5), BLOCKS):
+        s = 1 if stage == 2 else 2
+        if s == 2 and current * 2 > stride:
+            s, rate = 1, rate * 2
+        current *= s
+        for b, block in enumerate(net.block_names(stage, count, 'msra', 101)):
+            d = rate * (grid[b] if stage == 5 else 1)
+            st = s if b == 0 else 1
+            y = conv_bn_ref(p, x, block + '_branch2a', stride=st)
+            y = conv_bn_ref(p, y, block + '_branch2b', dilation=d)
+            y = conv_bn_ref(p, y, block + '_branch2c', relu=False)
+            short = conv_bn_ref(p, x, block + '_branch1', stride=st, relu=False) if b == 0 else x
+            x = F.relu(y + short)
+    feats = [conv_bn_ref(p, x, 'aspp0')]
+    feats += [conv_bn_ref(p, x, 'aspp%d' % i, dilation=r * 16 // stride) for i, r in enumerate(rates, 1)]
+    pool = conv_bn_ref(p, x.mean(dim=(2, 3), keepdim=True), 'image_pool_conv')
+    feats.insert(0, pool.expand(-1, -1, x.shape[2], x.shape[3]))  # bilinear of a constant
+    y = conv_bn_ref(p, torch.cat(feats, 1), 'concat_projection')
+    logits = F.conv2d(y, p['logits'][0], p['logits'][1])
+    return F.interpolate(logits, size=((logits.shape[2] - 1) * stride + 1,) * 2, mode='bilinear',
+                         align_corners=True)
+
+
+def test_narrow_paper_net_at_both_strides_equals_the_float64_formula(tmp_path):
+    deploy8 = caffe.Net(write(tmp_path / 'd8.prototxt', narrow('deploy')), caffe.TEST)
+    fill_random(deploy8)
+    weights = str(tmp_path / 'w.caffemodel')
+    deploy8.save(weights)
+    # output stride 16: the same file loads by name; only the fixed x16 zoom is not in it
+    # (the finish step 'align-corners' sets it from the formula)
+    path16 = write(tmp_path / 'd16.prototxt', narrow('deploy', test_stride=16))
+    with pytest.raises(project.InputError, match='logits_interp_x16'):
+        netload.open_net(path16, 'test', weights)
+    deploy16 = netload.open_net(path16, 'test', weights, partial=True)
+    surgery.finish(deploy16, SPEC.finish)
+    x = np.random.RandomState(3).normal(0, 50, (1, 3, CROP, CROP)).astype(np.float32)
+    for n_, stride, feature in ((deploy8, 8, 9), (deploy16, 16, 5)):
+        n_.blobs['data'].data[...] = x
+        n_.forward()
+        assert n_.blobs['logits'].data.shape == (1, 21, feature, feature)
+        want = paper_ref(params64(n_), t64(x), stride).numpy()
+        got = n_.blobs['logits_interp'].data
+        assert got.shape == want.shape == (1, 21, CROP, CROP)
+        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    # other sizes: the deploy net reshapes to any 8 k + 1 (16 k + 1 at stride 16)
+    deploy8.blobs['data'].reshape(1, 3, 49, 49)
+    deploy8.blobs['data'].data[...] = x[:, :, :49, :49]
+    deploy8.forward()
+    np.testing.assert_allclose(deploy8.blobs['logits_interp'].data,
+                               paper_ref(params64(deploy8), t64(x[:, :, :49, :49]), 8).numpy(),
+                               atol=1e-4 * np.abs(deploy8.blobs['logits_interp'].data).max())
+    with pytest.raises(ValueError, match='use 8 k \\+ 1'):
+        narrow('deploy', crop=64)
+
+
+def test_narrow_net_learns_with_bn_in_training_mode(root, tmp_path):  # noqa: F811
+    make_painted(root, ['2008_%06d' % i for i in range(1, 9)], 'train_aug', seed=1)
+    make_painted(root, ['2009_000001', '2009_000002'], 'val', seed=2)
+    folder = tmp_path / 'deeplabv3-voc12'
+    os.makedirs(folder)
+    for split, name in (('train', 'train_aug'), ('val', 'val'), ('deploy', None)):
+        data = {} if split == 'deploy' else dict(
+            data_layer='VOC12AugSegDataLayer', data_params={'split': name, 'crop': CROP, 'seed': 1337})
+        write(folder / (split + '.prototxt'), narrow(split, **data))
+    with open(folder / 'solver.prototxt', 'w') as f:
+        f.write(net.model_solver(SPEC, test_iter=2, iter_size=1, max_iter=60, base_lr=0.01))
+    spec = dataclasses.replace(SPEC, init='copy')  # fresh fillers: no ImageNet file here
+    log = train.solve(train.Model(str(folder), spec),
+                      train.RunConfig(rounds=3, iters=20, out=str(tmp_path / 'out')))
+    losses = [r['train_loss'] for r in log]
+    assert all(map(math.isfinite, losses)) and losses[-1] < 0.8 * losses[0], losses
+    # BN learned: the statistics moved from the identity the finish step set
+    snaps = sorted((tmp_path / 'out').glob('**/*.caffemodel'))
+    # the snapshot is the OS 16 train net's: the OS 8 zoom comes from the finish step
+    trained = netload.open_net(str(folder / 'deploy.prototxt'), 'test', str(snaps[-1]), partial=True)
+    mean, var, factor = (b.data for b in trained.params['bn_conv1'])
+    assert factor[0] > 1 and np.abs(mean / factor[0]).max() > 1e-3
+    assert np.abs(trained.params['scale_conv1'][0].data - 1).max() > 0  # the Scale learned too
+
+
+# ----------------------------------------------------------------------------- torchvision
+
+def torchvision_state(widths=(4, 2, 2, 3, 3), blocks=(1, 1, 2, 2), aspp=4, classes=21, seed=0):
+    """A random state_dict with torchvision's deeplabv3_resnet keys and narrow widths."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+
+    def conv(key, cout, cin, k, bias=False):
+        state[key + '.weight'] = torch.randn(cout, cin, k, k, generator=g) * math.sqrt(2.0 / (cin * k * k))
+        if bias:
+            state[key + '.bias'] = torch.randn(cout, generator=g) * 0.1
+
+    def bn(key, c):
+        state[key + '.weight'] = torch.rand(c, generator=g) + 0.5
+        state[key + '.bias'] = torch.randn(c, generator=g) * 0.1
+        state[key + '.running_mean'] = torch.randn(c, generator=g) * 0.1
+        state[key + '.running_var'] = torch.rand(c, generator=g) + 0.5
+        state[key + '.num_batches_tracked'] = torch.tensor(7)
+    conv('backbone.conv1', widths[0], 3, 7)
+    bn('backbone.bn1', widths[0])
+    cin = widths[0]
+    for stage, (w, count) in enumerate(zip(widths[1:], blocks), 1):
+        for b in range(count):
+            pre = 'backbone.layer%d.%d.' % (stage, b)
+            conv(pre + 'conv1', w, cin, 1), bn(pre + 'bn1', w)
+            conv(pre + 'conv2', w, w, 3), bn(pre + 'bn2', w)
+            conv(pre + 'conv3', 4 * w, w, 1), bn(pre + 'bn3', 4 * w)
+            if b == 0:
+                conv(pre + 'downsample.0', 4 * w, cin, 1), bn(pre + 'downsample.1', 4 * w)
+            cin = 4 * w
+    for i in range(4):
+        conv('classifier.0.convs.%d.0' % i, aspp, cin, 1 if i == 0 else 3)
+        bn('classifier.0.convs.%d.1' % i, aspp)
+    conv('classifier.0.convs.4.1', aspp, cin, 1), bn('classifier.0.convs.4.2', aspp)
+    conv('classifier.0.project.0', aspp, 5 * aspp, 1), bn('classifier.0.project.1', aspp)
+    conv('classifier.1', aspp, aspp, 3), bn('classifier.2', aspp)
+    conv('classifier.4', classes, aspp, 1, bias=True)
+    conv('aux_classifier.0', 2, 4 * widths[3], 3), bn('aux_classifier.1', 2)
+    conv('aux_classifier.4', classes, 2, 1, bias=True)
+    return state
+
+
+def torchvision_ref(s, x, blocks=(1, 1, 2, 2)):
+    """torchvision's DeepLabv3-ResNet forward (eval mode), written out in float64 from its
+    documented structure: stride on the 3x3, replace_stride_with_dilation [F, T, T], max
+    pool 3/2/1 rounded down, ASPP 12/24/36 with image pooling last, project + dropout
+    (identity), 3x3 head, 1x1 classifier, bilinear align_corners=False to the input."""
+    s = {k: v.double() for k, v in s.items()}
+
+    def bn(x, key, relu=True):
+        x = F.batch_norm(x, s[key + '.running_mean'], s[key + '.running_var'], s[key + '.weight'],
+                         s[key + '.bias'], False, 0.0, 1e-5)
+        return F.relu(x) if relu else x
+    size = x.shape[2:]
+    x = bn(F.conv2d(x, s['backbone.conv1.weight'], stride=2, padding=3), 'backbone.bn1')
+    x = F.max_pool2d(x, 3, 2, 1)
+    dilation = 1
+    for stage, count in enumerate(blocks, 1):
+        stride, previous = (1 if stage == 1 else 2), dilation
+        if stage >= 3:
+            dilation, stride = dilation * stride, 1
+        for b in range(count):
+            pre = 'backbone.layer%d.%d.' % (stage, b)
+            d = previous if b == 0 else dilation
+            st = stride if b == 0 else 1
+            y = bn(F.conv2d(x, s[pre + 'conv1.weight']), pre + 'bn1')
+            y = bn(F.conv2d(y, s[pre + 'conv2.weight'], stride=st, padding=d, dilation=d), pre + 'bn2')
+            y = bn(F.conv2d(y, s[pre + 'conv3.weight']), pre + 'bn3', relu=False)
+            short = x if b else bn(F.conv2d(x, s[pre + 'downsample.0.weight'], stride=st),
+                                   pre + 'downsample.1', relu=False)
+            x = F.relu(y + short)
+    c = 'classifier.0.convs.'
+    feats = [bn(F.conv2d(x, s[c + '0.0.weight']), c + '0.1')]
+    for i, r in enumerate((12, 24, 36), 1):
+        feats.append(bn(F.conv2d(x, s[c + '%d.0.weight' % i], padding=r, dilation=r), c + '%d.1' % i))
+    pool = bn(F.conv2d(F.adaptive_avg_pool2d(x, 1), s[c + '4.1.weight']), c + '4.2')
+    feats.append(F.interpolate(pool, size=x.shape[2:], mode='bilinear', align_corners=False))
+    y = bn(F.conv2d(torch.cat(feats, 1), s['classifier.0.project.0.weight']), 'classifier.0.project.1')
+    y = bn(F.conv2d(y, s['classifier.1.weight'], padding=1), 'classifier.2')
+    y = F.conv2d(y, s['classifier.4.weight'], s['classifier.4.bias'])
+    return F.interpolate(y, size=size, mode='bilinear', align_corners=False)
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('tv')
+    state = torchvision_state()
+    ckpt = tmp / 'deeplabv3_narrow.pth'
+    torch.save(state, str(ckpt))
+    spec = surgery.from_torchvision(ckpt, tmp / 'tvmodel', size=64, quiet=True)
+    return state, ckpt, spec
+
+
+def test_torchvision_checkpoint_converts_exactly_at_multiples_of_8(converted, monkeypatch):
+    state, ckpt, spec = converted
+    monkeypatch.setattr(models, 'MODELS', dict(models.MODELS))  # registered for this test only
+    folder = spec.folder
+    assert sorted(os.listdir(folder)) == sorted(['deploy.prototxt', models.SPEC_FILE,
+                                                spec.weights.stock_file])
+    loaded = models.load(folder)  # a user's model: registered from its model.json
+    assert loaded.preprocessing == models.Preprocess((0.485, 0.456, 0.406), 'RGB', 1 / 255.0,
+                                                     (0.229, 0.224, 0.225))
+    n_ = netload.open_net(os.path.join(folder, 'deploy.prototxt'), 'test',
+                          os.path.join(folder, spec.weights.stock_file))
+    rng = np.random.RandomState(0)
+    for h, w in ((64, 64), (40, 56)):
+        x = rng.normal(0, 1, (3, h, w)).astype(np.float32)
+        got = predict.forward_logits(n_, x, 'logits_interp')
+        want = torchvision_ref(state, t64(x[None]))[0].numpy()
+        assert got.shape == want.shape == (21, h, w)
+        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    # another size: a clear error, never a silently shifted map
+    with pytest.raises(ValueError, match='does not crop its output to the input'):
+        predict.forward_logits(n_, np.zeros((3, 50, 50), np.float32), 'logits_interp')
+    # the registry's protocol and preprocessing (padded to the deploy net's 64)
+    n_.blobs['data'].reshape(1, 3, 64, 64)
+    rgb = rng.randint(0, 256, (30, 45, 3)).astype(np.uint8)
+    labels = predict.labels(n_, rgb, loaded.evaluation, loaded.preprocess, 'logits_interp')
+    x = predict.preprocess(rgb, loaded.preprocess)
+    padded = np.zeros((3, 64, 64), np.float32)
+    padded[:, :30, :45] = x
+    want = torchvision_ref(state, t64(padded[None]))[0].numpy()[:, :30, :45].argmax(0)
+    assert (labels == want).mean() > 0.99
+    np.testing.assert_allclose(x[:, 0, 0], (rgb[0, 0] / 255.0 - [0.485, 0.456, 0.406])
+                               / np.array([0.229, 0.224, 0.225]), rtol=1e-5)
+
+
+def test_torchvision_conversion_refuses_bad_input(converted, tmp_path):
+    state, ckpt, spec = converted
+    with pytest.raises(project.InputError, match='already holds a model'):
+        surgery.from_torchvision(ckpt, spec.folder, size=64)
+    text = tmp_path / 'x.pth'
+    text.write_text('not a checkpoint')
+    with pytest.raises(project.InputError, match='not a PyTorch checkpoint'):
+        surgery.from_torchvision(text, tmp_path / 'o1')
+    bad = dict(state, **{'backbone.extra.weight': torch.zeros(1)})
+    torch.save(bad, str(tmp_path / 'bad.pth'))
+    with pytest.raises(project.InputError, match='backbone.extra.weight'):
+        surgery.from_torchvision(tmp_path / 'bad.pth', tmp_path / 'o2', size=64)
+    with pytest.raises(project.InputError, match='multiples of 8'):
+        surgery.from_torchvision(ckpt, tmp_path / 'o3', size=60)
+    assert not os.path.exists(tmp_path / 'o2' / models.SPEC_FILE)

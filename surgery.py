@@ -681,8 +681,7 @@ def torchvision_spec(name, folder, checkpoint, classes, widths, blocks, depth, s
     return models.ModelSpec(
         name=name, folder=os.path.abspath(folder), family='deeplab', dataset=data,
         trunk='resnet%d' % depth, head='aspp-v3', builder='deeplab_v3',
-        builder_args=(('depth', depth), ('num_classes', classes), ('crop', size),
-                      ('train_crop', size), ('dataset', data), ('widths', tuple(widths)),
+        builder_args=(('crop', size), ('train_crop', size), ('widths', tuple(widths)),
                       ('blocks', tuple(blocks)), ('variant', 'torchvision'),
                       ('test_stride', 8), ('train_stride', 8), ('train_bn', False)),
         init='file', parents=(),

@@ -443,48 +443,7 @@ def convert_fork_bn(src, target, out, quiet=False):
     unknown layer with blobs, a shape mismatch, a net layer the file lacks, or `out` being
     `src`. Nothing is written unless all checks pass; `out` is written atomically.
     Returns the ForkReport (printed unless quiet)."""
-    src, out = os.path.abspath(str(src)), os.path.abspath(str(out))
-    layers = _fork_layers(src)
-    if src == out or os.path.exists(out) and os.path.samefile(src, out):
-        raise project.InputError('%s: the converted weights would replace the fork\'s file; '
-                                'give another --out' % out)
-    target_net = _target_net(target)
-    params, types = target_net.params, _layer_types(target_net)
-    report, plan, seen = ForkReport(), [], set()
-    for layer in layers:
-        if layer.name in seen:
-            raise project.InputError('%s: layer %r appears twice' % (src, layer.name))
-        seen.add(layer.name)
-        if not layer.blobs:
-            report.no_params[layer.type] = report.no_params.get(layer.type, 0) + 1
-        elif types.get(layer.name) == 'BatchNorm' and len(layer.blobs) == 4:
-            plan += _plan_fork_bn(src, layer, params, types)
-            report.bn.append(layer.name)
-            seen.add(net.psp_scale_name(layer.name))
-        elif layer.name in params:
-            stored = [netload._blob_shape(b) for b in layer.blobs]
-            wanted = [tuple(b.data.shape) for b in params[layer.name]]
-            if len(stored) != len(wanted) or not all(map(netload._shapes_match, stored, wanted)):
-                raise project.InputError('%s: layer %r has blobs %s but the net expects %s'
-                                        % (src, layer.name, stored, wanted))
-            plan += [(_blob_array(src, layer, i, b), d.data)
-                     for i, (b, d) in enumerate(zip(layer.blobs, params[layer.name]))]
-            report.copied.append(layer.name)
-        else:
-            raise project.InputError('%s: layer %r (%s) carries weights but the net has no such '
-                                    'layer' % (src, layer.name, layer.type))
-    fixed = interp_layers(target_net)
-    for name in params:
-        if name not in seen and name not in fixed:
-            raise project.InputError('%s: the net\'s layer %r (%s) is missing from the file'
-                                    % (src, name, types[name]))
-    for data, dst in plan:
-        dst[...] = data.reshape(dst.shape)  # counts checked: nothing repeated or cut
-    report.interp = pspnet_interp(target_net)
-    save_net(target_net, out, protect=(src,))
-    if not quiet:
-        print(report)
-    return report
+    return _convert(src, target, out, quiet, fork_bn=True)
 
 
 def _target_net(target):
@@ -545,13 +504,21 @@ def convert_by_name(src, target, out, quiet=False):
     lacks them), or be an interpolation layer. InputError (one line, naming the file and
     the layer) otherwise; nothing is written unless every check passes; `out` may not be
     `src`. Returns the ForkReport (printed unless quiet)."""
+    return _convert(src, target, out, quiet, fork_bn=False)
+
+
+def _convert(src, target, out, quiet, fork_bn):
+    """convert_fork_bn (fork_bn: 4-blob BN layers of the net's BatchNorm names become
+    BatchNorm + Scale) and convert_by_name: every layer of `src` accounted for, every
+    parameter layer of `target` filled from it, shared with one that is, or fixed
+    interpolation; `out` written only when all of that holds."""
     src, out = os.path.abspath(str(src)), os.path.abspath(str(out))
     layers = _fork_layers(src)
     if src == out or os.path.exists(out) and os.path.samefile(src, out):
         raise project.InputError('%s: the converted weights would replace the release\'s '
                                  'file; give another --out' % out)
-    net = _target_net(target)
-    params, types = net.params, _layer_types(net)
+    target_net = _target_net(target)
+    params, types = target_net.params, _layer_types(target_net)
     report, plan, seen = ForkReport(), [], set()
     for layer in layers:
         if layer.name in seen:
@@ -559,28 +526,32 @@ def convert_by_name(src, target, out, quiet=False):
         seen.add(layer.name)
         if not layer.blobs:
             report.no_params[layer.type] = report.no_params.get(layer.type, 0) + 1
-            continue
-        if layer.name not in params:
+        elif fork_bn and types.get(layer.name) == 'BatchNorm' and len(layer.blobs) == 4:
+            plan += _plan_fork_bn(src, layer, params, types)
+            report.bn.append(layer.name)
+            seen.add(net.psp_scale_name(layer.name))
+        elif layer.name in params:
+            stored = [netload._blob_shape(b) for b in layer.blobs]
+            wanted = [tuple(b.data.shape) for b in params[layer.name]]
+            if len(stored) != len(wanted) or not all(map(netload._shapes_match, stored, wanted)):
+                raise project.InputError('%s: layer %r has blobs %s but the net expects %s'
+                                         % (src, layer.name, stored, wanted))
+            plan += [(_blob_array(src, layer, i, b), d.data)
+                     for i, (b, d) in enumerate(zip(layer.blobs, params[layer.name]))]
+            report.copied.append(layer.name)
+        else:
             raise project.InputError('%s: layer %r (%s) carries weights but the net has no such '
                                      'layer' % (src, layer.name, layer.type))
-        stored = [netload._blob_shape(b) for b in layer.blobs]
-        wanted = [tuple(b.data.shape) for b in params[layer.name]]
-        if len(stored) != len(wanted) or not all(map(netload._shapes_match, stored, wanted)):
-            raise project.InputError('%s: layer %r has blobs %s but the net expects %s'
-                                     % (src, layer.name, stored, wanted))
-        plan += [(_blob_array(src, layer, i, b), d.data)
-                 for i, (b, d) in enumerate(zip(layer.blobs, params[layer.name]))]
-        report.copied.append(layer.name)
-    fixed = interp_layers(net)
-    shared = _shared_with(net, report.copied)
+    fixed = interp_layers(target_net)
+    shared = _shared_with(target_net, report.copied)
     for name in params:
         if name not in seen and name not in fixed and name not in shared:
             raise project.InputError('%s: the net\'s layer %r (%s) is missing from the file'
                                      % (src, name, types[name]))
     for data, dst in plan:
         dst[...] = data.reshape(dst.shape)  # counts checked: nothing repeated or cut
-    report.interp = pspnet_interp(net)
-    save_net(net, out, protect=(src,))
+    report.interp = pspnet_interp(target_net)
+    save_net(target_net, out, protect=(src,))
     if not quiet:
         print(report)
     return report

@@ -39,7 +39,10 @@ from caffe import layers as L, params as P  # noqa: E402
 REPO = project.REPO
 FCN_WIDTHS = (4, 4, 8, 8, 8, 16)
 ALEXNET_WIDTHS = (8, 8, 8, 8, 8, 16)   # grouped: even widths
-PSP = dict(widths=(4, 4, 8, 4, 4, 8, 8, 4, 8, 4), blocks=(1, 1, 2, 1), crop=89)
+# ResNet trunks (PSPNet, DeepLab v2 / v3): one narrow setting for every builder; stage 4
+# has a second (dilated) block, stage 5 three (DeepLabv3's multi-grid needs one per unit)
+RESNET = dict(widths=(4, 4, 8, 4, 4, 8, 8, 4, 8, 4), blocks=(1, 1, 2, 3))
+RESNET_CROPS = range(65, 200, 8)  # 8 k + 1 from logits 9 x 9 (DeepLab v2's 0.5 branch: 5 x 5)
 SIZE = (61, 45)  # odd sides: every FCN pool rounds up
 
 
@@ -76,12 +79,20 @@ def compare(model, caffe_net, inputs, size=None):
 
 
 def narrow(name):
+    """The deploy net of model `name` built narrow by its own builder. ResNet trunks: at the
+    first crop of RESNET_CROPS the builder accepts (its own checks: PSPNet's pyramid bins
+    must divide the feature map, the zooms must give the crop back)."""
     spec = models.get(name)
-    if spec.family == 'pspnet':
-        return net.build_net(spec, 'deploy', **PSP)
-    return net.build_net(spec, 'deploy', widths=ALEXNET_WIDTHS if spec.trunk == 'caffenet'
-                         else FCN_WIDTHS)
-
+    if spec.trunk not in models.RESNET_DEPTHS:
+        return net.build_net(spec, 'deploy', widths=ALEXNET_WIDTHS if spec.trunk == 'caffenet'
+                             else FCN_WIDTHS)
+    problems = []
+    for crop in RESNET_CROPS:
+        try:
+            return net.build_net(spec, 'deploy', crop=crop, **RESNET)
+        except ValueError as e:
+            problems.append('%d: %s' % (crop, e))
+    raise AssertionError('%s: no narrow crop fits: %s' % (name, '; '.join(problems)))
 
 # ---------------------------------------------------------------------------- the registry
 
@@ -92,8 +103,9 @@ def test_every_builtin_model_narrow_equals_caffe(name, tmp_path):
              else net.CLASSIFIER_BUILDERS[name](widths=ALEXNET_WIDTHS if name == 'caffenet' else FCN_WIDTHS,
                                         num_classes=10))
     model, caffe_net, inputs, dynamic = exported(tmp_path, param)
-    # the FCNs run at any size; PSPNet's pyramid and the classifiers at the one they are built for
-    assert dynamic == (isinstance(spec, models.ModelSpec) and spec.family != 'pspnet')
+    # the FCNs run at any size; the ResNet nets (PSPNet's pyramid, DeepLab's align-corners
+    # zooms) and the classifiers at the one they are built for
+    assert dynamic == (isinstance(spec, models.ModelSpec) and spec.trunk not in models.RESNET_DEPTHS)
     rel = compare(model, caffe_net, inputs, SIZE if dynamic else None)
     assert set(rel) == set(caffe_net.outputs)
     assert max(rel.values()) < export.TOLERANCE, rel

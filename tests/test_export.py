@@ -59,7 +59,7 @@ def prototxt(tmp_path, param, name='deploy'):
 def exported(tmp_path, param, seed=0):
     """(onnx model, caffe.Net with the same random weights, {input: shape}, dynamic)."""
     path = prototxt(tmp_path, param)
-    shapes = netinit.check_net(param, path, 'test')
+    shapes = export.net_shapes(param, path)
     caffe_net = caffe.Net(path, caffe.TEST)
     export.random_weights(caffe_net, seed)
     dynamic = export.fixed_size_reason(param) is None
@@ -228,7 +228,7 @@ def test_unsupported_layer_is_one_error_naming_it(tmp_path):
     n.act = L.Sigmoid(n.data)
     param = n.to_proto()
     path = prototxt(tmp_path, param)
-    shapes = netinit.check_net(param, path, 'test')
+    shapes = export.net_shapes(param, path)
     with pytest.raises(project.InputError, match=r"layer 'act' \(Sigmoid\): not supported"):
         export.to_onnx(param, path, {}, shapes, True, {})
 
@@ -242,7 +242,7 @@ def test_every_builtin_deploy_file_converts(name):
     spec = models.get(name)
     path = export.deploy_path(spec)
     param = netinit.read_net_param(path)
-    shapes = netinit.check_net(param, path, 'test')
+    shapes = export.net_shapes(param, path)
     dynamic = export.fixed_size_reason(param) is None
     model = export.to_onnx(param, path, export.placeholder_params(param, shapes), shapes,
                            dynamic, {}, weights=False)

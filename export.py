@@ -515,7 +515,7 @@ class Graph:
         rank = self.rank(layer.bottom[0])
         axis = _canonical(axis, rank)
         b_rank = self.rank(layer.bottom[bottom]) if bottom else self.inits[b].ndim
-        trailing = list(range(axis + b_rank, rank))
+        trailing = list(range(b_rank, rank - axis))  # b's new axes, after its own
         if not trailing:
             return b
         return self.node('Unsqueeze', [b, self.ints(layer.name + '_axes', trailing)],

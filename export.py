@@ -16,10 +16,10 @@ docs/export.md.
 
 Input size: height and width stay dynamic where no layer ties the net to its input size
 (the FCNs: Crop takes its size from the reference blob at run time); a net with an
-InnerProduct or a Reshape to fixed sizes (PSPNet's pyramid, the ImageNet classifiers)
-keeps the prototxt's size. The batch is always dynamic. The preprocessing the net
-expects (mean per channel, channel order, 0-255 values, NCHW) is written into the
-model's metadata_props.
+InnerProduct or a Reshape to fixed sizes (PSPNet's pyramid, the ImageNet classifiers) or
+an align-corners zoom (DeepLab v2 / v3's Interp, made for 513) keeps the prototxt's size. The batch is always dynamic. The preprocessing the net
+expects (mean per channel, channel order, 0-255 values, NCHW; a converted model's own
+scale and std) is written into the model's metadata_props.
 
 --check runs the exported model in ONNX Runtime on a random input of the net's size
 (or --size) and compares every output with Caffe's forward: the largest absolute

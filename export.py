@@ -16,10 +16,10 @@ docs/export.md.
 
 Input size: height and width stay dynamic where no layer ties the net to its input size
 (the FCNs: Crop takes its size from the reference blob at run time); a net with an
-InnerProduct or a Reshape to fixed sizes (PSPNet's pyramid, the ImageNet classifiers)
-keeps the prototxt's size. The batch is always dynamic. The preprocessing the net
-expects (mean per channel, channel order, 0-255 values, NCHW) is written into the
-model's metadata_props.
+InnerProduct or a Reshape to fixed sizes (PSPNet's pyramid, the ImageNet classifiers) or
+an align-corners zoom (DeepLab v2 / v3's Interp, made for 513) keeps the prototxt's size. The batch is always dynamic. The preprocessing the net
+expects (mean per channel, channel order, 0-255 values, NCHW; a converted model's own
+scale and std) is written into the model's metadata_props.
 
 --check runs the exported model in ONNX Runtime on a random input of the net's size
 (or --size) and compares every output with Caffe's forward: the largest absolute
@@ -49,8 +49,9 @@ FLT_MIN = float(np.finfo(np.float32).min)  # Caffe's -FLT_MAX, the value max poo
 PROTO_LIMIT = 2 ** 31 - 1  # one protobuf message; larger models would need external data
 DEPLOY = 'deploy.prototxt'
 SUPPORTED = ('Input', 'Convolution', 'Deconvolution', 'Pooling', 'ReLU', 'LRN', 'Crop',
-             'Eltwise', 'Concat', 'BatchNorm', 'Scale', 'InnerProduct', 'Reshape', 'Tile',
-             'Dropout', 'Softmax', 'Split')
+             'Eltwise', 'Concat', 'BatchNorm', 'Scale', 'Bias', 'Power', 'InnerProduct',
+             'Reshape', 'Tile', 'Dropout', 'Softmax', 'Split')
+PARAM_LAYERS = ('Convolution', 'Deconvolution', 'InnerProduct', 'BatchNorm', 'Scale', 'Bias')
 
 
 # ---------------------------------------------------------------------------
@@ -88,6 +89,42 @@ def net_outputs(param):
     return [b for b, i in last.items() if (b, i) not in read]
 
 
+def net_shapes(param, path, input_shapes=None):
+    """{blob: shape} of NetParameter `param` (read from `path`) in the TEST phase, by
+    netinit.check_net (InputError naming the file and layer). Caffe's Bias has Scale's
+    shape rule (the top is bottom 0; a second bottom or the blob matches bottom 0 from
+    `axis` on), which check_net knows: Bias layers are checked as Scale layers."""
+    checked = param
+    if any(layer.type == 'Bias' for layer in param.layer):
+        checked = type(param)()
+        checked.CopyFrom(param)
+        for layer in checked.layer:
+            if layer.type == 'Bias':
+                p = layer.bias_param
+                layer.type = 'Scale'
+                layer.scale_param.axis, layer.scale_param.num_axes = p.axis, p.num_axes
+                layer.scale_param.bias_term = False
+                layer.ClearField('bias_param')
+    try:
+        return check_net(checked, path, 'test', input_shapes)
+    except InputError as e:  # name a Bias layer's type as the file does
+        text = str(e)
+        for layer in param.layer:
+            if layer.type == 'Bias':
+                text = text.replace('%r (Scale)' % layer.name, '%r (Bias)' % layer.name)
+        raise type(e)(text)
+
+
+def is_align_corners_zoom(layer):
+    """True for a Deconvolution that is an align-corners zoom by its stride s (kernel
+    2 s - 1, pad s - 1: F -> (F - 1) s + 1, net.align_corners_resize)."""
+    if layer.type != 'Deconvolution':
+        return False
+    p = layer.convolution_param
+    k, s, pad = _pair(p, 'kernel', None), _pair(p, 'stride', 1), _pair(p, 'pad', 0)
+    return any(ss > 1 for ss in s) and k == [2 * ss - 1 for ss in s] and pad == [ss - 1 for ss in s]
+
+
 def fixed_size_reason(param):
     """Why the net only runs at its prototxt's input size ('layer X (InnerProduct) ...'),
     or None: then height and width can stay dynamic."""
@@ -96,6 +133,9 @@ def fixed_size_reason(param):
             return 'layer %r (InnerProduct) has weights for one input size' % layer.name
         if layer.type == 'Reshape' and any(d > 0 for d in layer.reshape_param.shape.dim[2:]):
             return 'layer %r (Reshape) gives fixed sizes' % layer.name
+        if is_align_corners_zoom(layer):  # DeepLab's Interp: the ratio is the built sizes'
+            return ('layer %r (Deconvolution) is an align-corners zoom made for one input size'
+                    % layer.name)
     return None
 
 
@@ -117,6 +157,9 @@ class Graph:
         self.nodes, self.inits, self.inputs = [], {}, []
         self.tensor, self.version, self.producer, self.taken = {}, {}, {}, set()
         self.uses, self.shared, self.index = {}, set(), 0
+        self.named, self.folds = {}, {}  # Caffe's shared parameter name -> initializer; fold cache
+        self.common = set()  # initializers several layers read (shared blobs, their folds)
+        self.base = {}  # a folded shared initializer -> the param name it comes from
         last = {}
         for i, layer in enumerate(param.layer):
             for b in layer.bottom:
@@ -142,6 +185,18 @@ class Graph:
         name = self.name(name)
         self.inits[name] = np.ascontiguousarray(value, dtype=dtype)
         return name
+
+    def blob(self, layer, i, name):
+        """The initializer of parameter blob i of `layer` (named `name`). Blobs shared
+        across layers by Caffe's param name (DeepLab v2's scale branches) are one
+        initializer, named after the param."""
+        shared = layer.param[i].name if i < len(layer.param) else ''
+        if not shared:
+            return self.const(name, self.params[layer.name][i])
+        if shared not in self.named:
+            self.named[shared] = self.const(shared, self.params[layer.name][i])
+            self.common.add(self.named[shared])
+        return self.named[shared]
 
     def ints(self, name, values):
         return self.const(name, np.array(values, dtype=np.int64), np.int64)
@@ -217,11 +272,10 @@ class Graph:
         p = layer.convolution_param
         if p.axis != 1 or self.rank(layer.bottom[0]) != 4:
             raise ValueError('only 2-D convolution on axis 1 is exported')
-        blobs = self.params[layer.name]
         pad = _pair(p, 'pad', 0)
-        inputs = [xs[0], self.const(layer.name + '_W', blobs[0])]
+        inputs = [xs[0], self.blob(layer, 0, layer.name + '_W')]
         if p.bias_term:
-            inputs.append(self.const(layer.name + '_b', blobs[1]))
+            inputs.append(self.blob(layer, 1, layer.name + '_b'))
         return [self.node(op, inputs, self.top_name(layer), kernel_shape=_pair(p, 'kernel', None),
                           strides=_pair(p, 'stride', 1), pads=pad + pad,
                           dilations=_pair(p, 'dilation', 1), group=max(1, p.group))]
@@ -432,8 +486,13 @@ class Graph:
 
     def layer_Scale(self, layer, xs):
         p = layer.scale_param
-        if len(xs) != 1:
-            raise ValueError('Scale by a second bottom is not exported')
+        if len(xs) == 2:  # y = x * bottom 1, broadcast from axis (+ the bias blob)
+            y = self.node('Mul', [xs[0], self.broadcast(layer, xs[1], p.axis)],
+                          layer.name + '_mul' if p.bias_term else self.top_name(layer))
+            if p.bias_term:
+                y = self.node('Add', [y, self.broadcast(layer, self.blob(layer, 0, layer.name + '_b'),
+                                                        p.axis, 1)], self.top_name(layer))
+            return [y]
         blobs = self.params[layer.name]
         rank = self.rank(layer.bottom[0])
         axis = _canonical(p.axis, rank)
@@ -441,20 +500,57 @@ class Graph:
         beta = blobs[1].astype(np.float64) if p.bias_term else None
         return [self.affine(layer, xs[0], axis, gamma, beta)]
 
+    def layer_Bias(self, layer, xs):
+        """y = x + b, b (bottom 1, or the learned blob) broadcast from `axis` on: DeepLabv3's
+        image_pool_tile adds the N x C pooled vector to zeros of the map's shape (axis 0)."""
+        p = layer.bias_param
+        b = xs[1] if len(xs) == 2 else self.blob(layer, 0, layer.name + '_b')
+        return [self.node('Add', [xs[0], self.broadcast(layer, b, p.axis, 1 if len(xs) == 2 else 0)],
+                          self.top_name(layer))]
+
+    def broadcast(self, layer, b, axis, bottom=1):
+        """Tensor `b` (bottom `bottom` of `layer`, or a parameter blob of this layer when
+        bottom is 0) with trailing axes of size 1 added, so that it lines up with bottom
+        0 from `axis` on (Caffe's Scale / Bias broadcasting)."""
+        rank = self.rank(layer.bottom[0])
+        axis = _canonical(axis, rank)
+        b_rank = self.rank(layer.bottom[bottom]) if bottom else self.inits[b].ndim
+        trailing = list(range(b_rank, rank - axis))  # b's new axes, after its own
+        if not trailing:
+            return b
+        return self.node('Unsqueeze', [b, self.ints(layer.name + '_axes', trailing)],
+                         layer.name + '_bcast')
+
+    def layer_Power(self, layer, xs):
+        """Caffe's Power: (shift + scale x) ^ power. With scale 0 a constant of the input's
+        shape (1 for power 0), whatever x holds, as in Caffe (DeepLabv3's zeros and ones)."""
+        p = layer.power_param
+        out = self.top_name(layer)
+        if p.scale == 0 or p.power == 0:
+            value = 1.0 if p.power == 0 else float(np.float32(p.shift) ** np.float32(p.power))
+            return [self.node('Expand', [self.const(layer.name + '_value', np.float32(value)),
+                                         self.node('Shape', xs, layer.name + '_shape')], out)]
+        steps = [(p.scale != 1, 'Mul', 'scale', p.scale), (p.shift != 0, 'Add', 'shift', p.shift),
+                 (p.power != 1, 'Pow', 'power', p.power)]
+        steps = [s for s in steps if s[0]]
+        y = xs[0]
+        if not steps:
+            return [self.node('Identity', [y], out)]
+        for k, (_, op, what, value) in enumerate(steps):
+            if op == 'Pow' and value == -1:
+                y = self.node('Reciprocal', [y], out if k == len(steps) - 1 else layer.name + '_rcp')
+                continue
+            y = self.node(op, [y, self.const('%s_%s' % (layer.name, what), np.float32(value))],
+                          out if k == len(steps) - 1 else '%s_%s' % (layer.name, op.lower()))
+        return [y]
+
     def affine(self, layer, x, axis, a, b):
         """y = a x + b, a and b broadcast from `axis` on. Per channel (axis 1, one dim) right
         after a convolution whose output nothing else reads: folded into its weights."""
         conv = self.producer.get(x)
         if (axis == 1 and a.ndim == 1 and conv is not None and conv.op_type == 'Conv'
                 and self.sole_use(x)):
-            w_name = conv.input[1]
-            self.inits[w_name] = (self.inits[w_name] * a.reshape(-1, 1, 1, 1)).astype(np.float32)
-            bias = self.inits[conv.input[2]].astype(np.float64) if len(conv.input) > 2 else 0.0
-            bias = bias * a + (b if b is not None else 0.0)
-            if len(conv.input) > 2:
-                self.inits[conv.input[2]] = bias.astype(np.float32)
-            else:
-                conv.input.append(self.const(conv.name + '_b', bias))
+            self.fold(layer, conv, a, b)
             return x
         rank = self.rank(layer.bottom[0])
         shape = a.shape + (1,) * (rank - axis - a.ndim)
@@ -464,6 +560,37 @@ class Graph:
             y = self.node('Add', [y, self.const(layer.name + '_shift', b.reshape(shape))],
                           self.top_name(layer))
         return y
+
+    def fold(self, layer, conv, a, b):
+        """Conv node `conv` gets weights W a and bias bias a + b (per output channel).
+        Weights shared by param name (DeepLab v2's branches, each with its own BatchNorm
+        and Scale layers sharing theirs) are folded once into new initializers that every
+        branch folding the same affine layer into the same weights reuses; the unfolded
+        ones are dropped from the model when nothing reads them (Graph.model)."""
+        w_name, b_name = conv.input[1], conv.input[2] if len(conv.input) > 2 else None
+        key = (w_name, b_name, tuple(q.name for q in layer.param) if all(
+            q.name for q in layer.param) and layer.param else layer.name)
+        if key not in self.folds:
+            w = (self.inits[w_name] * a.reshape(-1, 1, 1, 1)).astype(np.float32)
+            bias = self.inits[b_name].astype(np.float64) if b_name else 0.0
+            bias = bias * a + (b if b is not None else 0.0)
+            if w_name in self.common:  # shared: new initializers, shared in turn, named
+                base = self.base.get(w_name, w_name)  # after the param and the last fold
+                self.folds[key] = (self.const('%s_%s' % (base, layer.name), w),
+                                   self.const('%s_%s_b' % (base, layer.name), bias))
+                self.base.update(zip(self.folds[key], (base, base)))
+                self.common.update(self.folds[key])
+            else:  # this layer's own: in place
+                self.inits[w_name] = w
+                if b_name:
+                    self.inits[b_name] = bias.astype(np.float32)
+                self.folds[key] = (w_name, b_name or self.const(conv.name + '_b', bias))
+        w_name, b_name = self.folds[key]
+        conv.input[1] = w_name
+        if len(conv.input) > 2:
+            conv.input[2] = b_name
+        else:
+            conv.input.append(b_name)
 
     # -- the model
     def model(self, metadata, weights=True):
@@ -479,7 +606,10 @@ class Graph:
                 shape[2:] = [None] * (len(shape) - 2)  # known at run time
             outputs.append(helper.make_tensor_value_info(blob, TensorProto.FLOAT, shape))
         inputs, inits = list(self.inputs), []
+        read = {t for n in self.nodes for t in n.input}
         for k, v in self.inits.items():
+            if k not in read:  # a shared blob every reader of which was folded
+                continue
             if weights or v.dtype != np.float32:
                 inits.append(numpy_helper.from_array(v, k))
             else:
@@ -525,12 +655,18 @@ def metadata(spec, param, shapes, dynamic, weights):
         data = spec.data
         kinds = spec.inputs if len(spec.inputs) == len(inputs) else ('color',) * len(inputs)
         pre = []
-        for top, kind in zip(inputs, kinds):
+        for j, (top, kind) in enumerate(zip(inputs, kinds)):
             i = data.input(kind)
-            pre.append(dict(input=top, kind=kind, layout='NCHW', channels=i.channels,
-                            channel_order=i.order, mean=list(i.mean),
-                            values='0-255, the mean subtracted, not divided' if kind != 'depth'
-                            else 'log(depth PNG value in mm), the mean subtracted'))
+            entry = dict(input=top, kind=kind, layout='NCHW', channels=i.channels,
+                         channel_order=i.order, mean=list(i.mean),
+                         values='0-255, the mean subtracted, not divided' if kind != 'depth'
+                         else 'log(depth PNG value in mm), the mean subtracted')
+            if j == 0 and spec.preprocessing is not None:  # a converted model's own (torchvision's)
+                q = spec.preprocessing
+                entry.update(channel_order=q.order, mean=list(q.mean), scale=q.scale,
+                             std=list(q.std) if q.std else None,
+                             values='0-255 pixel values times scale, minus mean, divided by std')
+            pre.append(entry)
         props['preprocessing'] = json.dumps(pre)
         props['dataset'] = data.name
         props['classes'] = json.dumps(list(spec.data.label(spec.outputs[0].label).classes))
@@ -574,7 +710,7 @@ def param_shapes(param, shapes):
     prototxt and the blob shapes of check_net (no caffe.Net needed)."""
     out = {}
     for layer in param.layer:
-        if layer.type not in ('Convolution', 'Deconvolution', 'InnerProduct', 'BatchNorm', 'Scale'):
+        if layer.type not in PARAM_LAYERS:
             continue
         bottom = shapes[layer.bottom[0]]
         if layer.type in ('Convolution', 'Deconvolution'):
@@ -590,11 +726,14 @@ def param_shapes(param, shapes):
             out[layer.name] += [(p.num_output,)] if p.bias_term else []
         elif layer.type == 'BatchNorm':
             out[layer.name] = [(bottom[1],), (bottom[1],), (1,)]
-        elif len(layer.bottom) == 1:
-            p = layer.scale_param
+        elif len(layer.bottom) == 1:  # Scale or Bias with learned blobs
+            p = layer.scale_param if layer.type == 'Scale' else layer.bias_param
             axis = _canonical(p.axis, len(bottom))
             end = len(bottom) if p.num_axes == -1 else axis + p.num_axes
-            out[layer.name] = [tuple(bottom[axis:end])] * (2 if p.bias_term else 1)
+            count = 1 + (layer.type == 'Scale' and p.bias_term)
+            out[layer.name] = [tuple(bottom[axis:end])] * count
+        elif layer.type == 'Scale' and layer.scale_param.bias_term:  # scale from bottom 1
+            out[layer.name] = [tuple(shapes[layer.bottom[1]])]
     return out
 
 
@@ -712,7 +851,7 @@ def export_model(name, weights=None, seed=None, out=None, size=None, runtimes=()
     spec = models.get(name)
     prototxt = deploy_path(spec)
     param = read_net_param(prototxt)
-    shapes = check_net(param, prototxt, 'test')
+    shapes = net_shapes(param, prototxt)
     if weights is None and seed is None:
         weights = default_weights(spec)
     out = out or os.path.join(os.path.dirname(prototxt), '%s.onnx' % spec.name)
@@ -731,7 +870,7 @@ def export_model(name, weights=None, seed=None, out=None, size=None, runtimes=()
             raise InputError('%s: --size: this net runs at %s only (%s)'
                              % (spec.name, 'x'.join(map(str, inputs[next(iter(inputs))][2:])), reason))
         inputs = {k: tuple(s[:2]) + tuple(size) for k, s in inputs.items()}
-        check_net(param, prototxt, 'test', inputs)
+        net_shapes(param, prototxt, inputs)
     for runtime in runtimes:
         rel = check(model, net, random_inputs(inputs), runtime)
         worst = max(rel.values())

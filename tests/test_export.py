@@ -13,9 +13,12 @@ pooling at sizes where Caffe drops the last window, global pooling, pad_h/pad_w,
 dilation, groups, grouped deconvolution with bias, leaky ReLU, Eltwise PROD/MAX/SUM
 with coefficients, Crop on axis 1, BatchNorm and Scale that cannot be folded, Reshape
 with 0 / -1 / axis / num_axes, Tile, InnerProduct on axes 1 and 2, Softmax, Dropout,
-Split). The full-size deploy.prototxt of every built-in model is converted without
+Split, Power with power / scale / shift and as a constant, Bias by a blob or a second
+bottom, Scale by a second bottom). The net surgery.py converts torchvision's DeepLabv3
+into is checked at two sizes with its metadata; DeepLab v2's shared parameters are one
+initializer each. The full-size deploy.prototxt of every built-in model is converted without
 weight values (parameters as graph inputs) and passes onnx.checker. The command itself
-runs on a user's model folder (model.json). About 20 s.
+runs on a user's model folder (model.json). About 25 s.
 """
 import dataclasses
 import json
@@ -32,6 +35,7 @@ import project
 import export
 import models
 import net
+import surgery
 
 caffe = guard.import_caffe()
 from caffe import layers as L, params as P  # noqa: E402
@@ -39,7 +43,10 @@ from caffe import layers as L, params as P  # noqa: E402
 REPO = project.REPO
 FCN_WIDTHS = (4, 4, 8, 8, 8, 16)
 ALEXNET_WIDTHS = (8, 8, 8, 8, 8, 16)   # grouped: even widths
-PSP = dict(widths=(4, 4, 8, 4, 4, 8, 8, 4, 8, 4), blocks=(1, 1, 2, 1), crop=89)
+# ResNet trunks (PSPNet, DeepLab v2 / v3): one narrow setting for every builder; stage 4
+# has a second (dilated) block, stage 5 three (DeepLabv3's multi-grid needs one per unit)
+RESNET = dict(widths=(4, 4, 8, 4, 4, 8, 8, 4, 8, 4), blocks=(1, 1, 2, 3))
+RESNET_CROPS = range(65, 200, 8)  # 8 k + 1 from logits 9 x 9 (DeepLab v2's 0.5 branch: 5 x 5)
 SIZE = (61, 45)  # odd sides: every FCN pool rounds up
 
 
@@ -56,7 +63,7 @@ def prototxt(tmp_path, param, name='deploy'):
 def exported(tmp_path, param, seed=0):
     """(onnx model, caffe.Net with the same random weights, {input: shape}, dynamic)."""
     path = prototxt(tmp_path, param)
-    shapes = netinit.check_net(param, path, 'test')
+    shapes = export.net_shapes(param, path)
     caffe_net = caffe.Net(path, caffe.TEST)
     export.random_weights(caffe_net, seed)
     dynamic = export.fixed_size_reason(param) is None
@@ -76,12 +83,20 @@ def compare(model, caffe_net, inputs, size=None):
 
 
 def narrow(name):
+    """The deploy net of model `name` built narrow by its own builder. ResNet trunks: at the
+    first crop of RESNET_CROPS the builder accepts (its own checks: PSPNet's pyramid bins
+    must divide the feature map, the zooms must give the crop back)."""
     spec = models.get(name)
-    if spec.family == 'pspnet':
-        return net.build_net(spec, 'deploy', **PSP)
-    return net.build_net(spec, 'deploy', widths=ALEXNET_WIDTHS if spec.trunk == 'caffenet'
-                         else FCN_WIDTHS)
-
+    if spec.trunk not in models.RESNET_DEPTHS:
+        return net.build_net(spec, 'deploy', widths=ALEXNET_WIDTHS if spec.trunk == 'caffenet'
+                             else FCN_WIDTHS)
+    problems = []
+    for crop in RESNET_CROPS:
+        try:
+            return net.build_net(spec, 'deploy', crop=crop, **RESNET)
+        except ValueError as e:
+            problems.append('%d: %s' % (crop, e))
+    raise AssertionError('%s: no narrow crop fits: %s' % (name, '; '.join(problems)))
 
 # ---------------------------------------------------------------------------- the registry
 
@@ -92,17 +107,52 @@ def test_every_builtin_model_narrow_equals_caffe(name, tmp_path):
              else net.CLASSIFIER_BUILDERS[name](widths=ALEXNET_WIDTHS if name == 'caffenet' else FCN_WIDTHS,
                                         num_classes=10))
     model, caffe_net, inputs, dynamic = exported(tmp_path, param)
-    # the FCNs run at any size; PSPNet's pyramid and the classifiers at the one they are built for
-    assert dynamic == (isinstance(spec, models.ModelSpec) and spec.family != 'pspnet')
+    # the FCNs run at any size; the ResNet nets (PSPNet's pyramid, DeepLab's align-corners
+    # zooms) and the classifiers at the one they are built for
+    assert dynamic == (isinstance(spec, models.ModelSpec) and spec.trunk not in models.RESNET_DEPTHS)
     rel = compare(model, caffe_net, inputs, SIZE if dynamic else None)
     assert set(rel) == set(caffe_net.outputs)
     assert max(rel.values()) < export.TOLERANCE, rel
+    if name == 'deeplabv2-voc12':  # the scale branches' shared parameters: one initializer each
+        shared = {l.param[0].name or l.name for l in param.layer if l.type == 'Convolution'}
+        assert len({n.input[1] for n in model.graph.node if n.op_type == 'Conv'}) == len(shared)
+        assert len(shared) < sum(l.type == 'Convolution' for l in param.layer) / 2
     if name == 'pspnet101-voc2012':  # conv + BatchNorm + Scale became one convolution each
         ops = [n.op_type for n in model.graph.node]
         assert 'BatchNormalization' not in ops and 'Mul' not in ops
         bns = sum(layer.type == 'BatchNorm' for layer in param.layer)
         convs = sum(layer.type == 'Convolution' for layer in param.layer)
         assert bns == convs - 1 == ops.count('Conv') - 1
+
+
+def test_torchvision_deeplabv3_any_multiple_of_8_and_its_preprocessing(tmp_path, registry):
+    """The net surgery.py deeplabv3-from-torchvision writes (pool1 rounded down by a Crop to
+    a strided convolution's size, PyTorch's half-pixel zoom as Deconvolution / Power /
+    Eltwise PROD, a Dropout) exports with dynamic height and width, exact at multiples of
+    8 (the sizes it is built for), and its metadata carries torchvision's normalisation."""
+    folder = tmp_path / 'tv'
+    folder.mkdir()
+    spec = surgery.torchvision_spec('my-tv-deeplabv3', folder, 'ck.pth', 21, RESNET['widths'],
+                                    RESNET['blocks'], 101, 64)
+    param = net.build_net(spec, 'deploy')
+    (folder / 'deploy.prototxt').write_text(str(param))
+    (folder / models.SPEC_FILE).write_text(json.dumps(models.to_dict(spec)))
+    lines = []
+    out = export.export_model(str(folder), seed=2, out=str(tmp_path / 'tv.onnx'), size=(48, 72),
+                              runtimes=['onnxruntime'], log=lines.append)
+    assert 'onnxruntime vs Caffe on 1x3x48x72: logits_interp' in lines[0]
+    model = onnx.load(out)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props['input_size'] == 'dynamic height and width'
+    pre = json.loads(props['preprocessing'])[0]
+    assert (pre['channel_order'], pre['mean'], pre['std']) == ('RGB', [0.485, 0.456, 0.406],
+                                                                [0.229, 0.224, 0.225])
+    assert abs(pre['scale'] - 1 / 255.0) < 1e-12
+    ops = {n.op_type for n in model.graph.node}
+    assert {'Reciprocal', 'Expand', 'ConvTranspose', 'Slice'} <= ops
+    caffe_net = caffe.Net(str(folder / 'deploy.prototxt'), caffe.TEST)
+    export.random_weights(caffe_net, 2)  # the same weights as the export's
+    assert compare(model, caffe_net, {'data': (1, 3, 64, 64)}, (80, 40))['logits_interp'] < export.TOLERANCE
 
 
 def test_fcn_three_sizes_from_one_export(tmp_path):
@@ -163,6 +213,16 @@ def variants_net(h=29, w=33):
     n.drop = L.Dropout(n.prob, dropout_ratio=0.3)
     n.s1, n.s2 = L.Split(n.conv, ntop=2)
     n.split_sum = L.Eltwise(n.s1, n.s2)
+    n.pow = L.Power(n.prob, power=2, scale=-0.5, shift=1.5)  # (1.5 - 0.5 x)^2
+    n.rcp = L.Power(n.pow, power=-1, shift=0.1)
+    n.const = L.Power(n.lrn, power=3, scale=0, shift=2)      # 8 everywhere
+    n.ident = L.Power(n.dil)
+    n.bias_c = L.Bias(n.dil, axis=1, num_axes=1)              # a learned blob per channel
+    n.gap = L.Pooling(n.dil, pool=P.Pooling.AVE, global_pooling=True)       # N x 8 x 1 x 1
+    n.gap_flat = L.Reshape(n.gap, shape=dict(dim=[0, -1]))                   # N x 8
+    n.zeros = L.Power(n.dil, power=1, scale=0, shift=0)
+    n.tiled = L.Bias(n.zeros, n.gap_flat, axis=0)             # DeepLabv3's image_pool_tile
+    n.scaled = L.Scale(n.dil, n.gap_flat, axis=0, bias_term=True)  # scale by a bottom, + bias
     return n.to_proto()
 
 
@@ -179,6 +239,7 @@ def fixed_net():
     n.fcbn = L.BatchNorm(n.fc, use_global_stats=True)
     n.fcs = L.Scale(n.fcbn, bias_term=False, in_place=True)
     n.scale2 = L.Scale(n.data, axis=2, num_axes=2, bias_term=True)
+    n.bias2 = L.Bias(n.data, axis=2, num_axes=-1)                             # a blob of H x W
     return n.to_proto()
 
 
@@ -216,7 +277,7 @@ def test_unsupported_layer_is_one_error_naming_it(tmp_path):
     n.act = L.Sigmoid(n.data)
     param = n.to_proto()
     path = prototxt(tmp_path, param)
-    shapes = netinit.check_net(param, path, 'test')
+    shapes = export.net_shapes(param, path)
     with pytest.raises(project.InputError, match=r"layer 'act' \(Sigmoid\): not supported"):
         export.to_onnx(param, path, {}, shapes, True, {})
 
@@ -230,8 +291,9 @@ def test_every_builtin_deploy_file_converts(name):
     spec = models.get(name)
     path = export.deploy_path(spec)
     param = netinit.read_net_param(path)
-    shapes = netinit.check_net(param, path, 'test')
+    shapes = export.net_shapes(param, path)
     dynamic = export.fixed_size_reason(param) is None
+    assert dynamic == (isinstance(spec, models.ModelSpec) and spec.trunk not in models.RESNET_DEPTHS)
     model = export.to_onnx(param, path, export.placeholder_params(param, shapes), shapes,
                            dynamic, {}, weights=False)
     assert {o.name for o in model.graph.output} == set(export.net_outputs(param))

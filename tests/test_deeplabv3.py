@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import guard
+import layers
+import metrics
 import models
 import net
 import netinit
@@ -213,9 +215,31 @@ def test_narrow_net_learns_with_bn_in_training_mode(root, tmp_path):  # noqa: F8
     losses = [r['train_loss'] for r in log]
     assert all(map(math.isfinite, losses)) and losses[-1] < 0.8 * losses[0], losses
     # BN learned: the statistics moved from the identity the finish step set
-    snaps = sorted((tmp_path / 'out').glob('**/*.caffemodel'))
-    # the snapshot is the OS 16 train net's: the OS 8 zoom comes from the finish step
-    trained = netload.open_net(str(folder / 'deploy.prototxt'), 'test', str(snaps[-1]), partial=True)
+    snaps = sorted((tmp_path / 'out').glob('**/*.caffemodel'), key=os.path.getmtime)
+    # the snapshot is the OS 16 train net's: it has no OS 8 zoom, which every opened net
+    # fills from the formula (the model's finish steps), never left at zero
+    deploy = str(folder / 'deploy.prototxt')
+    with pytest.raises(project.InputError, match='logits_interp_x8'):
+        netload.open_net(deploy, 'test', str(snaps[-1]))
+    trained = netload.open_net(deploy, 'test', str(snaps[-1]), finish=SPEC.finish)
+    zoom = trained.params['logits_interp_x8'][0].data
+    classes = zoom.shape[0]
+    assert zoom.shape == (classes, 1, 15, 15)
+    for c in range(classes):  # the x8 align-corners zoom, per class
+        np.testing.assert_allclose(zoom[c, 0], surgery.upsample_filt(15), atol=1e-7)
+    # the loop scored val through a filled zoom (a zero one: every logit 0, loss log C),
+    # and its last round equals the protocol engine on the snapshot's deploy net
+    seg = log[-1]['scores']['seg']
+    assert seg['loss'] != pytest.approx(math.log(classes), abs=1e-3)
+    cm = metrics.ConfusionMatrix(classes)
+    p = layers.VOC12AugSegDataLayer.parse_params({'split': 'val'}, root=str(root))
+    for idx in ('2009_000001', '2009_000002'):
+        rgb, label = layers.VOC12AugSegDataLayer.read_example(p, idx)
+        cm.update(label, predict.labels(trained, rgb, SPEC.evaluation, SPEC.preprocess,
+                                        'logits_interp'))
+    want = cm.compute()
+    assert seg['overall_acc'] == pytest.approx(want['overall_acc'])
+    assert seg['mean_iu'] == pytest.approx(want['mean_iu'])
     mean, var, factor = (b.data for b in trained.params['bn_conv1'])
     assert factor[0] > 1 and np.abs(mean / factor[0]).max() > 1e-3
     assert np.abs(trained.params['scale_conv1'][0].data - 1).max() > 0  # the Scale learned too

@@ -28,6 +28,12 @@ their zero start):
         --out ilsvrc-nets/vgg16-fcn.caffemodel
     .venv/bin/python surgery.py cast --arch caffenet      # -> ilsvrc-nets/caffenet-fcn.caffemodel
 
+DeepLabv3 (net.deeplab_v3) starts from Kaiming He's ImageNet ResNet-101 (MSRA naming),
+copied by name into its trunk (fc1000 dropped; ASPP and the head start at their fillers):
+
+    .venv/bin/python surgery.py resnet-cast      # ilsvrc-nets/ResNet-101-model.caffemodel
+                                                 # -> deeplab/deeplabv3-voc12/init.caffemodel
+
 DeepLab v2 (net.deeplab_v2): its release's caffemodels hold stock BatchNorm + Scale
 blobs and load by name; `convert_by_name` copies one into the deploy net (every layer
 accounted for, the multi-scale copies included) and adds the interpolation weights:
@@ -732,6 +738,122 @@ def cast(prototxt, weights, out, trunk_param, quiet=False):
     return report
 
 
+
+# ----------------------------------------------------------------------------- ResNet cast
+
+# The cast trunk's input side: parameter shapes do not depend on it, and a small one keeps
+# the activations small (33: conv1 17, pool1 9 (Caffe rounds up), res3 on 5).
+RESNET_CAST_SIDE = 33
+
+
+def resnet_trunk_param(model, widths=None, blocks=None):
+    """NetParameter of the ResNet trunk of `model`'s deploy net (net.py; MSRA naming):
+    its layers up to the last one named res<stage>..., with a 1 x 3 x RESNET_CAST_SIDE^2
+    input. widths / blocks: net.py's, for narrow test nets (default the model's)."""
+    caffe = guard.import_caffe()
+    kwargs = {k: tuple(v) for k, v in (('widths', widths), ('blocks', blocks)) if v}
+    try:
+        param = net.build_net(model, 'deploy', **kwargs)
+    except ValueError as e:
+        raise project.InputError('--widths / --blocks: %s' % e)
+    ends = [i for i, layer in enumerate(param.layer) if layer.name.startswith('res')
+            and layer.name[3:4].isdigit()]
+    if not ends:
+        raise project.InputError('net.py deploy net of %s has no ResNet trunk (res2a ...)' % model)
+    trunk = caffe.proto.caffe_pb2.NetParameter()
+    trunk.CopyFrom(param)
+    del trunk.layer[:]
+    for layer in param.layer[:ends[-1] + 1]:
+        trunk.layer.add().CopyFrom(layer)
+        if layer.type == 'Input':
+            for shape in trunk.layer[-1].input_param.shape:
+                shape.dim[2:] = [RESNET_CAST_SIDE, RESNET_CAST_SIDE]
+    return trunk, param
+
+
+@dataclasses.dataclass
+class ResNetCastReport:
+    """What resnet_cast did (layer names): copied into the trunk by name, dropped (the
+    classifier's own: fc1000), new (the model's layers beyond the trunk, which start at
+    their fillers and the finish steps when training starts)."""
+    copied: list
+    dropped: list
+    new: list
+
+    def __str__(self):
+        return '\n'.join(['copying %s' % n for n in self.copied] +
+                         ['dropping %s (not in the trunk)' % n for n in self.dropped] +
+                         ['new %s (its filler when training starts)' % n for n in self.new])
+
+
+def resnet_cast(weights_path, out, model='deeplabv3-voc12', widths=None, blocks=None, quiet=False):
+    """Kaiming He's ImageNet ResNet caffemodel (MSRA naming: conv1, bn_conv1, scale_conv1,
+    res2a_branch1, bn2a_branch1, ..., fc1000; BatchNorm + Scale) copied by name into the
+    trunk of `model`'s nets (resnet_trunk_param), saved at `out`: every trunk layer must
+    be in the file with the same blob shapes (netload.check_weights: an InputError naming
+    the file, never a Caffe abort); the file's layers outside the trunk (fc1000) are
+    dropped; the trunk only is saved, so the file loads by name into the train nets.
+    Returns a ResNetCastReport (printed unless `quiet`)."""
+    caffe = guard.import_caffe()
+    trunk_param, full = resnet_trunk_param(model, widths, blocks)
+    netinit.check_net(trunk_param, 'the ResNet trunk', probe=False)
+    with tempfile.NamedTemporaryFile('w', suffix='.prototxt', delete=False) as f:
+        f.write(str(trunk_param))
+    try:
+        trunk = caffe.Net(f.name, caffe.TEST)
+    finally:
+        os.unlink(f.name)
+    copied = netload.check_weights(weights_path, trunk)
+    trunk.copy_from(str(weights_path))
+    stored = netload.read_proto(str(weights_path), caffe.proto.caffe_pb2.NetParameter())
+    dropped = [l.name for l in list(stored.layer) or list(stored.layers)
+               if l.blobs and l.name not in trunk.params]
+    in_trunk = {l.name for l in trunk_param.layer}
+    new = [l.name for l in full.layer if l.name not in in_trunk and (l.param or l.type in (
+        'Convolution', 'Deconvolution', 'InnerProduct', 'BatchNorm', 'Scale'))]
+    report = ResNetCastReport(copied, dropped, new)
+    if not quiet:
+        print(report)
+    save_net(trunk, out, protect=(weights_path,))
+    return report
+
+
+def _resnet_cast_models():
+    """The registry's models that start from the cast ImageNet ResNet (init 'file' with
+    the DeepLabv3 builder: their init.caffemodel is the cast trunk)."""
+    return [n for n in models.names() if isinstance(models.get(n), models.ModelSpec)
+            and models.get(n).builder == 'deeplab_v3' and models.get(n).init == 'file']
+
+
+def _int_list(text, flag):
+    try:
+        values = [int(w) for w in text.split(',')]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise project.InputError('%s: expected positive integers like 4,4,8, got %r' % (flag, text))
+    return values
+
+
+def resnet_cast_main(args):
+    spec = models.get(args.model)
+    weights_path = args.weights or os.path.join(project.REPO, 'ilsvrc-nets',
+                                                models.IMAGENET_RESNET101.file)
+    out = args.out or os.path.join(models.model_dir(spec), models.INIT_FILE)
+    if not os.path.isfile(weights_path):
+        raise project.InputError('%s: not found; %s (or pass --weights)'
+                                 % (weights_path, ' '.join(models.IMAGENET_RESNET101.note)))
+    safewrite.check_writable(out, '--out')  # before the long load, not after it
+    safewrite.check_not_input(out, (weights_path,))
+    widths = _int_list(args.widths, '--widths') if args.widths else None
+    blocks = _int_list(args.blocks, '--blocks') if args.blocks else None
+    report = resnet_cast(weights_path, out, spec.name, widths, blocks, quiet=args.quiet)
+    print('%s: %d layers copied, %d dropped (%s), %d new at their fillers'
+          % (out, len(report.copied), len(report.dropped), ', '.join(report.dropped),
+             len(report.new)))
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -768,7 +890,19 @@ def main(argv=None):
     t.add_argument('--size', type=int, default=TORCHVISION_SIZE,
                    help='the deploy net\'s input side, a multiple of 8 (default %(default)s)')
     t.add_argument('--verbose', action='store_true', help='list every tensor copied')
+    r = sub.add_parser('resnet-cast', help="Kaiming He's ImageNet ResNet-101 caffemodel -> "
+                       "the trunk of DeepLabv3's nets (its init.caffemodel)")
+    r.add_argument('--model', default='deeplabv3-voc12', choices=_resnet_cast_models())
+    r.add_argument('--weights', help='the ImageNet caffemodel (default ilsvrc-nets/%s)'
+                   % models.IMAGENET_RESNET101.file)
+    r.add_argument('--out', help='output caffemodel (default: the model\'s %s)' % models.INIT_FILE)
+    r.add_argument('--widths', help='comma-separated net.py channel widths (narrow test nets)')
+    r.add_argument('--blocks', help='comma-separated bottleneck counts of stages 2-5 (narrow '
+                   'test nets)')
+    r.add_argument('--quiet', action='store_true', help='do not list every layer')
     args = parser.parse_args(argv)
+    if args.command == 'resnet-cast':
+        return resnet_cast_main(args)
     if args.command == 'deeplabv3-from-torchvision':
         return from_torchvision_main(args)
     if args.command == 'pspnet-convert':

@@ -387,3 +387,86 @@ def test_torchvision_conversion_refuses_bad_input(converted, tmp_path):
     with pytest.raises(project.InputError, match='multiples of 8'):
         surgery.from_torchvision(ckpt, tmp_path / 'o3', size=60)
     assert not os.path.exists(tmp_path / 'o2' / models.SPEC_FILE)
+
+
+# ----------------------------------------------------------------------------- ImageNet cast
+
+def msra_file(path, trunk_net, bad=None, leave_out=None):
+    """A caffemodel in the layout of Kaiming He's ImageNet ResNet (MSRA naming), written
+    field by field: data, every parameter layer of `trunk_net` by name (stock BatchNorm
+    [mean, var, factor] and Scale [slope, bias] blobs), pool5 and fc1000 (1000 x C), prob.
+    bad: (layer, blob) written one channel too wide; leave_out: a layer left out.
+    Returns {layer: [arrays]}."""
+    pb = caffe.proto.caffe_pb2
+    types = dict(zip(trunk_net._layer_names, (l.type for l in trunk_net.layers)))
+    model = pb.NetParameter(name='ResNet-101')
+    model.layer.add(name='data', type='Input')
+    rng, values = np.random.RandomState(3), {}
+    last = None
+    for name, blobs in trunk_net.params.items():
+        if name == leave_out:
+            continue
+        values[name] = [rng.uniform(0.5, 1.5, b.data.shape).astype(np.float32) for b in blobs]
+        out = model.layer.add(name=name, type=types[name])
+        for i, a in enumerate(values[name]):
+            shape = (a.shape[0] + 1,) + a.shape[1:] if (name, i) == bad else a.shape
+            blob = out.blobs.add()
+            blob.shape.dim.extend(shape)
+            blob.data.extend(np.resize(a, shape).ravel().tolist())
+        last = a.shape[0] if types[name] == 'Scale' else last
+    model.layer.add(name='pool5', type='Pooling')
+    fc = model.layer.add(name='fc1000', type='InnerProduct')
+    fc.blobs.add(shape=dict(dim=[1000, last])).data.extend(np.ones(1000 * last).tolist())
+    fc.blobs.add(shape=dict(dim=[1000])).data.extend(np.zeros(1000).tolist())
+    model.layer.add(name='prob', type='Softmax')
+    with open(path, 'wb') as f:
+        f.write(model.SerializeToString())
+    return values
+
+
+def test_resnet_cast_copies_the_msra_trunk_drops_fc1000(tmp_path, capsys):
+    widths, blocks = ','.join(map(str, NARROW)), ','.join(map(str, BLOCKS))
+    trunk_param, _ = surgery.resnet_trunk_param(SPEC.name, NARROW, BLOCKS)
+    assert trunk_param.layer[-1].name == 'res5c_relu'
+    proto = tmp_path / 'trunk.prototxt'
+    proto.write_text(str(trunk_param))
+    trunk = caffe.Net(str(proto), caffe.TEST)
+    assert {'conv1', 'bn_conv1', 'scale_conv1', 'res2a_branch1', 'bn2a_branch1',
+            'res5c_branch2c'} <= set(trunk.params)
+    src = tmp_path / 'ResNet-101-model.caffemodel'
+    values = msra_file(str(src), trunk)
+    out = tmp_path / 'init.caffemodel'
+    assert surgery.main(['resnet-cast', '--weights', str(src), '--out', str(out),
+                         '--widths', widths, '--blocks', blocks]) == 0
+    text = capsys.readouterr().out
+    assert 'dropping fc1000' in text and 'copying res5c_branch2c' in text
+    assert 'new aspp0' in text and 'new logits' in text
+    assert '1 dropped (fc1000)' in text
+    # the cast loads by name into the narrow OS 16 train net; the trunk is the file's
+    folder = tmp_path / 'm'
+    os.makedirs(folder)
+    write(folder / 'deploy.prototxt', narrow('deploy'))
+    opened = netload.open_net(str(folder / 'deploy.prototxt'), 'test', str(out), partial=True)
+    for name, arrays in values.items():
+        for b, a in zip(opened.params[name], arrays):
+            np.testing.assert_array_equal(b.data.ravel(), a.ravel())
+    assert 'aspp0' not in values and 'fc1000' not in opened.params
+
+
+def test_resnet_cast_refuses_files_that_do_not_fit(tmp_path):
+    widths, blocks = ','.join(map(str, NARROW)), ','.join(map(str, BLOCKS))
+    trunk_param, _ = surgery.resnet_trunk_param(SPEC.name, NARROW, BLOCKS)
+    proto = tmp_path / 'trunk.prototxt'
+    proto.write_text(str(trunk_param))
+    trunk = caffe.Net(str(proto), caffe.TEST)
+    out = tmp_path / 'init.caffemodel'
+    for name, kw, why in (('bad', dict(bad=('res3a_branch2b', 0)), 'res3a_branch2b'),
+                          ('short', dict(leave_out='res5b_branch2a'), 'res5b_branch2a')):
+        src = tmp_path / (name + '.caffemodel')
+        msra_file(str(src), trunk, **kw)
+        with pytest.raises(project.InputError, match=why):
+            surgery.main(['resnet-cast', '--weights', str(src), '--out', str(out),
+                          '--widths', widths, '--blocks', blocks, '--quiet'])
+        assert not out.exists()
+    with pytest.raises(project.InputError, match='--blocks'):
+        surgery.main(['resnet-cast', '--weights', str(src), '--out', str(out), '--blocks', 'x'])

@@ -331,10 +331,12 @@ def score_protocol(args, spec):
         raise project.InputError('%s: the net has no blob %r' % (deploy, blob))
     classes, exclude = class_info(dataset, 'label', split, net.blobs[blob].channels)
     protocol = predict.with_options(
-        spec.evaluation, base_size=args.base_size, flip=False if args.no_flip else None,
+        spec.evaluation, base_size=args.base_size,
+        flip=False if args.no_flip else True if args.flip else None,
         scales=spec.evaluation.multi_scales if args.multi_scale else args.scales)
-    print('%s: scoring %s on %s %s (%d images; base size %d, scales %s, flip %s)'
-          % (spec.name, args.weights, dataset, split, len(ids), protocol.base_size,
+    print('%s: scoring %s on %s %s (%d images; %s, scales %s, flip %s)'
+          % (spec.name, args.weights, dataset, split, len(ids),
+             'base size %d' % protocol.base_size if protocol.base_size else protocol.windows,
              ' '.join('%g' % x for x in protocol.scales), 'yes' if protocol.flip else 'no'),
           flush=True)
     try:
@@ -350,6 +352,15 @@ def score_protocol(args, spec):
 
 
 # ----------------------------------------------------------------------------- command
+
+def through_engine(spec, args):
+    """Whether `spec` is scored by the protocol engine (score_protocol): sliding windows
+    always; a model padded to a fixed input when scales, flip or another deploy net are
+    asked for (its val net's data layer pads one scale, unmirrored)."""
+    ev = spec.evaluation
+    return ev.windows == 'sliding' or (ev.windows == 'padded' and bool(
+        args.multi_scale or args.scales or args.flip or args.no_flip or args.deploy))
+
 
 def sliding_models():
     """The registry's models evaluated in sliding windows (PSPNet's)."""
@@ -587,6 +598,8 @@ def main(argv=None):
                           'default: 1 only)' % ' '.join('%g' % s for s in models.PSP_SCALES))
     psp.add_argument('--scales', type=float, nargs='+', metavar='S', help='scales to average')
     psp.add_argument('--no-flip', action='store_true', help='leave out the flipped windows')
+    psp.add_argument('--flip', action='store_true', help='add the mirror images\' logits '
+                     '(models padded to a fixed input: DeepLabv3\'s + flip row)')
     psp.add_argument('--base-size', type=int, metavar='N',
                      help='base size: the long side at scale s is N x s + 1 (default the '
                           'model\'s: 512 ADE20K / VOC, 2048 Cityscapes)')
@@ -594,9 +607,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_args(args)
     spec = registered(args.model)
-    if spec is not None and spec.evaluation.windows == 'sliding':
+    if spec is not None and through_engine(spec, args):
         return score_protocol(args, spec)
-    if args.multi_scale or args.scales or args.no_flip or args.base_size or args.deploy:
+    if args.multi_scale or args.scales or args.no_flip or args.flip or args.base_size or args.deploy:
         raise project.InputError('--multi-scale, --scales, --no-flip, --base-size and --deploy '
                                 'are for models evaluated in sliding windows (%s); %s is '
                                 'scored on whole images by its val net'

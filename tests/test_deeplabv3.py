@@ -470,3 +470,53 @@ def test_resnet_cast_refuses_files_that_do_not_fit(tmp_path):
         assert not out.exists()
     with pytest.raises(project.InputError, match='--blocks'):
         surgery.main(['resnet-cast', '--weights', str(src), '--out', str(out), '--blocks', 'x'])
+
+
+# ----------------------------------------------------------------------------- scales and flip
+
+def half_pixel(n_in, n_out):
+    """n_out x n_in plain bilinear resize (half-pixel centres, edges replicated)."""
+    a = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        u = min(max((i + 0.5) * n_in / n_out - 0.5, 0), n_in - 1)
+        i0 = int(np.floor(u))
+        a[i, i0] += 1 - (u - i0)
+        a[i, min(i0 + 1, n_in - 1)] += u - i0
+    return a
+
+
+def test_padded_scales_and_flip_average_logits_as_derived(tmp_path):
+    write(tmp_path / 'deploy.prototxt', narrow('deploy'))
+    n_ = netload.open_net(str(tmp_path / 'deploy.prototxt'), 'test')
+    fill_random(n_)
+    rng = np.random.RandomState(5)
+    rgb = rng.randint(0, 256, (30, 40, 3)).astype(np.uint8)
+    scales = (1.0, 1.25, 1.5)  # the net's 65 input holds 30 x 40 at 1.5
+    protocol = dataclasses.replace(SPEC.evaluation, scales=scales, flip=True)
+    got = predict.scores(n_, rgb, protocol, SPEC.preprocess, 'logits_interp')
+    mean = np.asarray(SPEC.preprocess.mean, np.float64)
+    total = 0
+    for s in scales:
+        h, w = int(math.floor(30 * s + 0.5)), int(math.floor(40 * s + 0.5))
+        # the uint8 resize is MATLAB's imresize (tested against its formula in
+        # test_pspnet_eval); the rest of the protocol is derived here
+        img = predict.imresize(rgb, (h, w)).astype(np.float64) if s != 1 else rgb.astype(np.float64)
+        for mirror in (False, True):
+            x = img[:, ::-1] if mirror else img
+            padded = np.zeros((1, 3, CROP, CROP), np.float32)
+            padded[0, :, :h, :w] = (x[:, :, ::-1] - mean).transpose(2, 0, 1)  # BGR - mean
+            n_.blobs['data'].data[...] = padded
+            n_.forward()
+            out = n_.blobs['logits_interp'].data[0, :, :h, :w].astype(np.float64)
+            out = out[:, :, ::-1] if mirror else out
+            total = total + np.einsum('ih,jw,khw->kij', half_pixel(h, 30), half_pixel(w, 40), out)
+    want = total / (2 * len(scales))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    # one scale without flip is the plain padded pass
+    plain = predict.scores(n_, rgb, SPEC.evaluation, SPEC.preprocess, 'logits_interp')
+    n_.blobs['data'].data[...] = 0
+    n_.blobs['data'].data[0, :, :30, :40] = predict.preprocess(rgb, SPEC.preprocess)
+    n_.forward()
+    np.testing.assert_array_equal(plain, n_.blobs['logits_interp'].data[0, :, :30, :40])
+

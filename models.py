@@ -934,6 +934,16 @@ def _deeplabs():
 # of the layer's one image: see the docs on BN); scored every DEEPLABV3_ROUND iterations
 # (this project's choice).
 DEEPLABV3_ROUND = 2000
+# Kaiming He's ImageNet ResNet-101 (He, Zhang, Ren, Sun, CVPR 2016), the public Caffe
+# start of a DeepLab trunk: surgery.py resnet-cast copies it into deeplabv3-voc12's
+# init.caffemodel. Published through a file-sharing link on the README of
+# github.com/KaimingHe/deep-residual-networks; no direct URL, size or checksum could be
+# checked (UNCONFIRMED): fetch it by hand into ilsvrc-nets/.
+IMAGENET_RESNET101 = Weights(
+    'https://github.com/KaimingHe/deep-residual-networks', file_name='ResNet-101-model.caffemodel',
+    note=('download ResNet-101-model.caffemodel by hand from the link on the README of',
+          'github.com/KaimingHe/deep-residual-networks (direct URL UNCONFIRMED) into ilsvrc-nets/,',
+          'then: python surgery.py resnet-cast'))
 DEEPLABV3_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 

@@ -5,10 +5,12 @@ compares every parameter blob of a caffemodel with the net's in Python first, an
 that the file covers every layer with parameters unless the caller copies partially on
 purpose (a parent's weights into its child). `open_net` builds a net from a checked
 prototxt (netinit.check_prototxt) and copies checked weights into it: every input is an
-InputError naming the file, never a Caffe abort.
+InputError naming the file, never a Caffe abort; with a model's finish steps, the
+fixed layers its weights leave out are filled from their formula (fixed.py).
 """
 import os
 
+import fixed
 from guard import import_caffe
 from netinit import _count, check_prototxt, read_net_param, remember
 from project import InputError
@@ -55,13 +57,14 @@ def read_proto(path, message, error=InputError, text='%s: not a Caffe weights fi
     return message
 
 
-def check_weights(path, net, partial=False):
+def check_weights(path, net, partial=False, formula=()):
     """Raise InputError unless caffemodel `path` parses, every layer it shares with `net`
     (by name) has the same number and shapes of parameter blobs with all their values,
     and, unless `partial`, it covers every layer of `net` that has parameters (weights of
     another model or a file cut short would leave layers at their random fill). partial:
-    copying by name on purpose (a parent net's weights into its child). Returns the
-    names of the layers copied.
+    copying by name on purpose (a parent net's weights into its child); formula: names of
+    fixed layers the caller fills from their formula (fixed.fill), which the file may
+    leave out. Returns the names of the layers copied.
 
     As Caffe's Net::CopyTrainedLayersFrom: every layer of the file whose name is a layer
     of the net is copied, so its blob count must be that layer's (also zero: a blob-less
@@ -102,7 +105,7 @@ def check_weights(path, net, partial=False):
     if not shared:
         raise InputError('%s: no layer name matches the net (%s...)'
                          % (path, ', '.join(list(net.params)[:3])))
-    missing = [name for name in net.params if name not in shared]
+    missing = [name for name in net.params if name not in shared and name not in formula]
     if missing and not partial:
         raise InputError('%s: has no weights for %d of the net\'s %d layers with parameters '
                          '(%s%s): weights of another model, or a file cut short? (partial '
@@ -111,16 +114,23 @@ def check_weights(path, net, partial=False):
     return shared
 
 
-def open_net(prototxt, phase='test', weights=None, partial=False):
+def open_net(prototxt, phase='test', weights=None, partial=False, finish=()):
     """caffe.Net for `prototxt` in phase 'train' or 'test', with `weights` copied in
     (every parameter layer covered unless `partial`: see check_weights), every input
     checked first so bad input is an InputError, never a Caffe abort. The net is
-    remembered, so a reshape to an image's size is checked first (netinit.check_input)."""
+    remembered, so a reshape to an image's size is checked first (netinit.check_input).
+
+    finish: the model's finish steps (spec.finish): its fixed formula layers
+    (fixed.formula_layers) that `weights` do not hold are filled from the formula, e.g. a
+    val net's zoom that the train net (whose snapshot this is) does not have."""
     caffe = import_caffe()
     check_prototxt(prototxt, phase)
     net = caffe.Net(str(prototxt), caffe.TRAIN if phase == 'train' else caffe.TEST)
-    remember(net, read_net_param(prototxt), prototxt, phase)  # for netinit.check_input
+    param = read_net_param(prototxt)
+    remember(net, param, prototxt, phase)  # for netinit.check_input
     if weights:
-        check_weights(weights, net, partial)
+        formula = fixed.formula_layers(net, finish, param) if finish else set()
+        shared = check_weights(weights, net, partial, formula)
         net.copy_from(str(weights))
+        fixed.fill(net, finish, formula - set(shared))
     return net

@@ -27,7 +27,9 @@ their scores here, driven by the registry's `models.Protocol` (spec.evaluation) 
   e.g. (0.32, 0.221, 0.061) after subtraction for PSPNet's mean.
 - 'padded' (DeepLab v2, Chen et al. TPAMI 2017, as its release tests): the image padded
   bottom/right with the mean to the deploy net's fixed input (513), one pass, the logits
-  cropped back to the image (padded_logits).
+  cropped back to the image (padded_logits); with several scales and/or flip
+  (DeepLabv3, Chen et al. 2017, section 4.3) the logits of each rescaled and mirrored
+  copy, resized back to the image, are averaged.
 
 Imports no application module: apps -> predict -> netinit (a new input size checked
 before the net is reshaped to it) -> models. Nothing here imports Caffe; the nets passed
@@ -319,12 +321,31 @@ def whole_logits(net, image, prep, blob=None, tile=None):
     return forward_logits(net, in_, blob)
 
 
-def padded_logits(net, image, prep, blob=None):
+def padded_logits(net, image, prep, blob=None, scales=(1.0,), flip=False):
     """K x H x W float32 logits of `image` (H x W x 3 RGB) through a net of fixed input
     size (net_crop): the preprocessed image padded bottom/right with 0 (the mean) to that
     size, one pass, the logits cropped back to the image (DeepLab v2's test); an image
-    larger than the input goes through windows of it (sliding_logits, logits averaged)."""
-    return sliding_logits(net, preprocess(image, prep), net_crop(net), blob=blob)
+    larger than the input goes through windows of it (sliding_logits, logits averaged).
+    scales: per scale s the uint8 image is first resized to round(H s) x round(W s)
+    (imresize, bilinear) and its logits resized back to H x W (bilinear without
+    antialiasing); flip adds the mirror image's logits, mirrored back; the logits of all
+    scales and flips are averaged (DeepLabv3's evaluation, section 4.3; the resize
+    method is this project's choice). Scale 1 without flip is the plain pass."""
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    total = None
+    for s in scales:
+        size = (max(1, int(matlab_round(h * s))), max(1, int(matlab_round(w * s))))
+        scaled = image if size == (h, w) else imresize(image, size)
+        for mirror in (False, True) if flip else (False,):
+            one = np.ascontiguousarray(scaled[:, ::-1]) if mirror else scaled
+            out = sliding_logits(net, preprocess(one, prep), net_crop(net), blob=blob)
+            if mirror:
+                out = out[:, :, ::-1]
+            if size != (h, w):
+                out = imresize(out.transpose((1, 2, 0)), (h, w), antialias=False).transpose((2, 0, 1))
+            total = out.astype(np.float32) if total is None else total + out
+    return np.ascontiguousarray(total / np.float32(len(scales) * (2 if flip else 1)))
 
 
 def scores(net, image, protocol, prep, blob=None, scales=None, size=None, tile=None):
@@ -335,7 +356,7 @@ def scores(net, image, protocol, prep, blob=None, scales=None, size=None, tile=N
     if protocol.windows == 'whole':
         return whole_logits(net, image, prep, blob, tile)
     if protocol.windows == 'padded':
-        return padded_logits(net, image, prep, blob)
+        return padded_logits(net, image, prep, blob, tuple(scales or protocol.scales), protocol.flip)
     return sliding_scores(net, image, protocol, prep, scales, size, blob)
 
 

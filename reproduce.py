@@ -255,7 +255,7 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
     cls, split, _ = score.net_split_ids(param, val, split, root)
     p = cls.parse_params(score.data_layer(param)[0].python_param.param_str, root=root)
     deploy = os.path.join(model_dir, 'deploy.prototxt')
-    net = netload.open_net(deploy, 'test', weights)
+    net = netload.open_net(deploy, 'test', weights, finish=spec.finish)
     blob = spec.outputs[0].score
     classes, _ = score.class_info(spec.dataset, 'label', split, net.blobs[blob].channels)
     protocol = spec.evaluation
@@ -270,7 +270,7 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
             ev = score.evaluate_protocol(net, cls, p, ids, len(classes), run, spec.preprocess,
                                          blob, progress=progress, scored=score.protocol_on_cluster(
                                              opts, deploy, weights, ids, cls, p, len(classes),
-                                             run, spec.preprocess, blob))
+                                             run, spec.preprocess, blob, finish=spec.finish))
         except ValueError as e:  # e.g. a malformed dataset file met during the walk
             raise InputError(str(e))
         ms[task] = 1000.0 * (time.perf_counter() - t0) / max(len(ids), 1)
@@ -280,18 +280,20 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
                 load_ms_per_image=None)
 
 
-def evaluate_model(model_dir, weights, split, ids, dataset, progress=True, root=None, opts=None):
+def evaluate_model(model_dir, weights, split, ids, dataset, progress=True, root=None, opts=None,
+                   finish=()):
     """Score `weights` on the images `ids` of `split` with model_dir/val.prototxt, as
-    score.py's command does (its data layer set to `split`); returns the model's entry:
+    score.py's command does (its data layer set to `split`; finish: the model's finish
+    steps, score.open_val_net's); returns the model's entry:
     tasks {score blob: score.output_json}, images, ms_per_image, load_ms_per_image (None
     with --ray in `opts`: the images are scored by the cluster's workers)."""
     val = os.path.join(model_dir, 'val.prototxt')
-    net, _, _, _ = score.open_val_net(val, weights, split, root)
+    net, _, _, _ = score.open_val_net(val, weights, split, root, finish)
     outputs, names = score.scored_outputs(net, dataset, split, val)
     timed = TimedNet(net)
     try:
         results = score.evaluate_outputs(timed, ids, outputs, progress, score.on_cluster(
-            opts, val, weights, split, ids, outputs))
+            opts, val, weights, split, ids, outputs, finish))
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise InputError(str(e))
     return dict(tasks={ev.layer: score.output_json(ev, classes)
@@ -651,7 +653,7 @@ def score_model(model, model_dir, model_root, entry, override, args):
                                        not args.quiet, args.data_root, args))
     else:
         entry.update(evaluate_model(model_dir, weights, split, ids, entry['dataset'],
-                                    not args.quiet, args.data_root, args))
+                                    not args.quiet, args.data_root, args, spec.finish))
     entry.update(status='evaluated', date=datetime.datetime.now().isoformat(timespec='seconds'))
     return True
 

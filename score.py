@@ -228,26 +228,27 @@ def scores_at(opened, item, outputs):
             for t, (one, loss, pred) in zip(outputs, image_scores(net, idx, state))]
 
 
-def on_cluster(opts, val, weights, split, ids, outputs):
+def on_cluster(opts, val, weights, split, ids, outputs, finish=()):
     """image_scores of `ids` (in order) computed by the --ray cluster's workers for
-    evaluate_outputs(scored=...), or None without --ray (opts: cli.ray_flags, data_root)."""
+    evaluate_outputs(scored=...), or None without --ray (opts: cli.ray_flags, data_root;
+    finish: the model's finish steps, see open_val_net)."""
     if getattr(opts, 'ray', None) is None:
         return None
     root, weights = layers.data_root(opts.data_root), os.path.abspath(weights)
-    job = cluster.Job(open_val_net, (val, weights, split, root), scores_at, (outputs,),
+    job = cluster.Job(open_val_net, (val, weights, split, root, finish), scores_at, (outputs,),
                       {'data root': root, 'weights': weights, 'val net': val}, root)
     return cluster.in_order(opts, job, list(enumerate(ids)))
 
 
-def protocol_on_cluster(opts, deploy, weights, ids, *image_args):
+def protocol_on_cluster(opts, deploy, weights, ids, *image_args, finish=()):
     """protocol_image's results of `ids` (in order; image_args: its arguments after the
     id) computed by the --ray cluster's workers for evaluate_protocol(scored=...), or None
-    without --ray."""
+    without --ray (finish: the model's finish steps, netload.open_net's)."""
     if getattr(opts, 'ray', None) is None:
         return None
     root, weights, deploy = (layers.data_root(opts.data_root), os.path.abspath(weights),
                              os.path.abspath(deploy))
-    job = cluster.Job(netload.open_net, (deploy, 'test', weights), protocol_image, image_args,
+    job = cluster.Job(netload.open_net, (deploy, 'test', weights, False, finish), protocol_image, image_args,
                       {'data root': root, 'weights': weights, 'net': deploy}, root)
     return cluster.in_order(opts, job, ids)
 
@@ -325,20 +326,22 @@ def score_protocol(args, spec):
         ids = ids[:args.limit]
     dataset, blob = spec.dataset, spec.outputs[0].score
     guard.set_mode(args.gpu)
-    net = netload.open_net(deploy, 'test', args.weights)
+    net = netload.open_net(deploy, 'test', args.weights, finish=spec.finish)
     if blob not in net.blobs:
         raise project.InputError('%s: the net has no blob %r' % (deploy, blob))
     classes, exclude = class_info(dataset, 'label', split, net.blobs[blob].channels)
     protocol = predict.with_options(
-        spec.evaluation, base_size=args.base_size, flip=False if args.no_flip else None,
+        spec.evaluation, base_size=args.base_size,
+        flip=False if args.no_flip else True if args.flip else None,
         scales=spec.evaluation.multi_scales if args.multi_scale else args.scales)
-    print('%s: scoring %s on %s %s (%d images; base size %d, scales %s, flip %s)'
-          % (spec.name, args.weights, dataset, split, len(ids), protocol.base_size,
+    print('%s: scoring %s on %s %s (%d images; %s, scales %s, flip %s)'
+          % (spec.name, args.weights, dataset, split, len(ids),
+             'base size %d' % protocol.base_size if protocol.base_size else protocol.windows,
              ' '.join('%g' % x for x in protocol.scales), 'yes' if protocol.flip else 'no'),
           flush=True)
     try:
         scored = protocol_on_cluster(args, deploy, args.weights, ids, cls, p, len(classes),
-                                     protocol, spec.preprocess, blob)
+                                     protocol, spec.preprocess, blob, finish=spec.finish)
         ev = evaluate_protocol(net, cls, p, ids, len(classes), protocol, spec.preprocess, blob,
                                args.save_pred, layers.PALETTES.get(spec.palette),
                                not args.quiet, scored)
@@ -349,6 +352,15 @@ def score_protocol(args, spec):
 
 
 # ----------------------------------------------------------------------------- command
+
+def through_engine(spec, args):
+    """Whether `spec` is scored by the protocol engine (score_protocol): sliding windows
+    always; a model padded to a fixed input when scales, flip or another deploy net are
+    asked for (its val net's data layer pads one scale, unmirrored)."""
+    ev = spec.evaluation
+    return ev.windows == 'sliding' or (ev.windows == 'padded' and bool(
+        args.multi_scale or args.scales or args.flip or args.no_flip or args.deploy))
+
 
 def sliding_models():
     """The registry's models evaluated in sliding windows (PSPNet's)."""
@@ -434,9 +446,11 @@ def split_list(param, path, root=None):
         raise project.InputError('%s: %s' % (path, e))
 
 
-def open_val_net(val, weights, split=None, root=None):
+def open_val_net(val, weights, split=None, root=None, finish=()):
     """(net, data layer class, split, ids) for scoring `weights` with the val prototxt `val`,
     its layers.py data layer switched to `split` when given. Inputs are checked first.
+    finish: the model's finish steps: the val net's fixed formula layers `weights` do not
+    hold (a zoom only the val net has) are filled (netload.open_net).
     root: the data root of the ids read here; the layer Caffe instantiates from the
     prototxt finds it in $FCN_DATA_ROOT (the commands set it from --data-root)."""
     param = netinit.read_net_param(val)
@@ -446,7 +460,7 @@ def open_val_net(val, weights, split=None, root=None):
         with open(proto, 'w') as f:
             f.write(str(param))
         try:
-            net = netload.open_net(proto, 'test', weights)
+            net = netload.open_net(proto, 'test', weights, finish=finish)
         except project.InputError:  # names its file (weights, a dataset file)
             raise
         except ValueError as e:  # a data layer's complaint about its param_str
@@ -584,6 +598,8 @@ def main(argv=None):
                           'default: 1 only)' % ' '.join('%g' % s for s in models.PSP_SCALES))
     psp.add_argument('--scales', type=float, nargs='+', metavar='S', help='scales to average')
     psp.add_argument('--no-flip', action='store_true', help='leave out the flipped windows')
+    psp.add_argument('--flip', action='store_true', help='add the mirror images\' logits '
+                     '(models padded to a fixed input: DeepLabv3\'s + flip row)')
     psp.add_argument('--base-size', type=int, metavar='N',
                      help='base size: the long side at scale s is N x s + 1 (default the '
                           'model\'s: 512 ADE20K / VOC, 2048 Cityscapes)')
@@ -591,9 +607,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_args(args)
     spec = registered(args.model)
-    if spec is not None and spec.evaluation.windows == 'sliding':
+    if spec is not None and through_engine(spec, args):
         return score_protocol(args, spec)
-    if args.multi_scale or args.scales or args.no_flip or args.base_size or args.deploy:
+    if args.multi_scale or args.scales or args.no_flip or args.flip or args.base_size or args.deploy:
         raise project.InputError('--multi-scale, --scales, --no-flip, --base-size and --deploy '
                                 'are for models evaluated in sliding windows (%s); %s is '
                                 'scored on whole images by its val net'
@@ -607,7 +623,8 @@ def main(argv=None):
     output_checks(args, val, args.weights)
     guard.set_mode(args.gpu)
 
-    net, cls, split, ids = open_val_net(val, args.weights, args.split, args.data_root)
+    finish = spec.finish if spec else models.DEFAULT_FINISH
+    net, cls, split, ids = open_val_net(val, args.weights, args.split, args.data_root, finish)
     if args.limit:
         ids = ids[:args.limit]
     dataset = spec.dataset if spec else dataset_of(cls)
@@ -617,7 +634,7 @@ def main(argv=None):
                                                     split, len(ids)), flush=True)
     try:
         results = evaluate_outputs(net, ids, outputs, not args.quiet,
-                                   on_cluster(args, val, args.weights, split, ids, outputs))
+                                   on_cluster(args, val, args.weights, split, ids, outputs, finish))
     except ValueError as e:  # e.g. a malformed dataset file met during the walk
         raise project.InputError(str(e))
     return report(args, val, dataset, split, ids, results, names)

@@ -28,6 +28,12 @@ their zero start):
         --out ilsvrc-nets/vgg16-fcn.caffemodel
     .venv/bin/python surgery.py cast --arch caffenet      # -> ilsvrc-nets/caffenet-fcn.caffemodel
 
+DeepLabv3 (net.deeplab_v3) starts from Kaiming He's ImageNet ResNet-101 (MSRA naming),
+copied by name into its trunk (fc1000 dropped; ASPP and the head start at their fillers):
+
+    .venv/bin/python surgery.py resnet-cast      # ilsvrc-nets/ResNet-101-model.caffemodel
+                                                 # -> deeplab/deeplabv3-voc12/init.caffemodel
+
 DeepLab v2 (net.deeplab_v2): its release's caffemodels hold stock BatchNorm + Scale
 blobs and load by name; `convert_by_name` copies one into the deploy net (every layer
 accounted for, the multi-scale copies included) and adds the interpolation weights:
@@ -65,6 +71,10 @@ import project
 import safewrite
 import net
 import weights
+# The fixed layers' formulas live in fixed.py (netload fills them too); surgery's names
+# for them stay.
+from fixed import (FINISH, align_corners_matrix, deconv_layers, finish, interp,  # noqa: F401
+                   interp_layers, layer_types, pspnet_init_bn, pspnet_interp, upsample_filt)
 
 
 # ----------------------------------------------------------------------------- transplant
@@ -141,59 +151,6 @@ def transplant(new_net, net, suffix='', quiet=False):
     return report
 
 
-# ----------------------------------------------------------------------------- bilinear
-
-def upsample_filt(size):
-    """The size x size bilinear interpolation kernel (float64).
-
-    factor = (size + 1) // 2; center = factor - 1 (odd size) or factor - 0.5 (even);
-    filt[i, j] = (1 - |i - center| / factor) * (1 - |j - center| / factor).
-    E.g. size 4 (factor 2, upsampling x2): the 1-D profile is [.25, .75, .75, .25].
-    """
-    size = int(size)
-    if size < 1:
-        raise ValueError('upsample_filt: size must be >= 1, got %d' % size)
-    factor = (size + 1) // 2
-    center = factor - 1 if size % 2 == 1 else factor - 0.5
-    og = np.ogrid[:size, :size]
-    return (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
-
-
-def interp(net, layers):
-    """Set each named layer's weights (m x k x h x w) to bilinear interpolation.
-
-    m == k: weights[i, i] = upsample_filt(h) for every class i, zero elsewhere (each
-    class upsampled on its own). k == 1 (e.g. grouped deconvolution, one filter per
-    output channel): weights[i, 0] = upsample_filt(h). ValueError for an unknown layer,
-    a blob that is not 4-D, m != k with k != 1, or a non-square kernel.
-    """
-    params = net.params
-    for name in layers:
-        if name not in params:
-            raise ValueError('interp: no layer %r with parameters in the net' % name)
-        weights = params[name][0].data
-        if weights.ndim != 4:
-            raise ValueError('interp: layer %r weights have shape %s, expected m x k x h x w'
-                             % (name, weights.shape))
-        m, k, h, w = weights.shape
-        if m != k and k != 1:
-            raise ValueError('interp: layer %r weights have shape %s: input and output '
-                             'channels must be equal, or 1 output per group'
-                             % (name, weights.shape))
-        if h != w:
-            raise ValueError('interp: layer %r weights have shape %s: the kernel must be '
-                             'square' % (name, weights.shape))
-        filt = upsample_filt(h)
-        weights[...] = 0
-        weights[range(m), range(k) if k == m else 0, :, :] = filt
-
-
-def deconv_layers(net):
-    """Names of the net's layers whose type is Deconvolution, in net order."""
-    return [name for name, layer in zip(net._layer_names, net.layers)
-            if layer.type == 'Deconvolution']
-
-
 # ----------------------------------------------------------------------------- score layers
 
 def expand_score(new_net, new_layer, net, layer):
@@ -247,111 +204,6 @@ def init_bgrd(new_net, vgg_net, layer='conv1_1_bgrd', vgg_layer='conv1_1'):
 
 
 # ----------------------------------------------------------------------------- PSPNet
-
-def align_corners_matrix(size_in, size_out):
-    """A (size_out x size_in, float64): the PSPNet fork's Interp along one axis, y = A x.
-
-    Output j reads input position s = j r, r = (size_in - 1) / (size_out - 1) (0 when
-    size_out is 1): A[j, i0] = 1 - l, A[j, i0 + 1] = l, i0 = floor(s), l = s - i0, the
-    neighbour clamped at the border (corners aligned; the same size gives the identity)."""
-    if size_in < 1 or size_out < 1:
-        raise ValueError('align_corners_matrix: sizes must be >= 1, got %d, %d' % (size_in, size_out))
-    r = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
-    a = np.zeros((size_out, size_in))
-    for j in range(size_out):
-        s = r * j
-        i0 = min(int(np.floor(s)), size_in - 1)
-        lam = s - i0
-        a[j, i0] += 1 - lam
-        a[j, min(i0 + 1, size_in - 1)] += lam
-    return a
-
-
-def _layer_types(net):
-    return dict(zip(net._layer_names, (layer.type for layer in net.layers)))
-
-
-def interp_layers(net):
-    """The fixed interpolation layers of a PSPNet (net.align_corners_interp, net.pspnet):
-    {name: ((H1, W1), (H2, W2))} for every InnerProduct whose top feeds a Reshape to 4-D
-    (H1 x W1 from its bottom, H2 x W2 from the Reshape's top) and every Deconvolution
-    (H1 x W1 its bottom, H2 x W2 its top). Sizes read from the net's blobs, never typed."""
-    types, found = _layer_types(net), {}
-    shape = lambda blob: tuple(net.blobs[blob].shape)  # noqa: E731  (allocates nothing)
-    for name, kind in types.items():
-        if kind not in ('InnerProduct', 'Deconvolution'):
-            continue
-        bottom, top = shape(net.bottom_names[name][0]), shape(net.top_names[name][0])
-        if kind == 'InnerProduct':
-            after = [l for l, t in types.items() if t == 'Reshape'
-                     and net.bottom_names[l][0] == net.top_names[name][0]]
-            if len(bottom) != 4 or len(after) != 1:
-                continue
-            top = shape(net.top_names[after[0]][0])
-        found[name] = (bottom[2:], top[2:])
-    return found
-
-
-def pspnet_interp(net):
-    """Set the fixed weights of every interp layer (interp_layers) to the fork's Interp.
-
-    InnerProduct (H2 W2 x H1 W1): kron(A_h, A_w) (align_corners_matrix), so the flat
-    N x C x H1 W1 input becomes the N x C x H2 W2 interpolation. Deconvolution (zoom by f,
-    C x 1 x (2f - 1) x (2f - 1), grouped per channel, stride f, pad f - 1): the output
-    must be (H1 - 1) f + 1; upsample_filt(2f - 1) (factor f, centre f - 1) is exactly
-    that zoom's align-corners kernel. ValueError naming the layer otherwise. Returns the
-    names set."""
-    layers = interp_layers(net)
-    for name, ((h1, w1), (h2, w2)) in sorted(layers.items()):
-        weights = net.params[name][0].data
-        if weights.ndim == 2:
-            if weights.shape != (h2 * w2, h1 * w1):
-                raise ValueError('pspnet_interp: %s weights %s, expected %s for %dx%d -> %dx%d'
-                                 % (name, weights.shape, (h2 * w2, h1 * w1), h1, w1, h2, w2))
-            weights[...] = np.kron(align_corners_matrix(h1, h2), align_corners_matrix(w1, w2))
-            continue
-        k = weights.shape[-1]
-        f = (k + 1) // 2
-        if (weights.ndim != 4 or weights.shape[1] != 1 or k % 2 == 0
-                or (h2, w2) != ((h1 - 1) * f + 1, (w1 - 1) * f + 1)):
-            raise ValueError('pspnet_interp: Deconvolution %s (weights %s, %dx%d -> %dx%d) is not '
-                             'an align-corners zoom (grouped, kernel 2f - 1, stride f, pad f - 1)'
-                             % (name, weights.shape, h1, w1, h2, w2))
-        interp(net, [name])
-    return sorted(layers)
-
-
-def pspnet_init_bn(net):
-    """Frozen BatchNorm layers that hold no statistics yet (factor blob 0: nothing copied
-    in) become the identity: mean 0, variance 1, factor 1. Caffe would otherwise divide
-    by sqrt(eps) at every layer of a net trained from fresh weights. Returns their names."""
-    done = []
-    for name, kind in _layer_types(net).items():
-        blobs = net.params.get(name) if kind == 'BatchNorm' else None
-        if blobs and blobs[2].data[0] == 0:
-            blobs[0].data[...], blobs[1].data[...], blobs[2].data[...] = 0, 1, 1
-            done.append(name)
-    return done
-
-
-# A model's finish steps (models.FINISH_STEPS; spec.finish says which, in order), run once
-# its start weights are in: no start weights hold these fixed layers' values.
-FINISH = {
-    'bilinear': lambda net: interp(net, deconv_layers(net)),  # the FCNs' fixed upsampling
-    'align-corners': pspnet_interp,  # PSPNet's interpolation layers, from the fork's formula
-    'bn-identity': pspnet_init_bn,   # BatchNorm without statistics: the identity
-}
-
-
-def finish(net, steps):
-    """Run `steps` (names of FINISH, e.g. spec.finish) on `net` in order. PSPNet's BN
-    statistics then stay frozen while training (use_global_stats in its train net): stock
-    Caffe has no synchronised BN, and 1-2 images per GPU are too few to estimate them."""
-    for step in steps:
-        if step not in FINISH:
-            raise ValueError('finish: unknown step %r (known: %s)' % (step, ', '.join(FINISH)))
-        FINISH[step](net)
-
 
 @dataclasses.dataclass
 class ForkReport:
@@ -518,7 +370,7 @@ def _convert(src, target, out, quiet, fork_bn):
         raise project.InputError('%s: the converted weights would replace the release\'s '
                                  'file; give another --out' % out)
     target_net = _target_net(target)
-    params, types = target_net.params, _layer_types(target_net)
+    params, types = target_net.params, layer_types(target_net)
     report, plan, seen = ForkReport(), [], set()
     for layer in layers:
         if layer.name in seen:
@@ -857,6 +709,122 @@ def cast(prototxt, weights, out, trunk_param, quiet=False):
     return report
 
 
+
+# ----------------------------------------------------------------------------- ResNet cast
+
+# The cast trunk's input side: parameter shapes do not depend on it, and a small one keeps
+# the activations small (33: conv1 17, pool1 9 (Caffe rounds up), res3 on 5).
+RESNET_CAST_SIDE = 33
+
+
+def resnet_trunk_param(model, widths=None, blocks=None):
+    """NetParameter of the ResNet trunk of `model`'s deploy net (net.py; MSRA naming):
+    its layers up to the last one named res<stage>..., with a 1 x 3 x RESNET_CAST_SIDE^2
+    input. widths / blocks: net.py's, for narrow test nets (default the model's)."""
+    caffe = guard.import_caffe()
+    kwargs = {k: tuple(v) for k, v in (('widths', widths), ('blocks', blocks)) if v}
+    try:
+        param = net.build_net(model, 'deploy', **kwargs)
+    except ValueError as e:
+        raise project.InputError('--widths / --blocks: %s' % e)
+    ends = [i for i, layer in enumerate(param.layer) if layer.name.startswith('res')
+            and layer.name[3:4].isdigit()]
+    if not ends:
+        raise project.InputError('net.py deploy net of %s has no ResNet trunk (res2a ...)' % model)
+    trunk = caffe.proto.caffe_pb2.NetParameter()
+    trunk.CopyFrom(param)
+    del trunk.layer[:]
+    for layer in param.layer[:ends[-1] + 1]:
+        trunk.layer.add().CopyFrom(layer)
+        if layer.type == 'Input':
+            for shape in trunk.layer[-1].input_param.shape:
+                shape.dim[2:] = [RESNET_CAST_SIDE, RESNET_CAST_SIDE]
+    return trunk, param
+
+
+@dataclasses.dataclass
+class ResNetCastReport:
+    """What resnet_cast did (layer names): copied into the trunk by name, dropped (the
+    classifier's own: fc1000), new (the model's layers beyond the trunk, which start at
+    their fillers and the finish steps when training starts)."""
+    copied: list
+    dropped: list
+    new: list
+
+    def __str__(self):
+        return '\n'.join(['copying %s' % n for n in self.copied] +
+                         ['dropping %s (not in the trunk)' % n for n in self.dropped] +
+                         ['new %s (its filler when training starts)' % n for n in self.new])
+
+
+def resnet_cast(weights_path, out, model='deeplabv3-voc12', widths=None, blocks=None, quiet=False):
+    """Kaiming He's ImageNet ResNet caffemodel (MSRA naming: conv1, bn_conv1, scale_conv1,
+    res2a_branch1, bn2a_branch1, ..., fc1000; BatchNorm + Scale) copied by name into the
+    trunk of `model`'s nets (resnet_trunk_param), saved at `out`: every trunk layer must
+    be in the file with the same blob shapes (netload.check_weights: an InputError naming
+    the file, never a Caffe abort); the file's layers outside the trunk (fc1000) are
+    dropped; the trunk only is saved, so the file loads by name into the train nets.
+    Returns a ResNetCastReport (printed unless `quiet`)."""
+    caffe = guard.import_caffe()
+    trunk_param, full = resnet_trunk_param(model, widths, blocks)
+    netinit.check_net(trunk_param, 'the ResNet trunk', probe=False)
+    with tempfile.NamedTemporaryFile('w', suffix='.prototxt', delete=False) as f:
+        f.write(str(trunk_param))
+    try:
+        trunk = caffe.Net(f.name, caffe.TEST)
+    finally:
+        os.unlink(f.name)
+    copied = netload.check_weights(weights_path, trunk)
+    trunk.copy_from(str(weights_path))
+    stored = netload.read_proto(str(weights_path), caffe.proto.caffe_pb2.NetParameter())
+    dropped = [l.name for l in list(stored.layer) or list(stored.layers)
+               if l.blobs and l.name not in trunk.params]
+    in_trunk = {l.name for l in trunk_param.layer}
+    new = [l.name for l in full.layer if l.name not in in_trunk and (l.param or l.type in (
+        'Convolution', 'Deconvolution', 'InnerProduct', 'BatchNorm', 'Scale'))]
+    report = ResNetCastReport(copied, dropped, new)
+    if not quiet:
+        print(report)
+    save_net(trunk, out, protect=(weights_path,))
+    return report
+
+
+def _resnet_cast_models():
+    """The registry's models that start from the cast ImageNet ResNet (init 'file' with
+    the DeepLabv3 builder: their init.caffemodel is the cast trunk)."""
+    return [n for n in models.names() if isinstance(models.get(n), models.ModelSpec)
+            and models.get(n).builder == 'deeplab_v3' and models.get(n).init == 'file']
+
+
+def _int_list(text, flag):
+    try:
+        values = [int(w) for w in text.split(',')]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise project.InputError('%s: expected positive integers like 4,4,8, got %r' % (flag, text))
+    return values
+
+
+def resnet_cast_main(args):
+    spec = models.get(args.model)
+    weights_path = args.weights or os.path.join(project.REPO, 'ilsvrc-nets',
+                                                models.IMAGENET_RESNET101.file)
+    out = args.out or os.path.join(models.model_dir(spec), models.INIT_FILE)
+    if not os.path.isfile(weights_path):
+        raise project.InputError('%s: not found; %s (or pass --weights)'
+                                 % (weights_path, ' '.join(models.IMAGENET_RESNET101.note)))
+    safewrite.check_writable(out, '--out')  # before the long load, not after it
+    safewrite.check_not_input(out, (weights_path,))
+    widths = _int_list(args.widths, '--widths') if args.widths else None
+    blocks = _int_list(args.blocks, '--blocks') if args.blocks else None
+    report = resnet_cast(weights_path, out, spec.name, widths, blocks, quiet=args.quiet)
+    print('%s: %d layers copied, %d dropped (%s), %d new at their fillers'
+          % (out, len(report.copied), len(report.dropped), ', '.join(report.dropped),
+             len(report.new)))
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -893,7 +861,19 @@ def main(argv=None):
     t.add_argument('--size', type=int, default=TORCHVISION_SIZE,
                    help='the deploy net\'s input side, a multiple of 8 (default %(default)s)')
     t.add_argument('--verbose', action='store_true', help='list every tensor copied')
+    r = sub.add_parser('resnet-cast', help="Kaiming He's ImageNet ResNet-101 caffemodel -> "
+                       "the trunk of DeepLabv3's nets (its init.caffemodel)")
+    r.add_argument('--model', default='deeplabv3-voc12', choices=_resnet_cast_models())
+    r.add_argument('--weights', help='the ImageNet caffemodel (default ilsvrc-nets/%s)'
+                   % models.IMAGENET_RESNET101.file)
+    r.add_argument('--out', help='output caffemodel (default: the model\'s %s)' % models.INIT_FILE)
+    r.add_argument('--widths', help='comma-separated net.py channel widths (narrow test nets)')
+    r.add_argument('--blocks', help='comma-separated bottleneck counts of stages 2-5 (narrow '
+                   'test nets)')
+    r.add_argument('--quiet', action='store_true', help='do not list every layer')
     args = parser.parse_args(argv)
+    if args.command == 'resnet-cast':
+        return resnet_cast_main(args)
     if args.command == 'deeplabv3-from-torchvision':
         return from_torchvision_main(args)
     if args.command == 'pspnet-convert':

@@ -8,7 +8,9 @@ solver, the start weights, the resume, the scoring after each round and the sign
 
 A fresh start copies the registry's start weights (init_weights: parents, a cast
 ImageNet net, bgrd, a converted release, init.caffemodel; weights.py names the files),
-sets the Deconvolution layers to bilinear interpolation and finishes a PSPNet. A resume
+sets the Deconvolution layers to bilinear interpolation and finishes a PSPNet; the test
+nets' own fixed layers (a val net's zoom the train net lacks) are filled from their
+formula either way (fill_test_nets). A resume
 restores the solver, the data layers' position and the round's partial sums from OUT's
 latest trusted snapshot (snapshots.py), so an interrupted run ends exactly as an
 uninterrupted one.
@@ -23,6 +25,7 @@ import tempfile
 from google.protobuf import text_format
 
 import cli
+import fixed
 import guard
 import layers
 import models
@@ -448,10 +451,27 @@ def start_fresh(run):
     snapshots.rewrite_log(run.out, [])
 
 
+def fill_test_nets(run):
+    """Fill each test net's fixed formula layers (fixed.formula_layers of the model's finish
+    steps) that the train net does not have: a test net shares only the layers named as
+    the train net's (score_round), so a val net's own zoom (DeepLabv3's
+    logits_interp_x8 at output stride 8, the train net zooming x16) would stay at its
+    filler. Returns {test net index: names filled}."""
+    spec = run.model.spec
+    steps = spec.finish if spec is not None else models.DEFAULT_FINISH
+    train, done = set(run.solver.net.params), {}
+    for i, (test_net, path) in enumerate(zip(run.solver.test_nets, run.param.test_net)):
+        own = fixed.formula_layers(test_net, steps, netinit.read_net_param(path)) - train
+        done[i] = fixed.fill(test_net, steps, own)
+    return done
+
+
 def start(run):
     """Resume from OUT's latest good snapshot, or start fresh (every rank resumes from the
-    same snapshot: rank 0's files, only read by the others)."""
+    same snapshot: rank 0's files, only read by the others); then the test nets' own
+    fixed layers (fill_test_nets)."""
     found = snapshots.trusted_snapshot(run) if run.config.resume else None
+    fill_test_nets(run)  # before a resume scores the round the last run did not finish
     if found:
         restore(run, *found)
     else:

@@ -529,6 +529,22 @@ def test_narrow_deeplab_learns_through_the_solving_loop(root, tmp_path):
     assert losses[-1] < 0.7 * losses[0], losses  # the four losses' sum falls
     for r in log:  # each round scored fc1_interp against the padded val labels
         assert 0 <= r['scores']['seg']['mean_iu'] <= 1
+    # the train net has no fc1_interp (its losses compare logits with shrunk labels), so
+    # its snapshot has none: a deploy net opened from it fills the zoom from the formula
+    snap = max((tmp_path / 'out').glob('**/*.caffemodel'), key=os.path.getmtime)
+    deploy_path = os.path.join(folder, 'deploy.prototxt')
+    with pytest.raises(project.InputError, match='fc1_interp'):
+        netload.open_net(deploy_path, 'test', str(snap))
+    opened = netload.open_net(deploy_path, 'test', str(snap), finish=SPEC.finish)
+    zoom = opened.params['fc1_interp'][0].data
+    assert zoom.any()
+    for c in range(zoom.shape[0]):  # the x8 align-corners zoom, per class
+        np.testing.assert_allclose(zoom[c, 0], surgery.upsample_filt(15), atol=1e-7)
+    # the trained layers are the snapshot's, untouched by the fill
+    trained = netload.open_net(os.path.join(folder, 'train.prototxt'), 'test', str(snap))
+    for name in ('conv1', 'fc1_voc12_c0', 'bn_conv1'):
+        for a, b in zip(opened.params[name], trained.params[name]):
+            np.testing.assert_array_equal(a.data, b.data)
 
 
 # ----------------------------------------------------------------------------- evaluation

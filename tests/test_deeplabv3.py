@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import guard
+import layers
+import metrics
 import models
 import net
 import netinit
@@ -213,9 +215,31 @@ def test_narrow_net_learns_with_bn_in_training_mode(root, tmp_path):  # noqa: F8
     losses = [r['train_loss'] for r in log]
     assert all(map(math.isfinite, losses)) and losses[-1] < 0.8 * losses[0], losses
     # BN learned: the statistics moved from the identity the finish step set
-    snaps = sorted((tmp_path / 'out').glob('**/*.caffemodel'))
-    # the snapshot is the OS 16 train net's: the OS 8 zoom comes from the finish step
-    trained = netload.open_net(str(folder / 'deploy.prototxt'), 'test', str(snaps[-1]), partial=True)
+    snaps = sorted((tmp_path / 'out').glob('**/*.caffemodel'), key=os.path.getmtime)
+    # the snapshot is the OS 16 train net's: it has no OS 8 zoom, which every opened net
+    # fills from the formula (the model's finish steps), never left at zero
+    deploy = str(folder / 'deploy.prototxt')
+    with pytest.raises(project.InputError, match='logits_interp_x8'):
+        netload.open_net(deploy, 'test', str(snaps[-1]))
+    trained = netload.open_net(deploy, 'test', str(snaps[-1]), finish=SPEC.finish)
+    zoom = trained.params['logits_interp_x8'][0].data
+    classes = zoom.shape[0]
+    assert zoom.shape == (classes, 1, 15, 15)
+    for c in range(classes):  # the x8 align-corners zoom, per class
+        np.testing.assert_allclose(zoom[c, 0], surgery.upsample_filt(15), atol=1e-7)
+    # the loop scored val through a filled zoom (a zero one: every logit 0, loss log C),
+    # and its last round equals the protocol engine on the snapshot's deploy net
+    seg = log[-1]['scores']['seg']
+    assert seg['loss'] != pytest.approx(math.log(classes), abs=1e-3)
+    cm = metrics.ConfusionMatrix(classes)
+    p = layers.VOC12AugSegDataLayer.parse_params({'split': 'val'}, root=str(root))
+    for idx in ('2009_000001', '2009_000002'):
+        rgb, label = layers.VOC12AugSegDataLayer.read_example(p, idx)
+        cm.update(label, predict.labels(trained, rgb, SPEC.evaluation, SPEC.preprocess,
+                                        'logits_interp'))
+    want = cm.compute()
+    assert seg['overall_acc'] == pytest.approx(want['overall_acc'])
+    assert seg['mean_iu'] == pytest.approx(want['mean_iu'])
     mean, var, factor = (b.data for b in trained.params['bn_conv1'])
     assert factor[0] > 1 and np.abs(mean / factor[0]).max() > 1e-3
     assert np.abs(trained.params['scale_conv1'][0].data - 1).max() > 0  # the Scale learned too
@@ -363,3 +387,136 @@ def test_torchvision_conversion_refuses_bad_input(converted, tmp_path):
     with pytest.raises(project.InputError, match='multiples of 8'):
         surgery.from_torchvision(ckpt, tmp_path / 'o3', size=60)
     assert not os.path.exists(tmp_path / 'o2' / models.SPEC_FILE)
+
+
+# ----------------------------------------------------------------------------- ImageNet cast
+
+def msra_file(path, trunk_net, bad=None, leave_out=None):
+    """A caffemodel in the layout of Kaiming He's ImageNet ResNet (MSRA naming), written
+    field by field: data, every parameter layer of `trunk_net` by name (stock BatchNorm
+    [mean, var, factor] and Scale [slope, bias] blobs), pool5 and fc1000 (1000 x C), prob.
+    bad: (layer, blob) written one channel too wide; leave_out: a layer left out.
+    Returns {layer: [arrays]}."""
+    pb = caffe.proto.caffe_pb2
+    types = dict(zip(trunk_net._layer_names, (l.type for l in trunk_net.layers)))
+    model = pb.NetParameter(name='ResNet-101')
+    model.layer.add(name='data', type='Input')
+    rng, values = np.random.RandomState(3), {}
+    last = None
+    for name, blobs in trunk_net.params.items():
+        if name == leave_out:
+            continue
+        values[name] = [rng.uniform(0.5, 1.5, b.data.shape).astype(np.float32) for b in blobs]
+        out = model.layer.add(name=name, type=types[name])
+        for i, a in enumerate(values[name]):
+            shape = (a.shape[0] + 1,) + a.shape[1:] if (name, i) == bad else a.shape
+            blob = out.blobs.add()
+            blob.shape.dim.extend(shape)
+            blob.data.extend(np.resize(a, shape).ravel().tolist())
+        last = a.shape[0] if types[name] == 'Scale' else last
+    model.layer.add(name='pool5', type='Pooling')
+    fc = model.layer.add(name='fc1000', type='InnerProduct')
+    fc.blobs.add(shape=dict(dim=[1000, last])).data.extend(np.ones(1000 * last).tolist())
+    fc.blobs.add(shape=dict(dim=[1000])).data.extend(np.zeros(1000).tolist())
+    model.layer.add(name='prob', type='Softmax')
+    with open(path, 'wb') as f:
+        f.write(model.SerializeToString())
+    return values
+
+
+def test_resnet_cast_copies_the_msra_trunk_drops_fc1000(tmp_path, capsys):
+    widths, blocks = ','.join(map(str, NARROW)), ','.join(map(str, BLOCKS))
+    trunk_param, _ = surgery.resnet_trunk_param(SPEC.name, NARROW, BLOCKS)
+    assert trunk_param.layer[-1].name == 'res5c_relu'
+    proto = tmp_path / 'trunk.prototxt'
+    proto.write_text(str(trunk_param))
+    trunk = caffe.Net(str(proto), caffe.TEST)
+    assert {'conv1', 'bn_conv1', 'scale_conv1', 'res2a_branch1', 'bn2a_branch1',
+            'res5c_branch2c'} <= set(trunk.params)
+    src = tmp_path / 'ResNet-101-model.caffemodel'
+    values = msra_file(str(src), trunk)
+    out = tmp_path / 'init.caffemodel'
+    assert surgery.main(['resnet-cast', '--weights', str(src), '--out', str(out),
+                         '--widths', widths, '--blocks', blocks]) == 0
+    text = capsys.readouterr().out
+    assert 'dropping fc1000' in text and 'copying res5c_branch2c' in text
+    assert 'new aspp0' in text and 'new logits' in text
+    assert '1 dropped (fc1000)' in text
+    # the cast loads by name into the narrow OS 16 train net; the trunk is the file's
+    folder = tmp_path / 'm'
+    os.makedirs(folder)
+    write(folder / 'deploy.prototxt', narrow('deploy'))
+    opened = netload.open_net(str(folder / 'deploy.prototxt'), 'test', str(out), partial=True)
+    for name, arrays in values.items():
+        for b, a in zip(opened.params[name], arrays):
+            np.testing.assert_array_equal(b.data.ravel(), a.ravel())
+    assert 'aspp0' not in values and 'fc1000' not in opened.params
+
+
+def test_resnet_cast_refuses_files_that_do_not_fit(tmp_path):
+    widths, blocks = ','.join(map(str, NARROW)), ','.join(map(str, BLOCKS))
+    trunk_param, _ = surgery.resnet_trunk_param(SPEC.name, NARROW, BLOCKS)
+    proto = tmp_path / 'trunk.prototxt'
+    proto.write_text(str(trunk_param))
+    trunk = caffe.Net(str(proto), caffe.TEST)
+    out = tmp_path / 'init.caffemodel'
+    for name, kw, why in (('bad', dict(bad=('res3a_branch2b', 0)), 'res3a_branch2b'),
+                          ('short', dict(leave_out='res5b_branch2a'), 'res5b_branch2a')):
+        src = tmp_path / (name + '.caffemodel')
+        msra_file(str(src), trunk, **kw)
+        with pytest.raises(project.InputError, match=why):
+            surgery.main(['resnet-cast', '--weights', str(src), '--out', str(out),
+                          '--widths', widths, '--blocks', blocks, '--quiet'])
+        assert not out.exists()
+    with pytest.raises(project.InputError, match='--blocks'):
+        surgery.main(['resnet-cast', '--weights', str(src), '--out', str(out), '--blocks', 'x'])
+
+
+# ----------------------------------------------------------------------------- scales and flip
+
+def half_pixel(n_in, n_out):
+    """n_out x n_in plain bilinear resize (half-pixel centres, edges replicated)."""
+    a = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        u = min(max((i + 0.5) * n_in / n_out - 0.5, 0), n_in - 1)
+        i0 = int(np.floor(u))
+        a[i, i0] += 1 - (u - i0)
+        a[i, min(i0 + 1, n_in - 1)] += u - i0
+    return a
+
+
+def test_padded_scales_and_flip_average_logits_as_derived(tmp_path):
+    write(tmp_path / 'deploy.prototxt', narrow('deploy'))
+    n_ = netload.open_net(str(tmp_path / 'deploy.prototxt'), 'test')
+    fill_random(n_)
+    rng = np.random.RandomState(5)
+    rgb = rng.randint(0, 256, (30, 40, 3)).astype(np.uint8)
+    scales = (1.0, 1.25, 1.5)  # the net's 65 input holds 30 x 40 at 1.5
+    protocol = dataclasses.replace(SPEC.evaluation, scales=scales, flip=True)
+    got = predict.scores(n_, rgb, protocol, SPEC.preprocess, 'logits_interp')
+    mean = np.asarray(SPEC.preprocess.mean, np.float64)
+    total = 0
+    for s in scales:
+        h, w = int(math.floor(30 * s + 0.5)), int(math.floor(40 * s + 0.5))
+        # the uint8 resize is MATLAB's imresize (tested against its formula in
+        # test_pspnet_eval); the rest of the protocol is derived here
+        img = predict.imresize(rgb, (h, w)).astype(np.float64) if s != 1 else rgb.astype(np.float64)
+        for mirror in (False, True):
+            x = img[:, ::-1] if mirror else img
+            padded = np.zeros((1, 3, CROP, CROP), np.float32)
+            padded[0, :, :h, :w] = (x[:, :, ::-1] - mean).transpose(2, 0, 1)  # BGR - mean
+            n_.blobs['data'].data[...] = padded
+            n_.forward()
+            out = n_.blobs['logits_interp'].data[0, :, :h, :w].astype(np.float64)
+            out = out[:, :, ::-1] if mirror else out
+            total = total + np.einsum('ih,jw,khw->kij', half_pixel(h, 30), half_pixel(w, 40), out)
+    want = total / (2 * len(scales))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    # one scale without flip is the plain padded pass
+    plain = predict.scores(n_, rgb, SPEC.evaluation, SPEC.preprocess, 'logits_interp')
+    n_.blobs['data'].data[...] = 0
+    n_.blobs['data'].data[0, :, :30, :40] = predict.preprocess(rgb, SPEC.preprocess)
+    n_.forward()
+    np.testing.assert_array_equal(plain, n_.blobs['logits_interp'].data[0, :, :30, :40])
+

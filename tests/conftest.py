@@ -25,8 +25,11 @@ GPU = {'test_gpu.py'}
 BUILD = {'test_build_caffe.py', 'test_caffe_setup.py'}
 # Every test of these files is slow; then the slow tests of the other files, by name
 # (measured with `pytest --durations=0`).
-SLOW_FILES = {'test_train_reliability.py', 'test_demo.py', 'test_cluster.py', 'test_deeplab.py', 'test_deeplabv3.py'}
+SLOW_FILES = {'test_train_reliability.py', 'test_demo.py', 'test_cluster.py', 'test_deeplab.py',
+              'test_deeplabv3.py'}
 SLOW = {
+    'test_cli.py': {'test_sigterm_mid_write_leaves_no_part_files'},
+    'test_infer_inputs.py': {'test_layer_without_a_shape_rule_is_probed_at_the_size_used'},
     'test_common.py': {'test_bad_net_never_aborts_caffe', 'test_bad_python_layer_names_the_prototxt',
                        'test_layer_without_a_shape_rule_is_probed'},
     'test_data_scripts.py': {'test_nyud_splits_with_text_or_odd_numbers_is_a_one_line_error'},

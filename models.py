@@ -474,6 +474,9 @@ class Protocol:
       release's eval_sub.m: 513 for base 512, 2049 for base 2048).
     scales: the scales of a plain run; multi_scales: those of --multi-scale (() none).
     flip: each window's logits plus its mirror image's, mirrored back.
+    multi_flip: --multi-scale also scores the multi_scales with the mirror images added,
+      a result of its own ('multi-scale-flip': a paper that reports scales and + flip as
+      two rows); a protocol whose flip is on mirrors every run already.
     combine: the space windows and scales are combined in: 'logits' (averaged) or
       'probabilities' (softmax per window, averaged where windows overlap, resized with
       MATLAB's bilinear imresize to the label's size, renormalised, averaged over scales)."""
@@ -483,6 +486,7 @@ class Protocol:
     scales: Tuple[float, ...] = (1.0,)
     multi_scales: Tuple[float, ...] = ()
     flip: bool = False
+    multi_flip: bool = False
     combine: str = 'logits'
 
     def __post_init__(self):
@@ -956,7 +960,8 @@ def _deeplabv3s():
     common = dict(family='deeplab', dataset=data, trunk='resnet101', head='aspp-v3',
                   builder='deeplab_v3', schedule=Schedule(30000 // DEEPLABV3_ROUND, DEEPLABV3_ROUND),
                   outputs=(Output('logits_interp', 'label'),),
-                  evaluation=Protocol(windows='padded', multi_scales=DEEPLABV3_SCALES),
+                  evaluation=Protocol(windows='padded', multi_scales=DEEPLABV3_SCALES,
+                                      multi_flip=True),
                   finish=('align-corners', 'bn-identity'))
     return [
         ModelSpec(name='deeplabv3-voc12', folder='deeplab/deeplabv3-voc12',

@@ -5,6 +5,7 @@ in stage 1 and frozen in stage 2, a narrow net's loss falling through the solvin
 surgery.py deeplabv3-from-torchvision on a checkpoint in torch's file format compared with
 a float64 implementation of torchvision's forward (not torchvision itself)."""
 import dataclasses
+import json
 import math
 import os
 
@@ -520,3 +521,54 @@ def test_padded_scales_and_flip_average_logits_as_derived(tmp_path):
     n_.forward()
     np.testing.assert_array_equal(plain, n_.blobs['logits_interp'].data[0, :, :30, :40])
 
+
+
+# ----------------------------------------------------------------------------- reproduce.py
+
+def narrow_model(folder, weights):
+    """A narrow deeplabv3-voc12 folder (val net padding to CROP, deploy net) and random
+    weights saved to `weights`; returns the deploy net's path."""
+    os.makedirs(folder)
+    write(folder / 'val.prototxt', narrow('val', data_layer='VOC12AugSegDataLayer',
+                                          data_params={'split': 'val', 'crop': CROP}))
+    deploy = write(folder / 'deploy.prototxt', narrow('deploy'))
+    n_ = netload.open_net(deploy, 'test')
+    fill_random(n_, seed=3)
+    n_.save(str(weights))
+    return deploy
+
+
+def test_reproduce_multi_scale_rows_are_score_py_numbers(root, tmp_path):  # noqa: F811
+    import reproduce
+    import score
+    make_painted(root, ['2009_000001', '2009_000002'], 'val', seed=2)
+    model_root, weights = tmp_path / 'models', tmp_path / 'narrow.caffemodel'
+    deploy = narrow_model(model_root / SPEC.folder, weights)
+    out = tmp_path / 'r'
+    base = ['--model-root', str(model_root), '--models', SPEC.name, '--weights',
+            '%s=%s' % (SPEC.name, weights), '--out', str(out), '--quiet']
+
+    def rows():
+        return {r['name']: r for r in json.loads((out / 'results.json').read_text())['rows']
+                if r['model'] == SPEC.name}
+    assert reproduce.main(base) == 0
+    single, multi, flip = (rows()[n] for n in ('DeepLabv3, eval at output stride 8',
+                                               'DeepLabv3, + scales 0.5 .. 1.75',
+                                               'DeepLabv3, + scales + flip'))
+    assert single['status'] == 'measured'
+    assert multi['status'] == flip['status'] == 'multi-scale not run'
+    assert reproduce.main(base + ['--multi-scale']) == 0
+    got = rows()
+    assert got['DeepLabv3, eval at output stride 8']['measured'] == single['measured']
+    for name, paper, flags in (('DeepLabv3, + scales 0.5 .. 1.75', 79.45, []),
+                               ('DeepLabv3, + scales + flip', 79.77, ['--flip'])):
+        row = got[name]
+        assert row['status'] == 'measured' and row['paper']['mean_iu'] == paper
+        js = tmp_path / 'score.json'
+        assert score.main(['--model', SPEC.name, '--weights', str(weights), '--deploy', deploy,
+                           '--multi-scale', '--quiet', '--out', str(js)] + flags) == 0
+        by_score = json.loads(js.read_text())
+        assert by_score['protocol']['scales'] == list(models.DEEPLABV3_SCALES)
+        assert by_score['protocol']['flip'] == bool(flags)
+        for k in ('mean_iu', 'overall_acc'):
+            assert row['measured'][k] == pytest.approx(100 * by_score[k])

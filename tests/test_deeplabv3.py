@@ -572,3 +572,35 @@ def test_reproduce_multi_scale_rows_are_score_py_numbers(root, tmp_path):  # noq
         assert by_score['protocol']['flip'] == bool(flags)
         for k in ('mean_iu', 'overall_acc'):
             assert row['measured'][k] == pytest.approx(100 * by_score[k])
+
+
+def test_score_py_scores_a_converted_torchvision_model_through_the_engine(
+        converted, root, tmp_path, monkeypatch):  # noqa: F811
+    import score
+    from PIL import Image
+    state, ckpt, spec = converted
+    monkeypatch.setattr(models, 'MODELS', dict(models.MODELS))  # registered for this test only
+    ids = make_painted(root, ['2009_000001', '2009_000002', '2009_000003'], 'val', seed=4)
+    js, pred = tmp_path / 'score.json', tmp_path / 'pred'
+    weights = os.path.join(spec.folder, spec.weights.stock_file)
+    assert score.main(['--model', spec.folder, '--weights', weights, '--out', str(js),
+                       '--save-pred', str(pred), '--quiet']) == 0
+    record = json.loads(js.read_text())
+    assert record['split'] == 'val' and record['images'] == 3
+    assert record['protocol']['windows'] == 'padded' and record['protocol']['flip'] is False
+    # each prediction is torchvision's forward (float64, independent of the engine) of the
+    # image normalised its way (RGB in 0-1, ImageNet mean and std), padded with zeros to
+    # the converted net's 64 x 64, cropped back; the scores are those predictions' scores
+    p = layers.VOC12AugSegDataLayer.parse_params({'split': 'val'}, root=str(root))
+    cm = metrics.ConfusionMatrix(21)
+    for idx in ids:
+        rgb, label = layers.VOC12AugSegDataLayer.read_example(p, idx)
+        h, w = label.shape
+        x = np.zeros((1, 3, 64, 64))
+        x[0, :, :h, :w] = ((rgb / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)
+        want = torchvision_ref(state, t64(x))[0].numpy()[:, :h, :w].argmax(0)
+        got = np.array(Image.open(pred / (idx + '.png')))
+        assert (got == want).mean() > 0.99
+        cm.update(label, got)
+    assert record['mean_iu'] == pytest.approx(cm.compute()['mean_iu'])
+    assert record['overall_acc'] == pytest.approx(cm.compute()['overall_acc'])

@@ -591,7 +591,10 @@ class ModelSpec:
     finish: what runs once its start weights are in (FINISH_STEPS, in order).
     start: where the start weights of init 'file' are published (Weights saved as
       INIT_FILE; DeepLab v2: the member init.caffemodel of the release's archive), fetched
-      by weights.init_file_weights when missing; None: made by net.py new.
+      by weights.init_file_weights when missing; None: made by a command (start_made_by).
+    start_made_by: the command that writes INIT_FILE where no start is published (the
+      message when it is missing names it): `python net.py new` (a user's model, its
+      parent's weights fitted by net surgery) unless the model says otherwise.
     preprocessing: its input preprocessing when not the dataset's (a converted PyTorch
       model's normalisation); None: the dataset's (see `preprocess`)."""
     name: str
@@ -614,6 +617,7 @@ class ModelSpec:
     evaluation: Protocol = Protocol()
     finish: Tuple[str, ...] = DEFAULT_FINISH
     start: Optional[Weights] = None
+    start_made_by: str = 'python net.py new'
     preprocessing: Optional[Preprocess] = None
     kind: str = field(default='fcn', init=False)
 
@@ -967,6 +971,8 @@ def _deeplabv3s():
         ModelSpec(name='deeplabv3-voc12', folder='deeplab/deeplabv3-voc12',
                   builder_args=args + (('train_stride', 16), ('train_bn', True)),
                   init='file', parents=(), solver=Solver(0.007, **solver),
+                  start_made_by='python surgery.py resnet-cast (from ilsvrc-nets/%s, '
+                                'downloaded by hand: docs/deeplabv3.md)' % IMAGENET_RESNET101.file,
                   title='DeepLabv3 ResNet-101, ASPP + image pooling, OS 16 / 8',
                   note='stage 1: BN trained at output stride 16 on train_aug, from the ImageNet '
                        'ResNet-101 cast by surgery.py resnet-cast; scored at output stride 8',

@@ -604,3 +604,32 @@ def test_score_py_scores_a_converted_torchvision_model_through_the_engine(
         cm.update(label, got)
     assert record['mean_iu'] == pytest.approx(cm.compute()['mean_iu'])
     assert record['overall_acc'] == pytest.approx(cm.compute()['overall_acc'])
+
+
+# ----------------------------------------------------------------------------- docs
+
+def test_docs_commands_are_the_clis(capsys):
+    """docs/deeplabv3.md's commands: cast, score (multi-scale and flip) and reproduce are
+    there, and every flag each line gives is one its command's --help lists."""
+    import importlib
+    import re
+    with open(os.path.join(project.REPO, 'docs', 'deeplabv3.md')) as f:
+        text = f.read()
+    block = text[text.index('```sh'):text.index('```', text.index('```sh') + 5)]
+    seen = set()
+    for line in block.splitlines()[1:]:
+        words = line.split('#')[0].split()
+        if not words or not words[1].endswith('.py') or '/' in words[1]:
+            continue  # solve.py: a model folder's script
+        module = importlib.import_module(words[1][:-3])
+        sub = [words[2]] if words[1] == 'surgery.py' else []
+        with pytest.raises(SystemExit) as e:
+            module.main(sub + ['--help'])
+        assert e.value.code == 0
+        helptext = capsys.readouterr().out
+        for flag in re.findall(r'(--[a-z-]+)', line.split('#')[0]):
+            assert flag in helptext, (line, flag)
+        seen.add(' '.join([words[1]] + sub + sorted(re.findall(r'--multi-scale|--flip', line))))
+    assert {'surgery.py resnet-cast', 'score.py --flip --multi-scale',
+            'reproduce.py --multi-scale'} <= seen, seen
+    assert 'NOT yet' not in text and text.count('UNCONFIRMED') >= 4

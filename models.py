@@ -474,6 +474,9 @@ class Protocol:
       release's eval_sub.m: 513 for base 512, 2049 for base 2048).
     scales: the scales of a plain run; multi_scales: those of --multi-scale (() none).
     flip: each window's logits plus its mirror image's, mirrored back.
+    multi_flip: --multi-scale also scores the multi_scales with the mirror images added,
+      a result of its own ('multi-scale-flip': a paper that reports scales and + flip as
+      two rows); a protocol whose flip is on mirrors every run already.
     combine: the space windows and scales are combined in: 'logits' (averaged) or
       'probabilities' (softmax per window, averaged where windows overlap, resized with
       MATLAB's bilinear imresize to the label's size, renormalised, averaged over scales)."""
@@ -483,6 +486,7 @@ class Protocol:
     scales: Tuple[float, ...] = (1.0,)
     multi_scales: Tuple[float, ...] = ()
     flip: bool = False
+    multi_flip: bool = False
     combine: str = 'logits'
 
     def __post_init__(self):
@@ -587,7 +591,10 @@ class ModelSpec:
     finish: what runs once its start weights are in (FINISH_STEPS, in order).
     start: where the start weights of init 'file' are published (Weights saved as
       INIT_FILE; DeepLab v2: the member init.caffemodel of the release's archive), fetched
-      by weights.init_file_weights when missing; None: made by net.py new.
+      by weights.init_file_weights when missing; None: made by a command (start_made_by).
+    start_made_by: the command that writes INIT_FILE where no start is published (the
+      message when it is missing names it): `python net.py new` (a user's model, its
+      parent's weights fitted by net surgery) unless the model says otherwise.
     preprocessing: its input preprocessing when not the dataset's (a converted PyTorch
       model's normalisation); None: the dataset's (see `preprocess`)."""
     name: str
@@ -610,6 +617,7 @@ class ModelSpec:
     evaluation: Protocol = Protocol()
     finish: Tuple[str, ...] = DEFAULT_FINISH
     start: Optional[Weights] = None
+    start_made_by: str = 'python net.py new'
     preprocessing: Optional[Preprocess] = None
     kind: str = field(default='fcn', init=False)
 
@@ -956,12 +964,15 @@ def _deeplabv3s():
     common = dict(family='deeplab', dataset=data, trunk='resnet101', head='aspp-v3',
                   builder='deeplab_v3', schedule=Schedule(30000 // DEEPLABV3_ROUND, DEEPLABV3_ROUND),
                   outputs=(Output('logits_interp', 'label'),),
-                  evaluation=Protocol(windows='padded', multi_scales=DEEPLABV3_SCALES),
+                  evaluation=Protocol(windows='padded', multi_scales=DEEPLABV3_SCALES,
+                                      multi_flip=True),
                   finish=('align-corners', 'bn-identity'))
     return [
         ModelSpec(name='deeplabv3-voc12', folder='deeplab/deeplabv3-voc12',
                   builder_args=args + (('train_stride', 16), ('train_bn', True)),
                   init='file', parents=(), solver=Solver(0.007, **solver),
+                  start_made_by='python surgery.py resnet-cast (from ilsvrc-nets/%s, '
+                                'downloaded by hand: docs/deeplabv3.md)' % IMAGENET_RESNET101.file,
                   title='DeepLabv3 ResNet-101, ASPP + image pooling, OS 16 / 8',
                   note='stage 1: BN trained at output stride 16 on train_aug, from the ImageNet '
                        'ResNet-101 cast by surgery.py resnet-cast; scored at output stride 8',

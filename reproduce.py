@@ -54,6 +54,13 @@ published numbers are models.PAPER rows too (the numbers: docs/models.md):
                      -> pspnet101-cityscapes; VOC2012 test (server only) -> pspnet101-voc2012
     PSPNet Table 3   PSPNet101 on ADE20K val (never released: no model)
 
+Models padded to a fixed input (evaluation windows 'padded': DeepLab v2 and v3) are
+scored by their val net (one scale, task = the score blob); with --multi-scale, those
+whose evaluation has multi_scales are also scored through the engine, as `score.py
+--multi-scale` does: task 'multi-scale' (the scales' logits averaged) and, where the
+evaluation's multi_flip asks for it, 'multi-scale-flip' (`score.py --multi-scale --flip`,
+mirror images added): DeepLabv3's 79.45 and 79.77 rows on VOC2012 val.
+
 Output, into OUT (default <repo>/results), written atomically after every model:
 OUT/results.json (every model's status, weights, split, images, time and score.py's
 per-task scores; the comparison rows, in %) and OUT/results.md (the comparison table,
@@ -95,6 +102,7 @@ from project import REPO, InputError, NotReleasedError
 METRICS = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')
 METRIC_NAMES = {'overall_acc': 'pixel acc', 'mean_acc': 'mean acc', 'mean_iu': 'mean IU',
                 'fwavacc': 'f.w. IU'}
+MULTI_TASKS = ('multi-scale', 'multi-scale-flip')  # engine_runs' tasks of --multi-scale
 MARK_START, MARK_END = '<!-- results:start -->', '<!-- results:end -->'
 
 
@@ -242,14 +250,28 @@ def _mean_ms(seconds):
     return 1000.0 * sum(kept) / len(kept) if kept else None
 
 
-def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, progress=True,
-                      root=None, opts=None):
-    """Score `weights` of a model evaluated in sliding windows (spec.evaluation: PSPNet)
-    with score.evaluate_protocol (deploy net, whole images read by model_dir/val.prototxt's
-    data layer class): the entry's tasks 'single-scale' and, with `multi_scale`,
-    'multi-scale' (the spec's multi_scales); ms_per_image is the whole single-scale
-    protocol's time per image (every window, mirrored ones included). opts: the Ray flags
-    (cli.ray_flags; --ray: the images scored by the cluster's workers)."""
+def engine_runs(protocol, multi_scale=False):
+    """(task, models.Protocol) pairs the protocol engine scores for reproduce.py, from the
+    model's evaluation: 'single-scale' for sliding windows (a model scored on whole or
+    padded images has its val net's single scale instead); with `multi_scale` and the
+    spec's multi_scales, 'multi-scale' (the protocol's own flip) and, where its
+    multi_flip asks for it, 'multi-scale-flip' (the mirror images added)."""
+    runs = [('single-scale', protocol)] if protocol.windows == 'sliding' else []
+    if multi_scale and protocol.multi_scales:
+        multi = predict.with_options(protocol, scales=protocol.multi_scales)
+        runs.append(('multi-scale', multi))
+        if protocol.multi_flip and not protocol.flip:
+            runs.append(('multi-scale-flip', predict.with_options(multi, flip=True)))
+    return runs
+
+
+def evaluate_protocol(model_dir, weights, split, ids, spec, runs, progress=True, root=None,
+                      opts=None):
+    """Score `weights` through the protocol engine (score.evaluate_protocol: deploy net,
+    whole images read by model_dir/val.prototxt's data layer class) for each of `runs`
+    (engine_runs'); returns tasks {task: score.output_json}, images and ms_per_image, the
+    first run's time per image (every window, mirrored ones included; None without runs).
+    opts: the Ray flags (cli.ray_flags; --ray: the images scored by the cluster's workers)."""
     val = os.path.join(model_dir, 'val.prototxt')
     param = netinit.read_net_param(val)
     cls, split, _ = score.net_split_ids(param, val, split, root)
@@ -258,14 +280,9 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
     net = netload.open_net(deploy, 'test', weights, finish=spec.finish)
     blob = spec.outputs[0].score
     classes, _ = score.class_info(spec.dataset, 'label', split, net.blobs[blob].channels)
-    protocol = spec.evaluation
-    runs = [('single-scale', protocol.scales)]
-    if multi_scale and protocol.multi_scales:
-        runs.append(('multi-scale', protocol.multi_scales))
-    tasks, ms = {}, {}
-    for task, scales in runs:
+    tasks, ms = {}, []
+    for task, run in runs:
         t0 = time.perf_counter()
-        run = predict.with_options(protocol, scales=scales)
         try:
             ev = score.evaluate_protocol(net, cls, p, ids, len(classes), run, spec.preprocess,
                                          blob, progress=progress, scored=score.protocol_on_cluster(
@@ -273,10 +290,10 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, multi_scale=False, p
                                              run, spec.preprocess, blob, finish=spec.finish))
         except ValueError as e:  # e.g. a malformed dataset file met during the walk
             raise InputError(str(e))
-        ms[task] = 1000.0 * (time.perf_counter() - t0) / max(len(ids), 1)
+        ms.append(1000.0 * (time.perf_counter() - t0) / max(len(ids), 1))
         ev.layer = task
         tasks[task] = score.output_json(ev, classes)
-    return dict(tasks=tasks, images=len(ids), ms_per_image=ms['single-scale'],
+    return dict(tasks=tasks, images=len(ids), ms_per_image=ms[0] if ms else None,
                 load_ms_per_image=None)
 
 
@@ -333,7 +350,7 @@ def comparison_rows(entries, selected):
                     row['excluded'] = task['excluded']
                     row['status'] = 'measured'
                 else:
-                    row['status'] = ('multi-scale not run' if r.task == 'multi-scale'
+                    row['status'] = ('multi-scale not run' if r.task in MULTI_TASKS
                                      else 'the net has no %s output' % r.task)
             else:
                 row['status'] = 'not measurable locally'
@@ -648,12 +665,16 @@ def score_model(model, model_dir, model_root, entry, override, args):
     print('%s: scoring %s (%s) on %s %s, %d images'
           % (model, weights, source, entry['dataset'], split, len(ids)), file=sys.stderr, flush=True)
     spec = models.get(model)
+    runs = engine_runs(spec.evaluation, args.multi_scale)
     if spec.evaluation.windows == 'sliding':
-        entry.update(evaluate_protocol(model_dir, weights, split, ids, spec, args.multi_scale,
+        entry.update(evaluate_protocol(model_dir, weights, split, ids, spec, runs,
                                        not args.quiet, args.data_root, args))
-    else:
+    else:  # the val net's single scale, then the engine's runs (--multi-scale), if any
         entry.update(evaluate_model(model_dir, weights, split, ids, entry['dataset'],
                                     not args.quiet, args.data_root, args, spec.finish))
+        if runs:
+            entry['tasks'].update(evaluate_protocol(model_dir, weights, split, ids, spec, runs,
+                                                    not args.quiet, args.data_root, args)['tasks'])
     entry.update(status='evaluated', date=datetime.datetime.now().isoformat(timespec='seconds'))
     return True
 
@@ -698,7 +719,9 @@ def main(argv=None):
                         metavar='FILE', help='replace the results block of README.md (or FILE)')
     parser.add_argument('--quiet', action='store_true', help='no progress line')
     parser.add_argument('--multi-scale', action='store_true',
-                        help="PSPNet: also score the release's multi-scale protocol")
+                        help="also score the multi-scale protocol of models whose "
+                             "evaluation has one (PSPNet's release; DeepLabv3's scales, and "
+                             "+ flip)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 

@@ -41,6 +41,16 @@ docs/evaluation.md gives the details.
     .venv/bin/python score.py --model pspnet50-ade20k --weights pspnet/pspnet50-ade20k/pspnet50_ADE20K-stock.caffemodel
     .venv/bin/python score.py --model pspnet101-cityscapes --weights W --multi-scale --out ms.json
 
+Models padded to a fixed input (DeepLab v2 / v3) are scored by their val net, unless
+--multi-scale, --scales, --flip or --deploy is given, or the model's preprocessing is
+not its dataset's, or it has no val net: then by predict.py's padded protocol on its
+deploy net (scales' and mirror images' logits averaged). A DeepLabv3 converted from
+torchvision (`surgery.py deeplabv3-from-torchvision`: a folder of model.json, deploy net
+and caffemodel) is scored that way on its dataset's scored split (VOC 2012 val), each
+image normalised as torchvision does (RGB in 0-1, ImageNet mean and std):
+
+    .venv/bin/python score.py --model tv-deeplabv3 --weights tv-deeplabv3/deeplabv3_resnet101_coco-586e9e4e-stock.caffemodel
+
 --deploy replaces the deploy net (its input gives the crop), --base-size the base size
 (both for nets of your own, e.g. narrow test nets); --scales the scales; --no-flip leaves
 out the mirrored windows (not the release's protocol).
@@ -308,20 +318,40 @@ def protocol_record(protocol, net):
                 flip=protocol.flip, combine=protocol.combine)
 
 
+def engine_data(spec, val, split=None, root=None):
+    """(data layer class, its parsed params, split, ids, the dataset's files no output may
+    replace) of the images a model is scored on through the engine: those val.prototxt's
+    layers.py data layer reads; for a model without a val net (one converted from
+    PyTorch: model.json and a deploy net), its dataset's scored split (or `split`) read by
+    that dataset's data layer class (layers.score_layer), with the layer's defaults."""
+    if os.path.isfile(val):
+        param = netinit.read_net_param(val)
+        cls, split, ids = net_split_ids(param, val, split, root)
+        p = cls.parse_params(data_layer(param)[0].python_param.param_str, root=root)
+        return cls, p, split, ids, [split_list(param, val, root)] + data_dirs(param, val, root)
+    if spec.dataset not in models.BUILTIN_DATASETS:
+        raise project.InputError('%s: not found (a model of dataset %s needs its val net to '
+                                 'say how its images are read)' % (val, spec.dataset))
+    cls = layers.score_layer(spec.dataset)
+    split = split or models.dataset(spec.dataset).score_split
+    try:
+        p = cls.parse_params({'split': split, 'randomize': False}, root=root)
+    except ValueError as e:
+        raise project.InputError('%s: %s' % (spec.folder, e))
+    return (cls, p, split, cls.ids(split, root), [cls.split_path(p)] + [p[k] for k in cls.DIRS])
+
+
 def score_protocol(args, spec):
-    """score.py for a model evaluated in sliding windows (spec.evaluation; PSPNet): its
-    deploy net over each whole image of the split (see the module's doc)."""
+    """score.py through the protocol engine (spec.evaluation: PSPNet's sliding windows; a
+    padded model's scales and flip, or one without a val net): its deploy net over each
+    whole image of the split (see the module's doc), preprocessed by spec.preprocess."""
     folder = models.model_dir(spec)
     val = os.path.join(folder, 'val.prototxt')
     deploy = args.deploy or os.path.join(folder, 'deploy.prototxt')
-    for path in (val, deploy):
-        if not os.path.isfile(path):
-            raise project.InputError('%s: not found (generate the nets with python net.py)' % path)
-    output_checks(args, val, args.weights, deploy)
-    param = netinit.read_net_param(val)
-    cls, split, ids = net_split_ids(param, val, args.split, args.data_root)
-    p = cls.parse_params(data_layer(param)[0].python_param.param_str,
-                         root=args.data_root)
+    if not os.path.isfile(deploy):
+        raise project.InputError('%s: not found (generate the nets with python net.py)' % deploy)
+    cls, p, split, ids, data_files = engine_data(spec, val, args.split, args.data_root)
+    output_checks(args, val, args.weights, deploy, data_files)
     if args.limit:
         ids = ids[:args.limit]
     dataset, blob = spec.dataset, spec.outputs[0].score
@@ -356,10 +386,15 @@ def score_protocol(args, spec):
 def through_engine(spec, args):
     """Whether `spec` is scored by the protocol engine (score_protocol): sliding windows
     always; a model padded to a fixed input when scales, flip or another deploy net are
-    asked for (its val net's data layer pads one scale, unmirrored)."""
+    asked for (its val net's data layer pads one scale, unmirrored), when its input
+    preprocessing is not its dataset's (a converted PyTorch model's: the val net's data
+    layer feeds the dataset's), or when it has no val net (model.json and a deploy net)."""
     ev = spec.evaluation
-    return ev.windows == 'sliding' or (ev.windows == 'padded' and bool(
-        args.multi_scale or args.scales or args.flip or args.no_flip or args.deploy))
+    if ev.windows != 'padded':
+        return ev.windows == 'sliding'
+    val = os.path.join(models.model_dir(spec), 'val.prototxt')
+    return bool(args.multi_scale or args.scales or args.flip or args.no_flip or args.deploy
+                or spec.preprocessing is not None or not os.path.isfile(val))
 
 
 def sliding_models():
@@ -554,15 +589,17 @@ def model_inputs(folder):
             if n.endswith('.prototxt') or n == 'model.json']
 
 
-def output_checks(args, val, weights, deploy=None):
+def output_checks(args, val, weights, deploy=None, data_files=None):
     """Refuse, before anything is scored, a --out or --save-pred that cannot be written or
     would replace an input: the weights, the val and deploy prototxts (and every other
-    file that makes the model), the split list, or anything in the dataset's folders."""
-    param = netinit.read_net_param(val)
-    net_split_ids(param, val, args.split, args.data_root)
+    file that makes the model), the split list, or anything in the dataset's folders
+    (data_files: those, when known already: engine_data's; else val's data layer's)."""
+    if data_files is None:
+        param = netinit.read_net_param(val)
+        net_split_ids(param, val, args.split, args.data_root)
+        data_files = [split_list(param, val, args.data_root)] + data_dirs(param, val, args.data_root)
     inputs = ([weights, val] + ([deploy] if deploy else []) +
-              model_inputs(os.path.dirname(os.path.abspath(val))) +
-              [split_list(param, val, args.data_root)] + data_dirs(param, val, args.data_root))
+              model_inputs(os.path.dirname(os.path.abspath(val))) + data_files)
     for flag, path in (('--out', args.out), ('--save-pred', args.save_pred)):
         if path:
             safewrite.check_writable(path, flag, folder=flag == '--save-pred')

@@ -795,16 +795,16 @@ def snapshot_weights(model_dir):
 
 def init_file_weights(spec):
     """models.INIT_FILE in the folder of `spec` (init 'file'): a model made by `net.py new`
-    starts from the weights it wrote there; a model whose start is published
+    starts from the weights it wrote there (spec.start_made_by names the command that
+    writes them, the message when they are missing); a model whose start is published
     (spec.start, e.g. a member of its release's archive) gets it fetched there on first
     use, parsed whole (no net to check it against: its classifier may differ)."""
     path = os.path.join(models.model_dir(spec), models.INIT_FILE)
     if os.path.isfile(path):
         return path
-    if spec.start is None:
-        raise InputError('%s: not found; the weights %s starts from go there (`python net.py '
-                         'new` writes them for the models it makes: make it again)'
-                         % (path, spec.name))
+    if spec.start is None:  # not published: a command of this project makes it
+        raise InputError('%s: not found; the weights %s starts from go there: make them with '
+                         '`%s`' % (path, spec.name, spec.start_made_by))
     print('%s: fetching its start weights into %s' % (spec.name, path), file=sys.stderr, flush=True)
     return fetch_record(weights_record(spec.start), path, parse_weights,
                         progress=sys.stderr.isatty())[0]

@@ -5,6 +5,7 @@ in stage 1 and frozen in stage 2, a narrow net's loss falling through the solvin
 surgery.py deeplabv3-from-torchvision on a checkpoint in torch's file format compared with
 a float64 implementation of torchvision's forward (not torchvision itself)."""
 import dataclasses
+import json
 import math
 import os
 
@@ -520,3 +521,115 @@ def test_padded_scales_and_flip_average_logits_as_derived(tmp_path):
     n_.forward()
     np.testing.assert_array_equal(plain, n_.blobs['logits_interp'].data[0, :, :30, :40])
 
+
+
+# ----------------------------------------------------------------------------- reproduce.py
+
+def narrow_model(folder, weights):
+    """A narrow deeplabv3-voc12 folder (val net padding to CROP, deploy net) and random
+    weights saved to `weights`; returns the deploy net's path."""
+    os.makedirs(folder)
+    write(folder / 'val.prototxt', narrow('val', data_layer='VOC12AugSegDataLayer',
+                                          data_params={'split': 'val', 'crop': CROP}))
+    deploy = write(folder / 'deploy.prototxt', narrow('deploy'))
+    n_ = netload.open_net(deploy, 'test')
+    fill_random(n_, seed=3)
+    n_.save(str(weights))
+    return deploy
+
+
+def test_reproduce_multi_scale_rows_are_score_py_numbers(root, tmp_path):  # noqa: F811
+    import reproduce
+    import score
+    make_painted(root, ['2009_000001', '2009_000002'], 'val', seed=2)
+    model_root, weights = tmp_path / 'models', tmp_path / 'narrow.caffemodel'
+    deploy = narrow_model(model_root / SPEC.folder, weights)
+    out = tmp_path / 'r'
+    base = ['--model-root', str(model_root), '--models', SPEC.name, '--weights',
+            '%s=%s' % (SPEC.name, weights), '--out', str(out), '--quiet']
+
+    def rows():
+        return {r['name']: r for r in json.loads((out / 'results.json').read_text())['rows']
+                if r['model'] == SPEC.name}
+    assert reproduce.main(base) == 0
+    single, multi, flip = (rows()[n] for n in ('DeepLabv3, eval at output stride 8',
+                                               'DeepLabv3, + scales 0.5 .. 1.75',
+                                               'DeepLabv3, + scales + flip'))
+    assert single['status'] == 'measured'
+    assert multi['status'] == flip['status'] == 'multi-scale not run'
+    assert reproduce.main(base + ['--multi-scale']) == 0
+    got = rows()
+    assert got['DeepLabv3, eval at output stride 8']['measured'] == single['measured']
+    for name, paper, flags in (('DeepLabv3, + scales 0.5 .. 1.75', 79.45, []),
+                               ('DeepLabv3, + scales + flip', 79.77, ['--flip'])):
+        row = got[name]
+        assert row['status'] == 'measured' and row['paper']['mean_iu'] == paper
+        js = tmp_path / 'score.json'
+        assert score.main(['--model', SPEC.name, '--weights', str(weights), '--deploy', deploy,
+                           '--multi-scale', '--quiet', '--out', str(js)] + flags) == 0
+        by_score = json.loads(js.read_text())
+        assert by_score['protocol']['scales'] == list(models.DEEPLABV3_SCALES)
+        assert by_score['protocol']['flip'] == bool(flags)
+        for k in ('mean_iu', 'overall_acc'):
+            assert row['measured'][k] == pytest.approx(100 * by_score[k])
+
+
+def test_score_py_scores_a_converted_torchvision_model_through_the_engine(
+        converted, root, tmp_path, monkeypatch):  # noqa: F811
+    import score
+    from PIL import Image
+    state, ckpt, spec = converted
+    monkeypatch.setattr(models, 'MODELS', dict(models.MODELS))  # registered for this test only
+    ids = make_painted(root, ['2009_000001', '2009_000002', '2009_000003'], 'val', seed=4)
+    js, pred = tmp_path / 'score.json', tmp_path / 'pred'
+    weights = os.path.join(spec.folder, spec.weights.stock_file)
+    assert score.main(['--model', spec.folder, '--weights', weights, '--out', str(js),
+                       '--save-pred', str(pred), '--quiet']) == 0
+    record = json.loads(js.read_text())
+    assert record['split'] == 'val' and record['images'] == 3
+    assert record['protocol']['windows'] == 'padded' and record['protocol']['flip'] is False
+    # each prediction is torchvision's forward (float64, independent of the engine) of the
+    # image normalised its way (RGB in 0-1, ImageNet mean and std), padded with zeros to
+    # the converted net's 64 x 64, cropped back; the scores are those predictions' scores
+    p = layers.VOC12AugSegDataLayer.parse_params({'split': 'val'}, root=str(root))
+    cm = metrics.ConfusionMatrix(21)
+    for idx in ids:
+        rgb, label = layers.VOC12AugSegDataLayer.read_example(p, idx)
+        h, w = label.shape
+        x = np.zeros((1, 3, 64, 64))
+        x[0, :, :h, :w] = ((rgb / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)
+        want = torchvision_ref(state, t64(x))[0].numpy()[:, :h, :w].argmax(0)
+        got = np.array(Image.open(pred / (idx + '.png')))
+        assert (got == want).mean() > 0.99
+        cm.update(label, got)
+    assert record['mean_iu'] == pytest.approx(cm.compute()['mean_iu'])
+    assert record['overall_acc'] == pytest.approx(cm.compute()['overall_acc'])
+
+
+# ----------------------------------------------------------------------------- docs
+
+def test_docs_commands_are_the_clis(capsys):
+    """docs/deeplabv3.md's commands: cast, score (multi-scale and flip) and reproduce are
+    there, and every flag each line gives is one its command's --help lists."""
+    import importlib
+    import re
+    with open(os.path.join(project.REPO, 'docs', 'deeplabv3.md')) as f:
+        text = f.read()
+    block = text[text.index('```sh'):text.index('```', text.index('```sh') + 5)]
+    seen = set()
+    for line in block.splitlines()[1:]:
+        words = line.split('#')[0].split()
+        if not words or not words[1].endswith('.py') or '/' in words[1]:
+            continue  # solve.py: a model folder's script
+        module = importlib.import_module(words[1][:-3])
+        sub = [words[2]] if words[1] == 'surgery.py' else []
+        with pytest.raises(SystemExit) as e:
+            module.main(sub + ['--help'])
+        assert e.value.code == 0
+        helptext = capsys.readouterr().out
+        for flag in re.findall(r'(--[a-z-]+)', line.split('#')[0]):
+            assert flag in helptext, (line, flag)
+        seen.add(' '.join([words[1]] + sub + sorted(re.findall(r'--multi-scale|--flip', line))))
+    assert {'surgery.py resnet-cast', 'score.py --flip --multi-scale',
+            'reproduce.py --multi-scale'} <= seen, seen
+    assert 'NOT yet' not in text and text.count('UNCONFIRMED') >= 4

@@ -457,3 +457,19 @@ def test_record_with_mirrors_keeps_the_release_url_first():
     lines = text.splitlines()
     assert lines[0] == spec.weights.url and lines[1] == w.mirrors[0]
     assert net.url_record(spec).splitlines()[0] == spec.weights.url
+
+
+def test_missing_start_file_names_the_command_the_spec_gives(tmp_path):
+    """init 'file' with no published start: the message names the command that writes
+    init.caffemodel, from the model's spec (start_made_by), never a guess."""
+    v3 = dataclasses.replace(models.get('deeplabv3-voc12'), folder=str(tmp_path / 'v3'))
+    with pytest.raises(InputError) as e:
+        weights.init_file_weights(v3)
+    text = str(e.value)
+    assert text.startswith(os.path.join(str(tmp_path), 'v3', models.INIT_FILE) + ': not found')
+    assert '`python surgery.py resnet-cast' in text and 'ResNet-101-model.caffemodel' in text
+    assert 'net.py new' not in text
+    # a user's model (net.py new writes its start) keeps the default command
+    own = dataclasses.replace(v3, start_made_by=models.ModelSpec.start_made_by)
+    with pytest.raises(InputError, match='make them with `python net.py new`'):
+        weights.init_file_weights(own)

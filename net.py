@@ -1158,9 +1158,9 @@ def deeplab_v3(split='deploy', depth=101, num_classes=None, crop=513, train_crop
             params['crop'] = size
             if train and train_split:
                 params['split'] = train_split
-            if train and train_batch != 1:
-                _check_positive('train_batch', train_batch)
-                params['batch_size'] = train_batch
+        if train and train_batch != 1:  # given data_params may set their own batch_size
+            _check_positive('train_batch', train_batch)
+            params.setdefault('batch_size', train_batch)
         data_tops(n, dataset, split, [('data', 3)], ['label'], layer, params)
     bn_decay = DEEPLABV3_BN_DECAY if train and train_bn else None
     kw = dict(filler=train, style='msra', bn_lr=None if bn_decay else 0)

@@ -1,4 +1,5 @@
-"""Caffe Python data layers that feed FCN one whole image (and its labels) per forward.
+"""Caffe Python data layers that feed FCN one whole image (and its labels) per forward,
+or a batch of equal-size crops (`batch_size`).
 
 Net files name this module as `module: "layers"` with one of these `layer:` classes:
 
@@ -18,7 +19,8 @@ augment and crop the paper's way (`psp_augment`): their tops are crop x crop.
 All of them share one base class, `SegDataLayer`, which parses and checks `param_str`,
 picks the next image id and fills the tops; a subclass only says where its files are and
 how to turn them into arrays. Every top is reshaped on every forward to the size of the
-image at hand (batch of one, 1 x C x H x W), because FCN takes images of any size.
+image at hand (batch of one, 1 x C x H x W), because FCN takes images of any size; with
+`batch_size` N the tops are N x C x H x W, for layers whose examples share one size.
 
 param_str
 ---------
@@ -34,6 +36,12 @@ to every layer:
     num_classes default: the dataset's; the classes a label may name, as an integer
                 (one label top) or {"top": count} (SIFT Flow's sem / geo). The solving
                 loop and score.py set it from the net instead (`bind_num_classes`).
+    batch_size  default 1; N: each forward stacks the next N examples of the stream
+                (below), so the tops are N x C x H x W. Only for examples of one size
+                (fixed crops: the PSPNet / DeepLab layers with `crop`); two sizes in one
+                batch are an InputError naming the layer and both sizes. Caffe's
+                BatchNorm normalises over one forward's batch, which is why DeepLabv3's
+                stage 1 needs it (docs/deeplabv3.md).
 
 plus the per-dataset keys documented on each class (directories, and `mean` where the
 dataset allows one). An unknown or missing key is a ValueError naming the allowed keys.
@@ -50,6 +58,9 @@ forward. This is the same sequence the original release got from random.seed(see
 random.randint(0, n - 1), but the generator belongs to the layer, so two data layers in
 one process do not disturb each other. Other splits walk the list in order from the
 first id and wrap around, so scoring N images after N forwards sees each exactly once.
+A forward of batch_size N takes the next N ids of that same stream (N draws, or N ids in
+order), so batch N with iter_size 1 sees the images batch 1 with iter_size N sees, in the
+same order; `seek(forwards)` counts N ids per forward.
 
 Errors
 ------
@@ -372,6 +383,12 @@ def _check_num_classes(key, value):
     return value
 
 
+def _check_batch(key, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError('%s must be a whole number of examples >= 1, got %r' % (key, value))
+    return value
+
+
 def _check_bool(key, value):
     if value is not None and not isinstance(value, bool):
         raise ValueError('%s must be true or false, got %r' % (key, value))
@@ -382,7 +399,8 @@ def _check_bool(key, value):
 # The base layer
 
 class SegDataLayer(caffe.Layer):
-    """Base of the data layers: one image id per forward, every top 1 x C x H x W.
+    """Base of the data layers: batch_size image ids per forward (default one), every top
+    N x C x H x W.
 
     A subclass declares
       PARAMS       its own param_str keys -> default (REQUIRED for none);
@@ -396,9 +414,11 @@ class SegDataLayer(caffe.Layer):
     Everything else (parsing, order of ids, reshape, forward) lives here.
     """
 
-    COMMON = {'split': REQUIRED, 'seed': models.SEED, 'randomize': None, 'num_classes': None}
+    COMMON = {'split': REQUIRED, 'seed': models.SEED, 'randomize': None, 'num_classes': None,
+              'batch_size': 1}
     CHECKS = {'split': _check_split, 'seed': _check_seed, 'randomize': _check_bool,
-              'mean': _check_mean, 'num_classes': _check_num_classes}
+              'mean': _check_mean, 'num_classes': _check_num_classes,
+              'batch_size': _check_batch}
     PARAMS = {}
     DIRS = ()
     TOPS = ('data', 'label')
@@ -505,39 +525,73 @@ class SegDataLayer(caffe.Layer):
         self.indices = read_split(self.split_path(self.params), self.SPLIT_HINTS.get(split, ''),
                                   self.ID_PARTS)
         self.random = self.params['randomize']
-        self.rng = random.Random(self.params['seed'])
-        self.idx = self.rng.randrange(len(self.indices)) if self.random else 0
+        self.batch = self.params['batch_size']
         self.share = (0, 1)  # (rank, count): which draws of the stream are this layer's
-        self.loaded = None  # (position in the list, arrays) of the example in the tops
+        self.seek(0)
         self.label_files = {}  # label top -> the file it was read from (load, via labels)
 
+    # The stream: `positions` are the list positions of this forward's batch_size examples,
+    # `forwards` the forwards done, `example_number` the number in the stream of the
+    # example being loaded (forwards * batch_size + its slot in the batch), on which
+    # PSPSegDataLayer keys its augmentation: the same for batch N as for N forwards of 1.
+
+    @property
+    def idx(self):
+        """The list position of the first example of the coming forward."""
+        return self.positions[0]
+
+    @idx.setter
+    def idx(self, position):  # walking from `position` (walk_in_order, tests)
+        self.positions = [(position + j) % len(self.indices) for j in range(self.batch)]
+
+    def _draws(self, skip):
+        """Skip `skip` draws of the random stream, then draw this forward's positions."""
+        for _ in range(skip):
+            self.rng.randrange(len(self.indices))
+        self.positions = [self.rng.randrange(len(self.indices)) for _ in range(self.batch)]
+
     def reshape(self, bottom, top):
-        # Caffe calls reshape before every forward (and once at setup): load the example
-        # at the current position, unless it is the one already loaded.
-        if self.loaded is None or self.loaded[0] != self.idx:
-            idx = self.indices[self.idx]
-            self.label_files = {}
-            arrays = self.load(idx)
-            sizes = set(a.shape[1:] for a in arrays)
-            if len(sizes) != 1:
-                files = ', '.join(self.label_files[t] for t in self.top_names()
-                                  if t in self.label_files)
-                raise project.InputError('%s: %s: image %s has tops of different sizes %s'
-                                        % (files or idx, type(self).__name__, idx,
-                                           [a.shape for a in arrays]))
-            self.loaded = (self.idx, arrays)
+        # Caffe calls reshape before every forward (and once at setup): load the examples
+        # at the current positions, unless they are the ones already loaded.
+        if self.loaded is None or self.loaded[0] != tuple(self.positions):
+            examples = []
+            for slot, position in enumerate(self.positions):
+                self.example_number = self.forwards * self.batch + slot
+                examples.append(self._load_one(self.indices[position]))
+            first = examples[0]
+            for ex in examples[1:]:
+                if [a.shape for a in ex[1]] != [a.shape for a in first[1]]:
+                    raise project.InputError(
+                        '%s: %s: batch_size %d needs examples of one size, but image %s is %s '
+                        'and image %s is %s' % (ex[2] or ex[0], type(self).__name__, self.batch,
+                                                first[0], _size(first[1]), ex[0], _size(ex[1])))
+            self.loaded = (tuple(self.positions),
+                           [np.stack(tops) for tops in zip(*(ex[1] for ex in examples))])
         for i, array in enumerate(self.loaded[1]):  # (top is indexable, not iterable)
-            top[i].reshape(1, *array.shape)
+            top[i].reshape(*array.shape)
+
+    def _load_one(self, idx):
+        """(idx, the arrays of `idx` (load), its label files) after checking that its tops
+        have one size."""
+        self.label_files = {}
+        arrays = self.load(idx)
+        files = ', '.join(self.label_files[t] for t in self.top_names() if t in self.label_files)
+        if len(set(a.shape[1:] for a in arrays)) != 1:
+            raise project.InputError('%s: %s: image %s has tops of different sizes %s'
+                                    % (files or idx, type(self).__name__, idx,
+                                       [a.shape for a in arrays]))
+        return idx, arrays, files
 
     def forward(self, bottom, top):
         for i, array in enumerate(self.loaded[1]):
             top[i].data[...] = array
-        # Next id: a fresh draw when training, else the next one in the list.
+        self.forwards += 1
+        # Next ids: fresh draws when training (the other ranks' skipped), else the next
+        # ones in the list.
         if self.random:
-            for _ in range(self.share[1]):  # the other ranks' draws are skipped
-                self.idx = self.rng.randrange(len(self.indices))
+            self._draws((self.share[1] - 1) * self.batch)
         else:
-            self.idx = (self.idx + 1) % len(self.indices)
+            self.idx = self.positions[-1] + 1
 
     def backward(self, top, propagate_down, bottom):
         pass  # data layers have nothing to propagate to
@@ -545,22 +599,29 @@ class SegDataLayer(caffe.Layer):
     # -- the solving loop's calls (pycaffe's net.layers[i] is this object) -----------
 
     def seek(self, forwards):
-        """Put the layer where it would be after `forwards` forward passes from setup: the
-        same id and, when training, the same random stream (so a resumed run draws the
-        images an uninterrupted one would have drawn)."""
+        """Put the layer where it would be after `forwards` forward passes from setup
+        (batch_size ids each): the same ids and, when training, the same random stream (so
+        a resumed run draws the images an uninterrupted one would have drawn)."""
+        self.forwards, self.loaded = forwards, None
         if self.random:
             self.rng = random.Random(self.params['seed'])
             rank, count = self.share
-            for _ in range(forwards * count + rank + 1):
-                self.idx = self.rng.randrange(len(self.indices))
+            self._draws((forwards * count + rank) * self.batch)
         else:
-            self.idx = forwards % len(self.indices)
+            self.idx = forwards * self.batch
 
     def share_stream(self, rank, count):
-        """Take draws rank, rank + count, rank + 2 count, ... of the random stream, so that
-        `count` processes training together (parallel.py) see different images and, all
-        together, the images one process would draw. Call seek() after it."""
+        """Take the batches rank, rank + count, rank + 2 count, ... of the random stream
+        (batch_size draws each), so that `count` processes training together (parallel.py)
+        see different images and, all together, the images one process would draw. Call
+        seek() after it."""
         self.share = (rank, count)
+
+
+def _size(arrays):
+    """'H x W' of an example's tops (C x H x W arrays of one size)."""
+    return '%d x %d' % arrays[0].shape[1:]
+
 
 def walk_in_order(net):
     """Make every layers.py data layer of caffe.Net `net` walk its list in order, one
@@ -1079,8 +1140,10 @@ class PSPSegDataLayer(SegDataLayer):
                paper augments Cityscapes only by mirror, resize and crop)
       mean     (B, G, R), default PSP_MEAN
 
-    The augmentation of the k-th forward draws from numpy's default_rng([seed, k]), so
-    a run is the same for a seed, and `seek` (resume) restores it exactly. A subclass
+    The augmentation of the k-th example of the stream (k-th forward at batch_size 1;
+    slot j of forward f is example f * batch_size + j) draws from numpy's
+    default_rng([seed, k]), so a run is the same for a seed, batch N equals N forwards of
+    batch 1 stacked, and `seek` (resume) restores it exactly. A subclass
     provides `read_example(p, idx)` -> (H x W x 3 uint8 RGB, H x W uint8 label), which
     the evaluation (predict.py, via score.py) reads too; its labels pass `read_labels`
     against `num_classes` (default: the dataset's, LABELS; the layer gives the net's).
@@ -1124,17 +1187,13 @@ class PSPSegDataLayer(SegDataLayer):
                                         idx, rgb.shape[1], rgb.shape[0]))
         return rgb, label
 
-    def setup(self, bottom, top):
-        self.forwards = 0
-        super().setup(bottom, top)
-
     def load(self, idx):
         p = self.params
         self.label_files['label'] = self.label_path(p, idx)
         rgb, label = self.example(p, idx, self.num_classes['label'])
         image = rgb[:, :, ::-1].astype(np.float32) - p['mean']  # H x W x 3, BGR
         if p['augment']:
-            rng = np.random.default_rng([p['seed'], self.forwards])
+            rng = np.random.default_rng([p['seed'], self.example_number])
             image, label = self.augment(image, label, rng)
         elif p['crop']:
             image, label = self.fit(image, label, idx)
@@ -1154,14 +1213,8 @@ class PSPSegDataLayer(SegDataLayer):
 
     def forward(self, bottom, top):
         super().forward(bottom, top)
-        self.forwards += 1
         if self.params['augment']:
             self.loaded = None  # a fresh augmentation next time, even of the same image
-
-    def seek(self, forwards):
-        super().seek(forwards)
-        self.forwards = forwards
-        self.loaded = None
 
 
 class ADE20KSegDataLayer(PSPSegDataLayer):

@@ -938,9 +938,11 @@ def _deeplabs():
 # cast by surgery.py resnet-cast into init.caffemodel; scored at output stride 8 on val:
 # the paper's val numbers) and deeplabv3-voc12-trainval (stage 2, from stage 1's
 # weights). Recipe (section 4): poly lr (power 0.9) from 0.007, then 0.001; momentum 0.9;
-# weight decay 1e-4 (UNCONFIRMED); 30k iterations each; crop 513; batch 16 (iter_size 16
-# of the layer's one image: see the docs on BN); scored every DEEPLABV3_ROUND iterations
-# (this project's choice).
+# weight decay 1e-4 (UNCONFIRMED); 30k iterations each; crop 513; batch 16: in stage 1
+# 16 crops per forward (the data layer's batch_size, iter_size 1), since Caffe's
+# BatchNorm normalises over one forward's batch; in stage 2 (BN frozen) iter_size 16 of
+# one crop (docs/deeplabv3.md); scored every DEEPLABV3_ROUND iterations (this project's
+# choice).
 DEEPLABV3_ROUND = 2000
 # Kaiming He's ImageNet ResNet-101 (He, Zhang, Ren, Sun, CVPR 2016), the public Caffe
 # start of a DeepLab trunk: surgery.py resnet-cast copies it into deeplabv3-voc12's
@@ -959,7 +961,7 @@ def _deeplabv3s():
     data = 'voc12aug'
     args = (('crop', 513), ('train_crop', 513), ('test_stride', 8),
             ('multi_grid', (1, 2, 4)), ('rates', (6, 12, 18)))
-    solver = dict(momentum=0.9, iter_size=16, max_iter=30000, snapshot=DEEPLABV3_ROUND,
+    solver = dict(momentum=0.9, max_iter=30000, snapshot=DEEPLABV3_ROUND,
                   weight_decay=1e-4, lr_policy='poly', power=0.9)
     common = dict(family='deeplab', dataset=data, trunk='resnet101', head='aspp-v3',
                   builder='deeplab_v3', schedule=Schedule(30000 // DEEPLABV3_ROUND, DEEPLABV3_ROUND),
@@ -969,8 +971,9 @@ def _deeplabv3s():
                   finish=('align-corners', 'bn-identity'))
     return [
         ModelSpec(name='deeplabv3-voc12', folder='deeplab/deeplabv3-voc12',
-                  builder_args=args + (('train_stride', 16), ('train_bn', True)),
-                  init='file', parents=(), solver=Solver(0.007, **solver),
+                  builder_args=args + (('train_stride', 16), ('train_bn', True),
+                                       ('train_batch', 16)),
+                  init='file', parents=(), solver=Solver(0.007, iter_size=1, **solver),
                   start_made_by='python surgery.py resnet-cast (from ilsvrc-nets/%s, '
                                 'downloaded by hand: docs/deeplabv3.md)' % IMAGENET_RESNET101.file,
                   title='DeepLabv3 ResNet-101, ASPP + image pooling, OS 16 / 8',
@@ -981,7 +984,7 @@ def _deeplabv3s():
                   builder_args=args + (('train_stride', 8), ('train_bn', False),
                                        ('train_split', 'trainval_aug')),
                   init='copy', parents=(Parent('deeplabv3-voc12'),),
-                  solver=Solver(0.001, **solver),
+                  solver=Solver(0.001, iter_size=16, **solver),
                   title='DeepLabv3 ResNet-101, stage 2 (BN frozen, OS 8, trainval)',
                   note='stage 2: from trained deeplabv3-voc12, BN frozen, output stride 8, '
                        'train_aug + val (for the test server)', **common)]
@@ -1363,6 +1366,8 @@ def markdown():
         solver = 'lr %g%s, momentum %g%s' % (
             s.base_lr, ' poly %g' % s.power if s.lr_policy == 'poly' else '', s.momentum,
             ', iter_size %d' % s.iter_size if s.iter_size > 1 else '')
+        batch = spec.build_kwargs().get('train_batch', 1)  # crops per forward (deeplab_v3)
+        solver += ', batch %d per forward' % batch if batch > 1 else ''
         scored = ', '.join('%s vs %s' % (o.score, o.label) for o in spec.outputs)
         weights = '`%s`' % spec.weights.file if spec.weights else 'never released'
         rows.append(('`%s`' % spec.name, '`%s/`' % spec.folder, spec.dataset, spec.title,

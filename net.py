@@ -1121,7 +1121,8 @@ def stem_size(size, pool1_pad=1, floor=False):
 def deeplab_v3(split='deploy', depth=101, num_classes=None, crop=513, train_crop=513,
                dataset='voc12aug', widths=DEEPLABV3_WIDTHS, blocks=None, data_layer=None,
                data_params=None, train_stride=16, test_stride=8, multi_grid=DEEPLABV3_GRID,
-               rates=DEEPLABV3_RATES, train_bn=True, variant='paper', train_split=None):
+               rates=DEEPLABV3_RATES, train_bn=True, variant='paper', train_split=None,
+               train_batch=1):
     """DeepLabv3: MSRA ResNet trunk at output stride `train_stride` (train net) or
     `test_stride` (val, deploy), ASPP + image pooling, logits zoomed to the input.
     Returns a caffe_pb2.NetParameter.
@@ -1135,6 +1136,8 @@ def deeplab_v3(split='deploy', depth=101, num_classes=None, crop=513, train_crop
       DEEPLABV3_BN_DECAY) -- else frozen, as the val / deploy nets' always are.
     variant: 'paper' or 'torchvision' (see above; deploy only, at input multiples of 8).
     train_split: the train net's list when not the dataset's (stage 2: trainval_aug).
+    train_batch: crops per forward of the train net's data layer (its batch_size; stage 1:
+      16, the batch Caffe's BatchNorm normalises over); 1 writes no batch_size key.
     dataset, data_layer, data_params: the data layer (default: default_data(dataset),
       its crop set to this net's input)."""
     _check_choice('split', split, SPLITS)
@@ -1155,6 +1158,9 @@ def deeplab_v3(split='deploy', depth=101, num_classes=None, crop=513, train_crop
             params['crop'] = size
             if train and train_split:
                 params['split'] = train_split
+        if train and train_batch != 1:  # given data_params may set their own batch_size
+            _check_positive('train_batch', train_batch)
+            params.setdefault('batch_size', train_batch)
         data_tops(n, dataset, split, [('data', 3)], ['label'], layer, params)
     bn_decay = DEEPLABV3_BN_DECAY if train and train_bn else None
     kw = dict(filler=train, style='msra', bn_lr=None if bn_decay else 0)

@@ -23,7 +23,7 @@ import predict
 import project
 import surgery
 import train
-from test_deeplab import make_painted, root, write  # noqa: F401  (root: the fixture)
+from test_deeplab import data_net, make_painted, root, write  # noqa: F401  (root: the fixture)
 
 torch = pytest.importorskip('torch')  # installed by the Makefile (extra [torch])
 F = torch.nn.functional
@@ -244,6 +244,50 @@ def test_narrow_net_learns_with_bn_in_training_mode(root, tmp_path):  # noqa: F8
     mean, var, factor = (b.data for b in trained.params['bn_conv1'])
     assert factor[0] > 1 and np.abs(mean / factor[0]).max() > 1e-3
     assert np.abs(trained.params['scale_conv1'][0].data - 1).max() > 0  # the Scale learned too
+
+
+def test_stage_one_batch_of_16_in_one_net_with_iter_size_1():
+    one = net.build_net('deeplabv3-voc12', 'train')
+    assert '"batch_size": 16' in one.layer[0].python_param.param_str and SPEC.solver.iter_size == 1
+    two = models.get('deeplabv3-voc12-trainval')
+    assert two.solver.iter_size == 16 and 'batch_size' not in net.build_net(
+        two.name, 'train').layer[0].python_param.param_str
+
+
+def test_narrow_net_trains_at_batch_2_with_bn_in_training_mode(root, tmp_path):  # noqa: F811
+    ids = make_painted(root, ['2008_%06d' % i for i in range(1, 6)], 'train_aug', seed=1)
+    make_painted(root, ['2009_000001'], 'val', seed=2)
+    # VOC12AugSegDataLayer at batch 2: two forwards of batch 1, stacked
+    params = {'split': 'train_aug', 'crop': CROP, 'seed': 3}
+    single, double = data_net(tmp_path, params, 'one'), data_net(tmp_path, dict(params, batch_size=2), 'two')
+    tops = []
+    for _ in range(2):
+        single.forward()
+        tops.append(single.blobs['data'].data[0].copy())
+    double.forward()
+    np.testing.assert_array_equal(double.blobs['data'].data, np.stack(tops))
+    folder = tmp_path / 'deeplabv3-voc12'
+    os.makedirs(folder)
+    for split, name in (('train', 'train_aug'), ('val', 'val'), ('deploy', None)):
+        data = {} if split == 'deploy' else dict(
+            data_layer='VOC12AugSegDataLayer', data_params={'split': name, 'crop': CROP, 'seed': 1337})
+        write(folder / (split + '.prototxt'), narrow(split, train_batch=2, **data))
+    with open(folder / 'solver.prototxt', 'w') as f:
+        f.write(net.model_solver(SPEC, test_iter=1, iter_size=1, max_iter=60, base_lr=0.01))
+    spec = dataclasses.replace(SPEC, init='copy')  # fresh fillers: no ImageNet file here
+    log = train.solve(train.Model(str(folder), spec),
+                      train.RunConfig(rounds=1, iters=3, out=str(tmp_path / 'out')))
+    assert len(log) == 1 and math.isfinite(log[0]['train_loss'])
+    snap = sorted((tmp_path / 'out').glob('**/*.caffemodel'), key=os.path.getmtime)[-1]
+    trained = caffe.Net(str(folder / 'train.prototxt'), str(snap), caffe.TRAIN)
+    assert trained.blobs['data'].data.shape == (2, 3, CROP, CROP)
+    assert trained.blobs['label'].data.shape == (2, 1, CROP, CROP)
+    bn = [name for name, l in zip(trained._layer_names, trained.layers) if l.type == 'BatchNorm']
+    assert bn and all(not p.batch_norm_param.use_global_stats for p in netinit.read_net_param(
+        str(folder / 'train.prototxt')).layer if p.type == 'BatchNorm')
+    mean, var, factor = (b.data for b in trained.params['bn_conv1'])
+    assert factor[0] > 1 and np.abs(mean / factor[0]).max() > 1e-3  # statistics of 3 batches
+    assert len(ids) == 5
 
 
 # ----------------------------------------------------------------------------- torchvision

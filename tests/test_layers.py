@@ -241,7 +241,7 @@ def test_context_layer(root):
 
 def test_bad_keys_list_the_allowed_ones(root):
     datasets.make_voc(root, ids=['a'], size=(4, 4), split='val')
-    with pytest.raises(ValueError, match='unknown.*splt.*allowed keys: mean, num_classes, randomize, seed, split, voc_dir'):
+    with pytest.raises(ValueError, match='unknown.*splt.*allowed keys: batch_size, mean, num_classes, randomize, seed, split, voc_dir'):
         data_net(root, 'VOCSegDataLayer', {'splt': 'val'}, ['data', 'label'])
     with pytest.raises(ValueError, match='missing required.*split'):
         data_net(root, 'VOCSegDataLayer', {}, ['data', 'label'])

@@ -261,3 +261,68 @@ def test_cityscapes_splits_script(root):
     os.remove(root / 'cityscapes/gtFine/train/aachen/aachen_000001_000019_gtFine_labelIds.png')
     with pytest.raises(project.InputError, match='labelIds PNG missing'):
         script.main(['--no-check'])
+
+
+# ----------------------------------------------------------------------------- batch_size
+
+def forwards(net, n):
+    """The tops of `n` forwards, one (data, label) pair of arrays each."""
+    return [(d.copy(), l.copy()) for d, l in draws(net, n)]
+
+
+def test_batch_n_is_n_forwards_of_one_stacked_same_images_same_augmentation(root):
+    datasets.make_ade20k(root, split='training', size=[(37, 53), (41, 29), (20, 25)])
+    one = forwards(train_net(root), 6)
+    batched = forwards(train_net(root, batch_size=3), 2)
+    for f, (data, label) in enumerate(batched):
+        assert data.shape == (3, 3, 33, 33) and label.shape == (3, 1, 33, 33)
+        for j in range(3):
+            np.testing.assert_array_equal(data[j], one[3 * f + j][0][0])
+            np.testing.assert_array_equal(label[j], one[3 * f + j][1][0])
+    assert len({d.tobytes() for d, _ in one}) == 6  # the comparison is not of equal crops
+    # the ids: batch N takes N consecutive draws of batch 1's stream
+    a, b = train_net(root), train_net(root, batch_size=3)
+    ids, batched_ids = [], []
+    for _ in range(6):
+        ids.append(a.layers[0].positions[0])
+        a.forward()
+    for _ in range(2):
+        batched_ids += b.layers[0].positions
+        b.forward()
+    assert batched_ids == ids and len(set(ids)) > 1
+
+
+def test_batch_n_resumes_exactly_mid_run(root):
+    datasets.make_ade20k(root, split='training', size=[(37, 53), (41, 29), (20, 25)])
+    run = forwards(train_net(root, batch_size=2), 5)
+    resumed = train_net(root, batch_size=2)
+    resumed.layers[0].seek(3)  # 3 forwards = 6 examples done
+    for (d, l), (dr, lr) in zip(run[3:], forwards(resumed, 2)):
+        np.testing.assert_array_equal(d, dr)
+        np.testing.assert_array_equal(l, lr)
+    # a walking (non-random) split: N ids in order per forward, wrapping
+    val = data_net(root, 'ADE20KSegDataLayer', {'split': 'training', 'randomize': False,
+                                                'crop': 33, 'batch_size': 2}, ['data', 'label'])
+    layer = val.layers[0]
+    assert layer.positions == [0, 1]
+    val.forward()
+    assert layer.positions == [2, 0]
+    layer.seek(4)  # 8 examples: 8 % 3 = 2
+    assert layer.positions == [2, 0]
+
+
+def test_batch_of_examples_of_different_sizes_is_one_line_naming_layer_and_sizes(root):
+    datasets.make_ade20k(root, size=[(37, 53), (41, 29)])  # whole images, no crop
+    with pytest.raises(project.InputError, match=r'^\S*ADE_val_\d+\.png: ADE20KSegDataLayer: '
+                       r'batch_size 2 needs examples of one size, but image \S+ is 37 x 53 and '
+                       r'image \S+ is 41 x 29$'):
+        data_net(root, 'ADE20KSegDataLayer', {'split': 'validation', 'batch_size': 2},
+                 ['data', 'label'])
+    with pytest.raises(ValueError, match='batch_size must be a whole number of examples >= 1'):
+        data_net(root, 'ADE20KSegDataLayer', {'split': 'validation', 'batch_size': 0},
+                 ['data', 'label'])
+    one = data_net(root, 'ADE20KSegDataLayer', {'split': 'validation', 'batch_size': 1},
+                   ['data', 'label'])  # batch 1: any sizes, as before
+    one.forward()
+    one.forward()
+    assert one.blobs['data'].data.shape == (1, 3, 41, 29)

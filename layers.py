@@ -1066,6 +1066,20 @@ def pad_to(image, label, size):
 BLUR_SIGMA, BLUR_RADIUS, BLUR_P = 1.1, 2, 0.5
 
 
+def mirror_pad_crop(image, label, rng, crop, mirror=True):
+    """The last steps of the training augmentations (psp_augment, deeplab_augment): a
+    mirror with probability 1/2 (when `mirror`), padding to crop x crop (pad_to: the
+    image with 0 after the mean, the label with 255), then a random crop x crop window;
+    draws from `rng` in that order. Returns (crop x crop x 3 float32, crop x crop)."""
+    if mirror and rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    image, label = pad_to(image, label, (crop, crop))
+    y = rng.integers(0, label.shape[0] - crop + 1)
+    x = rng.integers(0, label.shape[1] - crop + 1)
+    return (np.ascontiguousarray(image[y:y + crop, x:x + crop], np.float32),
+            np.ascontiguousarray(label[y:y + crop, x:x + crop]))
+
+
 def psp_augment(image, label, rng, crop, scale=(0.5, 2.0), rotate=10.0, blur=True,
                 mirror=True):
     """One training example the PSPNet paper's way (section 5.1): random resize by a factor
@@ -1089,13 +1103,7 @@ def psp_augment(image, label, rng, crop, scale=(0.5, 2.0), rotate=10.0, blur=Tru
     if blur and rng.random() < BLUR_P:
         image = scipy.ndimage.gaussian_filter(image, (BLUR_SIGMA, BLUR_SIGMA, 0),
                                               truncate=BLUR_RADIUS / BLUR_SIGMA)
-    if mirror and rng.random() < 0.5:
-        image, label = image[:, ::-1], label[:, ::-1]
-    image, label = pad_to(image, label, (crop, crop))
-    y = rng.integers(0, label.shape[0] - crop + 1)
-    x = rng.integers(0, label.shape[1] - crop + 1)
-    return (np.ascontiguousarray(image[y:y + crop, x:x + crop], np.float32),
-            np.ascontiguousarray(label[y:y + crop, x:x + crop]))
+    return mirror_pad_crop(image, label, rng, crop, mirror)
 
 
 def fit_crop(image, label, crop):
@@ -1350,13 +1358,7 @@ def deeplab_augment(image, label, rng, crop, scales=DEEPLAB_SCALES, mirror=True)
     h, w = label.shape
     size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
     image, label = resize_bilinear(image, size), resize_nearest(label, size)
-    if mirror and rng.random() < 0.5:
-        image, label = image[:, ::-1], label[:, ::-1]
-    image, label = pad_to(image, label, (crop, crop))
-    y = rng.integers(0, label.shape[0] - crop + 1)
-    x = rng.integers(0, label.shape[1] - crop + 1)
-    return (np.ascontiguousarray(image[y:y + crop, x:x + crop], np.float32),
-            np.ascontiguousarray(label[y:y + crop, x:x + crop]))
+    return mirror_pad_crop(image, label, rng, crop, mirror)
 
 
 class VOC12AugSegDataLayer(PSPSegDataLayer):

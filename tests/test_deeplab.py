@@ -509,7 +509,8 @@ def narrow_folder(folder, base_lr=None, max_iter=60):
     if base_lr:
         solver['base_lr'] = base_lr
     with open(os.path.join(str(folder), 'solver.prototxt'), 'w') as f:
-        f.write(net.model_solver(SPEC, **solver))
+        # the fillers seeded too: the loop reseeds each iteration, not the nets' first fill
+        f.write(net.model_solver(SPEC, **solver) + 'random_seed: 1337\n')
     return str(folder)
 
 

@@ -209,7 +209,8 @@ def test_narrow_net_learns_with_bn_in_training_mode(root, tmp_path):  # noqa: F8
             data_layer='VOC12AugSegDataLayer', data_params={'split': name, 'crop': CROP, 'seed': 1337})
         write(folder / (split + '.prototxt'), narrow(split, **data))
     with open(folder / 'solver.prototxt', 'w') as f:
-        f.write(net.model_solver(SPEC, test_iter=2, iter_size=1, max_iter=60, base_lr=0.01))
+        f.write(net.model_solver(SPEC, test_iter=2, iter_size=1, max_iter=60, base_lr=0.01)
+                + 'random_seed: 1337\n')  # the fillers seeded too, not only the loop
     spec = dataclasses.replace(SPEC, init='copy')  # fresh fillers: no ImageNet file here
     log = train.solve(train.Model(str(folder), spec),
                       train.RunConfig(rounds=3, iters=20, out=str(tmp_path / 'out')))

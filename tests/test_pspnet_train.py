@@ -44,7 +44,8 @@ def narrow_model(folder, base_lr, max_iter, iter_size=2):
             f.write(str(param))
     with open(os.path.join(folder, 'solver.prototxt'), 'w') as f:
         f.write(net.model_solver('pspnet50-ade20k', base_lr=base_lr, max_iter=max_iter,
-                                 test_iter=3, iter_size=iter_size))
+                                 test_iter=3, iter_size=iter_size)
+                + 'random_seed: 1337\n')  # the fillers seeded too, not only the loop
     return str(folder)
 
 

@@ -367,26 +367,31 @@ def download(url, dest, size=None, sha256=None, progress=True, sha1=None, md5=No
                 raise InputError('download of %s interrupted at %s (%s); run again to resume '
                                  '%s' % (url, _human(done), cut or 'connection closed', part))
         break
-    got = _own_file(part, 'partial download')
-    checks = [('size', size, lambda: got)]
-    checks += [(algo, want, lambda a=algo: _file_digest(part, a))
-               for algo, want in (('sha256', sha256), ('sha1', sha1), ('md5', md5))]
-    for what, want, compute in checks:
+    _own_file(part, 'partial download')
+    return _accept(url, part, dest, check, size=size, sha256=sha256, sha1=sha1, md5=md5)
+
+
+def _accept(url, staged, dest, check=None, **wanted):
+    """Give the finished download `staged` its name `dest` once it passes every check:
+    the `wanted` size (bytes) and checksums (sha256 / sha1 / md5 hex; None: not published),
+    then `check(staged)` (the content). A failing file is deleted and the InputError names
+    `url` and says to run again. Returns dest."""
+    for what, want in wanted.items():
         if want is None:
             continue
-        have = compute()
+        have = os.path.getsize(staged) if what == 'size' else _file_digest(staged, what)
         if str(have).lower() != str(want).lower():
-            os.unlink(part)
+            os.unlink(staged)
             raise InputError('%s: %s mismatch (got %s, expected %s); the download was deleted, '
                              'run again' % (url, what, have, want))
     if check:
         try:
-            check(part)
+            check(staged)
         except InputError as e:
-            os.unlink(part)
+            os.unlink(staged)
             raise InputError('%s: the download is not a complete model (%s); it was deleted, '
                              'run again' % (url, e))
-    safewrite.place(part, dest)  # a link at dest refused, a device written through
+    safewrite.place(staged, dest)  # a link at dest refused, a device written through
     return dest
 
 
@@ -408,20 +413,7 @@ def download_gdown(url, dest, size=None, progress=True, fetch_file=gdown.downloa
                            else type(e).__name__)
     if not got or not os.path.isfile(staged):
         raise _unreachable(url, dest, 'gdown saved nothing')
-    if size is not None and os.path.getsize(staged) != size:
-        have = os.path.getsize(staged)
-        os.unlink(staged)
-        raise InputError('%s: size mismatch (got %d, expected %d); the download was deleted, '
-                         'run again' % (url, have, size))
-    if check:
-        try:
-            check(staged)
-        except InputError as e:
-            os.unlink(staged)
-            raise InputError('%s: the download is not a complete model (%s); it was deleted, '
-                             'run again' % (url, e))
-    safewrite.place(staged, dest)
-    return dest
+    return _accept(url, staged, dest, check, size=size)
 
 
 def deploy_path(model):

@@ -58,7 +58,10 @@ no list. Helpers: `read_rgb(path)` gives a written JPEG's decoded pixels (JPEG i
 so compare against these, not against what was encoded); `random_weights(deploy, path,
 seed)` saves a caffemodel for a deploy prototxt with N(0, 0.3) parameters.
 """
+import contextlib
+import http.server
 import os
+import threading
 
 import numpy as np
 import scipy.io
@@ -328,3 +331,20 @@ def random_weights(deploy, path, seed=0):
     os.makedirs(os.path.dirname(os.path.abspath(str(path))), exist_ok=True)
     net.save(str(path))
     return str(path)
+
+
+@contextlib.contextmanager
+def http_server(handler):
+    """Serve `handler` (an http.server.BaseHTTPRequestHandler class) on 127.0.0.1 from a
+    thread; yields its base URL ('http://127.0.0.1:PORT'); shut down on exit."""
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    httpd.timeout = 5
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield 'http://127.0.0.1:%d' % httpd.server_address[1]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)

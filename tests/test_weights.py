@@ -10,12 +10,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
 import models
 import weights
+from datasets import http_server  # tests/datasets.py
 from project import REPO, InputError
 
 PAYLOAD = os.urandom(300 * 1024 + 17)
@@ -70,18 +70,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    httpd.timeout = 5
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05},
-                              daemon=True)
-    thread.start()
     Handler.ranges = []
-    try:
-        yield 'http://127.0.0.1:%d' % httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+    with http_server(Handler) as url:
+        yield url
 
 
 def dead_url():

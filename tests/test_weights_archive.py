@@ -9,7 +9,6 @@ import dataclasses
 import http.server
 import os
 import shutil
-import threading
 import types
 import zipfile
 
@@ -21,7 +20,7 @@ import net
 import surgery
 import trainsetup
 import weights
-from datasets import random_weights  # tests/datasets.py
+from datasets import http_server, random_weights  # tests/datasets.py
 from project import InputError
 
 DEEPLAB = models.get('deeplabv2-voc12')
@@ -301,17 +300,9 @@ class ZipHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), ZipHandler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.05},
-                              daemon=True)
-    thread.start()
     ZipHandler.ranges = []
-    try:
-        yield 'http://127.0.0.1:%d' % httpd.server_address[1]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+    with http_server(ZipHandler) as url:
+        yield url
 
 
 def test_cut_archive_download_resumes(own_model, tmp_path, server):

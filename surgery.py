@@ -686,17 +686,11 @@ def cast(prototxt, weights, out, trunk_param, quiet=False):
     loaded), save that net's weights to `out`. The trunk is checked as Caffe would build
     it (netinit.check_net: e.g. a blob over INT_MAX values from --widths), an InputError
     instead of an abort. Returns the report."""
-    caffe = guard.import_caffe()
     classifier = netload.open_net(prototxt, 'test', weights)
     if callable(trunk_param):
         trunk_param = trunk_param()
     netinit.check_net(trunk_param, 'the FCN trunk', probe=False)
-    with tempfile.NamedTemporaryFile('w', suffix='.prototxt', delete=False) as f:
-        f.write(str(trunk_param))
-    try:
-        fcn = caffe.Net(f.name, caffe.TEST)
-    finally:
-        os.unlink(f.name)
+    fcn = _target_net(trunk_param)
     try:
         report = transplant(fcn, classifier, quiet=True)
     except ValueError as e:  # e.g. a classifier of other widths than the trunk
@@ -768,12 +762,7 @@ def resnet_cast(weights_path, out, model='deeplabv3-voc12', widths=None, blocks=
     caffe = guard.import_caffe()
     trunk_param, full = resnet_trunk_param(model, widths, blocks)
     netinit.check_net(trunk_param, 'the ResNet trunk', probe=False)
-    with tempfile.NamedTemporaryFile('w', suffix='.prototxt', delete=False) as f:
-        f.write(str(trunk_param))
-    try:
-        trunk = caffe.Net(f.name, caffe.TEST)
-    finally:
-        os.unlink(f.name)
+    trunk = _target_net(trunk_param)
     copied = netload.check_weights(weights_path, trunk)
     trunk.copy_from(str(weights_path))
     stored = netload.read_proto(str(weights_path), caffe.proto.caffe_pb2.NetParameter())

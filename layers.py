@@ -223,6 +223,19 @@ def read_split(path, hint='', parts=1):
     return ids
 
 
+def write_list(out, ids, name, expect, summary, hint, protect=()):
+    """Write split list `name` (`ids`, one a line) to `out` in one rename, never over one of
+    `protect` (the lists it was derived from), then print `summary`; first, unless
+    `expect` is None, check its count: another is an InputError naming the list, the
+    `summary` and the `hint` (what to check), and nothing is written."""
+    if expect is not None and len(ids) != expect:
+        raise project.InputError('%s would have %s, expected %d: %s nothing written'
+                                 % (name, summary, expect, hint))
+    with safewrite.atomic_write(out, 'w', protect=protect) as f:
+        f.write(''.join(i + '\n' for i in ids))
+    print('wrote %s: %s' % (out, summary))
+
+
 def write_splits(folder, lists, expect=None, context=''):
     """Write each list of `lists` ({name: [image id, ...]}) to folder/<name>.txt, one id a
     line (as read_split reads it), each in one rename; first, unless `expect` is None,

@@ -22,9 +22,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import cli  # noqa: E402
-import project  # noqa: E402
-import safewrite  # noqa: E402
-from layers import SPLIT_SIZES, data_path, read_split  # noqa: E402
+from layers import SPLIT_SIZES, data_path, read_split, write_list  # noqa: E402
 
 
 def derive(val_ids, train_ids):
@@ -58,15 +56,11 @@ def main(argv=None):
     valid = derive(val, train)
     summary = ('%d ids = VOC val %d minus %d also in SBD train'
                % (len(valid), len(val), len(val) - len(valid)))
-    if not args.no_check and len(valid) != args.expect:
-        raise project.InputError('seg11valid would have %s, expected %d: are --voc-dir (%s) '
-                                'VOC2011 and --sbdd-dir (%s) SBD\'s dataset folder? '
-                                'nothing written' % (summary, args.expect, voc_dir, sbdd_dir))
     out = data_path(args.out) if args.out else os.path.join(
         voc_dir, 'ImageSets', 'Segmentation', 'seg11valid.txt')
-    with safewrite.atomic_write(out, 'w', protect=inputs) as f:  # --out val.txt: refused
-        f.write(''.join(i + '\n' for i in valid))
-    print('wrote %s: %s' % (out, summary))
+    write_list(out, valid, 'seg11valid', None if args.no_check else args.expect, summary,
+               'are --voc-dir (%s) VOC2011 and --sbdd-dir (%s) SBD\'s dataset folder?'
+               % (voc_dir, sbdd_dir), protect=inputs)  # --out val.txt: refused
     return 0
 
 

@@ -20,9 +20,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 import cli  # noqa: E402
-import project  # noqa: E402
-import safewrite  # noqa: E402
-from layers import SPLIT_SIZES, data_path, read_split  # noqa: E402
+from layers import SPLIT_SIZES, data_path, read_split, write_list  # noqa: E402
 
 
 def derive(voc_train, sbd_train, sbd_val, voc_val):
@@ -58,14 +56,10 @@ def main(argv=None):
     ids = derive(*lists)
     summary = '%d ids (VOC train %d, SBD train %d and val %d, less VOC val %d)' % (
         (len(ids),) + tuple(len(x) for x in lists))
-    if not args.no_check and len(ids) != args.expect:
-        raise project.InputError('train_aug would have %s, expected %d: are --voc-dir (%s) '
-                                 'VOC2012 and --sbdd-dir (%s) SBD\'s dataset folder? '
-                                 'nothing written' % (summary, args.expect, voc_dir, sbdd_dir))
     out = data_path(args.out) if args.out else os.path.join(seg, 'train_aug.txt')
-    with safewrite.atomic_write(out, 'w', protect=inputs) as f:
-        f.write(''.join(i + '\n' for i in ids))
-    print('wrote %s: %s' % (out, summary))
+    write_list(out, ids, 'train_aug', None if args.no_check else args.expect, summary,
+               'are --voc-dir (%s) VOC2012 and --sbdd-dir (%s) SBD\'s dataset folder?'
+               % (voc_dir, sbdd_dir), protect=inputs)
     return 0
 
 

@@ -949,6 +949,25 @@ def aspp(n, bottom, num_classes, rates=DEEPLAB_RATES, name=DEEPLAB_HEAD, suffix=
     return n[name + suffix]
 
 
+def square_data(n, split, size, dataset, data_layer=None, data_params=None, split_name=None,
+                batch=None):
+    """The DeepLab nets' input: `data` 1 x 3 x size x size (deploy), else `data` and
+    `label` from the dataset's data layer (data_layer_params), whose default parameters
+    crop (pad) to size x size and read split `split_name` when given; `batch`: its
+    batch_size unless the given data_params set their own."""
+    if split == 'deploy':
+        n.data = L.Input(shape=dict(dim=[1, 3, size, size]))
+        return
+    layer, params = data_layer_params(dataset, split, data_layer, data_params)
+    if data_params is None:  # the default layer crops (pads) to this net's input
+        params['crop'] = size
+        if split_name:
+            params['split'] = split_name
+    if batch:
+        params.setdefault('batch_size', batch)
+    data_tops(n, dataset, split, [('data', 3)], ['label'], layer, params)
+
+
 def deeplab_v2(split='deploy', depth=101, num_classes=None, crop=513, train_crop=321,
                dataset='voc12aug', widths=PSP_WIDTHS, blocks=None, data_layer=None,
                data_params=None, scales=DEEPLAB_SCALES, rates=DEEPLAB_RATES):
@@ -976,13 +995,7 @@ def deeplab_v2(split='deploy', depth=101, num_classes=None, crop=513, train_crop
     size = train_crop if train else crop
     _check_positive('crop', size)
     n = caffe.NetSpec()
-    if split == 'deploy':
-        n.data = L.Input(shape=dict(dim=[1, 3, size, size]))
-    else:
-        layer, params = data_layer_params(dataset, split, data_layer, data_params)
-        if data_params is None:  # the default layer crops (pads) to this net's input
-            params['crop'] = size
-        data_tops(n, dataset, split, [('data', 3)], ['label'], layer, params)
+    square_data(n, split, size, dataset, data_layer, data_params)
     share = len(scales) > 1
     logits = []  # (scale, blob, side)
     for scale in scales:
@@ -1150,18 +1163,11 @@ def deeplab_v3(split='deploy', depth=101, num_classes=None, crop=513, train_crop
     _check_positive('crop', size)
     torch = variant == 'torchvision'
     n = caffe.NetSpec()
-    if split == 'deploy':
-        n.data = L.Input(shape=dict(dim=[1, 3, size, size]))
-    else:
-        layer, params = data_layer_params(dataset, split, data_layer, data_params)
-        if data_params is None:  # the default layer crops (pads) to this net's input
-            params['crop'] = size
-            if train and train_split:
-                params['split'] = train_split
-        if train and train_batch != 1:  # given data_params may set their own batch_size
-            _check_positive('train_batch', train_batch)
-            params.setdefault('batch_size', train_batch)
-        data_tops(n, dataset, split, [('data', 3)], ['label'], layer, params)
+    if train and train_batch != 1:
+        _check_positive('train_batch', train_batch)
+    square_data(n, split, size, dataset, data_layer, data_params,
+                split_name=train_split if train else None,
+                batch=train_batch if train and train_batch != 1 else None)
     bn_decay = DEEPLABV3_BN_DECAY if train and train_bn else None
     kw = dict(filler=train, style='msra', bn_lr=None if bn_decay else 0)
     if bn_decay:

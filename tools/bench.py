@@ -27,8 +27,8 @@ process's own resident-set high-water mark (VmHWM) and nothing carries over:
   Deconvolution (bias, ReLU, pooling, crop and sum are not counted: < 0.1%).
 - conv: with caffe-patches/05-winograd.patch the 3 x 3 convolutions with 16 or more input
   channels (conv1_2 ... conv5_3: 299 of FCN-8s's 363 GFLOP at 500 x 500) run as Winograd's
-  F(2x2, 3x3), which does 2.25 times fewer multiplications; FCN_CAFFE_WINOGRAD=0 turns it
-  off. Each net and size is measured both ways ("winograd", "direct"). GFLOP, GFLOP/s, the
+  F(4x4, 3x3), which does 4 times fewer multiplications; FCN_CAFFE_WINOGRAD=0 turns it
+  off (=2: F(2x2, 3x3)). Each net and size is measured both ways ("winograd", "direct"). GFLOP, GFLOP/s, the
   ratio and the floor always count the direct convolution's arithmetic, so for "winograd"
   they compare time with the direct floor (a ratio above 1 is possible), not the
   arithmetic actually done.

@@ -587,6 +587,21 @@ def test_one_thread_gives_the_same_numbers(tmp_path):
     assert out.returncode == 0 and 'ok' in out.stdout, (out.stdout + out.stderr)[-3000:]
 
 
+@pytest.mark.parametrize('isa', ['avx2', 'baseline'])
+def test_narrower_winograd_kernels_give_the_same_numbers(isa, tmp_path):
+    """05 compiles its transforms for AVX-512, AVX2 and the baseline x86-64 and takes the
+    widest the CPU has; FCN_CAFFE_WINOGRAD_ISA (read once per process, hence a
+    subprocess) caps it, so that the narrower ones are checked on a CPU that has all."""
+    code = ('import sys; sys.path[:0] = [%r, %r]; import test_perf_equality as t; '
+            't.check_3x3(64, 48, 61, 37, 1, 0.0); t.check_3x3(16, 24, 19, 23, 2, 0.0, 2); '
+            't.check_3x3(24, 20, 3, 3, 2, None); print("ok")'
+            % (project.REPO, os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, FCN_CAFFE_WINOGRAD_ISA=isa, GLOG_minloglevel='2')
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                         cwd=str(tmp_path))
+    assert out.returncode == 0 and 'ok' in out.stdout, (out.stdout + out.stderr)[-3000:]
+
+
 def test_forked_child_runs_the_net():
     """GNU OpenMP's threads do not survive fork(): a child forked after the parent ran
     Caffe's parallel loops must still run a net (the patches make it use one thread)

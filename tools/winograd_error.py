@@ -3,6 +3,8 @@ several choices of interpolation points: the study behind tools/caffe-patches/05
 
     python tools/winograd_error.py                      # the table (about 1 minute)
     python tools/winograd_error.py --channels 64 512 --seeds 2
+    python tools/winograd_error.py --sets 0,-1,1 --sources     # where the error comes from
+    python tools/winograd_error.py --sets 0,-1,1 --chunk 128   # channels summed as 05 does
 
 F(m, 3) evaluates the kernel and the input tile at n = m + 2 points (n - 1 finite ones
 and infinity), multiplies there, and interpolates back (Lavin & Gray, "Fast Algorithms
@@ -16,7 +18,7 @@ for deep neural networks", ACM TOMS 2020) show that points such as +-1/2 err les
 Each case: a 3 x 3 convolution, zero padding 1, C input channels (He-scaled weights,
 N(0, 2 / 9C)), ReLU-like inputs (max(0, N(0, 1))), computed the Winograd way entirely in
 float32 (transforms as float32 matrix products, the sum over channels as float32 sgemm,
-as the kernel does) and compared with the float64 direct convolution: the error is
+as the kernel does; --chunk: in sums of that many channels, as 05-winograd.patch does) and compared with the float64 direct convolution: the error is
 max |y32 - y64| / max |y64|, the largest over a few seeds. The direct float32 way is
 printed beside it. The suite's bound is 1e-5.
 """
@@ -66,25 +68,29 @@ def matrices(m, points, r=3):
     return at, g, bt
 
 
-def winograd32(x, w, m, at, g, bt):
-    """Y (M x H x W) of x (C x H x W, padding 1) and w (M x C x 3 x 3), all in float32."""
-    at, g, bt = (np.array([[float(v) for v in r] for r in a], np.float32) for a in (at, g, bt))
+def winograd(x, w, m, at, g, bt, transforms=np.float32, channel_sum=np.float32, chunk=None):
+    """Y (M x H x W) of x (C x H x W, padding 1) and w (M x C x 3 x 3) the Winograd way, the
+    transforms (input, kernel, output) in one precision, the sum over the channels (a
+    matrix product per tile point, as sgemm does it) in another, over chunks of `chunk`
+    channels added one after another when given (as 05-winograd.patch does)."""
+    at, g, bt = (np.array([[float(v) for v in r] for r in a], transforms) for a in (at, g, bt))
     n = m + 2
     c, h, wd = x.shape
     th, tw = -(-h // m), -(-wd // m)
-    xp = np.zeros((c, th * m + 2, tw * m + 2), np.float32)
+    xp = np.zeros((c, th * m + 2, tw * m + 2), transforms)
     xp[:, 1:1 + h, 1:1 + wd] = x
-    # tiles d: C x th x tw x n x n
     idx = np.arange(th)[:, None] * m + np.arange(n)[None, :]
     jdx = np.arange(tw)[:, None] * m + np.arange(n)[None, :]
-    d = xp[:, idx[:, None, :, None], jdx[None, :, None, :]]
-    v = np.einsum('ij,ctujk,lk->ilctu', bt, d, bt, dtype=np.float32)  # n n C th tw
-    v = v.reshape(n * n, c, th * tw)
-    u = np.einsum('ij,mcjk,lk->ilmc', g, w, g, dtype=np.float32).reshape(n * n, -1, c)
-    p = np.matmul(u, v)  # n*n x M x T, float32 sgemm
-    p = p.reshape(n, n, -1, th, tw)
-    y = np.einsum('ij,jlmtu,kl->mtiuk', at, p, at, dtype=np.float32)
-    return y.reshape(-1, th * m, tw * m)[:, :h, :wd]
+    d = xp[:, idx[:, None, :, None], jdx[None, :, None, :]]  # C x th x tw x n x n tiles
+    v = np.matmul(np.matmul(bt, d), bt.T)  # B^T d B, each product rounded
+    v = v.transpose(3, 4, 0, 1, 2).reshape(n * n, c, th * tw).astype(channel_sum)
+    u = np.matmul(np.matmul(g, w.astype(transforms)), g.T)  # G g G^T
+    u = u.transpose(2, 3, 0, 1).reshape(n * n, -1, c).astype(channel_sum)
+    chunk = chunk or c
+    p = sum(np.matmul(u[:, :, c0:c0 + chunk], v[:, c0:c0 + chunk]) for c0 in range(0, c, chunk))
+    p = p.astype(transforms).reshape(n, n, -1, th, tw).transpose(2, 3, 4, 0, 1)
+    y = np.matmul(np.matmul(at, p), at.T)  # A^T P A: M x th x tw x m x m
+    return y.transpose(0, 1, 3, 2, 4).reshape(-1, th * m, tw * m)[:, :h, :wd]
 
 
 def direct(x, w, dtype):
@@ -111,6 +117,9 @@ def main(argv=None):
     ap.add_argument('--size', type=int, default=40, help='input side (pixels)')
     ap.add_argument('--outputs', type=int, default=32, help='output channels')
     ap.add_argument('--sets', nargs='+', default=[], help='only the point sets naming one of these')
+    ap.add_argument('--chunk', type=int, help='sum the channels in chunks of this many')
+    ap.add_argument('--sources', action='store_true', help='also the error with only the '
+                    'transforms, or only the channel sum, in float32 (the rest float64)')
     ap.add_argument('--show', action='store_true', help='print each set\'s matrices')
     args = ap.parse_args(argv)
     cases = {c: [case(c, s, args.size, args.outputs) for s in range(args.seeds)]
@@ -129,11 +138,17 @@ def main(argv=None):
         if args.show:
             for label, mat in (('A^T', at), ('G', g), ('B^T', bt)):
                 print(name, label, [[str(v) for v in r] for r in mat])
-        row = []
-        for c in args.channels:
-            row.append(max(np.abs(winograd32(x, w, m, at, g, bt) - y).max() / np.abs(y).max()
-                           for (x, w), y in zip(cases[c], exact[c])))
-        print('%-30s' % name + ''.join('%10.2e' % e for e in row))
+        ways = [('', np.float32, np.float32)]
+        if args.sources:
+            ways += [(' transforms32', np.float32, np.float64),
+                     (' sum32', np.float64, np.float32)]
+        for label, transforms, channel_sum in ways:
+            row = []
+            for c in args.channels:
+                row.append(max(np.abs(winograd(x, w, m, at, g, bt, transforms, channel_sum,
+                                               args.chunk) - y).max() / np.abs(y).max()
+                               for (x, w), y in zip(cases[c], exact[c])))
+            print('%-30s' % (name + label) + ''.join('%10.2e' % e for e in row))
 
 
 if __name__ == '__main__':

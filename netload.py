@@ -6,13 +6,20 @@ that the file covers every layer with parameters unless the caller copies partia
 purpose (a parent's weights into its child). `open_net` builds a net from a checked
 prototxt (netinit.check_prototxt) and copies checked weights into it: every input is an
 InputError naming the file, never a Caffe abort; with a model's finish steps, the
-fixed layers its weights leave out are filled from their formula (fixed.py).
+fixed layers its weights leave out are filled from their formula (fixed.py). A net
+opened for inference only (forward_only) has its BatchNorm and Scale layers folded into
+the convolutions before them (bnfold.py): the same outputs with less arithmetic and none
+of the copies those layers keep for a backward pass.
 """
 import os
+import tempfile
 
+from google.protobuf import text_format
+
+import bnfold
 import fixed
 from guard import import_caffe
-from netinit import _count, check_prototxt, read_net_param, remember
+from netinit import _count, check_prototxt, layer_active, read_net_param, remember
 from project import InputError
 
 
@@ -114,7 +121,7 @@ def check_weights(path, net, partial=False, formula=()):
     return shared
 
 
-def open_net(prototxt, phase='test', weights=None, partial=False, finish=()):
+def open_net(prototxt, phase='test', weights=None, partial=False, finish=(), forward_only=False):
     """caffe.Net for `prototxt` in phase 'train' or 'test', with `weights` copied in
     (every parameter layer covered unless `partial`: see check_weights), every input
     checked first so bad input is an InputError, never a Caffe abort. The net is
@@ -122,15 +129,61 @@ def open_net(prototxt, phase='test', weights=None, partial=False, finish=()):
 
     finish: the model's finish steps (spec.finish): its fixed formula layers
     (fixed.formula_layers) that `weights` do not hold are filled from the formula, e.g. a
-    val net's zoom that the train net (whose snapshot this is) does not have."""
+    val net's zoom that the train net (whose snapshot this is) does not have.
+
+    forward_only (a 'test' net that only ever runs forward: segmenting, scoring): its
+    BatchNorm (+ Scale) layers after convolutions are folded into them once the weights
+    are checked and in (fold_batchnorm); the caffemodel is not touched. Blob names the
+    applications read stay; the folded layers are gone from net.params."""
     caffe = import_caffe()
     check_prototxt(prototxt, phase)
     net = caffe.Net(str(prototxt), caffe.TRAIN if phase == 'train' else caffe.TEST)
     param = read_net_param(prototxt)
-    remember(net, param, prototxt, phase)  # for netinit.check_input
     if weights:
         formula = fixed.formula_layers(net, finish, param) if finish else set()
         shared = check_weights(weights, net, partial, formula)
         net.copy_from(str(weights))
         fixed.fill(net, finish, formula - set(shared))
+    if forward_only and phase == 'test':
+        net, param = fold_batchnorm(net, param)
+    remember(net, param, prototxt, phase)  # for netinit.check_input
     return net
+
+
+def fold_batchnorm(net, param):
+    """(net, param) with the foldable BatchNorm (+ Scale) layers of test-phase caffe.Net
+    `net`, built from NetParameter `param`, folded into their convolutions
+    (bnfold.plan): a new caffe.Net of the rewritten prototxt (bnfold.folded) holding
+    every other layer's weights as `net` does and the folded convolutions' W a and
+    bias a + b (float64 arithmetic, stored as float32). `net` and `param` themselves
+    when nothing folds."""
+    caffe = import_caffe()
+    state = param.state if param.HasField('state') else None
+    active = type(param)()
+    active.CopyFrom(param)
+    del active.layer[:]
+    active.layer.extend(l for l in param.layer if layer_active(l, 'test', state))
+    chains = bnfold.plan(active)
+    if not chains:
+        return net, param
+    param = bnfold.folded(active, chains)
+    with tempfile.NamedTemporaryFile('w', suffix='.prototxt') as f:
+        f.write(text_format.MessageToString(param))
+        f.flush()
+        out = caffe.Net(f.name, caffe.TEST)
+    into = {active.layer[c].name: (active.layer[bn], active.layer[s] if s is not None else None)
+            for c, bn, s in chains}
+    for name, blobs in out.params.items():
+        source = [b.data for b in net.params[name]]
+        if name in into:
+            bn, scale = into[name]
+            stats = [b.data for b in net.params[bn.name]]
+            w, bias = bnfold.fold_conv(source[0], source[1] if len(source) > 1 else None,
+                                       *bnfold.batchnorm_affine(*stats, eps=bn.batch_norm_param.eps))
+            if scale is not None:
+                s = [b.data for b in net.params[scale.name]]
+                w, bias = bnfold.fold_conv(w, bias, s[0], s[1] if len(s) > 1 else None)
+            source = [w, bias]
+        for blob, value in zip(blobs, source):
+            blob.data[...] = value
+    return out, param

@@ -125,7 +125,7 @@ def folded(param, chains):
             continue
         bn, s = into[i]
         scale = param.layer[s] if s is not None else None
-        new.top[0] = (scale or param.layer[bn]).top[0]
+        new.top[0] = (scale if scale is not None else param.layer[bn]).top[0]
         name = _specs_name(layer, param.layer[bn], scale)
         had_bias = layer.convolution_param.bias_term
         new.convolution_param.bias_term = True

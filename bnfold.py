@@ -10,7 +10,7 @@ Right after a convolution (weights W, out x in/group x kh x kw; bias c, zero wit
 bias_term) whose output nothing else reads, the pair is one convolution with weights
 W a (row o scaled by a[o]) and bias c a + b:
 
-    a, b = bnfold.batchnorm_affine(mean, var, factor, eps)  # then gamma a, gamma b + beta
+    a, b = bnfold.then(*bnfold.batchnorm_affine(mean, var, factor, eps), gamma, beta)
     w, bias = bnfold.fold_conv(w, bias, a, b)                # float64
 
 plan(param) finds the Convolution -> BatchNorm [-> Scale] chains of a NetParameter that
@@ -33,14 +33,29 @@ def batchnorm_affine(mean, var, factor, eps=DEFAULT_EPS):
     return a, -mean * a
 
 
-def fold_conv(w, bias, a, b=None):
+def then(a1, b1, a2, b2=None):
+    """(a, b) of y = a2 (a1 x + b1) + b2: two per-channel maps as one (BatchNorm, then
+    Scale). float64."""
+    a2 = np.asarray(a2, np.float64).reshape(-1)
+    b = np.asarray(b1, np.float64) * a2 + (0.0 if b2 is None else np.asarray(b2, np.float64).reshape(-1))
+    return np.asarray(a1, np.float64) * a2, b
+
+
+def fold_conv(w, bias, a, b=None, out=None):
     """(weights, bias) of conv(x; w, bias) followed by the per-output-channel a y + b:
     w * a per output channel (axis 0), bias a + b (bias None: no bias term; b None:
-    none). float64."""
+    none), in float64. out: an array of w's shape the weights are written into (e.g. a
+    float32 Caffe blob: rounded once), a few output channels at a time, so that no
+    float64 copy of a large weight blob is ever made."""
     a = np.asarray(a, np.float64).reshape(-1)
-    w = np.asarray(w, np.float64) * a.reshape((-1,) + (1,) * (np.ndim(w) - 1))
-    out = np.zeros_like(a) if bias is None else np.asarray(bias, np.float64).reshape(-1) * a
-    return w, out + (0.0 if b is None else np.asarray(b, np.float64).reshape(-1))
+    if out is None:
+        out = np.empty(np.shape(w), np.float64)
+    rows = max(1, (1 << 21) // max(1, int(np.prod(np.shape(w)[1:]))))  # about 16 MB of float64
+    for i in range(0, len(a), rows):
+        out[i:i + rows] = np.asarray(w[i:i + rows], np.float64) * a[i:i + rows].reshape(
+            (-1,) + (1,) * (np.ndim(w) - 1))
+    shift = np.zeros_like(a) if bias is None else np.asarray(bias, np.float64).reshape(-1) * a
+    return out, shift + (0.0 if b is None else np.asarray(b, np.float64).reshape(-1))
 
 
 def _per_channel_scale(layer):

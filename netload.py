@@ -16,6 +16,7 @@ where their values are never needed at the same time (share_memory).
 import os
 import tempfile
 
+import numpy as np
 from google.protobuf import text_format
 
 import bnfold
@@ -148,6 +149,11 @@ def check_weights(path, net, partial=False, formula=()):
     layer named like a parameter layer, or blobs for a ReLU, abort Caffe), and each
     blob's value counts must fit (blob_value_problem: data, double_data, diff,
     double_diff). The file is read a layer at a time (read_layers)."""
+    return _check_weights(path, net, partial, formula)[0]
+
+
+def _check_weights(path, net, partial=False, formula=()):
+    """check_weights, and the field of the file Caffe reads: (names, "layer" or "layers")."""
     path = str(path)
     if not os.path.isfile(path):
         raise InputError('%s: weights file not found' % path if not os.path.exists(path)
@@ -185,7 +191,24 @@ def check_weights(path, net, partial=False, formula=()):
                          '(%s%s): weights of another model, or a file cut short? (partial '
                          'loading only when asked for)' % (path, len(missing), len(net.params),
                          ', '.join(missing[:4]), ', ...' if len(missing) > 4 else ''))
-    return shared
+    return shared, kind
+
+
+def copy_layers(path, net, kind='layer'):
+    """Net::CopyTrainedLayersFrom (net.copy_from) a layer at a time (read_layers), for a
+    file check_weights passed: each layer of field `kind` whose name is a layer of `net`
+    gives the first layer of that name its blobs' values (double_data when it holds any,
+    else data). Caffe parses the whole file first: a transient copy of every weight."""
+    first = {}
+    for name, layer in zip(net._layer_names, net.layers):
+        first.setdefault(name, layer)
+    for field, layer in read_layers(path):
+        target = first.get(layer.name)
+        if field != kind or target is None:
+            continue
+        for blob, stored in zip(target.blobs, layer.blobs):
+            values = stored.double_data if len(stored.double_data) else stored.data
+            blob.data.reshape(-1)[...] = np.fromiter(values, np.float32, len(values))
 
 
 def open_net(prototxt, phase='test', weights=None, partial=False, finish=(), forward_only=False,
@@ -212,8 +235,11 @@ def open_net(prototxt, phase='test', weights=None, partial=False, finish=(), for
     param = read_net_param(prototxt)
     if weights:
         formula = fixed.formula_layers(net, finish, param) if finish else set()
-        shared = check_weights(weights, net, partial, formula)
-        net.copy_from(str(weights))
+        shared, kind = _check_weights(weights, net, partial, formula)
+        if forward_only:  # the nets inference keeps: no transient copy of every weight
+            copy_layers(weights, net, kind)
+        else:
+            net.copy_from(str(weights))
         fixed.fill(net, finish, formula - set(shared))
     if forward_only and phase == 'test':
         net, param = fold_batchnorm(net, param)
@@ -259,15 +285,16 @@ def fold_batchnorm(net, param):
             for c, bn, s in chains}
     for name, blobs in out.params.items():
         source = [b.data for b in net.params[name]]
-        if name in into:
+        if name in into:  # weights written straight into the blob, bias after
             bn, scale = into[name]
             stats = [b.data for b in net.params[bn.name]]
-            w, bias = bnfold.fold_conv(source[0], source[1] if len(source) > 1 else None,
-                                       *bnfold.batchnorm_affine(*stats, eps=bn.batch_norm_param.eps))
+            a, b = bnfold.batchnorm_affine(*stats, eps=bn.batch_norm_param.eps)
             if scale is not None:
                 s = [b.data for b in net.params[scale.name]]
-                w, bias = bnfold.fold_conv(w, bias, s[0], s[1] if len(s) > 1 else None)
-            source = [w, bias]
+                a, b = bnfold.then(a, b, s[0], s[1] if len(s) > 1 else None)
+            blobs[1].data[...] = bnfold.fold_conv(source[0], source[1] if len(source) > 1 else None,
+                                                  a, b, out=blobs[0].data)[1]
+            continue
         for blob, value in zip(blobs, source):
             blob.data[...] = value
     return out, param

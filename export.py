@@ -36,6 +36,7 @@ import onnx
 import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
+import bnfold
 import models
 from cli import run_cli
 from netinit import check_net, read_net_param
@@ -478,11 +479,8 @@ class Graph:
         p = layer.batch_norm_param
         if p.HasField('use_global_stats') and not p.use_global_stats:
             raise ValueError('use_global_stats false: batch statistics at test time are not exported')
-        mean, var, factor = self.params[layer.name]
-        f = 0.0 if factor.reshape(-1)[0] == 0 else 1.0 / factor.reshape(-1)[0]
-        mean, var = mean.astype(np.float64) * f, var.astype(np.float64) * f
-        a = 1.0 / np.sqrt(var + p.eps)
-        return [self.affine(layer, xs[0], 1, a, -mean * a)]
+        a, b = bnfold.batchnorm_affine(*self.params[layer.name], eps=p.eps)
+        return [self.affine(layer, xs[0], 1, a, b)]
 
     def layer_Scale(self, layer, xs):
         p = layer.scale_param
@@ -562,7 +560,8 @@ class Graph:
         return y
 
     def fold(self, layer, conv, a, b):
-        """Conv node `conv` gets weights W a and bias bias a + b (per output channel).
+        """Conv node `conv` gets weights W a and bias bias a + b (per output channel,
+        bnfold.fold_conv).
         Weights shared by param name (DeepLab v2's branches, each with its own BatchNorm
         and Scale layers sharing theirs) are folded once into new initializers that every
         branch folding the same affine layer into the same weights reuses; the unfolded
@@ -571,9 +570,8 @@ class Graph:
         key = (w_name, b_name, tuple(q.name for q in layer.param) if all(
             q.name for q in layer.param) and layer.param else layer.name)
         if key not in self.folds:
-            w = (self.inits[w_name] * a.reshape(-1, 1, 1, 1)).astype(np.float32)
-            bias = self.inits[b_name].astype(np.float64) if b_name else 0.0
-            bias = bias * a + (b if b is not None else 0.0)
+            w, bias = bnfold.fold_conv(self.inits[w_name], self.inits[b_name] if b_name else None, a, b)
+            w = w.astype(np.float32)
             if w_name in self.common:  # shared: new initializers, shared in turn, named
                 base = self.base.get(w_name, w_name)  # after the param and the last fold
                 self.folds[key] = (self.const('%s_%s' % (base, layer.name), w),

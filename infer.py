@@ -513,7 +513,8 @@ def open_model(args):
     names = read_classes(args.classes) if args.classes else list(spec.data.classes)
     path = args.weights or weights.default_weights(spec, not args.no_download, args.allow_partial)
     set_mode(args.gpu)
-    net = open_net(deploy, 'test', path, partial=args.allow_partial, finish=spec.finish)
+    net = open_net(deploy, 'test', path, partial=args.allow_partial, finish=spec.finish,
+                   forward_only=True, keep=[o.score for o in spec.outputs])
     check_rgb_net(net, deploy)
     if blob not in net.blobs:
         raise InputError('%s: the net has no blob %r' % (deploy, blob))

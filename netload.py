@@ -6,13 +6,23 @@ that the file covers every layer with parameters unless the caller copies partia
 purpose (a parent's weights into its child). `open_net` builds a net from a checked
 prototxt (netinit.check_prototxt) and copies checked weights into it: every input is an
 InputError naming the file, never a Caffe abort; with a model's finish steps, the
-fixed layers its weights leave out are filled from their formula (fixed.py).
+fixed layers its weights leave out are filled from their formula (fixed.py). A net
+opened for inference only (forward_only) has its BatchNorm and Scale layers folded into
+the convolutions before them (bnfold.py): the same outputs with less arithmetic and none
+of the copies those layers keep for a backward pass; and, on this project's Caffe
+(tools/caffe-patches/06-forward-memory.patch), its intermediate blobs share memory
+where their values are never needed at the same time (share_memory).
 """
 import os
+import tempfile
 
+import numpy as np
+from google.protobuf import text_format
+
+import bnfold
 import fixed
 from guard import import_caffe
-from netinit import _count, check_prototxt, read_net_param, remember
+from netinit import _count, check_prototxt, layer_active, read_net_param, remember
 from project import InputError
 
 
@@ -57,6 +67,74 @@ def read_proto(path, message, error=InputError, text='%s: not a Caffe weights fi
     return message
 
 
+def _varint(f, first=None):
+    """The base-128 varint at the file position (its first byte already read: `first`)."""
+    value, shift = 0, 0
+    while True:
+        byte = first or f.read(1)
+        first = None
+        if not byte:
+            raise ValueError('truncated')
+        value |= (byte[0] & 0x7f) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise ValueError('malformed varint')
+
+
+def read_layers(path, error=InputError, text='%s: not a Caffe weights file (%s)'):
+    """Yield ('layer', LayerParameter) or ('layers', V1LayerParameter) for each layer of
+    caffemodel `path`, in file order, parsed one at a time (the NetParameter's other
+    fields skipped): at most one layer's values in memory, where parsing the whole file
+    (read_proto) holds the file and its parse, twice the weights, at once.
+    error(text % (path, why)) when it cannot be read or does not parse."""
+    caffe = import_caffe()
+    kinds = {100: ('layer', caffe.proto.caffe_pb2.LayerParameter),
+             2: ('layers', caffe.proto.caffe_pb2.V1LayerParameter)}
+    try:
+        with open(path, 'rb') as f:
+            size = os.fstat(f.fileno()).st_size
+            while True:
+                first = f.read(1)
+                if not first:
+                    return
+                tag = _varint(f, first)
+                wire = tag & 7
+                if wire == 0:
+                    _varint(f)
+                    continue
+                if wire not in (1, 2, 5):
+                    raise ValueError('wire type %d at byte %d' % (wire, f.tell()))
+                n = {1: 8, 5: 4}.get(wire) or _varint(f)
+                if f.tell() + n > size:
+                    raise ValueError('truncated: a field of %d bytes at byte %d of %d'
+                                     % (n, f.tell(), size))
+                if wire == 2 and tag >> 3 in kinds:
+                    name, kind = kinds[tag >> 3]
+                    layer = kind()
+                    layer.ParseFromString(f.read(n))
+                    yield name, layer
+                else:
+                    f.seek(n, 1)
+    except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
+        raise error(text % (path, e))
+
+
+def _layer_problem(path, layer, wanted):
+    """Why Caffe would abort copying `layer` (a LayerParameter of caffemodel `path`) into a
+    net layer with parameter shapes `wanted`, or None."""
+    stored = [_blob_shape(b) for b in layer.blobs]
+    if len(wanted) != len(stored) or not all(map(_shapes_match, stored, wanted)):
+        return ('%s: layer %r has %d parameter blobs of shapes %s but the net expects %d of %s'
+                % (path, layer.name, len(stored), stored, len(wanted), wanted))
+    for i, b in enumerate(layer.blobs):
+        problem = blob_value_problem(b, _count(wanted[i]))
+        if problem:
+            return '%s: layer %r blob %d (shape %s) %s' % (path, layer.name, i, wanted[i], problem)
+    return None
+
+
 def check_weights(path, net, partial=False, formula=()):
     """Raise InputError unless caffemodel `path` parses, every layer it shares with `net`
     (by name) has the same number and shapes of parameter blobs with all their values,
@@ -70,38 +148,40 @@ def check_weights(path, net, partial=False, formula=()):
     of the net is copied, so its blob count must be that layer's (also zero: a blob-less
     layer named like a parameter layer, or blobs for a ReLU, abort Caffe), and each
     blob's value counts must fit (blob_value_problem: data, double_data, diff,
-    double_diff)."""
-    caffe = import_caffe()
+    double_diff). The file is read a layer at a time (read_layers)."""
+    return _check_weights(path, net, partial, formula)[0]
+
+
+def _check_weights(path, net, partial=False, formula=()):
+    """check_weights, and the field of the file Caffe reads: (names, "layer" or "layers")."""
     path = str(path)
     if not os.path.isfile(path):
         raise InputError('%s: weights file not found' % path if not os.path.exists(path)
                          else '%s: not a weights file (a folder?)' % path)
     if os.path.getsize(path) == 0:
         raise InputError('%s: weights file is empty' % path)
-    param = read_proto(path, caffe.proto.caffe_pb2.NetParameter())
-    layers = list(param.layer) or list(param.layers)  # V1 models use `layers`
-    if not layers:
-        raise InputError('%s: weights file holds no layers' % path)
     net_blobs = {}
     for name, layer in zip(net._layer_names, net.layers):  # Caffe copies into the first
         net_blobs.setdefault(name, [tuple(b.data.shape) for b in layer.blobs])
-    shared = []
-    for layer in layers:
-        if layer.name not in net_blobs:
-            continue  # Caffe ignores it
+    # Caffe reads the `layer` field, or V1 models' `layers` when there is no `layer`:
+    # both are checked as they come, the one Caffe reads decides.
+    seen, copied, problems = set(), {'layer': [], 'layers': []}, {}
+    for kind, layer in read_layers(path):
+        seen.add(kind)
+        if kind in problems or layer.name not in net_blobs:
+            continue  # Caffe ignores a layer the net does not have
         wanted = net_blobs[layer.name]
-        stored = [_blob_shape(b) for b in layer.blobs]
-        if len(wanted) != len(stored) or not all(map(_shapes_match, stored, wanted)):
-            raise InputError('%s: layer %r has %d parameter blobs of shapes %s but the net '
-                             'expects %d of %s' % (path, layer.name, len(stored), stored,
-                                                   len(wanted), wanted))
-        for i, b in enumerate(layer.blobs):
-            problem = blob_value_problem(b, _count(wanted[i]))
-            if problem:
-                raise InputError('%s: layer %r blob %d (shape %s) %s'
-                                 % (path, layer.name, i, wanted[i], problem))
-        if wanted:
-            shared.append(layer.name)
+        problem = _layer_problem(path, layer, wanted)
+        if problem:
+            problems[kind] = problem
+        elif wanted:
+            copied[kind].append(layer.name)
+    if not seen:
+        raise InputError('%s: weights file holds no layers' % path)
+    kind = 'layer' if 'layer' in seen else 'layers'
+    if kind in problems:
+        raise InputError(problems[kind])
+    shared = copied[kind]
     if not shared:
         raise InputError('%s: no layer name matches the net (%s...)'
                          % (path, ', '.join(list(net.params)[:3])))
@@ -111,10 +191,28 @@ def check_weights(path, net, partial=False, formula=()):
                          '(%s%s): weights of another model, or a file cut short? (partial '
                          'loading only when asked for)' % (path, len(missing), len(net.params),
                          ', '.join(missing[:4]), ', ...' if len(missing) > 4 else ''))
-    return shared
+    return shared, kind
 
 
-def open_net(prototxt, phase='test', weights=None, partial=False, finish=()):
+def copy_layers(path, net, kind='layer'):
+    """Net::CopyTrainedLayersFrom (net.copy_from) a layer at a time (read_layers), for a
+    file check_weights passed: each layer of field `kind` whose name is a layer of `net`
+    gives the first layer of that name its blobs' values (double_data when it holds any,
+    else data). Caffe parses the whole file first: a transient copy of every weight."""
+    first = {}
+    for name, layer in zip(net._layer_names, net.layers):
+        first.setdefault(name, layer)
+    for field, layer in read_layers(path):
+        target = first.get(layer.name)
+        if field != kind or target is None:
+            continue
+        for blob, stored in zip(target.blobs, layer.blobs):
+            values = stored.double_data if len(stored.double_data) else stored.data
+            blob.data.reshape(-1)[...] = np.fromiter(values, np.float32, len(values))
+
+
+def open_net(prototxt, phase='test', weights=None, partial=False, finish=(), forward_only=False,
+             keep=()):
     """caffe.Net for `prototxt` in phase 'train' or 'test', with `weights` copied in
     (every parameter layer covered unless `partial`: see check_weights), every input
     checked first so bad input is an InputError, never a Caffe abort. The net is
@@ -122,15 +220,81 @@ def open_net(prototxt, phase='test', weights=None, partial=False, finish=()):
 
     finish: the model's finish steps (spec.finish): its fixed formula layers
     (fixed.formula_layers) that `weights` do not hold are filled from the formula, e.g. a
-    val net's zoom that the train net (whose snapshot this is) does not have."""
+    val net's zoom that the train net (whose snapshot this is) does not have.
+
+    forward_only (a 'test' net that only ever runs forward: segmenting, scoring): its
+    BatchNorm (+ Scale) layers after convolutions are folded into them once the weights
+    are checked and in (fold_batchnorm); the caffemodel is not touched. Blob names the
+    applications read stay; the folded layers are gone from net.params. Then its blobs
+    share memory (share_memory): after a forward pass only the outputs, the data layers'
+    tops and the blobs named in `keep` (e.g. a val net's scores, which its loss layer
+    reads) still hold their values."""
     caffe = import_caffe()
     check_prototxt(prototxt, phase)
     net = caffe.Net(str(prototxt), caffe.TRAIN if phase == 'train' else caffe.TEST)
     param = read_net_param(prototxt)
-    remember(net, param, prototxt, phase)  # for netinit.check_input
     if weights:
         formula = fixed.formula_layers(net, finish, param) if finish else set()
-        shared = check_weights(weights, net, partial, formula)
-        net.copy_from(str(weights))
+        shared, kind = _check_weights(weights, net, partial, formula)
+        if forward_only:  # the nets inference keeps: no transient copy of every weight
+            copy_layers(weights, net, kind)
+        else:
+            net.copy_from(str(weights))
         fixed.fill(net, finish, formula - set(shared))
+    if forward_only and phase == 'test':
+        net, param = fold_batchnorm(net, param)
+        share_memory(net, keep)
+    remember(net, param, prototxt, phase)  # for netinit.check_input
     return net
+
+
+def share_memory(net, keep=()):
+    """Let the blobs of caffe.Net `net`, which will only run forward, take turns in shared
+    buffers (Net::ShareForwardMemory, 06-forward-memory.patch): a blob's memory is reused
+    once its last reader ran, so a forward pass holds about the largest set of blobs alive
+    at once instead of every blob. Kept readable: the net's inputs and outputs, the tops
+    of data layers and the blobs named in `keep`. Reshapes and images of any size stay
+    correct (the buffers follow). True when it is on; False on a Caffe without the patch
+    or a net some layer of which would run backward (force_backward)."""
+    share = getattr(net, '_share_forward_memory', None)
+    return bool(share and share(list(keep)))
+
+
+def fold_batchnorm(net, param):
+    """(net, param) with the foldable BatchNorm (+ Scale) layers of test-phase caffe.Net
+    `net`, built from NetParameter `param`, folded into their convolutions
+    (bnfold.plan): a new caffe.Net of the rewritten prototxt (bnfold.folded) holding
+    every other layer's weights as `net` does and the folded convolutions' W a and
+    bias a + b (float64 arithmetic, stored as float32). `net` and `param` themselves
+    when nothing folds."""
+    caffe = import_caffe()
+    state = param.state if param.HasField('state') else None
+    active = type(param)()
+    active.CopyFrom(param)
+    del active.layer[:]
+    active.layer.extend(l for l in param.layer if layer_active(l, 'test', state))
+    chains = bnfold.plan(active)
+    if not chains:
+        return net, param
+    param = bnfold.folded(active, chains)
+    with tempfile.NamedTemporaryFile('w', suffix='.prototxt') as f:
+        f.write(text_format.MessageToString(param))
+        f.flush()
+        out = caffe.Net(f.name, caffe.TEST)
+    into = {active.layer[c].name: (active.layer[bn], active.layer[s] if s is not None else None)
+            for c, bn, s in chains}
+    for name, blobs in out.params.items():
+        source = [b.data for b in net.params[name]]
+        if name in into:  # weights written straight into the blob, bias after
+            bn, scale = into[name]
+            stats = [b.data for b in net.params[bn.name]]
+            a, b = bnfold.batchnorm_affine(*stats, eps=bn.batch_norm_param.eps)
+            if scale is not None:
+                s = [b.data for b in net.params[scale.name]]
+                a, b = bnfold.then(a, b, s[0], s[1] if len(s) > 1 else None)
+            blobs[1].data[...] = bnfold.fold_conv(source[0], source[1] if len(source) > 1 else None,
+                                                  a, b, out=blobs[0].data)[1]
+            continue
+        for blob, value in zip(blobs, source):
+            blob.data[...] = value
+    return out, param

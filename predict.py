@@ -184,7 +184,8 @@ def forward_logits(net, image, blob=None):
     shape = (1,) + tuple(image.shape)
     if tuple(net.blobs[name].data.shape) != shape:  # Caffe aborts on a size the net cannot take
         netinit.check_input(net, {name: shape})
-    net.blobs[name].reshape(*shape)
+        net.blobs[name].reshape(*shape)
+        net.reshape()  # every blob now: shared memory (netload.share_memory) sized for it
     net.blobs[name].data[...] = image
     net.forward()
     blob = blob or score_blob(net)

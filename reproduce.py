@@ -277,7 +277,8 @@ def evaluate_protocol(model_dir, weights, split, ids, spec, runs, progress=True,
     cls, split, _ = score.net_split_ids(param, val, split, root)
     p = cls.parse_params(score.data_layer(param)[0].python_param.param_str, root=root)
     deploy = os.path.join(model_dir, 'deploy.prototxt')
-    net = netload.open_net(deploy, 'test', weights, finish=spec.finish)
+    net = netload.open_net(deploy, 'test', weights, finish=spec.finish, forward_only=True,
+                           keep=[o.score for o in spec.outputs])
     blob = spec.outputs[0].score
     classes, _ = score.class_info(spec.dataset, 'label', split, net.blobs[blob].channels)
     tasks, ms = {}, []

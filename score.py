@@ -258,7 +258,9 @@ def protocol_on_cluster(opts, deploy, weights, ids, *image_args, finish=()):
         return None
     root, weights, deploy = (layers.data_root(opts.data_root), os.path.abspath(weights),
                              os.path.abspath(deploy))
-    job = cluster.Job(netload.open_net, (deploy, 'test', weights, False, finish), protocol_image, image_args,
+    # forward_only, keeping the score blob protocol_image reads (its last argument)
+    job = cluster.Job(netload.open_net, (deploy, 'test', weights, False, finish, True, [image_args[-1]]),
+                      protocol_image, image_args,
                       {'data root': root, 'weights': weights, 'net': deploy}, root)
     return cluster.in_order(opts, job, ids)
 
@@ -356,7 +358,8 @@ def score_protocol(args, spec):
         ids = ids[:args.limit]
     dataset, blob = spec.dataset, spec.outputs[0].score
     guard.set_mode(args.gpu)
-    net = netload.open_net(deploy, 'test', args.weights, finish=spec.finish)
+    net = netload.open_net(deploy, 'test', args.weights, finish=spec.finish, forward_only=True,
+                           keep=[o.score for o in spec.outputs])
     if blob not in net.blobs:
         raise project.InputError('%s: the net has no blob %r' % (deploy, blob))
     classes, exclude = class_info(dataset, 'label', split, net.blobs[blob].channels)
@@ -495,7 +498,8 @@ def open_val_net(val, weights, split=None, root=None, finish=()):
         with open(proto, 'w') as f:
             f.write(str(param))
         try:
-            net = netload.open_net(proto, 'test', weights, finish=finish)
+            net = netload.open_net(proto, 'test', weights, finish=finish, forward_only=True,
+                                   keep=[s for s, _ in output_pairs(None)])
         except project.InputError:  # names its file (weights, a dataset file)
             raise
         except ValueError as e:  # a data layer's complaint about its param_str

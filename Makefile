@@ -5,7 +5,8 @@
 #                        or gpu (tests/conftest.py), under a minute
 #   make caffe           only build pycaffe (cached under ~/.cache/fcn-caffe) and link it
 #   make caffe-selftest  Caffe's own Python test suite against the built pycaffe
-#   make bench           CPU speed and memory benchmark
+#   make bench           CPU speed and memory benchmark: Caffe beside PyTorch, ONNX Runtime
+#                        and OpenVINO (installs the [bench] extra)
 #   make clean           remove the virtual environment (the Caffe build cache stays)
 # FCN_CAFFE_CPU=1 forces a CPU build where nvcc exists; PYTHON=python3.X picks the Python.
 
@@ -13,6 +14,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
+BENCH  := $(VENV)/.bench-installed
 
 .PHONY: test test-fast caffe caffe-selftest demo bench clean
 
@@ -40,7 +42,12 @@ test-fast: $(DEPS)
 demo: caffe
 	$(PY) demo.py
 
-bench: caffe
+# OpenVINO only for the benchmark's peers (no test uses it).
+$(BENCH): pyproject.toml | $(DEPS)
+	$(PY) -m pip install -q --disable-pip-version-check ".[bench]"
+	touch $@
+
+bench: caffe $(BENCH)
 	$(PY) tools/bench.py
 
 clean:

@@ -70,8 +70,7 @@ from jsonfile import read_json  # noqa: E402
 from project import REPO, InputError  # noqa: E402
 from safewrite import atomic_write  # noqa: E402
 
-NETS = {'fcn8s': 'voc-fcn8s', 'fcn32s': 'voc-fcn32s', 'pspnet101': 'pspnet101-voc2012',
-        'deeplabv2': 'deeplabv2-voc12', 'deeplabv3': 'deeplabv3-voc12'}
+NETS = benchwork.NETS
 TITLES = {'fcn8s': 'FCN-8s', 'fcn32s': 'FCN-32s', 'pspnet101': 'PSPNet-101',
           'deeplabv2': 'DeepLab v2', 'deeplabv3': 'DeepLabv3'}
 # The FCNs take any size (their Crop layers read the reference blob's shape); PSPNet's pyramid
@@ -428,8 +427,8 @@ def run_train(args, peers):
     peer = next((p for p in peers if p.startswith('caffe')), None)
     if args.no_train or peer is None or 'fcn8s' not in args.nets:
         return None
-    r = summarize(run_worker({'task': 'train', 'peer': peer, 'folder': models.model_dir(models.get('voc-fcn8s')),
-                              'height': h, 'width': w, 'repeats': max(2, args.repeats // 2)}))
+    r = summarize(run_worker({'task': 'train', 'peer': peer, 'height': h, 'width': w,
+                              'repeats': max(2, args.repeats // 2)}))
     r['size'] = [h, w]
     if 'error' in r:
         print('\ntrain fcn8s %dx%d failed: %s' % (h, w, r['error']))
@@ -454,6 +453,7 @@ def main(argv=None):
           'OMP_NUM_THREADS=%s; load average %.1f' % (env['cpu'], env['nproc'], env['affinity_cpus'],
           env['OPENBLAS_NUM_THREADS'] or 'unset', env['OMP_NUM_THREADS'] or 'unset', env['load_before'][0]))
     print('Caffe: %s (project patches: %s)' % (env['caffe'], ', '.join(env['caffe_patches'] or []) or 'none'))
+    print('Threads (N = %d, the CPUs this process may use): %s.' % (env['affinity_cpus'], benchpeers.THREADS))
     peers = available(args.peers)
     results = {'label': args.label, 'quick': args.quick, 'repeats': args.repeats, 'environment': env,
                'peers': peers, 'time': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'nets': []}

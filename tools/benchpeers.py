@@ -40,6 +40,10 @@ NEEDS = {'torch': ('torch', "pip install 'torch>=2.0' (the [torch] extra; make t
          'openvino': ('openvino', "pip install '.[bench]' (make bench installs it)"),
          'openvino-default': ('openvino', "pip install '.[bench]' (make bench installs it)")}
 ONNX_PEERS = ('onnxruntime', 'openvino', 'openvino-default')  # run export.py's file
+THREADS = ('Caffe: OpenBLAS and OpenMP defaults (N unless '
+           'OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say less); PyTorch: torch.set_num_threads(N); '
+           'ONNX Runtime: intra_op_num_threads N, inter_op 1; OpenVINO: INFERENCE_NUM_THREADS N, '
+           'NUM_STREAMS 1, PERFORMANCE_HINT LATENCY')
 
 
 def version(peer):
@@ -89,6 +93,7 @@ def open_torch(files, data, output, threads):
             for fn, bottoms, top in ops:
                 blobs[top] = fn(*[blobs[b] for b in bottoms])
             return blobs[output].numpy()
+    forward.threads = torch.get_num_threads()
     return forward
 
 
@@ -120,6 +125,7 @@ def open_openvino(files, data, output, threads, precision='f32'):
         request.infer({0: data})
         return request.get_tensor(port).data
     forward.precision = compiled.get_property('INFERENCE_PRECISION_HINT').get_type_name()
+    forward.threads = int(compiled.get_property('INFERENCE_NUM_THREADS'))
     return forward
 
 

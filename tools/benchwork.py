@@ -31,6 +31,9 @@ import netinit
 from safewrite import staged
 
 MARK = '@@BENCH@@'
+# The bench's nets: short name -> model id (models.py).
+NETS = {'fcn8s': 'voc-fcn8s', 'fcn32s': 'voc-fcn32s', 'pspnet101': 'pspnet101-voc2012',
+        'deeplabv2': 'deeplabv2-voc12', 'deeplabv3': 'deeplabv3-voc12'}
 IDLE_S = 0.1  # between an sgemm and a pass: one runtime's spinning threads go quiet first
 
 
@@ -240,7 +243,7 @@ def task_forward(spec):
     np.save(spec['save'], out)
     result = {'first_s': first, 'rss_base_mb': base, 'rss_loaded_mb': loaded,
               'peak_rss_mb': max(load_peak, pass_peak), 'pass_peak_mb': pass_peak if reset else None,
-              'threads': threads, 'output_shape': list(out.shape),
+              'threads': getattr(forward, 'threads', threads), 'output_shape': list(out.shape),
               'output_finite': bool(np.isfinite(out).all()),
               'runtime': benchpeers.version(spec['peer']),
               'precision': getattr(forward, 'precision', 'f32')}
@@ -299,28 +302,50 @@ def task_sgemm(spec):
             'peak_rss_mb': peak_rss_mb()}
 
 
-def _train_net(spec, tmpdir):
-    """The FCN-8s train net with Input layers for data (1x3xHxW) and label (1x1xHxW) in
-    place of its Python layer, and an SGDSolver for timing only (the paper's momentum
-    and weight decay, a learning rate too small to move the weights, no snapshots)."""
+def net_file(name, split, height, width, tmpdir):
+    """A copy of bench net `name`'s deploy prototxt with a height x width input (split
+    'deploy'), or of its train net with Input layers for data (1x3xHxW) and label (1x1xHxW)
+    in place of the Python data layer ('train'), written into `tmpdir`; its path."""
     from google.protobuf import text_format
-    caffe = guard.import_caffe()
-    param = netinit.read_net_param(os.path.join(spec['folder'], 'train.prototxt'))
-    layers = [l for l in param.layer if l.type != 'Python']
-    del param.layer[:]
-    for top, channels in (('data', 3), ('label', 1)):
-        l = param.layer.add(name=top, type='Input', top=[top])
-        l.input_param.shape.add(dim=[1, channels, spec['height'], spec['width']])
-    param.layer.extend(layers)
-    net_path = os.path.join(tmpdir, 'train.prototxt')
-    with open(net_path, 'w') as f:
+    folder = models.model_dir(models.get(NETS[name]))
+    param = netinit.read_net_param(os.path.join(folder, split + '.prototxt'))
+    if split == 'deploy':
+        for layer in param.layer:
+            if layer.type == 'Input' and layer.top[0] == 'data':
+                layer.input_param.shape[0].dim[2:] = [height, width]
+    else:
+        layers = [l for l in param.layer if l.type != 'Python']
+        del param.layer[:]
+        for top, channels in (('data', 3), ('label', 1)):
+            l = param.layer.add(name=top, type='Input', top=[top])
+            l.input_param.shape.add(dim=[1, channels, height, width])
+        param.layer.extend(layers)
+    path = os.path.join(tmpdir, '%s-%s.prototxt' % (name, split))
+    with open(path, 'w') as f:
         f.write(text_format.MessageToString(param))
+    return path
+
+
+def sgd_solver(caffe, net_path, tmpdir):
+    """An SGDSolver of train net `net_path` for timing only: the paper's momentum and weight
+    decay, a learning rate too small to move the weights, no snapshots; its solver
+    prototxt is written into `tmpdir` (read once, here)."""
     solver_path = os.path.join(tmpdir, 'solver.prototxt')
     with open(solver_path, 'w') as f:
         f.write('train_net: "%s"\nbase_lr: 1e-14\nlr_policy: "fixed"\nmomentum: 0.99\n'
                 'weight_decay: 0.0005\nmax_iter: 100000\ndisplay: 0\nsnapshot: 0\n'
                 'snapshot_prefix: "%s/snap"\n' % (net_path, tmpdir))
-    return param, caffe.SGDSolver(solver_path)
+    return caffe.SGDSolver(solver_path)
+
+
+def random_inputs(net):
+    """random_input written into `net`'s data blob, and, when it has a label blob, labels
+    of 21 classes with the first 10 columns void (255)."""
+    net.blobs['data'].data[...] = random_input(net.blobs['data'].data.shape)
+    if 'label' in net.blobs:
+        label = np.random.default_rng(1).integers(0, 21, net.blobs['label'].data.shape)
+        label[:, :, :10] = 255
+        net.blobs['label'].data[...] = label
 
 
 def task_train(spec):
@@ -329,14 +354,12 @@ def task_train(spec):
     if spec['peer'] == 'caffe-direct':
         os.environ['FCN_CAFFE_WINOGRAD'] = '0'
     with tempfile.TemporaryDirectory() as tmp:
-        param, solver = _train_net(spec, tmp)
+        path = net_file('fcn8s', 'train', spec['height'], spec['width'], tmp)
+        param = netinit.read_net_param(path)
+        solver = sgd_solver(caffe, path, tmp)
     net = solver.net
     fill_random(net)
-    rng = np.random.default_rng(1)
-    net.blobs['data'].data[...] = random_input(net.blobs['data'].data.shape)
-    label = rng.integers(0, 21, net.blobs['label'].data.shape)
-    label[:, :, :10] = 255  # some void pixels
-    net.blobs['label'].data[...] = label
+    random_inputs(net)
     flops = conv_flops(net)
     # Backward arithmetic: the weight gradient of every layer that learns (lr_mult > 0)
     # and the input gradient of every layer but the first, each as much as the forward.

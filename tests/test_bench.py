@@ -52,6 +52,7 @@ def test_rank_never_counts_the_default_precision_peer_as_fastest():
 def run_json():
     rows = [row('caffe', 0.71, peak=1290), row('onnxruntime', 0.80, peak=2250),
             row('openvino', 0.75, peak=1260), row('openvino-default', 0.40, peak=1100, precision='bf16')]
+    rows[0]['reference'] = True
     rows[1]['difference'], rows[1]['bound'] = 9.7e-7, 1e-4
     rows[2]['difference'], rows[2]['bound'] = 2.5e-4, 1e-4  # over its bound
     rows[3]['difference'], rows[3]['bound'] = 8.9e-3, 5e-2
@@ -73,7 +74,7 @@ def test_markdown_tables_from_a_run(tmp_path):
     assert head in lines
     assert ('| FCN-8s 500 x 500 (363) | **0.71 s, 1.00x, 1.26 GB** | 0.80 s, 1.13x, 2.20 GB | '
             '0.75 s, 1.06x, 1.23 GB | 0.40 s, 0.56x, 1.07 GB |') in lines
-    assert '| FCN-8s | - | 9.7e-07 | 2.5e-04 (over 0.0001) | 8.9e-03 |' in lines
+    assert '| FCN-8s | reference | 9.7e-07 | 2.5e-04 (over 0.0001) | 8.9e-03 |' in lines
 
 
 def test_a_missing_runtime_is_one_line_saying_how_to_install(monkeypatch):

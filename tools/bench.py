@@ -259,11 +259,13 @@ def measure_net(name, size, peers, files, gflop, args, outdir, profile):
         r['peer'], r['flops'] = peer, gflop.get('%dx%d' % size, 0) * 1e9
         rows.append(summarize(r))
         print_row(name, size, r, rows)
-    ref = next((r for r in rows if r['peer'].startswith('caffe') and 'error' not in r), None)
-    ref = None if ref is None else np.load(ref['spec']['save'])
+    first = next((r for r in rows if r['peer'].startswith('caffe') and 'error' not in r), None)
+    ref = None if first is None else np.load(first['spec']['save'])
     for r in (r for r in rows if 'error' not in r):
         r['bound'] = bound(r['peer'], r['precision'])
-        if ref is not None:
+        if r is first:
+            r['reference'] = True
+        elif ref is not None:
             r['difference'] = output_difference(ref, np.load(r['spec']['save']))
         os.unlink(r['spec']['save'])
     return rows, rank(rows)
@@ -295,6 +297,7 @@ def print_summary(name, size, rows):
         diff = r.get('difference')
         flag = '' if diff is None or diff <= r['bound'] else '  MISMATCH (bound %g)' % r['bound']
         print('  %-17s %5.2fx (%5.2fx)  %s%s' % (r['peer'], r['ratio'], r['sgemm_ratio'],
+              'the reference' if r.get('reference') else
               'no Caffe output to compare' if 'difference' not in r else
               'other output shape %s' % r['output_shape'] if diff is None else '%.1e' % diff, flag))
 
@@ -358,7 +361,8 @@ def markdown(results):
         for p in peers:
             r = by.get(p, {})
             d = r.get('difference')
-            cells.append('-' if d is None else '%.1e%s' % (d, ' (over %g)' % r['bound'] if d > r['bound'] else ''))
+            cells.append('reference' if r.get('reference') else '-' if d is None else
+                         '%.1e%s' % (d, ' (over %g)' % r['bound'] if d > r['bound'] else ''))
         out.append('| %s | %s |' % (TITLES[net['net']], ' | '.join(cells)))
     t = results.get('train')
     if t and 'error' not in t:
@@ -445,7 +449,11 @@ def main(argv=None):
     if args.worker:
         return benchwork.worker(args.worker)
     if args.markdown:
-        print(markdown(read_json(args.markdown)))
+        results = read_json(args.markdown)
+        missing = [k for k in ('environment', 'nets', 'repeats', 'time') if k not in results]
+        if missing:
+            raise InputError('%s: not a run of this bench (no %s)' % (args.markdown, ', '.join(missing)))
+        print(markdown(results))
         return 0
     t0 = time.time()
     env = environment()

@@ -6,7 +6,7 @@
 #   make caffe           only build pycaffe (cached under ~/.cache/fcn-caffe) and link it
 #   make caffe-selftest  Caffe's own Python test suite against the built pycaffe
 #   make bench           CPU speed and memory benchmark: Caffe beside PyTorch, ONNX Runtime
-#                        and OpenVINO (installs the [bench] extra)
+#                        and OpenVINO
 #   make clean           remove the virtual environment (the Caffe build cache stays)
 # FCN_CAFFE_CPU=1 forces a CPU build where nvcc exists; PYTHON=python3.X picks the Python.
 
@@ -14,16 +14,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
-BENCH  := $(VENV)/.bench-installed
 
 .PHONY: test test-fast caffe caffe-selftest demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Python dependencies are declared once, in pyproject.toml.
+# Python dependencies are declared once, in pyproject.toml ([bench]: OpenVINO, for make bench
+# and tests/test_export.py's OpenVINO check).
 $(DEPS): pyproject.toml | $(PY)
-	$(PY) -m pip install -q --disable-pip-version-check ".[test,export,cluster]"
+	$(PY) -m pip install -q --disable-pip-version-check ".[test,export,cluster,bench]"
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"  # the tests' CPU build (extra [torch])
 	touch $@
 
@@ -42,12 +42,7 @@ test-fast: $(DEPS)
 demo: caffe
 	$(PY) demo.py
 
-# OpenVINO only for the benchmark's peers (no test uses it).
-$(BENCH): pyproject.toml | $(DEPS)
-	$(PY) -m pip install -q --disable-pip-version-check ".[bench]"
-	touch $@
-
-bench: caffe $(BENCH)
+bench: caffe
 	$(PY) tools/bench.py
 
 clean:

@@ -37,8 +37,8 @@ FP32 = ('caffe', 'caffe-direct', 'torch', 'onnxruntime', 'openvino')  # may be t
 # The Python module each peer needs, and how to install it (a missing one: the peer is skipped).
 NEEDS = {'torch': ('torch', "pip install 'torch>=2.0' (the [torch] extra; make test installs it)"),
          'onnxruntime': ('onnxruntime', "pip install '.[export]' (make installs it)"),
-         'openvino': ('openvino', "pip install '.[bench]' (make bench installs it)"),
-         'openvino-default': ('openvino', "pip install '.[bench]' (make bench installs it)")}
+         'openvino': ('openvino', "pip install '.[bench]' (make installs it)"),
+         'openvino-default': ('openvino', "pip install '.[bench]' (make installs it)")}
 ONNX_PEERS = ('onnxruntime', 'openvino', 'openvino-default')  # run export.py's file
 THREADS = ('Caffe: OpenBLAS and OpenMP defaults (N unless '
            'OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say less); PyTorch: torch.set_num_threads(N); '

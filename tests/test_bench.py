@@ -70,7 +70,8 @@ def test_markdown_tables_from_a_run(tmp_path):
     text = bench.markdown(json.loads(path.read_text()))
     lines = text.splitlines()
     assert lines[0].startswith('AMD EPYC 9R45, 2 threads per peer; BLAS: OpenBLAS 0.3.30; 2026-12-07')
-    head = '| net (GFLOP) | Caffe | ONNX Runtime 1.32.0 | OpenVINO 2026.4.1 | OpenVINO 2026.4.1 (bf16, default) |'
+    head = ('| net (GFLOP) | Caffe | ONNX Runtime 1.32.0 | OpenVINO 2026.4.1 '
+            '| OpenVINO 2026.4.1 (bf16, default) |')
     assert head in lines
     assert ('| FCN-8s 500 x 500 (363) | **0.71 s, 1.00x, 1.26 GB** | 0.80 s, 1.13x, 2.20 GB | '
             '0.75 s, 1.06x, 1.23 GB | 0.40 s, 0.56x, 1.07 GB |') in lines

@@ -144,8 +144,9 @@ def available(peers, log=print):
     found = []
     for p in peers:
         module, how = benchpeers.NEEDS.get(p, (None, None))
-        missing = [m for m in ([module] if module else []) + (['onnx', 'onnxruntime'] if p in benchpeers.ONNX_PEERS else [])
-                   if importlib.util.find_spec(m) is None]
+        needed = ([module] if module else []) + (['onnx', 'onnxruntime']  # export.py's
+                                                 if p in benchpeers.ONNX_PEERS else [])
+        missing = [m for m in dict.fromkeys(needed) if importlib.util.find_spec(m) is None]
         if missing:
             log('skipped %s: %s not installed in %s (%s)' % (p, ', '.join(missing), sys.prefix, how))
         else:
@@ -504,7 +505,8 @@ def finish(results, args, t0):
               'are slower than this machine can do; rerun on a quiet machine.' % pct(max(busy)))
     with atomic_write(args.out, 'w') as f:
         json.dump(results, f, indent=1)
-    print('wrote %s (tables: tools/bench.py --markdown %s)' % (os.path.relpath(args.out), os.path.relpath(args.out)))
+    out = os.path.relpath(args.out)
+    print('wrote %s (tables: tools/bench.py --markdown %s)' % (out, out))
 
 
 if __name__ == '__main__':

@@ -76,6 +76,9 @@ def test_markdown_tables_from_a_run(tmp_path):
     assert ('| FCN-8s 500 x 500 (363) | **0.71 s, 1.00x, 1.26 GB** | 0.80 s, 1.13x, 2.20 GB | '
             '0.75 s, 1.06x, 1.23 GB | 0.40 s, 0.56x, 1.07 GB |') in lines
     assert '| FCN-8s | reference | 9.7e-07 | 2.5e-04 (over 0.0001) | 8.9e-03 |' in lines
+    assert not any('Other processes' in line for line in lines)
+    results['nets'][0]['rows'][2]['others_busy_max'] = 0.4  # a busy machine is said
+    assert 'Other processes used up to 40% of the CPUs' in bench.markdown(results)
 
 
 def test_a_missing_runtime_is_one_line_saying_how_to_install(monkeypatch):

@@ -365,6 +365,10 @@ def markdown(results):
             cells.append('reference' if r.get('reference') else '-' if d is None else
                          '%.1e%s' % (d, ' (over %g)' % r['bound'] if d > r['bound'] else ''))
         out.append('| %s | %s |' % (TITLES[net['net']], ' | '.join(cells)))
+    busy = [r.get('others_busy_max') or 0 for r in rows if 'error' not in r]
+    if busy and max(busy) > 0.05:
+        out += ['', 'Other processes used up to %.0f%% of the CPUs during timed passes: the times '
+                'are not this machine\'s best.' % (100 * max(busy))]
     t = results.get('train')
     if t and 'error' not in t:
         out += ['', 'FCN-8s training iteration %s (Caffe): %.2f s median, %.2f GB.'

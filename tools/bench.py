@@ -1,7 +1,7 @@
 """CPU speed and memory of this project's Caffe beside PyTorch, ONNX Runtime and OpenVINO
 on the same nets with the same weights (`make bench`).
 
-    .venv/bin/python tools/bench.py                   # full run: 5 nets x 5 peers, ~15 min on 2 cores
+    .venv/bin/python tools/bench.py                   # full run: 5 nets x 5 peers + training
     .venv/bin/python tools/bench.py --quick           # smoke run: FCN-8s at 256 x 256, 2 passes
     .venv/bin/python tools/bench.py --nets fcn8s,pspnet101 --peers caffe,openvino --repeats 10
     .venv/bin/python tools/bench.py --nets fcn8s --no-train --profile   # + Caffe's per-layer times
@@ -40,6 +40,11 @@ InnerProduct on every position before its axis). Also measured: the sgemm alone 
 numpy's), one FCN-8s training iteration (--no-train skips it), and with --profile Caffe's
 per-layer times on the first net. Each timed call records how much of the CPUs other
 processes used ("others"); above 5% the report warns. JSON in --out (default out/bench.json).
+
+Run time: the full run took 28 minutes on a 2-core VM whose other processes took up to 76%
+of the CPUs (sgemm 46-201 GFLOP/s instead of 230-450); the first run also writes each net's
+caffemodel and ONNX file (about a minute per net on that machine). --repeats 3 or --nets
+shorten it.
 """
 import argparse
 import hashlib

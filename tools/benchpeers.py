@@ -25,8 +25,6 @@ holds one runtime (its peak memory is that runtime's).
 """
 import os
 
-import numpy as np
-
 import guard
 import netinit
 import netload

@@ -5,7 +5,8 @@
 #                        or gpu (tests/conftest.py), under a minute
 #   make caffe           only build pycaffe (cached under ~/.cache/fcn-caffe) and link it
 #   make caffe-selftest  Caffe's own Python test suite against the built pycaffe
-#   make bench           CPU speed and memory benchmark
+#   make bench           CPU speed and memory benchmark: Caffe beside PyTorch, ONNX Runtime
+#                        and OpenVINO
 #   make clean           remove the virtual environment (the Caffe build cache stays)
 # FCN_CAFFE_CPU=1 forces a CPU build where nvcc exists; PYTHON=python3.X picks the Python.
 
@@ -19,9 +20,10 @@ DEPS   := $(VENV)/.deps-installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Python dependencies are declared once, in pyproject.toml.
+# Python dependencies are declared once, in pyproject.toml ([bench]: OpenVINO, for make bench
+# and tests/test_export.py's OpenVINO check).
 $(DEPS): pyproject.toml | $(PY)
-	$(PY) -m pip install -q --disable-pip-version-check ".[test,export,cluster]"
+	$(PY) -m pip install -q --disable-pip-version-check ".[test,export,cluster,bench]"
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"  # the tests' CPU build (extra [torch])
 	touch $@
 

@@ -28,6 +28,7 @@ BUILD = {'test_build_caffe.py', 'test_caffe_setup.py'}
 SLOW_FILES = {'test_train_reliability.py', 'test_demo.py', 'test_cluster.py', 'test_deeplab.py',
               'test_deeplabv3.py'}
 SLOW = {
+    'test_bench.py': {'test_torch_translation_of_the_deeplab_layers_equals_caffe'},
     'test_cli.py': {'test_sigterm_mid_write_leaves_no_part_files'},
     'test_infer_inputs.py': {'test_layer_without_a_shape_rule_is_probed_at_the_size_used'},
     'test_common.py': {'test_bad_net_never_aborts_caffe', 'test_bad_python_layer_names_the_prototxt',

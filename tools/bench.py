@@ -1,60 +1,53 @@
-"""CPU speed and memory of the FCN nets on this project's Caffe (`make bench`).
+"""CPU speed and memory of this project's Caffe beside PyTorch, ONNX Runtime and OpenVINO
+on the same nets with the same weights (`make bench`).
 
-    .venv/bin/python tools/bench.py                  # full run: about 7 minutes on 2 cores
-    .venv/bin/python tools/bench.py --quick          # smoke run: small inputs, 2 repeats
-    .venv/bin/python tools/bench.py --repeats 10 --out out/bench.json
-    .venv/bin/python tools/bench.py --nets fcn8s --sizes 500x500 --no-train --profile
-    .venv/bin/python tools/bench.py --conv direct    # only 02's im2col + sgemm way
+    .venv/bin/python tools/bench.py                   # full run: 5 nets x 5 peers + training
+    .venv/bin/python tools/bench.py --quick           # smoke run: FCN-8s at 256 x 256, 2 passes
+    .venv/bin/python tools/bench.py --nets fcn8s,pspnet101 --peers caffe,openvino --repeats 10
+    .venv/bin/python tools/bench.py --nets fcn8s --no-train --profile   # + Caffe's per-layer times
+    .venv/bin/python tools/bench.py --peers caffe,caffe-direct --nets fcn8s  # Winograd vs direct
+    .venv/bin/python tools/bench.py --markdown out/bench.json   # the README's tables from a run
 
-Every measurement runs in a fresh Python subprocess, so each peak-memory figure is that
-process's own resident-set high-water mark (VmHWM) and nothing carries over:
+Nets (--nets): fcn8s, fcn32s (voc-fcn8s / voc-fcn32s, 500 x 500 or --sizes), pspnet101
+(pspnet101-voc2012, 473 x 473), deeplabv2 (deeplabv2-voc12, 513 x 513: three scale branches)
+and deeplabv3 (deeplabv3-voc12, 513 x 513; -trainval has the same deploy net): each model's
+deploy.prototxt, the FCNs reshaped to the size asked (the others only run at their size).
+Weights: random (benchwork.fill_random, seed 0), written once as a caffemodel into --work
+(default out/bench-nets, about 4 GB for all five) and exported from the prototxt and that
+caffemodel by `python export.py MODEL --weights W --out O` (BatchNorm folded), so every
+peer runs the same net with the same weights; both files are reused by later runs (their
+names hash the prototxt, and the export also export.py itself).
 
-- sgemm: the machine's single-precision matrix multiply through Caffe: one InnerProduct
-  layer (4096 x 4096 times 4096 x 4096, no bias), which is exactly one cblas_sgemm call of
-  the BLAS Caffe links (OpenBLAS, both cores). numpy's matmul is shown beside it, but
-  numpy bundles its own OpenBLAS build, so it is not the reference.
-- forward: the FCN-8s and FCN-32s deploy nets (voc-fcn8s/, voc-fcn32s/deploy.prototxt with
-  the input reshaped) at 500 x 500 (the deploy size) and 375 x 500 (a typical VOC image),
-  random weights (He-scaled normal, float32: speed does not depend on the values, and
-  nothing is downloaded). One process builds the net and runs one pass: the peak memory
-  and the first pass's time (which allocates every buffer). Another runs a warm-up pass
-  and then --repeats passes, each right after one timed sgemm of the same size as above,
-  so that the forward and its reference see the machine in the same state (a shared
-  virtual machine's speed drifts by 10-20% over minutes): min and median seconds,
-  GFLOP/s of the best pass, the best sgemm GFLOP/s of that process, their ratio, and the
-  floor = GFLOP / sgemm rate. GFLOP are counted from the net's shapes: 2 x weights x
-  output positions for each Convolution, 2 x weights x input positions for each
-  Deconvolution (bias, ReLU, pooling, crop and sum are not counted: < 0.1%).
-- conv: with caffe-patches/05-winograd.patch the 3 x 3 convolutions with 16 or more input
-  channels (conv1_2 ... conv5_3: 299 of FCN-8s's 363 GFLOP at 500 x 500) run as Winograd's
-  F(4x4, 3x3), which does 4 times fewer multiplications; FCN_CAFFE_WINOGRAD=0 turns it
-  off (=2: F(2x2, 3x3)). Each net and size is measured both ways ("winograd", "direct"). GFLOP, GFLOP/s, the
-  ratio and the floor always count the direct convolution's arithmetic, so for "winograd"
-  they compare time with the direct floor (a ratio above 1 is possible), not the
-  arithmetic actually done.
-- pytorch (when torch is installed in this Python: `pip install torch`): the same deploy
-  net translated layer by layer into torch.nn.functional calls that share the Caffe net's
-  weight arrays, timed and measured the same way (its own threads), and its scores
-  compared with Caffe's.
-- pspnet101: PSPNet-101 (pspnet/pspnet101-voc2012/deploy.prototxt) at its 473 x 473 crop,
-  measured the same ways; random weights as above, its BatchNorm statistics set to mean 0,
-  variance 1 and Scale to 1 (random variances could be negative) and its fixed
-  interpolation weights set by surgery.pspnet_interp. Its torch translation adds
-  BatchNorm, Scale, dilation, padded max pooling, average pooling, Concat, InnerProduct
-  on axis 2, Reshape and Tile.
-- train: one SGD iteration (forward, backward, update) of the FCN-8s train net at the
-  first size, Input layers in place of its Python data layer, random labels (some 255).
+Peers (--peers; benchpeers.py says how each is opened and threaded): caffe (the default
+build), torch, onnxruntime, openvino (f32), openvino-default (OpenVINO's own precision on
+this CPU: bf16 where it has AVX-512 BF16; reported apart, never the fastest fp32 peer),
+and on request caffe-direct (FCN_CAFFE_WINOGRAD=0). A peer that is not installed is
+skipped with one line saying how to install it. Every peer uses all the CPUs this process
+may run on.
 
-Threads: the header states nproc, the CPU affinity, OPENBLAS_NUM_THREADS and
-OMP_NUM_THREADS and OpenBLAS's own configuration and thread count as seen in-process
-(plain Caffe is single-threaded except inside the BLAS; with caffe-patches/ its own loops
-use OpenMP, at most as many threads as OpenBLAS). Each timed run also records how much
-of the CPUs other processes used meanwhile ("others"); above 5% the report warns that
-the times are not this machine's best.
+Each (net, peer) runs in a fresh Python subprocess (benchwork.task_forward): it opens the
+net, runs one pass ("first", which allocates), saves the output, then runs --repeats
+passes (default 5), each right after one timed 4096^3 sgemm through Caffe's BLAS (one
+InnerProduct layer), so that every pass and its reference see the machine in the same
+state (a shared VM drifts by 10-20% over minutes). Reported: min and median seconds, the
+ratio of the median to the fastest fp32 peer's median, the median sgemm GFLOP/s of that
+process, peak memory (VmHWM of the process: loading included; "pass MB": the high-water
+mark of one pass counted from the loaded state, /proc/self/clear_refs), and the output's
+largest |difference| to Caffe's divided by the largest |Caffe output| (flagged above 1e-4
+for the fp32 peers, export.py's bound, and above 5e-2 for reduced precision). GFLOP:
+2 x weights x output positions of every Convolution (input positions for Deconvolution;
+InnerProduct on every position before its axis). Also measured: the sgemm alone (and
+numpy's), one FCN-8s training iteration (--no-train skips it), and with --profile Caffe's
+per-layer times on the first net. Each timed call records how much of the CPUs other
+processes used ("others"); above 5% the report warns. JSON in --out (default out/bench.json).
 
-Results: a table on stdout, JSON in --out (default out/bench.json).
+Run time: the full run took 28 minutes on a 2-core VM whose other processes took up to 76%
+of the CPUs (sgemm 46-201 GFLOP/s instead of 230-450); the first run also writes each net's
+caffemodel and ONNX file (about a minute per net on that machine). --repeats 3 or --nets
+shorten it.
 """
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -72,452 +65,27 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+import benchpeers  # noqa: E402
+import benchwork  # noqa: E402
 import cli  # noqa: E402
 import guard  # noqa: E402
+import models  # noqa: E402
 import netinit  # noqa: E402
-import surgery  # noqa: E402
-from project import REPO  # noqa: E402
+from jsonfile import read_json  # noqa: E402
+from project import REPO, InputError  # noqa: E402
 from safewrite import atomic_write  # noqa: E402
 
-NETS = {'fcn8s': 'voc-fcn8s', 'fcn32s': 'voc-fcn32s', 'pspnet101': 'pspnet/pspnet101-voc2012'}
-# PSPNet: its pyramid's pooling kernels fix the input to the crop it was built for, and its
-# output is the release's conv6_interp (logits at the input size).
-FIXED_SIZES = {'pspnet101': [(473, 473)]}
-OUTPUT = {'pspnet101': 'conv6_interp'}
-MARK = '@@BENCH@@'
+NETS = benchwork.NETS
+TITLES = {'fcn8s': 'FCN-8s', 'fcn32s': 'FCN-32s', 'pspnet101': 'PSPNet-101',
+          'deeplabv2': 'DeepLab v2', 'deeplabv3': 'DeepLabv3'}
+# The FCNs take any size (their Crop layers read the reference blob's shape); PSPNet's pyramid
+# and DeepLab's align-corners zooms are made for their deploy net's size (docs/export.md).
+DYNAMIC = ('fcn8s', 'fcn32s')
+BOUND_F32, BOUND_REDUCED = 1e-4, 5e-2  # max |peer - Caffe| / max |Caffe| before a flag
+WEIGHTS_KEY = b'benchwork.fill_random seed 0, v1'  # change when the weights change
 
 
-# --- helpers run inside the worker --------------------------------------------------------
-
-def _status_kb(field):
-    """A field of /proc/self/status in kB (VmHWM: peak resident set, VmRSS: current)."""
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_mb():
-    hwm = _status_kb('VmHWM')
-    if hwm is None:  # not Linux: ru_maxrss (kB on Linux, bytes on macOS)
-        import resource
-        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if sys.platform == 'darwin':
-            hwm //= 1024
-    return hwm / 1024.0
-
-
-def _rss_mb():
-    rss = _status_kb('VmRSS')
-    return None if rss is None else rss / 1024.0
-
-
-def _openblas():
-    """(config string, thread count) of the OpenBLAS loaded in this process, if any."""
-    import ctypes
-    for name in ('libopenblas.so.0', 'libopenblas.so'):
-        try:
-            lib = ctypes.CDLL(name, mode=getattr(os, 'RTLD_NOLOAD', 4) | ctypes.RTLD_GLOBAL)
-        except OSError:
-            continue
-        try:
-            lib.openblas_get_config.restype = ctypes.c_char_p
-            return lib.openblas_get_config().decode(), int(lib.openblas_get_num_threads())
-        except AttributeError:
-            return name, None
-    return None, None
-
-
-def _fill_random(net, seed=0):
-    """He-scaled normal float32 weights, small biases, written in place (no float64 temporaries:
-    fc6 alone is 411 MB)."""
-    rng = np.random.default_rng(seed)
-    for name, blobs in net.params.items():
-        for i, blob in enumerate(blobs):
-            a = blob.data
-            flat = a.reshape(-1)
-            chunk = 1 << 22
-            for s in range(0, flat.size, chunk):
-                rng.standard_normal(out=flat[s:s + chunk], dtype=np.float32)
-            if i == 0 and a.ndim == 4:
-                fan_in = a.shape[1] * a.shape[2] * a.shape[3]
-                a *= np.float32(np.sqrt(2.0 / fan_in))
-            else:
-                a *= np.float32(0.01)
-
-
-def conv_flops(net):
-    """{layer name: FLOPs} of every Convolution / Deconvolution / InnerProduct layer of `net`,
-    from its parameter and blob shapes (multiply-add = 2 FLOPs)."""
-    flops = {}
-    for name, layer in zip(net._layer_names, net.layers):
-        kind = layer.type
-        if kind not in ('Convolution', 'Deconvolution', 'InnerProduct'):
-            continue
-        weights = net.params[name][0].data.size
-        bottom = net.blobs[net.bottom_names[name][0]].data
-        top = net.blobs[net.top_names[name][0]].data
-        if kind == 'Convolution':
-            positions = top.shape[0] * int(np.prod(top.shape[2:]))
-        elif kind == 'Deconvolution':
-            positions = bottom.shape[0] * int(np.prod(bottom.shape[2:]))
-        else:  # every position before the layer's axis (PSPNet's axis-2 interpolation)
-            positions = int(np.prod(top.shape)) // top.shape[-1]
-        flops[name] = 2 * weights * positions
-    return flops
-
-
-def _net_file(model, split, height, width, tmpdir):
-    """A copy of `model`'s deploy prototxt with a height x width input (deploy), or its train
-    net with Input layers for data (1x3xHxW) and label (1x1xHxW) instead of the Python layer."""
-    from google.protobuf import text_format
-    if split == 'deploy':
-        param = netinit.read_net_param(os.path.join(REPO, NETS[model], 'deploy.prototxt'))
-        for layer in param.layer:
-            if layer.type == 'Input' and layer.top[0] == 'data':
-                layer.input_param.shape[0].dim[2:] = [height, width]
-    else:
-        param = netinit.read_net_param(os.path.join(REPO, NETS[model], 'train.prototxt'))
-        layers = [l for l in param.layer if l.type != 'Python']
-        del param.layer[:]
-        for top, channels in (('data', 3), ('label', 1)):
-            l = param.layer.add(name=top, type='Input', top=[top])
-            l.input_param.shape.add(dim=[1, channels, height, width])
-        param.layer.extend(layers)
-    path = os.path.join(tmpdir, '%s-%s.prototxt' % (model, split))
-    with open(path, 'w') as f:
-        f.write(text_format.MessageToString(param))
-    return path
-
-
-def _sgd_solver(caffe, net_path, tmpdir):
-    """An SGDSolver of train net `net_path` for timing only: the paper's momentum and weight
-    decay, a learning rate too small to move the weights, no snapshots; its solver
-    prototxt is written into `tmpdir` (read once, here)."""
-    solver_path = os.path.join(tmpdir, 'solver.prototxt')
-    with open(solver_path, 'w') as f:
-        f.write('train_net: "%s"\nbase_lr: 1e-14\nlr_policy: "fixed"\nmomentum: 0.99\n'
-                'weight_decay: 0.0005\nmax_iter: 100000\ndisplay: 0\nsnapshot: 0\n'
-                'snapshot_prefix: "%s/snap"\n' % (net_path, tmpdir))
-    return caffe.SGDSolver(solver_path)
-
-
-def _random_inputs(net):
-    """Random inputs written into `net`: data N(0, 1) x 50 (about a mean-subtracted image's
-    spread), and, when it has a label blob, labels of 21 classes with the first 10
-    columns void (255)."""
-    rng = np.random.default_rng(1)
-    net.blobs['data'].data[...] = rng.standard_normal(net.blobs['data'].data.shape,
-                                                      dtype=np.float32) * 50
-    if 'label' in net.blobs:
-        label = rng.integers(0, 21, net.blobs['label'].data.shape)
-        label[:, :, :10] = 255
-        net.blobs['label'].data[...] = label
-
-
-def _busy_ticks():
-    """System-wide busy CPU ticks (all CPUs) from /proc/stat; None off Linux."""
-    try:
-        with open('/proc/stat') as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields[:8]) - idle
-
-
-OTHERS = []  # per timed run: share of all CPUs busy with other processes
-
-
-def _timed(fn, repeats, warmup=True):
-    """(first, [times]): one untimed-as-repeat first call (unless not warmup: None), then
-    `repeats` timed calls of fn; records in OTHERS how busy the machine was with other
-    processes during each timed call (0 = quiet, 1 = every CPU taken)."""
-    first = None
-    if warmup:
-        t0 = time.perf_counter()
-        fn()
-        first = time.perf_counter() - t0
-    times = []
-    hz = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
-    ncpu = os.cpu_count() or 1
-    for _ in range(repeats):
-        b0, c0 = _busy_ticks(), os.times()
-        t0 = time.perf_counter()
-        fn()
-        wall = time.perf_counter() - t0
-        b1, c1 = _busy_ticks(), os.times()
-        times.append(wall)
-        if b0 is not None:
-            own = (c1.user + c1.system) - (c0.user + c0.system)
-            others = (b1 - b0) / hz - own
-            OTHERS.append(max(0.0, min(1.0, others / (wall * ncpu))))
-    return first, times
-
-
-def _load_deploy(caffe, spec):
-    """The deploy net with random weights and input; for conv = pytorch also a function
-    running the same net in PyTorch (see _torch_net)."""
-    pytorch = spec.get('conv') == 'pytorch'
-    with tempfile.TemporaryDirectory() as tmp:
-        path = _net_file(spec['net'], 'deploy', spec['height'], spec['width'], tmp)
-        net = caffe.Net(path, caffe.TEST)
-        param = netinit.read_net_param(path) if pytorch else None
-    _fill_random(net)
-    if spec['net'].startswith('pspnet'):
-        _pspnet_weights(net)
-    _random_inputs(net)
-    return net, (_torch_net(net, param, OUTPUT.get(spec['net'], 'score')) if pytorch
-                 else net.forward)
-
-
-def _pspnet_weights(net):
-    """Random weights made sane for a PSPNet: BatchNorm mean 0, variance 1, factor 1;
-    Scale 1 and bias 0; the fixed interpolation layers as the fork's Interp."""
-    for name, layer in zip(net._layer_names, net.layers):
-        if layer.type == 'BatchNorm':
-            for blob, value in zip(net.params[name], (0, 1, 1)):
-                blob.data[...] = value
-        elif layer.type == 'Scale':
-            for blob, value in zip(net.params[name], (1, 0)):
-                blob.data[...] = value
-    surgery.pspnet_interp(net)
-
-
-def _torch_net(net, param, output='score'):
-    """The deploy net as PyTorch computes it, for comparison: each layer of the prototxt as
-    the torch.nn.functional call that computes the same thing, sharing the Caffe net's
-    weight and input arrays (torch.from_numpy: no copies, so the peak memory counts the
-    weights once, as for Caffe). Returns a function running one pass (inference mode,
-    torch's own threads), its output the `output` tensor."""
-    import torch
-    import torch.nn.functional as F
-
-    def first(values, default):
-        return values[0] if len(values) else default
-
-    def blob(name, i):
-        return torch.from_numpy(net.params[name][i].data)
-
-    ops = []  # (function of the blob dict, bottom names, top name)
-    for layer in param.layer:
-        kind, name = layer.type, layer.name
-        if kind == 'Input':
-            continue
-        if kind in ('Convolution', 'Deconvolution'):
-            p = layer.convolution_param
-            args = dict(stride=first(p.stride, 1), padding=first(p.pad, 0), groups=p.group,
-                        dilation=first(p.dilation, 1))
-            w = blob(name, 0)
-            b = blob(name, 1) if p.bias_term else None
-            # (Caffe's deconvolution weights are in x out/groups x k x k, as torch's are.)
-            conv = F.conv2d if kind == 'Convolution' else F.conv_transpose2d
-            fn = (lambda conv, w, b, args: lambda x: conv(x, w, b, **args))(conv, w, b, args)
-        elif kind == 'ReLU':
-            fn = torch.relu_ if layer.relu_param.negative_slope == 0 else (
-                lambda s: lambda x: F.leaky_relu_(x, s))(layer.relu_param.negative_slope)
-        elif kind == 'Pooling':  # Caffe rounds the output size up
-            p = layer.pooling_param
-            if p.pool == p.MAX:  # torch's ceil mode keeps a window starting in the padding, as Caffe
-                fn = (lambda k, st, pad: lambda x: F.max_pool2d(x, k, st, pad, ceil_mode=True))(
-                    p.kernel_size, p.stride, p.pad)
-            else:  # PSPNet's pyramid: kernel = stride, dividing the input, no padding
-                assert p.pool == p.AVE and p.pad == 0, name
-                fn = (lambda k, st: lambda x: F.avg_pool2d(x, k, st))(p.kernel_size, p.stride)
-        elif kind == 'BatchNorm':  # Caffe's statistics are stored times the factor blob
-            factor = float(net.params[name][2].data[0])
-            factor = 1 / factor if factor else 0
-            fn = (lambda m, v, eps: lambda x: F.batch_norm(x, m, v, training=False, eps=eps))(
-                blob(name, 0) * factor, blob(name, 1) * factor, layer.batch_norm_param.eps)
-        elif kind == 'Scale':
-            assert layer.scale_param.bias_term, name
-            fn = (lambda w, b: lambda x: torch.addcmul(b.view(1, -1, 1, 1), x, w.view(1, -1, 1, 1)))(
-                blob(name, 0), blob(name, 1))
-        elif kind == 'Concat':
-            fn = lambda *xs: torch.cat(xs, 1)
-        elif kind == 'InnerProduct':  # on axis 2: PSPNet's bins -> F x F interpolation
-            p = layer.inner_product_param
-            assert p.axis == 2 and not p.bias_term and not p.transpose, name
-            fn = (lambda w: lambda x: F.linear(x.flatten(2), w))(blob(name, 0))
-        elif kind == 'Reshape':
-            dims = list(layer.reshape_param.shape.dim)
-            fn = (lambda dims: lambda x: x.reshape(
-                [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]))(dims)
-        elif kind == 'Tile':
-            p = layer.tile_param
-            fn = (lambda axis, t: lambda x: x.repeat(
-                [t if i == axis else 1 for i in range(x.dim())]))(p.axis, p.tiles)
-        elif kind == 'Dropout':
-            fn = lambda x: x
-        elif kind == 'Crop':
-            p = layer.crop_param
-            assert p.axis == 2 and len(p.offset) == 1, name
-            fn = (lambda o: lambda x, ref: x[:, :, o:o + ref.shape[2], o:o + ref.shape[3]])(
-                p.offset[0])
-        elif kind == 'Eltwise':
-            assert layer.eltwise_param.operation == layer.eltwise_param.SUM, name
-            assert not layer.eltwise_param.coeff, name
-            fn = lambda a, b: a + b
-        else:
-            raise ValueError('bench: no PyTorch mapping for %s layer %s' % (kind, name))
-        ops.append((fn, list(layer.bottom), layer.top[0]))
-    data = torch.from_numpy(net.blobs['data'].data)
-
-    def forward():
-        with torch.inference_mode():
-            blobs = {'data': data}
-            for fn, bottoms, top in ops:
-                blobs[top] = fn(*[blobs[b] for b in bottoms])
-            return blobs[output]
-    return forward
-
-
-def _sgemm_net(caffe, n, k, m):
-    """One InnerProduct layer, batch n x k input, m outputs, no bias, weights k x m
-    (transpose: true): its forward is exactly one cblas_sgemm (n x k times k x m)."""
-    from caffe import layers as L
-    ns = caffe.NetSpec()
-    ns.data = L.Input(shape=dict(dim=[n, k]))
-    ns.ip = L.InnerProduct(ns.data, num_output=m, bias_term=False, transpose=True)
-    with tempfile.NamedTemporaryFile('w', suffix='.prototxt', delete=False) as f:
-        f.write(str(ns.to_proto()))
-    try:
-        net = caffe.Net(f.name, caffe.TEST)
-    finally:
-        os.unlink(f.name)
-    rng = np.random.default_rng(0)
-    net.params['ip'][0].data[...] = rng.standard_normal((k, m), dtype=np.float32)
-    net.blobs['data'].data[...] = rng.standard_normal((n, k), dtype=np.float32)
-    return net, 2.0 * n * k * m
-
-
-def task_memory(spec):
-    """Peak memory of one forward pass in a fresh process (and that first pass's time,
-    which includes allocating every buffer)."""
-    caffe = guard.import_caffe()
-    caffe.set_mode_cpu()
-    if spec.get('conv') == 'pytorch':
-        import torch  # noqa: F401  (its libraries count in the base, as Caffe's do)
-    base = _rss_mb()
-    net, forward = _load_deploy(caffe, spec)
-    loaded = _rss_mb()
-    t0 = time.perf_counter()
-    out = forward()  # PyTorch: the score tensor (Caffe's are read from the net below)
-    first = time.perf_counter() - t0
-    score = (net.blobs[OUTPUT.get(spec['net'], 'score')].data if spec.get('conv') != 'pytorch'
-             else out.numpy())
-    return {'first_s': first, 'rss_python_caffe_mb': base, 'rss_net_loaded_mb': loaded,
-            'score_shape': list(score.shape), 'score_finite': bool(np.isfinite(score).all()),
-            'peak_rss_mb': _peak_rss_mb()}
-
-
-def task_forward(spec):
-    """Forward passes timed in alternation with an sgemm of the same BLAS, so that both
-    see the machine in the same state (a shared or throttled machine drifts)."""
-    caffe = guard.import_caffe()
-    caffe.set_mode_cpu()
-    net, forward = _load_deploy(caffe, spec)
-    flops = conv_flops(net)
-    n = spec['sgemm']
-    ref, ref_flops = _sgemm_net(caffe, n, n, n)
-    forward()
-    ref.forward()
-    times, ref_times = [], []
-    for _ in range(spec['repeats']):
-        ref_times += _timed(ref.forward, 1, warmup=False)[1]
-        times += _timed(forward, 1, warmup=False)[1]
-    out = {'flops': sum(flops.values()), 'times_s': times, 'sgemm_size': n,
-           'sgemm_flops': ref_flops, 'sgemm_times_s': ref_times}
-    if spec.get('conv') == 'pytorch':
-        # The same net: PyTorch's scores against Caffe's (relative to the largest).
-        import torch
-        got = forward().numpy().copy()
-        net.forward()
-        want = net.blobs[OUTPUT.get(spec['net'], 'score')].data
-        out['max_rel_diff_to_caffe'] = float(np.abs(got - want).max() / np.abs(want).max())
-        out['torch'] = '%s, %d threads' % (torch.__version__, torch.get_num_threads())
-        return out
-    if spec.get('profile'):
-        layers = []
-        for i, (name, layer) in enumerate(zip(net._layer_names, net.layers)):
-            ts = []
-            for _ in range(max(2, spec['repeats'])):
-                t0 = time.perf_counter()
-                net._forward(i, i)
-                ts.append(time.perf_counter() - t0)
-            layers.append({'layer': name, 'type': layer.type, 'time_s': min(ts),
-                           'flops': flops.get(name, 0)})
-        out['layers'] = layers
-    return out
-
-
-def task_sgemm(spec):
-    """The machine's sgemm through Caffe (one InnerProduct layer), and numpy's matmul."""
-    caffe = guard.import_caffe()
-    caffe.set_mode_cpu()
-    n = spec['n']
-    net, flops = _sgemm_net(caffe, n, n, n)
-    first, times = _timed(net.forward, spec['repeats'])
-    # numpy's matmul on the same sizes: another OpenBLAS build (numpy bundles its own).
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    _, np_times = _timed(lambda: a @ b, spec['repeats'])
-    try:
-        np_blas = np.show_config(mode='dicts')['Build Dependencies']['blas']
-        np_blas = '%s %s' % (np_blas.get('name'), np_blas.get('version'))
-    except Exception:  # older numpy: no dict mode
-        np_blas = 'unknown'
-    config, threads = _openblas()
-    return {'flops': flops, 'first_s': first, 'times_s': times,
-            'numpy_times_s': np_times, 'numpy_blas': np_blas,
-            'openblas_config': config, 'openblas_threads': threads,
-            'peak_rss_mb': _peak_rss_mb()}
-
-
-def task_train(spec):
-    caffe = guard.import_caffe()
-    caffe.set_mode_cpu()
-    with tempfile.TemporaryDirectory() as tmp:
-        net_path = _net_file(spec['net'], 'train', spec['height'], spec['width'], tmp)
-        param = netinit.read_net_param(net_path)
-        solver = _sgd_solver(caffe, net_path, tmp)
-    net = solver.net
-    _fill_random(net)
-    _random_inputs(net)
-    flops = conv_flops(net)
-    # Backward arithmetic: the weight gradient of every layer that learns (lr_mult > 0)
-    # and the input gradient of every layer but the first, each as much as the forward.
-    learns = {l.name: any(p.lr_mult != 0 for p in l.param) or not l.param
-              for l in param.layer}
-    backward = sum(f * ((1 if learns.get(name, True) else 0)
-                        + (0 if net.bottom_names[name][0] == 'data' else 1))
-                   for name, f in flops.items())
-    first, times = _timed(lambda: solver.step(1), spec['repeats'])
-    return {'flops': sum(flops.values()) + backward, 'forward_flops': sum(flops.values()),
-            'first_s': first, 'times_s': times,
-            'loss': float(net.blobs['loss'].data), 'peak_rss_mb': _peak_rss_mb()}
-
-
-TASKS = {'forward': task_forward, 'memory': task_memory, 'sgemm': task_sgemm,
-         'train': task_train}
-
-
-def worker(spec_json):
-    spec = json.loads(spec_json)
-    if spec.get('conv') == 'direct':  # before Caffe runs anything; read at every call
-        os.environ['FCN_CAFFE_WINOGRAD'] = '0'
-    result = TASKS[spec['task']](spec)
-    result['others_busy'] = OTHERS
-    print(MARK + json.dumps(result), flush=True)
-    return 0
-
-
-# --- the driver ---------------------------------------------------------------------------
+# --- running the workers ------------------------------------------------------------------
 
 def run_worker(spec):
     """Run one measurement in a fresh interpreter; its JSON result (or an error record)."""
@@ -528,58 +96,143 @@ def run_worker(spec):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t0
     for line in proc.stdout.splitlines():
-        if line.startswith(MARK):
-            result = json.loads(line[len(MARK):])
-            result['spec'] = spec
-            result['wall_s'] = wall
+        if line.startswith(benchwork.MARK):
+            result = json.loads(line[len(benchwork.MARK):])
+            result['spec'], result['wall_s'] = spec, wall
             return result
     tail = '\n'.join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
     return {'spec': spec, 'error': 'exit %d: %s' % (proc.returncode, tail)}
 
 
+def _digest(*parts):
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else open(p, 'rb').read())
+    return h.hexdigest()[:10]
+
+
+def prepare(name, sizes, workdir, onnx):
+    """The files every peer of net `name` opens: {'prototxt', 'caffemodel', 'onnx'} (onnx
+    only when asked; None where export.py failed: then 'error'), and {size: GFLOP}."""
+    model = models.get(NETS[name])
+    prototxt = os.path.join(models.model_dir(model), 'deploy.prototxt')
+    caffemodel = os.path.join(workdir, '%s-%s.caffemodel' % (model.name, _digest(prototxt, WEIGHTS_KEY)))
+    files = {'prototxt': prototxt, 'caffemodel': caffemodel, 'onnx': None}
+    r = run_worker({'task': 'prepare', 'model': model.name, 'prototxt': prototxt,
+                    'caffemodel': caffemodel, 'sizes': sizes})
+    if 'error' in r:
+        return files, {}, 'random weights: %s' % r['error']
+    if onnx:
+        export = os.path.join(REPO, 'export.py')
+        path = os.path.join(workdir, '%s-%s.onnx' % (model.name, _digest(caffemodel.encode(), export)))
+        if not os.path.isfile(path):
+            proc = subprocess.run([sys.executable, export, model.name, '--weights', caffemodel,
+                                   '--out', path], capture_output=True, text=True, cwd=REPO)
+            if proc.returncode:
+                return files, r['gflop'], 'export.py: %s' % (proc.stderr or proc.stdout).strip()[-400:]
+        files['onnx'] = path
+    return files, r['gflop'], None
+
+
+def deploy_size(name):
+    """(H, W) of the deploy net's data input."""
+    model = models.get(NETS[name])
+    param = netinit.read_net_param(os.path.join(models.model_dir(model), 'deploy.prototxt'))
+    for layer in param.layer:
+        if layer.type == 'Input' and layer.top[0] == 'data':
+            return tuple(layer.input_param.shape[0].dim[2:4])
+    raise InputError('%s: no Input layer named data' % name)
+
+
+def available(peers, log=print):
+    """The peers whose runtime is installed; one line for each that is not."""
+    found = []
+    for p in peers:
+        module, how = benchpeers.NEEDS.get(p, (None, None))
+        needed = ([module] if module else []) + (['onnx', 'onnxruntime']  # export.py's
+                                                 if p in benchpeers.ONNX_PEERS else [])
+        missing = [m for m in dict.fromkeys(needed) if importlib.util.find_spec(m) is None]
+        if missing:
+            log('skipped %s: %s not installed in %s (%s)' % (p, ', '.join(missing), sys.prefix, how))
+        else:
+            found.append(p)
+    return found
+
+
+# --- the header: machine, threads, BLAS ---------------------------------------------------
+
 def environment():
     caffe = guard.import_caffe()
     info = guard.build_info()
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
-    cpu = cli.cpu_name() or platform.processor()
-    return {'cpu': cpu, 'nproc': os.cpu_count(), 'affinity_cpus': affinity,
+    return {'cpu': cli.cpu_name() or platform.processor(), 'nproc': os.cpu_count(),
+            'affinity_cpus': benchwork.cores(),
             'OPENBLAS_NUM_THREADS': os.environ.get('OPENBLAS_NUM_THREADS'),
             'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),
+            'OPENBLAS_CORETYPE': os.environ.get('OPENBLAS_CORETYPE'),
             'python': platform.python_version(), 'numpy': np.__version__,
-            'caffe': os.path.dirname(caffe.__file__),
-            'caffe_patches': info.get('project_patches'),
-            'caffe_build': info.get('patches'), 'cuda_build': info.get('cuda')}
+            'caffe': os.path.dirname(caffe.__file__), 'caffe_patches': info.get('project_patches'),
+            'caffe_build': info.get('patches'), 'cuda_build': info.get('cuda'),
+            'load_before': os.getloadavg()}
 
+
+def blas_info(env, sg):
+    """One line: the BLAS Caffe runs (library, version, kernel) and its sgemm beside numpy's.
+    The place for the host BLAS build's own report (tools/build_caffe.py); until then what
+    OpenBLAS says of itself in the sgemm worker."""
+    if not sg or 'error' in sg:
+        return 'BLAS: unknown (the sgemm worker failed)'
+    return ('BLAS: %s, %s threads (OPENBLAS_CORETYPE=%s); sgemm %d^3 through Caffe %.0f GFLOP/s '
+            'best, numpy (%s) %.0f' % (sg['openblas_config'], sg['openblas_threads'],
+                                       env['OPENBLAS_CORETYPE'] or 'unset', sg['sgemm_n'],
+                                       sg['gflops_best'], sg['numpy_blas'], sg['numpy_gflops_best']))
+
+
+# --- figures ------------------------------------------------------------------------------
 
 def summarize(r):
-    """Add min/median seconds and GFLOP/s (and, for forward runs, the same-process sgemm
-    figures and the ratio) to a worker's result."""
+    """Min/median seconds and GFLOP/s (with r['flops']) and the paired sgemm's GFLOP/s."""
     if 'error' in r:
         return r
     times = r['times_s']
-    r['min_s'] = min(times)
-    r['median_s'] = statistics.median(times)
-    flops = r['flops']
-    r['gflop'] = flops / 1e9
-    r['gflops_best'] = flops / 1e9 / r['min_s']
-    r['gflops_median'] = flops / 1e9 / r['median_s']
+    r['min_s'], r['median_s'] = min(times), statistics.median(times)
+    if r.get('flops'):
+        r['gflop'] = r['flops'] / 1e9
+        r['gflops_best'] = r['gflop'] / r['min_s']
     if r.get('sgemm_times_s'):
         rates = [r['sgemm_flops'] / 1e9 / t for t in r['sgemm_times_s']]
-        r['sgemm_gflops_best'] = max(rates)
-        r['sgemm_gflops_median'] = statistics.median(rates)
-        # Best forward over best sgemm: both at their fastest in this process.
-        r['ratio_to_sgemm'] = r['gflops_best'] / r['sgemm_gflops_best']
-        # Each forward over the sgemm timed just before it (same machine state).
-        paired = [flops / 1e9 / t / q for t, q in zip(times, rates)]
-        r['ratio_paired_best'] = max(paired)
-        r['ratio_paired_median'] = statistics.median(paired)
-        r['floor_s'] = r['gflop'] / r['sgemm_gflops_best']
+        r['sgemm_gflops_best'], r['sgemm_gflops_median'] = max(rates), statistics.median(rates)
     busy = r.get('others_busy') or []
     r['others_busy_max'] = max(busy) if busy else None
     return r
+
+
+def output_difference(reference, got):
+    """max |got - reference| / max |reference| (float64), or None for another shape."""
+    if got.shape != reference.shape:
+        return None
+    scale = max(float(np.abs(reference).max()), 1e-30)
+    return float(np.abs(got.astype(np.float64) - reference).max() / scale)
+
+
+def bound(peer, precision):
+    """The largest difference to Caffe a peer may show before it is flagged."""
+    return BOUND_F32 if peer in benchpeers.FP32 and precision == 'f32' else BOUND_REDUCED
+
+
+def rank(rows):
+    """Add to each row of one net: ratio (median / the fastest fp32 peer's median) and
+    sgemm_ratio (the same with each time in units of its own process's sgemm: drift-free).
+    Returns the fastest fp32 peer's name (None if none ran)."""
+    fp32 = [r for r in rows if 'error' not in r and r['peer'] in benchpeers.FP32]
+    if not fp32:
+        return None
+    best = min(fp32, key=lambda r: r['median_s'])
+    for r in rows:
+        if 'error' not in r:
+            r['ratio'] = r['median_s'] / best['median_s']
+            r['sgemm_ratio'] = (r['median_s'] * r['sgemm_gflops_median']
+                                / (best['median_s'] * best['sgemm_gflops_median']))
+    return best['peer']
 
 
 def fmt(v, spec='%.2f'):
@@ -590,160 +243,279 @@ def pct(v):
     return '-' if v is None else '%.0f%%' % (100 * v)
 
 
-def main(argv=None):
+# --- one net, every peer ------------------------------------------------------------------
+
+ROW = '%-17s %-22s %5s %7s %7s %8s %6s %6s %8s %7s %8s %6s'
+
+
+def measure_net(name, size, peers, files, gflop, args, outdir, profile):
+    """Run every peer on net `name` at `size`: (rows, one per peer with its figures, the
+    output checked against the first Caffe peer's and the ratio to the fastest fp32 peer;
+    that peer's name)."""
+    h, w = size
+    output = models.get(NETS[name]).outputs[0].score
+    rows = []
+    for peer in peers:
+        spec = {'task': 'forward', 'peer': peer, 'net': name, 'height': h, 'width': w,
+                'files': files, 'output': output, 'repeats': args.repeats, 'sgemm': args.gemm,
+                'save': os.path.join(outdir, '%s-%dx%d-%s.npy' % (name, h, w, peer)),
+                'profile': profile and peer.startswith('caffe')}
+        r = run_worker(spec) if files.get('onnx') or peer not in benchpeers.ONNX_PEERS else \
+            {'spec': spec, 'error': files.get('error') or 'no ONNX file'}
+        r['peer'], r['flops'] = peer, gflop.get('%dx%d' % size, 0) * 1e9
+        rows.append(summarize(r))
+        print_row(name, size, r, rows)
+    first = next((r for r in rows if r['peer'].startswith('caffe') and 'error' not in r), None)
+    ref = None if first is None else np.load(first['spec']['save'])
+    for r in (r for r in rows if 'error' not in r):
+        r['bound'] = bound(r['peer'], r['precision'])
+        if r is first:
+            r['reference'] = True
+        elif ref is not None:
+            r['difference'] = output_difference(ref, np.load(r['spec']['save']))
+        os.unlink(r['spec']['save'])
+    return rows, rank(rows)
+
+
+def print_row(name, size, r, rows):
+    if len(rows) == 1:
+        print('\n%s %dx%d, %s GFLOP' % (TITLES[name], size[0], size[1], fmt(r['flops'] / 1e9, '%.0f')))
+        print(ROW % ('peer', 'runtime', 'prec', 'first s', 'min s', 'median s', 'GF/s',
+                     'sgemm', 'peak MB', 'pass MB', 'others', 'wall s'))
+    if 'error' in r:
+        print('%-17s failed: %s' % (r['peer'], r['error']))
+        return
+    print(ROW % (r['peer'], r['runtime'], r['precision'], fmt(r['first_s']), fmt(r['min_s'], '%.3f'),
+                 fmt(r['median_s'], '%.3f'), fmt(r.get('gflops_best'), '%.0f'),
+                 fmt(r['sgemm_gflops_median'], '%.0f'), fmt(r['peak_rss_mb'], '%.0f'),
+                 fmt(r['pass_peak_mb'], '%.0f'), pct(r['others_busy_max']), fmt(r['wall_s'], '%.0f')),
+          flush=True)
+
+
+def print_summary(name, size, rows):
+    """Per peer: ratio to the fastest fp32 peer and the output check."""
+    ok = [r for r in rows if 'error' not in r]
+    if not ok:
+        return
+    print('  %s %dx%d: median / fastest fp32 peer\'s (sgemm-normalised), output vs Caffe:'
+          % (TITLES[name], size[0], size[1]))
+    for r in ok:
+        diff = r.get('difference')
+        flag = '' if diff is None or diff <= r['bound'] else '  MISMATCH (bound %g)' % r['bound']
+        print('  %-17s %5.2fx (%5.2fx)  %s%s' % (r['peer'], r['ratio'], r['sgemm_ratio'],
+              'the reference' if r.get('reference') else
+              'no Caffe output to compare' if 'difference' not in r else
+              'other output shape %s' % r['output_shape'] if diff is None else '%.1e' % diff, flag))
+
+
+def print_profile(rows, repeats):
+    for r in rows:
+        if not r.get('layers'):
+            continue
+        print('\nper-layer forward, %s %dx%d, %s (each layer alone, best of %d):' % (
+            r['spec']['net'], r['spec']['height'], r['spec']['width'], r['peer'], max(2, repeats)))
+        total = sum(l['time_s'] for l in r['layers'])
+        for l in r['layers']:
+            if l['time_s'] >= 0.002:
+                gf = l['flops'] / 1e9
+                print('  %-24s %-14s %7.3f s %5.1f%%  %s' % (
+                    l['layer'], l['type'], l['time_s'], 100 * l['time_s'] / total,
+                    '%6.1f GFLOP %6.1f GFLOP/s' % (gf, gf / l['time_s']) if gf else ''))
+        print('  %-39s %7.3f s' % ('sum', total))
+
+
+# --- the README's tables from a run (--markdown) ------------------------------------------
+
+def peer_title(rows, peer):
+    """'OpenVINO 2026.4 (bf16)' etc.: the runtime of the first row of `peer` that ran."""
+    r = next((r for r in rows if r['peer'] == peer and 'error' not in r), None)
+    if r is None:
+        return peer
+    return r['runtime'] + ('' if r['precision'] == 'f32' else ' (%s, default)' % r['precision'])
+
+
+def markdown(results):
+    """The performance section's tables (Markdown) from a bench JSON's `results`."""
+    env, sg = results['environment'], results.get('sgemm') or {}
+    rows = [r for net in results['nets'] for r in net['rows']]
+    peers = [p for p in benchpeers.PEERS if any(r['peer'] == p for r in rows)]
+    out = ['%s, %s threads per peer; %s; %s, medians of %d passes after a warm-up%s.' % (
+        env['cpu'], env['affinity_cpus'], env.get('blas') or blas_info(env, sg), results['time'],
+        results['repeats'], ', ' + results['label'] if results.get('label') else ''), '',
+        '| net (GFLOP) | ' + ' | '.join(peer_title(rows, p) for p in peers) + ' |',
+        '|---' * (len(peers) + 1) + '|']
+    for net in results['nets']:
+        by = {r['peer']: r for r in net['rows']}
+        cells = []
+        for p in peers:
+            r = by.get(p)
+            if r is None or 'error' in r:
+                cells.append('' if r is None else 'failed')
+                continue
+            cell = '%.2f s, %.2fx, %.2f GB' % (r['median_s'], r['ratio'], r['peak_rss_mb'] / 1024)
+            cells.append('**%s**' % cell if p == net['fastest'] else cell)
+        gflop = next((r['flops'] / 1e9 for r in net['rows'] if r.get('flops')), None)
+        out.append('| %s %d x %d (%s) | %s |' % (TITLES[net['net']], net['size'][0], net['size'][1],
+                                                 fmt(gflop, '%.0f'), ' | '.join(cells)))
+    out += ['', 'Each cell: median time, ratio to the fastest fp32 peer (bold), peak memory '
+            '(VmHWM of its process). Output against Caffe\'s, max |difference| / max |Caffe|:', '',
+            '| net | ' + ' | '.join(peer_title(rows, p) for p in peers) + ' |',
+            '|---' * (len(peers) + 1) + '|']
+    for net in results['nets']:
+        by = {r['peer']: r for r in net['rows']}
+        cells = []
+        for p in peers:
+            r = by.get(p, {})
+            d = r.get('difference')
+            cells.append('reference' if r.get('reference') else '-' if d is None else
+                         '%.1e%s' % (d, ' (over %g)' % r['bound'] if d > r['bound'] else ''))
+        out.append('| %s | %s |' % (TITLES[net['net']], ' | '.join(cells)))
+    busy = [r.get('others_busy_max') or 0 for r in rows if 'error' not in r]
+    if busy and max(busy) > 0.05:
+        out += ['', 'Other processes used up to %.0f%% of the CPUs during timed passes: the times '
+                'are not this machine\'s best.' % (100 * max(busy))]
+    t = results.get('train')
+    if t and 'error' not in t:
+        out += ['', 'FCN-8s training iteration %s (Caffe): %.2f s median, %.2f GB.'
+                % ('x'.join(map(str, t['size'])), t['median_s'], t['peak_rss_mb'] / 1024)]
+    return '\n'.join(out)
+
+
+# --- the command --------------------------------------------------------------------------
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--quick', action='store_true',
-                        help='smoke run: 256 x 256 and 192 x 256 inputs, 2 repeats, 2048 sgemm')
+                        help='smoke run: fcn8s at 256 x 256, 2 passes, 2048^3 sgemm')
     parser.add_argument('--repeats', type=int, help='timed passes per measurement (default 5, quick 2)')
-    parser.add_argument('--nets', default='fcn8s,fcn32s,pspnet101',
-                        help='comma-separated: fcn8s, fcn32s, pspnet101 (always at 473 x 473)')
-    parser.add_argument('--sizes', help='comma-separated HxW inputs (default 500x500,375x500)')
-    parser.add_argument('--conv', help='comma-separated: winograd, direct (how Caffe runs the '
-                        '3x3 convolutions), pytorch (the same net in PyTorch). Default: all '
-                        'this machine has (winograd needs 05-winograd.patch, pytorch an '
-                        'installed torch); quick: the default way only')
+    parser.add_argument('--nets', help='comma-separated, of %s (default all; quick fcn8s)' % ', '.join(NETS))
+    parser.add_argument('--peers', default=','.join(benchpeers.DEFAULT_PEERS),
+                        help='comma-separated, of %s (default %%(default)s)' % ', '.join(benchpeers.PEERS))
+    parser.add_argument('--sizes', help='HxW inputs of the FCNs (default 500x500; quick 256x256)')
     parser.add_argument('--no-train', action='store_true', help='skip the training iteration')
-    parser.add_argument('--profile', action='store_true', help='per-layer forward times of the first net')
+    parser.add_argument('--profile', action='store_true', help="Caffe's per-layer times on the first net")
+    parser.add_argument('--work', default=os.path.join(REPO, 'out', 'bench-nets'),
+                        help='folder of the random-weights caffemodels and their ONNX exports')
     parser.add_argument('--label', default='', help='a note stored in the JSON (e.g. which build)')
     parser.add_argument('--out', default=os.path.join(REPO, 'out', 'bench.json'), help='JSON output')
+    parser.add_argument('--markdown', metavar='JSON', help='print the README tables of a run and stop')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        return worker(args.worker)
-
-    repeats = args.repeats or (2 if args.quick else 5)
-    if repeats < 1:
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    if args.repeats < 1:
         parser.error('--repeats must be at least 1')
-    nets = [n.strip() for n in args.nets.split(',') if n.strip()]
-    for n in nets:
-        if n not in NETS:
-            parser.error('unknown net %r (known: %s)' % (n, ', '.join(NETS)))
-    sizes = []
-    for s in (args.sizes or ('256x256,192x256' if args.quick else '500x500,375x500')).split(','):
+    args.nets = [n.strip() for n in (args.nets or ('fcn8s' if args.quick else ','.join(NETS))).split(',')
+                 if n.strip()]
+    args.peers = [p.strip() for p in args.peers.split(',') if p.strip()]
+    for kind, given, known in (('net', args.nets, NETS), ('peer', args.peers, benchpeers.PEERS)):
+        for v in given:
+            if v not in known:
+                parser.error('unknown %s %r (known: %s)' % (kind, v, ', '.join(known)))
+    args.sizes_hw = []
+    for s in (args.sizes or ('256x256' if args.quick else '500x500')).split(','):
         try:
             h, w = (int(v) for v in s.lower().split('x'))
             assert h > 0 and w > 0
         except (ValueError, AssertionError):
             parser.error('--sizes wants HxW items like 500x500, got %r' % s)
-        sizes.append((h, w))
-    gemm = 2048 if args.quick else 4096
+        args.sizes_hw.append((h, w))
+    args.gemm = 2048 if args.quick else 4096
+    return args
 
-    env = environment()
-    winograd = '05-winograd.patch' in (env['caffe_patches'] or [])
-    default_way = 'winograd' if winograd else 'direct'
-    torch = importlib.util.find_spec('torch') is not None
-    ways = args.conv or ','.join(
-        [default_way] if args.quick else
-        (['winograd', 'direct'] if winograd else ['direct']) + (['pytorch'] if torch else []))
-    ways = [v.strip() for v in ways.split(',') if v.strip()]
-    for v in ways:
-        if v not in ('winograd', 'direct', 'pytorch'):
-            parser.error('--conv wants winograd, direct and/or pytorch, got %r' % v)
-        if v == 'pytorch' and not torch:
-            parser.error('--conv pytorch: PyTorch is not installed in %s' % sys.prefix)
-        if v == 'winograd' and not winograd:
-            parser.error('--conv winograd: this Caffe build has no 05-winograd.patch (%s)'
-                         % env['caffe'])
-    print('CPU: %s; nproc %s, affinity %s CPUs; OPENBLAS_NUM_THREADS=%s OMP_NUM_THREADS=%s'
-          % (env['cpu'], env['nproc'], env['affinity_cpus'],
-             env['OPENBLAS_NUM_THREADS'] or 'unset', env['OMP_NUM_THREADS'] or 'unset'))
-    print('Caffe: %s (project patches: %s)' % (env['caffe'], ', '.join(env['caffe_patches'] or [])
-                                               or 'none'))
-    results = {'label': args.label, 'quick': args.quick, 'repeats': repeats,
-               'environment': env, 'forward': [], 'train': None, 'sgemm': None,
-               'time': time.strftime('%Y-%m-%d %H:%M:%S')}
 
-    sg = summarize(run_worker({'task': 'sgemm', 'n': gemm, 'repeats': max(3, repeats)}))
-    results['sgemm'] = sg
+def run_sgemm(args, env):
+    sg = summarize(run_worker({'task': 'sgemm', 'n': args.gemm, 'repeats': max(3, args.repeats)}))
     if 'error' in sg:
         print('sgemm failed: %s' % sg['error'])
+        return sg
+    sg['sgemm_n'] = args.gemm
+    sg['gflops_best'] = sg['flops'] / 1e9 / sg['min_s']
+    sg['numpy_gflops_best'] = sg['flops'] / 1e9 / min(sg['numpy_times_s'])
+    env['blas'] = blas_info(env, sg)
+    print(env['blas'])
+    return sg
+
+
+def run_train(args, peers):
+    h, w = next(s for s in args.sizes_hw)
+    peer = next((p for p in peers if p.startswith('caffe')), None)
+    if args.no_train or peer is None or 'fcn8s' not in args.nets:
+        return None
+    r = summarize(run_worker({'task': 'train', 'peer': peer, 'height': h, 'width': w,
+                              'repeats': max(2, args.repeats // 2)}))
+    r['size'] = [h, w]
+    if 'error' in r:
+        print('\ntrain fcn8s %dx%d failed: %s' % (h, w, r['error']))
     else:
-        sg['numpy_gflops_best'] = sg['flops'] / 1e9 / min(sg['numpy_times_s'])
-        env['openblas'] = sg['openblas_config']
-        env['openblas_threads'] = sg['openblas_threads']
-        print('OpenBLAS: %s; %s threads' % (sg['openblas_config'], sg['openblas_threads']))
-        print('sgemm through Caffe (one InnerProduct, %d^3): best %.1f GFLOP/s, median %.1f'
-              % (gemm, sg['gflops_best'], sg['gflops_median']))
-        print('numpy matmul (%s: numpy bundles its own BLAS): best %.1f GFLOP/s'
-              % (sg['numpy_blas'], sg['numpy_gflops_best']))
-    print()
-    profile_way = next((v for v in ways if v != 'pytorch'), None)  # per-layer: Caffe's
-    head = '%-9s %-8s %-8s %6s %7s %7s %8s %7s %7s %6s %7s %8s %6s' % (
-        'net', 'HxW', 'conv', 'GFLOP', 'first s', 'min s', 'median s', 'GFLOP/s', 'sgemm', 'ratio',
-        'floor s', 'peak MB', 'others')
-    print(head)
-    print('-' * len(head))
-    for name in nets:
-        for i, (h, w) in enumerate(FIXED_SIZES.get(name, sizes)):
-            for way in ways:
-                base = {'net': name, 'height': h, 'width': w, 'conv': way}
-                mem = run_worker(dict(base, task='memory'))
-                r = summarize(run_worker(dict(base, task='forward', repeats=repeats, sgemm=gemm,
-                                              profile=bool(args.profile and i == 0
-                                                           and way == profile_way
-                                                           and name == nets[0]))))
-                for key in ('first_s', 'peak_rss_mb', 'rss_python_caffe_mb', 'rss_net_loaded_mb',
-                            'score_shape', 'score_finite', 'error'):
-                    if key in mem and key not in r:
-                        r[key] = mem[key]
-                results['forward'].append(r)
-                if 'error' in r:
-                    print('%-9s %-8s %-8s failed: %s' % (name, '%dx%d' % (h, w), way, r['error']))
-                    continue
-                print('%-9s %-8s %-8s %6.1f %7.2f %7.3f %8.3f %7.1f %7.1f %6.2f %7.3f %8.0f %6s' % (
-                    name, '%dx%d' % (h, w), way, r['gflop'], r['first_s'], r['min_s'],
-                    r['median_s'], r['gflops_best'], r['sgemm_gflops_best'], r['ratio_to_sgemm'],
-                    r['floor_s'], r['peak_rss_mb'], pct(r['others_busy_max'])))
-    for r in results['forward']:
-        if 'max_rel_diff_to_caffe' in r:
-            print('pytorch (%s), %s %dx%d: scores differ from Caffe\'s by at most %.1e of the '
-                  'largest' % (r['torch'], r['spec']['net'], r['spec']['height'],
-                               r['spec']['width'], r['max_rel_diff_to_caffe']))
-    if not args.no_train:
-        h, w = sizes[0]
-        way = next((v for v in ways if v != 'pytorch'), default_way)
-        r = summarize(run_worker({'task': 'train', 'net': 'fcn8s', 'height': h, 'width': w,
-                                  'conv': way, 'repeats': max(2, repeats // 2)}))
-        results['train'] = r
-        if 'error' in r:
-            print('train fcn8s %dx%d failed: %s' % (h, w, r['error']))
-        else:
-            print('\ntrain fcn8s %dx%d (%s), one SGD iteration (forward + backward + update, %.0f '
-                  'GFLOP): first %.2f s, min %.2f s (%.0f GFLOP/s), median %.2f s; peak %.0f MB; '
-                  'others %s' % (h, w, way, r['gflop'], r['first_s'], r['min_s'], r['gflops_best'],
-                                 r['median_s'], r['peak_rss_mb'], pct(r['others_busy_max'])))
-    for r in results['forward']:
-        if r.get('layers'):
-            print('\nper-layer forward, %s %dx%d, %s (each layer alone, best of %d; ReLUs '
-                  'shown here are fused into the convolutions in a whole pass):' % (
-                      r['spec']['net'], r['spec']['height'], r['spec']['width'],
-                      r['spec']['conv'], max(2, repeats)))
-            total = sum(l['time_s'] for l in r['layers'])
-            for l in r['layers']:
-                if l['time_s'] >= 0.002:
-                    gf = l['flops'] / 1e9
-                    print('  %-16s %-14s %7.3f s %5.1f%%  %s' % (
-                        l['layer'], l['type'], l['time_s'], 100 * l['time_s'] / total,
-                        '%6.1f GFLOP %6.1f GFLOP/s' % (gf, gf / l['time_s']) if gf else ''))
-            print('  %-31s %7.3f s' % ('sum', total))
-    print('\nGFLOP: convolution/deconvolution arithmetic of the direct way (also for '
-          'conv = winograd, which does less: GFLOP/s, ratio and floor then compare its time '
-          'with the direct floor); first: the first pass (allocates buffers); min/median: of '
-          '%d passes; sgemm: best GFLOP/s of a %d^3 sgemm timed '
-          'before each pass in the same process; ratio = GFLOP/s / sgemm; floor = GFLOP / '
-          'sgemm; peak MB: resident-set high-water mark of a fresh process that builds the '
-          'net and runs one pass (Python, numpy and Caffe included); others: the largest '
-          'share of all CPUs other processes used during a timed pass.' % (repeats, gemm))
-    busy = [r.get('others_busy_max') or 0 for r in results['forward'] + [sg, results['train']]
-            if r and 'error' not in r]
+        print('\ntrain fcn8s %dx%d (%s), one SGD iteration (forward + backward + update, %.0f GFLOP): '
+              'first %.2f s, min %.2f s, median %.2f s; peak %.0f MB; others %s' % (
+                  h, w, peer, r['gflop'], r['first_s'], r['min_s'], r['median_s'], r['peak_rss_mb'],
+                  pct(r['others_busy_max'])))
+    return r
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return benchwork.worker(args.worker)
+    if args.markdown:
+        results = read_json(args.markdown)
+        missing = [k for k in ('environment', 'nets', 'repeats', 'time') if k not in results]
+        if missing:
+            raise InputError('%s: not a run of this bench (no %s)' % (args.markdown, ', '.join(missing)))
+        print(markdown(results))
+        return 0
+    t0 = time.time()
+    env = environment()
+    print('CPU: %s; nproc %s, %s CPUs for this process (every peer\'s threads); OPENBLAS_NUM_THREADS=%s '
+          'OMP_NUM_THREADS=%s; load average %.1f' % (env['cpu'], env['nproc'], env['affinity_cpus'],
+          env['OPENBLAS_NUM_THREADS'] or 'unset', env['OMP_NUM_THREADS'] or 'unset', env['load_before'][0]))
+    print('Caffe: %s (project patches: %s)' % (env['caffe'], ', '.join(env['caffe_patches'] or []) or 'none'))
+    print('Threads (N = %d, the CPUs this process may use): %s.' % (env['affinity_cpus'], benchpeers.THREADS))
+    peers = available(args.peers)
+    results = {'label': args.label, 'quick': args.quick, 'repeats': args.repeats, 'environment': env,
+               'peers': peers, 'time': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'nets': []}
+    results['sgemm'] = run_sgemm(args, env)
+    onnx = any(p in benchpeers.ONNX_PEERS for p in peers)
+    with tempfile.TemporaryDirectory() as outdir:
+        for i, name in enumerate(args.nets):
+            sizes = args.sizes_hw if name in DYNAMIC else [deploy_size(name)]
+            files, gflop, error = prepare(name, sizes, args.work, onnx)
+            if error:
+                print('%s: %s' % (name, error))
+                files['error'] = error
+            for j, size in enumerate(sizes):
+                rows, fastest = measure_net(name, size, peers, files, gflop, args, outdir,
+                                            args.profile and i == j == 0)
+                results['nets'].append({'net': name, 'size': list(size), 'fastest': fastest, 'rows': rows})
+                print_summary(name, size, rows)
+    results['train'] = run_train(args, peers)
+    print_profile([r for n in results['nets'] for r in n['rows']], args.repeats)
+    finish(results, args, t0)
+    failed = [r for n in results['nets'] for r in n['rows'] if 'error' in r]
+    failed += [r for r in (results['sgemm'], results['train']) if r and 'error' in r]
+    return 1 if failed else 0
+
+
+def finish(results, args, t0):
+    """The closing lines (load, warnings), the JSON."""
+    rows = [r for n in results['nets'] for r in n['rows'] if 'error' not in r]
+    mismatched = [r for r in rows if r.get('difference') is not None and r['difference'] > r['bound']]
+    for r in mismatched:
+        print('MISMATCH: %s on %s differs from Caffe by %.1e of the largest output (bound %g)'
+              % (r['peer'], r['spec']['net'], r['difference'], r['bound']))
+    busy = [r.get('others_busy_max') or 0 for r in rows + [results['sgemm'] or {}, results['train'] or {}]]
+    results['wall_s'] = time.time() - t0
+    results['environment']['load_after'] = os.getloadavg()
+    print('\nwall time %.0f s; load average %.1f before, %.1f after' % (
+        results['wall_s'], results['environment']['load_before'][0], results['environment']['load_after'][0]))
     if busy and max(busy) > 0.05:
         print('WARNING: other processes used up to %s of the CPUs during timed runs: times '
               'are slower than this machine can do; rerun on a quiet machine.' % pct(max(busy)))
     with atomic_write(args.out, 'w') as f:
         json.dump(results, f, indent=1)
-    print('wrote %s' % os.path.relpath(args.out))
-    failed = [r for r in results['forward'] + [sg, results['train']] if r and 'error' in r]
-    return 1 if failed else 0
+    out = os.path.relpath(args.out)
+    print('wrote %s (tables: tools/bench.py --markdown %s)' % (out, out))
 
 
 if __name__ == '__main__':

@@ -5,15 +5,15 @@
     python tools/gpu_bench.py --dry                  # CPU, tiny inputs: checks the code paths
 
 Each measurement runs in a fresh Python process (so each memory figure is that process's
-own), with random weights (bench.py's He-scaled normal) and no data on disk:
+own), with random weights (tools/benchwork.py's He-scaled normal) and no data on disk:
 
 - forward: the FCN-8s deploy net (voc-fcn8s/deploy.prototxt) at 500 x 500: one warm-up
   pass, then --repeats passes; ms per image (min and median). A pass ends when pycaffe
   hands back the scores (21 x 500 x 500 floats copied to the host), so it is synchronous.
   The paper reports 175 ms for FCN-8s on a K40c (Table 1, 500 x 500).
 - train: one SGD iteration (forward, backward, update) of the FCN-32s and the FCN-8s
-  train nets at 500 x 500, Input layers in place of the Python data layer (bench.py's
-  _net_file), random labels; ms per iteration (min and median after a warm-up
+  train nets at 500 x 500, Input layers in place of the Python data layer (benchwork.py's
+  net_file), random labels; ms per iteration (min and median after a warm-up
   iteration); reading the loss afterwards synchronizes.
 - memory: the GPU memory the process took for the net, cudaMemGetInfo's free memory
   right after the CUDA context was made minus the lowest free memory seen after any pass
@@ -33,7 +33,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import bench  # noqa: E402  (tools/bench.py beside this file: the CPU benchmark's net builders and weights)
+import benchwork  # noqa: E402  (beside this file: the CPU benchmark's net builders and weights)
 import cli  # noqa: E402
 import guard  # noqa: E402
 import project  # noqa: E402
@@ -74,16 +74,16 @@ def task(spec):
     base = free_mib()  # set_mode made the context (Caffe's SetDevice makes cuBLAS handles)
     with tempfile.TemporaryDirectory() as tmp:
         split = 'deploy' if spec['task'] == 'forward' else 'train'
-        path = bench._net_file(spec['net'], split, spec['size'], spec['size'], tmp)
+        path = benchwork.net_file(spec['net'], split, spec['size'], spec['size'], tmp)
         if split == 'deploy':
             net = caffe.Net(path, caffe.TEST)
             step = net.forward
         else:
-            solver = bench._sgd_solver(caffe, path, tmp)
+            solver = benchwork.sgd_solver(caffe, path, tmp)
             net = solver.net
             step = lambda: (solver.step(1), float(net.blobs['loss'].data))  # noqa: E731
-    bench._fill_random(net)
-    bench._random_inputs(net)
+    benchwork.fill_random(net)
+    benchwork.random_inputs(net)
     times, lowest = timed(step, spec['repeats'])
     out = {'times_ms': times, 'min_ms': min(times), 'median_ms': statistics.median(times)}
     if base is not None and lowest is not None:

@@ -12,7 +12,9 @@ process's own resident-set high-water mark (VmHWM) and nothing carries over:
 - sgemm: the machine's single-precision matrix multiply through Caffe: one InnerProduct
   layer (4096 x 4096 times 4096 x 4096, no bias), which is exactly one cblas_sgemm call of
   the BLAS Caffe links (OpenBLAS, both cores). numpy's matmul is shown beside it, but
-  numpy bundles its own OpenBLAS build, so it is not the reference.
+  numpy bundles its own OpenBLAS build, so it is not the reference. The header names both
+  libraries as loaded (file, version, core = the kernel family in use, threads), read
+  from the libraries themselves (blas_facts).
 - forward: the FCN-8s and FCN-32s deploy nets (voc-fcn8s/, voc-fcn32s/deploy.prototxt with
   the input reshaped) at 500 x 500 (the deploy size) and 375 x 500 (a typical VOC image),
   random weights (He-scaled normal, float32: speed does not depend on the values, and
@@ -116,20 +118,20 @@ def _rss_mb():
     return None if rss is None else rss / 1024.0
 
 
-def _openblas():
-    """(config string, thread count) of the OpenBLAS loaded in this process, if any."""
-    import ctypes
-    for name in ('libopenblas.so.0', 'libopenblas.so'):
-        try:
-            lib = ctypes.CDLL(name, mode=getattr(os, 'RTLD_NOLOAD', 4) | ctypes.RTLD_GLOBAL)
-        except OSError:
-            continue
-        try:
-            lib.openblas_get_config.restype = ctypes.c_char_p
-            return lib.openblas_get_config().decode(), int(lib.openblas_get_num_threads())
-        except AttributeError:
-            return name, None
-    return None, None
+def blas_facts():
+    """The BLAS libraries of this process: {'caffe': the one pycaffe calls, 'numpy': numpy's
+    bundled OpenBLAS}, each {'path', 'version', 'config', 'corename', 'threads'} as the
+    loaded library reports itself (guard.openblas_report); {} for one not found."""
+    numpy_libs = os.path.dirname(np.__file__) + '.libs' + os.sep  # where numpy's wheel puts it
+    mine = [p for _, _, p in guard.mapped_files() if p.startswith(numpy_libs) and 'openblas' in p]
+    return {'caffe': guard.caffe_blas(), 'numpy': guard.openblas_report(mine[0]) if mine else {}}
+
+
+def _blas_line(facts):
+    if not facts.get('config'):
+        return facts.get('path') or 'not found'
+    return 'OpenBLAS %s, core %s, %d threads (%s; %s)' % (
+        facts['version'], facts['corename'], facts['threads'], facts['config'], facts['path'])
 
 
 def _fill_random(net, seed=0):
@@ -472,10 +474,11 @@ def task_sgemm(spec):
         np_blas = '%s %s' % (np_blas.get('name'), np_blas.get('version'))
     except Exception:  # older numpy: no dict mode
         np_blas = 'unknown'
-    config, threads = _openblas()
+    blas = blas_facts()
     return {'flops': flops, 'first_s': first, 'times_s': times,
-            'numpy_times_s': np_times, 'numpy_blas': np_blas,
-            'openblas_config': config, 'openblas_threads': threads,
+            'numpy_times_s': np_times, 'numpy_blas': np_blas, 'blas': blas,
+            'openblas_config': blas['caffe'].get('config'),
+            'openblas_threads': blas['caffe'].get('threads'),
             'peak_rss_mb': _peak_rss_mb()}
 
 
@@ -661,11 +664,12 @@ def main(argv=None):
         sg['numpy_gflops_best'] = sg['flops'] / 1e9 / min(sg['numpy_times_s'])
         env['openblas'] = sg['openblas_config']
         env['openblas_threads'] = sg['openblas_threads']
-        print('OpenBLAS: %s; %s threads' % (sg['openblas_config'], sg['openblas_threads']))
-        print('sgemm through Caffe (one InnerProduct, %d^3): best %.1f GFLOP/s, median %.1f'
-              % (gemm, sg['gflops_best'], sg['gflops_median']))
-        print('numpy matmul (%s: numpy bundles its own BLAS): best %.1f GFLOP/s'
-              % (sg['numpy_blas'], sg['numpy_gflops_best']))
+        env['blas'] = sg['blas']
+        print("Caffe's BLAS: %s" % _blas_line(sg['blas']['caffe']))
+        print("numpy's BLAS: %s" % _blas_line(sg['blas']['numpy']))
+        print('sgemm through Caffe (one InnerProduct, %d^3): best %.1f GFLOP/s, median %.1f; '
+              "numpy's matmul (its own BLAS): best %.1f GFLOP/s"
+              % (gemm, sg['gflops_best'], sg['gflops_median'], sg['numpy_gflops_best']))
     print()
     profile_way = next((v for v in ways if v != 'pytorch'), None)  # per-layer: Caffe's
     head = '%-9s %-8s %-8s %6s %7s %7s %8s %7s %7s %6s %7s %8s %6s' % (

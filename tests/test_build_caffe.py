@@ -162,9 +162,12 @@ def test_cache_keys_name_the_blas_and_how_it_is_built(monkeypatch):
     caffe = build_caffe.build_key(None)
     monkeypatch.setattr(build_caffe, 'OPENBLAS_MAKE', build_caffe.OPENBLAS_MAKE + ['USE_OPENMP=1'])
     assert build_caffe.openblas_key('COOPERLAKE') != key and build_caffe.build_key(None) != caffe
-    flags = build_caffe.cmake_flags('/prefix', None, None, '/blas')
-    assert '-DOpenBLAS_LIB=/blas/lib/%s' % build_caffe.OPENBLAS_LIB in flags
-    assert '-DOpenBLAS_INCLUDE_DIR=/blas/include' in flags
+    for arch in (None, '90'):  # a CUDA build's CPU code calls the same OpenBLAS
+        monkeypatch.setattr(build_caffe, 'cuda_flags', lambda arch: ['-DCPU_ONLY=OFF'])
+        flags = build_caffe.cmake_flags('/prefix', arch, None, '/blas')
+        assert '-DOpenBLAS_LIB=/blas/lib/%s' % build_caffe.OPENBLAS_LIB in flags
+        assert '-DOpenBLAS_INCLUDE_DIR=/blas/include' in flags
+        assert build_caffe.openblas_key(build_caffe.openblas_target()) in build_caffe.build_key(arch)
 
 
 def test_openblas_source_unavailable_is_one_line(tmp_path, monkeypatch):

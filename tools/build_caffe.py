@@ -42,7 +42,7 @@ What it does, in order:
    caffe` needs no LD_LIBRARY_PATH or PYTHONPATH; the check after linking fails if the
    OpenBLAS loaded is not the one built for it.
 
-On 2 cores the first build takes about 5 minutes for OpenBLAS and 5 for Caffe (plus a
+On 2 cores the first build takes about 4 minutes for OpenBLAS and 5 for Caffe (plus a
 minute for build packages).
 """
 import argparse
@@ -674,7 +674,8 @@ def openblas_dir(jobs):
         logfile = os.path.join(cache_root(), 'build-openblas.log')
         open(logfile, 'w').close()
         make = ['make', 'MAKE_NB_JOBS=' + jobs] + openblas_make(target)
-        log('building OpenBLAS for %s (log: %s)' % (target or 'the CPU it detects', logfile))
+        log('building OpenBLAS for %s: about 4 minutes on 2 cores (log: %s)'
+            % (target or 'the CPU it detects', logfile))
         run(make + ['libs', 'shared'], cwd=src, logfile=logfile)
         stage = os.path.join(work, 'stage')
         run(make + ['PREFIX=' + dest, 'DESTDIR=' + stage, 'NO_STATIC=1', 'install'], cwd=src,

@@ -2,6 +2,8 @@
 
 - `import_caffe()`: imports pycaffe with Caffe's INFO logging silenced (set
   FCN_VERBOSE=1 to see it).
+- `caffe_blas()`: the BLAS library pycaffe actually calls and, for OpenBLAS, its version,
+  core (kernel family) and thread count, read from the loaded library itself.
 - `set_mode(gpu)`: CPU by default; a GPU id only when this pycaffe was built with CUDA
   and the CUDA runtime sees that GPU (set_device aborts in a CPU build and, in a CUDA
   build, on a machine without the GPU): `gpu_problem(gpu)` says why one is unusable.
@@ -35,12 +37,57 @@ def build_info():
         return {}
 
 
+def mapped_files():
+    """(start, end, path) of every file mapped into this process (/proc/self/maps)."""
+    out = []
+    with open('/proc/self/maps') as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].startswith('/'):
+                start, end = (int(x, 16) for x in parts[0].split('-'))
+                out.append((start, end, parts[5].rstrip('\n')))
+    return out
+
+
+def openblas_report(path):
+    """What the OpenBLAS library file `path` says of itself: {'path', 'version', 'config',
+    'corename', 'threads'}; just {'path'} for another BLAS. numpy's bundled OpenBLAS names
+    its functions scipy_openblas_get_config64_ etc., hence the prefixes and suffixes."""
+    import ctypes
+    lib = ctypes.CDLL(path)  # already loaded: dlopen returns it
+    for prefix, suffix in (('', ''), ('scipy_', '64_'), ('scipy_', '')):
+        try:
+            config, corename, threads = (getattr(lib, '%sopenblas_get_%s%s' % (prefix, name, suffix))
+                                         for name in ('config', 'corename', 'num_threads'))
+        except AttributeError:
+            continue
+        config.restype = corename.restype = ctypes.c_char_p
+        text = config().decode()
+        return {'path': path, 'version': text.split()[1] if text.startswith('OpenBLAS ') else None,
+                'config': text, 'corename': corename().decode(), 'threads': int(threads())}
+    return {'path': path}
+
+
+def caffe_blas():
+    """The BLAS pycaffe calls, as openblas_report gives it: the mapped file that holds the
+    cblas_sgemm libcaffe resolves (whatever the file's name or how the loader found it);
+    {} where no libcaffe is mapped."""
+    import ctypes
+    import_caffe()
+    maps = mapped_files()
+    libcaffe = [p for _, _, p in maps if os.path.basename(p).startswith('libcaffe.so')]
+    if not libcaffe:
+        return {}
+    # dlsym on libcaffe's handle searches libcaffe and then its dependencies, as its calls do
+    sgemm = ctypes.cast(ctypes.CDLL(libcaffe[0]).cblas_sgemm, ctypes.c_void_p).value
+    return openblas_report(next(p for start, end, p in maps if start <= sgemm < end))
+
+
 def cuda_runtime():
     """The CUDA runtime library (ctypes) that this CUDA pycaffe loaded, None in a CPU build."""
     import ctypes
     import_caffe()
-    with open('/proc/self/maps') as f:
-        cudart = sorted(set(line.split()[-1] for line in f if '/libcudart.so' in line))
+    cudart = sorted(set(p for _, _, p in mapped_files() if '/libcudart.so' in p))
     if not cudart:
         return None
     lib = ctypes.CDLL(cudart[0])  # the loaded one: dlopen finds it by its path

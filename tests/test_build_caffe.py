@@ -123,3 +123,76 @@ def test_our_boost_python_is_the_component_caffe_asks_for(tmp_path):
     assert '-DBoost_NO_BOOST_CMAKE=ON' in flags
     # Debian's own boost-python: Boost's CMake config maps python3 to it, flags as before
     assert '-Dpython_version=3' in build_caffe.cmake_flags(str(tmp_path / 'prefix'), None)
+
+
+# /proc/cpuinfo flags (the ones OPENBLAS_TARGETS reads) of real processors
+ZEN5 = ('AuthenticAMD', {'fma', 'avx', 'avx2', 'avx512f', 'avx512dq', 'avx512ifma', 'avx512cd',
+                         'avx512bw', 'avx512vl', 'avx512_bf16', 'avx512vbmi', 'avx512_vbmi2',
+                         'avx512_vnni', 'avx512_bitalg', 'avx512_vpopcntdq'})
+SAPPHIRE_RAPIDS = ('GenuineIntel', ZEN5[1] | {'avx512_fp16', 'amx_tile', 'amx_bf16', 'amx_int8'})
+ICE_LAKE_SP = ('GenuineIntel', ZEN5[1] - {'avx512_bf16'})
+SKYLAKE_SP = ('GenuineIntel', {'fma', 'avx', 'avx2', 'avx512f', 'avx512dq', 'avx512cd',
+                               'avx512bw', 'avx512vl'})
+ZEN3 = ('AuthenticAMD', {'fma', 'avx', 'avx2'})
+HASWELL = ('GenuineIntel', {'fma', 'avx', 'avx2'})
+SANDY_BRIDGE = ('GenuineIntel', {'avx'})
+
+
+def test_openblas_target_for_current_and_older_x86():
+    target = build_caffe.openblas_target
+    assert target(ZEN5) == 'COOPERLAKE'  # AVX-512 with bf16, no AMX / fp16 (Zen 4 alike)
+    assert target(SAPPHIRE_RAPIDS) == 'SAPPHIRERAPIDS'
+    assert target(ICE_LAKE_SP) == 'SKYLAKEX' and target(SKYLAKE_SP) == 'SKYLAKEX'
+    assert target(ZEN3) == 'ZEN' and target(HASWELL) == 'HASWELL'
+    assert target(SANDY_BRIDGE) is None and target(('', set())) is None  # OpenBLAS detects
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 fma\n\n'
+                       'processor\t: 1\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 fma\n')
+    assert build_caffe.cpu_flags(str(cpuinfo)) == ('AuthenticAMD', {'fpu', 'avx2', 'fma'})
+    assert build_caffe.cpu_flags(str(tmp_path / 'none')) == ('', set())
+
+
+def test_cache_keys_name_the_blas_and_how_it_is_built(monkeypatch):
+    key = build_caffe.openblas_key('COOPERLAKE')
+    assert key.startswith('openblas0.3.29_ds-3-cooperlake-')
+    assert build_caffe.openblas_key(build_caffe.openblas_target()) in build_caffe.build_key(None)
+    caffe = build_caffe.build_key(None)
+    monkeypatch.setattr(build_caffe, 'OPENBLAS_MAKE', build_caffe.OPENBLAS_MAKE + ['USE_OPENMP=1'])
+    assert build_caffe.openblas_key('COOPERLAKE') != key and build_caffe.build_key(None) != caffe
+    for arch in (None, '90'):  # a CUDA build's CPU code calls the same OpenBLAS
+        monkeypatch.setattr(build_caffe, 'cuda_flags', lambda arch: ['-DCPU_ONLY=OFF'])
+        flags = build_caffe.cmake_flags('/prefix', arch, None, '/blas')
+        assert '-DOpenBLAS_LIB=/blas/lib/%s' % build_caffe.OPENBLAS_LIB in flags
+        assert '-DOpenBLAS_INCLUDE_DIR=/blas/include' in flags
+        assert build_caffe.openblas_key(build_caffe.openblas_target()) in build_caffe.build_key(arch)
+
+
+def test_openblas_source_unavailable_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv('CAFFE_OPENBLAS_SOURCE', raising=False)
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    monkeypatch.setenv('PATH', str(tmp_path))  # no apt-get
+    with pytest.raises(build_caffe.BuildError) as e:
+        build_caffe.openblas_source(str(tmp_path))
+    assert '\n' not in str(e.value) and 'CAFFE_OPENBLAS_SOURCE' in str(e.value)
+    monkeypatch.setenv('CAFFE_OPENBLAS_SOURCE', str(tmp_path / 'missing.tar.gz'))
+    with pytest.raises(build_caffe.BuildError, match='CAFFE_OPENBLAS_SOURCE=.*no such file'):
+        build_caffe.openblas_source(str(tmp_path / 'work'))
+
+
+def test_pycaffe_calls_the_openblas_built_for_this_cpu():
+    """The library libcaffe's cblas_sgemm comes from is the cache's OpenBLAS for this CPU's
+    target, a single-target build (OPENBLAS_CORETYPE cannot change its kernels): a silent
+    fallback to the system's DYNAMIC_ARCH libopenblas fails here."""
+    blas = guard.caffe_blas()
+    target = build_caffe.openblas_target()
+    lib = os.path.join(build_caffe.openblas_prefix(target), 'lib')
+    assert os.path.dirname(blas['path']) == os.path.realpath(lib), blas
+    assert 'DYNAMIC_ARCH' not in blas['config'].split(), blas['config']
+    if target:
+        assert blas['corename'].upper() == target, blas
+    if not os.environ.get('CAFFE_OPENBLAS_SOURCE'):
+        assert blas['version'] == build_caffe.OPENBLAS_SOURCE[1].split('+')[0]
+    assert guard.build_info()['blas']['corename'] == blas['corename']

@@ -175,16 +175,25 @@ def environment():
             'load_before': os.getloadavg()}
 
 
+def blas_line(facts):
+    """One library as it reports itself: version, core (the kernel family in use), threads."""
+    if not facts.get('config'):
+        return facts.get('path') or 'not found'
+    return 'OpenBLAS %s, core %s, %d threads (%s)' % (
+        facts['version'], facts['corename'], facts['threads'], facts['path'])
+
+
 def blas_info(env, sg):
-    """One line: the BLAS Caffe runs (library, version, kernel) and its sgemm beside numpy's.
-    The place for the host BLAS build's own report (tools/build_caffe.py); until then what
-    OpenBLAS says of itself in the sgemm worker."""
+    """One line: the BLAS Caffe runs (library, version, kernel: read from the loaded library
+    itself, guard.caffe_blas) and its sgemm beside numpy's own OpenBLAS."""
     if not sg or 'error' in sg:
         return 'BLAS: unknown (the sgemm worker failed)'
-    return ('BLAS: %s, %s threads (OPENBLAS_CORETYPE=%s); sgemm %d^3 through Caffe %.0f GFLOP/s '
-            'best, numpy (%s) %.0f' % (sg['openblas_config'], sg['openblas_threads'],
-                                       env['OPENBLAS_CORETYPE'] or 'unset', sg['sgemm_n'],
-                                       sg['gflops_best'], sg['numpy_blas'], sg['numpy_gflops_best']))
+    blas = sg.get('blas', {})
+    return ("Caffe's BLAS: %s; numpy's: %s (OPENBLAS_CORETYPE=%s); sgemm %d^3 through Caffe "
+            '%.0f GFLOP/s best, numpy %.0f' % (
+                blas_line(blas.get('caffe', {})), blas_line(blas.get('numpy', {})),
+                env['OPENBLAS_CORETYPE'] or 'unset', sg['sgemm_n'], sg['gflops_best'],
+                sg['numpy_gflops_best']))
 
 
 # --- figures ------------------------------------------------------------------------------

@@ -76,20 +76,13 @@ def reset_peak():
         return False
 
 
-def openblas():
-    """(config string, thread count) of the OpenBLAS loaded in this process, if any."""
-    import ctypes
-    for name in ('libopenblas.so.0', 'libopenblas.so'):
-        try:
-            lib = ctypes.CDLL(name, mode=getattr(os, 'RTLD_NOLOAD', 4) | ctypes.RTLD_GLOBAL)
-        except OSError:
-            continue
-        try:
-            lib.openblas_get_config.restype = ctypes.c_char_p
-            return lib.openblas_get_config().decode(), int(lib.openblas_get_num_threads())
-        except AttributeError:
-            return name, None
-    return None, None
+def blas_facts():
+    """The BLAS libraries of this process: {'caffe': the one pycaffe calls, 'numpy': numpy's
+    bundled OpenBLAS}, each {'path', 'version', 'config', 'corename', 'threads'} as the
+    loaded library reports itself (guard.openblas_report); {} for one not found."""
+    numpy_libs = os.path.dirname(np.__file__) + '.libs' + os.sep  # where numpy's wheel puts it
+    mine = [p for _, _, p in guard.mapped_files() if p.startswith(numpy_libs) and 'openblas' in p]
+    return {'caffe': guard.caffe_blas(), 'numpy': guard.openblas_report(mine[0]) if mine else {}}
 
 
 def cores():
@@ -295,10 +288,11 @@ def task_sgemm(spec):
         np_blas = '%s %s' % (np_blas.get('name'), np_blas.get('version'))
     except Exception:  # older numpy: no dict mode
         np_blas = 'unknown'
-    config, threads = openblas()
+    blas = blas_facts()
     return {'flops': flops, 'first_s': first, 'times_s': times,
-            'numpy_times_s': np_times, 'numpy_blas': np_blas,
-            'openblas_config': config, 'openblas_threads': threads,
+            'numpy_times_s': np_times, 'numpy_blas': np_blas, 'blas': blas,
+            'openblas_config': blas['caffe'].get('config'),
+            'openblas_threads': blas['caffe'].get('threads'),
             'peak_rss_mb': peak_rss_mb()}
 
 

@@ -17,21 +17,33 @@ What it does, in order:
    below, each with the reason), then any `tools/caffe-patches/*.patch` of this project.
 3. Build packages. Missing Debian build packages are installed with apt-get (sudo when
    not root); if that is impossible the exact command is printed and the build stops.
-4. Build. CMake, CPU with OpenBLAS, Python layers on, against this Python and numpy;
+4. BLAS. OpenBLAS built for this CPU alone from Debian trixie's `openblas` source package
+   (fetched the same way; CAFFE_OPENBLAS_SOURCE: a tree or tarball instead), one TARGET
+   picked from /proc/cpuinfo (OPENBLAS_TARGETS: Zen 4/5 -> COOPERLAKE, Sapphire Rapids
+   -> SAPPHIRERAPIDS, other AVX-512 -> SKYLAKEX, AVX2 -> ZEN or HASWELL, else OpenBLAS's
+   own detection), not DYNAMIC_ARCH, so OPENBLAS_CORETYPE changes nothing; BLAS only, C
+   only, pthreads (OPENBLAS_MAKE says why), into the cache like Caffe. No fallback to the
+   system's OpenBLAS: where the source cannot be fetched the build stops with one line.
+5. Build. CMake, CPU with that OpenBLAS, Python layers on, against this Python and numpy;
    OpenCV/LevelDB/LMDB off. Where `nvcc` exists and a GPU's compute capability can be
    read (or FCN_CUDA_ARCH is set, e.g. 90), a CUDA build instead: code for that arch plus
    its PTX, USE_CUDNN off, USE_NCCL on; cuBLAS, cuRAND and NCCL (and the CUDA runtime) that
    the toolkit lacks come from NVIDIA's pinned PyPI wheels (CUDA_WHEELS), installed into the
-   cache. FCN_CAFFE_CPU=1 forces the CPU build.
-5. Cache. Installed under ${XDG_CACHE_HOME:-~/.cache}/fcn-caffe/<key>, where the key
+   cache (the CPU code of a CUDA build still calls the OpenBLAS of step 4).
+   FCN_CAFFE_CPU=1 forces the CPU build.
+6. Cache. Installed under ${XDG_CACHE_HOME:-~/.cache}/fcn-caffe/<key>, where the key
    holds the source version, a digest of the patch set, the Python version, numpy's
-   major version and cpu/cuda-arch. The install is staged elsewhere and renamed into
-   place only when complete, so an interrupted build leaves nothing a later run trusts.
-6. Link. A `fcn-caffe.pth` file in the venv's site-packages puts the cached pycaffe on
-   sys.path; its libraries find each other by RUNPATH, so `import caffe` needs no
-   LD_LIBRARY_PATH or PYTHONPATH.
+   major version, the OpenBLAS entry's name (version, target, build digest) and
+   cpu/cuda-arch; OpenBLAS sits beside it under its own key. Both are staged elsewhere
+   and renamed into place only when complete, so an interrupted build leaves nothing a
+   later run trusts.
+7. Link. A `fcn-caffe.pth` file in the venv's site-packages puts the cached pycaffe on
+   sys.path; its libraries find each other (and the OpenBLAS) by RUNPATH, so `import
+   caffe` needs no LD_LIBRARY_PATH or PYTHONPATH; the check after linking fails if the
+   OpenBLAS loaded is not the one built for it.
 
-On 2 cores the first build takes about 5 minutes (plus a minute for build packages).
+On 2 cores the first build takes about 4 minutes for OpenBLAS and 5 for Caffe (plus a
+minute for build packages).
 """
 import argparse
 import fcntl
@@ -61,11 +73,52 @@ SOURCE_SUITE = 'bullseye'  # the last Debian release with caffe
 # Debian patches to those files, into the cache.
 BOOST_SOURCE = ('boost1.74', '1.74.0+ds1-21', 'bookworm')
 
+# The BLAS: OpenBLAS from Debian trixie's source package (Debian's binary packages are
+# DYNAMIC_ARCH builds, whose kernels the environment's OPENBLAS_CORETYPE can force down,
+# e.g. to AVX2 on an AVX-512 CPU), built here for this CPU alone. Of Debian's patches only
+# the upstream fix (blas_server.c thread safety) applies: the others adapt the package to
+# Debian's liblapack and libblas.so.3 alternatives, which this build has none of.
+OPENBLAS_SOURCE = ('openblas', '0.3.29+ds-3', 'trixie')
+OPENBLAS_DEBIAN_PATCHES = ['39eb43d4410d0745ca2c78d1162d973abf3aa35b.patch']
+
+# OpenBLAS's TARGET for this CPU, the first whose /proc/cpuinfo flags (and vendor) all
+# match; no match: OpenBLAS's own detection of the build machine (getarch). OpenBLAS
+# compiles a target with -march of its CPU, so the AVX-512 rows ask for every AVX-512
+# extension that -march turns on. SKYLAKEX, COOPERLAKE and SAPPHIRERAPIDS share one fp32
+# and fp64 GEMM kernel (16x4 / 16x2 AVX-512); they differ in bf16 (sbgemm) kernels and in
+# -march. Zen 4 and Zen 5 have AVX-512 with bf16 and VNNI but no AMX or fp16: COOPERLAKE.
+# AVX2 + FMA: ZEN on AMD (Haswell's kernels, AMD's cache sizes), HASWELL elsewhere.
+AVX512 = {'avx512f', 'avx512cd', 'avx512bw', 'avx512dq', 'avx512vl'}
+OPENBLAS_TARGETS = [
+    ('SAPPHIRERAPIDS', None, AVX512 | {'avx512_vnni', 'avx512_bf16', 'avx512_fp16',
+                                       'amx_tile', 'amx_bf16', 'amx_int8'}),
+    ('COOPERLAKE', None, AVX512 | {'avx512_vnni', 'avx512_bf16'}),
+    ('SKYLAKEX', None, AVX512),
+    ('ZEN', 'AuthenticAMD', {'avx2', 'fma'}),
+    ('HASWELL', None, {'avx2', 'fma'}),
+]
+
+# How OpenBLAS is built (make variables), besides TARGET:
+# - NO_LAPACK, NOFORTRAN: Caffe calls only the BLAS (cblas_*), and the Debian source has
+#   no LAPACK (+ds: lapack-netlib removed), so no Fortran compiler either.
+# - BUILD_SINGLE, BUILD_DOUBLE: Caffe instantiates float and double; no complex kernels
+#   (half the compile time).
+# - USE_OPENMP=0 (pthreads, as Debian's): GNU OpenMP's threads do not survive fork(), so
+#   an OpenMP OpenBLAS hangs in a child forked after its parent multiplied (data loaders,
+#   subprocess pools); OpenBLAS's own pthread server re-creates itself after fork.
+#   caffe-patches/01 makes the two pools share the cores: inside Caffe's parallel loops
+#   OpenBLAS runs on the calling thread (BlasSingleThreaded).
+# - LIBNAMESUFFIX: the library is libopenblas_fcn.so.0, a name of its own, so the dynamic
+#   loader can never hand Caffe a libopenblas.so.0 some other module loaded first.
+OPENBLAS_MAKE = ['NO_LAPACK=1', 'NOFORTRAN=1', 'BUILD_SINGLE=1', 'BUILD_DOUBLE=1',
+                 'USE_OPENMP=0', 'USE_THREAD=1', 'NO_AFFINITY=1', 'LIBNAMESUFFIX=_fcn']
+OPENBLAS_LIB = 'libopenblas_fcn.so'
+
 # Debian (bookworm) names of what the build needs.
 BUILD_PACKAGES = [
     'cmake', 'g++', 'make', 'libboost-filesystem-dev', 'libboost-system-dev',
     'libboost-thread-dev', 'libboost-python-dev', 'libgflags-dev', 'libgoogle-glog-dev',
-    'libhdf5-dev', 'libopenblas-dev', 'libprotobuf-dev', 'protobuf-compiler',
+    'libhdf5-dev', 'libprotobuf-dev', 'protobuf-compiler',
 ]
 
 # (file, old text, new text, why, applies to 'all' or 'cuda').
@@ -281,9 +334,9 @@ def build_key(arch):
     version = SOURCE_VERSION if not source else 'src-' + hashlib.sha256(
         os.path.abspath(source).encode()).hexdigest()[:8]
     mode = 'cuda%s' % arch if arch else 'cpu'
-    return 'caffe-%s-py%s-np%s-%s-%s' % (
-        version.replace('+', '_'), py, numpy.__version__.split('.')[0], mode,
-        patch_digest(bool(arch)))
+    return 'caffe-%s-py%s-np%s-%s-%s-%s' % (
+        version.replace('+', '_'), py, numpy.__version__.split('.')[0],
+        openblas_key(openblas_target()), mode, patch_digest(bool(arch)))
 
 
 # --- build packages -----------------------------------------------------------------------
@@ -388,33 +441,40 @@ def unpack(archive, dest):
         t.extractall(dest, filter='data') if hasattr(tarfile, 'data_filter') else t.extractall(dest)
 
 
-def prepare_source(work, cuda):
-    """A patched Caffe tree under `work`; returns its path."""
+def source_tree(work, given, variable, package, version):
+    """The unpacked source under `work`/source: from `given` (the environment variable
+    `variable`: a tree or a tarball) or else from Debian's source package; returns its path."""
     src = os.path.join(work, 'source')
-    given = os.environ.get('CAFFE_SOURCE')
+    tmp = os.path.join(work, 'unpack')
     if given:
         if os.path.isdir(given):
             shutil.copytree(given, src, symlinks=True)
-        elif os.path.isfile(given):
-            tmp = os.path.join(work, 'unpack')
-            unpack(given, tmp)
-            tops = os.listdir(tmp)
-            shutil.move(os.path.join(tmp, tops[0]) if len(tops) == 1 else tmp, src)
-        else:
-            raise BuildError('CAFFE_SOURCE=%s: no such file or directory' % given)
+            return src
+        if not os.path.isfile(given):
+            raise BuildError('%s=%s: no such file or directory' % (variable, given))
+        unpack(given, tmp)
     else:
+        downloads = os.path.join(cache_root(), 'downloads')
+        orig = glob.glob(os.path.join(downloads, '%s_%s.orig.tar.*' % (package, version.split('-')[0])))
+        deb = glob.glob(os.path.join(downloads, '%s_%s.debian.tar.*' % (package, version)))
+        if not orig or not deb:
+            raise BuildError('source download incomplete in %s' % downloads)
+        unpack(orig[0], tmp)
+    tops = os.listdir(tmp)
+    shutil.move(os.path.join(tmp, tops[0]) if len(tops) == 1 else tmp, src)
+    if not given:
+        unpack(deb[0], src)
+    return src
+
+
+def prepare_source(work, cuda):
+    """A patched Caffe tree under `work`; returns its path."""
+    given = os.environ.get('CAFFE_SOURCE')
+    if not given:
         downloads = os.path.join(cache_root(), 'downloads')
         os.makedirs(downloads, exist_ok=True)
         fetch_debian_source(downloads)
-        orig = glob.glob(os.path.join(downloads, '%s_*.orig.tar.*' % SOURCE_PACKAGE))
-        deb = glob.glob(os.path.join(downloads, '%s_%s.debian.tar.*' % (SOURCE_PACKAGE, SOURCE_VERSION)))
-        if not orig or not deb:
-            raise BuildError('source download incomplete in %s' % downloads)
-        tmp = os.path.join(work, 'unpack')
-        unpack(orig[0], tmp)
-        tops = os.listdir(tmp)
-        shutil.move(os.path.join(tmp, tops[0]) if len(tops) == 1 else tmp, src)
-        unpack(deb[0], src)
+    src = source_tree(work, given, 'CAFFE_SOURCE', SOURCE_PACKAGE, SOURCE_VERSION)
     if not os.path.isfile(os.path.join(src, 'CMakeLists.txt')):
         raise BuildError('%s does not look like a Caffe source tree (no CMakeLists.txt)' % src)
     series = os.path.join(src, 'debian', 'patches', 'series')
@@ -510,6 +570,133 @@ def boost_python_dir(jobs):
     return dest
 
 
+# --- the BLAS -----------------------------------------------------------------------------
+
+def cpu_flags(path='/proc/cpuinfo'):
+    """(vendor, set of flags) of the first CPU in /proc/cpuinfo; ('', set()) without one
+    (non-x86 kernels write no flags line)."""
+    vendor = ''
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'vendor_id':
+                    vendor = value.strip()
+                elif key.strip() == 'flags':
+                    return vendor, set(value.split())
+    except OSError:
+        pass
+    return vendor, set()
+
+
+def openblas_target(cpu=None):
+    """OpenBLAS's TARGET for `cpu` ((vendor, flags), default this CPU) from OPENBLAS_TARGETS;
+    None: OpenBLAS detects the build machine itself."""
+    vendor, flags = cpu or cpu_flags()
+    for target, need_vendor, need in OPENBLAS_TARGETS:
+        if need <= flags and need_vendor in (None, vendor):
+            return target
+    return None
+
+
+def openblas_make(target):
+    """make's variables for building OpenBLAS for `target` (None: detected)."""
+    threads = max(128, os.cpu_count() or 1)  # the most threads it can run (MAX_CPU_NUMBER)
+    return OPENBLAS_MAKE + ['NUM_THREADS=%d' % threads] + (['TARGET=%s' % target] if target else [])
+
+
+def openblas_key(target):
+    """The cache entry's name: library, version, target, and a digest of how it is built."""
+    given = os.environ.get('CAFFE_OPENBLAS_SOURCE')
+    version = OPENBLAS_SOURCE[1] if not given else 'src-' + hashlib.sha256(
+        os.path.abspath(given).encode()).hexdigest()[:8]
+    digest = hashlib.sha256(repr((openblas_make(target), OPENBLAS_DEBIAN_PATCHES)).encode())
+    return 'openblas%s-%s-%s' % (version.replace('+', '_'), (target or 'detected').lower(),
+                                 digest.hexdigest()[:8])
+
+
+def openblas_prefix(target):
+    return os.path.join(cache_root(), openblas_key(target))
+
+
+def openblas_source(work):
+    """OpenBLAS's source tree under `work`: CAFFE_OPENBLAS_SOURCE (a tree or tarball), else
+    Debian's source package (OPENBLAS_SOURCE) with its upstream fix. No fallback to the
+    system's OpenBLAS: that is the DYNAMIC_ARCH build this one replaces."""
+    given = os.environ.get('CAFFE_OPENBLAS_SOURCE')
+    package, version, suite = OPENBLAS_SOURCE
+    if not given:
+        downloads = os.path.join(cache_root(), 'downloads')
+        os.makedirs(downloads, exist_ok=True)
+        try:
+            if not shutil.which('apt-get'):
+                raise BuildError('no apt-get on this machine')
+            fetch_debian_source(downloads, package, version, suite)
+        except BuildError as e:
+            raise BuildError("cannot fetch Debian's %s %s source (%s); set CAFFE_OPENBLAS_SOURCE "
+                             'to an OpenBLAS source tree or tarball (0.3.29 or later)'
+                             % (package, version, str(e).splitlines()[0]))
+    src = source_tree(work, given, 'CAFFE_OPENBLAS_SOURCE', package, version)
+    if not os.path.isfile(os.path.join(src, 'Makefile.rule')):
+        raise BuildError('%s does not look like an OpenBLAS source tree (no Makefile.rule)'
+                         % (given or src))
+    if not given:
+        for name in OPENBLAS_DEBIAN_PATCHES:
+            log('openblas debian patch %s' % name)
+            run(['patch', '-p1', '-s', '-N', '-i', os.path.join(src, 'debian', 'patches', name)],
+                cwd=src)
+    return src
+
+
+def openblas_facts(path):
+    """{'config', 'corename', 'threads'} of the OpenBLAS library file `path`, read from the
+    library itself (its openblas_get_config / _corename / _num_threads)."""
+    import ctypes
+    lib = ctypes.CDLL(path)
+    lib.openblas_get_config.restype = ctypes.c_char_p
+    lib.openblas_get_corename.restype = ctypes.c_char_p
+    return {'config': lib.openblas_get_config().decode(),
+            'corename': lib.openblas_get_corename().decode(),
+            'threads': int(lib.openblas_get_num_threads())}
+
+
+def openblas_dir(jobs):
+    """This CPU's OpenBLAS in the cache, built once (about 4 minutes on 2 cores; staged and
+    renamed like Caffe); returns its prefix (include/cblas.h, lib/OPENBLAS_LIB)."""
+    target = openblas_target()
+    dest = openblas_prefix(target)
+    record = os.path.join(dest, 'openblas_build.json')
+    if os.path.isfile(record):
+        return dest
+    work = tempfile.mkdtemp(dir=cache_root(), prefix='.work-openblas-')
+    try:
+        src = openblas_source(work)
+        logfile = os.path.join(cache_root(), 'build-openblas.log')
+        open(logfile, 'w').close()
+        make = ['make', 'MAKE_NB_JOBS=' + jobs] + openblas_make(target)
+        log('building OpenBLAS for %s: about 4 minutes on 2 cores (log: %s)'
+            % (target or 'the CPU it detects', logfile))
+        run(make + ['libs', 'shared'], cwd=src, logfile=logfile)
+        stage = os.path.join(work, 'stage')
+        run(make + ['PREFIX=' + dest, 'DESTDIR=' + stage, 'NO_STATIC=1', 'install'], cwd=src,
+            logfile=logfile)
+        staged = stage + dest
+        facts = openblas_facts(os.path.join(staged, 'lib', OPENBLAS_LIB))
+        if target and facts['corename'].upper() != target:
+            raise BuildError('OpenBLAS built for %s reports core %s' % (target, facts['corename']))
+        info = {'source': os.environ.get('CAFFE_OPENBLAS_SOURCE') or '%s %s' % OPENBLAS_SOURCE[:2],
+                'target': target, 'make': openblas_make(target), 'config': facts['config'],
+                'corename': facts['corename'], 'lib': os.path.join(dest, 'lib', OPENBLAS_LIB)}
+        with open(os.path.join(staged, 'openblas_build.json'), 'w') as f:
+            json.dump(info, f, indent=1)
+        if os.path.exists(dest):
+            shutil.rmtree(dest)  # no record: incomplete, not ours to trust
+        os.replace(staged, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
 # --- build --------------------------------------------------------------------------------
 
 def python_library():
@@ -524,9 +711,10 @@ def python_library():
                      'Python built with --enable-shared' % (sys.version_info[:2] + (sys.executable,)))
 
 
-def cmake_flags(prefix, arch, boost_python=None):
+def cmake_flags(prefix, arch, boost_python=None, openblas=None):
     """CMake's command-line options for installing into `prefix` (CPU when `arch` is None);
-    `boost_python`: a directory with our own libboost_python3X.so (boost_python_dir)."""
+    `boost_python`: a directory with our own libboost_python3X.so (boost_python_dir);
+    `openblas`: the prefix of our OpenBLAS (openblas_dir), else CMake finds the system's."""
     import numpy
     flags = [
         '-DCMAKE_BUILD_TYPE=Release', '-DBLAS=Open', '-Dpython_version=3',
@@ -539,9 +727,14 @@ def cmake_flags(prefix, arch, boost_python=None):
         '-DNUMPY_INCLUDE_DIR=%s' % numpy.get_include(),
     ]
     if arch:
-        flags += cuda_flags(arch)
+        flags += cuda_flags(arch)  # cuBLAS on the GPU; the CPU code still calls OpenBLAS
     else:
         flags += ['-DCPU_ONLY=ON', '-DUSE_NCCL=OFF']
+    if openblas:
+        # given as files, Caffe's FindOpenBLAS searches nothing; the library's directory
+        # lands in the RUNPATH (CMAKE_INSTALL_RPATH_USE_LINK_PATH in Caffe's Misc.cmake)
+        flags += ['-DOpenBLAS_INCLUDE_DIR=%s' % os.path.join(openblas, 'include'),
+                  '-DOpenBLAS_LIB=%s' % os.path.join(openblas, 'lib', OPENBLAS_LIB)]
     if boost_python:
         # Debian's cmake-link-correct-python-lib patch asks Boost for the component
         # "python${python_version}" without dots: with python_version=3 that is python3, which
@@ -569,7 +762,8 @@ def build(prefix, arch):
         logfile = os.path.join(cache_root(), 'build.log')
         open(logfile, 'w').close()
         jobs = str(int(os.environ.get('FCN_BUILD_JOBS') or (os.cpu_count() or 1) + 1))
-        flags = cmake_flags(prefix, arch, boost_python_dir(jobs))
+        openblas = openblas_dir(jobs)
+        flags = cmake_flags(prefix, arch, boost_python_dir(jobs), openblas)
         log('configuring (log: %s)' % logfile)
         run(['cmake', src] + flags, cwd=bdir, logfile=logfile)
         log('compiling with %s jobs: about 5 minutes on 2 cores' % jobs)
@@ -582,11 +776,14 @@ def build(prefix, arch):
             raise BuildError('install produced no caffe/_caffe.so under %s' % pkg)
         # Caffe's own Python tests, kept for `make caffe-selftest`.
         shutil.copytree(os.path.join(src, 'python', 'caffe', 'test'), os.path.join(staged, 'selftest'))
+        with open(os.path.join(openblas, 'openblas_build.json')) as f:
+            blas = json.load(f)
         info = {'source': os.environ.get('CAFFE_SOURCE') or '%s %s' % (SOURCE_PACKAGE, SOURCE_VERSION),
                 'cuda': bool(arch), 'cuda_arch': arch, 'python': sys.version.split()[0],
                 'numpy': numpy.__version__, 'patches': patch_digest(bool(arch)),
                 'fixes': [f[3] for f in FIXES if f[4] == 'all' or arch],
-                'project_patches': [os.path.basename(p) for p in project_patches()]}
+                'project_patches': [os.path.basename(p) for p in project_patches()],
+                'blas': blas}
         with open(os.path.join(pkg, 'caffe', 'fcn_build.json'), 'w') as f:
             json.dump(info, f, indent=1)
         os.replace(staged, prefix)  # the only step that makes the build visible
@@ -615,12 +812,19 @@ def link_into_env(prefix):
     log('linked %s -> %s' % (pth, prefix))
 
 
-def check_import():
+def check_import(prefix):
+    """pycaffe imports in a clean environment and has loaded the OpenBLAS its record names
+    (found by RUNPATH), not another libopenblas."""
     env = dict(os.environ, GLOG_minloglevel='2')
     env.pop('PYTHONPATH', None)
     env.pop('LD_LIBRARY_PATH', None)
-    run([sys.executable, '-c', 'import caffe, json, os; '
-         'print("pycaffe ok:", caffe.__file__)'], env=env)
+    with open(os.path.join(prefix, 'lib', 'python3', 'dist-packages', 'caffe', 'fcn_build.json')) as f:
+        lib = json.load(f).get('blas', {}).get('lib')
+    run([sys.executable, '-c', 'import caffe, os, sys; '
+         'maps = open("/proc/self/maps").read(); '
+         'lib = sys.argv[1]; '
+         'sys.exit("pycaffe did not load " + lib) if lib and os.path.realpath(lib) not in maps else None; '
+         'print("pycaffe ok:", caffe.__file__, "BLAS:", lib or "the system\'s")', lib or ''], env=env)
 
 
 def selftest(prefix):
@@ -651,7 +855,8 @@ def main(argv=None):
     arch = gpu_arch()
     prefix = os.path.join(cache_root(), build_key(arch))
     if args.info:
-        print(json.dumps({'prefix': prefix, 'cuda_arch': arch}, indent=1))
+        print(json.dumps({'prefix': prefix, 'cuda_arch': arch, 'openblas_target': openblas_target(),
+                          'openblas': openblas_prefix(openblas_target())}, indent=1))
         return 0
     os.makedirs(cache_root(), exist_ok=True)
     with open(os.path.join(cache_root(), '.lock'), 'w') as lock:
@@ -669,7 +874,7 @@ def main(argv=None):
             build(prefix, arch)
             log('built %s' % prefix)
     link_into_env(prefix)
-    check_import()
+    check_import(prefix)
     if args.selftest:
         selftest(prefix)
     return 0

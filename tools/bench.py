@@ -343,6 +343,26 @@ def peer_title(rows, peer):
     return r['runtime'] + ('' if r['precision'] == 'f32' else ' (%s, default)' % r['precision'])
 
 
+def net_row(net, peer):
+    """The row of `peer` in one net's results (None when it did not run)."""
+    return next((r for r in net['rows'] if r['peer'] == peer), None)
+
+
+def time_cell(net, r):
+    """'median s, ratio x, peak GB', bold for the net's fastest fp32 peer."""
+    if r is None or 'error' in r:
+        return '' if r is None else 'failed'
+    cell = '%.2f s, %.2fx, %.2f GB' % (r['median_s'], r['ratio'], r['peak_rss_mb'] / 1024)
+    return '**%s**' % cell if r['peer'] == net['fastest'] else cell
+
+
+def difference_cell(r):
+    """max |difference| / max |Caffe| of one peer's output, flagged over its bound."""
+    d = r.get('difference')
+    return ('reference' if r.get('reference') else '-' if d is None else
+            '%.1e%s' % (d, ' (over %g)' % r['bound'] if d > r['bound'] else ''))
+
+
 def markdown(results):
     """The performance section's tables (Markdown) from a bench JSON's `results`."""
     env, sg = results['environment'], results.get('sgemm') or {}
@@ -354,31 +374,17 @@ def markdown(results):
         '| net (GFLOP) | ' + ' | '.join(peer_title(rows, p) for p in peers) + ' |',
         '|---' * (len(peers) + 1) + '|']
     for net in results['nets']:
-        by = {r['peer']: r for r in net['rows']}
-        cells = []
-        for p in peers:
-            r = by.get(p)
-            if r is None or 'error' in r:
-                cells.append('' if r is None else 'failed')
-                continue
-            cell = '%.2f s, %.2fx, %.2f GB' % (r['median_s'], r['ratio'], r['peak_rss_mb'] / 1024)
-            cells.append('**%s**' % cell if p == net['fastest'] else cell)
         gflop = next((r['flops'] / 1e9 for r in net['rows'] if r.get('flops')), None)
-        out.append('| %s %d x %d (%s) | %s |' % (TITLES[net['net']], net['size'][0], net['size'][1],
-                                                 fmt(gflop, '%.0f'), ' | '.join(cells)))
+        out.append('| %s %d x %d (%s) | %s |' % (
+            TITLES[net['net']], net['size'][0], net['size'][1], fmt(gflop, '%.0f'),
+            ' | '.join(time_cell(net, net_row(net, p)) for p in peers)))
     out += ['', 'Each cell: median time, ratio to the fastest fp32 peer (bold), peak memory '
             '(VmHWM of its process). Output against Caffe\'s, max |difference| / max |Caffe|:', '',
             '| net | ' + ' | '.join(peer_title(rows, p) for p in peers) + ' |',
             '|---' * (len(peers) + 1) + '|']
     for net in results['nets']:
-        by = {r['peer']: r for r in net['rows']}
-        cells = []
-        for p in peers:
-            r = by.get(p, {})
-            d = r.get('difference')
-            cells.append('reference' if r.get('reference') else '-' if d is None else
-                         '%.1e%s' % (d, ' (over %g)' % r['bound'] if d > r['bound'] else ''))
-        out.append('| %s | %s |' % (TITLES[net['net']], ' | '.join(cells)))
+        out.append('| %s | %s |' % (TITLES[net['net']], ' | '.join(
+            difference_cell(net_row(net, p) or {}) for p in peers)))
     busy = [r.get('others_busy_max') or 0 for r in rows if 'error' not in r]
     if busy and max(busy) > 0.05:
         out += ['', 'Other processes used up to %.0f%% of the CPUs during timed passes: the times '

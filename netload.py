@@ -83,52 +83,155 @@ def _varint(f, first=None):
             raise ValueError('malformed varint')
 
 
+class StoredValues:
+    """One value field of a BlobProto in a caffemodel (data, diff, double_data or
+    double_diff), left in the file: len() is its count; read_into copies it into a float32
+    array of that many values. A packed field is only located, never read, while the file
+    is checked; `values` holds those of a field that was parsed (written unpacked)."""
+
+    def __init__(self, path, offset=0, count=0, dtype='<f4', values=()):
+        self.path, self.offset, self.count, self.dtype = path, offset, count, np.dtype(dtype)
+        self.values = values
+
+    def __len__(self):
+        return self.count if not len(self.values) else len(self.values)
+
+    def read_into(self, out):
+        """out (a C-contiguous float32 array of len(self) values, e.g. a Caffe blob's data)."""
+        flat = out.reshape(-1)
+        if len(self.values) or self.dtype != np.dtype('<f4'):
+            flat[...] = np.asarray(self.values if len(self.values) else np.fromfile(
+                self.path, self.dtype, self.count, offset=self.offset), np.float32)
+            return
+        with open(self.path, 'rb') as f:  # straight into the blob: no copy of the values
+            f.seek(self.offset)
+            if f.readinto(memoryview(flat).cast('B')) != flat.nbytes:
+                raise InputError('%s: cut short inside a blob at byte %d' % (self.path, self.offset))
+
+
+class StoredBlob:
+    """A caffemodel's BlobProto without its values in memory: the shape fields of the
+    message (shape, num, channels, height, width, HasField) and, for data, diff,
+    double_data and double_diff, a StoredValues each. Read like a BlobProto by
+    _blob_shape and blob_value_problem."""
+    VALUES = {'data': '<f4', 'diff': '<f4', 'double_data': '<f8', 'double_diff': '<f8'}
+
+    def __init__(self, proto, values):
+        self._proto = proto
+        for name in self.VALUES:
+            setattr(self, name, values.get(name) or StoredValues(None))
+
+    def __getattr__(self, name):
+        return getattr(self._proto, name)
+
+
+class _Unpacked(Exception):
+    """A value field written element by element (not packed): parse the layer instead."""
+
+
+def _fields(f, end):
+    """(number, wire type, start of the field's tag, start of its payload, payload length)
+    for each field of the message from the file position to `end`."""
+    while f.tell() < end:
+        start = f.tell()
+        tag = _varint(f)
+        wire = tag & 7
+        if wire == 0:
+            _varint(f)
+            yield tag >> 3, wire, start, f.tell(), 0
+            continue
+        if wire not in (1, 2, 5):
+            raise ValueError('wire type %d at byte %d' % (wire, start))
+        n = {1: 8, 5: 4}.get(wire) or _varint(f)
+        if f.tell() + n > end:
+            raise ValueError('truncated: a field of %d bytes at byte %d ends past %d'
+                             % (n, f.tell(), end))
+        payload = f.tell()
+        f.seek(n, 1)
+        yield tag >> 3, wire, start, payload, n
+
+
+def _raw(f, spans):
+    """The bytes of the file at (start, end) spans, joined: fields kept as written."""
+    out = []
+    for start, end in spans:
+        f.seek(start)
+        out.append(f.read(end - start))
+    return b''.join(out)
+
+
+def _stored_blob(f, path, start, end, blob_proto):
+    """The BlobProto at [start, end) of the file as a StoredBlob: its value fields located."""
+    numbers = {blob_proto.DESCRIPTOR.fields_by_name[k].number: k for k in StoredBlob.VALUES}
+    f.seek(start)
+    spans, values = [], {}
+    for number, wire, tag_at, payload, n in list(_fields(f, end)):
+        if number not in numbers:
+            spans.append((tag_at, payload + n))
+        elif wire != 2 or numbers[number] in values:
+            raise _Unpacked()
+        else:
+            dtype = StoredBlob.VALUES[numbers[number]]
+            values[numbers[number]] = StoredValues(path, payload, n // int(dtype[-1]), dtype)
+    proto = blob_proto()
+    proto.ParseFromString(_raw(f, spans))
+    return StoredBlob(proto, values)
+
+
+def _stored_layer(f, path, start, end, kind):
+    """(layer without blobs, [StoredBlob]) for the layer message at [start, end)."""
+    caffe = import_caffe()
+    blobs_field = kind.DESCRIPTOR.fields_by_name['blobs'].number
+    f.seek(start)
+    fields = list(_fields(f, end))
+    spans = [(t, p + n) for number, _, t, p, n in fields if number != blobs_field]
+    blobs = [(p, p + n) for number, wire, _, p, n in fields if number == blobs_field and wire == 2]
+    layer = kind()
+    layer.ParseFromString(_raw(f, spans))
+    try:
+        return layer, [_stored_blob(f, path, b, e, caffe.proto.caffe_pb2.BlobProto)
+                       for b, e in blobs]
+    except _Unpacked:  # legal but never written by Caffe: parse it whole, values in memory
+        f.seek(start)
+        layer.ParseFromString(f.read(end - start))
+        stored = [StoredBlob(b, {k: StoredValues(path, values=getattr(b, k))
+                                 for k in StoredBlob.VALUES}) for b in layer.blobs]
+        del layer.blobs[:]
+        return layer, stored
+
+
 def read_layers(path, error=InputError, text='%s: not a Caffe weights file (%s)'):
-    """Yield ('layer', LayerParameter) or ('layers', V1LayerParameter) for each layer of
-    caffemodel `path`, in file order, parsed one at a time (the NetParameter's other
-    fields skipped): at most one layer's values in memory, where parsing the whole file
-    (read_proto) holds the file and its parse, twice the weights, at once.
-    error(text % (path, why)) when it cannot be read or does not parse."""
+    """Yield (field, layer, blobs) for each layer of caffemodel `path`, in file order:
+    field 'layer' (LayerParameter) or 'layers' (V1LayerParameter), the layer without its
+    blobs, and its blobs as StoredBlobs, whose values stay in the file until copied
+    (StoredValues.read_into). The NetParameter's other fields are skipped: where parsing
+    the whole file (read_proto) holds the file and its parse, twice the weights, this
+    holds no weights at all. error(text % (path, why)) when it cannot be read or parsed."""
     caffe = import_caffe()
     kinds = {100: ('layer', caffe.proto.caffe_pb2.LayerParameter),
              2: ('layers', caffe.proto.caffe_pb2.V1LayerParameter)}
     try:
         with open(path, 'rb') as f:
             size = os.fstat(f.fileno()).st_size
-            while True:
-                first = f.read(1)
-                if not first:
-                    return
-                tag = _varint(f, first)
-                wire = tag & 7
-                if wire == 0:
-                    _varint(f)
-                    continue
-                if wire not in (1, 2, 5):
-                    raise ValueError('wire type %d at byte %d' % (wire, f.tell()))
-                n = {1: 8, 5: 4}.get(wire) or _varint(f)
-                if f.tell() + n > size:
-                    raise ValueError('truncated: a field of %d bytes at byte %d of %d'
-                                     % (n, f.tell(), size))
-                if wire == 2 and tag >> 3 in kinds:
-                    name, kind = kinds[tag >> 3]
-                    layer = kind()
-                    layer.ParseFromString(f.read(n))
-                    yield name, layer
-                else:
-                    f.seek(n, 1)
+            for number, wire, _, payload, n in _fields(f, size):
+                if wire == 2 and number in kinds:
+                    name, kind = kinds[number]
+                    layer, blobs = _stored_layer(f, path, payload, payload + n, kind)
+                    f.seek(payload + n)
+                    yield name, layer, blobs
     except Exception as e:  # protobuf raises DecodeError or RuntimeError by backend
         raise error(text % (path, e))
 
 
-def _layer_problem(path, layer, wanted):
-    """Why Caffe would abort copying `layer` (a LayerParameter of caffemodel `path`) into a
-    net layer with parameter shapes `wanted`, or None."""
-    stored = [_blob_shape(b) for b in layer.blobs]
+def _layer_problem(path, layer, blobs, wanted):
+    """Why Caffe would abort copying `layer` (a LayerParameter of caffemodel `path`, its
+    `blobs` as read_layers gives them) into a net layer with parameter shapes `wanted`,
+    or None."""
+    stored = [_blob_shape(b) for b in blobs]
     if len(wanted) != len(stored) or not all(map(_shapes_match, stored, wanted)):
         return ('%s: layer %r has %d parameter blobs of shapes %s but the net expects %d of %s'
                 % (path, layer.name, len(stored), stored, len(wanted), wanted))
-    for i, b in enumerate(layer.blobs):
+    for i, b in enumerate(blobs):
         problem = blob_value_problem(b, _count(wanted[i]))
         if problem:
             return '%s: layer %r blob %d (shape %s) %s' % (path, layer.name, i, wanted[i], problem)
@@ -166,12 +269,12 @@ def _check_weights(path, net, partial=False, formula=()):
     # Caffe reads the `layer` field, or V1 models' `layers` when there is no `layer`:
     # both are checked as they come, the one Caffe reads decides.
     seen, copied, problems = set(), {'layer': [], 'layers': []}, {}
-    for kind, layer in read_layers(path):
+    for kind, layer, blobs in read_layers(path):
         seen.add(kind)
         if kind in problems or layer.name not in net_blobs:
             continue  # Caffe ignores a layer the net does not have
         wanted = net_blobs[layer.name]
-        problem = _layer_problem(path, layer, wanted)
+        problem = _layer_problem(path, layer, blobs, wanted)
         if problem:
             problems[kind] = problem
         elif wanted:
@@ -202,13 +305,12 @@ def copy_layers(path, net, kind='layer'):
     first = {}
     for name, layer in zip(net._layer_names, net.layers):
         first.setdefault(name, layer)
-    for field, layer in read_layers(path):
+    for field, layer, blobs in read_layers(path):
         target = first.get(layer.name)
         if field != kind or target is None:
             continue
-        for blob, stored in zip(target.blobs, layer.blobs):
-            values = stored.double_data if len(stored.double_data) else stored.data
-            blob.data.reshape(-1)[...] = np.fromiter(values, np.float32, len(values))
+        for blob, stored in zip(target.blobs, blobs):
+            (stored.double_data if len(stored.double_data) else stored.data).read_into(blob.data)
 
 
 def open_net(prototxt, phase='test', weights=None, partial=False, finish=(), forward_only=False,

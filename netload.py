@@ -272,8 +272,9 @@ def open_net(prototxt, phase='test', weights=None, partial=False, finish=(), for
 def open_folded(prototxt, param, weights, partial=False, finish=()):
     """(caffe.Net, NetParameter) of test net `prototxt` (NetParameter `param`) with its
     foldable BatchNorm (+ Scale) layers folded (bnfold) and caffemodel `weights` in,
-    built without ever building the net as written: that net's BatchNorm and Scale blobs,
-    and DeepLab v2's per-branch copies while Caffe builds it, were the peak of opening.
+    built without ever building the net as written: building both put two nets'
+    parameters (and Net::Init's transient per-branch copies, for DeepLab v2) in memory,
+    the peak of opening.
     The file is checked against the net as written (layers_as_written) and read a layer
     at a time (copy_folded). A file that leaves part of a fold out (partial) opens the
     net as written and folds it (fold_batchnorm): the fold then takes those layers'

@@ -9,7 +9,9 @@ InputError naming the file, never a Caffe abort; with a model's finish steps, th
 fixed layers its weights leave out are filled from their formula (fixed.py). A net
 opened for inference only (forward_only) has its BatchNorm and Scale layers folded into
 the convolutions before them (bnfold.py): the same outputs with less arithmetic and none
-of the copies those layers keep for a backward pass; and, on this project's Caffe
+of the copies those layers keep for a backward pass. With weights it is built folded
+straight away (open_folded): the caffemodel is checked against the net as written, whose
+shapes are derived from the folded net, and folded as it is read; and, on this project's Caffe
 (tools/caffe-patches/06-forward-memory.patch), its intermediate blobs share memory
 where their values are never needed at the same time (share_memory).
 """
@@ -22,7 +24,7 @@ from google.protobuf import text_format
 import bnfold
 import fixed
 from guard import import_caffe
-from netinit import _count, check_prototxt, layer_active, read_net_param, remember
+from netinit import _count, check_net, check_prototxt, layer_active, read_net_param, remember
 from project import InputError
 
 
@@ -252,11 +254,18 @@ def check_weights(path, net, partial=False, formula=()):
     layer named like a parameter layer, or blobs for a ReLU, abort Caffe), and each
     blob's value counts must fit (blob_value_problem: data, double_data, diff,
     double_diff). The file is read a layer at a time (read_layers)."""
-    return _check_weights(path, net, partial, formula)[0]
+    return _check_weights(path, net_layers(net), partial, formula)[0]
 
 
-def _check_weights(path, net, partial=False, formula=()):
-    """check_weights, and the field of the file Caffe reads: (names, "layer" or "layers")."""
+def net_layers(net):
+    """[(layer name, [parameter blob shapes])] of caffe.Net `net`, in its order."""
+    return [(name, [tuple(b.data.shape) for b in layer.blobs])
+            for name, layer in zip(net._layer_names, net.layers)]
+
+
+def _check_weights(path, layers, partial=False, formula=()):
+    """check_weights against `layers` (net_layers: a net, or one as written that was never
+    built), and the field of the file Caffe reads: (names, "layer" or "layers")."""
     path = str(path)
     if not os.path.isfile(path):
         raise InputError('%s: weights file not found' % path if not os.path.exists(path)
@@ -264,8 +273,9 @@ def _check_weights(path, net, partial=False, formula=()):
     if os.path.getsize(path) == 0:
         raise InputError('%s: weights file is empty' % path)
     net_blobs = {}
-    for name, layer in zip(net._layer_names, net.layers):  # Caffe copies into the first
-        net_blobs.setdefault(name, [tuple(b.data.shape) for b in layer.blobs])
+    for name, shapes in layers:  # Caffe copies into the first
+        net_blobs.setdefault(name, shapes)
+    params = list(dict.fromkeys(name for name, shapes in layers if shapes))  # as net.params
     # Caffe reads the `layer` field, or V1 models' `layers` when there is no `layer`:
     # both are checked as they come, the one Caffe reads decides.
     seen, copied, problems = set(), {'layer': [], 'layers': []}, {}
@@ -287,14 +297,20 @@ def _check_weights(path, net, partial=False, formula=()):
     shared = copied[kind]
     if not shared:
         raise InputError('%s: no layer name matches the net (%s...)'
-                         % (path, ', '.join(list(net.params)[:3])))
-    missing = [name for name in net.params if name not in shared and name not in formula]
+                         % (path, ', '.join(params[:3])))
+    missing = [name for name in params if name not in shared and name not in formula]
     if missing and not partial:
         raise InputError('%s: has no weights for %d of the net\'s %d layers with parameters '
                          '(%s%s): weights of another model, or a file cut short? (partial '
-                         'loading only when asked for)' % (path, len(missing), len(net.params),
+                         'loading only when asked for)' % (path, len(missing), len(params),
                          ', '.join(missing[:4]), ', ...' if len(missing) > 4 else ''))
     return shared, kind
+
+
+def _values(stored):
+    """The StoredValues Caffe's Blob::FromProto takes from StoredBlob `stored`: double_data
+    when it holds any, else data."""
+    return stored.double_data if len(stored.double_data) else stored.data
 
 
 def copy_layers(path, net, kind='layer'):
@@ -310,7 +326,7 @@ def copy_layers(path, net, kind='layer'):
         if field != kind or target is None:
             continue
         for blob, stored in zip(target.blobs, blobs):
-            (stored.double_data if len(stored.double_data) else stored.data).read_into(blob.data)
+            _values(stored).read_into(blob.data)
 
 
 def open_net(prototxt, phase='test', weights=None, partial=False, finish=(), forward_only=False,
@@ -325,19 +341,25 @@ def open_net(prototxt, phase='test', weights=None, partial=False, finish=(), for
     val net's zoom that the train net (whose snapshot this is) does not have.
 
     forward_only (a 'test' net that only ever runs forward: segmenting, scoring): its
-    BatchNorm (+ Scale) layers after convolutions are folded into them once the weights
-    are checked and in (fold_batchnorm); the caffemodel is not touched. Blob names the
+    BatchNorm (+ Scale) layers after convolutions are folded into them (with weights:
+    open_folded, the folded net built directly; without: fold_batchnorm of the net as
+    written); the caffemodel is not touched. Blob names the
     applications read stay; the folded layers are gone from net.params. Then its blobs
     share memory (share_memory): after a forward pass only the outputs, the data layers'
     tops and the blobs named in `keep` (e.g. a val net's scores, which its loss layer
     reads) still hold their values."""
     caffe = import_caffe()
     check_prototxt(prototxt, phase)
-    net = caffe.Net(str(prototxt), caffe.TRAIN if phase == 'train' else caffe.TEST)
     param = read_net_param(prototxt)
+    if forward_only and phase == 'test' and weights:
+        net, param = open_folded(prototxt, param, weights, partial, finish)
+        share_memory(net, keep)
+        remember(net, param, prototxt, phase)  # for netinit.check_input
+        return net
+    net = caffe.Net(str(prototxt), caffe.TRAIN if phase == 'train' else caffe.TEST)
     if weights:
         formula = fixed.formula_layers(net, finish, param) if finish else set()
-        shared, kind = _check_weights(weights, net, partial, formula)
+        shared, kind = _check_weights(weights, net_layers(net), partial, formula)
         if forward_only:  # the nets inference keeps: no transient copy of every weight
             copy_layers(weights, net, kind)
         else:
@@ -348,6 +370,171 @@ def open_net(prototxt, phase='test', weights=None, partial=False, finish=(), for
         share_memory(net, keep)
     remember(net, param, prototxt, phase)  # for netinit.check_input
     return net
+
+
+def open_folded(prototxt, param, weights, partial=False, finish=()):
+    """(caffe.Net, NetParameter) of test net `prototxt` (NetParameter `param`) with its
+    foldable BatchNorm (+ Scale) layers folded (bnfold) and caffemodel `weights` in,
+    built without ever building the net as written: building both put two nets'
+    parameters (and Net::Init's transient per-branch copies, for DeepLab v2) in memory,
+    the peak of opening.
+    The file is checked against the net as written (layers_as_written) and read a layer
+    at a time (copy_folded). A file that leaves part of a fold out (partial) opens the
+    net as written and folds it (fold_batchnorm): the fold then takes those layers'
+    initial values, as before."""
+    caffe = import_caffe()
+    active = _active(param)
+    chains = bnfold.plan(active)
+    if not chains:
+        net, folded = caffe.Net(str(prototxt), caffe.TEST), param
+    else:
+        folded = bnfold.folded(active, chains)
+        net = _net_from_param(folded, prototxt)
+    formula = fixed.formula_layers(net, finish, param) if finish else set()
+    shared, kind = _check_weights(weights, layers_as_written(net, active, chains), partial, formula)
+    parts = {active.layer[i].name for chain in chains for i in chain if i is not None}
+    if not parts <= set(shared):
+        del net
+        return _open_then_fold(prototxt, param, weights, kind, finish, formula - set(shared))
+    copy_folded(weights, net, active, chains, kind)
+    fixed.fill(net, finish, formula - set(shared))
+    return net, folded
+
+
+def _active(param):
+    """A copy of NetParameter `param` with only its layers active in the test phase."""
+    state = param.state if param.HasField('state') else None
+    active = type(param)()
+    active.CopyFrom(param)
+    del active.layer[:]
+    active.layer.extend(l for l in param.layer if layer_active(l, 'test', state))
+    return active
+
+
+def _net_from_param(param, prototxt):
+    """caffe.Net (test phase) of NetParameter `param`, derived from `prototxt`, whose
+    check it repeats (probe_net aside: Caffe built the prototxt's own layers)."""
+    caffe = import_caffe()
+    check_net(param, str(prototxt), 'test', probe=False)
+    with tempfile.NamedTemporaryFile('w', suffix='.prototxt') as f:
+        f.write(text_format.MessageToString(param))
+        f.flush()
+        return caffe.Net(f.name, caffe.TEST)
+
+
+def _open_then_fold(prototxt, param, weights, kind, finish, fill):
+    """The net as written with `weights` copied (field `kind`) and the formula layers
+    `fill` filled, then folded: fold_batchnorm's (net, param)."""
+    caffe = import_caffe()
+    net = caffe.Net(str(prototxt), caffe.TEST)
+    copy_layers(weights, net, kind)
+    fixed.fill(net, finish, fill)
+    return fold_batchnorm(net, param)
+
+
+def layers_as_written(net, active, chains):
+    """net_layers of the test net `active` (NetParameter) as written, derived from `net`,
+    the caffe.Net of its folded version (bnfold.folded(active, chains)): every other layer
+    has the same parameters in both; a folded convolution has its weights and its bias
+    only if it had one; a BatchNorm (C,), (C,), (1,) and a Scale (C,) and its bias, C
+    being the channels of the convolution's output (Caffe's BatchNorm and Scale setup).
+    Caffe's automatic split layers, which have no parameters, are those of `net`."""
+    first = _first_layers(net)
+    shapes = {name: [tuple(b.data.shape) for b in layer.blobs] for name, layer in first.items()}
+    for c, bn, s in chains:
+        conv = active.layer[c]
+        out = net.blobs[net.top_names[conv.name][0]].data.shape  # also the BatchNorm's
+        shapes[conv.name] = shapes[conv.name][:1 + conv.convolution_param.bias_term]
+        shapes[active.layer[bn].name] = [(out[1] if len(out) > 1 else 1,)] * 2 + [(1,)]
+        if s is not None:
+            scale = active.layer[s]
+            axis = scale.scale_param.axis % len(out)
+            shapes[scale.name] = [tuple(out[axis:axis + 1])] * (1 + scale.scale_param.bias_term)
+    written = [(l.name, shapes[l.name]) for l in active.layer]
+    names = {l.name for l in active.layer}
+    return written + [(name, []) for name in net._layer_names if name not in names]
+
+
+def _first_layers(net):
+    """{layer name: the first caffe layer of that name in `net`} (Caffe copies into it)."""
+    first = {}
+    for name, layer in zip(net._layer_names, net.layers):
+        first.setdefault(name, layer)
+    return first
+
+
+def _param_key(layer, i):
+    """Which parameter blob of the net blob `i` of LayerParameter `layer` is: Caffe
+    shares blobs between layers by their param name, and the last copied value wins."""
+    name = layer.param[i].name if i < len(layer.param) else ''
+    return name or (layer.name, i)
+
+
+def copy_folded(path, net, active, chains, kind='layer'):
+    """copy_layers of caffemodel `path` (checked against the net as written, `active`)
+    into `net`, its folded version (bnfold.folded(active, chains)), then the fold: a
+    folded convolution's weights are copied into its blob as they come and scaled there
+    once the file is read (_fold_in_place); its bias and the BatchNorm and Scale values
+    (a few per channel) are held aside until then. Shared parameters (by param name)
+    end with the last value the file gives them, as Caffe's copy leaves them."""
+    first, layers = _first_layers(net), {}
+    for l in active.layer:
+        layers.setdefault(l.name, l)
+    convs = {active.layer[c].name for c, _, _ in chains}
+    targets, aside = {}, {}  # param key -> arrays of `net` it fills; values held aside
+    for name, layer in layers.items():
+        for i, blob in enumerate(first[name].blobs if name in first else []):
+            if name not in convs or i == 0:  # a folded bias is computed, not copied
+                targets.setdefault(_param_key(layer, i), []).append(blob.data)
+    for key in _aside_keys(active, chains):
+        aside[key] = None
+    for field, layer, blobs in read_layers(path):
+        if field != kind or layer.name not in layers:
+            continue
+        for i, stored in enumerate(blobs):
+            key, values = _param_key(layers[layer.name], i), _values(stored)
+            for array in targets.get(key, ()):
+                values.read_into(array)  # straight from the file into the blob
+            if key in aside:
+                aside[key] = np.empty(len(values), np.float32)
+                values.read_into(aside[key])
+    _fold_in_place(net, active, chains, aside)
+
+
+def _aside_keys(active, chains):
+    """The param keys of the folded layers' small blobs: conv biases, BatchNorm, Scale."""
+    for c, bn, s in chains:
+        conv = active.layer[c]
+        if conv.convolution_param.bias_term:
+            yield _param_key(conv, 1)
+        for i in range(3):
+            yield _param_key(active.layer[bn], i)
+        if s is not None:
+            for i in range(1 + active.layer[s].scale_param.bias_term):
+                yield _param_key(active.layer[s], i)
+
+
+def _fold_in_place(net, active, chains, values):
+    """Scale each folded convolution's weights in `net` (copied as written) by its
+    BatchNorm (+ Scale) and write its bias (bnfold, float64, rounded once), `values`
+    {param key: float32 array} giving the biases and statistics. Convolutions folded to
+    shared weights (DeepLab v2's branches) share one blob: it is scaled once."""
+    first, done = _first_layers(net), set()
+    for c, bn, s in chains:
+        conv, bn = active.layer[c], active.layer[bn]
+        blobs = first[conv.name].blobs
+        if blobs[0].data.ctypes.data in done:
+            continue
+        done.add(blobs[0].data.ctypes.data)
+        a, b = bnfold.batchnorm_affine(*[values[_param_key(bn, i)] for i in range(3)],
+                                       eps=bn.batch_norm_param.eps)
+        if s is not None:
+            scale = active.layer[s]
+            a, b = bnfold.then(a, b, *[values[_param_key(scale, i)]
+                                       for i in range(1 + scale.scale_param.bias_term)])
+        bias = values[_param_key(conv, 1)] if conv.convolution_param.bias_term else None
+        w = blobs[0].data
+        blobs[1].data[...] = bnfold.fold_conv(w, bias, a, b, out=w)[1]
 
 
 def share_memory(net, keep=()):
@@ -369,20 +556,12 @@ def fold_batchnorm(net, param):
     every other layer's weights as `net` does and the folded convolutions' W a and
     bias a + b (float64 arithmetic, stored as float32). `net` and `param` themselves
     when nothing folds."""
-    caffe = import_caffe()
-    state = param.state if param.HasField('state') else None
-    active = type(param)()
-    active.CopyFrom(param)
-    del active.layer[:]
-    active.layer.extend(l for l in param.layer if layer_active(l, 'test', state))
+    active = _active(param)
     chains = bnfold.plan(active)
     if not chains:
         return net, param
     param = bnfold.folded(active, chains)
-    with tempfile.NamedTemporaryFile('w', suffix='.prototxt') as f:
-        f.write(text_format.MessageToString(param))
-        f.flush()
-        out = caffe.Net(f.name, caffe.TEST)
+    out = _net_from_param(param, '(folded net)')
     into = {active.layer[c].name: (active.layer[bn], active.layer[s] if s is not None else None)
             for c, bn, s in chains}
     for name, blobs in out.params.items():

@@ -485,6 +485,59 @@ def test_weights_cut_short_are_refused(fcn, tmp_path):
     assert 'score_pool4' in netload.check_weights(weights, caffe.Net(deploy, caffe.TEST))
 
 
+def _unpacked(param, name):
+    """NetParameter `param` serialized with layer `name`'s first blob's data written one
+    float at a time (legal protobuf, though Caffe writes packed fields)."""
+    def varint(v):
+        out = b''
+        while v >= 0x80:
+            out, v = out + bytes([v & 0x7f | 0x80]), v >> 7
+        return out + bytes([v])
+
+    def field(number, payload):
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+    out = b''
+    for layer in param.layer:
+        if layer.name != name:
+            out += field(100, layer.SerializeToString())
+            continue
+        blob = caffe.proto.caffe_pb2.BlobProto()
+        blob.CopyFrom(layer.blobs[0])
+        data = np.asarray(blob.data, '<f4')
+        del blob.data[:]
+        raw = blob.SerializeToString() + b''.join(varint(5 << 3 | 5) + v.tobytes() for v in data)
+        rest = caffe.proto.caffe_pb2.LayerParameter()
+        rest.CopyFrom(layer)
+        del rest.blobs[:]
+        out += field(100, rest.SerializeToString() + field(7, raw)
+                     + b''.join(field(7, b.SerializeToString()) for b in layer.blobs[1:]))
+    return out
+
+
+def test_weights_copied_a_layer_at_a_time_equal_caffes_copy_in_every_encoding(fcn, tmp_path):
+    """open_net(forward_only) reads values from the file straight into the blobs (packed
+    fields located, not parsed); an unpacked field, and double_data, still arrive exactly."""
+    deploy, weights = fcn['8s']
+    ref = caffe.Net(deploy, weights, caffe.TEST)
+    param = caffe.proto.caffe_pb2.NetParameter()
+    param.ParseFromString(open(weights, 'rb').read())
+    (tmp_path / 'unpacked.caffemodel').write_bytes(_unpacked(param, 'conv1_1'))
+    fc7 = next(l for l in param.layer if l.name == 'fc7').blobs[0]
+    fc7.double_data.extend(np.asarray(fc7.data, np.float64))
+    del fc7.data[:]
+    (tmp_path / 'double.caffemodel').write_bytes(param.SerializeToString())
+    for path in (weights, tmp_path / 'unpacked.caffemodel', tmp_path / 'double.caffemodel'):
+        got = netload.open_net(deploy, 'test', str(path), forward_only=True)
+        for name in ref.params:
+            for mine, theirs in zip(got.params[name], ref.params[name]):
+                np.testing.assert_array_equal(mine.data, theirs.data, err_msg='%s %s' % (path, name))
+    # a file cut inside a blob's values is one line naming it, never a short copy
+    cut = tmp_path / 'cut-inside.caffemodel'
+    cut.write_bytes(open(weights, 'rb').read()[:-1000])
+    with pytest.raises(InputError, match=r'cut-inside\.caffemodel'):
+        netload.open_net(deploy, 'test', str(cut), forward_only=True)
+
+
 def _edit_weights(weights, how):
     """The caffemodel `weights` changed as `how` says, serialized (bytes)."""
     param = caffe.proto.caffe_pb2.NetParameter()

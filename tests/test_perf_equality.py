@@ -22,7 +22,8 @@ Winograd's F(4x4, 3x3) (tools/caffe-patches/05-winograd.patch); FCN_CAFFE_WINOGR
 F(2x2, 3x3), 0 the direct way: every way is checked against the same reference, on FCN-8s
 and on single convolutions whose sizes, pads and dilations cut the tiles every way (odd
 sizes, pads 0-6, dilations 2, 4, 6 with sub-grids not a multiple of the tile, outputs of
-one pixel, leaky ReLU fused), forward and input gradient; and F(4x4)'s error bound, 1e-5 of
+one pixel, leaky ReLU fused), forward and input gradient, also a block of channels at a
+time as the largest layers are (FCN_CAFFE_WINOGRAD_U_MB); and F(4x4)'s error bound, 1e-5 of
 the largest output, at the channel counts of the registry's nets (64 to 2048).
 No timing here: tools/bench.py measures speed. About 15 s.
 """
@@ -556,6 +557,26 @@ def test_winograd_error_within_1e5_at_real_widths(channels, h, dilation):
         os.environ.pop('FCN_CAFFE_WINOGRAD', None)
         if saved is not None:
             os.environ['FCN_CAFFE_WINOGRAD'] = saved
+
+
+@pytest.mark.parametrize('channels,outputs,h,dilation,slope,u_mb', [
+    (512, 32, 16, 1, 0.0, '2'),    # output: 2 blocks of 256 inputs; gradient: 2 of 256 outputs
+    (64, 256, 20, 1, 0.1, '1'),    # output: 3 blocks of at most 96 outputs; gradient: 4 of 16
+    (32, 640, 24, 2, None, '1'),   # dilated; output: 3 blocks of outputs; gradient: 5 of inputs
+])
+def test_winograd_in_blocks_matches_numpy(channels, outputs, h, dilation, slope, u_mb,
+                                          monkeypatch):
+    """05 keeps the transformed kernels (36 x outputs x inputs floats) under 64 MB: a layer
+    with more (PSPNet's conv5_4) is computed a block of input channels, or of output
+    channels, at a time. FCN_CAFFE_WINOGRAD_U_MB (MB, read at every call) lowers the bound
+    so that these small layers take both ways, forward and input gradient: the reference's
+    numbers, and those of the layer in one block."""
+    whole = check_3x3(channels, outputs, h, h, dilation, slope, dilation, ways=(None,))[None]
+    monkeypatch.setenv('FCN_CAFFE_WINOGRAD_U_MB', u_mb)
+    blocked = check_3x3(channels, outputs, h, h, dilation, slope, dilation, ways=(None,))[None]
+    for got, want, what in zip(blocked, whole, ('output', 'input gradient')):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max(),
+                                   err_msg=what)
 
 
 def test_3x3_convolution_batch_of_two():

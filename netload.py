@@ -318,9 +318,7 @@ def copy_layers(path, net, kind='layer'):
     file check_weights passed: each layer of field `kind` whose name is a layer of `net`
     gives the first layer of that name its blobs' values (double_data when it holds any,
     else data). Caffe parses the whole file first: a transient copy of every weight."""
-    first = {}
-    for name, layer in zip(net._layer_names, net.layers):
-        first.setdefault(name, layer)
+    first = _first_layers(net)
     for field, layer, blobs in read_layers(path):
         target = first.get(layer.name)
         if field != kind or target is None:
@@ -554,7 +552,7 @@ def fold_batchnorm(net, param):
     `net`, built from NetParameter `param`, folded into their convolutions
     (bnfold.plan): a new caffe.Net of the rewritten prototxt (bnfold.folded) holding
     every other layer's weights as `net` does and the folded convolutions' W a and
-    bias a + b (float64 arithmetic, stored as float32). `net` and `param` themselves
+    bias a + b (_fold_in_place, as open_folded folds). `net` and `param` themselves
     when nothing folds."""
     active = _active(param)
     chains = bnfold.plan(active)
@@ -562,20 +560,15 @@ def fold_batchnorm(net, param):
         return net, param
     param = bnfold.folded(active, chains)
     out = _net_from_param(param, '(folded net)')
-    into = {active.layer[c].name: (active.layer[bn], active.layer[s] if s is not None else None)
-            for c, bn, s in chains}
+    convs = {active.layer[c].name for c, _, _ in chains}
     for name, blobs in out.params.items():
-        source = [b.data for b in net.params[name]]
-        if name in into:  # weights written straight into the blob, bias after
-            bn, scale = into[name]
-            stats = [b.data for b in net.params[bn.name]]
-            a, b = bnfold.batchnorm_affine(*stats, eps=bn.batch_norm_param.eps)
-            if scale is not None:
-                s = [b.data for b in net.params[scale.name]]
-                a, b = bnfold.then(a, b, s[0], s[1] if len(s) > 1 else None)
-            blobs[1].data[...] = bnfold.fold_conv(source[0], source[1] if len(source) > 1 else None,
-                                                  a, b, out=blobs[0].data)[1]
-            continue
-        for blob, value in zip(blobs, source):
-            blob.data[...] = value
+        for i, blob in enumerate(blobs):
+            if name not in convs or i == 0:  # a folded bias is computed, not copied
+                blob.data[...] = net.params[name][i].data
+    values = dict.fromkeys(_aside_keys(active, chains))
+    for layer in active.layer:
+        for i, blob in enumerate(net.params[layer.name] if layer.name in net.params else []):
+            if _param_key(layer, i) in values:
+                values[_param_key(layer, i)] = blob.data
+    _fold_in_place(out, active, chains, values)
     return out, param

@@ -69,6 +69,7 @@ into the label folder would replace the ground truth). A label outside the net's
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import tempfile
@@ -259,8 +260,9 @@ def protocol_on_cluster(opts, deploy, weights, ids, *image_args, finish=()):
     root, weights, deploy = (layers.data_root(opts.data_root), os.path.abspath(weights),
                              os.path.abspath(deploy))
     # forward_only, keeping the score blob protocol_image reads (its last argument)
-    job = cluster.Job(netload.open_net, (deploy, 'test', weights, False, finish, True, [image_args[-1]]),
-                      protocol_image, image_args,
+    opener = functools.partial(netload.open_net, finish=finish, forward_only=True,
+                               keep=[image_args[-1]])
+    job = cluster.Job(opener, (deploy, 'test', weights), protocol_image, image_args,
                       {'data root': root, 'weights': weights, 'net': deploy}, root)
     return cluster.in_order(opts, job, ids)
 
